@@ -1,0 +1,47 @@
+# vigil: the two commands a newcomer needs are `make run` and `make test`.
+# Both install what they need first (scripts/install-deps.sh, idempotent).
+
+CARGO ?= cargo
+export PATH := $(HOME)/.cargo/bin:$(PATH)
+
+.PHONY: deps services run demo test lint fmt bench build release clean
+
+deps:
+	@bash scripts/install-deps.sh
+
+services: deps
+	@bash scripts/services.sh
+
+build:
+	$(CARGO) build --release --bin vigil
+
+## Run the gateway on its embedded defaults (SQLite under ./data, http://127.0.0.1:8080/).
+run: deps build
+	./target/release/vigil run --config config/vigil.toml
+
+## A living district on the dashboard: vigil with config/examples/district.toml and a
+## simulator that registers a few hundred devices and drives their presence.
+demo: deps
+	$(CARGO) build --release --bin vigil -p vigil -p vigil-simulators
+	@bash scripts/demo.sh
+
+## Formatting, lints and every test, against real PostgreSQL and Mosquitto.
+test: services
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --all-targets -- -D warnings
+	$(CARGO) test --all-targets
+	@echo "make test: all checks passed"
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --all-targets -- -D warnings
+
+fmt:
+	$(CARGO) fmt --all
+
+## Criterion benches; results go into BENCHMARKS.md by hand, with the command.
+bench:
+	$(CARGO) bench --bench presence --bench rate
+
+clean:
+	$(CARGO) clean

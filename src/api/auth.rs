@@ -1,0 +1,40 @@
+//! Bearer-token auth: viewers read, admins also write. The dashboard page itself, and
+//! (with `http.public_health`) `/api/v1/health` and `/metrics`, need no token. With no
+//! tokens configured (allowed on loopback only, see config) everyone is admin.
+
+use axum::extract::{Request, State};
+use axum::http::{header, Method, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+
+use super::{ApiError, AppState};
+use crate::config::Role;
+
+pub async fn require(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let cfg = &state.config.http;
+    let path = req.uri().path();
+    let public = path == "/" || (cfg.public_health && (path == "/api/v1/health" || path == "/metrics"));
+    if public || cfg.tokens.is_empty() {
+        return next.run(req).await;
+    }
+    let presented = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    let role = presented.and_then(|t| cfg.tokens.iter().find(|k| k.token == t)).map(|k| k.role);
+    let Some(role) = role else {
+        let msg = if presented.is_some() {
+            "the bearer token is not valid"
+        } else {
+            "an Authorization: Bearer token is required"
+        };
+        return ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", msg).into_response();
+    };
+    let writes = !matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS);
+    if writes && role != Role::Admin {
+        return ApiError::new(StatusCode::FORBIDDEN, "forbidden", "viewer tokens may only read").into_response();
+    }
+    next.run(req).await
+}

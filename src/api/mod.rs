@@ -1,0 +1,153 @@
+//! The HTTP API of shared/API.md (axum), the dashboard at `/` and `/metrics`.
+//!
+//! Handlers read the registry cache, ask presence through its handle and read the latest
+//! rate snapshot; writes go through the `Registry`. The API never reaches into a source.
+//! Auth (bearer tokens, viewer/admin), body limits and request timeouts are layers here.
+
+mod auth;
+mod devices;
+mod error;
+mod orgs;
+mod rate;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::{header, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::de::DeserializeOwned;
+use tokio::sync::watch;
+use tower_http::timeout::TimeoutLayer;
+
+pub use error::{ApiError, ApiResult};
+
+use crate::clock::{now_ms, Millis};
+use crate::config::Config;
+use crate::presence::runner::{PresenceHandle, WriterHealth};
+use crate::rate::sampling::RateSnapshot;
+use crate::registry::Registry;
+use crate::telemetry::Metrics;
+
+/// Everything handlers share.
+#[derive(Clone)]
+pub struct AppState {
+    pub registry: Registry,
+    pub presence: PresenceHandle,
+    pub rate: watch::Receiver<Arc<RateSnapshot>>,
+    pub metrics: Metrics,
+    pub config: Arc<Config>,
+    pub tz: chrono_tz::Tz,
+    pub started_at: Millis,
+    pub writer: Arc<WriterHealth>,
+    /// One CSV import at a time: imports are all-or-nothing and can be large.
+    pub import_lock: Arc<tokio::sync::Mutex<()>>,
+}
+
+impl AppState {
+    pub fn time(&self, at: Millis) -> String {
+        crate::clock::rfc3339(at, &self.tz)
+    }
+}
+
+const DASHBOARD: &str = include_str!("assets/index.html");
+
+pub fn router(state: AppState) -> Router {
+    let cfg = &state.config.http;
+    let api = Router::new()
+        .route("/health", get(health))
+        .route("/orgs", get(orgs::list).post(orgs::create))
+        .route("/orgs/{id}", get(orgs::get_one).patch(orgs::patch).delete(orgs::delete))
+        .route("/devices", get(devices::list).post(devices::create))
+        .route("/devices/import", post(devices::import))
+        .route("/devices/{id}", get(devices::get_one).patch(devices::patch).delete(devices::delete))
+        .route("/devices/{id}/channels", get(devices::channels))
+        .route("/devices/{id}/presence/history", get(devices::history))
+        .route("/presence/not-online", get(devices::not_online))
+        .route("/observations", post(devices::observations))
+        .route("/online-rate", get(rate::current))
+        .route("/online-rate/history", get(rate::history))
+        .route("/reports/online/daily", get(rate::daily));
+    Router::new()
+        .route("/", get(|| async { Html(DASHBOARD) }))
+        .route("/metrics", get(metrics))
+        .nest("/api/v1", api)
+        .fallback(|| async { ApiError::not_found("no such path; see API.md") })
+        .layer(middleware::from_fn_with_state(state.clone(), auth::require))
+        .layer(middleware::from_fn_with_state(state.clone(), count_requests))
+        .layer(DefaultBodyLimit::max(cfg.max_body))
+        .layer(TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, cfg.request_timeout))
+        .with_state(state)
+}
+
+async fn count_requests(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let resp = next.run(req).await;
+    let class = match resp.status().as_u16() {
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        _ => "5xx",
+    };
+    state.metrics.http_requests.with_label_values(&[class]).inc();
+    resp
+}
+
+async fn health(State(state): State<AppState>) -> Json<serde_json::Value> {
+    let db_ok =
+        tokio::time::timeout(Duration::from_secs(2), sqlx::query("SELECT 1").execute(&state.registry.db().pool))
+            .await
+            .map(|r| r.is_ok())
+            .unwrap_or(false);
+    let writer_ok = state.writer.db_ok.load(std::sync::atomic::Ordering::Relaxed);
+    Json(serde_json::json!({
+        "status": if db_ok && writer_ok { "ok" } else { "degraded" },
+        "version": env!("CARGO_PKG_VERSION"),
+        "uptime_s": (now_ms() - state.started_at) / 1000,
+        "database": if db_ok { "ok" } else { "unavailable" },
+        "gateway_id": state.config.gateway.id,
+    }))
+}
+
+async fn metrics(State(state): State<AppState>) -> Response {
+    let ok = state.writer.db_ok.load(std::sync::atomic::Ordering::Relaxed);
+    state.metrics.db_up.set(i64::from(ok));
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], state.metrics.render()).into_response()
+}
+
+/// Query parameters as a map: handlers parse each one and name it in errors.
+pub type Params = HashMap<String, String>;
+
+/// Parses a JSON body, naming the offending field in the error.
+pub fn parse_body<T: DeserializeOwned>(body: &[u8]) -> ApiResult<T> {
+    let de = &mut serde_json::Deserializer::from_slice(body);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let field = if path == "." || path.is_empty() { "body".to_owned() } else { path };
+        ApiError::bad_body(&field, e.inner())
+    })
+}
+
+/// `?limit=` (default 100, at most 1000).
+pub fn limit(params: &Params) -> ApiResult<usize> {
+    match params.get("limit") {
+        None => Ok(100),
+        Some(v) => match v.parse::<usize>() {
+            Ok(n) if (1..=1000).contains(&n) => Ok(n),
+            _ => Err(ApiError::bad_query("limit", format!("{v:?} is not a number from 1 to 1000"))),
+        },
+    }
+}
+
+/// An RFC 3339 time in the query.
+pub fn time_param(params: &Params, name: &str) -> ApiResult<Option<Millis>> {
+    match params.get(name).filter(|v| !v.is_empty()) {
+        None => Ok(None),
+        Some(v) => crate::clock::parse_rfc3339(v).map(Some).ok_or_else(|| {
+            ApiError::bad_query(name, format!("{v:?} is not an RFC 3339 time such as 2026-11-26T08:00:00+08:00"))
+        }),
+    }
+}

@@ -1,0 +1,229 @@
+//! Wiring: connects the database, loads the registry, restores presence, starts the
+//! presence, rate and HTTP tasks on one `TaskTracker` with a `CancellationToken` tree, and
+//! shuts them down in order, narrating each step: HTTP (and later, sources) stop taking
+//! input → presence writes its final checkpoint → the writer drains → the pool closes.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{info, warn};
+
+use crate::api::{self, AppState};
+use crate::clock::now_ms;
+use crate::config::Config;
+use crate::db::Db;
+use crate::presence::runner::WriterHealth;
+use crate::presence::{self, PresenceTable};
+use crate::registry::{Admission, NewDevice, Org, OrgKind, Protocol, Registry};
+use crate::telemetry::Metrics;
+
+/// How long shutdown waits for tasks before giving up on them.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(15);
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Db(#[from] crate::db::Error),
+    #[error("registry: {0}")]
+    Registry(#[from] crate::registry::Error),
+    #[error("presence: {0}")]
+    Presence(sqlx::Error),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind { addr: SocketAddr, source: std::io::Error },
+    #[error("{0}")]
+    Config(String),
+}
+
+impl Error {
+    pub fn kind(&self) -> crate::error::ErrorKind {
+        match self {
+            Error::Db(e) => e.kind(),
+            Error::Registry(e) => e.kind(),
+            Error::Presence(e) => crate::db::sqlx_kind(e),
+            Error::Bind { .. } => crate::error::ErrorKind::Unavailable,
+            Error::Config(_) => crate::error::ErrorKind::InvalidInput,
+        }
+    }
+}
+
+/// A started gateway: its addresses and the means to stop it.
+pub struct Running {
+    pub http_addr: SocketAddr,
+    pub metrics: Metrics,
+    cancel: CancellationToken,
+    http_cancel: CancellationToken,
+    tracker: TaskTracker,
+    http: tokio::task::JoinHandle<()>,
+    db: Db,
+}
+
+/// Turns the config's org seed into orgs (validated already).
+fn seed_orgs(config: &Config) -> Vec<Org> {
+    config
+        .orgs
+        .iter()
+        .filter_map(|o| {
+            Some(Org {
+                id: o.id.clone(),
+                name: o.name.clone(),
+                kind: OrgKind::parse(&o.kind)?,
+                parent_id: o.parent.clone(),
+                gb_prefix: o.gb_prefix.clone(),
+            })
+        })
+        .collect()
+}
+
+/// Starts everything; returns once the API listens.
+pub async fn start(config: Config) -> Result<Running, Error> {
+    let started_at = now_ms();
+    let url = config.database_url();
+    info!(database = %crate::db::redact(&url), "Connecting to the database.");
+    let db = Db::connect(&url, config.database.max_connections).await?;
+    let registry = Registry::load(db.clone(), config.admission.clone()).await?;
+    registry.seed_orgs(&seed_orgs(&config)).await?;
+    if !config.rtsp.cameras.is_empty() {
+        let cams: Vec<NewDevice> = config
+            .rtsp
+            .cameras
+            .iter()
+            .map(|c| NewDevice {
+                id: c.id.clone(),
+                name: c.name.clone(),
+                kind: crate::registry::DeviceKind::parse(&c.kind).unwrap_or(crate::registry::DeviceKind::Camera),
+                protocol: Protocol::Rtsp,
+                org_id: c.org.clone(),
+                profile: None,
+                rtsp_url: Some(c.url.clone()),
+                password: None,
+                admission: Admission::Approved,
+                attrs: Default::default(),
+            })
+            .map(|d| registry.prepare_device(d))
+            .collect::<Result<_, _>>()?;
+        registry.upsert_devices(cams, |_| {}).await?;
+    }
+    let (orgs, devices) = {
+        let c = registry.read();
+        (c.org_count(), c.device_count())
+    };
+    info!(orgs, devices, "Registry loaded.");
+
+    // Presence: track every device, then restore what was persisted.
+    let now = now_ms();
+    let mut table = PresenceTable::new();
+    let keys: std::collections::HashMap<String, u32> = {
+        let cache = registry.read();
+        for d in cache.devices() {
+            table.track(d.key, Arc::from(d.id.as_str()), d.protocol.as_str(), now);
+        }
+        cache.devices().map(|d| (d.id.clone(), d.key)).collect()
+    };
+    let rows = presence::store::load_states(&db.pool).await.map_err(Error::Presence)?;
+    let last = presence::store::last_checkpoint(&db.pool).await.map_err(Error::Presence)?;
+    let down_since = last.unwrap_or(now);
+    let mut restored = Vec::new();
+    for row in &rows {
+        if let Some(k) = keys.get(row.device_id.as_ref()) {
+            restored.extend(table.restore(*k, row, down_since, now));
+        }
+    }
+    let back_online = restored.iter().filter(|t| t.to == presence::State::Online).count();
+    let states = table.take_dirty();
+    presence::store::write_batch(&db.pool, &restored, &states, Some(now), now).await.map_err(Error::Presence)?;
+    if !rows.is_empty() {
+        info!(
+            devices = rows.len(),
+            still_valid = back_online,
+            gap_s = (now - down_since) / 1000,
+            "Presence restored: devices with an open validity window stay online, the rest are unknown until fresh evidence."
+        );
+    }
+
+    let metrics = Metrics::new();
+    let cancel = CancellationToken::new();
+    let tracker = TaskTracker::new();
+    let writer = Arc::new(WriterHealth::default());
+    let presence_cancel = cancel.child_token();
+    let handle = presence::runner::spawn(
+        table,
+        &config.presence,
+        &config.tuning,
+        db.pool.clone(),
+        metrics.clone(),
+        writer.clone(),
+        presence_cancel,
+        &tracker,
+    );
+    let rate_rx = crate::rate::sampling::spawn(
+        registry.clone(),
+        handle.clone(),
+        config.assessment.clone(),
+        config.tuning.rate_refresh,
+        metrics.clone(),
+        cancel.child_token(),
+        &tracker,
+    );
+
+    let tz = config.timezone();
+    if config.http.tokens.is_empty() {
+        warn!(listen = %config.http.listen, "No API tokens configured: the API is open to anyone who can reach this loopback address.");
+    }
+    let listener = tokio::net::TcpListener::bind(config.http.listen)
+        .await
+        .map_err(|source| Error::Bind { addr: config.http.listen, source })?;
+    let http_addr = listener.local_addr().map_err(|source| Error::Bind { addr: config.http.listen, source })?;
+    let state = AppState {
+        registry,
+        presence: handle,
+        rate: rate_rx,
+        metrics: metrics.clone(),
+        config: Arc::new(config),
+        tz,
+        started_at,
+        writer,
+        import_lock: Arc::new(tokio::sync::Mutex::new(())),
+    };
+    let app = api::router(state);
+    let http_cancel = CancellationToken::new();
+    let stop = http_cancel.clone();
+    let http = tokio::spawn(async move {
+        let served = axum::serve(listener, app).with_graceful_shutdown(async move { stop.cancelled().await }).await;
+        if let Err(e) = served {
+            warn!(error = %e, "HTTP server stopped with an error.");
+        }
+    });
+    info!(http = %http_addr, "vigil is running; dashboard at http://{http_addr}/");
+    Ok(Running { http_addr, metrics, cancel, http_cancel, tracker, http, db })
+}
+
+impl Running {
+    /// Stops in order and waits (bounded) for every task.
+    pub async fn shutdown(self) {
+        info!("Shutting down: HTTP stops taking requests.");
+        self.http_cancel.cancel();
+        if tokio::time::timeout(Duration::from_secs(5), self.http).await.is_err() {
+            warn!("HTTP connections did not close within 5 s; dropping them.");
+        }
+        info!("Shutting down: presence writes its final checkpoint.");
+        self.cancel.cancel();
+        self.tracker.close();
+        if tokio::time::timeout(SHUTDOWN_GRACE, self.tracker.wait()).await.is_err() {
+            warn!(grace_s = SHUTDOWN_GRACE.as_secs(), "Some tasks did not stop in time.");
+        }
+        info!("Shutting down: closing the database.");
+        self.db.close().await;
+        info!("vigil stopped.");
+    }
+}
+
+/// Runs until `shutdown` is cancelled, then stops in order.
+pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Error> {
+    let running = start(config).await?;
+    shutdown.cancelled().await;
+    running.shutdown().await;
+    Ok(())
+}

@@ -1,0 +1,687 @@
+//! Configuration: the serde structs of shared/CONFIG.md, their defaults, loading (TOML file,
+//! then `VIGIL_<SECTION>__<KEY>` environment overrides) and `validate()`, which returns every
+//! problem with its key path. No I/O beyond reading the file; nothing is started here.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::providers::{Env, Format, Toml};
+use figment::Figment;
+use serde::{Deserialize, Serialize};
+
+/// A problem found in the configuration, with the key path it concerns.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigProblem {
+    pub key: String,
+    pub message: String,
+}
+
+impl std::fmt::Display for ConfigProblem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.key, self.message)
+    }
+}
+
+/// Why the configuration could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot read config file {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("{0}")]
+    Parse(String),
+    #[error("{} problem(s) in the configuration:\n{}", .0.len(), .0.iter().map(|p| format!("  - {p}")).collect::<Vec<_>>().join("\n"))]
+    Invalid(Vec<ConfigProblem>),
+}
+
+impl Error {
+    pub fn kind(&self) -> crate::error::ErrorKind {
+        crate::error::ErrorKind::InvalidInput
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub gateway: Gateway,
+    pub database: Database,
+    pub http: Http,
+    pub assessment: Assessment,
+    pub orgs: Vec<OrgSeed>,
+    pub admission: Admission,
+    pub presence: Presence,
+    pub gb28181: Gb28181,
+    pub rtsp: Rtsp,
+    pub mqtt: Mqtt,
+    pub gat1400: Gat1400,
+    pub quic: Quic,
+    pub upstreams: Vec<Upstream>,
+    pub tuning: Tuning,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Gateway {
+    /// This gateway's own 20-digit GB/T 28181 id. Default "42010400002000000001".
+    pub id: String,
+    /// A name for operators. Default "vigil gateway".
+    pub name: String,
+    /// Directory for the SQLite file, images and state. Default "./data".
+    pub data_dir: PathBuf,
+}
+
+impl Default for Gateway {
+    fn default() -> Self {
+        Self { id: "42010400002000000001".into(), name: "vigil gateway".into(), data_dir: PathBuf::from("./data") }
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Database {
+    /// `sqlite://PATH` or `postgres://user@host/db`. Default: empty, meaning
+    /// `sqlite://<gateway.data_dir>/vigil.db`.
+    pub url: String,
+    /// Connections in the pool. Default 8 (PostgreSQL), 4 (SQLite).
+    pub max_connections: Option<u32>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Http {
+    /// Address of the API, dashboard and /metrics. Default 127.0.0.1:8080.
+    pub listen: SocketAddr,
+    /// Bearer tokens and their roles. Default: none, which leaves the API open; allowed
+    /// only while `listen` is a loopback address.
+    pub tokens: Vec<Token>,
+    /// Serve /api/v1/health and /metrics without a token. Default true.
+    pub public_health: bool,
+    /// Largest request body accepted, bytes (CSV imports are the big ones). Default 64 MiB.
+    pub max_body: usize,
+    /// Deadline for one request. Default 30s.
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+}
+
+impl Default for Http {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            tokens: Vec::new(),
+            public_health: true,
+            max_body: 64 * 1024 * 1024,
+            request_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Token {
+    pub token: String,
+    pub role: Role,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    Viewer,
+    Admin,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Assessment {
+    /// How often the online rate is sampled, aligned to the zone's midnight (so "1h" is on
+    /// the hour). Default 1h; at least 10s.
+    #[serde(with = "humantime_serde")]
+    pub sample_every: Duration,
+    /// IANA zone for sampling instants, days of reports and times in responses.
+    /// Default "Asia/Shanghai".
+    pub timezone: String,
+    /// The rate below which dashboards and metrics show a warning. Default 0.95.
+    pub online_target: f64,
+    /// Count devices in maintenance in the denominator (some local rules do). Default false.
+    pub count_maintenance: bool,
+    /// How long samples and presence history are kept. Default 400 days.
+    #[serde(with = "humantime_serde")]
+    pub retention: Duration,
+}
+
+impl Default for Assessment {
+    fn default() -> Self {
+        Self {
+            sample_every: Duration::from_secs(3600),
+            timezone: "Asia/Shanghai".into(),
+            online_target: 0.95,
+            count_maintenance: false,
+            retention: Duration::from_secs(400 * 86_400),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct OrgSeed {
+    pub id: String,
+    pub name: String,
+    pub kind: String,
+    #[serde(default)]
+    pub parent: Option<String>,
+    #[serde(default)]
+    pub gb_prefix: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AdmissionPolicy {
+    /// Unknown devices are approved and counted at once.
+    Open,
+    /// Unknown devices are listed as quarantined until an operator approves them.
+    #[default]
+    Quarantine,
+    /// Unknown devices are refused and not listed.
+    Closed,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Admission {
+    /// What happens to devices that register themselves unannounced. Default quarantine.
+    pub policy: AdmissionPolicy,
+    /// Place a GB/T 28181 device in the org whose gb_prefix is the longest prefix of its id.
+    /// Default true.
+    pub org_from_gb_prefix: bool,
+}
+
+impl Default for Admission {
+    fn default() -> Self {
+        Self { policy: AdmissionPolicy::Quarantine, org_from_gb_prefix: true }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Presence {
+    /// How often hot presence state (last seen, validity windows) is written. A kill -9
+    /// loses at most this much of it; transitions are written as they happen. Default 30s.
+    #[serde(with = "humantime_serde")]
+    pub checkpoint_every: Duration,
+    /// Longest time transitions wait to be batched into one write. Default 200ms.
+    #[serde(with = "humantime_serde")]
+    pub flush_every: Duration,
+    /// Transitions held in memory while the database is away; past it presence slows
+    /// its sources rather than forget. Default 100000.
+    pub max_pending: usize,
+}
+
+impl Default for Presence {
+    fn default() -> Self {
+        Self {
+            checkpoint_every: Duration::from_secs(30),
+            flush_every: Duration::from_millis(200),
+            max_pending: 100_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Gb28181 {
+    pub enabled: bool,
+    pub listen: SocketAddr,
+    pub realm: String,
+    pub password: String,
+    #[serde(with = "humantime_serde")]
+    pub keepalive_interval: Duration,
+    pub keepalive_misses: u32,
+    #[serde(with = "humantime_serde")]
+    pub register_expires_max: Duration,
+    pub charset: String,
+    pub media_ports: String,
+}
+
+impl Default for Gb28181 {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            listen: SocketAddr::from(([0, 0, 0, 0], 5060)),
+            realm: "4201040000".into(),
+            password: "12345678".into(),
+            keepalive_interval: Duration::from_secs(60),
+            keepalive_misses: 3,
+            register_expires_max: Duration::from_secs(3600),
+            charset: "auto".into(),
+            media_ports: "30000-30999".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Rtsp {
+    pub enabled: bool,
+    pub transport: String,
+    #[serde(with = "humantime_serde")]
+    pub stall_timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    pub backoff_min: Duration,
+    #[serde(with = "humantime_serde")]
+    pub backoff_max: Duration,
+    pub diagnosis_every: String,
+    pub cameras: Vec<RtspCamera>,
+}
+
+impl Default for Rtsp {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            transport: "tcp".into(),
+            stall_timeout: Duration::from_secs(10),
+            backoff_min: Duration::from_secs(1),
+            backoff_max: Duration::from_secs(60),
+            diagnosis_every: "5m".into(),
+            cameras: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RtspCamera {
+    pub id: String,
+    #[serde(default)]
+    pub name: String,
+    pub url: String,
+    #[serde(default)]
+    pub org: Option<String>,
+    #[serde(default = "default_camera_kind")]
+    pub kind: String,
+}
+
+fn default_camera_kind() -> String {
+    "camera".into()
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Mqtt {
+    pub mode: String,
+    pub listen: SocketAddr,
+    pub url: String,
+    pub client_id: String,
+    pub username: String,
+    pub password: String,
+    pub shared_group: String,
+    pub profiles_dir: PathBuf,
+}
+
+impl Default for Mqtt {
+    fn default() -> Self {
+        Self {
+            mode: "embedded".into(),
+            listen: SocketAddr::from(([127, 0, 0, 1], 1884)),
+            url: "mqtt://127.0.0.1:1883".into(),
+            client_id: "vigil-1".into(),
+            username: String::new(),
+            password: String::new(),
+            shared_group: String::new(),
+            profiles_dir: PathBuf::from("device-profiles"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Gat1400 {
+    pub enabled: bool,
+    pub listen: SocketAddr,
+    pub realm: String,
+    pub password: String,
+    pub max_body: String,
+}
+
+impl Default for Gat1400 {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            listen: SocketAddr::from(([0, 0, 0, 0], 9100)),
+            realm: "vigil".into(),
+            password: "12345678".into(),
+            max_body: "16MiB".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Quic {
+    pub listen: String,
+    pub cert: String,
+    pub key: String,
+    pub ca: String,
+}
+
+/// One upstream platform. Which keys apply depends on `protocol`; `validate()` checks them.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Upstream {
+    pub name: String,
+    pub protocol: String,
+    pub url: String,
+    pub user_id: String,
+    pub password: String,
+    pub events: Vec<String>,
+    pub server_id: String,
+    pub server_addr: String,
+}
+
+/// Channel capacities and batch sizes. The defaults suit a district of ~10,000 devices.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Tuning {
+    /// Observations queued for the presence task. Default 65536.
+    pub observation_queue: usize,
+    /// Transitions queued for the presence writer. Default 16384.
+    pub transition_queue: usize,
+    /// How often the online-rate rollup is recomputed for the API. Default 1s.
+    #[serde(with = "humantime_serde")]
+    pub rate_refresh: Duration,
+}
+
+impl Default for Tuning {
+    fn default() -> Self {
+        Self { observation_queue: 65_536, transition_queue: 16_384, rate_refresh: Duration::from_secs(1) }
+    }
+}
+
+const ORG_KINDS: [&str; 4] = ["district", "street", "community", "unit"];
+const UPSTREAM_PROTOCOLS: [&str; 3] = ["gat1400", "quic", "gb28181"];
+const EVENT_KINDS: [&str; 6] = ["face_capture", "vehicle_pass", "access", "alarm", "status", "online_rate"];
+
+impl Config {
+    /// Reads a TOML file (missing path: defaults only), applies `VIGIL_*` overrides, and
+    /// validates. Returns every problem found.
+    pub fn load(path: Option<&Path>) -> Result<Self, Error> {
+        let text = match path {
+            Some(p) => std::fs::read_to_string(p).map_err(|source| Error::Read { path: p.to_owned(), source })?,
+            None => String::new(),
+        };
+        Self::from_toml_with_env(&text, true)
+    }
+
+    /// Parses TOML text (and, if asked, the environment) and validates.
+    pub fn from_toml_with_env(text: &str, env: bool) -> Result<Self, Error> {
+        let mut fig = Figment::new().merge(Toml::string(text));
+        if env {
+            fig = fig.merge(Env::prefixed("VIGIL_").split("__"));
+        }
+        let config: Config = fig.extract().map_err(|e| {
+            let msgs: Vec<String> = e
+                .into_iter()
+                .map(|one| {
+                    let path = one.path.join(".");
+                    let mut kind = one.kind.to_string();
+                    if let figment::error::Kind::UnknownField(f, _) = &one.kind {
+                        kind = format!("unknown key `{f}` (keys are checked: see shared CONFIG.md)");
+                    }
+                    if path.is_empty() {
+                        kind
+                    } else {
+                        format!("{path}: {kind}")
+                    }
+                })
+                .collect();
+            Error::Parse(msgs.join("\n"))
+        })?;
+        let problems = config.validate();
+        if problems.is_empty() {
+            Ok(config)
+        } else {
+            Err(Error::Invalid(problems))
+        }
+    }
+
+    /// The database URL actually used.
+    pub fn database_url(&self) -> String {
+        if self.database.url.is_empty() {
+            format!("sqlite://{}/vigil.db", self.gateway.data_dir.display())
+        } else {
+            self.database.url.clone()
+        }
+    }
+
+    /// The zone of the assessment (validated, so the fallback never shows in practice).
+    pub fn timezone(&self) -> chrono_tz::Tz {
+        self.assessment.timezone.parse().unwrap_or(chrono_tz::Asia::Shanghai)
+    }
+
+    /// Every problem in the configuration, each with its key path.
+    pub fn validate(&self) -> Vec<ConfigProblem> {
+        let mut p = Vec::new();
+        let mut add = |key: String, message: String| p.push(ConfigProblem { key, message });
+
+        if let Err(e) = crate::ids::GbCode::parse(&self.gateway.id) {
+            add("gateway.id".into(), e.to_string());
+        }
+        let url = self.database_url();
+        if !(url.starts_with("sqlite:") || url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+            add("database.url".into(), format!("{url:?} is neither sqlite://PATH nor postgres://..."));
+        }
+        if self.http.tokens.is_empty() && !self.http.listen.ip().is_loopback() {
+            add(
+                "http.tokens".into(),
+                format!(
+                    "no tokens while http.listen is {} (not loopback): add [[http.tokens]] or listen on 127.0.0.1",
+                    self.http.listen
+                ),
+            );
+        }
+        for (i, t) in self.http.tokens.iter().enumerate() {
+            if t.token.len() < 8 {
+                add(format!("http.tokens[{i}].token"), "shorter than 8 characters".into());
+            }
+        }
+        if self.http.max_body < 1024 {
+            add("http.max_body".into(), "below 1024 bytes".into());
+        }
+        if self.assessment.sample_every < Duration::from_secs(10) {
+            add("assessment.sample_every".into(), "must be at least 10s".into());
+        }
+        if self.assessment.timezone.parse::<chrono_tz::Tz>().is_err() {
+            add(
+                "assessment.timezone".into(),
+                format!("{:?} is not an IANA zone such as \"Asia/Shanghai\"", self.assessment.timezone),
+            );
+        }
+        if !(0.0..=1.0).contains(&self.assessment.online_target) {
+            add("assessment.online_target".into(), "must be between 0 and 1 (0.95 means 95%)".into());
+        }
+        let mut seen = std::collections::HashSet::new();
+        for (i, o) in self.orgs.iter().enumerate() {
+            if let Err(e) = crate::ids::OrgId::parse(&o.id) {
+                add(format!("orgs[{i}].id"), e.to_string());
+            }
+            if !seen.insert(o.id.as_str()) {
+                add(format!("orgs[{i}].id"), format!("{:?} appears twice", o.id));
+            }
+            if o.name.trim().is_empty() {
+                add(format!("orgs[{i}].name"), "must not be empty".into());
+            }
+            if !ORG_KINDS.contains(&o.kind.as_str()) {
+                add(format!("orgs[{i}].kind"), format!("{:?} is not one of {}", o.kind, ORG_KINDS.join(", ")));
+            }
+            if let Some(parent) = &o.parent {
+                if !self.orgs[..i].iter().any(|q| &q.id == parent) {
+                    add(format!("orgs[{i}].parent"), format!("{parent:?} is not an org listed before this one"));
+                }
+            }
+            if let Some(prefix) = &o.gb_prefix {
+                if prefix.is_empty() || prefix.len() > 10 || !prefix.chars().all(|c| c.is_ascii_digit()) {
+                    add(
+                        format!("orgs[{i}].gb_prefix"),
+                        format!("{prefix:?} is not 1 to 10 digits of an administrative-division code"),
+                    );
+                }
+            }
+        }
+        if self.presence.checkpoint_every < Duration::from_secs(1) {
+            add("presence.checkpoint_every".into(), "must be at least 1s".into());
+        }
+        if self.presence.max_pending == 0 {
+            add("presence.max_pending".into(), "must be at least 1".into());
+        }
+        if self.gb28181.keepalive_interval < Duration::from_secs(1) {
+            add("gb28181.keepalive_interval".into(), "must be at least 1s".into());
+        }
+        if self.gb28181.keepalive_misses == 0 {
+            add("gb28181.keepalive_misses".into(), "must be at least 1".into());
+        }
+        if !["auto", "gb2312", "gbk", "gb18030", "utf-8"].contains(&self.gb28181.charset.as_str()) {
+            add("gb28181.charset".into(), format!("{:?} is not auto, gb2312 or utf-8", self.gb28181.charset));
+        }
+        if !["tcp", "udp"].contains(&self.rtsp.transport.as_str()) {
+            add("rtsp.transport".into(), format!("{:?} is not tcp or udp", self.rtsp.transport));
+        }
+        if self.rtsp.backoff_min > self.rtsp.backoff_max {
+            add("rtsp.backoff_min".into(), "is greater than rtsp.backoff_max".into());
+        }
+        for (i, c) in self.rtsp.cameras.iter().enumerate() {
+            if let Err(e) = crate::ids::DeviceId::parse(&c.id) {
+                add(format!("rtsp.cameras[{i}].id"), e.to_string());
+            }
+            if !c.url.starts_with("rtsp://") && !c.url.starts_with("rtsps://") {
+                add(format!("rtsp.cameras[{i}].url"), "must start with rtsp://".into());
+            }
+        }
+        if !["embedded", "external", "off"].contains(&self.mqtt.mode.as_str()) {
+            add("mqtt.mode".into(), format!("{:?} is not embedded, external or off", self.mqtt.mode));
+        }
+        let mut names = std::collections::HashSet::new();
+        for (i, u) in self.upstreams.iter().enumerate() {
+            if u.name.is_empty() {
+                add(format!("upstreams[{i}].name"), "must not be empty".into());
+            } else if !names.insert(u.name.as_str()) {
+                add(format!("upstreams[{i}].name"), format!("{:?} appears twice", u.name));
+            }
+            if !UPSTREAM_PROTOCOLS.contains(&u.protocol.as_str()) {
+                add(
+                    format!("upstreams[{i}].protocol"),
+                    format!("{:?} is not one of {}", u.protocol, UPSTREAM_PROTOCOLS.join(", ")),
+                );
+            }
+            match u.protocol.as_str() {
+                "gat1400" | "quic" if u.url.is_empty() => {
+                    add(format!("upstreams[{i}].url"), format!("required for protocol {}", u.protocol))
+                }
+                "gb28181" if u.server_id.is_empty() || u.server_addr.is_empty() => add(
+                    format!("upstreams[{i}].server_id"),
+                    "server_id and server_addr are required for protocol gb28181".into(),
+                ),
+                _ => {}
+            }
+            for (j, e) in u.events.iter().enumerate() {
+                if !EVENT_KINDS.contains(&e.as_str()) {
+                    add(
+                        format!("upstreams[{i}].events[{j}]"),
+                        format!("{e:?} is not one of {}", EVENT_KINDS.join(", ")),
+                    );
+                }
+            }
+        }
+        if self.tuning.observation_queue == 0 || self.tuning.transition_queue == 0 {
+            add("tuning".into(), "queue capacities must be at least 1".into());
+        }
+        p
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn repo_file(rel: &str) -> String {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(rel);
+        std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+    }
+
+    #[test]
+    fn an_empty_file_is_a_working_gateway() {
+        let c = Config::from_toml_with_env("", false).expect("empty config is valid");
+        assert_eq!(c.http.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(c.database_url(), "sqlite://./data/vigil.db");
+        assert_eq!(c.assessment.sample_every, Duration::from_secs(3600));
+    }
+
+    #[test]
+    fn shipped_configs_parse_and_validate() {
+        Config::from_toml_with_env(&repo_file("config/vigil.toml"), false).expect("config/vigil.toml");
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/examples");
+        let mut n = 0;
+        for entry in std::fs::read_dir(&dir).expect("config/examples exists") {
+            let path = entry.expect("dir entry").path();
+            if path.extension().is_some_and(|e| e == "toml") {
+                let text = std::fs::read_to_string(&path).expect("readable");
+                if let Err(e) = Config::from_toml_with_env(&text, false) {
+                    panic!("{}: {e}", path.display());
+                }
+                n += 1;
+            }
+        }
+        assert!(n >= 1, "no example configs found");
+    }
+
+    #[test]
+    fn unknown_keys_are_named() {
+        let err =
+            Config::from_toml_with_env("[http]\nlisten = \"127.0.0.1:1\"\nlistne = 3\n", false).expect_err("typo");
+        let text = err.to_string();
+        assert!(text.contains("listne"), "{text}");
+        assert!(text.contains("http"), "{text}");
+    }
+
+    #[test]
+    fn every_semantic_problem_is_listed_with_its_key() {
+        let toml = r#"
+            [gateway]
+            id = "123"
+            [http]
+            listen = "0.0.0.0:8080"
+            [assessment]
+            timezone = "Mars/Olympus"
+            online_target = 95
+            [[orgs]]
+            id = "a"
+            name = "A"
+            kind = "province"
+            [[orgs]]
+            id = "b"
+            name = "B"
+            kind = "street"
+            parent = "nope"
+        "#;
+        let Err(Error::Invalid(problems)) = Config::from_toml_with_env(toml, false) else {
+            panic!("expected validation problems");
+        };
+        let keys: Vec<&str> = problems.iter().map(|p| p.key.as_str()).collect();
+        for k in [
+            "gateway.id",
+            "http.tokens",
+            "assessment.timezone",
+            "assessment.online_target",
+            "orgs[0].kind",
+            "orgs[1].parent",
+        ] {
+            assert!(keys.contains(&k), "missing {k} in {keys:?}");
+        }
+    }
+
+    #[test]
+    fn bad_durations_and_addresses_name_the_key() {
+        let err =
+            Config::from_toml_with_env("[gb28181]\nkeepalive_interval = \"sixty\"\n", false).expect_err("bad duration");
+        assert!(err.to_string().contains("gb28181.keepalive_interval"), "{err}");
+        let err = Config::from_toml_with_env("[http]\nlisten = \"localhost\"\n", false).expect_err("bad addr");
+        assert!(err.to_string().contains("http.listen"), "{err}");
+    }
+}

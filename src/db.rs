@@ -1,0 +1,152 @@
+//! The database pool: one sqlx `AnyPool` over SQLite (embedded default, WAL) or PostgreSQL,
+//! chosen by `database.url`, with the migrations of `migrations/<backend>/` applied at start.
+//! Queries elsewhere use `$1`-style placeholders, epoch-millisecond BIGINTs, TEXT and 0/1
+//! flags only, so one query text serves both backends.
+
+use std::path::Path;
+use std::time::Duration;
+
+use sqlx::any::AnyPoolOptions;
+use sqlx::AnyPool;
+use sqlx::Executor;
+
+use crate::error::ErrorKind;
+
+/// How long a caller waits for a connection before the database counts as unavailable.
+const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(3);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("database {url}: {source}")]
+    Connect { url: String, source: sqlx::Error },
+    #[error("database migrations failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("cannot create the data directory {path}: {source}")]
+    DataDir { path: String, source: std::io::Error },
+    #[error("database: {0}")]
+    Query(#[from] sqlx::Error),
+}
+
+impl Error {
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Error::Connect { .. } => ErrorKind::Unavailable,
+            Error::Query(e) => sqlx_kind(e),
+            _ => ErrorKind::Internal,
+        }
+    }
+}
+
+/// Classifies a sqlx error once: lost connections and timeouts are transient.
+pub fn sqlx_kind(e: &sqlx::Error) -> ErrorKind {
+    match e {
+        sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed | sqlx::Error::WorkerCrashed => {
+            ErrorKind::Unavailable
+        }
+        sqlx::Error::RowNotFound => ErrorKind::NotFound,
+        sqlx::Error::Database(d) if d.is_unique_violation() => ErrorKind::Conflict,
+        sqlx::Error::Database(d) if d.is_foreign_key_violation() => ErrorKind::Conflict,
+        sqlx::Error::Database(d) => {
+            // PostgreSQL: class 08 is connection trouble, 57P is an operator intervention
+            // (shutdown); both pass.
+            match d.code().as_deref() {
+                Some(c) if c.starts_with("08") || c.starts_with("57P") => ErrorKind::Unavailable,
+                _ => ErrorKind::Internal,
+            }
+        }
+        _ => ErrorKind::Internal,
+    }
+}
+
+/// The pool and which backend it talks to.
+#[derive(Clone, Debug)]
+pub struct Db {
+    pub pool: AnyPool,
+    pub backend: Backend,
+}
+
+impl Db {
+    /// Connects, prepares SQLite (WAL, foreign keys) and applies the migrations.
+    pub async fn connect(url: &str, max_connections: Option<u32>) -> Result<Self, Error> {
+        sqlx::any::install_default_drivers();
+        let backend = if url.starts_with("sqlite:") { Backend::Sqlite } else { Backend::Postgres };
+        let mut url = url.to_owned();
+        if backend == Backend::Sqlite {
+            let path = url.trim_start_matches("sqlite://").trim_start_matches("sqlite:");
+            let path = path.split('?').next().unwrap_or_default();
+            if let Some(dir) = Path::new(path).parent().filter(|d| !d.as_os_str().is_empty()) {
+                std::fs::create_dir_all(dir)
+                    .map_err(|source| Error::DataDir { path: dir.display().to_string(), source })?;
+            }
+            if !url.contains("mode=") {
+                url.push_str(if url.contains('?') { "&mode=rwc" } else { "?mode=rwc" });
+            }
+        }
+        let opts = AnyPoolOptions::new()
+            .max_connections(max_connections.unwrap_or(if backend == Backend::Sqlite { 4 } else { 8 }))
+            .acquire_timeout(ACQUIRE_TIMEOUT)
+            .after_connect(move |conn, _meta| {
+                Box::pin(async move {
+                    if backend == Backend::Sqlite {
+                        conn.execute("PRAGMA journal_mode = WAL").await?;
+                        conn.execute("PRAGMA synchronous = NORMAL").await?;
+                        conn.execute("PRAGMA foreign_keys = ON").await?;
+                        conn.execute("PRAGMA busy_timeout = 5000").await?;
+                    }
+                    Ok(())
+                })
+            });
+        let shown = redact(&url);
+        let pool = opts.connect(&url).await.map_err(|source| Error::Connect { url: shown, source })?;
+        match backend {
+            Backend::Sqlite => sqlx::migrate!("./migrations/sqlite").run(&pool).await?,
+            Backend::Postgres => sqlx::migrate!("./migrations/postgres").run(&pool).await?,
+        }
+        Ok(Self { pool, backend })
+    }
+
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+/// A URL with its password replaced, for logs and errors.
+pub fn redact(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut u) if u.password().is_some() => {
+            let _ = u.set_password(Some("***"));
+            u.to_string()
+        }
+        _ => url.to_owned(),
+    }
+}
+
+/// Reads a bookkeeping value (last checkpoint time, ...).
+pub async fn get_state(pool: &AnyPool, key: &str) -> Result<Option<String>, sqlx::Error> {
+    sqlx::query_scalar::<_, String>("SELECT value FROM gateway_state WHERE key = $1")
+        .bind(key)
+        .fetch_optional(pool)
+        .await
+}
+
+/// Writes a bookkeeping value.
+pub async fn set_state<'e, E>(ex: E, key: &str, value: &str) -> Result<(), sqlx::Error>
+where
+    E: sqlx::Executor<'e, Database = sqlx::Any>,
+{
+    sqlx::query(
+        "INSERT INTO gateway_state (key, value) VALUES ($1, $2) \
+         ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+    )
+    .bind(key)
+    .bind(value)
+    .execute(ex)
+    .await?;
+    Ok(())
+}

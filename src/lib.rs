@@ -1,0 +1,18 @@
+//! vigil: an edge gateway for a district's public-security video network and its smart
+//! safe communities. This file lists the modules and exposes `run`; `app.rs` wires them.
+
+pub mod api;
+pub mod app;
+pub mod clock;
+pub mod config;
+pub mod db;
+pub mod error;
+pub mod event;
+pub mod ids;
+pub mod presence;
+pub mod rate;
+pub mod registry;
+pub mod telemetry;
+
+pub use app::{run, start, Running};
+pub use config::Config;

@@ -1,0 +1,254 @@
+//! The vigil command line: run | check-config | import | report | version.
+//! `anyhow` lives here and nowhere else in the product.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
+use vigil::config::{self, Config};
+use vigil::error::ErrorKind;
+
+const DEFAULT_CONFIG: &str = "config/vigil.toml";
+
+#[derive(Parser)]
+#[command(
+    name = "vigil",
+    version,
+    about = "Edge gateway for public-security video networks and smart safe communities"
+)]
+struct Cli {
+    /// Log JSON lines instead of human-readable text.
+    #[arg(long, global = true)]
+    log_json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway.
+    Run {
+        /// Config file; default config/vigil.toml if it exists, else the embedded defaults.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+    /// Validate a config file (and the environment overrides) without starting.
+    CheckConfig {
+        /// The config file to check.
+        file: PathBuf,
+    },
+    /// Import devices from a CSV file (id,name,kind,protocol,org_id,rtsp_url,profile): all rows or none.
+    Import {
+        /// The CSV file.
+        file: PathBuf,
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+    /// Reports.
+    Report {
+        #[command(subcommand)]
+        report: Report,
+    },
+    /// Print the version.
+    Version,
+}
+
+#[derive(Subcommand)]
+enum Report {
+    /// The daily online report: sampled rate, time-weighted availability, offline list.
+    Online {
+        /// The local date, YYYY-MM-DD (default: today in the assessment's zone).
+        #[arg(long)]
+        date: Option<String>,
+        /// Limit to one org's subtree.
+        #[arg(long)]
+        org: Option<String>,
+        /// CSV instead of JSON.
+        #[arg(long)]
+        csv: bool,
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+}
+
+fn config_path(given: Option<PathBuf>) -> Option<PathBuf> {
+    given.or_else(|| Path::new(DEFAULT_CONFIG).exists().then(|| PathBuf::from(DEFAULT_CONFIG)))
+}
+
+fn load_config(given: Option<PathBuf>) -> Result<Config, config::Error> {
+    Config::load(config_path(given).as_deref())
+}
+
+fn exit_code(kind: ErrorKind) -> ExitCode {
+    match kind {
+        ErrorKind::InvalidInput => ExitCode::from(2),
+        ErrorKind::Unavailable | ErrorKind::Timeout => ExitCode::from(3),
+        _ => ExitCode::from(1),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    vigil::telemetry::init_logging(cli.log_json);
+    match cli.command {
+        Command::Version => {
+            println!("vigil {}", env!("CARGO_PKG_VERSION"));
+            ExitCode::SUCCESS
+        }
+        Command::CheckConfig { file } => match Config::load(Some(&file)) {
+            Ok(_) => {
+                println!("{}: OK", file.display());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("{}: {e}", file.display());
+                ExitCode::from(2)
+            }
+        },
+        other => {
+            let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("cannot start the runtime: {e}");
+                    return ExitCode::from(1);
+                }
+            };
+            rt.block_on(async_main(other))
+        }
+    }
+}
+
+async fn async_main(command: Command) -> ExitCode {
+    match command {
+        Command::Run { config } => {
+            let config = match load_config(config) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("{e}");
+                    return ExitCode::from(2);
+                }
+            };
+            let shutdown = CancellationToken::new();
+            let signals = shutdown.clone();
+            tokio::spawn(async move {
+                wait_for_signal().await;
+                tracing::info!("Signal received: shutting down (a second signal exits at once).");
+                signals.cancel();
+                wait_for_signal().await;
+                tracing::warn!("Second signal: exiting now.");
+                std::process::exit(130);
+            });
+            match vigil::run(config, shutdown).await {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    tracing::error!(error = %e, "vigil could not start.");
+                    exit_code(e.kind())
+                }
+            }
+        }
+        Command::Import { file, config } => match import(&file, config).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("import failed: {e:#}");
+                ExitCode::from(2)
+            }
+        },
+        Command::Report { report: Report::Online { date, org, csv, config } } => {
+            match report(date, org, csv, config).await {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("report failed: {e:#}");
+                    ExitCode::from(1)
+                }
+            }
+        }
+        Command::Version | Command::CheckConfig { .. } => ExitCode::SUCCESS,
+    }
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+async fn open_registry(config: &Config) -> anyhow::Result<vigil::registry::Registry> {
+    let db = vigil::db::Db::connect(&config.database_url(), config.database.max_connections).await?;
+    Ok(vigil::registry::Registry::load(db, config.admission.clone()).await?)
+}
+
+async fn import(file: &Path, config: Option<PathBuf>) -> anyhow::Result<()> {
+    let config = load_config(config)?;
+    let body = std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
+    let registry = open_registry(&config).await?;
+    let orgs: Vec<vigil::registry::Org> = config
+        .orgs
+        .iter()
+        .filter_map(|o| {
+            Some(vigil::registry::Org {
+                id: o.id.clone(),
+                name: o.name.clone(),
+                kind: vigil::registry::OrgKind::parse(&o.kind)?,
+                parent_id: o.parent.clone(),
+                gb_prefix: o.gb_prefix.clone(),
+            })
+        })
+        .collect();
+    registry.seed_orgs(&orgs).await?;
+    let devices = vigil::registry::import::parse(&registry, &body).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let bar = indicatif::ProgressBar::new(devices.len() as u64);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{spinner} [{elapsed_precise}] {bar:40} {pos}/{len} devices ({per_sec})",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    let total = devices.len();
+    let (_, updated) = registry.upsert_devices(devices, |n| bar.set_position(n as u64)).await?;
+    bar.finish();
+    println!(
+        "{} devices imported: {} created, {} updated (a running gateway picks them up at its next start)",
+        total,
+        total - updated,
+        updated
+    );
+    registry.db().close().await;
+    Ok(())
+}
+
+async fn report(date: Option<String>, org: Option<String>, csv: bool, config: Option<PathBuf>) -> anyhow::Result<()> {
+    let config = load_config(config)?;
+    let tz = config.timezone();
+    let now = vigil::clock::now_ms();
+    let date = date.unwrap_or_else(|| vigil::clock::to_datetime(now, &tz).format("%Y-%m-%d").to_string());
+    let registry = open_registry(&config).await?;
+    let a = &config.assessment;
+    let r =
+        vigil::rate::report::daily(&registry, &date, org.as_deref(), &tz, a.online_target, a.count_maintenance, now)
+            .await?;
+    if csv {
+        print!("{}", r.to_csv());
+    } else {
+        println!("{}", serde_json::to_string_pretty(&r)?);
+    }
+    registry.db().close().await;
+    Ok(())
+}

@@ -1,0 +1,247 @@
+//! The in-memory registry: orgs with their tree, devices by id and by key, channels.
+//! Pure data; the `Registry` handle keeps it in step with the store. `generation` changes
+//! on every write so readers (the rate index) know when to rebuild what they derive.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+
+use super::{Channel, Device, DeviceKey, NewDevice, Org};
+use crate::clock::Millis;
+
+#[derive(Debug, Default)]
+pub struct Cache {
+    orgs: BTreeMap<String, Org>,
+    children: HashMap<String, Vec<String>>,
+    by_id: BTreeMap<String, DeviceKey>,
+    by_key: Vec<Option<Arc<Device>>>,
+    channels: HashMap<String, Arc<Vec<Channel>>>,
+    generation: u64,
+}
+
+impl Cache {
+    pub fn build(
+        orgs: Vec<Org>,
+        devices: Vec<(NewDevice, bool, bool, Millis)>,
+        channels: Vec<(String, Channel)>,
+    ) -> Self {
+        let mut c = Cache::default();
+        for o in orgs {
+            c.put_org(o);
+        }
+        for (d, enabled, maintenance, created_at) in devices {
+            let dev = c.put_device(d, created_at);
+            if !enabled || maintenance {
+                let mut changed = (*dev).clone();
+                changed.enabled = enabled;
+                changed.maintenance = maintenance;
+                c.replace_device(changed);
+            }
+        }
+        let mut grouped: HashMap<String, Vec<Channel>> = HashMap::new();
+        for (dev, ch) in channels {
+            grouped.entry(dev).or_default().push(ch);
+        }
+        for (dev, chs) in grouped {
+            c.channels.insert(dev, Arc::new(chs));
+        }
+        c
+    }
+
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    // ---- orgs ----
+
+    pub fn org(&self, id: &str) -> Option<&Org> {
+        self.orgs.get(id)
+    }
+
+    /// All orgs, ordered by id.
+    pub fn orgs(&self) -> impl Iterator<Item = &Org> {
+        self.orgs.values()
+    }
+
+    pub fn org_count(&self) -> usize {
+        self.orgs.len()
+    }
+
+    pub fn children(&self, id: &str) -> &[String] {
+        self.children.get(id).map(Vec::as_slice).unwrap_or(&[])
+    }
+
+    /// Whether `node` is `root` or lies below it.
+    pub fn is_in_subtree(&self, node: &str, root: &str) -> bool {
+        let mut cur = Some(node);
+        let mut hops = 0;
+        while let Some(id) = cur {
+            if id == root {
+                return true;
+            }
+            hops += 1;
+            if hops > 64 {
+                return false;
+            }
+            cur = self.orgs.get(id).and_then(|o| o.parent_id.as_deref());
+        }
+        false
+    }
+
+    /// The ids of `root` and every org below it.
+    pub fn subtree(&self, root: &str) -> HashSet<String> {
+        let mut out = HashSet::new();
+        let mut stack = vec![root.to_owned()];
+        while let Some(id) = stack.pop() {
+            if out.insert(id.clone()) {
+                stack.extend(self.children(&id).iter().cloned());
+            }
+        }
+        out
+    }
+
+    /// The chain from an org up to its root, the org first.
+    pub fn ancestors(&self, id: &str) -> Vec<&Org> {
+        let mut out = Vec::new();
+        let mut cur = self.orgs.get(id);
+        while let Some(o) = cur {
+            if out.len() > 64 {
+                break;
+            }
+            out.push(o);
+            cur = o.parent_id.as_deref().and_then(|p| self.orgs.get(p));
+        }
+        out
+    }
+
+    /// The org whose gb_prefix is the longest prefix of a 20-digit code.
+    pub fn org_for_gb_code(&self, code: &str) -> Option<&Org> {
+        self.orgs
+            .values()
+            .filter(|o| o.gb_prefix.as_deref().is_some_and(|p| !p.is_empty() && code.starts_with(p)))
+            .max_by_key(|o| o.gb_prefix.as_ref().map(String::len).unwrap_or(0))
+    }
+
+    pub fn put_org(&mut self, org: Org) {
+        if let Some(old) = self.orgs.get(&org.id) {
+            if let Some(p) = &old.parent_id {
+                if let Some(list) = self.children.get_mut(p) {
+                    list.retain(|c| c != &org.id);
+                }
+            }
+        }
+        if let Some(p) = &org.parent_id {
+            self.children.entry(p.clone()).or_default().push(org.id.clone());
+        }
+        self.orgs.insert(org.id.clone(), org);
+        self.generation += 1;
+    }
+
+    pub fn remove_org(&mut self, id: &str) {
+        if let Some(old) = self.orgs.remove(id) {
+            if let Some(p) = &old.parent_id {
+                if let Some(list) = self.children.get_mut(p) {
+                    list.retain(|c| c != id);
+                }
+            }
+        }
+        self.generation += 1;
+    }
+
+    // ---- devices ----
+
+    pub fn device(&self, id: &str) -> Option<Arc<Device>> {
+        self.by_id.get(id).and_then(|k| self.device_by_key(*k))
+    }
+
+    pub fn device_by_key(&self, key: DeviceKey) -> Option<Arc<Device>> {
+        self.by_key.get(key as usize).and_then(Clone::clone)
+    }
+
+    /// All devices, ordered by id.
+    pub fn devices(&self) -> impl Iterator<Item = &Arc<Device>> {
+        self.by_id.values().filter_map(|k| self.by_key.get(*k as usize).and_then(Option::as_ref))
+    }
+
+    /// Devices with an id strictly greater than `after`, ordered by id (cursor paging).
+    pub fn devices_after<'a>(&'a self, after: Option<&'a str>) -> impl Iterator<Item = &'a Arc<Device>> + 'a {
+        let range = match after {
+            Some(a) => self.by_id.range::<str, _>((std::ops::Bound::Excluded(a), std::ops::Bound::Unbounded)),
+            None => self.by_id.range::<str, _>(..),
+        };
+        range.filter_map(|(_, k)| self.by_key.get(*k as usize).and_then(Option::as_ref))
+    }
+
+    pub fn device_count(&self) -> usize {
+        self.by_id.len()
+    }
+
+    /// One past the highest key handed out: the length presence and rate tables need.
+    pub fn key_space(&self) -> usize {
+        self.by_key.len()
+    }
+
+    /// Inserts or replaces a device, keeping its key (and flags) if it exists.
+    pub fn put_device(&mut self, d: NewDevice, created_at: Millis) -> Arc<Device> {
+        let existing = self.device(&d.id);
+        let key = match &existing {
+            Some(old) => old.key,
+            None => {
+                let k = self.by_key.len() as DeviceKey;
+                self.by_key.push(None);
+                k
+            }
+        };
+        let dev = Arc::new(Device {
+            key,
+            id: d.id.clone(),
+            name: d.name,
+            kind: d.kind,
+            protocol: d.protocol,
+            org_id: d.org_id,
+            profile: d.profile,
+            rtsp_url: d.rtsp_url,
+            password: d.password,
+            enabled: existing.as_ref().map(|o| o.enabled).unwrap_or(true),
+            maintenance: existing.as_ref().map(|o| o.maintenance).unwrap_or(false),
+            admission: d.admission,
+            attrs: d.attrs,
+            created_at,
+        });
+        self.by_id.insert(d.id, key);
+        self.by_key[key as usize] = Some(dev.clone());
+        self.generation += 1;
+        dev
+    }
+
+    pub fn replace_device(&mut self, dev: Device) -> Arc<Device> {
+        let dev = Arc::new(dev);
+        if let Some(slot) = self.by_key.get_mut(dev.key as usize) {
+            *slot = Some(dev.clone());
+        }
+        self.generation += 1;
+        dev
+    }
+
+    pub fn remove_device(&mut self, id: &str) {
+        if let Some(k) = self.by_id.remove(id) {
+            if let Some(slot) = self.by_key.get_mut(k as usize) {
+                *slot = None;
+            }
+        }
+        self.channels.remove(id);
+        self.generation += 1;
+    }
+
+    pub fn channels(&self, device_id: &str) -> Option<Arc<Vec<Channel>>> {
+        self.channels.get(device_id).cloned()
+    }
+
+    pub fn set_channels(&mut self, device_id: &str, channels: Vec<Channel>) {
+        if channels.is_empty() {
+            self.channels.remove(device_id);
+        } else {
+            self.channels.insert(device_id.to_owned(), Arc::new(channels));
+        }
+        self.generation += 1;
+    }
+}

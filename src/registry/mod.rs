@@ -1,0 +1,471 @@
+//! The registry: orgs (a tree), devices and their video channels.
+//!
+//! Owns the domain types and the `Registry` handle, which writes through to the store
+//! (sqlx, `store.rs`) and keeps an in-memory copy (`cache.rs`) that the API, presence and
+//! the rate rollup read without touching the database. It knows nothing of protocols or
+//! sockets; sources ask it to admit devices (`admission.rs`) and never write tables
+//! themselves. Writes come from the API, the CSV import and sources' admissions.
+
+mod admission;
+mod cache;
+pub mod import;
+mod store;
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock, RwLockReadGuard};
+
+use serde::{Deserialize, Serialize};
+
+pub use admission::{AdmissionOutcome, UnknownDevice};
+pub use cache::Cache;
+
+use crate::clock::{now_ms, Millis};
+use crate::config::Admission as AdmissionConfig;
+use crate::db::Db;
+use crate::error::ErrorKind;
+use crate::ids::{DeviceId, GbCode, OrgId};
+
+/// Interned handle of a device inside this process: an index into presence and rate tables.
+/// Assigned when the device enters the cache, never reused while the process runs.
+pub type DeviceKey = u32;
+
+macro_rules! string_enum {
+    ($(#[$m:meta])* $name:ident { $($variant:ident => $text:literal),+ $(,)? }) => {
+        $(#[$m])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+        #[serde(rename_all = "snake_case")]
+        pub enum $name { $($variant),+ }
+        impl $name {
+            pub const ALL: &'static [$name] = &[$($name::$variant),+];
+            pub fn as_str(self) -> &'static str {
+                match self { $($name::$variant => $text),+ }
+            }
+            pub fn parse(s: &str) -> Option<Self> {
+                match s { $($text => Some($name::$variant),)+ _ => None }
+            }
+            pub fn names() -> String {
+                [$($text),+].join(", ")
+            }
+            pub fn index(self) -> usize {
+                self as usize
+            }
+        }
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+    };
+}
+
+string_enum!(
+    /// The level of an org node.
+    OrgKind { District => "district", Street => "street", Community => "community", Unit => "unit" }
+);
+
+string_enum!(
+    /// What a device is, as the assessment groups devices.
+    DeviceKind {
+        Camera => "camera",
+        Nvr => "nvr",
+        Platform => "platform",
+        VehicleCheckpoint => "vehicle_checkpoint",
+        FaceCheckpoint => "face_checkpoint",
+        AccessControl => "access_control",
+        Barrier => "barrier",
+        Intercom => "intercom",
+        Sensor => "sensor",
+        Other => "other",
+    }
+);
+
+string_enum!(
+    /// How vigil hears from a device.
+    Protocol {
+        Gb28181 => "gb28181",
+        Rtsp => "rtsp",
+        Mqtt => "mqtt",
+        Gat1400 => "gat1400",
+        Quic => "quic",
+        External => "external",
+    }
+);
+
+string_enum!(
+    /// Whether a device is accepted into the registry's counts.
+    Admission { Approved => "approved", Quarantined => "quarantined", Rejected => "rejected" }
+);
+
+/// An org node.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Org {
+    pub id: String,
+    pub name: String,
+    pub kind: OrgKind,
+    pub parent_id: Option<String>,
+    pub gb_prefix: Option<String>,
+}
+
+/// A device as the registry holds it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Device {
+    pub key: DeviceKey,
+    pub id: String,
+    pub name: String,
+    pub kind: DeviceKind,
+    pub protocol: Protocol,
+    pub org_id: Option<String>,
+    pub profile: Option<String>,
+    pub rtsp_url: Option<String>,
+    pub password: Option<String>,
+    pub enabled: bool,
+    pub maintenance: bool,
+    pub admission: Admission,
+    pub attrs: serde_json::Map<String, serde_json::Value>,
+    pub created_at: Millis,
+}
+
+impl Device {
+    /// Whether the device is in the denominator of the online rate.
+    pub fn counted(&self, count_maintenance: bool) -> bool {
+        self.enabled && self.admission == Admission::Approved && (count_maintenance || !self.maintenance)
+    }
+}
+
+/// A video channel under a GB/T 28181 device or NVR.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Channel {
+    pub id: String,
+    pub name: String,
+    /// The catalog's Status: ON counts as online while the parent device is.
+    pub status_on: bool,
+    #[serde(default)]
+    pub attrs: serde_json::Map<String, serde_json::Value>,
+}
+
+/// A device to create or replace (API, CSV import, config).
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewDevice {
+    pub id: String,
+    pub name: String,
+    pub kind: DeviceKind,
+    pub protocol: Protocol,
+    pub org_id: Option<String>,
+    pub profile: Option<String>,
+    pub rtsp_url: Option<String>,
+    pub password: Option<String>,
+    pub admission: Admission,
+    pub attrs: serde_json::Map<String, serde_json::Value>,
+}
+
+/// A change to a device (PATCH). `None` leaves the field as it is.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct DevicePatch {
+    pub name: Option<String>,
+    pub org_id: Option<Option<String>>,
+    pub enabled: Option<bool>,
+    pub maintenance: Option<bool>,
+    pub admission: Option<Admission>,
+}
+
+/// A change to an org (PATCH).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct OrgPatch {
+    pub name: Option<String>,
+    pub parent_id: Option<Option<String>>,
+    pub gb_prefix: Option<Option<String>>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{field}: {message}")]
+    Invalid { field: String, message: String },
+    #[error("{what} {id:?} not found")]
+    NotFound { what: &'static str, id: String },
+    #[error("{0}")]
+    Conflict(String),
+    #[error("registry storage: {0}")]
+    Store(#[from] sqlx::Error),
+}
+
+impl Error {
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Error::Invalid { .. } => ErrorKind::InvalidInput,
+            Error::NotFound { .. } => ErrorKind::NotFound,
+            Error::Conflict(_) => ErrorKind::Conflict,
+            Error::Store(e) => crate::db::sqlx_kind(e),
+        }
+    }
+    pub fn invalid(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Error::Invalid { field: field.into(), message: message.into() }
+    }
+    /// The field a validation error names, for API error bodies.
+    pub fn field(&self) -> Option<&str> {
+        match self {
+            Error::Invalid { field, .. } => Some(field),
+            _ => None,
+        }
+    }
+}
+
+/// The registry handle: write-through to the database, reads from memory.
+#[derive(Clone)]
+pub struct Registry {
+    db: Db,
+    cache: Arc<RwLock<Cache>>,
+    admission: AdmissionConfig,
+}
+
+impl Registry {
+    /// Loads orgs, devices and channels from the database.
+    pub async fn load(db: Db, admission: AdmissionConfig) -> Result<Self, Error> {
+        let orgs = store::load_orgs(&db.pool).await?;
+        let devices = store::load_devices(&db.pool).await?;
+        let channels = store::load_channels(&db.pool).await?;
+        let cache = Cache::build(orgs, devices, channels);
+        Ok(Self { db, cache: Arc::new(RwLock::new(cache)), admission })
+    }
+
+    /// Read access to the in-memory registry. Never hold it across an await.
+    pub fn read(&self) -> RwLockReadGuard<'_, Cache> {
+        self.cache.read().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn write_cache<R>(&self, f: impl FnOnce(&mut Cache) -> R) -> R {
+        let mut guard = self.cache.write().unwrap_or_else(|poisoned| poisoned.into_inner());
+        f(&mut guard)
+    }
+
+    pub fn db(&self) -> &Db {
+        &self.db
+    }
+
+    // ---- orgs ----
+
+    /// Checks an org before it is written: id, name, parent exists, no cycle.
+    fn check_org(&self, org: &Org, is_new: bool) -> Result<(), Error> {
+        OrgId::parse(&org.id).map_err(|e| Error::invalid("id", e.to_string()))?;
+        if org.name.trim().is_empty() {
+            return Err(Error::invalid("name", "must not be empty"));
+        }
+        if let Some(prefix) = &org.gb_prefix {
+            if prefix.is_empty() || prefix.len() > 10 || !prefix.chars().all(|c| c.is_ascii_digit()) {
+                return Err(Error::invalid("gb_prefix", format!("{prefix:?} is not 1 to 10 digits")));
+            }
+        }
+        let cache = self.read();
+        if is_new && cache.org(&org.id).is_some() {
+            return Err(Error::Conflict(format!("org {:?} exists already", org.id)));
+        }
+        if let Some(parent) = &org.parent_id {
+            if cache.org(parent).is_none() {
+                return Err(Error::invalid("parent_id", format!("no org {parent:?}")));
+            }
+            if !is_new && cache.is_in_subtree(parent, &org.id) {
+                return Err(Error::invalid("parent_id", format!("{parent:?} is inside {:?}'s own subtree", org.id)));
+            }
+        }
+        Ok(())
+    }
+
+    pub async fn create_org(&self, org: Org) -> Result<Org, Error> {
+        self.check_org(&org, true)?;
+        store::insert_org(&self.db.pool, &org, now_ms()).await?;
+        self.write_cache(|c| c.put_org(org.clone()));
+        Ok(org)
+    }
+
+    /// Creates or updates orgs from the config seed (parents listed first).
+    pub async fn seed_orgs(&self, orgs: &[Org]) -> Result<(), Error> {
+        for org in orgs {
+            let exists = self.read().org(&org.id).cloned();
+            match exists {
+                None => {
+                    self.create_org(org.clone()).await?;
+                }
+                Some(old) if &old != org => {
+                    self.check_org(org, false)?;
+                    store::update_org(&self.db.pool, org).await?;
+                    self.write_cache(|c| c.put_org(org.clone()));
+                }
+                Some(_) => {}
+            }
+        }
+        Ok(())
+    }
+
+    pub async fn update_org(&self, id: &str, patch: OrgPatch) -> Result<Org, Error> {
+        let mut org = self.read().org(id).cloned().ok_or_else(|| Error::NotFound { what: "org", id: id.into() })?;
+        if let Some(n) = patch.name {
+            org.name = n;
+        }
+        if let Some(p) = patch.parent_id {
+            org.parent_id = p;
+        }
+        if let Some(g) = patch.gb_prefix {
+            org.gb_prefix = g;
+        }
+        self.check_org(&org, false)?;
+        store::update_org(&self.db.pool, &org).await?;
+        self.write_cache(|c| c.put_org(org.clone()));
+        Ok(org)
+    }
+
+    pub async fn delete_org(&self, id: &str) -> Result<(), Error> {
+        {
+            let cache = self.read();
+            if cache.org(id).is_none() {
+                return Err(Error::NotFound { what: "org", id: id.into() });
+            }
+            let children = cache.children(id).len();
+            let devices = cache.devices().filter(|d| d.org_id.as_deref() == Some(id)).count();
+            if children > 0 || devices > 0 {
+                return Err(Error::Conflict(format!(
+                    "org {id:?} still has {children} child org(s) and {devices} device(s): move or delete them first"
+                )));
+            }
+        }
+        store::delete_org(&self.db.pool, id).await?;
+        self.write_cache(|c| c.remove_org(id));
+        Ok(())
+    }
+
+    // ---- devices ----
+
+    /// Validates a new device and fills in what can be derived (org from the GB/T 28181
+    /// prefix). `field_prefix` is prepended to field names in errors.
+    pub fn prepare_device(&self, mut d: NewDevice) -> Result<NewDevice, Error> {
+        DeviceId::parse(&d.id).map_err(|e| Error::invalid("id", e.to_string()))?;
+        if d.name.trim().is_empty() {
+            d.name = d.id.clone();
+        }
+        if d.name.chars().count() > 200 {
+            return Err(Error::invalid("name", "longer than 200 characters"));
+        }
+        if d.protocol == Protocol::Gb28181 {
+            let code = GbCode::parse(&d.id).map_err(|e| Error::invalid("id", e.to_string()))?;
+            if d.org_id.is_none() && self.admission.org_from_gb_prefix {
+                d.org_id = self.read().org_for_gb_code(code.as_str()).map(|o| o.id.clone());
+            }
+        }
+        if d.protocol == Protocol::Rtsp {
+            match &d.rtsp_url {
+                None => return Err(Error::invalid("rtsp_url", "required for protocol rtsp")),
+                Some(u) => {
+                    let parsed =
+                        url::Url::parse(u).map_err(|e| Error::invalid("rtsp_url", format!("not a URL: {e}")))?;
+                    if !matches!(parsed.scheme(), "rtsp" | "rtsps") {
+                        return Err(Error::invalid("rtsp_url", "must start with rtsp:// or rtsps://"));
+                    }
+                }
+            }
+        }
+        if let Some(org) = &d.org_id {
+            if self.read().org(org).is_none() {
+                return Err(Error::invalid("org_id", format!("no org {org:?}")));
+            }
+        }
+        Ok(d)
+    }
+
+    /// Creates one device (API). Conflict if the id exists.
+    pub async fn create_device(&self, d: NewDevice) -> Result<Arc<Device>, Error> {
+        let d = self.prepare_device(d)?;
+        if self.read().device(&d.id).is_some() {
+            return Err(Error::Conflict(format!("device {:?} exists already", d.id)));
+        }
+        let (created, _) = self.upsert_devices(vec![d], |_| {}).await?;
+        created.into_iter().next().ok_or_else(|| Error::Conflict("device was not written".into()))
+    }
+
+    /// Writes devices in one transaction (all or none) and returns them with the number
+    /// that already existed. `progress` is called with the rows written so far.
+    pub async fn upsert_devices(
+        &self,
+        devices: Vec<NewDevice>,
+        progress: impl FnMut(usize),
+    ) -> Result<(Vec<Arc<Device>>, usize), Error> {
+        let now = now_ms();
+        let existed: HashMap<String, Millis> = {
+            let cache = self.read();
+            devices.iter().filter_map(|d| cache.device(&d.id).map(|old| (d.id.clone(), old.created_at))).collect()
+        };
+        store::upsert_devices(&self.db.pool, self.db.backend, &devices, now, progress).await?;
+        let updated = existed.len();
+        let written = self.write_cache(|c| {
+            devices
+                .into_iter()
+                .map(|d| {
+                    let created_at = existed.get(&d.id).copied().unwrap_or(now);
+                    c.put_device(d, created_at)
+                })
+                .collect::<Vec<_>>()
+        });
+        Ok((written, updated))
+    }
+
+    pub async fn update_device(&self, id: &str, patch: DevicePatch) -> Result<Arc<Device>, Error> {
+        let mut dev =
+            (*self.read().device(id).ok_or_else(|| Error::NotFound { what: "device", id: id.into() })?).clone();
+        if let Some(n) = patch.name {
+            if n.trim().is_empty() {
+                return Err(Error::invalid("name", "must not be empty"));
+            }
+            dev.name = n;
+        }
+        if let Some(o) = patch.org_id {
+            if let Some(org) = &o {
+                if self.read().org(org).is_none() {
+                    return Err(Error::invalid("org_id", format!("no org {org:?}")));
+                }
+            }
+            dev.org_id = o;
+        }
+        if let Some(e) = patch.enabled {
+            dev.enabled = e;
+        }
+        if let Some(m) = patch.maintenance {
+            dev.maintenance = m;
+        }
+        if let Some(a) = patch.admission {
+            dev.admission = a;
+        }
+        store::update_device(&self.db.pool, &dev, now_ms()).await?;
+        Ok(self.write_cache(|c| c.replace_device(dev)))
+    }
+
+    pub async fn delete_device(&self, id: &str) -> Result<DeviceKey, Error> {
+        let key =
+            self.read().device(id).map(|d| d.key).ok_or_else(|| Error::NotFound { what: "device", id: id.into() })?;
+        store::delete_device(&self.db.pool, id).await?;
+        self.write_cache(|c| c.remove_device(id));
+        Ok(key)
+    }
+
+    /// Replaces a device's channels (a full catalog).
+    pub async fn replace_channels(&self, device_id: &str, channels: Vec<Channel>) -> Result<(), Error> {
+        if self.read().device(device_id).is_none() {
+            return Err(Error::NotFound { what: "device", id: device_id.into() });
+        }
+        store::replace_channels(&self.db.pool, device_id, &channels).await?;
+        self.write_cache(|c| c.set_channels(device_id, channels));
+        Ok(())
+    }
+
+    /// Decides what happens to a device that announced itself (sources call this).
+    pub async fn admit(&self, unknown: UnknownDevice) -> Result<AdmissionOutcome, Error> {
+        if let Some(d) = self.read().device(&unknown.id) {
+            return Ok(AdmissionOutcome::Known(d));
+        }
+        match admission::decide(&self.admission, &unknown) {
+            None => Ok(AdmissionOutcome::Refused),
+            Some(new) => {
+                let new = self.prepare_device(new)?;
+                let (mut written, _) = self.upsert_devices(vec![new], |_| {}).await?;
+                let d = written.pop().ok_or_else(|| Error::Conflict("device was not written".into()))?;
+                Ok(AdmissionOutcome::Added(d))
+            }
+        }
+    }
+}

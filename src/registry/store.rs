@@ -1,0 +1,232 @@
+//! SQL for orgs, devices and channels. One query text serves SQLite and PostgreSQL
+//! (`$n` placeholders, BIGINT times, 0/1 flags). Only the `Registry` handle calls it.
+
+use sqlx::AnyPool;
+use sqlx::Row;
+
+use super::{Admission, Channel, Device, DeviceKind, NewDevice, Org, OrgKind, Protocol};
+use crate::clock::Millis;
+use crate::db::Backend;
+
+/// Rows per multi-row INSERT: 11 parameters each stays far below both backends' limits.
+const INSERT_CHUNK: usize = 500;
+
+fn decode_err(column: &str, value: &str) -> sqlx::Error {
+    sqlx::Error::Decode(format!("column {column}: unexpected value {value:?}").into())
+}
+
+fn attrs_from(text: &str) -> serde_json::Map<String, serde_json::Value> {
+    serde_json::from_str(text).unwrap_or_default()
+}
+
+pub async fn load_orgs(pool: &AnyPool) -> Result<Vec<Org>, sqlx::Error> {
+    // Parents first, so the cache can link children as it goes.
+    let rows = sqlx::query("SELECT id, name, kind, parent_id, gb_prefix FROM orgs ORDER BY created_at, id")
+        .fetch_all(pool)
+        .await?;
+    rows.into_iter()
+        .map(|r| {
+            let kind: String = r.try_get("kind")?;
+            Ok(Org {
+                id: r.try_get("id")?,
+                name: r.try_get("name")?,
+                kind: OrgKind::parse(&kind).ok_or_else(|| decode_err("orgs.kind", &kind))?,
+                parent_id: r.try_get("parent_id")?,
+                gb_prefix: r.try_get("gb_prefix")?,
+            })
+        })
+        .collect()
+}
+
+pub async fn insert_org(pool: &AnyPool, o: &Org, now: Millis) -> Result<(), sqlx::Error> {
+    sqlx::query("INSERT INTO orgs (id, name, kind, parent_id, gb_prefix, created_at) VALUES ($1, $2, $3, $4, $5, $6)")
+        .bind(&o.id)
+        .bind(&o.name)
+        .bind(o.kind.as_str())
+        .bind(&o.parent_id)
+        .bind(&o.gb_prefix)
+        .bind(now)
+        .execute(pool)
+        .await?;
+    Ok(())
+}
+
+pub async fn update_org(pool: &AnyPool, o: &Org) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE orgs SET name = $2, kind = $3, parent_id = $4, gb_prefix = $5 WHERE id = $1")
+        .bind(&o.id)
+        .bind(&o.name)
+        .bind(o.kind.as_str())
+        .bind(&o.parent_id)
+        .bind(&o.gb_prefix)
+        .execute(pool)
+        .await?;
+    Ok(())
+}
+
+pub async fn delete_org(pool: &AnyPool, id: &str) -> Result<(), sqlx::Error> {
+    sqlx::query("DELETE FROM orgs WHERE id = $1").bind(id).execute(pool).await?;
+    Ok(())
+}
+
+pub async fn load_devices(pool: &AnyPool) -> Result<Vec<(NewDevice, bool, bool, Millis)>, sqlx::Error> {
+    let rows = sqlx::query(
+        "SELECT id, name, kind, protocol, org_id, profile, rtsp_url, password, enabled, maintenance, \
+         admission, attrs, created_at FROM devices",
+    )
+    .fetch_all(pool)
+    .await?;
+    rows.into_iter()
+        .map(|r| {
+            let kind: String = r.try_get("kind")?;
+            let protocol: String = r.try_get("protocol")?;
+            let admission: String = r.try_get("admission")?;
+            let attrs: String = r.try_get("attrs")?;
+            let enabled: i64 = r.try_get("enabled")?;
+            let maintenance: i64 = r.try_get("maintenance")?;
+            let created_at: i64 = r.try_get("created_at")?;
+            Ok((
+                NewDevice {
+                    id: r.try_get("id")?,
+                    name: r.try_get("name")?,
+                    kind: DeviceKind::parse(&kind).ok_or_else(|| decode_err("devices.kind", &kind))?,
+                    protocol: Protocol::parse(&protocol).ok_or_else(|| decode_err("devices.protocol", &protocol))?,
+                    org_id: r.try_get("org_id")?,
+                    profile: r.try_get("profile")?,
+                    rtsp_url: r.try_get("rtsp_url")?,
+                    password: r.try_get("password")?,
+                    admission: Admission::parse(&admission)
+                        .ok_or_else(|| decode_err("devices.admission", &admission))?,
+                    attrs: attrs_from(&attrs),
+                },
+                enabled != 0,
+                maintenance != 0,
+                created_at,
+            ))
+        })
+        .collect()
+}
+
+/// Inserts or replaces devices in one transaction; flags of existing devices are kept.
+pub async fn upsert_devices(
+    pool: &AnyPool,
+    _backend: Backend,
+    devices: &[NewDevice],
+    now: Millis,
+    mut progress: impl FnMut(usize),
+) -> Result<(), sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    let mut done = 0;
+    for chunk in devices.chunks(INSERT_CHUNK) {
+        let mut sql = String::from(
+            "INSERT INTO devices (id, name, kind, protocol, org_id, profile, rtsp_url, password, admission, attrs, created_at, updated_at) VALUES ",
+        );
+        for i in 0..chunk.len() {
+            let b = i * 11;
+            if i > 0 {
+                sql.push(',');
+            }
+            sql.push_str(&format!(
+                "(${},${},${},${},${},${},${},${},${},${},${},${})",
+                b + 1,
+                b + 2,
+                b + 3,
+                b + 4,
+                b + 5,
+                b + 6,
+                b + 7,
+                b + 8,
+                b + 9,
+                b + 10,
+                b + 11,
+                b + 11
+            ));
+        }
+        sql.push_str(
+            " ON CONFLICT (id) DO UPDATE SET name = excluded.name, kind = excluded.kind, protocol = excluded.protocol, \
+             org_id = excluded.org_id, profile = excluded.profile, rtsp_url = excluded.rtsp_url, \
+             password = COALESCE(excluded.password, devices.password), admission = excluded.admission, \
+             attrs = excluded.attrs, updated_at = excluded.updated_at",
+        );
+        let mut q = sqlx::query(&sql);
+        for d in chunk {
+            q = q
+                .bind(&d.id)
+                .bind(&d.name)
+                .bind(d.kind.as_str())
+                .bind(d.protocol.as_str())
+                .bind(&d.org_id)
+                .bind(&d.profile)
+                .bind(&d.rtsp_url)
+                .bind(&d.password)
+                .bind(d.admission.as_str())
+                .bind(serde_json::Value::Object(d.attrs.clone()).to_string())
+                .bind(now);
+        }
+        q.execute(&mut *tx).await?;
+        done += chunk.len();
+        progress(done);
+    }
+    tx.commit().await
+}
+
+pub async fn update_device(pool: &AnyPool, d: &Device, now: Millis) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE devices SET name = $2, org_id = $3, enabled = $4, maintenance = $5, admission = $6, updated_at = $7 WHERE id = $1",
+    )
+    .bind(&d.id)
+    .bind(&d.name)
+    .bind(&d.org_id)
+    .bind(i64::from(d.enabled))
+    .bind(i64::from(d.maintenance))
+    .bind(d.admission.as_str())
+    .bind(now)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+pub async fn delete_device(pool: &AnyPool, id: &str) -> Result<(), sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    sqlx::query("DELETE FROM channels WHERE device_id = $1").bind(id).execute(&mut *tx).await?;
+    sqlx::query("DELETE FROM presence_state WHERE device_id = $1").bind(id).execute(&mut *tx).await?;
+    sqlx::query("DELETE FROM presence_transitions WHERE device_id = $1").bind(id).execute(&mut *tx).await?;
+    sqlx::query("DELETE FROM devices WHERE id = $1").bind(id).execute(&mut *tx).await?;
+    tx.commit().await
+}
+
+pub async fn load_channels(pool: &AnyPool) -> Result<Vec<(String, Channel)>, sqlx::Error> {
+    let rows = sqlx::query("SELECT device_id, id, name, status_on, attrs FROM channels ORDER BY device_id, id")
+        .fetch_all(pool)
+        .await?;
+    rows.into_iter()
+        .map(|r| {
+            let status: i64 = r.try_get("status_on")?;
+            let attrs: String = r.try_get("attrs")?;
+            Ok((
+                r.try_get("device_id")?,
+                Channel {
+                    id: r.try_get("id")?,
+                    name: r.try_get("name")?,
+                    status_on: status != 0,
+                    attrs: attrs_from(&attrs),
+                },
+            ))
+        })
+        .collect()
+}
+
+pub async fn replace_channels(pool: &AnyPool, device_id: &str, channels: &[Channel]) -> Result<(), sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    sqlx::query("DELETE FROM channels WHERE device_id = $1").bind(device_id).execute(&mut *tx).await?;
+    for c in channels {
+        sqlx::query("INSERT INTO channels (device_id, id, name, status_on, attrs) VALUES ($1, $2, $3, $4, $5)")
+            .bind(device_id)
+            .bind(&c.id)
+            .bind(&c.name)
+            .bind(i64::from(c.status_on))
+            .bind(serde_json::Value::Object(c.attrs.clone()).to_string())
+            .execute(&mut *tx)
+            .await?;
+    }
+    tx.commit().await
+}

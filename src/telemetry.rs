@@ -1,0 +1,97 @@
+//! Logging setup and the metrics contract: every Prometheus name vigil exports is a const
+//! here (API.md "Metrics"), labels are low-cardinality (never a device id), and `Metrics`
+//! holds the registered collectors that the rest of the code updates.
+
+use prometheus::{
+    Encoder, Gauge, GaugeVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+pub const DEVICES: &str = "vigil_devices";
+pub const ONLINE_RATE: &str = "vigil_online_rate";
+pub const ONLINE_TARGET: &str = "vigil_online_target";
+pub const PRESENCE_TRANSITIONS: &str = "vigil_presence_transitions_total";
+pub const OBSERVATIONS: &str = "vigil_observations_total";
+pub const PRESENCE_PENDING: &str = "vigil_presence_pending_transitions";
+pub const EVENTS: &str = "vigil_events_total";
+pub const EVENTS_REJECTED: &str = "vigil_events_rejected_total";
+pub const HTTP_REQUESTS: &str = "vigil_http_requests_total";
+pub const DB_UP: &str = "vigil_database_up";
+
+/// The collectors. Cheap to clone (the prometheus types are handles).
+#[derive(Clone)]
+pub struct Metrics {
+    pub registry: Registry,
+    pub devices: IntGaugeVec,
+    pub online_rate: GaugeVec,
+    pub online_target: Gauge,
+    pub transitions: IntCounterVec,
+    pub observations: IntCounter,
+    pub presence_pending: IntGauge,
+    pub events: IntCounterVec,
+    pub events_rejected: IntCounterVec,
+    pub http_requests: IntCounterVec,
+    pub db_up: IntGauge,
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        let m = Metrics {
+            devices: IntGaugeVec::new(Opts::new(DEVICES, "Devices by presence state, kind and protocol."), &["state", "kind", "protocol"])
+                .expect("should be a valid metric"),
+            online_rate: GaugeVec::new(
+                Opts::new(ONLINE_RATE, "Online rate (0..1) by org node (kind=\"all\") and by device kind over the whole gateway (org=\"all\")."),
+                &["org", "kind"],
+            )
+            .expect("should be a valid metric"),
+            online_target: Gauge::new(ONLINE_TARGET, "The assessment's online-rate target (0..1).").expect("should be a valid metric"),
+            transitions: IntCounterVec::new(Opts::new(PRESENCE_TRANSITIONS, "Presence transitions by new state and protocol."), &["to", "protocol"])
+                .expect("should be a valid metric"),
+            observations: IntCounter::new(OBSERVATIONS, "Observations handled by presence.").expect("should be a valid metric"),
+            presence_pending: IntGauge::new(PRESENCE_PENDING, "Presence transitions waiting to be written.").expect("should be a valid metric"),
+            events: IntCounterVec::new(Opts::new(EVENTS, "Events accepted by kind and source."), &["kind", "source"]).expect("should be a valid metric"),
+            events_rejected: IntCounterVec::new(Opts::new(EVENTS_REJECTED, "Messages refused by source and reason."), &["source", "reason"])
+                .expect("should be a valid metric"),
+            http_requests: IntCounterVec::new(Opts::new(HTTP_REQUESTS, "API requests by status class."), &["class"]).expect("should be a valid metric"),
+            db_up: IntGauge::new(DB_UP, "1 while the last database write succeeded.").expect("should be a valid metric"),
+            registry,
+        };
+        for c in [
+            Box::new(m.devices.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(m.online_rate.clone()),
+            Box::new(m.online_target.clone()),
+            Box::new(m.transitions.clone()),
+            Box::new(m.observations.clone()),
+            Box::new(m.presence_pending.clone()),
+            Box::new(m.events.clone()),
+            Box::new(m.events_rejected.clone()),
+            Box::new(m.http_requests.clone()),
+            Box::new(m.db_up.clone()),
+        ] {
+            m.registry.register(c).expect("should register each metric once");
+        }
+        m
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
+        String::from_utf8(buf).unwrap_or_default()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Sets up tracing: human-readable by default, JSON lines with `json`. `RUST_LOG` filters
+/// (default `info`).
+pub fn init_logging(json: bool) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn,tower_http=warn"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_target(false);
+    let _ = if json { builder.json().try_init() } else { builder.try_init() };
+}
