@@ -12,7 +12,7 @@ PACKAGES=(
   # real peers for the tests
   mosquitto mosquitto-clients
   postgresql postgresql-client
-  chromium
+  chromium fonts-wqy-microhei
   baresip
   python3-gi gir1.2-gst-rtsp-server-1.0 gstreamer1.0-tools
   gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-ugly gstreamer1.0-plugins-bad

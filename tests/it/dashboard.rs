@@ -1,0 +1,81 @@
+//! The dashboard in headless Chromium (Debian's `chromium`): the page loads with a token in
+//! its URL, fetches the API and renders the district's rate, the streets worst first, the
+//! kinds and the offline list. The DOM is checked for the real figures, and a screenshot is
+//! saved to target/dashboard.png for a person to look at.
+
+use std::process::Command;
+use std::time::Duration;
+
+use serde_json::json;
+
+use crate::support::gateway::{Db, TestGateway, VIEWER};
+use crate::support::require_command;
+
+fn chromium(args: &[&str], url: &str, profile: &std::path::Path) -> std::process::Output {
+    let bin = require_command("chromium");
+    Command::new(bin)
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--hide-scrollbars",
+            "--window-size=1500,1100",
+            "--virtual-time-budget=8000",
+        ])
+        .arg(format!("--user-data-dir={}", profile.display()))
+        .args(args)
+        .arg(url)
+        .output()
+        .expect("run chromium")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dashboard_shows_the_live_rate_streets_kinds_and_offline_devices() {
+    let gw = TestGateway::start(Db::Sqlite, "").await;
+    let api = &gw.api;
+    for (id, name, kind, parent) in [
+        ("qiaokou", "硚口区", "district", None),
+        ("gutian", "古田街道", "street", Some("qiaokou")),
+        ("zongguan", "宗关街道", "street", Some("qiaokou")),
+    ] {
+        assert_eq!(api.post("/orgs", json!({"id": id, "name": name, "kind": kind, "parent_id": parent})).await.0, 201);
+    }
+    let mut csv = String::from("id,name,kind,protocol,org_id,rtsp_url,profile\n");
+    for i in 0..20 {
+        let (org, kind) = if i < 12 { ("gutian", "camera") } else { ("zongguan", "access_control") };
+        csv.push_str(&format!("dev-{i:02},设备{i:02},{kind},external,{org},,\n"));
+    }
+    assert_eq!(api.post_csv("/devices/import", &csv).await.0, 200);
+    // 17 of 20 online: gutian 12/12, zongguan 5/8; dev-19 reported dead.
+    let alive: Vec<_> = (0..17).map(|i| json!({"device_id": format!("dev-{i:02}"), "kind": "alive", "ttl": "10m"})).collect();
+    assert_eq!(api.post("/observations", json!(alive)).await.0, 202);
+    api.post("/observations", json!({"device_id": "dev-19", "kind": "dead", "reason": "光纤中断"})).await;
+    api.wait_for("/online-rate", Duration::from_secs(5), |r| r["online"] == 17).await;
+
+    let profile = tempfile::tempdir().expect("profile dir");
+    let url = format!("{}/?token={VIEWER}&lang=zh", gw.url);
+    let out = chromium(&["--dump-dom"], &url, profile.path());
+    let dom = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "chromium failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(dom.contains("85.00%"), "district rate 17/20 not shown:\n{dom}");
+    assert!(dom.contains("17 / 20"), "counts not shown");
+    assert!(dom.contains("宗关街道") && dom.contains("62.50%"), "worst street not shown");
+    let zong = dom.find("宗关街道").expect("zongguan");
+    let gut = dom.find("古田街道").expect("gutian");
+    assert!(zong < gut, "streets are not worst first");
+    assert!(dom.contains("门禁"), "kinds are not translated");
+    assert!(dom.contains("设备19") && dom.contains("光纤中断") && dom.contains("上报离线"), "offline list lacks dev-19 and its reason");
+    assert!(dom.contains("低于考核目标"), "the 95% verdict is missing");
+
+    let shot = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/dashboard.png");
+    let out = chromium(&[&format!("--screenshot={}", shot.display())], &url, profile.path());
+    assert!(out.status.success(), "screenshot failed: {}", String::from_utf8_lossy(&out.stderr));
+    let meta = std::fs::metadata(&shot).expect("screenshot written");
+    assert!(meta.len() > 20_000, "screenshot suspiciously small: {} bytes", meta.len());
+    gw.shutdown().await;
+}

@@ -1,0 +1,9 @@
+//! The integration tests: one binary (cargo and zero2prod style). Each module tells one
+//! operator's story against real peers (PostgreSQL, the vigil binary, headless Chromium).
+
+mod support;
+
+mod api;
+mod dashboard;
+mod restart;
+mod store;

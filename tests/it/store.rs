@@ -1,0 +1,175 @@
+//! The store, the same tests on SQLite and on PostgreSQL (a fresh database per test):
+//! registry writes and reloads, all-or-nothing upserts, presence batches and history,
+//! state-as-of queries, rate samples.
+
+use std::sync::Arc;
+
+use vigil::config::Admission as AdmissionConfig;
+use vigil::db::Db;
+use vigil::presence::{store as pstore, AliveKind, Reason, State, StateRow, Transition};
+use vigil::registry::{Admission, Channel, DeviceKind, DevicePatch, NewDevice, Org, OrgKind, Protocol, Registry};
+
+use crate::support::postgres::TestDb;
+
+/// Runs a store test body on both backends.
+macro_rules! on_both_backends {
+    ($name:ident, $body:ident) => {
+        mod $name {
+            #[tokio::test]
+            async fn sqlite() {
+                let dir = tempfile::tempdir().expect("temp dir");
+                let url = format!("sqlite://{}/vigil.db", dir.path().display());
+                super::$body(vigil::db::Db::connect(&url, None).await.expect("sqlite")).await;
+            }
+            #[tokio::test]
+            async fn postgres() {
+                let pg = crate::support::postgres::TestDb::create().await;
+                super::$body(vigil::db::Db::connect(&pg.url, None).await.expect("postgres")).await;
+            }
+        }
+    };
+}
+
+fn org(id: &str, kind: OrgKind, parent: Option<&str>, prefix: Option<&str>) -> Org {
+    Org { id: id.into(), name: format!("{id} 名"), kind, parent_id: parent.map(Into::into), gb_prefix: prefix.map(Into::into) }
+}
+
+fn device(id: &str, protocol: Protocol, org: Option<&str>) -> NewDevice {
+    NewDevice {
+        id: id.into(),
+        name: format!("设备 {id}"),
+        kind: DeviceKind::Camera,
+        protocol,
+        org_id: org.map(Into::into),
+        profile: None,
+        rtsp_url: None,
+        password: Some("secret".into()),
+        admission: Admission::Approved,
+        attrs: serde_json::Map::from_iter([("ip".to_string(), serde_json::json!("10.0.0.1"))]),
+    }
+}
+
+async fn registry_round_trip(db: Db) {
+    let reg = Registry::load(db.clone(), AdmissionConfig::default()).await.expect("load");
+    reg.create_org(org("qiaokou", OrgKind::District, None, Some("420104"))).await.expect("district");
+    reg.create_org(org("gutian", OrgKind::Street, Some("qiaokou"), Some("42010401"))).await.expect("street");
+    assert!(reg.create_org(org("qiaokou", OrgKind::District, None, None)).await.is_err(), "duplicate org");
+    let cam = reg.prepare_device(device("42010401001320000001", Protocol::Gb28181, None)).expect("valid");
+    assert_eq!(cam.org_id.as_deref(), Some("gutian"), "placed by the longest prefix");
+    let mut batch = vec![cam];
+    for i in 0..1200 {
+        batch.push(reg.prepare_device(device(&format!("ext-{i:04}"), Protocol::External, Some("qiaokou"))).expect("valid"));
+    }
+    let (written, updated) = reg.upsert_devices(batch.clone(), |_| {}).await.expect("upsert");
+    assert_eq!((written.len(), updated), (1201, 0));
+    let (_, updated) = reg.upsert_devices(batch, |_| {}).await.expect("re-upsert");
+    assert_eq!(updated, 1201);
+    reg.update_device("ext-0001", DevicePatch { maintenance: Some(true), enabled: Some(false), ..Default::default() }).await.expect("patch");
+    reg.replace_channels(
+        "42010401001320000001",
+        vec![Channel { id: "42010401001310000001".into(), name: "通道 1".into(), status_on: true, attrs: Default::default() }],
+    )
+    .await
+    .expect("channels");
+    reg.delete_device("ext-0002").await.expect("delete");
+    assert!(reg.delete_org("qiaokou").await.is_err(), "org with devices and children");
+
+    // A second load sees exactly what was written.
+    let again = Registry::load(db.clone(), AdmissionConfig::default()).await.expect("reload");
+    let c = again.read();
+    assert_eq!((c.org_count(), c.device_count()), (2, 1200));
+    let d = c.device("ext-0001").expect("ext-0001");
+    assert!(d.maintenance && !d.enabled);
+    assert_eq!(d.password.as_deref(), Some("secret"));
+    assert_eq!(d.attrs["ip"], "10.0.0.1");
+    assert_eq!(c.device("42010401001320000001").expect("cam").name, "设备 42010401001320000001");
+    assert_eq!(c.channels("42010401001320000001").expect("channels")[0].name, "通道 1");
+    assert!(c.device("ext-0002").is_none());
+    drop(c);
+    db.close().await;
+}
+on_both_backends!(registry_writes_survive_a_reload, registry_round_trip);
+
+async fn upsert_is_all_or_nothing(db: Db) {
+    let reg = Registry::load(db.clone(), AdmissionConfig::default()).await.expect("load");
+    reg.create_org(org("d", OrgKind::District, None, None)).await.expect("org");
+    // A row whose org does not exist passes no check here, so the database refuses it
+    // (foreign key) and the whole batch must be rolled back.
+    let mut batch: Vec<NewDevice> = (0..700).map(|i| device(&format!("ok-{i}"), Protocol::External, Some("d"))).collect();
+    batch.push(device("orphan", Protocol::External, Some("missing-org")));
+    assert!(reg.upsert_devices(batch, |_| {}).await.is_err());
+    let again = Registry::load(db.clone(), AdmissionConfig::default()).await.expect("reload");
+    assert_eq!(again.read().device_count(), 0, "half a batch was written");
+    db.close().await;
+}
+on_both_backends!(a_failed_upsert_writes_nothing, upsert_is_all_or_nothing);
+
+fn tr(id: &str, at: i64, from: State, to: State, reason: Reason) -> Transition {
+    Transition { device: 0, device_id: Arc::from(id), protocol: "external", at, from, to, reason, detail: Some("why".into()) }
+}
+
+async fn presence_history(db: Db) {
+    let p = &db.pool;
+    let transitions = vec![
+        tr("a", 1_000, State::Unknown, State::Online, Reason::Alive),
+        tr("a", 5_000, State::Online, State::Offline, Reason::TtlExpired),
+        tr("b", 2_000, State::Unknown, State::Offline, Reason::Dead),
+        tr("a", 9_000, State::Offline, State::Online, Reason::Alive),
+    ];
+    let states = vec![StateRow {
+        device_id: Arc::from("a"),
+        state: State::Online,
+        since: 9_000,
+        last_seen: Some(9_000),
+        reason: Reason::Alive,
+        detail: None,
+        alive_until: Some(99_000),
+        alive_kind: Some(AliveKind::Ttl),
+        registered_until: None,
+    }];
+    pstore::write_batch(p, &transitions, &states, Some(9_500), 9_500).await.expect("write");
+    pstore::write_batch(p, &[], &states, Some(10_000), 10_000).await.expect("upsert state");
+    assert_eq!(pstore::last_checkpoint(p).await.expect("checkpoint"), Some(10_000));
+    let loaded = pstore::load_states(p).await.expect("states");
+    assert_eq!(loaded, states);
+    let h = pstore::history(p, "a", 0, 100_000, 100).await.expect("history");
+    assert_eq!(h.iter().map(|r| (r.at, r.to)).collect::<Vec<_>>(), vec![(1_000, State::Online), (5_000, State::Offline), (9_000, State::Online)]);
+    let mut at = pstore::states_at(p, 6_000).await.expect("as of");
+    at.sort_by(|a, b| a.0.cmp(&b.0));
+    assert_eq!(at, vec![("a".into(), State::Offline, "ttl_expired".into()), ("b".into(), State::Offline, "dead".into())]);
+    let between = pstore::transitions_between(p, 2_000, 9_000).await.expect("between");
+    assert_eq!(between.len(), 2);
+    assert_eq!(pstore::prune(p, 2_000).await.expect("prune"), 1);
+    db.close().await;
+}
+on_both_backends!(presence_batches_history_and_states_as_of, presence_history);
+
+async fn rate_samples(db: Db) {
+    use vigil::rate::sampling::{insert_samples, samples};
+    use vigil::rate::RateIndex;
+    let reg = Registry::load(db.clone(), AdmissionConfig::default()).await.expect("load");
+    reg.create_org(org("d", OrgKind::District, None, None)).await.expect("org");
+    reg.upsert_devices(vec![device("x", Protocol::External, Some("d")), device("y", Protocol::External, Some("d"))], |_| {}).await.expect("devices");
+    let index = RateIndex::build(&reg.read(), false);
+    let x = reg.read().device("x").expect("x").key as usize;
+    let mut states = vec![0u8; 2];
+    states[x] = State::Online as u8;
+    let rollup = index.rollup(&states, 3_600_000);
+    let rows = insert_samples(&db.pool, 3_600_000, &index, &rollup).await.expect("insert");
+    assert_eq!(rows, 4, "gateway all+camera, org d all+camera");
+    // Sampling the same instant twice (a restart at the hour) replaces, not duplicates.
+    insert_samples(&db.pool, 3_600_000, &index, &rollup).await.expect("insert again");
+    let s = samples(&db.pool, "d", "camera", 0, 10_000_000).await.expect("read");
+    assert_eq!(s.len(), 1);
+    assert_eq!((s[0].online, s[0].total), (1, 2));
+    db.close().await;
+}
+on_both_backends!(rate_samples_are_stored_once_per_instant, rate_samples);
+
+#[tokio::test]
+async fn an_unreachable_database_is_a_clear_error() {
+    let err = Db::connect("postgres://postgres@127.0.0.1:1/none", None).await.expect_err("nothing listens on port 1");
+    assert_eq!(err.kind(), vigil::error::ErrorKind::Unavailable);
+    assert!(err.to_string().contains("127.0.0.1:1"), "{err}");
+    let _unused = TestDb::create; // the helper is shared with the macro above
+}

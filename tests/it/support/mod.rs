@@ -1,0 +1,25 @@
+//! Test support: the in-process gateway harness, the vigil binary as a process, a fresh
+//! PostgreSQL database per test, and a small HTTP client. anyhow is fine here.
+#![allow(dead_code)]
+
+pub mod gateway;
+pub mod postgres;
+
+use std::net::TcpListener;
+
+/// A port that was free a moment ago on 127.0.0.1.
+pub fn free_port() -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
+    l.local_addr().expect("local addr").port()
+}
+
+/// Fails the test with the way out when a peer is missing.
+pub fn require_command(cmd: &str) -> std::path::PathBuf {
+    for dir in std::env::var("PATH").unwrap_or_default().split(':') {
+        let p = std::path::Path::new(dir).join(cmd);
+        if p.is_file() {
+            return p;
+        }
+    }
+    panic!("{cmd} is not installed: run scripts/install-deps.sh (or make test, which does)");
+}
