@@ -19,7 +19,10 @@ bar-01,北门道闸,barrier,external,hanjiadun,,
 ";
 
 fn find<'a>(items: &'a Value, key: &str, value: &str) -> &'a Value {
-    items.as_array().and_then(|a| a.iter().find(|i| i[key] == value)).unwrap_or_else(|| panic!("no item with {key}={value} in {items}"))
+    items
+        .as_array()
+        .and_then(|a| a.iter().find(|i| i[key] == value))
+        .unwrap_or_else(|| panic!("no item with {key}={value} in {items}"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -27,14 +30,16 @@ async fn devices_go_online_and_offline_with_reasons_and_the_rate_report_and_metr
     let dir = tempfile::tempdir().expect("temp dir");
     let port = free_port();
     let cfg = dir.path().join("vigil.toml");
-    std::fs::write(&cfg, config_toml(&dir.path().join("data"), None, port, "[assessment]\nsample_every = \"10s\"\n")).expect("write config");
+    std::fs::write(&cfg, config_toml(&dir.path().join("data"), None, port, "[assessment]\nsample_every = \"10s\"\n"))
+        .expect("write config");
     let gw = Process::start(&cfg, port, &dir.path().join("vigil.log")).await;
     let api = &gw.api;
 
     // Auth: no token 401, a viewer cannot write.
     assert_eq!(api.with_token(None).get("/orgs").await.0, 401);
     assert_eq!(api.with_token(Some("wrong-token")).get("/orgs").await.0, 401);
-    let (s, body) = api.with_token(Some(VIEWER)).post("/orgs", json!({"id": "x", "name": "x", "kind": "district"})).await;
+    let (s, body) =
+        api.with_token(Some(VIEWER)).post("/orgs", json!({"id": "x", "name": "x", "kind": "district"})).await;
     assert_eq!(s, 403, "{body}");
     assert_eq!(api.with_token(None).get("/health").await.0, 200, "health is public by default");
 
@@ -45,12 +50,15 @@ async fn devices_go_online_and_offline_with_reasons_and_the_rate_report_and_metr
         ("hanjiadun", "韩家墩街道", "street", Some("qiaokou"), None),
         ("gutian-1", "古田一路社区", "community", Some("gutian"), None),
     ] {
-        let (s, body) = api.post("/orgs", json!({"id": id, "name": name, "kind": kind, "parent_id": parent, "gb_prefix": prefix})).await;
+        let (s, body) = api
+            .post("/orgs", json!({"id": id, "name": name, "kind": kind, "parent_id": parent, "gb_prefix": prefix}))
+            .await;
         assert_eq!(s, 201, "{body}");
     }
     let (s, body) = api.post("/orgs", json!({"id": "bad", "name": "x", "kind": "province"})).await;
     assert_eq!((s, body["error"]["field"].as_str()), (422, Some("kind")), "{body}");
-    let (s, body) = api.post("/orgs", json!({"id": "orphan", "name": "x", "kind": "street", "parent_id": "nowhere"})).await;
+    let (s, body) =
+        api.post("/orgs", json!({"id": "orphan", "name": "x", "kind": "street", "parent_id": "nowhere"})).await;
     assert_eq!((s, body["error"]["field"].as_str()), (422, Some("parent_id")), "{body}");
 
     // A bad CSV changes nothing and names every bad line and field.
@@ -123,11 +131,20 @@ async fn devices_go_online_and_offline_with_reasons_and_the_rate_report_and_metr
         .as_array()
         .expect("items")
         .iter()
-        .map(|i| (i["from"].as_str().unwrap_or("").into(), i["to"].as_str().unwrap_or("").into(), i["reason"].as_str().unwrap_or("").into()))
+        .map(|i| {
+            (
+                i["from"].as_str().unwrap_or("").into(),
+                i["to"].as_str().unwrap_or("").into(),
+                i["reason"].as_str().unwrap_or("").into(),
+            )
+        })
         .collect();
     assert_eq!(
         steps,
-        vec![("unknown".into(), "online".into(), "alive".into()), ("online".into(), "offline".into(), "ttl_expired".into())]
+        vec![
+            ("unknown".into(), "online".into(), "alive".into()),
+            ("online".into(), "offline".into(), "ttl_expired".into())
+        ]
     );
 
     // Maintenance leaves the denominator.
@@ -142,7 +159,11 @@ async fn devices_go_online_and_offline_with_reasons_and_the_rate_report_and_metr
     assert_eq!(find(&off["items"], "id", "gate-02")["place"], "硚口区 / 韩家墩街道");
 
     // The sampled history: samples are taken every 10 s, on the 10 s.
-    let hist = api.wait_for("/online-rate/history?step=10s", Duration::from_secs(25), |h| h["points"].as_array().is_some_and(|p| !p.is_empty())).await;
+    let hist = api
+        .wait_for("/online-rate/history?step=10s", Duration::from_secs(25), |h| {
+            h["points"].as_array().is_some_and(|p| !p.is_empty())
+        })
+        .await;
     let p = &hist["points"][0];
     assert!(p["total"].as_u64().is_some_and(|t| t >= 4), "{hist}");
     let (_, hist_org) = api.get("/online-rate/history?step=10s&org=gutian-1&kind=camera").await;
@@ -152,7 +173,10 @@ async fn devices_go_online_and_offline_with_reasons_and_the_rate_report_and_metr
     let (s, report) = api.get("/reports/online/daily").await;
     assert_eq!(s, 200, "{report}");
     assert_eq!(report["excluded"]["maintenance"], 1);
-    let gw_row = report["rows"].as_array().and_then(|r| r.iter().find(|r| r["org_id"].is_null() && r["kind"] == "all")).expect("gateway row");
+    let gw_row = report["rows"]
+        .as_array()
+        .and_then(|r| r.iter().find(|r| r["org_id"].is_null() && r["kind"] == "all"))
+        .expect("gateway row");
     assert_eq!(gw_row["devices"], 4);
     assert!(gw_row["sampled_rate"].as_f64().is_some(), "{gw_row}");
     let avail = gw_row["availability"].as_f64().expect("availability");
@@ -162,7 +186,10 @@ async fn devices_go_online_and_offline_with_reasons_and_the_rate_report_and_metr
     assert_eq!((off["last_reason"].as_str(), off["offline_at_end"].as_bool()), (Some("dead"), Some(true)));
     let (s, csv) = api.get_text("/reports/online/daily", "text/csv").await;
     assert_eq!(s, 200);
-    assert!(csv.contains("org_id,org_name,org_kind,kind,devices,samples,sampled_rate_pct,availability_pct,never_online"), "{csv}");
+    assert!(
+        csv.contains("org_id,org_name,org_kind,kind,devices,samples,sampled_rate_pct,availability_pct,never_online"),
+        "{csv}"
+    );
     assert!(csv.lines().any(|l| l.starts_with("gate-02,二号门门禁,hanjiadun,韩家墩街道,access_control,")), "{csv}");
     assert_eq!(api.get("/reports/online/daily?date=2026-13-01").await.0, 400);
 
@@ -190,7 +217,8 @@ async fn check_config_names_every_bad_key_and_exits_non_zero() {
     let dir = tempfile::tempdir().expect("temp dir");
     let bad = dir.path().join("bad.toml");
     std::fs::write(&bad, "[http]\nlisten = \"0.0.0.0:8080\"\n[assessment]\ntimezone = \"Nowhere/Land\"\n[[orgs]]\nid = \"a\"\nname = \"A\"\nkind = \"planet\"\n").expect("write");
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_vigil")).args(["check-config"]).arg(&bad).output().expect("run");
+    let out =
+        std::process::Command::new(env!("CARGO_BIN_EXE_vigil")).args(["check-config"]).arg(&bad).output().expect("run");
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     for key in ["http.tokens", "assessment.timezone", "orgs[0].kind"] {
@@ -215,14 +243,24 @@ async fn cli_import_is_all_or_nothing_and_the_report_runs_from_the_cli() {
     let csv = dir.path().join("devices.csv");
     std::fs::write(&csv, "id,name,kind,protocol,org_id,rtsp_url,profile\na-1,A,camera,external,qiaokou,,\na-2,B,toaster,external,qiaokou,,\n").expect("csv");
     let vigil = env!("CARGO_BIN_EXE_vigil");
-    let out = std::process::Command::new(vigil).arg("import").arg(&csv).arg("--config").arg(&cfg).output().expect("import");
+    let out =
+        std::process::Command::new(vigil).arg("import").arg(&csv).arg("--config").arg(&cfg).output().expect("import");
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("line 3: kind"), "{}", String::from_utf8_lossy(&out.stderr));
     std::fs::write(&csv, "id,name,kind,protocol,org_id,rtsp_url,profile\na-1,A,camera,external,qiaokou,,\n42010400001320000007,B,camera,gb28181,,,\n").expect("csv");
-    let out = std::process::Command::new(vigil).arg("import").arg(&csv).arg("--config").arg(&cfg).output().expect("import");
+    let out =
+        std::process::Command::new(vigil).arg("import").arg(&csv).arg("--config").arg(&cfg).output().expect("import");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert!(String::from_utf8_lossy(&out.stdout).contains("2 devices imported: 2 created"), "{}", String::from_utf8_lossy(&out.stdout));
-    let out = std::process::Command::new(vigil).args(["report", "online", "--csv", "--config"]).arg(&cfg).output().expect("report");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("2 devices imported: 2 created"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let out = std::process::Command::new(vigil)
+        .args(["report", "online", "--csv", "--config"])
+        .arg(&cfg)
+        .output()
+        .expect("report");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("qiaokou,硚口区,district,all,2,"), "{text}");

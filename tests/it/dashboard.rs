@@ -52,7 +52,8 @@ async fn dashboard_shows_the_live_rate_streets_kinds_and_offline_devices() {
     }
     assert_eq!(api.post_csv("/devices/import", &csv).await.0, 200);
     // 17 of 20 online: gutian 12/12, zongguan 5/8; dev-19 reported dead.
-    let alive: Vec<_> = (0..17).map(|i| json!({"device_id": format!("dev-{i:02}"), "kind": "alive", "ttl": "10m"})).collect();
+    let alive: Vec<_> =
+        (0..17).map(|i| json!({"device_id": format!("dev-{i:02}"), "kind": "alive", "ttl": "10m"})).collect();
     assert_eq!(api.post("/observations", json!(alive)).await.0, 202);
     api.post("/observations", json!({"device_id": "dev-19", "kind": "dead", "reason": "光纤中断"})).await;
     api.wait_for("/online-rate", Duration::from_secs(5), |r| r["online"] == 17).await;
@@ -69,7 +70,10 @@ async fn dashboard_shows_the_live_rate_streets_kinds_and_offline_devices() {
     let gut = dom.find("古田街道").expect("gutian");
     assert!(zong < gut, "streets are not worst first");
     assert!(dom.contains("门禁"), "kinds are not translated");
-    assert!(dom.contains("设备19") && dom.contains("光纤中断") && dom.contains("上报离线"), "offline list lacks dev-19 and its reason");
+    assert!(
+        dom.contains("设备19") && dom.contains("光纤中断") && dom.contains("上报离线"),
+        "offline list lacks dev-19 and its reason"
+    );
     assert!(dom.contains("低于考核目标"), "the 95% verdict is missing");
 
     let shot = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/dashboard.png");

@@ -5,5 +5,6 @@ mod support;
 
 mod api;
 mod dashboard;
+mod outage;
 mod restart;
 mod store;

@@ -45,7 +45,11 @@ async fn kill_9_loses_no_committed_transition_and_restart_judges_by_open_windows
         // Let a checkpoint (every 1 s) carry `long`'s TTL window to disk.
         tokio::time::sleep(Duration::from_millis(1500)).await;
         for id in ["long", "short", "dead"] {
-            let h = api.wait_for(&format!("/devices/{id}/presence/history"), Duration::from_secs(5), |h| !h["items"].as_array().is_some_and(Vec::is_empty)).await;
+            let h = api
+                .wait_for(&format!("/devices/{id}/presence/history"), Duration::from_secs(5), |h| {
+                    !h["items"].as_array().is_some_and(Vec::is_empty)
+                })
+                .await;
             v.push((id.to_owned(), steps(&h)));
         }
         v
@@ -75,10 +79,14 @@ async fn kill_9_loses_no_committed_transition_and_restart_judges_by_open_windows
 
     // `long`: its 1 h window is still open: the gap, then back online on the window.
     let (_, h) = api.get("/devices/long/presence/history").await;
-    let tail: Vec<(String, String, String)> = steps(&h).into_iter().rev().take(2).rev().map(|(_, f, t, r)| (f, t, r)).collect();
+    let tail: Vec<(String, String, String)> =
+        steps(&h).into_iter().rev().take(2).rev().map(|(_, f, t, r)| (f, t, r)).collect();
     assert_eq!(
         tail,
-        vec![("online".into(), "unknown".into(), "gateway_down".into()), ("unknown".into(), "online".into(), "window_still_open".into())]
+        vec![
+            ("online".into(), "unknown".into(), "gateway_down".into()),
+            ("unknown".into(), "online".into(), "window_still_open".into())
+        ]
     );
     let (_, long) = api.get("/devices/long").await;
     assert_eq!(long["presence"]["state"], "online");

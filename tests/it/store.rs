@@ -31,7 +31,13 @@ macro_rules! on_both_backends {
 }
 
 fn org(id: &str, kind: OrgKind, parent: Option<&str>, prefix: Option<&str>) -> Org {
-    Org { id: id.into(), name: format!("{id} 名"), kind, parent_id: parent.map(Into::into), gb_prefix: prefix.map(Into::into) }
+    Org {
+        id: id.into(),
+        name: format!("{id} 名"),
+        kind,
+        parent_id: parent.map(Into::into),
+        gb_prefix: prefix.map(Into::into),
+    }
 }
 
 fn device(id: &str, protocol: Protocol, org: Option<&str>) -> NewDevice {
@@ -58,16 +64,25 @@ async fn registry_round_trip(db: Db) {
     assert_eq!(cam.org_id.as_deref(), Some("gutian"), "placed by the longest prefix");
     let mut batch = vec![cam];
     for i in 0..1200 {
-        batch.push(reg.prepare_device(device(&format!("ext-{i:04}"), Protocol::External, Some("qiaokou"))).expect("valid"));
+        batch.push(
+            reg.prepare_device(device(&format!("ext-{i:04}"), Protocol::External, Some("qiaokou"))).expect("valid"),
+        );
     }
     let (written, updated) = reg.upsert_devices(batch.clone(), |_| {}).await.expect("upsert");
     assert_eq!((written.len(), updated), (1201, 0));
     let (_, updated) = reg.upsert_devices(batch, |_| {}).await.expect("re-upsert");
     assert_eq!(updated, 1201);
-    reg.update_device("ext-0001", DevicePatch { maintenance: Some(true), enabled: Some(false), ..Default::default() }).await.expect("patch");
+    reg.update_device("ext-0001", DevicePatch { maintenance: Some(true), enabled: Some(false), ..Default::default() })
+        .await
+        .expect("patch");
     reg.replace_channels(
         "42010401001320000001",
-        vec![Channel { id: "42010401001310000001".into(), name: "通道 1".into(), status_on: true, attrs: Default::default() }],
+        vec![Channel {
+            id: "42010401001310000001".into(),
+            name: "通道 1".into(),
+            status_on: true,
+            attrs: Default::default(),
+        }],
     )
     .await
     .expect("channels");
@@ -76,16 +91,17 @@ async fn registry_round_trip(db: Db) {
 
     // A second load sees exactly what was written.
     let again = Registry::load(db.clone(), AdmissionConfig::default()).await.expect("reload");
-    let c = again.read();
-    assert_eq!((c.org_count(), c.device_count()), (2, 1200));
-    let d = c.device("ext-0001").expect("ext-0001");
-    assert!(d.maintenance && !d.enabled);
-    assert_eq!(d.password.as_deref(), Some("secret"));
-    assert_eq!(d.attrs["ip"], "10.0.0.1");
-    assert_eq!(c.device("42010401001320000001").expect("cam").name, "设备 42010401001320000001");
-    assert_eq!(c.channels("42010401001320000001").expect("channels")[0].name, "通道 1");
-    assert!(c.device("ext-0002").is_none());
-    drop(c);
+    {
+        let c = again.read();
+        assert_eq!((c.org_count(), c.device_count()), (2, 1200));
+        let d = c.device("ext-0001").expect("ext-0001");
+        assert!(d.maintenance && !d.enabled);
+        assert_eq!(d.password.as_deref(), Some("secret"));
+        assert_eq!(d.attrs["ip"], "10.0.0.1");
+        assert_eq!(c.device("42010401001320000001").expect("cam").name, "设备 42010401001320000001");
+        assert_eq!(c.channels("42010401001320000001").expect("channels")[0].name, "通道 1");
+        assert!(c.device("ext-0002").is_none());
+    }
     db.close().await;
 }
 on_both_backends!(registry_writes_survive_a_reload, registry_round_trip);
@@ -95,7 +111,8 @@ async fn upsert_is_all_or_nothing(db: Db) {
     reg.create_org(org("d", OrgKind::District, None, None)).await.expect("org");
     // A row whose org does not exist passes no check here, so the database refuses it
     // (foreign key) and the whole batch must be rolled back.
-    let mut batch: Vec<NewDevice> = (0..700).map(|i| device(&format!("ok-{i}"), Protocol::External, Some("d"))).collect();
+    let mut batch: Vec<NewDevice> =
+        (0..700).map(|i| device(&format!("ok-{i}"), Protocol::External, Some("d"))).collect();
     batch.push(device("orphan", Protocol::External, Some("missing-org")));
     assert!(reg.upsert_devices(batch, |_| {}).await.is_err());
     let again = Registry::load(db.clone(), AdmissionConfig::default()).await.expect("reload");
@@ -105,7 +122,16 @@ async fn upsert_is_all_or_nothing(db: Db) {
 on_both_backends!(a_failed_upsert_writes_nothing, upsert_is_all_or_nothing);
 
 fn tr(id: &str, at: i64, from: State, to: State, reason: Reason) -> Transition {
-    Transition { device: 0, device_id: Arc::from(id), protocol: "external", at, from, to, reason, detail: Some("why".into()) }
+    Transition {
+        device: 0,
+        device_id: Arc::from(id),
+        protocol: "external",
+        at,
+        from,
+        to,
+        reason,
+        detail: Some("why".into()),
+    }
 }
 
 async fn presence_history(db: Db) {
@@ -133,10 +159,16 @@ async fn presence_history(db: Db) {
     let loaded = pstore::load_states(p).await.expect("states");
     assert_eq!(loaded, states);
     let h = pstore::history(p, "a", 0, 100_000, 100).await.expect("history");
-    assert_eq!(h.iter().map(|r| (r.at, r.to)).collect::<Vec<_>>(), vec![(1_000, State::Online), (5_000, State::Offline), (9_000, State::Online)]);
+    assert_eq!(
+        h.iter().map(|r| (r.at, r.to)).collect::<Vec<_>>(),
+        vec![(1_000, State::Online), (5_000, State::Offline), (9_000, State::Online)]
+    );
     let mut at = pstore::states_at(p, 6_000).await.expect("as of");
     at.sort_by(|a, b| a.0.cmp(&b.0));
-    assert_eq!(at, vec![("a".into(), State::Offline, "ttl_expired".into()), ("b".into(), State::Offline, "dead".into())]);
+    assert_eq!(
+        at,
+        vec![("a".into(), State::Offline, "ttl_expired".into()), ("b".into(), State::Offline, "dead".into())]
+    );
     let between = pstore::transitions_between(p, 2_000, 9_000).await.expect("between");
     assert_eq!(between.len(), 2);
     assert_eq!(pstore::prune(p, 2_000).await.expect("prune"), 1);
@@ -149,7 +181,12 @@ async fn rate_samples(db: Db) {
     use vigil::rate::RateIndex;
     let reg = Registry::load(db.clone(), AdmissionConfig::default()).await.expect("load");
     reg.create_org(org("d", OrgKind::District, None, None)).await.expect("org");
-    reg.upsert_devices(vec![device("x", Protocol::External, Some("d")), device("y", Protocol::External, Some("d"))], |_| {}).await.expect("devices");
+    reg.upsert_devices(
+        vec![device("x", Protocol::External, Some("d")), device("y", Protocol::External, Some("d"))],
+        |_| {},
+    )
+    .await
+    .expect("devices");
     let index = RateIndex::build(&reg.read(), false);
     let x = reg.read().device("x").expect("x").key as usize;
     let mut states = vec![0u8; 2];

@@ -29,7 +29,11 @@ pub struct Client {
 
 impl Client {
     pub fn new(base: &str, token: Option<&str>) -> Self {
-        Client { base: base.trim_end_matches('/').to_owned(), http: reqwest::Client::new(), token: token.map(str::to_owned) }
+        Client {
+            base: base.trim_end_matches('/').to_owned(),
+            http: reqwest::Client::new(),
+            token: token.map(str::to_owned),
+        }
     }
     pub fn with_token(&self, token: Option<&str>) -> Self {
         Client { token: token.map(str::to_owned), ..self.clone() }
@@ -59,7 +63,13 @@ impl Client {
         self.send(reqwest::Method::POST, path, body).await
     }
     pub async fn post_csv(&self, path: &str, csv: &str) -> (u16, Value) {
-        let r = self.req(reqwest::Method::POST, path).header("content-type", "text/csv").body(csv.to_owned()).send().await.expect("POST");
+        let r = self
+            .req(reqwest::Method::POST, path)
+            .header("content-type", "text/csv")
+            .body(csv.to_owned())
+            .send()
+            .await
+            .expect("POST");
         let s = r.status().as_u16();
         (s, r.json().await.unwrap_or(Value::Null))
     }
@@ -121,16 +131,31 @@ pub struct TestGateway {
 
 impl TestGateway {
     pub async fn start(db: Db, extra: &str) -> Self {
+        Self::start_via(db, extra, None).await
+    }
+
+    /// Starts with PostgreSQL reached through `proxy_port` (a `Proxy` in front of it).
+    pub async fn start_via(db: Db, extra: &str, proxy_port: Option<u16>) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let pg = match db {
             Db::Postgres => Some(TestDb::create().await),
             Db::Sqlite => None,
         };
-        let text = config_toml(dir.path(), pg.as_ref().map(|p| p.url.as_str()), 0, extra);
+        let url = pg.as_ref().map(|p| match proxy_port {
+            Some(port) => p.url.replace("127.0.0.1:5432", &format!("127.0.0.1:{port}")),
+            None => p.url.clone(),
+        });
+        let text = config_toml(dir.path(), url.as_deref(), 0, extra);
         let config = vigil::Config::from_toml_with_env(&text, false).expect("test config is valid");
         let running = vigil::start(config).await.expect("gateway starts");
         let url = format!("http://{}", running.http_addr);
-        TestGateway { api: Client::new(&format!("{url}/api/v1"), Some(ADMIN)), url, running: Some(running), _dir: dir, _db: pg }
+        TestGateway {
+            api: Client::new(&format!("{url}/api/v1"), Some(ADMIN)),
+            url,
+            running: Some(running),
+            _dir: dir,
+            _db: pg,
+        }
     }
     pub async fn shutdown(mut self) {
         if let Some(r) = self.running.take() {
@@ -169,7 +194,11 @@ impl Process {
                 }
             }
             if tokio::time::Instant::now() > deadline {
-                panic!("vigil did not answer on {} within 30 s; log:\n{}", p.url, std::fs::read_to_string(log).unwrap_or_default());
+                panic!(
+                    "vigil did not answer on {} within 30 s; log:\n{}",
+                    p.url,
+                    std::fs::read_to_string(log).unwrap_or_default()
+                );
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }

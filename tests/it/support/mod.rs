@@ -4,6 +4,7 @@
 
 pub mod gateway;
 pub mod postgres;
+pub mod proxy;
 
 use std::net::TcpListener;
 
