@@ -22,7 +22,7 @@ run: deps build
 ## A living district on the dashboard: vigil with config/examples/district.toml and a
 ## simulator that registers a few hundred devices and drives their presence.
 demo: deps
-	$(CARGO) build --release --bin vigil -p vigil -p vigil-simulators
+	$(CARGO) build --release -p vigil -p vigil-simulators --bins
 	@bash scripts/demo.sh
 
 ## Formatting, lints and every test, against real PostgreSQL and Mosquitto.

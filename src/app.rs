@@ -115,28 +115,28 @@ pub async fn start(config: Config) -> Result<Running, Error> {
     // Presence: track every device, then restore what was persisted.
     let now = now_ms();
     let mut table = PresenceTable::new();
-    let keys: std::collections::HashMap<String, u32> = {
+    {
         let cache = registry.read();
         for d in cache.devices() {
             table.track(d.key, Arc::from(d.id.as_str()), d.protocol.as_str(), now);
         }
-        cache.devices().map(|d| (d.id.clone(), d.key)).collect()
-    };
-    let rows = presence::store::load_states(&db.pool).await.map_err(Error::Presence)?;
+    }
+    let rows = presence::store::load_states(&db).await.map_err(Error::Presence)?;
     let last = presence::store::last_checkpoint(&db.pool).await.map_err(Error::Presence)?;
     let down_since = last.unwrap_or(now);
-    let mut restored = Vec::new();
-    for row in &rows {
-        if let Some(k) = keys.get(row.device_id.as_ref()) {
-            restored.extend(table.restore(*k, row, down_since, now));
-        }
-    }
+    let keyed: Vec<(u32, presence::StateRow)> = {
+        let cache = registry.read();
+        rows.into_iter().filter_map(|row| cache.device(&row.device_id).map(|d| (d.key, row))).collect()
+    };
+    let restored = table.restore(&keyed, down_since, now);
+    let restored_devices = keyed.len();
+    drop(keyed);
     let back_online = restored.iter().filter(|t| t.to == presence::State::Online).count();
-    let states = table.take_dirty();
-    presence::store::write_batch(&db.pool, &restored, &states, Some(now), now).await.map_err(Error::Presence)?;
-    if !rows.is_empty() {
+    // The restore's transitions (the gap) are written by the presence writer in the
+    // background, so start-up does not wait on 2 rows per device.
+    if restored_devices > 0 {
         info!(
-            devices = rows.len(),
+            devices = restored_devices,
             still_valid = back_online,
             gap_s = (now - down_since) / 1000,
             "Presence restored: devices with an open validity window stay online, the rest are unknown until fresh evidence."
@@ -150,9 +150,10 @@ pub async fn start(config: Config) -> Result<Running, Error> {
     let presence_cancel = cancel.child_token();
     let handle = presence::runner::spawn(
         table,
+        restored,
         &config.presence,
         &config.tuning,
-        db.pool.clone(),
+        db.clone(),
         metrics.clone(),
         writer.clone(),
         presence_cancel,
@@ -186,6 +187,7 @@ pub async fn start(config: Config) -> Result<Running, Error> {
         started_at,
         writer,
         import_lock: Arc::new(tokio::sync::Mutex::new(())),
+        rate_cache: Arc::default(),
     };
     let app = api::router(state);
     let http_cancel = CancellationToken::new();

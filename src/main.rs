@@ -12,6 +12,11 @@ use vigil::error::ErrorKind;
 
 const DEFAULT_CONFIG: &str = "config/vigil.toml";
 
+/// mimalloc returns freed memory to the system far better than glibc's per-thread arenas
+/// (measured: ~45 MB less RSS after a restart with 100,000 devices; BENCHMARKS.md).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "vigil",

@@ -45,6 +45,17 @@ impl Api {
         Ok(body)
     }
 
+    /// GET without parsing the body (load generation).
+    pub async fn get_bytes(&self, path: &str) -> Result<usize> {
+        let r = self.http.get(format!("{}/api/v1{path}", self.base)).bearer_auth(&self.token).send().await?;
+        let status = r.status();
+        let body = r.bytes().await?;
+        if !status.is_success() {
+            bail!("GET {path}: {status}");
+        }
+        Ok(body.len())
+    }
+
     pub async fn post(&self, path: &str, body: &Value) -> Result<Value> {
         let r =
             self.http.post(format!("{}/api/v1{path}", self.base)).bearer_auth(&self.token).json(body).send().await?;

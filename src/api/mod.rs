@@ -46,6 +46,8 @@ pub struct AppState {
     pub writer: Arc<WriterHealth>,
     /// One CSV import at a time: imports are all-or-nothing and can be large.
     pub import_lock: Arc<tokio::sync::Mutex<()>>,
+    /// Rendered online-rate answers for the current snapshot.
+    pub rate_cache: Arc<std::sync::Mutex<rate::RenderCache>>,
 }
 
 impl AppState {

@@ -2,6 +2,9 @@
 //! rate task's latest snapshot (at most `tuning.rate_refresh` old), so this endpoint costs
 //! a lookup, not a rollup.
 
+use std::sync::Arc;
+
+use axum::body::Bytes;
 use axum::extract::{Query, State};
 use axum::http::{header, HeaderMap};
 use axum::response::{IntoResponse, Response};
@@ -10,7 +13,7 @@ use serde_json::{json, Value};
 
 use super::{time_param, ApiError, ApiResult, AppState, Params};
 use crate::clock::now_ms;
-use crate::rate::sampling::{self, ALL_KEY};
+use crate::rate::sampling::{self, RateSnapshot, ALL_KEY};
 use crate::rate::Counts;
 use crate::registry::DeviceKind;
 
@@ -27,9 +30,43 @@ fn kind_param(params: &Params) -> ApiResult<Option<DeviceKind>> {
     }
 }
 
-pub async fn current(State(state): State<AppState>, Query(params): Query<Params>) -> ApiResult<Json<Value>> {
+/// Rendered answers of `current` for the snapshot they were rendered from. The snapshot
+/// changes at most every `tuning.rate_refresh`, so under load each distinct query is
+/// rendered once per refresh and otherwise served as the bytes it already is.
+#[derive(Default)]
+pub struct RenderCache {
+    snapshot: usize,
+    entries: std::collections::HashMap<(String, String, String), Bytes>,
+}
+
+/// Most distinct queries kept per snapshot.
+const RENDER_CACHE_MAX: usize = 512;
+
+pub async fn current(State(state): State<AppState>, Query(params): Query<Params>) -> ApiResult<Response> {
     let snap = state.rate.borrow().clone();
-    let kind = kind_param(&params)?;
+    let get = |k: &str| params.get(k).cloned().unwrap_or_default();
+    let key = (get("org"), get("kind"), get("group_by"));
+    let id = Arc::as_ptr(&snap) as usize;
+    {
+        let cache = state.rate_cache.lock().unwrap_or_else(|p| p.into_inner());
+        if cache.snapshot == id {
+            if let Some(b) = cache.entries.get(&key) {
+                return Ok(([(header::CONTENT_TYPE, "application/json")], b.clone()).into_response());
+            }
+        }
+    }
+    let body = Bytes::from(serde_json::to_vec(&render_current(&state, &snap, &params)?).unwrap_or_default());
+    let mut cache = state.rate_cache.lock().unwrap_or_else(|p| p.into_inner());
+    if cache.snapshot != id || cache.entries.len() >= RENDER_CACHE_MAX {
+        cache.snapshot = id;
+        cache.entries.clear();
+    }
+    cache.entries.insert(key, body.clone());
+    Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
+}
+
+fn render_current(state: &AppState, snap: &RateSnapshot, params: &Params) -> ApiResult<Value> {
+    let kind = kind_param(params)?;
     let org = match params.get("org").filter(|v| !v.is_empty()) {
         None => None,
         Some(o) => Some(*snap.index.org_idx.get(o).ok_or_else(|| ApiError::bad_query("org", format!("no org {o:?}")))?),
@@ -60,7 +97,7 @@ pub async fn current(State(state): State<AppState>, Query(params): Query<Params>
             .collect(),
         Some(other) => return Err(ApiError::bad_query("group_by", format!("{other:?} is not org or kind"))),
     };
-    Ok(Json(json!({
+    Ok(json!({
         "at": state.time(if snap.rollup.at > 0 { snap.rollup.at } else { now_ms() }),
         "online": c.online,
         "total": c.total,
@@ -68,7 +105,7 @@ pub async fn current(State(state): State<AppState>, Query(params): Query<Params>
         "target": state.config.assessment.online_target,
         "excluded": snap.index.excluded,
         "groups": groups,
-    })))
+    }))
 }
 
 pub async fn history(State(state): State<AppState>, Query(params): Query<Params>) -> ApiResult<Json<Value>> {

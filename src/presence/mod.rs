@@ -265,7 +265,8 @@ impl PresenceTable {
                 needs_registration: false,
                 registered_until: 0,
                 scheduled: NONE,
-                dirty: true,
+                // No row is needed for a device nothing is known about: absent means unknown.
+                dirty: false,
             });
         }
     }
@@ -498,66 +499,70 @@ impl PresenceTable {
         keys.into_iter().filter_map(|k| self.slots.get(k as usize)?.as_ref().map(Self::row)).collect()
     }
 
-    /// Restores a tracked device from its persisted row after a restart at `now`.
+    /// Restores tracked devices from their persisted rows after a restart at `now`.
     ///
     /// The gap is made visible: a device that was not `unknown` gets a transition to
     /// `unknown` at `down_since` (the last instant the gateway vouched for), reason
     /// `gateway_down`. If a validity window granted before the stop is still open it goes
     /// online again at `now` (reason `window_still_open`) and its timers resume; otherwise it
     /// stays unknown until fresh evidence arrives. Never silently online.
-    pub fn restore(&mut self, key: DeviceKey, row: &StateRow, down_since: Millis, now: Millis) -> Vec<Transition> {
-        let Some(Some(slot)) = self.slots.get_mut(key as usize) else { return Vec::new() };
+    pub fn restore(&mut self, rows: &[(DeviceKey, StateRow)], down_since: Millis, now: Millis) -> Vec<Transition> {
+        // One shared text per kind of detail: a restart of 100,000 devices allocates three.
+        let gap: Arc<str> = format!("gateway stopped; no evidence was received between the last checkpoint ({down_since}) and the restart ({now})").into();
+        let open: [Arc<str>; 5] =
+            [AliveKind::Ttl, AliveKind::Keepalive, AliveKind::Frame, AliveKind::Message, AliveKind::Link]
+                .map(|k| Arc::from(format!("a {} window granted before the restart is still open", k.as_str())));
         let mut out = Vec::new();
-        slot.last_seen = row.last_seen.unwrap_or(NONE);
-        slot.alive_until = row.alive_until.unwrap_or(0);
-        slot.alive_kind = row.alive_kind.unwrap_or(AliveKind::Ttl);
-        slot.needs_registration = row.registered_until.is_some();
-        slot.registered_until = row.registered_until.unwrap_or(0);
-        slot.state = row.state;
-        slot.since = row.since;
-        slot.reason = row.reason;
-        slot.detail = row.detail.clone();
-        if row.state != State::Unknown {
-            let gap_at = down_since.max(row.since);
-            let detail: Arc<str> =
-                format!("gateway stopped; no evidence was received from {gap_at} until the restart at {now}").into();
-            out.push(Transition {
-                device: key,
-                device_id: slot.id.clone(),
-                protocol: slot.protocol,
-                at: gap_at,
-                from: row.state,
-                to: State::Unknown,
-                reason: Reason::GatewayDown,
-                detail: Some(detail.clone()),
-            });
-            slot.state = State::Unknown;
-            slot.since = gap_at;
-            slot.reason = Reason::GatewayDown;
-            slot.detail = Some(detail);
-            slot.dirty = true;
-        }
-        if row.state == State::Online && slot.online_at(now) {
-            let until = slot.deadline();
-            let detail: Arc<str> =
-                format!("a {} window granted before the restart is open until {until}", slot.alive_kind.as_str())
-                    .into();
-            out.push(Transition {
-                device: key,
-                device_id: slot.id.clone(),
-                protocol: slot.protocol,
-                at: now,
-                from: State::Unknown,
-                to: State::Online,
-                reason: Reason::WindowStillOpen,
-                detail: Some(detail.clone()),
-            });
-            slot.state = State::Online;
-            slot.since = now;
-            slot.reason = Reason::WindowStillOpen;
-            slot.detail = Some(detail);
-            slot.scheduled = until;
-            self.timers.push(Reverse((until, key)));
+        for (key, row) in rows {
+            let key = *key;
+            let Some(Some(slot)) = self.slots.get_mut(key as usize) else { continue };
+            slot.last_seen = row.last_seen.unwrap_or(NONE);
+            slot.alive_until = row.alive_until.unwrap_or(0);
+            slot.alive_kind = row.alive_kind.unwrap_or(AliveKind::Ttl);
+            slot.needs_registration = row.registered_until.is_some();
+            slot.registered_until = row.registered_until.unwrap_or(0);
+            slot.state = row.state;
+            slot.since = row.since;
+            slot.reason = row.reason;
+            slot.detail = row.detail.clone();
+            if row.state != State::Unknown {
+                let gap_at = down_since.max(row.since);
+                out.push(Transition {
+                    device: key,
+                    device_id: slot.id.clone(),
+                    protocol: slot.protocol,
+                    at: gap_at,
+                    from: row.state,
+                    to: State::Unknown,
+                    reason: Reason::GatewayDown,
+                    detail: Some(gap.clone()),
+                });
+                slot.state = State::Unknown;
+                slot.since = gap_at;
+                slot.reason = Reason::GatewayDown;
+                slot.detail = Some(gap.clone());
+                slot.dirty = true;
+            }
+            if row.state == State::Online && slot.online_at(now) {
+                let until = slot.deadline();
+                let detail = open[slot.alive_kind as usize].clone();
+                out.push(Transition {
+                    device: key,
+                    device_id: slot.id.clone(),
+                    protocol: slot.protocol,
+                    at: now,
+                    from: State::Unknown,
+                    to: State::Online,
+                    reason: Reason::WindowStillOpen,
+                    detail: Some(detail.clone()),
+                });
+                slot.state = State::Online;
+                slot.since = now;
+                slot.reason = Reason::WindowStillOpen;
+                slot.detail = Some(detail);
+                slot.scheduled = until;
+                self.timers.push(Reverse((until, key)));
+            }
         }
         out
     }

@@ -95,9 +95,10 @@ struct WriteBatch {
 #[allow(clippy::too_many_arguments)]
 pub fn spawn(
     table: PresenceTable,
+    initial: Vec<Transition>,
     cfg: &PresenceConfig,
     tuning: &Tuning,
-    pool: sqlx::AnyPool,
+    db: crate::db::Db,
     metrics: Metrics,
     health: Arc<WriterHealth>,
     cancel: CancellationToken,
@@ -108,11 +109,11 @@ pub fn spawn(
     let (write_tx, write_rx) = mpsc::channel(tuning.transition_queue.div_ceil(64).max(4));
     health.db_ok.store(true, Ordering::Relaxed);
     tracker.spawn(
-        writer(write_rx, pool, cfg.max_pending, health, metrics.clone(), cancel.clone())
+        writer(write_rx, db, cfg.max_pending, health, metrics.clone(), cancel.clone())
             .instrument(tracing::info_span!("presence_writer")),
     );
     tracker.spawn(
-        run(table, obs_rx, cmd_rx, write_tx, cfg.flush_every, cfg.checkpoint_every, metrics, cancel)
+        run(table, initial, obs_rx, cmd_rx, write_tx, cfg.flush_every, cfg.checkpoint_every, metrics, cancel)
             .instrument(tracing::info_span!("presence")),
     );
     PresenceHandle { obs_tx, cmd_tx }
@@ -121,6 +122,7 @@ pub fn spawn(
 #[allow(clippy::too_many_arguments)]
 async fn run(
     mut table: PresenceTable,
+    initial: Vec<Transition>,
     mut obs_rx: mpsc::Receiver<Observation>,
     mut cmd_rx: mpsc::Receiver<Command>,
     write_tx: mpsc::Sender<WriteBatch>,
@@ -129,7 +131,7 @@ async fn run(
     metrics: Metrics,
     cancel: CancellationToken,
 ) {
-    let mut pending: Vec<Transition> = Vec::new();
+    let mut pending: Vec<Transition> = initial;
     let mut flush = tokio::time::interval(flush_every);
     flush.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut checkpoint = tokio::time::interval(checkpoint_every);
@@ -164,7 +166,10 @@ async fn run(
             _ = flush.tick() => {
                 if !pending.is_empty() {
                     let transitions = std::mem::take(&mut pending);
-                    let states = table.rows(transitions.iter().map(|t| t.device));
+                    let mut keys: Vec<DeviceKey> = transitions.iter().map(|t| t.device).collect();
+                    keys.sort_unstable();
+                    keys.dedup();
+                    let states = table.rows(keys);
                     if write_tx.send(WriteBatch { transitions, states, checkpoint_at: None }).await.is_err() {
                         break;
                     }
@@ -221,6 +226,11 @@ fn handle(table: &mut PresenceTable, cmd: Command) {
 
 /// Merges queued batches: transitions in order, the newest state row per device.
 fn merge(batches: &mut Vec<WriteBatch>) -> WriteBatch {
+    if batches.len() == 1 {
+        if let Some(b) = batches.pop() {
+            return b;
+        }
+    }
     let mut transitions = Vec::new();
     let mut states: HashMap<Arc<str>, StateRow> = HashMap::new();
     let mut checkpoint_at = None;
@@ -236,7 +246,7 @@ fn merge(batches: &mut Vec<WriteBatch>) -> WriteBatch {
 
 async fn writer(
     mut rx: mpsc::Receiver<WriteBatch>,
-    pool: sqlx::AnyPool,
+    db: crate::db::Db,
     max_pending: usize,
     health: Arc<WriterHealth>,
     metrics: Metrics,
@@ -265,8 +275,18 @@ async fn writer(
         }
         let batch = merge(&mut queue);
         metrics.presence_pending.set(batch.transitions.len() as i64);
-        match store::write_batch(&pool, &batch.transitions, &batch.states, batch.checkpoint_at, now_ms()).await {
+        let started = tokio::time::Instant::now();
+        match store::write_batch(&db, &batch.transitions, &batch.states, batch.checkpoint_at, now_ms()).await {
             Ok(()) => {
+                let took = started.elapsed();
+                if took > Duration::from_secs(1) {
+                    info!(
+                        transitions = batch.transitions.len(),
+                        states = batch.states.len(),
+                        took_ms = took.as_millis() as u64,
+                        "Large presence batch written."
+                    );
+                }
                 if let Some(since) = failing_since.take() {
                     info!(
                         transitions = batch.transitions.len(),

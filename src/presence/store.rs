@@ -3,8 +3,11 @@
 
 use std::sync::Arc;
 
+use serde_json::json;
 use sqlx::AnyPool;
 use sqlx::Row;
+
+use crate::db::{insert_json_rows, Col, Db};
 
 use super::{AliveKind, Reason, State, StateRow, Transition};
 use crate::clock::Millis;
@@ -23,116 +26,116 @@ pub struct HistoryRow {
     pub detail: Option<String>,
 }
 
-/// Writes transitions and state rows in one transaction, and the checkpoint instant.
+/// Rows per transaction: a restart of 100,000 devices writes ~200,000 gap transitions;
+/// smaller transactions keep memory flat and let other writers in between.
+const ROWS_PER_TXN: usize = 5_000;
+
+const TRANSITION_COLUMNS: [(&str, Col); 6] = [
+    ("device_id", Col::Text),
+    ("at", Col::BigInt),
+    ("from_state", Col::Text),
+    ("to_state", Col::Text),
+    ("reason", Col::Text),
+    ("detail", Col::Text),
+];
+
+const STATE_COLUMNS: [(&str, Col); 10] = [
+    ("device_id", Col::Text),
+    ("state", Col::Text),
+    ("since", Col::BigInt),
+    ("last_seen", Col::BigInt),
+    ("reason", Col::Text),
+    ("detail", Col::Text),
+    ("alive_until", Col::BigInt),
+    ("alive_kind", Col::Text),
+    ("registered_until", Col::BigInt),
+    ("updated_at", Col::BigInt),
+];
+
+const STATE_UPSERT: &str = "ON CONFLICT (device_id) DO UPDATE SET state = excluded.state, since = excluded.since, \
+     last_seen = excluded.last_seen, reason = excluded.reason, detail = excluded.detail, \
+     alive_until = excluded.alive_until, alive_kind = excluded.alive_kind, \
+     registered_until = excluded.registered_until, updated_at = excluded.updated_at";
+
+/// Writes transitions and state rows, then the checkpoint instant. Large batches are
+/// split into transactions of `ROWS_PER_TXN` rows; history is append-only and state rows
+/// are last-writer-wins, so a crash between two of them leaves nothing inconsistent, and
+/// the checkpoint is written last.
 pub async fn write_batch(
-    pool: &AnyPool,
+    db: &Db,
     transitions: &[Transition],
     states: &[StateRow],
     checkpoint_at: Option<Millis>,
     now: Millis,
 ) -> Result<(), sqlx::Error> {
-    let mut tx = pool.begin().await?;
-    for chunk in transitions.chunks(400) {
-        let mut sql = String::from(
-            "INSERT INTO presence_transitions (device_id, at, from_state, to_state, reason, detail) VALUES ",
-        );
-        for i in 0..chunk.len() {
-            let b = i * 6;
-            if i > 0 {
-                sql.push(',');
-            }
-            sql.push_str(&format!("(${},${},${},${},${},${})", b + 1, b + 2, b + 3, b + 4, b + 5, b + 6));
-        }
-        let mut q = sqlx::query(&sql);
-        for t in chunk {
-            q = q
-                .bind(t.device_id.to_string())
-                .bind(t.at)
-                .bind(t.from.as_str())
-                .bind(t.to.as_str())
-                .bind(t.reason.as_str())
-                .bind(t.detail.as_deref().map(str::to_owned));
-        }
-        q.execute(&mut *tx).await?;
+    for part in transitions.chunks(ROWS_PER_TXN) {
+        let rows: Vec<serde_json::Value> = part
+            .iter()
+            .map(|t| {
+                json!([&*t.device_id, t.at, t.from.as_str(), t.to.as_str(), t.reason.as_str(), t.detail.as_deref()])
+            })
+            .collect();
+        let mut tx = db.pool.begin().await?;
+        insert_json_rows(&mut tx, db.backend, "presence_transitions", &TRANSITION_COLUMNS, json_text(&rows), "")
+            .await?;
+        tx.commit().await?;
     }
-    for chunk in states.chunks(400) {
-        let mut sql = String::from(
-            "INSERT INTO presence_state (device_id, state, since, last_seen, reason, detail, alive_until, alive_kind, registered_until, updated_at) VALUES ",
-        );
-        for i in 0..chunk.len() {
-            let b = i * 10;
-            if i > 0 {
-                sql.push(',');
-            }
-            sql.push_str(&format!(
-                "(${},${},${},${},${},${},${},${},${},${})",
-                b + 1,
-                b + 2,
-                b + 3,
-                b + 4,
-                b + 5,
-                b + 6,
-                b + 7,
-                b + 8,
-                b + 9,
-                b + 10
-            ));
-        }
-        sql.push_str(
-            " ON CONFLICT (device_id) DO UPDATE SET state = excluded.state, since = excluded.since, \
-             last_seen = excluded.last_seen, reason = excluded.reason, detail = excluded.detail, \
-             alive_until = excluded.alive_until, alive_kind = excluded.alive_kind, \
-             registered_until = excluded.registered_until, updated_at = excluded.updated_at",
-        );
-        let mut q = sqlx::query(&sql);
-        for s in chunk {
-            q = q
-                .bind(s.device_id.to_string())
-                .bind(s.state.as_str())
-                .bind(s.since)
-                .bind(s.last_seen)
-                .bind(s.reason.as_str())
-                .bind(s.detail.as_deref().map(str::to_owned))
-                .bind(s.alive_until)
-                .bind(s.alive_kind.map(AliveKind::as_str))
-                .bind(s.registered_until)
-                .bind(now);
-        }
-        q.execute(&mut *tx).await?;
+    for part in states.chunks(ROWS_PER_TXN) {
+        let rows: Vec<serde_json::Value> = part
+            .iter()
+            .map(|s| {
+                json!([
+                    &*s.device_id,
+                    s.state.as_str(),
+                    s.since,
+                    s.last_seen,
+                    s.reason.as_str(),
+                    s.detail.as_deref(),
+                    s.alive_until,
+                    s.alive_kind.map(AliveKind::as_str),
+                    s.registered_until,
+                    now
+                ])
+            })
+            .collect();
+        let mut tx = db.pool.begin().await?;
+        insert_json_rows(&mut tx, db.backend, "presence_state", &STATE_COLUMNS, json_text(&rows), STATE_UPSERT).await?;
+        tx.commit().await?;
     }
     if let Some(at) = checkpoint_at {
-        crate::db::set_state(&mut *tx, CHECKPOINT_KEY, &at.to_string()).await?;
+        crate::db::set_state(&db.pool, CHECKPOINT_KEY, &at.to_string()).await?;
     }
-    tx.commit().await
+    Ok(())
 }
 
+fn json_text(rows: &[serde_json::Value]) -> String {
+    serde_json::to_string(rows).unwrap_or_else(|_| "[]".into())
+}
+
+type StateTuple = (String, String, i64, Option<i64>, String, Option<String>, Option<i64>, Option<String>, Option<i64>);
+
 /// Every persisted state row (start-up).
-pub async fn load_states(pool: &AnyPool) -> Result<Vec<StateRow>, sqlx::Error> {
-    let rows = sqlx::query(
-        "SELECT device_id, state, since, last_seen, reason, detail, alive_until, alive_kind, registered_until FROM presence_state",
+pub async fn load_states(db: &crate::db::Db) -> Result<Vec<StateRow>, sqlx::Error> {
+    crate::db::load_json_pages(
+        db,
+        "presence_state",
+        "device_id",
+        "device_id, state, since, last_seen, reason, detail, alive_until, alive_kind, registered_until",
+        |(id, state, since, last_seen, reason, detail, alive_until, kind, registered_until): StateTuple| {
+            Ok(StateRow {
+                device_id: Arc::from(id),
+                state: State::parse(&state).unwrap_or(State::Unknown),
+                since,
+                last_seen,
+                reason: Reason::parse(&reason).unwrap_or(Reason::Added),
+                detail: detail.map(Arc::from),
+                alive_until,
+                alive_kind: kind.as_deref().and_then(AliveKind::parse),
+                registered_until,
+            })
+        },
     )
-    .fetch_all(pool)
-    .await?;
-    let mut out = Vec::with_capacity(rows.len());
-    for r in rows {
-        let state: String = r.try_get("state")?;
-        let reason: String = r.try_get("reason")?;
-        let kind: Option<String> = r.try_get("alive_kind")?;
-        let detail: Option<String> = r.try_get("detail")?;
-        let id: String = r.try_get("device_id")?;
-        out.push(StateRow {
-            device_id: Arc::from(id),
-            state: State::parse(&state).unwrap_or(State::Unknown),
-            since: r.try_get("since")?,
-            last_seen: r.try_get("last_seen")?,
-            reason: Reason::parse(&reason).unwrap_or(Reason::Added),
-            detail: detail.map(Arc::from),
-            alive_until: r.try_get("alive_until")?,
-            alive_kind: kind.as_deref().and_then(AliveKind::parse),
-            registered_until: r.try_get("registered_until")?,
-        });
-    }
-    Ok(out)
+    .await
 }
 
 /// The last checkpoint instant, if the gateway ever wrote one.

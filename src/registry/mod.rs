@@ -221,7 +221,7 @@ impl Registry {
     /// Loads orgs, devices and channels from the database.
     pub async fn load(db: Db, admission: AdmissionConfig) -> Result<Self, Error> {
         let orgs = store::load_orgs(&db.pool).await?;
-        let devices = store::load_devices(&db.pool).await?;
+        let devices = store::load_devices(&db).await?;
         let channels = store::load_channels(&db.pool).await?;
         let cache = Cache::build(orgs, devices, channels);
         Ok(Self { db, cache: Arc::new(RwLock::new(cache)), admission })

@@ -6,7 +6,7 @@ use sqlx::Row;
 
 use super::{Admission, Channel, Device, DeviceKind, NewDevice, Org, OrgKind, Protocol};
 use crate::clock::Millis;
-use crate::db::Backend;
+use crate::db::{Backend, Db};
 
 /// Rows per multi-row INSERT: 11 parameters each stays far below both backends' limits.
 const INSERT_CHUNK: usize = 500;
@@ -68,42 +68,49 @@ pub async fn delete_org(pool: &AnyPool, id: &str) -> Result<(), sqlx::Error> {
     Ok(())
 }
 
-pub async fn load_devices(pool: &AnyPool) -> Result<Vec<(NewDevice, bool, bool, Millis)>, sqlx::Error> {
-    let rows = sqlx::query(
-        "SELECT id, name, kind, protocol, org_id, profile, rtsp_url, password, enabled, maintenance, \
-         admission, attrs, created_at FROM devices",
-    )
-    .fetch_all(pool)
-    .await?;
-    rows.into_iter()
-        .map(|r| {
-            let kind: String = r.try_get("kind")?;
-            let protocol: String = r.try_get("protocol")?;
-            let admission: String = r.try_get("admission")?;
-            let attrs: String = r.try_get("attrs")?;
-            let enabled: i64 = r.try_get("enabled")?;
-            let maintenance: i64 = r.try_get("maintenance")?;
-            let created_at: i64 = r.try_get("created_at")?;
+type DeviceRow = (
+    String,
+    String,
+    String,
+    String,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    i64,
+    i64,
+    String,
+    String,
+    i64,
+);
+
+pub async fn load_devices(db: &Db) -> Result<Vec<(NewDevice, bool, bool, Millis)>, sqlx::Error> {
+    crate::db::load_json_pages(
+        db,
+        "devices",
+        "id",
+        "id, name, kind, protocol, org_id, profile, rtsp_url, password, enabled, maintenance, admission, attrs, created_at",
+        |(id, name, kind, protocol, org_id, profile, rtsp_url, password, enabled, maintenance, admission, attrs, created_at): DeviceRow| {
             Ok((
                 NewDevice {
-                    id: r.try_get("id")?,
-                    name: r.try_get("name")?,
+                    id,
+                    name,
                     kind: DeviceKind::parse(&kind).ok_or_else(|| decode_err("devices.kind", &kind))?,
                     protocol: Protocol::parse(&protocol).ok_or_else(|| decode_err("devices.protocol", &protocol))?,
-                    org_id: r.try_get("org_id")?,
-                    profile: r.try_get("profile")?,
-                    rtsp_url: r.try_get("rtsp_url")?,
-                    password: r.try_get("password")?,
-                    admission: Admission::parse(&admission)
-                        .ok_or_else(|| decode_err("devices.admission", &admission))?,
+                    org_id,
+                    profile,
+                    rtsp_url,
+                    password,
+                    admission: Admission::parse(&admission).ok_or_else(|| decode_err("devices.admission", &admission))?,
                     attrs: attrs_from(&attrs),
                 },
                 enabled != 0,
                 maintenance != 0,
                 created_at,
             ))
-        })
-        .collect()
+        },
+    )
+    .await
 }
 
 /// Inserts or replaces devices in one transaction; flags of existing devices are kept.

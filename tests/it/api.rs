@@ -265,3 +265,30 @@ async fn cli_import_is_all_or_nothing_and_the_report_runs_from_the_cli() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("qiaokou,硚口区,district,all,2,"), "{text}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_database_at_start_is_exit_code_3_naming_it_and_env_overrides_are_checked() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let cfg = dir.path().join("vigil.toml");
+    let text = config_toml(&dir.path().join("data"), Some("postgres://vigil:secret@127.0.0.1:1/none"), free_port(), "");
+    std::fs::write(&cfg, text).expect("write config");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_vigil"))
+        .args(["run", "--config"])
+        .arg(&cfg)
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(3), "{out:?}");
+    let all = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(all.contains("127.0.0.1:1"), "the database is not named: {all}");
+    assert!(!all.contains("secret"), "the password leaked into the log: {all}");
+
+    // VIGIL_<SECTION>__<KEY> overrides the file and is validated like it.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_vigil"))
+        .arg("check-config")
+        .arg(&cfg)
+        .env("VIGIL_HTTP__LISTEN", "not-an-address")
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("http.listen"), "{}", String::from_utf8_lossy(&out.stderr));
+}

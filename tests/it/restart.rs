@@ -71,7 +71,12 @@ async fn kill_9_loses_no_committed_transition_and_restart_judges_by_open_windows
     let gw = Process::start(&cfg, port, &log).await;
     let api = gw.api.clone();
     for (id, old) in &before {
-        let (_, h) = api.get(&format!("/devices/{id}/presence/history?limit=1000")).await;
+        // The gap rows are written by the presence writer right after start-up.
+        let h = api
+            .wait_for(&format!("/devices/{id}/presence/history?limit=1000"), Duration::from_secs(5), |h| {
+                h["items"].as_array().is_some_and(|i| i.len() > old.len())
+            })
+            .await;
         let now = steps(&h);
         assert!(now.len() > old.len(), "{id}: no gap recorded: {now:?}");
         assert_eq!(&now[..old.len()], &old[..], "{id}: a committed transition was lost");

@@ -153,10 +153,10 @@ async fn presence_history(db: Db) {
         alive_kind: Some(AliveKind::Ttl),
         registered_until: None,
     }];
-    pstore::write_batch(p, &transitions, &states, Some(9_500), 9_500).await.expect("write");
-    pstore::write_batch(p, &[], &states, Some(10_000), 10_000).await.expect("upsert state");
+    pstore::write_batch(&db, &transitions, &states, Some(9_500), 9_500).await.expect("write");
+    pstore::write_batch(&db, &[], &states, Some(10_000), 10_000).await.expect("upsert state");
     assert_eq!(pstore::last_checkpoint(p).await.expect("checkpoint"), Some(10_000));
-    let loaded = pstore::load_states(p).await.expect("states");
+    let loaded = pstore::load_states(&db).await.expect("states");
     assert_eq!(loaded, states);
     let h = pstore::history(p, "a", 0, 100_000, 100).await.expect("history");
     assert_eq!(
@@ -209,4 +209,45 @@ async fn an_unreachable_database_is_a_clear_error() {
     assert_eq!(err.kind(), vigil::error::ErrorKind::Unavailable);
     assert!(err.to_string().contains("127.0.0.1:1"), "{err}");
     let _unused = TestDb::create; // the helper is shared with the macro above
+}
+
+/// Arbitrary bytes as a CSV import never panic, and whatever is refused names a line.
+#[tokio::test]
+async fn csv_import_never_panics_on_arbitrary_input() {
+    use proptest::prelude::*;
+    use proptest::test_runner::{Config, TestRunner};
+    let dir = tempfile::tempdir().expect("temp dir");
+    let db = Db::connect(&format!("sqlite://{}/vigil.db", dir.path().display()), None).await.expect("sqlite");
+    let reg = Registry::load(db, AdmissionConfig::default()).await.expect("load");
+    reg.create_org(org("d", OrgKind::District, None, Some("420104"))).await.expect("org");
+    let mut runner = TestRunner::new(Config { cases: 256, ..Config::default() });
+    let header = "id,name,kind,protocol,org_id,rtsp_url,profile\n";
+    let cells = prop::collection::vec(
+        prop_oneof![
+            Just("camera".to_string()),
+            Just("gb28181".to_string()),
+            Just("d".to_string()),
+            Just("\"a,b\"".to_string()),
+            Just("42010400001320000001".to_string()),
+            Just("rtsp://u:p@h/1".to_string()),
+            "[ -~]{0,12}",
+            "\\PC{0,6}",
+        ],
+        0..30,
+    );
+    runner
+        .run(&(cells, prop::collection::vec(any::<u8>(), 0..64)), |(cells, noise)| {
+            let mut body = header.as_bytes().to_vec();
+            for (i, c) in cells.iter().enumerate() {
+                body.extend_from_slice(c.as_bytes());
+                body.push(if i % 7 == 6 { b'\n' } else { b',' });
+            }
+            body.extend_from_slice(&noise);
+            match vigil::registry::import::parse(&reg, &body) {
+                Ok(devices) => prop_assert!(devices.iter().all(|d| !d.id.is_empty())),
+                Err(e) => prop_assert!(!e.rows.is_empty() || !e.message.is_empty()),
+            }
+            Ok(())
+        })
+        .expect("no input panics the importer");
 }

@@ -1,11 +1,12 @@
 //! Whole-process load driver for the API figures in BENCHMARKS.md.
-#![allow(clippy::disallowed_methods)] // a load driver measures real time
 //!
 //! `vigil-load-api seed --devices 100000 --orgs 500` builds a district of that size through
 //! the API (orgs, one CSV import, evidence for 96% of the devices);
 //! `vigil-load-api rate --clients 50 --seconds 20` hammers `GET /api/v1/online-rate?group_by=org`
 //! from N concurrent keep-alive clients and prints latency percentiles (HDR histogram).
 //! Bounded in count and time; loopback only.
+
+#![allow(clippy::disallowed_methods)] // a load driver measures real time
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -123,7 +124,7 @@ async fn rate(api: &Api, clients: usize, seconds: u64, path: &str) -> Result<()>
             let mut local = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds are valid");
             while Instant::now() < until {
                 let t = Instant::now();
-                match api.get(&path).await {
+                match api.get_bytes(&path).await {
                     Ok(_) => {
                         let _ = local.record(t.elapsed().as_micros() as u64);
                     }
