@@ -23,7 +23,8 @@ pub async fn require(State(state): State<AppState>, req: Request, next: Next) ->
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::trim);
-    let role = presented.and_then(|t| cfg.tokens.iter().find(|k| k.token == t)).map(|k| k.role);
+    let role =
+        presented.and_then(|t| cfg.tokens.iter().find(|k| same(k.token.as_bytes(), t.as_bytes()))).map(|k| k.role);
     let Some(role) = role else {
         let msg = if presented.is_some() {
             "the bearer token is not valid"
@@ -37,4 +38,10 @@ pub async fn require(State(state): State<AppState>, req: Request, next: Next) ->
         return ApiError::new(StatusCode::FORBIDDEN, "forbidden", "viewer tokens may only read").into_response();
     }
     next.run(req).await
+}
+
+/// Compares in time that depends only on the lengths, so a token cannot be guessed byte by
+/// byte from response times.
+fn same(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }

@@ -391,7 +391,7 @@ impl Registry {
             let cache = self.read();
             devices.iter().filter_map(|d| cache.device(&d.id).map(|old| (d.id.clone(), old.created_at))).collect()
         };
-        store::upsert_devices(&self.db.pool, self.db.backend, &devices, now, progress).await?;
+        store::upsert_devices(&self.db, &devices, now, progress).await?;
         let updated = existed.len();
         let written = self.write_cache(|c| {
             devices

@@ -6,10 +6,7 @@ use sqlx::Row;
 
 use super::{Admission, Channel, Device, DeviceKind, NewDevice, Org, OrgKind, Protocol};
 use crate::clock::Millis;
-use crate::db::{Backend, Db};
-
-/// Rows per multi-row INSERT: 11 parameters each stays far below both backends' limits.
-const INSERT_CHUNK: usize = 500;
+use crate::db::{insert_json_rows, Col, Db};
 
 fn decode_err(column: &str, value: &str) -> sqlx::Error {
     sqlx::Error::Decode(format!("column {column}: unexpected value {value:?}").into())
@@ -113,63 +110,61 @@ pub async fn load_devices(db: &Db) -> Result<Vec<(NewDevice, bool, bool, Millis)
     .await
 }
 
-/// Inserts or replaces devices in one transaction; flags of existing devices are kept.
+const DEVICE_COLUMNS: [(&str, Col); 12] = [
+    ("id", Col::Text),
+    ("name", Col::Text),
+    ("kind", Col::Text),
+    ("protocol", Col::Text),
+    ("org_id", Col::Text),
+    ("profile", Col::Text),
+    ("rtsp_url", Col::Text),
+    ("password", Col::Text),
+    ("admission", Col::Text),
+    ("attrs", Col::Text),
+    ("created_at", Col::BigInt),
+    ("updated_at", Col::BigInt),
+];
+
+const DEVICE_UPSERT: &str = "ON CONFLICT (id) DO UPDATE SET name = excluded.name, kind = excluded.kind, \
+     protocol = excluded.protocol, org_id = excluded.org_id, profile = excluded.profile, rtsp_url = excluded.rtsp_url, \
+     password = COALESCE(excluded.password, devices.password), admission = excluded.admission, \
+     attrs = excluded.attrs, updated_at = excluded.updated_at";
+
+/// Rows per statement of a bulk device write (one JSON parameter each).
+const DEVICES_PER_INSERT: usize = 5_000;
+
+/// Inserts or replaces devices in one transaction (all or none); flags of existing
+/// devices are kept.
 pub async fn upsert_devices(
-    pool: &AnyPool,
-    _backend: Backend,
+    db: &Db,
     devices: &[NewDevice],
     now: Millis,
     mut progress: impl FnMut(usize),
 ) -> Result<(), sqlx::Error> {
-    let mut tx = pool.begin().await?;
+    let mut tx = db.pool.begin().await?;
     let mut done = 0;
-    for chunk in devices.chunks(INSERT_CHUNK) {
-        let mut sql = String::from(
-            "INSERT INTO devices (id, name, kind, protocol, org_id, profile, rtsp_url, password, admission, attrs, created_at, updated_at) VALUES ",
-        );
-        for i in 0..chunk.len() {
-            let b = i * 11;
-            if i > 0 {
-                sql.push(',');
-            }
-            sql.push_str(&format!(
-                "(${},${},${},${},${},${},${},${},${},${},${},${})",
-                b + 1,
-                b + 2,
-                b + 3,
-                b + 4,
-                b + 5,
-                b + 6,
-                b + 7,
-                b + 8,
-                b + 9,
-                b + 10,
-                b + 11,
-                b + 11
-            ));
-        }
-        sql.push_str(
-            " ON CONFLICT (id) DO UPDATE SET name = excluded.name, kind = excluded.kind, protocol = excluded.protocol, \
-             org_id = excluded.org_id, profile = excluded.profile, rtsp_url = excluded.rtsp_url, \
-             password = COALESCE(excluded.password, devices.password), admission = excluded.admission, \
-             attrs = excluded.attrs, updated_at = excluded.updated_at",
-        );
-        let mut q = sqlx::query(&sql);
-        for d in chunk {
-            q = q
-                .bind(&d.id)
-                .bind(&d.name)
-                .bind(d.kind.as_str())
-                .bind(d.protocol.as_str())
-                .bind(&d.org_id)
-                .bind(&d.profile)
-                .bind(&d.rtsp_url)
-                .bind(&d.password)
-                .bind(d.admission.as_str())
-                .bind(serde_json::Value::Object(d.attrs.clone()).to_string())
-                .bind(now);
-        }
-        q.execute(&mut *tx).await?;
+    for chunk in devices.chunks(DEVICES_PER_INSERT) {
+        let rows: Vec<serde_json::Value> = chunk
+            .iter()
+            .map(|d| {
+                serde_json::json!([
+                    d.id,
+                    d.name,
+                    d.kind.as_str(),
+                    d.protocol.as_str(),
+                    d.org_id,
+                    d.profile,
+                    d.rtsp_url,
+                    d.password,
+                    d.admission.as_str(),
+                    serde_json::Value::Object(d.attrs.clone()).to_string(),
+                    now,
+                    now
+                ])
+            })
+            .collect();
+        let text = serde_json::to_string(&rows).unwrap_or_else(|_| "[]".into());
+        insert_json_rows(&mut tx, db.backend, "devices", &DEVICE_COLUMNS, text, DEVICE_UPSERT).await?;
         done += chunk.len();
         progress(done);
     }
