@@ -82,6 +82,8 @@ pub struct OfflineItem {
     pub offline_s: i64,
     pub unknown_s: i64,
     pub online_s: i64,
+    /// Seconds online over the seconds this device was counted that day.
+    pub availability: Option<f64>,
     pub offline_at_end: bool,
     pub last_reason: String,
 }
@@ -232,6 +234,7 @@ pub async fn daily(
                 offline_s: offline_ms / 1000,
                 unknown_s: unknown_ms / 1000,
                 online_s: online_ms / 1000,
+                availability: (window > 0).then(|| online_ms as f64 / window as f64),
                 offline_at_end: state != State::Online,
                 last_reason: reason,
             });
@@ -346,11 +349,11 @@ impl DailyReport {
             );
         }
         out.push('\n');
-        out.push_str("device_id,name,org_id,org_name,kind,offline_s,unknown_s,online_s,offline_at_end,last_reason\n");
+        out.push_str("device_id,name,org_id,org_name,kind,offline_s,unknown_s,online_s,availability_pct,offline_at_end,last_reason\n");
         for o in &self.offline {
             let _ = writeln!(
                 out,
-                "{},{},{},{},{},{},{},{},{},{}",
+                "{},{},{},{},{},{},{},{},{},{},{}",
                 csv_field(&o.device_id),
                 csv_field(&o.name),
                 csv_field(o.org_id.as_deref().unwrap_or("")),
@@ -359,6 +362,7 @@ impl DailyReport {
                 o.offline_s,
                 o.unknown_s,
                 o.online_s,
+                pct(o.availability),
                 o.offline_at_end,
                 csv_field(&o.last_reason)
             );
