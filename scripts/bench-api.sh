@@ -15,6 +15,8 @@ data_dir = "$WORK/data"
 [http]
 listen = "127.0.0.1:$PORT"
 tokens = [ { token = "bench-admin-token", role = "admin" } ]
+[gb28181]
+listen = "127.0.0.1:0"
 [[orgs]]
 id = "d"
 name = "硚口区"

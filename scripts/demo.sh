@@ -9,6 +9,7 @@ cd "$(dirname "$0")/.."
 PORT=${DEMO_PORT:-8080}
 export VIGIL_ASSESSMENT__SAMPLE_EVERY=${DEMO_SAMPLE_EVERY:-10s}
 export VIGIL_HTTP__LISTEN=127.0.0.1:$PORT
+export VIGIL_GB28181__LISTEN=${DEMO_SIP_LISTEN:-127.0.0.1:5060}
 
 ./target/release/vigil run --config config/examples/district.toml &
 VIGIL_PID=$!

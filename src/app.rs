@@ -35,6 +35,8 @@ pub enum Error {
     Bind { addr: SocketAddr, source: std::io::Error },
     #[error("{0}")]
     Config(String),
+    #[error(transparent)]
+    Gb28181(#[from] crate::sources::gb28181::Error),
 }
 
 impl Error {
@@ -45,6 +47,7 @@ impl Error {
             Error::Presence(e) => crate::db::sqlx_kind(e),
             Error::Bind { .. } => crate::error::ErrorKind::Unavailable,
             Error::Config(_) => crate::error::ErrorKind::InvalidInput,
+            Error::Gb28181(e) => e.kind(),
         }
     }
 }
@@ -52,8 +55,11 @@ impl Error {
 /// A started gateway: its addresses and the means to stop it.
 pub struct Running {
     pub http_addr: SocketAddr,
+    /// The GB/T 28181 SIP (UDP) address, when the source is enabled.
+    pub sip_addr: Option<SocketAddr>,
     pub metrics: Metrics,
     cancel: CancellationToken,
+    sources_cancel: CancellationToken,
     http_cancel: CancellationToken,
     tracker: TaskTracker,
     http: tokio::task::JoinHandle<()>,
@@ -169,6 +175,23 @@ pub async fn start(config: Config) -> Result<Running, Error> {
         &tracker,
     );
 
+    let sources_cancel = cancel.child_token();
+    let sip_addr = if config.gb28181.enabled {
+        let addr = crate::sources::gb28181::spawn(
+            config.gb28181.clone(),
+            registry.clone(),
+            handle.clone(),
+            metrics.clone(),
+            sources_cancel.clone(),
+            &tracker,
+        )
+        .await?;
+        info!(sip = %addr, "GB/T 28181 devices register at this address.");
+        Some(addr)
+    } else {
+        None
+    };
+
     let tz = config.timezone();
     if config.http.tokens.is_empty() {
         warn!(listen = %config.http.listen, "No API tokens configured: the API is open to anyone who can reach this loopback address.");
@@ -199,13 +222,14 @@ pub async fn start(config: Config) -> Result<Running, Error> {
         }
     });
     info!(http = %http_addr, "vigil is running; dashboard at http://{http_addr}/");
-    Ok(Running { http_addr, metrics, cancel, http_cancel, tracker, http, db })
+    Ok(Running { http_addr, sip_addr, metrics, cancel, sources_cancel, http_cancel, tracker, http, db })
 }
 
 impl Running {
     /// Stops in order and waits (bounded) for every task.
     pub async fn shutdown(self) {
-        info!("Shutting down: HTTP stops taking requests.");
+        info!("Shutting down: sources and HTTP stop taking input.");
+        self.sources_cancel.cancel();
         self.http_cancel.cancel();
         if tokio::time::timeout(Duration::from_secs(5), self.http).await.is_err() {
             warn!("HTTP connections did not close within 5 s; dropping them.");

@@ -16,6 +16,8 @@ pub const EVENTS: &str = "vigil_events_total";
 pub const EVENTS_REJECTED: &str = "vigil_events_rejected_total";
 pub const HTTP_REQUESTS: &str = "vigil_http_requests_total";
 pub const DB_UP: &str = "vigil_database_up";
+pub const SIP_MESSAGES: &str = "vigil_sip_messages_total";
+pub const SIP_REGISTRATIONS: &str = "vigil_sip_registrations_total";
 
 /// The collectors. Cheap to clone (the prometheus types are handles).
 #[derive(Clone)]
@@ -31,6 +33,8 @@ pub struct Metrics {
     pub events_rejected: IntCounterVec,
     pub http_requests: IntCounterVec,
     pub db_up: IntGauge,
+    pub sip_messages: IntCounterVec,
+    pub sip_registrations: IntCounterVec,
 }
 
 impl Metrics {
@@ -54,6 +58,13 @@ impl Metrics {
                 .expect("should be a valid metric"),
             http_requests: IntCounterVec::new(Opts::new(HTTP_REQUESTS, "API requests by status class."), &["class"]).expect("should be a valid metric"),
             db_up: IntGauge::new(DB_UP, "1 while the last database write succeeded.").expect("should be a valid metric"),
+            sip_messages: IntCounterVec::new(Opts::new(SIP_MESSAGES, "SIP messages by method (or response code class) and direction."), &["method", "direction"])
+                .expect("should be a valid metric"),
+            sip_registrations: IntCounterVec::new(
+                Opts::new(SIP_REGISTRATIONS, "GB/T 28181 REGISTER outcomes (challenged, registered, unregistered, forbidden, wrong_password, ...)."),
+                &["outcome"],
+            )
+            .expect("should be a valid metric"),
             registry,
         };
         for c in [
@@ -67,6 +78,8 @@ impl Metrics {
             Box::new(m.events_rejected.clone()),
             Box::new(m.http_requests.clone()),
             Box::new(m.db_up.clone()),
+            Box::new(m.sip_messages.clone()),
+            Box::new(m.sip_registrations.clone()),
         ] {
             m.registry.register(c).expect("should register each metric once");
         }

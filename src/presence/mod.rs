@@ -314,6 +314,9 @@ impl PresenceTable {
                 (None, Reason::Register)
             }
             Evidence::SipKeepalive { window_ms } => {
+                // A keepalive speaks for a protocol that registers: it never makes a device
+                // online without a registration (registered_until stays as it was).
+                slot.needs_registration = true;
                 slot.alive_until = at.saturating_add(window_ms);
                 slot.alive_kind = AliveKind::Keepalive;
                 (None, Reason::Keepalive)

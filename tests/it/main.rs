@@ -5,6 +5,7 @@ mod support;
 
 mod api;
 mod dashboard;
+mod gb28181;
 mod outage;
 mod restart;
 mod store;

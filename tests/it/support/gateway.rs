@@ -108,6 +108,9 @@ data_dir = "{}"
 listen = "127.0.0.1:{http_port}"
 tokens = [ {{ token = "{ADMIN}", role = "admin" }}, {{ token = "{VIEWER}", role = "viewer" }} ]
 
+[gb28181]
+listen = "127.0.0.1:0"
+
 [presence]
 checkpoint_every = "1s"
 flush_every = "50ms"
@@ -124,6 +127,7 @@ rate_refresh = "200ms"
 pub struct TestGateway {
     pub api: Client,
     pub url: String,
+    pub sip: Option<std::net::SocketAddr>,
     running: Option<vigil::Running>,
     _dir: tempfile::TempDir,
     _db: Option<TestDb>,
@@ -152,6 +156,7 @@ impl TestGateway {
         TestGateway {
             api: Client::new(&format!("{url}/api/v1"), Some(ADMIN)),
             url,
+            sip: running.sip_addr,
             running: Some(running),
             _dir: dir,
             _db: pg,

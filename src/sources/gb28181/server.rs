@@ -1,0 +1,431 @@
+//! The SIP server task: one owner of the nonces, sessions and transaction cache. Receives
+//! datagrams, answers REGISTER and MESSAGE, absorbs retransmissions (the same request gets
+//! the same answer, not a second side effect), rate-limits addresses that keep failing
+//! digest, and hands evidence to presence.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+use tokio::net::UdpSocket;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use super::digest::{parse_authorization, Nonces, Verdict};
+use super::manscdp;
+use super::message::{self, param, uri_user, Message, StartLine};
+use crate::clock::{now_ms, Millis};
+use crate::config::Gb28181 as Gb28181Config;
+use crate::event::{Evidence, Observation};
+use crate::ids::GbCode;
+use crate::presence::runner::PresenceHandle;
+use crate::registry::{Admission, AdmissionOutcome, Protocol, Registry, UnknownDevice};
+use crate::telemetry::Metrics;
+
+/// How long an answer is kept for retransmissions of its request (RFC 3261 Timer J, 64×T1).
+const TRANSACTION_TTL_MS: Millis = 32_000;
+/// Digest failures from one address within the window before it is refused unheard.
+const MAX_FAILURES: u32 = 5;
+const FAILURE_WINDOW_MS: Millis = 60_000;
+/// The shortest registration granted.
+const MIN_EXPIRES_S: u64 = 60;
+/// Entries past which the maps are swept of stale ones.
+const SWEEP_AT: usize = 50_000;
+
+/// What vigil knows of a registered device's SIP side (shown in the API later).
+#[derive(Debug, Clone)]
+struct Session {
+    source: SocketAddr,
+    expires_at: Millis,
+}
+
+pub struct Server {
+    cfg: Gb28181Config,
+    registry: Registry,
+    presence: PresenceHandle,
+    metrics: Metrics,
+    nonces: Nonces,
+    sessions: HashMap<String, Session>,
+    failures: HashMap<IpAddr, (u32, Millis)>,
+    answered: HashMap<String, (Arc<Vec<u8>>, Millis)>,
+    tag: String,
+}
+
+/// A request handled: the answer to send, if any.
+type Answer = Option<Vec<u8>>;
+
+impl Server {
+    pub fn new(cfg: Gb28181Config, registry: Registry, presence: PresenceHandle, metrics: Metrics) -> Self {
+        let tag = uuid::Uuid::now_v7().simple().to_string()[..16].to_owned();
+        Server {
+            cfg,
+            registry,
+            presence,
+            metrics,
+            nonces: Nonces::default(),
+            sessions: HashMap::new(),
+            failures: HashMap::new(),
+            answered: HashMap::new(),
+            tag,
+        }
+    }
+
+    pub async fn run_udp(mut self, socket: UdpSocket, cancel: CancellationToken) {
+        let mut buf = vec![0u8; message::MAX_MESSAGE];
+        info!("GB/T 28181 source listening (UDP).");
+        loop {
+            let (n, from) = tokio::select! {
+                biased;
+                _ = cancel.cancelled() => break,
+                r = socket.recv_from(&mut buf) => match r {
+                    Ok(x) => x,
+                    Err(e) => {
+                        // ICMP port-unreachable from a previous send shows up here on Linux.
+                        debug!(error = %e, "SIP receive error.");
+                        continue;
+                    }
+                },
+            };
+            if let Some(answer) = self.handle(&buf[..n], from).await {
+                self.count_out(&answer);
+                if let Err(e) = socket.send_to(&answer, from).await {
+                    debug!(peer = %from, error = %e, "Cannot send a SIP answer.");
+                }
+            }
+        }
+        info!("GB/T 28181 source stopped.");
+    }
+
+    fn count_out(&self, answer: &[u8]) {
+        let label = match answer.get(8..9) {
+            Some(b"1") => "1xx",
+            Some(b"2") => "2xx",
+            Some(b"4") => "4xx",
+            Some(b"5") => "5xx",
+            _ => "other",
+        };
+        self.metrics.sip_messages.with_label_values(&[label, "out"]).inc();
+    }
+
+    fn reject(&self, reason: &str) {
+        self.metrics.events_rejected.with_label_values(&["gb28181", reason]).inc();
+    }
+
+    /// Handles one datagram.
+    pub async fn handle(&mut self, bytes: &[u8], from: SocketAddr) -> Answer {
+        if bytes.iter().all(|b| b.is_ascii_whitespace()) {
+            return None; // CRLF keep-alive
+        }
+        let msg = match Message::parse(bytes) {
+            Ok(m) => m,
+            Err(e) => {
+                self.reject(e.reason());
+                warn!(peer = %from, error = %e, excerpt = %String::from_utf8_lossy(&bytes[..bytes.len().min(80)]), "Unparseable SIP message dropped.");
+                return None;
+            }
+        };
+        let method = match &msg.start {
+            StartLine::Request { method, .. } => method.to_ascii_uppercase(),
+            StartLine::Response { .. } => {
+                self.metrics.sip_messages.with_label_values(&["response", "in"]).inc();
+                return None; // answers to requests vigil sends come with the queries
+            }
+        };
+        let label = match method.as_str() {
+            "REGISTER" | "MESSAGE" | "OPTIONS" | "NOTIFY" | "BYE" | "ACK" | "INVITE" | "SUBSCRIBE" | "INFO"
+            | "CANCEL" => method.as_str(),
+            _ => "other",
+        };
+        self.metrics.sip_messages.with_label_values(&[label, "in"]).inc();
+        let (Some(call_id), Some((cseq, _)), Some(_)) = (msg.header("Call-ID"), msg.cseq(), msg.header("Via")) else {
+            self.reject("missing_header");
+            return Some(message::response(
+                &msg,
+                400,
+                "Bad Request (Via, Call-ID and CSeq are required)",
+                from,
+                &self.tag,
+                &[],
+                b"",
+            ));
+        };
+        if method == "ACK" {
+            return None;
+        }
+        let now = now_ms();
+        let key = format!("{call_id}|{cseq}|{method}|{}", msg.branch().unwrap_or(""));
+        if let Some((answer, _)) = self.answered.get(&key) {
+            return Some(answer.as_ref().clone());
+        }
+        let answer = match method.as_str() {
+            "REGISTER" => self.register(&msg, from, now).await,
+            "MESSAGE" => self.message(&msg, from, now).await,
+            "OPTIONS" => message::response(
+                &msg,
+                200,
+                "OK",
+                from,
+                &self.tag,
+                &[("Allow", "REGISTER, MESSAGE, OPTIONS, ACK, BYE".into())],
+                b"",
+            ),
+            _ => message::response(
+                &msg,
+                405,
+                "Method Not Allowed",
+                from,
+                &self.tag,
+                &[("Allow", "REGISTER, MESSAGE, OPTIONS, ACK, BYE".into())],
+                b"",
+            ),
+        };
+        if self.answered.len() >= SWEEP_AT {
+            self.answered.retain(|_, (_, at)| now - *at < TRANSACTION_TTL_MS);
+        }
+        self.answered.insert(key, (Arc::new(answer.clone()), now));
+        Some(answer)
+    }
+
+    fn window_ms(&self) -> i64 {
+        (self.cfg.keepalive_interval.as_millis() as i64) * i64::from(self.cfg.keepalive_misses)
+    }
+
+    fn failed(&mut self, ip: IpAddr, now: Millis) {
+        if self.failures.len() >= SWEEP_AT {
+            self.failures.retain(|_, (_, since)| now - *since < FAILURE_WINDOW_MS);
+        }
+        let e = self.failures.entry(ip).or_insert((0, now));
+        if now - e.1 >= FAILURE_WINDOW_MS {
+            *e = (0, now);
+        }
+        e.0 += 1;
+    }
+
+    fn limited(&self, ip: IpAddr, now: Millis) -> bool {
+        self.failures.get(&ip).is_some_and(|(n, since)| *n >= MAX_FAILURES && now - *since < FAILURE_WINDOW_MS)
+    }
+
+    async fn register(&mut self, msg: &Message<'_>, from: SocketAddr, now: Millis) -> Vec<u8> {
+        let outcome = |s: &Self, o: &str| s.metrics.sip_registrations.with_label_values(&[o]).inc();
+        let Some(id) = msg.header("From").and_then(uri_user).map(str::to_owned) else {
+            self.reject("no_device_id");
+            return message::response(msg, 400, "Bad Request (no device id in From)", from, &self.tag, &[], b"");
+        };
+        let code = match GbCode::parse(&id) {
+            Ok(c) => c,
+            Err(e) => {
+                self.reject("bad_device_id");
+                warn!(peer = %from, device = %id, error = %e, "REGISTER with a device id that is not a GB/T 28181 code.");
+                return message::response(
+                    msg,
+                    400,
+                    "Bad Request (device id is not a 20-digit GB/T 28181 code)",
+                    from,
+                    &self.tag,
+                    &[],
+                    b"",
+                );
+            }
+        };
+        if self.limited(from.ip(), now) {
+            outcome(self, "rate_limited");
+            return message::response(msg, 403, "Forbidden (too many failed attempts)", from, &self.tag, &[], b"");
+        }
+        let Some(auth) = msg.header("Authorization").or_else(|| msg.header("Proxy-Authorization")) else {
+            outcome(self, "challenged");
+            let challenge = self.nonces.challenge(&self.cfg.realm, now, false);
+            return message::response(
+                msg,
+                401,
+                "Unauthorized",
+                from,
+                &self.tag,
+                &[("WWW-Authenticate", challenge)],
+                b"",
+            );
+        };
+        let Some(params) = parse_authorization(auth) else {
+            outcome(self, "malformed");
+            let challenge = self.nonces.challenge(&self.cfg.realm, now, false);
+            return message::response(
+                msg,
+                401,
+                "Unauthorized",
+                from,
+                &self.tag,
+                &[("WWW-Authenticate", challenge)],
+                b"",
+            );
+        };
+        let known = self.registry.read().device(&id);
+        let password = known.as_ref().and_then(|d| d.password.clone()).unwrap_or_else(|| self.cfg.password.clone());
+        if params.get("username").is_some_and(|u| u != &id) {
+            outcome(self, "wrong_username");
+            self.failed(from.ip(), now);
+            return message::response(msg, 403, "Forbidden (username is not the device id)", from, &self.tag, &[], b"");
+        }
+        match self.nonces.check(now, &params, "REGISTER", &password) {
+            Verdict::Ok => {}
+            Verdict::Stale | Verdict::Malformed => {
+                outcome(self, "challenged");
+                let challenge = self.nonces.challenge(&self.cfg.realm, now, true);
+                return message::response(
+                    msg,
+                    401,
+                    "Unauthorized",
+                    from,
+                    &self.tag,
+                    &[("WWW-Authenticate", challenge)],
+                    b"",
+                );
+            }
+            Verdict::Wrong | Verdict::Replay => {
+                outcome(self, "wrong_password");
+                self.failed(from.ip(), now);
+                warn!(peer = %from, device = %id, "REGISTER with a wrong password (or a replayed nonce) refused.");
+                return message::response(msg, 403, "Forbidden", from, &self.tag, &[], b"");
+            }
+        }
+        // Authenticated. Now: is this device admitted?
+        let device = match known {
+            Some(d) => d,
+            None => {
+                let mut attrs = serde_json::Map::new();
+                attrs.insert("contact".into(), serde_json::json!(msg.header("Contact").unwrap_or("")));
+                attrs.insert("source".into(), serde_json::json!(from.to_string()));
+                if let Some(ua) = msg.header("User-Agent") {
+                    attrs.insert("user_agent".into(), serde_json::json!(ua));
+                }
+                let unknown = UnknownDevice {
+                    id: id.clone(),
+                    protocol: Protocol::Gb28181,
+                    kind: code.device_kind(),
+                    name: None,
+                    attrs,
+                };
+                match self.registry.admit(unknown).await {
+                    Ok(AdmissionOutcome::Added(d)) | Ok(AdmissionOutcome::Known(d)) => {
+                        info!(device = %id, peer = %from, admission = %d.admission, org = ?d.org_id, "New GB/T 28181 device registered itself.");
+                        let _ = self.presence.track(vec![(d.key, Arc::from(d.id.as_str()), d.protocol.as_str())]).await;
+                        d
+                    }
+                    Ok(AdmissionOutcome::Refused) => {
+                        outcome(self, "refused");
+                        return message::response(
+                            msg,
+                            403,
+                            "Forbidden (unknown device; admission is closed)",
+                            from,
+                            &self.tag,
+                            &[],
+                            b"",
+                        );
+                    }
+                    Err(e) => {
+                        warn!(device = %id, error = %e, "Cannot admit a new device.");
+                        return message::response(
+                            msg,
+                            503,
+                            "Service Unavailable",
+                            from,
+                            &self.tag,
+                            &[("Retry-After", "30".into())],
+                            b"",
+                        );
+                    }
+                }
+            }
+        };
+        match device.admission {
+            Admission::Approved => {}
+            Admission::Quarantined => {
+                outcome(self, "quarantined");
+                return message::response(msg, 403, "Forbidden (awaiting approval)", from, &self.tag, &[], b"");
+            }
+            Admission::Rejected => {
+                outcome(self, "rejected");
+                return message::response(msg, 403, "Forbidden (rejected)", from, &self.tag, &[], b"");
+            }
+        }
+        let requested: u64 = msg
+            .header("Expires")
+            .and_then(|v| v.trim().parse().ok())
+            .or_else(|| msg.header("Contact").and_then(|c| param(c, "expires")).and_then(|v| v.parse().ok()))
+            .unwrap_or(self.cfg.register_expires_max.as_secs());
+        let contact = msg.header("Contact").map(str::to_owned).unwrap_or_else(|| format!("<sip:{id}@{from}>"));
+        let evidence = if requested == 0 {
+            self.sessions.remove(&id);
+            outcome(self, "unregistered");
+            info!(device = %id, peer = %from, "Device un-registered.");
+            Evidence::SipUnregister
+        } else {
+            let granted = requested.clamp(MIN_EXPIRES_S, self.cfg.register_expires_max.as_secs().max(MIN_EXPIRES_S));
+            let moved = self.sessions.get(&id).is_some_and(|s| s.source != from);
+            if moved {
+                info!(device = %id, peer = %from, "Device registered from a new address; contact updated.");
+            }
+            self.sessions.insert(id.clone(), Session { source: from, expires_at: now + granted as i64 * 1000 });
+            outcome(self, "registered");
+            Evidence::SipRegister { expires_ms: granted as i64 * 1000, window_ms: self.window_ms() }
+        };
+        let granted = match evidence {
+            Evidence::SipRegister { expires_ms, .. } => expires_ms / 1000,
+            _ => 0,
+        };
+        if self.presence.observe(Observation { device: device.key, at: now, evidence, detail: None }).await.is_err() {
+            return message::response(msg, 503, "Service Unavailable", from, &self.tag, &[], b"");
+        }
+        let date =
+            crate::clock::to_datetime(now, &chrono_tz::Asia::Shanghai).format("%Y-%m-%dT%H:%M:%S%.3f").to_string();
+        message::response(
+            msg,
+            200,
+            "OK",
+            from,
+            &self.tag,
+            &[("Contact", contact), ("Expires", granted.to_string()), ("Date", date)],
+            b"",
+        )
+    }
+
+    async fn message(&mut self, msg: &Message<'_>, from: SocketAddr, now: Millis) -> Vec<u8> {
+        let Some(id) = msg.header("From").and_then(uri_user).map(str::to_owned) else {
+            self.reject("no_device_id");
+            return message::response(msg, 400, "Bad Request (no device id in From)", from, &self.tag, &[], b"");
+        };
+        let (text, _charset) = manscdp::decode(msg.body);
+        let env = match manscdp::envelope(&text) {
+            Ok(e) => e,
+            Err(e) => {
+                self.reject(e.reason());
+                warn!(device = %id, peer = %from, error = %e, "MANSCDP body refused.");
+                return message::response(msg, 400, "Bad Request (MANSCDP body)", from, &self.tag, &[], b"");
+            }
+        };
+        let Some(device) = self.registry.read().device(&id) else {
+            self.reject("unknown_device");
+            return message::response(msg, 403, "Forbidden (not registered)", from, &self.tag, &[], b"");
+        };
+        match (env.root.as_str(), env.cmd_type.as_str()) {
+            ("Notify", "Keepalive") => {
+                if self.sessions.get(&id).is_none_or(|s| s.expires_at <= now) {
+                    debug!(device = %id, "Keepalive from a device with no registration in this process; presence judges it.");
+                }
+                let obs = Observation {
+                    device: device.key,
+                    at: now,
+                    evidence: Evidence::SipKeepalive { window_ms: self.window_ms() },
+                    detail: None,
+                };
+                if self.presence.observe(obs).await.is_err() {
+                    return message::response(msg, 503, "Service Unavailable", from, &self.tag, &[], b"");
+                }
+            }
+            (root, cmd) => {
+                self.reject("unhandled_manscdp");
+                debug!(device = %id, root, cmd, "MANSCDP message not handled yet; answered 200.");
+            }
+        }
+        message::response(msg, 200, "OK", from, &self.tag, &[], b"")
+    }
+}

@@ -1,0 +1,236 @@
+//! GB/T 28181 device access over SIP/UDP: a real third-party user agent (baresip) registers
+//! with digest and is shown online, then offline on un-REGISTER; and a device speaking raw
+//! SIP from this test is quarantined, approved, registered, kept alive, un-registered, and
+//! refused for a wrong password or garbage — each answer checked on the wire.
+
+use std::net::SocketAddr;
+use std::process::Command;
+use std::time::Duration;
+
+use serde_json::json;
+use tokio::net::UdpSocket;
+use vigil::sources::gb28181::digest::{expected, parse_authorization};
+use vigil::sources::gb28181::message::{Message, StartLine};
+
+use crate::support::gateway::{Db, TestGateway};
+use crate::support::{free_port, require_command};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn baresip_registers_with_digest_and_is_online_then_offline_on_unregister() {
+    let baresip = require_command("baresip");
+    let gw = TestGateway::start(Db::Sqlite, "").await;
+    let sip = gw.sip.expect("SIP is enabled");
+    let id = "42010400001320000099";
+    let (s, body) =
+        gw.api.post("/devices", json!({"id": id, "name": "baresip UA", "kind": "camera", "protocol": "gb28181"})).await;
+    assert_eq!(s, 201, "{body}");
+    let dir = tempfile::tempdir().expect("temp dir");
+    std::fs::write(
+        dir.path().join("config"),
+        format!("poll_method\tepoll\nsip_listen\t127.0.0.1:{}\nsip_transports\tudp\nmodule_path\t/usr/lib/baresip/modules\nmodule\taccount.so\n", free_port()),
+    )
+    .expect("config");
+    std::fs::write(
+        dir.path().join("accounts"),
+        format!("<sip:{id}@{sip};transport=udp>;auth_pass=12345678;regint=60\n"),
+    )
+    .expect("accounts");
+    // baresip quits (and un-registers) by itself after 4 s.
+    let mut child = Command::new(baresip)
+        .arg("-f")
+        .arg(dir.path())
+        .args(["-t", "4"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("baresip starts");
+    let d = gw
+        .api
+        .wait_for(&format!("/devices/{id}"), Duration::from_secs(5), |d| d["presence"]["state"] == "online")
+        .await;
+    assert_eq!(d["presence"]["reason"], "register");
+    let d = gw
+        .api
+        .wait_for(&format!("/devices/{id}"), Duration::from_secs(10), |d| d["presence"]["state"] == "offline")
+        .await;
+    assert_eq!(d["presence"]["reason"], "unregister");
+    let _ = child.wait();
+    let m = gw.api.metrics().await;
+    assert!(m.lines().any(|l| l.starts_with("vigil_sip_registrations_total{outcome=\"challenged\"}")), "{m}");
+    assert!(m.lines().any(|l| l == "vigil_sip_registrations_total{outcome=\"registered\"} 1"), "{m}");
+    assert!(m.lines().any(|l| l == "vigil_sip_registrations_total{outcome=\"unregistered\"} 1"), "{m}");
+    gw.shutdown().await;
+}
+
+/// A GB/T 28181 device speaking SIP from this test.
+struct Device {
+    sock: UdpSocket,
+    id: String,
+    server: SocketAddr,
+    cseq: u32,
+}
+
+impl Device {
+    async fn new(id: &str, server: SocketAddr) -> Self {
+        Device { sock: UdpSocket::bind("127.0.0.1:0").await.expect("bind"), id: id.into(), server, cseq: 0 }
+    }
+
+    async fn exchange(&self, raw: &str) -> String {
+        self.sock.send_to(raw.as_bytes(), self.server).await.expect("send");
+        let mut buf = vec![0u8; 65_535];
+        let (n, _) = tokio::time::timeout(Duration::from_secs(5), self.sock.recv_from(&mut buf))
+            .await
+            .expect("an answer within 5 s")
+            .expect("recv");
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    }
+
+    fn request(&mut self, method: &str, call_id: &str, extra: &str, body: &str) -> String {
+        self.cseq += 1;
+        let local = self.sock.local_addr().expect("addr");
+        format!(
+            "{method} sip:42010400002000000001@4201040000 SIP/2.0\r\n\
+Via: SIP/2.0/UDP {local};rport;branch=z9hG4bK{}-{}-{}\r\n\
+From: <sip:{id}@4201040000>;tag=dev{cseq}\r\n\
+To: <sip:{to}@4201040000>\r\n\
+Call-ID: {call_id}\r\n\
+CSeq: {cseq} {method}\r\n\
+Contact: <sip:{id}@{local}>\r\n\
+Max-Forwards: 70\r\n\
+{extra}Content-Length: {}\r\n\r\n{body}",
+            local.port(),
+            call_id.len(),
+            self.cseq,
+            body.len(),
+            id = self.id,
+            cseq = self.cseq,
+            to = if method == "REGISTER" { self.id.as_str() } else { "42010400002000000001" },
+        )
+    }
+
+    /// REGISTER → 401 → REGISTER with digest; returns the final answer.
+    async fn register(&mut self, expires: u32, password: &str) -> String {
+        let call_id = format!("reg-{}", self.id);
+        let first = self.request("REGISTER", &call_id, &format!("Expires: {expires}\r\n"), "");
+        let challenge = self.exchange(&first).await;
+        assert!(challenge.starts_with("SIP/2.0 401"), "{challenge}");
+        let msg = Message::parse(challenge.as_bytes()).expect("401 parses");
+        let www =
+            parse_authorization(msg.header("WWW-Authenticate").expect("challenge header")).expect("digest params");
+        assert_eq!(www.get("algorithm").map(String::as_str), Some("MD5"));
+        let (realm, nonce) = (&www["realm"], &www["nonce"]);
+        let uri = "sip:42010400002000000001@4201040000";
+        let resp = expected(&self.id, realm, password, "REGISTER", uri, nonce, Some(("00000001", "0a4f113b", "auth")));
+        let auth = format!(
+            "Authorization: Digest username=\"{}\", realm=\"{realm}\", nonce=\"{nonce}\", uri=\"{uri}\", response=\"{resp}\", algorithm=MD5, qop=auth, nc=00000001, cnonce=\"0a4f113b\"\r\nExpires: {expires}\r\n",
+            self.id
+        );
+        let second = self.request("REGISTER", &call_id, &auth, "");
+        self.exchange(&second).await
+    }
+
+    async fn keepalive(&mut self, sn: u32) -> String {
+        let body = format!("<?xml version=\"1.0\" encoding=\"GB2312\"?>\r\n<Notify>\r\n<CmdType>Keepalive</CmdType>\r\n<SN>{sn}</SN>\r\n<DeviceID>{}</DeviceID>\r\n<Status>OK</Status>\r\n</Notify>\r\n", self.id);
+        let msg = self.request("MESSAGE", &format!("ka-{sn}"), "Content-Type: Application/MANSCDP+xml\r\n", &body);
+        self.exchange(&msg).await
+    }
+}
+
+fn code(answer: &str) -> u16 {
+    match Message::parse(answer.as_bytes()).expect("answer parses").start {
+        StartLine::Response { code, .. } => code,
+        other => panic!("not a response: {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unknown_device_is_quarantined_then_approved_registered_kept_alive_and_unregistered() {
+    let gw = TestGateway::start(Db::Sqlite, "").await;
+    let api = &gw.api;
+    let sip = gw.sip.expect("SIP is enabled");
+    assert_eq!(
+        api.post("/orgs", json!({"id": "qiaokou", "name": "硚口区", "kind": "district", "gb_prefix": "420104"}))
+            .await
+            .0,
+        201
+    );
+    let id = "42010400001180000007"; // type 118: an NVR
+    let mut dev = Device::new(id, sip).await;
+
+    // Unknown: authenticated with the default password, then quarantined (403) and listed.
+    let answer = dev.register(3600, "12345678").await;
+    assert_eq!(code(&answer), 403, "{answer}");
+    assert!(answer.contains("awaiting approval"), "{answer}");
+    let (_, d) = api.get(&format!("/devices/{id}")).await;
+    assert_eq!(
+        (d["admission"].as_str(), d["kind"].as_str(), d["org_id"].as_str()),
+        (Some("quarantined"), Some("nvr"), Some("qiaokou")),
+        "{d}"
+    );
+    let (_, q) = api.get("/devices?admission=quarantined").await;
+    assert_eq!(q["items"][0]["id"], id);
+
+    // Approved by an operator: the next REGISTER is accepted, with Expires, Date and NAT params.
+    assert_eq!(
+        api.send(reqwest::Method::PATCH, &format!("/devices/{id}"), json!({"admission": "approved"})).await.0,
+        200
+    );
+    let answer = dev.register(7200, "12345678").await;
+    assert_eq!(code(&answer), 200, "{answer}");
+    let ok = Message::parse(answer.as_bytes()).expect("200 parses");
+    assert_eq!(ok.header("Expires"), Some("3600"), "granted at most register_expires_max");
+    let date = ok.header("Date").expect("GB Date header");
+    assert!(
+        chrono::NaiveDateTime::parse_from_str(date, "%Y-%m-%dT%H:%M:%S%.3f").is_ok(),
+        "Date {date:?} is not yyyy-MM-ddTHH:mm:ss.SSS"
+    );
+    let local = dev.sock.local_addr().expect("addr");
+    assert!(
+        ok.header("Via")
+            .is_some_and(|v| v.contains(&format!("rport={}", local.port())) && v.contains("received=127.0.0.1")),
+        "{answer}"
+    );
+    let d =
+        api.wait_for(&format!("/devices/{id}"), Duration::from_secs(5), |d| d["presence"]["state"] == "online").await;
+    assert_eq!(d["presence"]["reason"], "register");
+
+    // Keepalive (GB2312-declared body) → 200; a retransmission gets the same answer.
+    let first = dev.keepalive(1).await;
+    assert_eq!(code(&first), 200, "{first}");
+    dev.cseq -= 1;
+    let again = dev.keepalive(1).await;
+    assert_eq!(first, again, "a retransmitted MESSAGE must get the same answer");
+
+    // A wrong password is a 403 after the challenge; garbage is dropped and counted.
+    let mut impostor = Device::new(id, sip).await;
+    assert_eq!(code(&impostor.register(3600, "not-the-password").await), 403);
+    impostor.sock.send_to(b"\x00\x01garbage that is not SIP\r\n\r\n", sip).await.expect("send");
+    let bomb = format!("<?xml version=\"1.0\"?>{}", "<a>".repeat(100));
+    let bomb = dev_message(&mut dev, &bomb);
+    assert_eq!(code(&dev.exchange(&bomb).await), 400, "an XML bomb is refused with 400");
+
+    // un-REGISTER: offline at once with its reason.
+    let answer = dev.register(0, "12345678").await;
+    assert_eq!(code(&answer), 200, "{answer}");
+    let d =
+        api.wait_for(&format!("/devices/{id}"), Duration::from_secs(5), |d| d["presence"]["state"] == "offline").await;
+    assert_eq!(d["presence"]["reason"], "unregister");
+    // A keepalive without a registration is evidence, but does not make it online.
+    assert_eq!(code(&dev.keepalive(2).await), 200);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(api.get(&format!("/devices/{id}")).await.1["presence"]["state"], "offline");
+
+    let m = api.metrics().await;
+    for line in [
+        "vigil_sip_registrations_total{outcome=\"quarantined\"} 1",
+        "vigil_sip_registrations_total{outcome=\"wrong_password\"} 1",
+        "vigil_events_rejected_total{reason=\"bad_start_line\",source=\"gb28181\"} 1",
+        "vigil_events_rejected_total{reason=\"xml_too_deep\",source=\"gb28181\"} 1",
+    ] {
+        assert!(m.lines().any(|l| l == line), "missing `{line}` in\n{m}");
+    }
+    gw.shutdown().await;
+}
+
+fn dev_message(dev: &mut Device, body: &str) -> String {
+    dev.request("MESSAGE", "bomb", "Content-Type: Application/MANSCDP+xml\r\n", body)
+}
