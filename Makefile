@@ -41,7 +41,7 @@ fmt:
 
 ## Criterion benches; results go into BENCHMARKS.md by hand, with the command.
 bench:
-	$(CARGO) bench --bench presence --bench rate
+	$(CARGO) bench --bench presence --bench rate --bench sip_parse
 
 clean:
 	$(CARGO) clean

@@ -234,3 +234,73 @@ async fn an_unknown_device_is_quarantined_then_approved_registered_kept_alive_an
 fn dev_message(dev: &mut Device, body: &str) -> String {
     dev.request("MESSAGE", "bomb", "Content-Type: Application/MANSCDP+xml\r\n", body)
 }
+
+/// Reads one framed SIP message off a TCP stream.
+async fn read_frame(stream: &mut tokio::net::TcpStream, buf: &mut Vec<u8>) -> String {
+    use tokio::io::AsyncReadExt;
+    loop {
+        if let Some(len) = vigil::sources::gb28181::message::frame_len(buf).expect("framable") {
+            let frame: Vec<u8> = buf.drain(..len).collect();
+            return String::from_utf8_lossy(&frame).into_owned();
+        }
+        let mut chunk = [0u8; 4096];
+        let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut chunk))
+            .await
+            .expect("answer in time")
+            .expect("read");
+        assert!(n > 0, "connection closed");
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_registers_over_tcp_with_messages_split_and_coalesced() {
+    use tokio::io::AsyncWriteExt;
+    let gw = TestGateway::start(Db::Sqlite, "").await;
+    let sip = gw.sip.expect("SIP is enabled");
+    let id = "42010400001320000031";
+    assert_eq!(
+        gw.api.post("/devices", json!({"id": id, "name": "tcp cam", "kind": "camera", "protocol": "gb28181"})).await.0,
+        201
+    );
+    let mut stream = tokio::net::TcpStream::connect(sip).await.expect("TCP connect");
+    let local = stream.local_addr().expect("addr");
+    let req = |cseq: u32, extra: &str| {
+        format!(
+            "REGISTER sip:42010400002000000001@4201040000 SIP/2.0\r\nVia: SIP/2.0/TCP {local};rport;branch=z9hG4bKtcp{cseq}\r\n\
+From: <sip:{id}@4201040000>;tag=t{cseq}\r\nTo: <sip:{id}@4201040000>\r\nCall-ID: tcp-reg\r\nCSeq: {cseq} REGISTER\r\n\
+Contact: <sip:{id}@{local};transport=tcp>\r\nExpires: 600\r\n{extra}Content-Length: 0\r\n\r\n"
+        )
+    };
+    // The first REGISTER arrives in two pieces.
+    let first = req(1, "");
+    let (a, b) = first.as_bytes().split_at(first.len() / 2);
+    stream.write_all(a).await.expect("write");
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    stream.write_all(b).await.expect("write");
+    let mut buf = Vec::new();
+    let challenge = read_frame(&mut stream, &mut buf).await;
+    assert!(challenge.starts_with("SIP/2.0 401"), "{challenge}");
+    let msg = Message::parse(challenge.as_bytes()).expect("parses");
+    let www = parse_authorization(msg.header("WWW-Authenticate").expect("challenge")).expect("params");
+    let uri = "sip:42010400002000000001@4201040000";
+    let resp = expected(id, &www["realm"], "12345678", "REGISTER", uri, &www["nonce"], None);
+    let auth = format!("Authorization: Digest username=\"{id}\", realm=\"{}\", nonce=\"{}\", uri=\"{uri}\", response=\"{resp}\", algorithm=MD5\r\n", www["realm"], www["nonce"]);
+    // The authenticated REGISTER and an OPTIONS ping in one write.
+    let options = format!(
+        "OPTIONS sip:42010400002000000001@4201040000 SIP/2.0\r\nVia: SIP/2.0/TCP {local};branch=z9hG4bKopt\r\nFrom: <sip:{id}@4201040000>;tag=o\r\n\
+To: <sip:42010400002000000001@4201040000>\r\nCall-ID: tcp-opt\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n"
+    );
+    stream.write_all(format!("{}{options}", req(2, &auth)).as_bytes()).await.expect("write");
+    let ok = read_frame(&mut stream, &mut buf).await;
+    assert!(ok.starts_with("SIP/2.0 200"), "{ok}");
+    assert!(ok.contains("Expires: 600"), "{ok}");
+    let pong = read_frame(&mut stream, &mut buf).await;
+    assert!(pong.starts_with("SIP/2.0 200") && pong.contains("CSeq: 1 OPTIONS"), "{pong}");
+    let d = gw
+        .api
+        .wait_for(&format!("/devices/{id}"), Duration::from_secs(5), |d| d["presence"]["state"] == "online")
+        .await;
+    assert_eq!(d["presence"]["reason"], "register");
+    gw.shutdown().await;
+}

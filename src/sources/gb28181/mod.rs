@@ -1,10 +1,10 @@
-//! The GB/T 28181 source: SIP over UDP on `gb28181.listen`. Devices REGISTER with digest
+//! The GB/T 28181 source: SIP over UDP and TCP on `gb28181.listen`. Devices REGISTER with digest
 //! (MD5, qop=auth) and keep alive with MANSCDP `Notify/Keepalive`; registration and
 //! keepalive become two separate pieces of evidence for presence. Unknown devices follow
 //! `admission.policy`. Reads datagrams, writes observations to presence and admissions to
 //! the registry; never touches the database or another module's tables.
 //!
-//! Done so far: UDP transport, parsing, retransmission absorption, registration with digest,
+//! Done so far: UDP and TCP transports (TCP framed by Content-Length), parsing, retransmission absorption, registration with digest,
 //! un-REGISTER, keepalive. Next: TCP framing, MANSCDP catalog/info/status/alarm, queries
 //! vigil sends, the simulator (see the GB/T 28181 issue).
 
@@ -14,6 +14,13 @@ pub mod message;
 mod server;
 
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio::sync::{mpsc, Semaphore};
+use tracing::{debug, warn};
 
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -36,7 +43,15 @@ impl Error {
     }
 }
 
-/// Binds the SIP socket and starts the source; returns the bound address.
+/// Requests queued for the SIP server task; a full queue slows the readers.
+const INBOUND_QUEUE: usize = 8192;
+/// Most TCP connections at once (devices and platforms that prefer TCP).
+const MAX_TCP_CONNECTIONS: usize = 20_000;
+/// A TCP connection with no bytes for this long is closed (devices send keepalives every 60 s).
+const TCP_IDLE: Duration = Duration::from_secs(300);
+
+/// Binds the SIP sockets (UDP, and TCP on the same port) and starts the source; returns the
+/// bound address.
 pub async fn spawn(
     cfg: Gb28181Config,
     registry: Registry,
@@ -45,10 +60,114 @@ pub async fn spawn(
     cancel: CancellationToken,
     tracker: &TaskTracker,
 ) -> Result<SocketAddr, Error> {
-    let socket =
-        tokio::net::UdpSocket::bind(cfg.listen).await.map_err(|source| Error::Bind { addr: cfg.listen, source })?;
-    let addr = socket.local_addr().map_err(|source| Error::Bind { addr: cfg.listen, source })?;
+    let udp = UdpSocket::bind(cfg.listen).await.map_err(|source| Error::Bind { addr: cfg.listen, source })?;
+    let addr = udp.local_addr().map_err(|source| Error::Bind { addr: cfg.listen, source })?;
+    let tcp = TcpListener::bind(addr).await.map_err(|source| Error::Bind { addr, source })?;
+    let udp = Arc::new(udp);
+    let (tx, rx) = mpsc::channel(INBOUND_QUEUE);
     let server = server::Server::new(cfg, registry, presence, metrics);
-    tracker.spawn(server.run_udp(socket, cancel).instrument(tracing::info_span!("gb28181", listen = %addr)));
+    let span = tracing::info_span!("gb28181", listen = %addr);
+    tracker.spawn(server.run(udp.clone(), rx, cancel.clone()).instrument(span.clone()));
+    tracker.spawn(read_udp(udp, tx.clone(), cancel.clone()).instrument(span.clone()));
+    tracker.spawn(accept_tcp(tcp, tx, cancel).instrument(span));
     Ok(addr)
+}
+
+async fn read_udp(socket: Arc<UdpSocket>, tx: mpsc::Sender<server::Inbound>, cancel: CancellationToken) {
+    let mut buf = vec![0u8; message::MAX_MESSAGE];
+    loop {
+        let r = tokio::select! {
+            biased;
+            _ = cancel.cancelled() => break,
+            r = socket.recv_from(&mut buf) => r,
+        };
+        match r {
+            Ok((n, from)) => {
+                let inbound = server::Inbound { bytes: buf[..n].to_vec(), from, reply: server::Reply::Udp };
+                if tx.send(inbound).await.is_err() {
+                    break;
+                }
+            }
+            // ICMP port-unreachable from an earlier send surfaces here on Linux.
+            Err(e) => debug!(error = %e, "SIP UDP receive error."),
+        }
+    }
+}
+
+async fn accept_tcp(listener: TcpListener, tx: mpsc::Sender<server::Inbound>, cancel: CancellationToken) {
+    let limit = Arc::new(Semaphore::new(MAX_TCP_CONNECTIONS));
+    loop {
+        let accepted = tokio::select! {
+            biased;
+            _ = cancel.cancelled() => break,
+            r = listener.accept() => r,
+        };
+        let (stream, peer) = match accepted {
+            Ok(x) => x,
+            Err(e) => {
+                warn!(error = %e, "SIP TCP accept failed.");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = limit.clone().try_acquire_owned() else {
+            warn!(peer = %peer, max = MAX_TCP_CONNECTIONS, "Too many SIP TCP connections; refusing one.");
+            continue;
+        };
+        let tx = tx.clone();
+        let cancel = cancel.clone();
+        tokio::spawn(async move {
+            serve_tcp(stream, peer, tx, cancel).await;
+            drop(permit);
+        });
+    }
+}
+
+/// Frames messages by Content-Length off one TCP connection and writes answers back.
+async fn serve_tcp(stream: TcpStream, peer: SocketAddr, tx: mpsc::Sender<server::Inbound>, cancel: CancellationToken) {
+    let (mut rd, mut wr) = stream.into_split();
+    let (out_tx, mut out_rx) = mpsc::channel::<Vec<u8>>(64);
+    let writer = tokio::spawn(async move {
+        while let Some(bytes) = out_rx.recv().await {
+            if wr.write_all(&bytes).await.is_err() {
+                break;
+            }
+        }
+    });
+    let mut buf: Vec<u8> = Vec::with_capacity(4096);
+    let mut chunk = vec![0u8; 16 * 1024];
+    'conn: loop {
+        let n = tokio::select! {
+            biased;
+            _ = cancel.cancelled() => break,
+            r = tokio::time::timeout(TCP_IDLE, rd.read(&mut chunk)) => match r {
+                Ok(Ok(0)) | Err(_) => break,
+                Ok(Ok(n)) => n,
+                Ok(Err(e)) => {
+                    debug!(peer = %peer, error = %e, "SIP TCP read error.");
+                    break;
+                }
+            },
+        };
+        buf.extend_from_slice(&chunk[..n]);
+        loop {
+            match message::frame_len(&buf) {
+                Ok(Some(len)) => {
+                    let frame: Vec<u8> = buf.drain(..len).collect();
+                    let inbound =
+                        server::Inbound { bytes: frame, from: peer, reply: server::Reply::Tcp(out_tx.clone()) };
+                    if tx.send(inbound).await.is_err() {
+                        break 'conn;
+                    }
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    warn!(peer = %peer, error = %e, "SIP TCP stream cannot be framed; closing it.");
+                    break 'conn;
+                }
+            }
+        }
+    }
+    drop(out_tx);
+    let _ = writer.await;
 }

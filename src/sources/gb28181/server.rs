@@ -8,6 +8,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use tokio::net::UdpSocket;
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
@@ -54,6 +55,21 @@ pub struct Server {
 /// A request handled: the answer to send, if any.
 type Answer = Option<Vec<u8>>;
 
+/// Where an answer goes.
+pub enum Reply {
+    /// Back to the datagram's source.
+    Udp,
+    /// Down the TCP connection it came on.
+    Tcp(mpsc::Sender<Vec<u8>>),
+}
+
+/// One received message and how to answer it.
+pub struct Inbound {
+    pub bytes: Vec<u8>,
+    pub from: SocketAddr,
+    pub reply: Reply,
+}
+
 impl Server {
     pub fn new(cfg: Gb28181Config, registry: Registry, presence: PresenceHandle, metrics: Metrics) -> Self {
         let tag = uuid::Uuid::now_v7().simple().to_string()[..16].to_owned();
@@ -70,26 +86,29 @@ impl Server {
         }
     }
 
-    pub async fn run_udp(mut self, socket: UdpSocket, cancel: CancellationToken) {
-        let mut buf = vec![0u8; message::MAX_MESSAGE];
-        info!("GB/T 28181 source listening (UDP).");
+    /// Serves requests from both transports until cancelled: one owner of all SIP state.
+    pub async fn run(mut self, udp: Arc<UdpSocket>, mut inbound: mpsc::Receiver<Inbound>, cancel: CancellationToken) {
+        info!("GB/T 28181 source listening (UDP and TCP).");
         loop {
-            let (n, from) = tokio::select! {
+            let req = tokio::select! {
                 biased;
                 _ = cancel.cancelled() => break,
-                r = socket.recv_from(&mut buf) => match r {
-                    Ok(x) => x,
-                    Err(e) => {
-                        // ICMP port-unreachable from a previous send shows up here on Linux.
-                        debug!(error = %e, "SIP receive error.");
-                        continue;
-                    }
+                r = inbound.recv() => match r {
+                    Some(r) => r,
+                    None => break,
                 },
             };
-            if let Some(answer) = self.handle(&buf[..n], from).await {
+            if let Some(answer) = self.handle(&req.bytes, req.from).await {
                 self.count_out(&answer);
-                if let Err(e) = socket.send_to(&answer, from).await {
-                    debug!(peer = %from, error = %e, "Cannot send a SIP answer.");
+                match req.reply {
+                    Reply::Udp => {
+                        if let Err(e) = udp.send_to(&answer, req.from).await {
+                            debug!(peer = %req.from, error = %e, "Cannot send a SIP answer.");
+                        }
+                    }
+                    Reply::Tcp(tx) => {
+                        let _ = tx.try_send(answer);
+                    }
                 }
             }
         }
