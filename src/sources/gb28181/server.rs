@@ -33,6 +33,30 @@ const MIN_EXPIRES_S: u64 = 60;
 /// Entries past which the maps are swept of stale ones.
 const SWEEP_AT: usize = 50_000;
 
+/// Answers kept for retransmissions, in two generations: entries live 16–32 s (RFC 3261
+/// Timer J is 32 s), and at most `2 × ANSWERS_PER_GENERATION` are held whatever the load.
+#[derive(Default)]
+struct Answered {
+    current: HashMap<String, Arc<Vec<u8>>>,
+    previous: HashMap<String, Arc<Vec<u8>>>,
+    rotated_at: Millis,
+}
+
+const ANSWERS_PER_GENERATION: usize = 20_000;
+
+impl Answered {
+    fn get(&self, key: &str) -> Option<&Arc<Vec<u8>>> {
+        self.current.get(key).or_else(|| self.previous.get(key))
+    }
+    fn insert(&mut self, key: String, answer: Arc<Vec<u8>>, now: Millis) {
+        if self.current.len() >= ANSWERS_PER_GENERATION || now - self.rotated_at >= TRANSACTION_TTL_MS / 2 {
+            self.previous = std::mem::take(&mut self.current);
+            self.rotated_at = now;
+        }
+        self.current.insert(key, answer);
+    }
+}
+
 /// What vigil knows of a registered device's SIP side (shown in the API later).
 #[derive(Debug, Clone)]
 struct Session {
@@ -48,7 +72,7 @@ pub struct Server {
     nonces: Nonces,
     sessions: HashMap<String, Session>,
     failures: HashMap<IpAddr, (u32, Millis)>,
-    answered: HashMap<String, (Arc<Vec<u8>>, Millis)>,
+    answered: Answered,
     tag: String,
 }
 
@@ -81,7 +105,7 @@ impl Server {
             nonces: Nonces::default(),
             sessions: HashMap::new(),
             failures: HashMap::new(),
-            answered: HashMap::new(),
+            answered: Answered::default(),
             tag,
         }
     }
@@ -173,12 +197,18 @@ impl Server {
         }
         let now = now_ms();
         let key = format!("{call_id}|{cseq}|{method}|{}", msg.branch().unwrap_or(""));
-        if let Some((answer, _)) = self.answered.get(&key) {
-            return Some(answer.as_ref().clone());
+        if let Some(answer) = self.answered.get(&key) {
+            return Some(answer.to_vec());
         }
+        let mut remember = true;
         let answer = match method.as_str() {
             "REGISTER" => self.register(&msg, from, now).await,
-            "MESSAGE" => self.message(&msg, from, now).await,
+            "MESSAGE" => {
+                let (answer, idempotent) = self.message(&msg, from, now).await;
+                // A repeated keepalive is harmless evidence; only side effects are remembered.
+                remember = !idempotent;
+                answer
+            }
             "OPTIONS" => message::response(
                 &msg,
                 200,
@@ -198,10 +228,9 @@ impl Server {
                 b"",
             ),
         };
-        if self.answered.len() >= SWEEP_AT {
-            self.answered.retain(|_, (_, at)| now - *at < TRANSACTION_TTL_MS);
+        if remember {
+            self.answered.insert(key, Arc::new(answer.clone()), now);
         }
-        self.answered.insert(key, (Arc::new(answer.clone()), now));
         Some(answer)
     }
 
@@ -407,10 +436,14 @@ impl Server {
         )
     }
 
-    async fn message(&mut self, msg: &Message<'_>, from: SocketAddr, now: Millis) -> Vec<u8> {
+    /// Answers a MESSAGE; the flag says whether handling it again would change nothing.
+    async fn message(&mut self, msg: &Message<'_>, from: SocketAddr, now: Millis) -> (Vec<u8>, bool) {
         let Some(id) = msg.header("From").and_then(uri_user).map(str::to_owned) else {
             self.reject("no_device_id");
-            return message::response(msg, 400, "Bad Request (no device id in From)", from, &self.tag, &[], b"");
+            return (
+                message::response(msg, 400, "Bad Request (no device id in From)", from, &self.tag, &[], b""),
+                true,
+            );
         };
         let (text, _charset) = manscdp::decode(msg.body);
         let env = match manscdp::envelope(&text) {
@@ -418,13 +451,14 @@ impl Server {
             Err(e) => {
                 self.reject(e.reason());
                 warn!(device = %id, peer = %from, error = %e, "MANSCDP body refused.");
-                return message::response(msg, 400, "Bad Request (MANSCDP body)", from, &self.tag, &[], b"");
+                return (message::response(msg, 400, "Bad Request (MANSCDP body)", from, &self.tag, &[], b""), true);
             }
         };
         let Some(device) = self.registry.read().device(&id) else {
             self.reject("unknown_device");
-            return message::response(msg, 403, "Forbidden (not registered)", from, &self.tag, &[], b"");
+            return (message::response(msg, 403, "Forbidden (not registered)", from, &self.tag, &[], b""), true);
         };
+        let idempotent = env.cmd_type == "Keepalive";
         match (env.root.as_str(), env.cmd_type.as_str()) {
             ("Notify", "Keepalive") => {
                 if self.sessions.get(&id).is_none_or(|s| s.expires_at <= now) {
@@ -437,7 +471,7 @@ impl Server {
                     detail: None,
                 };
                 if self.presence.observe(obs).await.is_err() {
-                    return message::response(msg, 503, "Service Unavailable", from, &self.tag, &[], b"");
+                    return (message::response(msg, 503, "Service Unavailable", from, &self.tag, &[], b""), true);
                 }
             }
             (root, cmd) => {
@@ -445,6 +479,6 @@ impl Server {
                 debug!(device = %id, root, cmd, "MANSCDP message not handled yet; answered 200.");
             }
         }
-        message::response(msg, 200, "OK", from, &self.tag, &[], b"")
+        (message::response(msg, 200, "OK", from, &self.tag, &[], b""), idempotent)
     }
 }
