@@ -179,6 +179,7 @@ pub async fn start(config: Config) -> Result<Running, Error> {
     let sip_addr = if config.gb28181.enabled {
         let addr = crate::sources::gb28181::spawn(
             config.gb28181.clone(),
+            config.gateway.id.clone(),
             registry.clone(),
             handle.clone(),
             metrics.clone(),

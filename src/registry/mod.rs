@@ -453,6 +453,19 @@ impl Registry {
         Ok(())
     }
 
+    /// Adds or updates the given channels and keeps every other one (a partial catalog).
+    pub async fn merge_channels(&self, device_id: &str, channels: Vec<Channel>) -> Result<(), Error> {
+        let mut all: std::collections::BTreeMap<String, Channel> = self
+            .read()
+            .channels(device_id)
+            .map(|c| c.iter().map(|ch| (ch.id.clone(), ch.clone())).collect())
+            .unwrap_or_default();
+        for ch in channels {
+            all.insert(ch.id.clone(), ch);
+        }
+        self.replace_channels(device_id, all.into_values().collect()).await
+    }
+
     /// Decides what happens to a device that announced itself (sources call this).
     pub async fn admit(&self, unknown: UnknownDevice) -> Result<AdmissionOutcome, Error> {
         if let Some(d) = self.read().device(&unknown.id) {

@@ -67,21 +67,54 @@ struct Device {
     id: String,
     server: SocketAddr,
     cseq: u32,
+    /// Requests vigil sent this device (catalog queries), kept while waiting for answers.
+    inbox: Vec<String>,
 }
 
 impl Device {
     async fn new(id: &str, server: SocketAddr) -> Self {
-        Device { sock: UdpSocket::bind("127.0.0.1:0").await.expect("bind"), id: id.into(), server, cseq: 0 }
+        Device {
+            sock: UdpSocket::bind("127.0.0.1:0").await.expect("bind"),
+            id: id.into(),
+            server,
+            cseq: 0,
+            inbox: Vec::new(),
+        }
     }
 
-    async fn exchange(&self, raw: &str) -> String {
-        self.sock.send_to(raw.as_bytes(), self.server).await.expect("send");
+    async fn recv(&self) -> Vec<u8> {
         let mut buf = vec![0u8; 65_535];
         let (n, _) = tokio::time::timeout(Duration::from_secs(5), self.sock.recv_from(&mut buf))
             .await
-            .expect("an answer within 5 s")
+            .expect("a datagram within 5 s")
             .expect("recv");
-        String::from_utf8_lossy(&buf[..n]).into_owned()
+        buf.truncate(n);
+        buf
+    }
+
+    /// Sends a request and returns vigil's answer; requests from vigil meanwhile go to the inbox.
+    async fn exchange(&mut self, raw: &str) -> String {
+        self.sock.send_to(raw.as_bytes(), self.server).await.expect("send");
+        loop {
+            let got = self.recv().await;
+            if got.starts_with(b"SIP/2.0 ") {
+                return String::from_utf8_lossy(&got).into_owned();
+            }
+            self.inbox.push(String::from_utf8_lossy(&got).into_owned());
+        }
+    }
+
+    /// The next request vigil sends this device.
+    async fn next_request(&mut self) -> Vec<u8> {
+        if !self.inbox.is_empty() {
+            return self.inbox.remove(0).into_bytes();
+        }
+        loop {
+            let got = self.recv().await;
+            if !got.starts_with(b"SIP/2.0 ") {
+                return got;
+            }
+        }
     }
 
     fn request(&mut self, method: &str, call_id: &str, extra: &str, body: &str) -> String {
@@ -302,5 +335,87 @@ To: <sip:42010400002000000001@4201040000>\r\nCall-ID: tcp-opt\r\nCSeq: 1 OPTIONS
         .wait_for(&format!("/devices/{id}"), Duration::from_secs(5), |d| d["presence"]["state"] == "online")
         .await;
     assert_eq!(d["presence"]["reason"], "register");
+    gw.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_nvr_catalog_of_500_gb2312_channels_arrives_across_many_messages() {
+    let gw = TestGateway::start(Db::Sqlite, "").await;
+    let api = &gw.api;
+    let sip = gw.sip.expect("SIP is enabled");
+    let id = "42010400001180000500";
+    assert_eq!(
+        api.post("/devices", json!({"id": id, "name": "古田 NVR", "kind": "nvr", "protocol": "gb28181"})).await.0,
+        201
+    );
+    let mut nvr = Device::new(id, sip).await;
+    assert_eq!(code(&nvr.register(3600, "12345678").await), 200);
+
+    // vigil asks for the catalog after the registration, in GB2312.
+    let query = nvr.next_request().await;
+    let q = Message::parse(&query).expect("the query parses");
+    assert_eq!(q.method(), Some("MESSAGE"));
+    let (text, _) = vigil::sources::gb28181::manscdp::decode(q.body);
+    let env = vigil::sources::gb28181::manscdp::envelope(&text).expect("MANSCDP");
+    assert_eq!((env.root.as_str(), env.cmd_type.as_str(), env.device_id.as_str()), ("Query", "Catalog", id));
+    let sn = env.sn.expect("SN");
+
+    // 500 channels, 20 per message, GB2312, sent last part first, one part twice.
+    let name = |i: usize| format!("古田一路 {i:03} 号通道");
+    let mut parts: Vec<String> = (0..25)
+        .map(|p| {
+            let items: String = (p * 20..p * 20 + 20)
+                .map(|i| {
+                    format!(
+                        "<Item>\r\n<DeviceID>4201040000131{i:07}</DeviceID>\r\n<Name>{}</Name>\r\n<Manufacturer>海康威视</Manufacturer>\r\n<Status>{}</Status>\r\n<CivilCode>null</CivilCode>\r\n<ParentID>{id}</ParentID>\r\n</Item>\r\n",
+                        name(i),
+                        if i % 50 == 0 { "OFF" } else { "ON" }
+                    )
+                })
+                .collect();
+            format!(
+                "<?xml version=\"1.0\" encoding=\"GB2312\"?>\r\n<Response>\r\n<CmdType>Catalog</CmdType>\r\n<SN>{sn}</SN>\r\n<DeviceID>{id}</DeviceID>\r\n<SumNum>500</SumNum>\r\n<DeviceList Num=\"20\">\r\n{items}</DeviceList>\r\n</Response>\r\n"
+            )
+        })
+        .collect();
+    parts.reverse();
+    parts.insert(3, parts[0].clone());
+    for (k, body) in parts.iter().enumerate() {
+        let (gb, _, _) = encoding_rs::GB18030.encode(body);
+        nvr.cseq += 1;
+        let local = nvr.sock.local_addr().expect("addr");
+        let mut raw = format!(
+            "MESSAGE sip:42010400002000000001@4201040000 SIP/2.0\r\nVia: SIP/2.0/UDP {local};rport;branch=z9hG4bKcat{k}\r\n\
+From: <sip:{id}@4201040000>;tag=c{k}\r\nTo: <sip:42010400002000000001@4201040000>\r\nCall-ID: cat-{k}\r\nCSeq: {} MESSAGE\r\n\
+Content-Type: Application/MANSCDP+xml\r\nContent-Length: {}\r\n\r\n",
+            nvr.cseq,
+            gb.len()
+        )
+        .into_bytes();
+        raw.extend_from_slice(&gb);
+        nvr.sock.send_to(&raw, sip).await.expect("send");
+        loop {
+            let got = nvr.recv().await;
+            if got.starts_with(b"SIP/2.0 ") {
+                assert!(got.starts_with(b"SIP/2.0 200"), "{}", String::from_utf8_lossy(&got));
+                break;
+            }
+        }
+    }
+
+    let chans = api
+        .wait_for(&format!("/devices/{id}/channels"), Duration::from_secs(10), |c| {
+            c["items"].as_array().is_some_and(|i| i.len() == 500)
+        })
+        .await;
+    let items = chans["items"].as_array().expect("items");
+    let seven = items.iter().find(|c| c["id"] == "42010400001310000007").expect("channel 7");
+    assert_eq!((seven["name"].as_str(), seven["status"].as_str()), (Some(name(7).as_str()), Some("ON")));
+    assert_eq!(seven["attrs"]["manufacturer"], "海康威视");
+    assert!(seven["attrs"].get("civil_code").is_none(), "the literal `null` is not a civil code");
+    assert_eq!(items.iter().filter(|c| c["status"] == "OFF").count(), 10);
+    // The NVR counts as its 500 channels, 490 of them online while it is.
+    let rate = api.wait_for("/online-rate", Duration::from_secs(5), |r| r["total"] == 500).await;
+    assert_eq!(rate["online"], 490, "{rate}");
     gw.shutdown().await;
 }

@@ -128,6 +128,125 @@ pub fn envelope(xml: &str) -> Result<Envelope, Error> {
     Ok(env)
 }
 
+/// Most items read from one catalog message.
+pub const MAX_ITEMS: usize = 2_000;
+
+/// One channel (or civil/business node) of a catalog.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CatalogItem {
+    pub device_id: String,
+    pub name: String,
+    pub manufacturer: String,
+    pub model: String,
+    /// `Status` ON/ONLINE (true) or OFF/OFFLINE (false); absent counts as ON.
+    pub status_on: bool,
+    pub parent_id: String,
+    pub civil_code: String,
+    pub address: String,
+    pub longitude: String,
+    pub latitude: String,
+}
+
+/// One part of a catalog response.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CatalogResponse {
+    pub sn: Option<u64>,
+    pub device_id: String,
+    pub sum_num: usize,
+    pub items: Vec<CatalogItem>,
+}
+
+fn clean(text: String) -> String {
+    let t = text.trim();
+    if t.eq_ignore_ascii_case("null") {
+        String::new()
+    } else {
+        t.to_owned()
+    }
+}
+
+/// Reads a `Response/Catalog` (or catalog `Notify`) body: the envelope, `SumNum` and the
+/// `DeviceList` items. Bounded like `envelope`, and at most `MAX_ITEMS` items.
+pub fn catalog(xml: &str) -> Result<CatalogResponse, Error> {
+    let mut reader = Reader::from_str(xml);
+    reader.config_mut().trim_text(true);
+    reader.config_mut().check_end_names = false;
+    let mut out = CatalogResponse::default();
+    let mut path: Vec<String> = Vec::new();
+    let mut item: Option<CatalogItem> = None;
+    let mut events = 0usize;
+    loop {
+        events += 1;
+        if events > MAX_EVENTS {
+            return Err(Error::TooLong);
+        }
+        match reader.read_event() {
+            Ok(Event::Start(e)) => {
+                if path.len() >= MAX_DEPTH {
+                    return Err(Error::TooDeep);
+                }
+                let name = String::from_utf8_lossy(e.local_name().as_ref()).into_owned();
+                if name == "Item" && path.last().is_some_and(|p| p == "DeviceList") {
+                    item = Some(CatalogItem { status_on: true, ..Default::default() });
+                }
+                path.push(name);
+            }
+            Ok(Event::End(e)) => {
+                if e.local_name().as_ref() == b"Item" {
+                    if let Some(it) = item.take() {
+                        if !it.device_id.is_empty() && out.items.len() < MAX_ITEMS {
+                            out.items.push(it);
+                        }
+                    }
+                }
+                path.pop();
+            }
+            Ok(Event::Text(t)) => {
+                let text =
+                    t.unescape().map(|c| c.into_owned()).unwrap_or_else(|_| String::from_utf8_lossy(&t).into_owned());
+                let leaf = path.last().map(String::as_str).unwrap_or("");
+                if path.len() == 2 {
+                    match leaf {
+                        "SN" => out.sn = text.trim().parse().ok(),
+                        "DeviceID" => out.device_id = clean(text),
+                        "SumNum" => out.sum_num = text.trim().parse().unwrap_or(0),
+                        _ => {}
+                    }
+                } else if let (Some(it), 4) = (item.as_mut(), path.len()) {
+                    match leaf {
+                        "DeviceID" => it.device_id = clean(text),
+                        "Name" => it.name = clean(text),
+                        "Manufacturer" => it.manufacturer = clean(text),
+                        "Model" => it.model = clean(text),
+                        "Status" => {
+                            it.status_on = !matches!(text.trim().to_ascii_uppercase().as_str(), "OFF" | "OFFLINE")
+                        }
+                        "ParentID" => it.parent_id = clean(text),
+                        "CivilCode" => it.civil_code = clean(text),
+                        "Address" => it.address = clean(text),
+                        "Longitude" => it.longitude = clean(text),
+                        "Latitude" => it.latitude = clean(text),
+                        _ => {}
+                    }
+                }
+            }
+            Ok(Event::Eof) => break,
+            Ok(_) => {}
+            Err(e) => return Err(Error::Xml(e.to_string().chars().take(120).collect())),
+        }
+    }
+    Ok(out)
+}
+
+/// The `Query/Catalog` body vigil sends, in the charset the device uses (GB2312 by default).
+pub fn catalog_query(sn: u64, device_id: &str) -> Vec<u8> {
+    let text = format!(
+        "<?xml version=\"1.0\" encoding=\"GB2312\"?>\r\n<Query>\r\n<CmdType>Catalog</CmdType>\r\n<SN>{sn}</SN>\r\n<DeviceID>{device_id}</DeviceID>\r\n</Query>\r\n"
+    );
+    let (bytes, _, _) = encoding_rs::GB18030.encode(&text);
+    bytes.into_owned()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -168,7 +287,32 @@ mod tests {
         );
     }
 
+    /// TV5 of shared/reference/gb28181.md §3.10 (wvp-GB28181-pro issue 554): a one-item
+    /// catalog with `CivilCode` the literal `null` and a leading space in `Owner`.
+    #[test]
+    fn catalog_response_tv5() {
+        let xml = "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Response>\n<CmdType>Catalog</CmdType>\n<SN>204070</SN>\n<DeviceID>11010800001181000110</DeviceID>\n<SumNum>1</SumNum>\n<DeviceList Num=\"1\">\n<Item>\n<DeviceID>11010800001311000054</DeviceID>\n<Name>Camera 01</Name>\n<Parental>0</Parental>\n<Manufacturer>Hikvision</Manufacturer>\n<Secrecy>0</Secrecy>\n<RegisterWay>1</RegisterWay>\n<Status>ON</Status>\n<Model>IP Camera</Model>\n<Owner> Owner</Owner>\n<CivilCode>null</CivilCode>\n<Address>Address</Address>\n</Item>\n</DeviceList>\n</Response>";
+        let c = catalog(xml).expect("parses");
+        assert_eq!(
+            (c.sn, c.device_id.as_str(), c.sum_num, c.items.len()),
+            (Some(204070), "11010800001181000110", 1, 1)
+        );
+        let it = &c.items[0];
+        assert_eq!(
+            (it.device_id.as_str(), it.name.as_str(), it.manufacturer.as_str(), it.status_on, it.civil_code.as_str()),
+            ("11010800001311000054", "Camera 01", "Hikvision", true, "")
+        );
+        let q = catalog_query(7, "11010800001181000110");
+        assert_eq!(envelope(&decode(&q).0).expect("our query parses").cmd_type, "Catalog");
+    }
+
     proptest::proptest! {
+        #[test]
+        fn arbitrary_catalogs_never_panic(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..1024)) {
+            let (text, _) = decode(&bytes);
+            let _ = catalog(&text);
+        }
+
         #[test]
         fn arbitrary_bodies_never_panic(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..1024)) {
             let (text, _) = decode(&bytes);

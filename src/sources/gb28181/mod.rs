@@ -8,6 +8,7 @@
 //! un-REGISTER, keepalive. Next: TCP framing, MANSCDP catalog/info/status/alarm, queries
 //! vigil sends, the simulator (see the GB/T 28181 issue).
 
+pub mod catalog;
 pub mod digest;
 pub mod manscdp;
 pub mod message;
@@ -54,6 +55,7 @@ const TCP_IDLE: Duration = Duration::from_secs(300);
 /// bound address.
 pub async fn spawn(
     cfg: Gb28181Config,
+    gateway_id: String,
     registry: Registry,
     presence: PresenceHandle,
     metrics: Metrics,
@@ -64,8 +66,11 @@ pub async fn spawn(
     let addr = udp.local_addr().map_err(|source| Error::Bind { addr: cfg.listen, source })?;
     let tcp = TcpListener::bind(addr).await.map_err(|source| Error::Bind { addr, source })?;
     let udp = Arc::new(udp);
+    // Requests vigil sends name the address actually bound (not 0.0.0.0 or port 0).
+    let mut cfg = cfg;
+    cfg.listen = addr;
     let (tx, rx) = mpsc::channel(INBOUND_QUEUE);
-    let server = server::Server::new(cfg, registry, presence, metrics);
+    let server = server::Server::new(cfg, gateway_id, registry, presence, metrics);
     let span = tracing::info_span!("gb28181", listen = %addr);
     tracker.spawn(server.run(udp.clone(), rx, cancel.clone()).instrument(span.clone()));
     tracker.spawn(read_udp(udp, tx.clone(), cancel.clone()).instrument(span.clone()));

@@ -12,6 +12,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use super::catalog::{Assembled, Assemblies};
 use super::digest::{parse_authorization, Nonces, Verdict};
 use super::manscdp;
 use super::message::{self, param, uri_user, Message, StartLine};
@@ -20,7 +21,7 @@ use crate::config::Gb28181 as Gb28181Config;
 use crate::event::{Evidence, Observation};
 use crate::ids::GbCode;
 use crate::presence::runner::PresenceHandle;
-use crate::registry::{Admission, AdmissionOutcome, Protocol, Registry, UnknownDevice};
+use crate::registry::{Admission, AdmissionOutcome, Channel, Protocol, Registry, UnknownDevice};
 use crate::telemetry::Metrics;
 
 /// How long an answer is kept for retransmissions of its request (RFC 3261 Timer J, 64×T1).
@@ -74,6 +75,12 @@ pub struct Server {
     failures: HashMap<IpAddr, (u32, Millis)>,
     answered: Answered,
     tag: String,
+    gateway_id: String,
+    /// Requests vigil sends (catalog queries), flushed by the transport after each message.
+    outgoing: Vec<(SocketAddr, Vec<u8>)>,
+    catalogs: Assemblies,
+    sn: u64,
+    cseq: u32,
 }
 
 /// A request handled: the answer to send, if any.
@@ -95,7 +102,13 @@ pub struct Inbound {
 }
 
 impl Server {
-    pub fn new(cfg: Gb28181Config, registry: Registry, presence: PresenceHandle, metrics: Metrics) -> Self {
+    pub fn new(
+        cfg: Gb28181Config,
+        gateway_id: String,
+        registry: Registry,
+        presence: PresenceHandle,
+        metrics: Metrics,
+    ) -> Self {
         let tag = uuid::Uuid::now_v7().simple().to_string()[..16].to_owned();
         Server {
             cfg,
@@ -106,6 +119,11 @@ impl Server {
             sessions: HashMap::new(),
             failures: HashMap::new(),
             answered: Answered::default(),
+            gateway_id,
+            outgoing: Vec::new(),
+            catalogs: Assemblies::default(),
+            sn: u64::from(now_ms().rem_euclid(900_000) as u32) + 100_000,
+            cseq: 1,
             tag,
         }
     }
@@ -113,6 +131,7 @@ impl Server {
     /// Serves requests from both transports until cancelled: one owner of all SIP state.
     pub async fn run(mut self, udp: Arc<UdpSocket>, mut inbound: mpsc::Receiver<Inbound>, cancel: CancellationToken) {
         info!("GB/T 28181 source listening (UDP and TCP).");
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
         loop {
             let req = tokio::select! {
                 biased;
@@ -121,8 +140,13 @@ impl Server {
                     Some(r) => r,
                     None => break,
                 },
+                _ = tick.tick() => {
+                    self.expire_catalogs().await;
+                    continue;
+                }
             };
-            if let Some(answer) = self.handle(&req.bytes, req.from).await {
+            let udp_peer = matches!(req.reply, Reply::Udp);
+            if let Some(answer) = self.handle(&req.bytes, req.from, udp_peer).await {
                 self.count_out(&answer);
                 match req.reply {
                     Reply::Udp => {
@@ -133,6 +157,13 @@ impl Server {
                     Reply::Tcp(tx) => {
                         let _ = tx.try_send(answer);
                     }
+                }
+            }
+            // Requests vigil sends go after the answer that prompted them.
+            for (to, bytes) in std::mem::take(&mut self.outgoing) {
+                self.metrics.sip_messages.with_label_values(&["MESSAGE", "out"]).inc();
+                if let Err(e) = udp.send_to(&bytes, to).await {
+                    debug!(peer = %to, error = %e, "Cannot send a SIP request.");
                 }
             }
         }
@@ -155,7 +186,7 @@ impl Server {
     }
 
     /// Handles one datagram.
-    pub async fn handle(&mut self, bytes: &[u8], from: SocketAddr) -> Answer {
+    pub async fn handle(&mut self, bytes: &[u8], from: SocketAddr, udp_peer: bool) -> Answer {
         if bytes.iter().all(|b| b.is_ascii_whitespace()) {
             return None; // CRLF keep-alive
         }
@@ -202,7 +233,7 @@ impl Server {
         }
         let mut remember = true;
         let answer = match method.as_str() {
-            "REGISTER" => self.register(&msg, from, now).await,
+            "REGISTER" => self.register(&msg, from, now, udp_peer).await,
             "MESSAGE" => {
                 let (answer, idempotent) = self.message(&msg, from, now).await;
                 // A repeated keepalive is harmless evidence; only side effects are remembered.
@@ -253,7 +284,7 @@ impl Server {
         self.failures.get(&ip).is_some_and(|(n, since)| *n >= MAX_FAILURES && now - *since < FAILURE_WINDOW_MS)
     }
 
-    async fn register(&mut self, msg: &Message<'_>, from: SocketAddr, now: Millis) -> Vec<u8> {
+    async fn register(&mut self, msg: &Message<'_>, from: SocketAddr, now: Millis, udp_peer: bool) -> Vec<u8> {
         let outcome = |s: &Self, o: &str| s.metrics.sip_registrations.with_label_values(&[o]).inc();
         let Some(id) = msg.header("From").and_then(uri_user).map(str::to_owned) else {
             self.reject("no_device_id");
@@ -408,9 +439,14 @@ impl Server {
             Evidence::SipUnregister
         } else {
             let granted = requested.clamp(MIN_EXPIRES_S, self.cfg.register_expires_max.as_secs().max(MIN_EXPIRES_S));
-            let moved = self.sessions.get(&id).is_some_and(|s| s.source != from);
-            if moved {
+            let previous = self.sessions.get(&id).map(|s| s.source);
+            if previous.is_some_and(|p| p != from) {
                 info!(device = %id, peer = %from, "Device registered from a new address; contact updated.");
+            }
+            // A new registration (not a refresh) asks for the device's catalog. Over TCP the
+            // query waits for the TCP client transactions (next step).
+            if previous != Some(from) && udp_peer {
+                self.query_catalog(&id, from);
             }
             self.sessions.insert(id.clone(), Session { source: from, expires_at: now + granted as i64 * 1000 });
             outcome(self, "registered");
@@ -458,7 +494,8 @@ impl Server {
             self.reject("unknown_device");
             return (message::response(msg, 403, "Forbidden (not registered)", from, &self.tag, &[], b""), true);
         };
-        let idempotent = env.cmd_type == "Keepalive";
+        // Keepalives are harmless evidence and catalog parts are deduplicated by channel id.
+        let idempotent = env.cmd_type == "Keepalive" || env.cmd_type == "Catalog";
         match (env.root.as_str(), env.cmd_type.as_str()) {
             ("Notify", "Keepalive") => {
                 if self.sessions.get(&id).is_none_or(|s| s.expires_at <= now) {
@@ -474,11 +511,92 @@ impl Server {
                     return (message::response(msg, 503, "Service Unavailable", from, &self.tag, &[], b""), true);
                 }
             }
+            ("Response", "Catalog") | ("Notify", "Catalog") => match manscdp::catalog(&text) {
+                Ok(part) => {
+                    if let Some(done) = self.catalogs.add(&id, part, now) {
+                        self.store_catalog(done).await;
+                    }
+                }
+                Err(e) => {
+                    self.reject(e.reason());
+                    return (
+                        message::response(msg, 400, "Bad Request (catalog body)", from, &self.tag, &[], b""),
+                        true,
+                    );
+                }
+            },
             (root, cmd) => {
                 self.reject("unhandled_manscdp");
                 debug!(device = %id, root, cmd, "MANSCDP message not handled yet; answered 200.");
             }
         }
         (message::response(msg, 200, "OK", from, &self.tag, &[], b""), idempotent)
+    }
+
+    /// Queues a `Query/Catalog` MESSAGE to a device at `to`.
+    fn query_catalog(&mut self, device: &str, to: SocketAddr) {
+        self.sn += 1;
+        self.cseq += 1;
+        let body = manscdp::catalog_query(self.sn, device);
+        let realm = &self.cfg.realm;
+        let call = uuid::Uuid::now_v7().simple().to_string();
+        let head = format!(
+            "MESSAGE sip:{device}@{to} SIP/2.0\r\nVia: SIP/2.0/UDP {listen};rport;branch=z9hG4bK{call}\r\n\
+From: <sip:{gw}@{realm}>;tag={tag}\r\nTo: <sip:{device}@{realm}>\r\nCall-ID: {call}\r\nCSeq: {cseq} MESSAGE\r\n\
+Content-Type: Application/MANSCDP+xml\r\nMax-Forwards: 70\r\nUser-Agent: vigil/{ver}\r\nContent-Length: {len}\r\n\r\n",
+            listen = self.cfg.listen,
+            gw = self.gateway_id,
+            tag = self.tag,
+            cseq = self.cseq,
+            ver = env!("CARGO_PKG_VERSION"),
+            len = body.len(),
+        );
+        let mut bytes = head.into_bytes();
+        bytes.extend_from_slice(&body);
+        debug!(device, sn = self.sn, "Catalog query sent.");
+        self.outgoing.push((to, bytes));
+    }
+
+    async fn expire_catalogs(&mut self) {
+        for partial in self.catalogs.expire(now_ms()) {
+            self.store_catalog(partial).await;
+        }
+    }
+
+    /// Stores an assembled catalog: a complete one replaces the channel list, a partial one
+    /// only adds and updates.
+    async fn store_catalog(&mut self, done: Assembled) {
+        let n = done.items.len();
+        let channels: Vec<Channel> = done
+            .items
+            .into_iter()
+            .filter(|i| i.device_id != done.device_id)
+            .map(|i| {
+                let mut attrs = serde_json::Map::new();
+                for (k, v) in [
+                    ("manufacturer", i.manufacturer),
+                    ("model", i.model),
+                    ("parent_id", i.parent_id),
+                    ("civil_code", i.civil_code),
+                    ("address", i.address),
+                    ("longitude", i.longitude),
+                    ("latitude", i.latitude),
+                ] {
+                    if !v.is_empty() {
+                        attrs.insert(k.into(), serde_json::Value::String(v));
+                    }
+                }
+                Channel { id: i.device_id, name: i.name, status_on: i.status_on, attrs }
+            })
+            .collect();
+        let stored = if done.complete {
+            self.registry.replace_channels(&done.device_id, channels).await
+        } else {
+            self.registry.merge_channels(&done.device_id, channels).await
+        };
+        match stored {
+            Ok(()) => info!(device = %done.device_id, items = n, complete = done.complete, "Catalog stored."),
+            Err(e) => warn!(device = %done.device_id, error = %e, "Cannot store a catalog."),
+        }
     }
 }
