@@ -57,3 +57,6 @@ c1=$(cpu)
 echo "vigil CPU for 30 s of steady keepalives (plus one re-registration storm): $(( (c1 - c0) * 1000 / TCK )) ms"
 echo "RSS after: $(grep VmRSS /proc/$PID/status)"
 curl -s "http://127.0.0.1:$HTTP/metrics" | grep -E "^vigil_sip_registrations_total|^vigil_events_rejected_total"
+
+echo "== catalog of 10,000 channels (one NVR platform)"
+$BIN/vigil-gb-device --server "127.0.0.1:$SIP" --count 1 --first 0 catalog --channels 10000 --api "http://127.0.0.1:$HTTP" || true

@@ -448,7 +448,7 @@ impl Registry {
         if self.read().device(device_id).is_none() {
             return Err(Error::NotFound { what: "device", id: device_id.into() });
         }
-        store::replace_channels(&self.db.pool, device_id, &channels).await?;
+        store::replace_channels(&self.db, device_id, &channels).await?;
         self.write_cache(|c| c.set_channels(device_id, channels));
         Ok(())
     }

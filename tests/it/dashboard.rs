@@ -57,6 +57,9 @@ async fn dashboard_shows_the_live_rate_streets_kinds_and_offline_devices() {
     assert_eq!(api.post("/observations", json!(alive)).await.0, 202);
     api.post("/observations", json!({"device_id": "dev-19", "kind": "dead", "reason": "光纤中断"})).await;
     api.wait_for("/online-rate", Duration::from_secs(5), |r| r["online"] == 17).await;
+    // A GB/T 28181 camera nobody announced registers itself: it waits for approval.
+    let mut stranger = crate::gb28181::Device::new("42010400001320000777", gw.sip.expect("SIP")).await;
+    assert!(stranger.register(3600, "12345678").await.starts_with("SIP/2.0 403"));
 
     let profile = tempfile::tempdir().expect("profile dir");
     let url = format!("{}/?token={VIEWER}&lang=zh", gw.url);
@@ -75,6 +78,10 @@ async fn dashboard_shows_the_live_rate_streets_kinds_and_offline_devices() {
         "offline list lacks dev-19 and its reason"
     );
     assert!(dom.contains("低于考核目标"), "the 95% verdict is missing");
+    assert!(
+        dom.contains("待审核设备") && dom.contains("42010400001320000777") && dom.contains("批准"),
+        "the quarantined camera is not offered for approval"
+    );
 
     let shot = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/dashboard.png");
     let out = chromium(&[&format!("--screenshot={}", shot.display())], &url, profile.path());

@@ -62,7 +62,7 @@ async fn baresip_registers_with_digest_and_is_online_then_offline_on_unregister(
 }
 
 /// A GB/T 28181 device speaking SIP from this test.
-struct Device {
+pub struct Device {
     sock: UdpSocket,
     id: String,
     server: SocketAddr,
@@ -72,7 +72,7 @@ struct Device {
 }
 
 impl Device {
-    async fn new(id: &str, server: SocketAddr) -> Self {
+    pub async fn new(id: &str, server: SocketAddr) -> Self {
         Device {
             sock: UdpSocket::bind("127.0.0.1:0").await.expect("bind"),
             id: id.into(),
@@ -141,7 +141,7 @@ Max-Forwards: 70\r\n\
     }
 
     /// REGISTER → 401 → REGISTER with digest; returns the final answer.
-    async fn register(&mut self, expires: u32, password: &str) -> String {
+    pub async fn register(&mut self, expires: u32, password: &str) -> String {
         let call_id = format!("reg-{}", self.id);
         let first = self.request("REGISTER", &call_id, &format!("Expires: {expires}\r\n"), "");
         let challenge = self.exchange(&first).await;

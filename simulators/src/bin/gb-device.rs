@@ -42,6 +42,15 @@ struct Args {
 enum Mode {
     /// Register every device (401 challenge + authenticated REGISTER) and report the time.
     Storm,
+    /// Register the first device, answer vigil's catalog query with `channels` channels
+    /// (GB2312, 20 per message) and report how long until the API lists them all.
+    Catalog {
+        #[arg(long, default_value_t = 10_000)]
+        channels: usize,
+        /// vigil's HTTP API, to see when the catalog is stored.
+        #[arg(long, default_value = "http://127.0.0.1:8080")]
+        api: String,
+    },
     /// Register, then send keepalives at `rate` per second for `seconds`; count answers.
     Flood {
         #[arg(long, default_value_t = 30_000)]
@@ -193,6 +202,77 @@ async fn flood(sock: &Arc<UdpSocket>, args: &Args, rate: u32, seconds: u64) -> R
     Ok(())
 }
 
+/// Answers the catalog query that follows a registration with `channels` items.
+async fn catalog(sock: &Arc<UdpSocket>, args: &Args, channels: usize, api: &str) -> Result<()> {
+    let local = sock.local_addr()?;
+    let dev = id(args.first);
+    let mut buf = vec![0u8; 65_535];
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let sn = loop {
+        if Instant::now() > deadline {
+            bail!("no catalog query from vigil within 10 s");
+        }
+        let Ok(Ok((n, _))) = tokio::time::timeout(Duration::from_secs(1), sock.recv_from(&mut buf)).await else {
+            continue;
+        };
+        let Ok(msg) = Message::parse(&buf[..n]) else { continue };
+        if msg.method() != Some("MESSAGE") || !msg.header("To").is_some_and(|t| t.contains(&dev)) {
+            continue;
+        }
+        let (text, _) = vigil::sources::gb28181::manscdp::decode(msg.body);
+        if let Ok(env) = vigil::sources::gb28181::manscdp::envelope(&text) {
+            if env.cmd_type == "Catalog" {
+                break env.sn.unwrap_or(0);
+            }
+        }
+    };
+    let started = Instant::now();
+    for (p, chunk) in (0..channels).collect::<Vec<_>>().chunks(20).enumerate() {
+        let items: String = chunk
+            .iter()
+            .map(|i| format!("<Item>\r\n<DeviceID>4201040000131{i:07}</DeviceID>\r\n<Name>硚口 {i} 号通道</Name>\r\n<Manufacturer>海康威视</Manufacturer>\r\n<Status>ON</Status>\r\n<ParentID>{dev}</ParentID>\r\n</Item>\r\n"))
+            .collect();
+        let body = format!("<?xml version=\"1.0\" encoding=\"GB2312\"?>\r\n<Response>\r\n<CmdType>Catalog</CmdType>\r\n<SN>{sn}</SN>\r\n<DeviceID>{dev}</DeviceID>\r\n<SumNum>{channels}</SumNum>\r\n<DeviceList Num=\"{}\">\r\n{items}</DeviceList>\r\n</Response>\r\n", chunk.len());
+        let (gb, _, _) = encoding_rs::GB18030.encode(&body);
+        let mut raw = format!(
+            "MESSAGE sip:42010400002000000001@4201040000 SIP/2.0\r\nVia: SIP/2.0/UDP {local};rport;branch=z9hG4bKc{}{p}\r\n\
+From: <sip:{dev}@4201040000>;tag=c{p}\r\nTo: <sip:42010400002000000001@4201040000>\r\nCall-ID: c{}{p}\r\nCSeq: {p} MESSAGE\r\n\
+Content-Type: Application/MANSCDP+xml\r\nContent-Length: {}\r\n\r\n",
+            run_token(),
+            run_token(),
+            gb.len()
+        )
+        .into_bytes();
+        raw.extend_from_slice(&gb);
+        sock.send_to(&raw, args.server).await?;
+        // Pace like a device: wait for the 200 before the next part.
+        let _ = tokio::time::timeout(Duration::from_millis(500), sock.recv_from(&mut buf)).await;
+    }
+    let sent = started.elapsed();
+    let http = reqwest::Client::new();
+    let url = format!("{}/api/v1/devices/{dev}/channels", api.trim_end_matches('/'));
+    loop {
+        let n = http.get(&url).send().await?.json::<serde_json::Value>().await?["items"]
+            .as_array()
+            .map(Vec::len)
+            .unwrap_or(0);
+        if n >= channels {
+            break;
+        }
+        if started.elapsed() > Duration::from_secs(60) {
+            bail!("only {n} of {channels} channels stored after 60 s");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    println!(
+        "catalog: {channels} channels in {} messages sent in {:.3} s; all stored and listed by the API {:.3} s after the query",
+        channels.div_ceil(20),
+        sent.as_secs_f64(),
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
 #[tokio::main]
 async fn main() -> Result<()> {
     let args = Args::parse();
@@ -207,8 +287,10 @@ async fn main() -> Result<()> {
         took.as_secs_f64(),
         f64::from(ok) / took.as_secs_f64()
     );
-    if let Mode::Flood { rate, seconds } = args.mode {
-        flood(&sock, &args, rate, seconds).await?;
+    match &args.mode {
+        Mode::Flood { rate, seconds } => flood(&sock, &args, *rate, *seconds).await?,
+        Mode::Catalog { channels, api } => catalog(&sock, &args, *channels, api).await?,
+        Mode::Storm => {}
     }
     Ok(())
 }
