@@ -279,7 +279,11 @@ async fn main() -> Result<()> {
     if !args.server.ip().is_loopback() {
         bail!("this load driver only targets loopback addresses");
     }
-    let sock = Arc::new(UdpSocket::bind("127.0.0.1:0").await?);
+    let std_sock = std::net::UdpSocket::bind("127.0.0.1:0")?;
+    std_sock.set_nonblocking(true)?;
+    let sock2 = socket2::Socket::from(std_sock);
+    let _ = sock2.set_recv_buffer_size(4 * 1024 * 1024);
+    let sock = Arc::new(UdpSocket::from_std(sock2.into())?);
     let (ok, failed, took) = storm(&sock, &args).await?;
     println!(
         "registration storm: {ok} registered, {failed} failed, {} devices in {:.3} s ({:.0} registrations/s)",
