@@ -229,6 +229,9 @@ impl Default for Presence {
 #[serde(default, deny_unknown_fields)]
 pub struct Gb28181 {
     pub enabled: bool,
+    /// Require HTTP Digest on REGISTER. Default true. `false` accepts any REGISTER from an
+    /// approved device without a password: for benchmarks and isolated test networks only.
+    pub digest: bool,
     pub listen: SocketAddr,
     pub realm: String,
     pub password: String,
@@ -245,6 +248,7 @@ impl Default for Gb28181 {
     fn default() -> Self {
         Self {
             enabled: true,
+            digest: true,
             listen: SocketAddr::from(([0, 0, 0, 0], 5060)),
             realm: "4201040000".into(),
             password: "12345678".into(),

@@ -310,10 +310,31 @@ impl Server {
             outcome(self, "rate_limited");
             return message::response(msg, 403, "Forbidden (too many failed attempts)", from, &self.tag, &[], b"");
         }
+        let known = self.registry.read().device(&id);
+        if self.cfg.digest {
+            if let Some(refusal) =
+                self.authenticate(msg, from, now, &id, known.as_ref().and_then(|d| d.password.clone()))
+            {
+                return refusal;
+            }
+        }
+        self.admit_and_register(msg, from, now, udp_peer, id, code, known).await
+    }
+
+    /// Checks the digest; `Some(answer)` when the request must be challenged or refused.
+    fn authenticate(
+        &mut self,
+        msg: &Message<'_>,
+        from: SocketAddr,
+        now: Millis,
+        id: &str,
+        own_password: Option<String>,
+    ) -> Option<Vec<u8>> {
+        let outcome = |s: &Self, o: &str| s.metrics.sip_registrations.with_label_values(&[o]).inc();
         let Some(auth) = msg.header("Authorization").or_else(|| msg.header("Proxy-Authorization")) else {
             outcome(self, "challenged");
             let challenge = self.nonces.challenge(&self.cfg.realm, now, false);
-            return message::response(
+            return Some(message::response(
                 msg,
                 401,
                 "Unauthorized",
@@ -321,12 +342,12 @@ impl Server {
                 &self.tag,
                 &[("WWW-Authenticate", challenge)],
                 b"",
-            );
+            ));
         };
         let Some(params) = parse_authorization(auth) else {
             outcome(self, "malformed");
             let challenge = self.nonces.challenge(&self.cfg.realm, now, false);
-            return message::response(
+            return Some(message::response(
                 msg,
                 401,
                 "Unauthorized",
@@ -334,21 +355,28 @@ impl Server {
                 &self.tag,
                 &[("WWW-Authenticate", challenge)],
                 b"",
-            );
+            ));
         };
-        let known = self.registry.read().device(&id);
-        let password = known.as_ref().and_then(|d| d.password.clone()).unwrap_or_else(|| self.cfg.password.clone());
-        if params.get("username").is_some_and(|u| u != &id) {
+        let password = own_password.unwrap_or_else(|| self.cfg.password.clone());
+        if params.get("username").is_some_and(|u| u != id) {
             outcome(self, "wrong_username");
             self.failed(from.ip(), now);
-            return message::response(msg, 403, "Forbidden (username is not the device id)", from, &self.tag, &[], b"");
+            return Some(message::response(
+                msg,
+                403,
+                "Forbidden (username is not the device id)",
+                from,
+                &self.tag,
+                &[],
+                b"",
+            ));
         }
         match self.nonces.check(now, &params, "REGISTER", &password) {
             Verdict::Ok => {}
             Verdict::Stale | Verdict::Malformed => {
                 outcome(self, "challenged");
                 let challenge = self.nonces.challenge(&self.cfg.realm, now, true);
-                return message::response(
+                return Some(message::response(
                     msg,
                     401,
                     "Unauthorized",
@@ -356,15 +384,31 @@ impl Server {
                     &self.tag,
                     &[("WWW-Authenticate", challenge)],
                     b"",
-                );
+                ));
             }
             Verdict::Wrong | Verdict::Replay => {
                 outcome(self, "wrong_password");
                 self.failed(from.ip(), now);
                 warn!(peer = %from, device = %id, "REGISTER with a wrong password (or a replayed nonce) refused.");
-                return message::response(msg, 403, "Forbidden", from, &self.tag, &[], b"");
+                return Some(message::response(msg, 403, "Forbidden", from, &self.tag, &[], b""));
             }
         }
+        None
+    }
+
+    /// After authentication: admission, then the registration itself.
+    #[allow(clippy::too_many_arguments)]
+    async fn admit_and_register(
+        &mut self,
+        msg: &Message<'_>,
+        from: SocketAddr,
+        now: Millis,
+        udp_peer: bool,
+        id: String,
+        code: GbCode,
+        known: Option<Arc<crate::registry::Device>>,
+    ) -> Vec<u8> {
+        let outcome = |s: &Self, o: &str| s.metrics.sip_registrations.with_label_values(&[o]).inc();
         // Authenticated. Now: is this device admitted?
         let device = match known {
             Some(d) => d,
