@@ -419,3 +419,36 @@ Content-Type: Application/MANSCDP+xml\r\nContent-Length: {}\r\n\r\n",
     assert_eq!(rate["online"], 490, "{rate}");
     gw.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stopping_keepalives_makes_a_device_offline_after_the_configured_misses() {
+    // Keepalive every 1 s, 2 misses allowed: silent for 2 s means offline.
+    let gw = TestGateway::start_with_sip(Db::Sqlite, "keepalive_interval = \"1s\"\nkeepalive_misses = 2\n").await;
+    let api = &gw.api;
+    let id = "42010400001320000042";
+    assert_eq!(
+        api.post("/devices", json!({"id": id, "name": "silent cam", "kind": "camera", "protocol": "gb28181"})).await.0,
+        201
+    );
+    let mut dev = Device::new(id, gw.sip.expect("SIP")).await;
+    assert_eq!(code(&dev.register(3600, "12345678").await), 200);
+    for sn in 0..3 {
+        assert_eq!(code(&dev.keepalive(sn).await), 200);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert_eq!(
+        api.get(&format!("/devices/{id}")).await.1["presence"]["state"],
+        "online",
+        "keepalives within the window keep it online"
+    );
+    let last = tokio::time::Instant::now();
+    let d =
+        api.wait_for(&format!("/devices/{id}"), Duration::from_secs(6), |d| d["presence"]["state"] == "offline").await;
+    let after = last.elapsed();
+    assert_eq!(d["presence"]["reason"], "keepalive_timeout");
+    assert!(
+        after >= Duration::from_millis(1400) && after < Duration::from_secs(4),
+        "offline {after:?} after the last keepalive"
+    );
+    gw.shutdown().await;
+}

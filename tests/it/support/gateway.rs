@@ -138,8 +138,17 @@ impl TestGateway {
         Self::start_via(db, extra, None).await
     }
 
+    /// Starts with extra keys in the `[gb28181]` section (the harness already opens it).
+    pub async fn start_with_sip(db: Db, gb28181_keys: &str) -> Self {
+        Self::start_inner(db, "", None, gb28181_keys).await
+    }
+
     /// Starts with PostgreSQL reached through `proxy_port` (a `Proxy` in front of it).
     pub async fn start_via(db: Db, extra: &str, proxy_port: Option<u16>) -> Self {
+        Self::start_inner(db, extra, proxy_port, "").await
+    }
+
+    async fn start_inner(db: Db, extra: &str, proxy_port: Option<u16>, gb28181_keys: &str) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let pg = match db {
             Db::Postgres => Some(TestDb::create().await),
@@ -149,7 +158,10 @@ impl TestGateway {
             Some(port) => p.url.replace("127.0.0.1:5432", &format!("127.0.0.1:{port}")),
             None => p.url.clone(),
         });
-        let text = config_toml(dir.path(), url.as_deref(), 0, extra);
+        let text = config_toml(dir.path(), url.as_deref(), 0, extra).replace(
+            "[gb28181]\nlisten = \"127.0.0.1:0\"\n",
+            &format!("[gb28181]\nlisten = \"127.0.0.1:0\"\n{gb28181_keys}"),
+        );
         let config = vigil::Config::from_toml_with_env(&text, false).expect("test config is valid");
         let running = vigil::start(config).await.expect("gateway starts");
         let url = format!("http://{}", running.http_addr);
