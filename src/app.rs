@@ -175,14 +175,18 @@ pub async fn start(config: Config) -> Result<Running, Error> {
         &tracker,
     );
 
+    let rejections = crate::rejections::Rejections::new(metrics.clone());
     let sources_cancel = cancel.child_token();
     let sip_addr = if config.gb28181.enabled {
         let addr = crate::sources::gb28181::spawn(
             config.gb28181.clone(),
             config.gateway.id.clone(),
-            registry.clone(),
-            handle.clone(),
-            metrics.clone(),
+            crate::sources::Shared {
+                registry: registry.clone(),
+                presence: handle.clone(),
+                metrics: metrics.clone(),
+                rejections: rejections.clone(),
+            },
             sources_cancel.clone(),
             &tracker,
         )
@@ -212,6 +216,7 @@ pub async fn start(config: Config) -> Result<Running, Error> {
         writer,
         import_lock: Arc::new(tokio::sync::Mutex::new(())),
         rate_cache: Arc::default(),
+        rejections,
     };
     let app = api::router(state);
     let http_cancel = CancellationToken::new();

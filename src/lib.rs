@@ -12,6 +12,7 @@ pub mod ids;
 pub mod presence;
 pub mod rate;
 pub mod registry;
+pub mod rejections;
 pub mod sources;
 pub mod telemetry;
 

@@ -48,6 +48,8 @@ pub struct AppState {
     pub import_lock: Arc<tokio::sync::Mutex<()>>,
     /// Rendered online-rate answers for the current snapshot.
     pub rate_cache: Arc<std::sync::Mutex<rate::RenderCache>>,
+    /// Messages sources refused, with their raw bytes.
+    pub rejections: crate::rejections::Rejections,
 }
 
 impl AppState {
@@ -71,6 +73,7 @@ pub fn router(state: AppState) -> Router {
         .route("/devices/{id}/presence/history", get(devices::history))
         .route("/presence/not-online", get(devices::not_online))
         .route("/observations", post(devices::observations))
+        .route("/rejections", get(rejections))
         .route("/online-rate", get(rate::current))
         .route("/online-rate/history", get(rate::history))
         .route("/reports/online/daily", get(rate::daily));
@@ -118,6 +121,27 @@ async fn metrics(State(state): State<AppState>) -> Response {
     let ok = state.writer.db_ok.load(std::sync::atomic::Ordering::Relaxed);
     state.metrics.db_up.set(i64::from(ok));
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], state.metrics.render()).into_response()
+}
+
+/// `GET /api/v1/rejections?source=&reason=&limit=`: refused messages, newest first, each with
+/// its raw bytes (truncated) and why.
+async fn rejections(
+    State(state): State<AppState>,
+    axum::extract::Query(params): axum::extract::Query<Params>,
+) -> ApiResult<Json<serde_json::Value>> {
+    let limit = limit(&params)?;
+    let items: Vec<serde_json::Value> = state
+        .rejections
+        .list(params.get("source").map(String::as_str), params.get("reason").map(String::as_str), limit)
+        .into_iter()
+        .map(|r| {
+            serde_json::json!({
+                "at": state.time(r.at), "source": r.source, "reason": r.reason, "peer": r.peer,
+                "detail": r.detail, "raw": r.raw, "raw_len": r.raw_len,
+            })
+        })
+        .collect();
+    Ok(Json(serde_json::json!({"items": items, "next_cursor": null})))
 }
 
 /// Query parameters as a map: handlers parse each one and name it in errors.

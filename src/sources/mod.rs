@@ -3,3 +3,13 @@
 //! reaches the registry only through the `Registry` handle and never another source or sink.
 
 pub mod gb28181;
+
+/// What every source is handed: the registry (admissions), presence (observations),
+/// metrics and the rejections log.
+#[derive(Clone)]
+pub struct Shared {
+    pub registry: crate::registry::Registry,
+    pub presence: crate::presence::runner::PresenceHandle,
+    pub metrics: crate::telemetry::Metrics,
+    pub rejections: crate::rejections::Rejections,
+}

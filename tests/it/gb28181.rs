@@ -252,6 +252,14 @@ async fn an_unknown_device_is_quarantined_then_approved_registered_kept_alive_an
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(api.get(&format!("/devices/{id}")).await.1["presence"]["state"], "offline");
 
+    // Refused messages are kept with their raw bytes for the operator.
+    let (_, rej) = api.get("/rejections?source=gb28181&reason=bad_start_line").await;
+    let garbage = &rej["items"][0];
+    assert!(garbage["raw"].as_str().is_some_and(|r| r.contains("garbage that is not SIP")), "{rej}");
+    assert_eq!(garbage["peer"].as_str().map(|p| p.starts_with("127.0.0.1:")), Some(true));
+    let (_, rej) = api.get("/rejections?reason=xml_too_deep").await;
+    assert!(rej["items"][0]["raw"].as_str().is_some_and(|r| r.contains("<a><a><a>")), "{rej}");
+
     let m = api.metrics().await;
     for line in [
         "vigil_sip_registrations_total{outcome=\"quarantined\"} 1",

@@ -28,9 +28,6 @@ use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use crate::config::Gb28181 as Gb28181Config;
-use crate::presence::runner::PresenceHandle;
-use crate::registry::Registry;
-use crate::telemetry::Metrics;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -56,9 +53,7 @@ const TCP_IDLE: Duration = Duration::from_secs(300);
 pub async fn spawn(
     cfg: Gb28181Config,
     gateway_id: String,
-    registry: Registry,
-    presence: PresenceHandle,
-    metrics: Metrics,
+    shared: crate::sources::Shared,
     cancel: CancellationToken,
     tracker: &TaskTracker,
 ) -> Result<SocketAddr, Error> {
@@ -70,7 +65,8 @@ pub async fn spawn(
     let mut cfg = cfg;
     cfg.listen = addr;
     let (tx, rx) = mpsc::channel(INBOUND_QUEUE);
-    let server = server::Server::new(cfg, gateway_id, registry, presence, metrics);
+    let server =
+        server::Server::new(cfg, gateway_id, shared.registry, shared.presence, shared.metrics, shared.rejections);
     let span = tracing::info_span!("gb28181", listen = %addr);
     tracker.spawn(server.run(udp.clone(), rx, cancel.clone()).instrument(span.clone()));
     tracker.spawn(read_udp(udp, tx.clone(), cancel.clone()).instrument(span.clone()));

@@ -22,6 +22,7 @@ use crate::event::{Evidence, Observation};
 use crate::ids::GbCode;
 use crate::presence::runner::PresenceHandle;
 use crate::registry::{Admission, AdmissionOutcome, Channel, Protocol, Registry, UnknownDevice};
+use crate::rejections::Rejections;
 use crate::telemetry::Metrics;
 
 /// How long an answer is kept for retransmissions of its request (RFC 3261 Timer J, 64×T1).
@@ -76,6 +77,9 @@ pub struct Server {
     answered: Answered,
     tag: String,
     gateway_id: String,
+    rejections: Rejections,
+    /// The first bytes of the message being handled, kept if it is refused.
+    raw: Vec<u8>,
     /// Requests vigil sends (catalog queries), flushed by the transport after each message.
     outgoing: Vec<(SocketAddr, Vec<u8>)>,
     catalogs: Assemblies,
@@ -108,6 +112,7 @@ impl Server {
         registry: Registry,
         presence: PresenceHandle,
         metrics: Metrics,
+        rejections: Rejections,
     ) -> Self {
         let tag = uuid::Uuid::now_v7().simple().to_string()[..16].to_owned();
         Server {
@@ -120,6 +125,8 @@ impl Server {
             failures: HashMap::new(),
             answered: Answered::default(),
             gateway_id,
+            rejections,
+            raw: Vec::with_capacity(crate::rejections::RAW_MAX),
             outgoing: Vec::new(),
             catalogs: Assemblies::default(),
             sn: u64::from(now_ms().rem_euclid(900_000) as u32) + 100_000,
@@ -181,8 +188,9 @@ impl Server {
         self.metrics.sip_messages.with_label_values(&[label, "out"]).inc();
     }
 
-    fn reject(&self, reason: &str) {
-        self.metrics.events_rejected.with_label_values(&["gb28181", reason]).inc();
+    /// Counts a refused message and keeps its raw bytes for `GET /api/v1/rejections`.
+    fn reject(&self, reason: &str, peer: SocketAddr, detail: String) {
+        self.rejections.record(now_ms(), "gb28181", reason, peer.to_string(), detail, &self.raw);
     }
 
     /// Handles one datagram.
@@ -190,10 +198,12 @@ impl Server {
         if bytes.iter().all(|b| b.is_ascii_whitespace()) {
             return None; // CRLF keep-alive
         }
+        self.raw.clear();
+        self.raw.extend_from_slice(&bytes[..bytes.len().min(crate::rejections::RAW_MAX)]);
         let msg = match Message::parse(bytes) {
             Ok(m) => m,
             Err(e) => {
-                self.reject(e.reason());
+                self.reject(e.reason(), from, e.to_string());
                 warn!(peer = %from, error = %e, excerpt = %String::from_utf8_lossy(&bytes[..bytes.len().min(80)]), "Unparseable SIP message dropped.");
                 return None;
             }
@@ -212,7 +222,7 @@ impl Server {
         };
         self.metrics.sip_messages.with_label_values(&[label, "in"]).inc();
         let (Some(call_id), Some((cseq, _)), Some(_)) = (msg.header("Call-ID"), msg.cseq(), msg.header("Via")) else {
-            self.reject("missing_header");
+            self.reject("missing_header", from, "Via, Call-ID and CSeq are required".into());
             return Some(message::response(
                 &msg,
                 400,
@@ -287,13 +297,13 @@ impl Server {
     async fn register(&mut self, msg: &Message<'_>, from: SocketAddr, now: Millis, udp_peer: bool) -> Vec<u8> {
         let outcome = |s: &Self, o: &str| s.metrics.sip_registrations.with_label_values(&[o]).inc();
         let Some(id) = msg.header("From").and_then(uri_user).map(str::to_owned) else {
-            self.reject("no_device_id");
+            self.reject("no_device_id", from, "no device id in From".into());
             return message::response(msg, 400, "Bad Request (no device id in From)", from, &self.tag, &[], b"");
         };
         let code = match GbCode::parse(&id) {
             Ok(c) => c,
             Err(e) => {
-                self.reject("bad_device_id");
+                self.reject("bad_device_id", from, e.to_string());
                 warn!(peer = %from, device = %id, error = %e, "REGISTER with a device id that is not a GB/T 28181 code.");
                 return message::response(
                     msg,
@@ -519,7 +529,7 @@ impl Server {
     /// Answers a MESSAGE; the flag says whether handling it again would change nothing.
     async fn message(&mut self, msg: &Message<'_>, from: SocketAddr, now: Millis) -> (Vec<u8>, bool) {
         let Some(id) = msg.header("From").and_then(uri_user).map(str::to_owned) else {
-            self.reject("no_device_id");
+            self.reject("no_device_id", from, "no device id in From".into());
             return (
                 message::response(msg, 400, "Bad Request (no device id in From)", from, &self.tag, &[], b""),
                 true,
@@ -529,13 +539,13 @@ impl Server {
         let env = match manscdp::envelope(&text) {
             Ok(e) => e,
             Err(e) => {
-                self.reject(e.reason());
+                self.reject(e.reason(), from, e.to_string());
                 warn!(device = %id, peer = %from, error = %e, "MANSCDP body refused.");
                 return (message::response(msg, 400, "Bad Request (MANSCDP body)", from, &self.tag, &[], b""), true);
             }
         };
         let Some(device) = self.registry.read().device(&id) else {
-            self.reject("unknown_device");
+            self.reject("unknown_device", from, format!("MESSAGE from {id}, which is not in the registry"));
             return (message::response(msg, 403, "Forbidden (not registered)", from, &self.tag, &[], b""), true);
         };
         // Keepalives are harmless evidence and catalog parts are deduplicated by channel id.
@@ -562,7 +572,7 @@ impl Server {
                     }
                 }
                 Err(e) => {
-                    self.reject(e.reason());
+                    self.reject(e.reason(), from, e.to_string());
                     return (
                         message::response(msg, 400, "Bad Request (catalog body)", from, &self.tag, &[], b""),
                         true,
@@ -570,7 +580,7 @@ impl Server {
                 }
             },
             (root, cmd) => {
-                self.reject("unhandled_manscdp");
+                self.reject("unhandled_manscdp", from, format!("{root}/{cmd} is not handled yet"));
                 debug!(device = %id, root, cmd, "MANSCDP message not handled yet; answered 200.");
             }
         }
