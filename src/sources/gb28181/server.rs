@@ -331,6 +331,12 @@ impl Server {
         self.admit_and_register(msg, from, now, udp_peer, id, code, known).await
     }
 
+    /// A 401 with a fresh Digest challenge (`stale=true` when the old nonce only expired).
+    fn challenge(&mut self, msg: &Message<'_>, from: SocketAddr, now: Millis, stale: bool) -> Vec<u8> {
+        let challenge = self.nonces.challenge(&self.cfg.realm, now, stale);
+        message::response(msg, 401, "Unauthorized", from, &self.tag, &[("WWW-Authenticate", challenge)], b"")
+    }
+
     /// Checks the digest; `Some(answer)` when the request must be challenged or refused.
     fn authenticate(
         &mut self,
@@ -343,29 +349,11 @@ impl Server {
         let outcome = |s: &Self, o: &str| s.metrics.sip_registrations.with_label_values(&[o]).inc();
         let Some(auth) = msg.header("Authorization").or_else(|| msg.header("Proxy-Authorization")) else {
             outcome(self, "challenged");
-            let challenge = self.nonces.challenge(&self.cfg.realm, now, false);
-            return Some(message::response(
-                msg,
-                401,
-                "Unauthorized",
-                from,
-                &self.tag,
-                &[("WWW-Authenticate", challenge)],
-                b"",
-            ));
+            return Some(self.challenge(msg, from, now, false));
         };
         let Some(params) = parse_authorization(auth) else {
             outcome(self, "malformed");
-            let challenge = self.nonces.challenge(&self.cfg.realm, now, false);
-            return Some(message::response(
-                msg,
-                401,
-                "Unauthorized",
-                from,
-                &self.tag,
-                &[("WWW-Authenticate", challenge)],
-                b"",
-            ));
+            return Some(self.challenge(msg, from, now, false));
         };
         let password = own_password.unwrap_or_else(|| self.cfg.password.clone());
         if params.get("username").is_some_and(|u| u != id) {
@@ -385,16 +373,7 @@ impl Server {
             Verdict::Ok => {}
             Verdict::Stale | Verdict::Malformed => {
                 outcome(self, "challenged");
-                let challenge = self.nonces.challenge(&self.cfg.realm, now, true);
-                return Some(message::response(
-                    msg,
-                    401,
-                    "Unauthorized",
-                    from,
-                    &self.tag,
-                    &[("WWW-Authenticate", challenge)],
-                    b"",
-                ));
+                return Some(self.challenge(msg, from, now, true));
             }
             Verdict::Wrong | Verdict::Replay => {
                 outcome(self, "wrong_password");
