@@ -51,6 +51,15 @@ enum Mode {
         #[arg(long, default_value = "http://127.0.0.1:8080")]
         api: String,
     },
+    /// Run as live devices until Ctrl-C: re-register every 30 s (so devices an operator
+    /// approves come online), keep alive every `keepalive` seconds, and answer catalog
+    /// queries with `channels` channels each (GB2312). For `make demo`.
+    Live {
+        #[arg(long, default_value_t = 20)]
+        keepalive: u64,
+        #[arg(long, default_value_t = 4)]
+        channels: usize,
+    },
     /// Register, then send keepalives at `rate` per second for `seconds`; count answers.
     Flood {
         #[arg(long, default_value_t = 30_000)]
@@ -94,8 +103,12 @@ Content-Type: Application/MANSCDP+xml\r\nMax-Forwards: 70\r\nContent-Length: {}\
     )
 }
 
-/// Registers `devices` and returns (registered, failed, elapsed).
-async fn storm(sock: &Arc<UdpSocket>, args: &Args) -> Result<(u32, u32, Duration)> {
+/// Catalog queries vigil sent while the driver was busy: (device id, SN).
+type Queries = Vec<(String, u64)>;
+
+/// Registers `devices` and returns (registered, failed, elapsed, catalog queries seen).
+async fn storm(sock: &Arc<UdpSocket>, args: &Args) -> Result<(u32, u32, Duration, Queries)> {
+    let mut queries = Vec::new();
     let local = sock.local_addr()?;
     let started = Instant::now();
     let deadline = started + Duration::from_secs(60);
@@ -127,7 +140,17 @@ async fn storm(sock: &Arc<UdpSocket>, args: &Args) -> Result<(u32, u32, Duration
             continue;
         };
         let Ok(msg) = Message::parse(&buf[..n]) else { continue };
-        let StartLine::Response { code, .. } = msg.start else { continue };
+        let StartLine::Response { code, .. } = msg.start else {
+            if msg.method() == Some("MESSAGE") {
+                let (text, _) = vigil::sources::gb28181::manscdp::decode(msg.body);
+                if let Ok(env) = vigil::sources::gb28181::manscdp::envelope(&text) {
+                    if env.cmd_type == "Catalog" {
+                        queries.push((env.device_id, env.sn.unwrap_or(0)));
+                    }
+                }
+            }
+            continue;
+        };
         let Some(call) = msg.header("Call-ID").map(str::to_owned) else { continue };
         let Some((dev_n, _)) = in_flight.get(&call).copied() else { continue };
         let dev = id(args.first + dev_n);
@@ -158,7 +181,7 @@ async fn storm(sock: &Arc<UdpSocket>, args: &Args) -> Result<(u32, u32, Duration
             }
         }
     }
-    Ok((ok, failed, started.elapsed()))
+    Ok((ok, failed, started.elapsed(), queries))
 }
 
 async fn flood(sock: &Arc<UdpSocket>, args: &Args, rate: u32, seconds: u64) -> Result<()> {
@@ -202,13 +225,93 @@ async fn flood(sock: &Arc<UdpSocket>, args: &Args, rate: u32, seconds: u64) -> R
     Ok(())
 }
 
+/// The Response/Catalog parts for a device's `channels` channels, 20 items a message.
+fn catalog_parts(dev: &str, sn: u64, channels: usize, local: SocketAddr, tag: &str) -> Vec<Vec<u8>> {
+    (0..channels)
+        .collect::<Vec<_>>()
+        .chunks(20)
+        .enumerate()
+        .map(|(p, chunk)| {
+            let items: String = chunk
+                .iter()
+                .map(|i| {
+                    let ch = format!("{}131{}{i:03}", &dev[..10], &dev[16..20]);
+                    format!("<Item>\r\n<DeviceID>{ch}</DeviceID>\r\n<Name>硚口 {} 号通道 {i}</Name>\r\n<Manufacturer>海康威视</Manufacturer>\r\n<Status>ON</Status>\r\n<ParentID>{dev}</ParentID>\r\n</Item>\r\n", &dev[14..])
+                })
+                .collect();
+            let body = format!("<?xml version=\"1.0\" encoding=\"GB2312\"?>\r\n<Response>\r\n<CmdType>Catalog</CmdType>\r\n<SN>{sn}</SN>\r\n<DeviceID>{dev}</DeviceID>\r\n<SumNum>{channels}</SumNum>\r\n<DeviceList Num=\"{}\">\r\n{items}</DeviceList>\r\n</Response>\r\n", chunk.len());
+            let (gb, _, _) = encoding_rs::GB18030.encode(&body);
+            let mut raw = format!(
+                "MESSAGE sip:42010400002000000001@4201040000 SIP/2.0\r\nVia: SIP/2.0/UDP {local};rport;branch=z9hG4bKc{tag}{dev}{p}\r\n\
+From: <sip:{dev}@4201040000>;tag=c{p}\r\nTo: <sip:42010400002000000001@4201040000>\r\nCall-ID: c{tag}{dev}{p}\r\nCSeq: {p} MESSAGE\r\n\
+Content-Type: Application/MANSCDP+xml\r\nContent-Length: {}\r\n\r\n",
+                gb.len()
+            )
+            .into_bytes();
+            raw.extend_from_slice(&gb);
+            raw
+        })
+        .collect()
+}
+
+/// Live devices for the demo (see `Mode::Live`).
+async fn live(sock: &Arc<UdpSocket>, args: &Args, keepalive_s: u64, channels: usize) -> Result<()> {
+    let local = sock.local_addr()?;
+    let mut sn = 0u64;
+    let mut buf = vec![0u8; 65_535];
+    let mut next_register = Instant::now();
+    let mut next_keepalive = Instant::now() + Duration::from_secs(keepalive_s);
+    loop {
+        if Instant::now() >= next_register {
+            // A short storm: registers the approved, is told 403 for the quarantined.
+            let (ok, failed, _, queries) = storm(sock, args).await?;
+            println!("live: {ok} registered, {failed} refused (awaiting approval?)");
+            for (dev, qsn) in queries {
+                if channels > 0 {
+                    for part in catalog_parts(&dev, qsn, channels, local, run_token()) {
+                        sock.send_to(&part, args.server).await?;
+                    }
+                }
+            }
+            next_register = Instant::now() + Duration::from_secs(30);
+        }
+        if Instant::now() >= next_keepalive {
+            for n in 0..args.count {
+                sn += 1;
+                sock.send_to(keepalive(&id(args.first + n), local, sn).as_bytes(), args.server).await?;
+            }
+            next_keepalive = Instant::now() + Duration::from_secs(keepalive_s);
+        }
+        let got = tokio::select! {
+            _ = tokio::signal::ctrl_c() => return Ok(()),
+            r = tokio::time::timeout(Duration::from_millis(500), sock.recv_from(&mut buf)) => r,
+        };
+        let Ok(Ok((n, _))) = got else { continue };
+        let Ok(msg) = Message::parse(&buf[..n]) else { continue };
+        if msg.method() != Some("MESSAGE") {
+            continue;
+        }
+        let (text, _) = vigil::sources::gb28181::manscdp::decode(msg.body);
+        let Ok(env) = vigil::sources::gb28181::manscdp::envelope(&text) else { continue };
+        if env.cmd_type == "Catalog" && channels > 0 {
+            for part in catalog_parts(&env.device_id, env.sn.unwrap_or(0), channels, local, run_token()) {
+                sock.send_to(&part, args.server).await?;
+            }
+        }
+    }
+}
+
 /// Answers the catalog query that follows a registration with `channels` items.
-async fn catalog(sock: &Arc<UdpSocket>, args: &Args, channels: usize, api: &str) -> Result<()> {
+async fn catalog(sock: &Arc<UdpSocket>, args: &Args, channels: usize, api: &str, seen: Queries) -> Result<()> {
     let local = sock.local_addr()?;
     let dev = id(args.first);
     let mut buf = vec![0u8; 65_535];
     let deadline = Instant::now() + Duration::from_secs(10);
+    let already = seen.into_iter().find(|(d, _)| d == &dev).map(|(_, sn)| sn);
     let sn = loop {
+        if let Some(sn) = already {
+            break sn;
+        }
         if Instant::now() > deadline {
             bail!("no catalog query from vigil within 10 s");
         }
@@ -284,7 +387,10 @@ async fn main() -> Result<()> {
     let sock2 = socket2::Socket::from(std_sock);
     let _ = sock2.set_recv_buffer_size(4 * 1024 * 1024);
     let sock = Arc::new(UdpSocket::from_std(sock2.into())?);
-    let (ok, failed, took) = storm(&sock, &args).await?;
+    if let Mode::Live { keepalive, channels } = args.mode {
+        return live(&sock, &args, keepalive, channels).await;
+    }
+    let (ok, failed, took, queries) = storm(&sock, &args).await?;
     println!(
         "registration storm: {ok} registered, {failed} failed, {} devices in {:.3} s ({:.0} registrations/s)",
         args.count,
@@ -293,8 +399,8 @@ async fn main() -> Result<()> {
     );
     match &args.mode {
         Mode::Flood { rate, seconds } => flood(&sock, &args, *rate, *seconds).await?,
-        Mode::Catalog { channels, api } => catalog(&sock, &args, *channels, api).await?,
-        Mode::Storm => {}
+        Mode::Catalog { channels, api } => catalog(&sock, &args, *channels, api, queries).await?,
+        Mode::Storm | Mode::Live { .. } => {}
     }
     Ok(())
 }
