@@ -453,6 +453,22 @@ impl Registry {
         Ok(())
     }
 
+    /// Merges attributes a source learned (manufacturer, model, firmware, ...) into a device.
+    pub async fn merge_attrs(
+        &self,
+        id: &str,
+        attrs: serde_json::Map<String, serde_json::Value>,
+    ) -> Result<Arc<Device>, Error> {
+        let mut dev =
+            (*self.read().device(id).ok_or_else(|| Error::NotFound { what: "device", id: id.into() })?).clone();
+        for (k, v) in attrs {
+            dev.attrs.insert(k, v);
+        }
+        store::update_attrs(&self.db.pool, id, &serde_json::Value::Object(dev.attrs.clone()).to_string(), now_ms())
+            .await?;
+        Ok(self.write_cache(|c| c.replace_device(dev)))
+    }
+
     /// Adds or updates the given channels and keeps every other one (a partial catalog).
     pub async fn merge_channels(&self, device_id: &str, channels: Vec<Channel>) -> Result<(), Error> {
         let mut all: std::collections::BTreeMap<String, Channel> = self

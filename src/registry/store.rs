@@ -187,6 +187,16 @@ pub async fn update_device(pool: &AnyPool, d: &Device, now: Millis) -> Result<()
     Ok(())
 }
 
+pub async fn update_attrs(pool: &AnyPool, id: &str, attrs: &str, now: Millis) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE devices SET attrs = $2, updated_at = $3 WHERE id = $1")
+        .bind(id)
+        .bind(attrs)
+        .bind(now)
+        .execute(pool)
+        .await?;
+    Ok(())
+}
+
 pub async fn delete_device(pool: &AnyPool, id: &str) -> Result<(), sqlx::Error> {
     let mut tx = pool.begin().await?;
     sqlx::query("DELETE FROM channels WHERE device_id = $1").bind(id).execute(&mut *tx).await?;

@@ -368,6 +368,28 @@ async fn an_nvr_catalog_of_500_gb2312_channels_arrives_across_many_messages() {
     assert_eq!((env.root.as_str(), env.cmd_type.as_str(), env.device_id.as_str()), ("Query", "Catalog", id));
     let sn = env.sn.expect("SN");
 
+    // ... and for its device info, which it keeps with the device.
+    let info_q = nvr.next_request().await;
+    let (text, _) = vigil::sources::gb28181::manscdp::decode(Message::parse(&info_q).expect("parses").body);
+    let info_env = vigil::sources::gb28181::manscdp::envelope(&text).expect("MANSCDP");
+    assert_eq!(info_env.cmd_type, "DeviceInfo");
+    let info = format!(
+        "<?xml version=\"1.0\" encoding=\"GB2312\"?>\r\n<Response>\r\n<CmdType>DeviceInfo</CmdType>\r\n<SN>{}</SN>\r\n<DeviceID>{id}</DeviceID>\r\n<DeviceName>古田硬盘录像机</DeviceName>\r\n<Result>OK</Result>\r\n<Manufacturer>Hikvision</Manufacturer>\r\n<Model>DS-7932N</Model>\r\n<Firmware>V4.30.085</Firmware>\r\n<Channel>500</Channel>\r\n</Response>\r\n",
+        info_env.sn.expect("SN")
+    );
+    let (gb, _, _) = encoding_rs::GB18030.encode(&info);
+    let reply = nvr.request("MESSAGE", "info-1", "Content-Type: Application/MANSCDP+xml\r\n", "");
+    let mut raw = reply.replace("Content-Length: 0", &format!("Content-Length: {}", gb.len())).into_bytes();
+    raw.extend_from_slice(&gb);
+    nvr.sock.send_to(&raw, sip).await.expect("send");
+    let d =
+        api.wait_for(&format!("/devices/{id}"), Duration::from_secs(5), |d| d["attrs"]["model"] == "DS-7932N").await;
+    assert_eq!(
+        (d["attrs"]["manufacturer"].as_str(), d["attrs"]["firmware"].as_str(), d["attrs"]["device_name"].as_str()),
+        (Some("Hikvision"), Some("V4.30.085"), Some("古田硬盘录像机"))
+    );
+    assert_eq!(d["attrs"]["channel_count"], 500);
+
     // 500 channels, 20 per message, GB2312, sent last part first, one part twice.
     let name = |i: usize| format!("古田一路 {i:03} 号通道");
     let mut parts: Vec<String> = (0..25)

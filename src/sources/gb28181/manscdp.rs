@@ -238,13 +238,73 @@ pub fn catalog(xml: &str) -> Result<CatalogResponse, Error> {
     Ok(out)
 }
 
-/// The `Query/Catalog` body vigil sends, in the charset the device uses (GB2312 by default).
-pub fn catalog_query(sn: u64, device_id: &str) -> Vec<u8> {
+/// A `Response/DeviceInfo`: what the device says it is.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DeviceInfo {
+    pub device_name: String,
+    pub manufacturer: String,
+    pub model: String,
+    pub firmware: String,
+    pub channels: Option<u32>,
+}
+
+/// Reads a `Response/DeviceInfo` body (top-level fields only; bounded like `envelope`).
+pub fn device_info(xml: &str) -> Result<DeviceInfo, Error> {
+    let mut reader = Reader::from_str(xml);
+    reader.config_mut().trim_text(true);
+    reader.config_mut().check_end_names = false;
+    let mut out = DeviceInfo::default();
+    let mut path: Vec<String> = Vec::new();
+    let mut events = 0usize;
+    loop {
+        events += 1;
+        if events > MAX_EVENTS {
+            return Err(Error::TooLong);
+        }
+        match reader.read_event() {
+            Ok(Event::Start(e)) => {
+                if path.len() >= MAX_DEPTH {
+                    return Err(Error::TooDeep);
+                }
+                path.push(String::from_utf8_lossy(e.local_name().as_ref()).into_owned());
+            }
+            Ok(Event::End(_)) => {
+                path.pop();
+            }
+            Ok(Event::Text(t)) if path.len() == 2 => {
+                let text = clean(
+                    t.unescape().map(|c| c.into_owned()).unwrap_or_else(|_| String::from_utf8_lossy(&t).into_owned()),
+                );
+                match path[1].as_str() {
+                    "DeviceName" => out.device_name = text,
+                    "Manufacturer" => out.manufacturer = text,
+                    "Model" => out.model = text,
+                    "Firmware" => out.firmware = text,
+                    "Channel" => out.channels = text.parse().ok(),
+                    _ => {}
+                }
+            }
+            Ok(Event::Eof) => break,
+            Ok(_) => {}
+            Err(e) => return Err(Error::Xml(e.to_string().chars().take(120).collect())),
+        }
+    }
+    Ok(out)
+}
+
+/// A `Query` body vigil sends (`Catalog`, `DeviceInfo`, `DeviceStatus`), in GB2312 (the
+/// charset GB/T 28181-2016 devices expect; ASCII-only here, so identical in any of them).
+pub fn query(cmd_type: &str, sn: u64, device_id: &str) -> Vec<u8> {
     let text = format!(
-        "<?xml version=\"1.0\" encoding=\"GB2312\"?>\r\n<Query>\r\n<CmdType>Catalog</CmdType>\r\n<SN>{sn}</SN>\r\n<DeviceID>{device_id}</DeviceID>\r\n</Query>\r\n"
+        "<?xml version=\"1.0\" encoding=\"GB2312\"?>\r\n<Query>\r\n<CmdType>{cmd_type}</CmdType>\r\n<SN>{sn}</SN>\r\n<DeviceID>{device_id}</DeviceID>\r\n</Query>\r\n"
     );
     let (bytes, _, _) = encoding_rs::GB18030.encode(&text);
     bytes.into_owned()
+}
+
+/// The `Query/Catalog` body vigil sends.
+pub fn catalog_query(sn: u64, device_id: &str) -> Vec<u8> {
+    query("Catalog", sn, device_id)
 }
 
 #[cfg(test)]
@@ -304,6 +364,16 @@ mod tests {
         );
         let q = catalog_query(7, "11010800001181000110");
         assert_eq!(envelope(&decode(&q).0).expect("our query parses").cmd_type, "Catalog");
+    }
+
+    #[test]
+    fn device_info_response() {
+        let xml = "<?xml version=\"1.0\" encoding=\"GB2312\"?><Response><CmdType>DeviceInfo</CmdType><SN>17</SN><DeviceID>42010400001180000500</DeviceID><DeviceName>古田 NVR</DeviceName><Result>OK</Result><Manufacturer>Hikvision</Manufacturer><Model>DS-7608N</Model><Firmware>V4.30.005</Firmware><Channel>8</Channel></Response>";
+        let i = device_info(xml).expect("parses");
+        assert_eq!(
+            (i.device_name.as_str(), i.manufacturer.as_str(), i.model.as_str(), i.firmware.as_str(), i.channels),
+            ("古田 NVR", "Hikvision", "DS-7608N", "V4.30.005", Some(8))
+        );
     }
 
     proptest::proptest! {

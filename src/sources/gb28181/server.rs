@@ -479,7 +479,8 @@ impl Server {
             // A new registration (not a refresh) asks for the device's catalog. Over TCP the
             // query waits for the TCP client transactions (next step).
             if previous != Some(from) && udp_peer {
-                self.query_catalog(&id, from);
+                self.query(&id, from, "Catalog");
+                self.query(&id, from, "DeviceInfo");
             }
             self.sessions.insert(id.clone(), Session { source: from, expires_at: now + granted as i64 * 1000 });
             outcome(self, "registered");
@@ -528,7 +529,7 @@ impl Server {
             return (message::response(msg, 403, "Forbidden (not registered)", from, &self.tag, &[], b""), true);
         };
         // Keepalives are harmless evidence and catalog parts are deduplicated by channel id.
-        let idempotent = env.cmd_type == "Keepalive" || env.cmd_type == "Catalog";
+        let idempotent = matches!(env.cmd_type.as_str(), "Keepalive" | "Catalog" | "DeviceInfo");
         match (env.root.as_str(), env.cmd_type.as_str()) {
             ("Notify", "Keepalive") => {
                 if self.sessions.get(&id).is_none_or(|s| s.expires_at <= now) {
@@ -544,6 +545,34 @@ impl Server {
                     return (message::response(msg, 503, "Service Unavailable", from, &self.tag, &[], b""), true);
                 }
             }
+            ("Response", "DeviceInfo") => match manscdp::device_info(&text) {
+                Ok(info) => {
+                    let mut attrs = serde_json::Map::new();
+                    for (k, v) in [
+                        ("device_name", info.device_name),
+                        ("manufacturer", info.manufacturer),
+                        ("model", info.model),
+                        ("firmware", info.firmware),
+                    ] {
+                        if !v.is_empty() {
+                            attrs.insert(k.into(), serde_json::Value::String(v));
+                        }
+                    }
+                    if let Some(n) = info.channels {
+                        attrs.insert("channel_count".into(), serde_json::json!(n));
+                    }
+                    if let Err(e) = self.registry.merge_attrs(&id, attrs).await {
+                        warn!(device = %id, error = %e, "Cannot store the device's DeviceInfo.");
+                    }
+                }
+                Err(e) => {
+                    self.reject(e.reason(), from, e.to_string());
+                    return (
+                        message::response(msg, 400, "Bad Request (DeviceInfo body)", from, &self.tag, &[], b""),
+                        true,
+                    );
+                }
+            },
             ("Response", "Catalog") | ("Notify", "Catalog") => match manscdp::catalog(&text) {
                 Ok(part) => {
                     if let Some(done) = self.catalogs.add(&id, part, now) {
@@ -566,11 +595,11 @@ impl Server {
         (message::response(msg, 200, "OK", from, &self.tag, &[], b""), idempotent)
     }
 
-    /// Queues a `Query/Catalog` MESSAGE to a device at `to`.
-    fn query_catalog(&mut self, device: &str, to: SocketAddr) {
+    /// Queues a MANSCDP `Query` MESSAGE (`Catalog`, `DeviceInfo`) to a device at `to`.
+    fn query(&mut self, device: &str, to: SocketAddr, cmd_type: &str) {
         self.sn += 1;
         self.cseq += 1;
-        let body = manscdp::catalog_query(self.sn, device);
+        let body = manscdp::query(cmd_type, self.sn, device);
         let realm = &self.cfg.realm;
         let call = uuid::Uuid::now_v7().simple().to_string();
         let head = format!(
@@ -586,7 +615,7 @@ Content-Type: Application/MANSCDP+xml\r\nMax-Forwards: 70\r\nUser-Agent: vigil/{
         );
         let mut bytes = head.into_bytes();
         bytes.extend_from_slice(&body);
-        debug!(device, sn = self.sn, "Catalog query sent.");
+        debug!(device, sn = self.sn, cmd_type, "Query sent.");
         self.outgoing.push((to, bytes));
     }
 
