@@ -73,13 +73,12 @@ pub struct Device {
 
 impl Device {
     pub async fn new(id: &str, server: SocketAddr) -> Self {
-        Device {
-            sock: UdpSocket::bind("127.0.0.1:0").await.expect("bind"),
-            id: id.into(),
-            server,
-            cseq: 0,
-            inbox: Vec::new(),
-        }
+        Self::new_at(id, server, "127.0.0.1:0").await
+    }
+
+    /// A device on another loopback address (127.0.0.0/8 is all local).
+    pub async fn new_at(id: &str, server: SocketAddr, bind: &str) -> Self {
+        Device { sock: UdpSocket::bind(bind).await.expect("bind"), id: id.into(), server, cseq: 0, inbox: Vec::new() }
     }
 
     async fn recv(&self) -> Vec<u8> {
@@ -439,6 +438,13 @@ Content-Type: Application/MANSCDP+xml\r\nContent-Length: {}\r\n\r\n",
         })
         .await;
     let items = chans["items"].as_array().expect("items");
+    // A catalog claiming to be this NVR's from another address is refused and changes nothing.
+    let mut forger = Device::new_at(id, sip, "127.0.0.2:0").await;
+    let fake = format!("<?xml version=\"1.0\"?><Response><CmdType>Catalog</CmdType><SN>{sn}</SN><DeviceID>{id}</DeviceID><SumNum>1</SumNum><DeviceList Num=\"1\"><Item><DeviceID>42010400001310009999</DeviceID><Name>forged</Name></Item></DeviceList></Response>");
+    let forged = forger.request("MESSAGE", "forged-1", "Content-Type: Application/MANSCDP+xml\r\n", &fake);
+    assert_eq!(code(&forger.exchange(&forged).await), 403);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(api.get(&format!("/devices/{id}/channels")).await.1["items"].as_array().map(Vec::len), Some(500));
     let seven = items.iter().find(|c| c["id"] == "42010400001310000007").expect("channel 7");
     assert_eq!((seven["name"].as_str(), seven["status"].as_str()), (Some(name(7).as_str()), Some("ON")));
     assert_eq!(seven["attrs"]["manufacturer"], "海康威视");

@@ -12,7 +12,8 @@ use crate::clock::Millis;
 
 /// How long after its last part an incomplete catalog waits for the rest.
 pub const PART_TIMEOUT_MS: Millis = 15_000;
-/// Most catalogs assembled at once, and most items in one (a platform's whole tree).
+/// Most catalogs assembled at once, and most items held across all of them (a platform's
+/// whole tree fits; a flood of bogus parts cannot grow memory past it).
 const MAX_ASSEMBLIES: usize = 1_000;
 const MAX_ITEMS: usize = 200_000;
 
@@ -35,6 +36,8 @@ struct Assembly {
 #[derive(Debug, Default)]
 pub struct Assemblies {
     open: HashMap<(String, u64), Assembly>,
+    /// Items held in all open assemblies.
+    held: usize,
 }
 
 impl Assemblies {
@@ -53,12 +56,14 @@ impl Assemblies {
         a.sum_num = a.sum_num.max(part.sum_num);
         a.last_part_at = now;
         for item in part.items {
-            if a.items.len() < MAX_ITEMS || a.items.contains_key(&item.device_id) {
-                a.items.insert(item.device_id.clone(), item);
+            let room = self.held < MAX_ITEMS || a.items.contains_key(&item.device_id);
+            if room && a.items.insert(item.device_id.clone(), item).is_none() {
+                self.held += 1;
             }
         }
         if a.items.len() >= a.sum_num {
             let a = self.open.remove(&key)?;
+            self.held -= a.items.len();
             return Some(Assembled { device_id: key.0, items: sorted(a.items), complete: true });
         }
         None
@@ -70,7 +75,9 @@ impl Assemblies {
             self.open.iter().filter(|(_, a)| now - a.last_part_at >= PART_TIMEOUT_MS).map(|(k, _)| k.clone()).collect();
         done.into_iter()
             .filter_map(|k| {
-                self.open.remove(&k).map(|a| Assembled { device_id: k.0, items: sorted(a.items), complete: false })
+                let a = self.open.remove(&k)?;
+                self.held -= a.items.len();
+                Some(Assembled { device_id: k.0, items: sorted(a.items), complete: false })
             })
             .collect()
     }
@@ -121,5 +128,20 @@ mod tests {
         assert_eq!(out.len(), 1);
         assert!(!out[0].complete);
         assert_eq!(out[0].items.len(), 2);
+        assert_eq!(a.held, 0);
+    }
+
+    #[test]
+    fn items_held_across_all_catalogs_are_bounded() {
+        let mut a = Assemblies::default();
+        for sn in 0..300u64 {
+            let ids: Vec<u32> = (0..1000).collect();
+            let mut p = part(sn, usize::MAX, &[]);
+            p.items =
+                ids.iter().map(|i| CatalogItem { device_id: format!("s{sn}c{i}"), ..Default::default() }).collect();
+            a.add("nvr", p, 0);
+        }
+        assert_eq!(a.held, MAX_ITEMS);
+        assert_eq!(a.open.values().map(|x| x.items.len()).sum::<usize>(), MAX_ITEMS);
     }
 }

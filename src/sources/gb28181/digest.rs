@@ -2,7 +2,7 @@
 //! expiry and replay protection, and response verification. Pure: time comes in as `now`.
 //! Checks the nonces it issues (WVP and Monibuca do not).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 
 use md5::{Digest, Md5};
 
@@ -87,25 +87,30 @@ pub fn expected(
     }
 }
 
-/// Nonces we issued, with their use.
+/// Nonces we issued, with their use, and the order they were issued in (so that evicting
+/// the oldest under a flood of unauthenticated REGISTERs costs O(1), not a scan).
 #[derive(Debug, Default)]
 pub struct Nonces {
     issued: HashMap<String, NonceState>,
+    order: VecDeque<String>,
 }
 
 impl Nonces {
     /// A fresh nonce (unpredictable: 74 random bits of a UUID v7 plus its time).
     pub fn issue(&mut self, now: Millis) -> String {
-        if self.issued.len() >= MAX_NONCES {
-            self.issued.retain(|_, s| now - s.issued_at < NONCE_TTL_MS);
-            if self.issued.len() >= MAX_NONCES {
-                if let Some(oldest) = self.issued.iter().min_by_key(|(_, s)| s.issued_at).map(|(k, _)| k.clone()) {
-                    self.issued.remove(&oldest);
-                }
+        // Drop expired nonces from the front, and the oldest ones while over the cap.
+        while let Some(oldest) = self.order.front() {
+            let expired = self.issued.get(oldest).is_none_or(|s| now - s.issued_at >= NONCE_TTL_MS);
+            if !expired && self.order.len() < MAX_NONCES {
+                break;
+            }
+            if let Some(k) = self.order.pop_front() {
+                self.issued.remove(&k);
             }
         }
         let nonce = uuid::Uuid::now_v7().simple().to_string();
         self.issued.insert(nonce.clone(), NonceState { issued_at: now, last_nc: 0, used: false });
+        self.order.push_back(nonce.clone());
         nonce
     }
 
@@ -134,8 +139,7 @@ impl Nonces {
         }
         let Some(state) = self.issued.get_mut(nonce.as_str()) else { return Verdict::Stale };
         if now - state.issued_at >= NONCE_TTL_MS {
-            self.issued.remove(nonce.as_str());
-            return Verdict::Stale;
+            return Verdict::Stale; // removed from `issued` and `order` together by `issue`
         }
         let qop = match (params.get("qop"), params.get("nc"), params.get("cnonce")) {
             (Some(q), Some(nc), Some(cn)) if q.eq_ignore_ascii_case("auth") => {
@@ -227,6 +231,18 @@ mod tests {
         assert_eq!(n.check(0, &creds("forged", "00000001", "12345678"), "REGISTER", "12345678"), Verdict::Stale);
         let challenge = n.challenge("4201040000", 0, false);
         assert!(challenge.contains("algorithm=MD5") && challenge.contains("qop=\"auth\""), "{challenge}");
+    }
+
+    #[test]
+    fn outstanding_nonces_are_bounded() {
+        let mut n = Nonces::default();
+        for i in 0..(MAX_NONCES + 10) {
+            n.issue(i as Millis / 1000);
+        }
+        assert_eq!((n.issued.len(), n.order.len()), (MAX_NONCES, MAX_NONCES));
+        // Past the TTL everything old goes at the next issue.
+        n.issue(NONCE_TTL_MS * 10);
+        assert_eq!(n.issued.len(), 1);
     }
 
     proptest::proptest! {

@@ -1,10 +1,13 @@
 //! MANSCDP (`Application/MANSCDP+xml`) bodies: charset decoding (strict UTF-8 first, then
 //! GB18030 — a superset of GB2312/GBK — whatever the declaration says; never drop a message
-//! over its charset) and a bounded reader for the envelope (root `Query`/`Control`/`Notify`/
-//! `Response`, `CmdType`, `SN`, `DeviceID`) and the Keepalive `Status`. Catalog, DeviceInfo,
-//! DeviceStatus and Alarm bodies come next. Pure: no sockets.
+//! over its charset), one bounded walker (depth, length) and small readers over it: the
+//! envelope (root `Query`/`Control`/`Notify`/`Response`, `CmdType`, `SN`, `DeviceID`, the
+//! Keepalive `Status`), Catalog and DeviceInfo; and the `Query` bodies vigil sends.
+//! DeviceStatus and Alarm come next. Pure: no sockets.
 
-use quick_xml::events::Event;
+use std::borrow::Cow;
+
+use quick_xml::events::{BytesStart, Event};
 use quick_xml::Reader;
 
 /// Deepest nesting accepted (catalog items are 4 deep; `Info` adds one).
@@ -42,15 +45,69 @@ pub enum Charset {
     Gb18030,
 }
 
-/// Decodes a body: UTF-8 if it is valid UTF-8, GB18030 otherwise (with replacement).
-pub fn decode(body: &[u8]) -> (String, Charset) {
+/// Decodes a body: UTF-8 (borrowed, no copy) if it is valid UTF-8, GB18030 otherwise
+/// (with replacement).
+pub fn decode(body: &[u8]) -> (Cow<'_, str>, Charset) {
     match std::str::from_utf8(body) {
-        Ok(s) => (s.to_owned(), Charset::Utf8),
+        Ok(s) => (Cow::Borrowed(s), Charset::Utf8),
         Err(_) => {
             let (text, _, _) = encoding_rs::GB18030.decode(body);
-            (text.into_owned(), Charset::Gb18030)
+            (text, Charset::Gb18030)
         }
     }
+}
+
+/// One step of a bounded walk over a MANSCDP document. `path` holds the open elements from
+/// the root down, the element itself included for `Start` and `End`.
+enum Node<'p, 'e> {
+    Start(&'p [String], &'p BytesStart<'e>),
+    End(&'p [String]),
+    Text(&'p [String], String),
+}
+
+/// Walks a document, bounded in depth (`MAX_DEPTH`) and length (`MAX_EVENTS`), tolerating
+/// mismatched end tags and unescaped `&` (Hikvision: the raw text is kept then). Every
+/// reader below is a small function of the nodes it is handed.
+fn walk(xml: &str, mut on: impl FnMut(Node<'_, '_>)) -> Result<(), Error> {
+    let mut reader = Reader::from_str(xml);
+    reader.config_mut().trim_text(true);
+    reader.config_mut().check_end_names = false;
+    let mut path: Vec<String> = Vec::new();
+    for _ in 0..MAX_EVENTS {
+        match reader.read_event() {
+            Ok(Event::Start(e)) => {
+                if path.len() >= MAX_DEPTH {
+                    return Err(Error::TooDeep);
+                }
+                path.push(String::from_utf8_lossy(e.local_name().as_ref()).into_owned());
+                on(Node::Start(&path, &e));
+            }
+            Ok(Event::Empty(e)) => {
+                if path.len() >= MAX_DEPTH {
+                    return Err(Error::TooDeep);
+                }
+                path.push(String::from_utf8_lossy(e.local_name().as_ref()).into_owned());
+                on(Node::Start(&path, &e));
+                on(Node::End(&path));
+                path.pop();
+            }
+            Ok(Event::End(_)) => {
+                if !path.is_empty() {
+                    on(Node::End(&path));
+                    path.pop();
+                }
+            }
+            Ok(Event::Text(t)) => {
+                let text =
+                    t.unescape().map(|c| c.into_owned()).unwrap_or_else(|_| String::from_utf8_lossy(&t).into_owned());
+                on(Node::Text(&path, text));
+            }
+            Ok(Event::Eof) => return Ok(()),
+            Ok(_) => {}
+            Err(e) => return Err(Error::Xml(e.to_string().chars().take(120).collect())),
+        }
+    }
+    Err(Error::TooLong)
 }
 
 /// The envelope of a MANSCDP message.
@@ -65,63 +122,32 @@ pub struct Envelope {
     pub status: Option<String>,
 }
 
-/// Reads the envelope of a MANSCDP body (already decoded), bounded in depth and length.
-/// Accepts the attribute form (`<Response CmdType=".." SN="..">`) too.
+/// Reads the envelope of a MANSCDP body (already decoded). Accepts the attribute form
+/// (`<Response CmdType=".." SN="..">`) too.
 pub fn envelope(xml: &str) -> Result<Envelope, Error> {
-    let mut reader = Reader::from_str(xml);
-    reader.config_mut().trim_text(true);
-    reader.config_mut().check_end_names = false;
     let mut env = Envelope::default();
-    let mut path: Vec<String> = Vec::new();
-    let mut events = 0usize;
-    loop {
-        events += 1;
-        if events > MAX_EVENTS {
-            return Err(Error::TooLong);
-        }
-        match reader.read_event() {
-            Ok(Event::Start(e)) => {
-                if path.len() >= MAX_DEPTH {
-                    return Err(Error::TooDeep);
-                }
-                let name = String::from_utf8_lossy(e.local_name().as_ref()).into_owned();
-                if path.is_empty() {
-                    env.root = name.clone();
-                    for a in e.attributes().flatten() {
-                        let v = String::from_utf8_lossy(&a.value).into_owned();
-                        match a.key.local_name().as_ref() {
-                            b"CmdType" => env.cmd_type = v,
-                            b"SN" => env.sn = v.trim().parse().ok(),
-                            b"DeviceID" => env.device_id = v,
-                            _ => {}
-                        }
-                    }
-                }
-                path.push(name);
-            }
-            Ok(Event::Empty(e)) if path.is_empty() => {
-                env.root = String::from_utf8_lossy(e.local_name().as_ref()).into_owned();
-            }
-            Ok(Event::End(_)) => {
-                path.pop();
-            }
-            Ok(Event::Text(t)) if path.len() == 2 => {
-                // Unescaped `&` (Hikvision) fails unescaping: keep the raw text then.
-                let text =
-                    t.unescape().map(|c| c.into_owned()).unwrap_or_else(|_| String::from_utf8_lossy(&t).into_owned());
-                match path[1].as_str() {
-                    "CmdType" => env.cmd_type = text,
-                    "SN" => env.sn = text.trim().parse().ok(),
-                    "DeviceID" => env.device_id = text,
-                    "Status" => env.status = Some(text),
+    walk(xml, |node| match node {
+        Node::Start(path, e) if path.len() == 1 => {
+            env.root = path[0].clone();
+            for a in e.attributes().flatten() {
+                let v = String::from_utf8_lossy(&a.value).into_owned();
+                match a.key.local_name().as_ref() {
+                    b"CmdType" => env.cmd_type = v,
+                    b"SN" => env.sn = v.trim().parse().ok(),
+                    b"DeviceID" => env.device_id = v,
                     _ => {}
                 }
             }
-            Ok(Event::Eof) => break,
-            Ok(_) => {}
-            Err(e) => return Err(Error::Xml(e.to_string().chars().take(120).collect())),
         }
-    }
+        Node::Text(path, text) if path.len() == 2 => match path[1].as_str() {
+            "CmdType" => env.cmd_type = text,
+            "SN" => env.sn = text.trim().parse().ok(),
+            "DeviceID" => env.device_id = text,
+            "Status" => env.status = Some(text),
+            _ => {}
+        },
+        _ => {}
+    })?;
     if env.root.is_empty() {
         return Err(Error::Empty);
     }
@@ -156,6 +182,7 @@ pub struct CatalogResponse {
     pub items: Vec<CatalogItem>,
 }
 
+/// Trims, and treats the literal `null` some vendors send as empty.
 fn clean(text: String) -> String {
     let t = text.trim();
     if t.eq_ignore_ascii_case("null") {
@@ -166,75 +193,47 @@ fn clean(text: String) -> String {
 }
 
 /// Reads a `Response/Catalog` (or catalog `Notify`) body: the envelope, `SumNum` and the
-/// `DeviceList` items. Bounded like `envelope`, and at most `MAX_ITEMS` items.
+/// `DeviceList` items, at most `MAX_ITEMS` of them.
 pub fn catalog(xml: &str) -> Result<CatalogResponse, Error> {
-    let mut reader = Reader::from_str(xml);
-    reader.config_mut().trim_text(true);
-    reader.config_mut().check_end_names = false;
     let mut out = CatalogResponse::default();
-    let mut path: Vec<String> = Vec::new();
     let mut item: Option<CatalogItem> = None;
-    let mut events = 0usize;
-    loop {
-        events += 1;
-        if events > MAX_EVENTS {
-            return Err(Error::TooLong);
+    walk(xml, |node| match node {
+        Node::Start(path, _)
+            if path.len() >= 2 && path[path.len() - 1] == "Item" && path[path.len() - 2] == "DeviceList" =>
+        {
+            item = Some(CatalogItem { status_on: true, ..Default::default() });
         }
-        match reader.read_event() {
-            Ok(Event::Start(e)) => {
-                if path.len() >= MAX_DEPTH {
-                    return Err(Error::TooDeep);
-                }
-                let name = String::from_utf8_lossy(e.local_name().as_ref()).into_owned();
-                if name == "Item" && path.last().is_some_and(|p| p == "DeviceList") {
-                    item = Some(CatalogItem { status_on: true, ..Default::default() });
-                }
-                path.push(name);
-            }
-            Ok(Event::End(e)) => {
-                if e.local_name().as_ref() == b"Item" {
-                    if let Some(it) = item.take() {
-                        if !it.device_id.is_empty() && out.items.len() < MAX_ITEMS {
-                            out.items.push(it);
-                        }
-                    }
-                }
-                path.pop();
-            }
-            Ok(Event::Text(t)) => {
-                let text =
-                    t.unescape().map(|c| c.into_owned()).unwrap_or_else(|_| String::from_utf8_lossy(&t).into_owned());
-                let leaf = path.last().map(String::as_str).unwrap_or("");
-                if path.len() == 2 {
-                    match leaf {
-                        "SN" => out.sn = text.trim().parse().ok(),
-                        "DeviceID" => out.device_id = clean(text),
-                        "SumNum" => out.sum_num = text.trim().parse().unwrap_or(0),
-                        _ => {}
-                    }
-                } else if let (Some(it), 4) = (item.as_mut(), path.len()) {
-                    match leaf {
-                        "DeviceID" => it.device_id = clean(text),
-                        "Name" => it.name = clean(text),
-                        "Manufacturer" => it.manufacturer = clean(text),
-                        "Model" => it.model = clean(text),
-                        "Status" => {
-                            it.status_on = !matches!(text.trim().to_ascii_uppercase().as_str(), "OFF" | "OFFLINE")
-                        }
-                        "ParentID" => it.parent_id = clean(text),
-                        "CivilCode" => it.civil_code = clean(text),
-                        "Address" => it.address = clean(text),
-                        "Longitude" => it.longitude = clean(text),
-                        "Latitude" => it.latitude = clean(text),
-                        _ => {}
-                    }
+        Node::End(path) if path.last().is_some_and(|p| p == "Item") => {
+            if let Some(it) = item.take() {
+                if !it.device_id.is_empty() && out.items.len() < MAX_ITEMS {
+                    out.items.push(it);
                 }
             }
-            Ok(Event::Eof) => break,
-            Ok(_) => {}
-            Err(e) => return Err(Error::Xml(e.to_string().chars().take(120).collect())),
         }
-    }
+        Node::Text(path, text) if path.len() == 2 => match path[1].as_str() {
+            "SN" => out.sn = text.trim().parse().ok(),
+            "DeviceID" => out.device_id = clean(text),
+            "SumNum" => out.sum_num = text.trim().parse().unwrap_or(0),
+            _ => {}
+        },
+        Node::Text(path, text) if path.len() == 4 => {
+            let Some(it) = item.as_mut() else { return };
+            match path[3].as_str() {
+                "DeviceID" => it.device_id = clean(text),
+                "Name" => it.name = clean(text),
+                "Manufacturer" => it.manufacturer = clean(text),
+                "Model" => it.model = clean(text),
+                "Status" => it.status_on = !matches!(text.trim().to_ascii_uppercase().as_str(), "OFF" | "OFFLINE"),
+                "ParentID" => it.parent_id = clean(text),
+                "CivilCode" => it.civil_code = clean(text),
+                "Address" => it.address = clean(text),
+                "Longitude" => it.longitude = clean(text),
+                "Latitude" => it.latitude = clean(text),
+                _ => {}
+            }
+        }
+        _ => {}
+    })?;
     Ok(out)
 }
 
@@ -248,33 +247,13 @@ pub struct DeviceInfo {
     pub channels: Option<u32>,
 }
 
-/// Reads a `Response/DeviceInfo` body (top-level fields only; bounded like `envelope`).
+/// Reads a `Response/DeviceInfo` body (top-level fields).
 pub fn device_info(xml: &str) -> Result<DeviceInfo, Error> {
-    let mut reader = Reader::from_str(xml);
-    reader.config_mut().trim_text(true);
-    reader.config_mut().check_end_names = false;
     let mut out = DeviceInfo::default();
-    let mut path: Vec<String> = Vec::new();
-    let mut events = 0usize;
-    loop {
-        events += 1;
-        if events > MAX_EVENTS {
-            return Err(Error::TooLong);
-        }
-        match reader.read_event() {
-            Ok(Event::Start(e)) => {
-                if path.len() >= MAX_DEPTH {
-                    return Err(Error::TooDeep);
-                }
-                path.push(String::from_utf8_lossy(e.local_name().as_ref()).into_owned());
-            }
-            Ok(Event::End(_)) => {
-                path.pop();
-            }
-            Ok(Event::Text(t)) if path.len() == 2 => {
-                let text = clean(
-                    t.unescape().map(|c| c.into_owned()).unwrap_or_else(|_| String::from_utf8_lossy(&t).into_owned()),
-                );
+    walk(xml, |node| {
+        if let Node::Text(path, text) = node {
+            if path.len() == 2 {
+                let text = clean(text);
                 match path[1].as_str() {
                     "DeviceName" => out.device_name = text,
                     "Manufacturer" => out.manufacturer = text,
@@ -284,11 +263,8 @@ pub fn device_info(xml: &str) -> Result<DeviceInfo, Error> {
                     _ => {}
                 }
             }
-            Ok(Event::Eof) => break,
-            Ok(_) => {}
-            Err(e) => return Err(Error::Xml(e.to_string().chars().take(120).collect())),
         }
-    }
+    })?;
     Ok(out)
 }
 
@@ -300,11 +276,6 @@ pub fn query(cmd_type: &str, sn: u64, device_id: &str) -> Vec<u8> {
     );
     let (bytes, _, _) = encoding_rs::GB18030.encode(&text);
     bytes.into_owned()
-}
-
-/// The `Query/Catalog` body vigil sends.
-pub fn catalog_query(sn: u64, device_id: &str) -> Vec<u8> {
-    query("Catalog", sn, device_id)
 }
 
 #[cfg(test)]
@@ -362,7 +333,7 @@ mod tests {
             (it.device_id.as_str(), it.name.as_str(), it.manufacturer.as_str(), it.status_on, it.civil_code.as_str()),
             ("11010800001311000054", "Camera 01", "Hikvision", true, "")
         );
-        let q = catalog_query(7, "11010800001181000110");
+        let q = query("Catalog", 7, "11010800001181000110");
         assert_eq!(envelope(&decode(&q).0).expect("our query parses").cmd_type, "Catalog");
     }
 

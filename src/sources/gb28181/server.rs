@@ -528,6 +528,21 @@ impl Server {
             self.reject("unknown_device", from, format!("MESSAGE from {id}, which is not in the registry"));
             return (message::response(msg, 403, "Forbidden (not registered)", from, &self.tag, &[], b""), true);
         };
+        // Answers that write to the registry (catalog, device info) are taken only from the
+        // address the device registered from: MESSAGE carries no credentials, and a forged
+        // From must not rewrite a device's channels.
+        let writes = env.root == "Response" || env.cmd_type == "Catalog";
+        if writes && !self.sessions.get(&id).is_some_and(|s| s.source.ip() == from.ip() && s.expires_at > now) {
+            self.reject(
+                "not_from_registered_address",
+                from,
+                format!("{}/{} for {id} from an address it did not register from", env.root, env.cmd_type),
+            );
+            return (
+                message::response(msg, 403, "Forbidden (not registered from this address)", from, &self.tag, &[], b""),
+                true,
+            );
+        }
         // Keepalives are harmless evidence and catalog parts are deduplicated by channel id.
         let idempotent = matches!(env.cmd_type.as_str(), "Keepalive" | "Catalog" | "DeviceInfo");
         match (env.root.as_str(), env.cmd_type.as_str()) {
@@ -547,17 +562,12 @@ impl Server {
             }
             ("Response", "DeviceInfo") => match manscdp::device_info(&text) {
                 Ok(info) => {
-                    let mut attrs = serde_json::Map::new();
-                    for (k, v) in [
+                    let mut attrs = text_attrs([
                         ("device_name", info.device_name),
                         ("manufacturer", info.manufacturer),
                         ("model", info.model),
                         ("firmware", info.firmware),
-                    ] {
-                        if !v.is_empty() {
-                            attrs.insert(k.into(), serde_json::Value::String(v));
-                        }
-                    }
+                    ]);
                     if let Some(n) = info.channels {
                         attrs.insert("channel_count".into(), serde_json::json!(n));
                     }
@@ -634,8 +644,7 @@ Content-Type: Application/MANSCDP+xml\r\nMax-Forwards: 70\r\nUser-Agent: vigil/{
             .into_iter()
             .filter(|i| i.device_id != done.device_id)
             .map(|i| {
-                let mut attrs = serde_json::Map::new();
-                for (k, v) in [
+                let attrs = text_attrs([
                     ("manufacturer", i.manufacturer),
                     ("model", i.model),
                     ("parent_id", i.parent_id),
@@ -643,11 +652,7 @@ Content-Type: Application/MANSCDP+xml\r\nMax-Forwards: 70\r\nUser-Agent: vigil/{
                     ("address", i.address),
                     ("longitude", i.longitude),
                     ("latitude", i.latitude),
-                ] {
-                    if !v.is_empty() {
-                        attrs.insert(k.into(), serde_json::Value::String(v));
-                    }
-                }
+                ]);
                 Channel { id: i.device_id, name: i.name, status_on: i.status_on, attrs }
             })
             .collect();
@@ -661,4 +666,13 @@ Content-Type: Application/MANSCDP+xml\r\nMax-Forwards: 70\r\nUser-Agent: vigil/{
             Err(e) => warn!(device = %done.device_id, error = %e, "Cannot store a catalog."),
         }
     }
+}
+
+/// The non-empty texts as JSON attributes.
+fn text_attrs<const N: usize>(pairs: [(&str, String); N]) -> serde_json::Map<String, serde_json::Value> {
+    pairs
+        .into_iter()
+        .filter(|(_, v)| !v.is_empty())
+        .map(|(k, v)| (k.to_owned(), serde_json::Value::String(v)))
+        .collect()
 }
