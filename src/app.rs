@@ -176,17 +176,24 @@ pub async fn start(config: Config) -> Result<Running, Error> {
     );
 
     let rejections = crate::rejections::Rejections::new(metrics.clone());
+    // The event writer stops after the sources (its token fires with the second step of
+    // shutdown) and drains what they submitted.
+    let events = crate::events::spawn(db.clone(), metrics.clone(), cancel.child_token(), &tracker);
     let sources_cancel = cancel.child_token();
+    let gb_sessions = crate::sources::gb28181::SessionBoard::default();
     let sip_addr = if config.gb28181.enabled {
         let addr = crate::sources::gb28181::spawn(
             config.gb28181.clone(),
+            config.timezone(),
             config.gateway.id.clone(),
             crate::sources::Shared {
                 registry: registry.clone(),
                 presence: handle.clone(),
                 metrics: metrics.clone(),
                 rejections: rejections.clone(),
+                events: events.clone(),
             },
+            gb_sessions.clone(),
             sources_cancel.clone(),
             &tracker,
         )
@@ -217,6 +224,8 @@ pub async fn start(config: Config) -> Result<Running, Error> {
         import_lock: Arc::new(tokio::sync::Mutex::new(())),
         rate_cache: Arc::default(),
         rejections,
+        events,
+        gb_sessions,
     };
     let app = api::router(state);
     let http_cancel = CancellationToken::new();

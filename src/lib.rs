@@ -8,6 +8,7 @@ pub mod config;
 pub mod db;
 pub mod error;
 pub mod event;
+pub mod events;
 pub mod ids;
 pub mod presence;
 pub mod rate;

@@ -18,6 +18,7 @@ pub const HTTP_REQUESTS: &str = "vigil_http_requests_total";
 pub const DB_UP: &str = "vigil_database_up";
 pub const SIP_MESSAGES: &str = "vigil_sip_messages_total";
 pub const SIP_REGISTRATIONS: &str = "vigil_sip_registrations_total";
+pub const SIP_TRANSACTIONS: &str = "vigil_sip_client_transactions_total";
 
 /// The collectors. Cheap to clone (the prometheus types are handles).
 #[derive(Clone)]
@@ -35,6 +36,7 @@ pub struct Metrics {
     pub db_up: IntGauge,
     pub sip_messages: IntCounterVec,
     pub sip_registrations: IntCounterVec,
+    pub sip_transactions: IntCounterVec,
 }
 
 impl Metrics {
@@ -65,6 +67,11 @@ impl Metrics {
                 &["outcome"],
             )
             .expect("should be a valid metric"),
+            sip_transactions: IntCounterVec::new(
+                Opts::new(SIP_TRANSACTIONS, "Requests vigil sent to GB/T 28181 devices by what they asked and how they ended (ok, refused, timeout, dropped)."),
+                &["request", "outcome"],
+            )
+            .expect("should be a valid metric"),
             registry,
         };
         for c in [
@@ -80,6 +87,7 @@ impl Metrics {
             Box::new(m.db_up.clone()),
             Box::new(m.sip_messages.clone()),
             Box::new(m.sip_registrations.clone()),
+            Box::new(m.sip_transactions.clone()),
         ] {
             m.registry.register(c).expect("should register each metric once");
         }

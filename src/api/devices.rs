@@ -13,7 +13,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::{limit, parse_body, time_param, ApiError, ApiResult, AppState, Params};
-use crate::clock::now_ms;
+use crate::clock::{now_ms, Millis};
 use crate::event::{Evidence, Observation};
 use crate::presence::{State as PState, View};
 use crate::registry::{import, Admission, Device, DeviceKind, DevicePatch, NewDevice, Protocol};
@@ -51,7 +51,37 @@ fn device_json(state: &AppState, d: &Device, v: Option<&View>) -> Value {
         "presence": presence_json(state, v),
         "attrs": d.attrs,
         "created_at": state.time(d.created_at),
+        "gb28181": (d.protocol == Protocol::Gb28181).then(|| gb_json(state, d)),
     })
+}
+
+/// A GB/T 28181 device's SIP session (from the source's board) and what it said of itself.
+fn gb_json(state: &AppState, d: &Device) -> Value {
+    let attr = |k: &str| d.attrs.get(k).cloned().unwrap_or(Value::Null);
+    let mut v = json!({
+        "registered": false,
+        "manufacturer": attr("manufacturer"),
+        "model": attr("model"),
+        "firmware": attr("firmware"),
+        "channel_count": attr("channel_count"),
+    });
+    if let (Some(s), Some(o)) = (state.gb_sessions.get(&d.id), v.as_object_mut()) {
+        let t = |at: Option<Millis>| at.map(|a| state.time(a));
+        o.insert("registered".into(), json!(s.expires_at > now_ms()));
+        o.insert("source".into(), json!(s.source.to_string()));
+        o.insert("transport".into(), json!(s.transport));
+        o.insert("contact".into(), json!(s.contact));
+        o.insert("registered_at".into(), json!(state.time(s.registered_at)));
+        o.insert("expires_at".into(), json!(state.time(s.expires_at)));
+        o.insert("last_keepalive".into(), json!(t(s.last_keepalive)));
+        o.insert("keepalive_window_s".into(), json!(s.keepalive_window_ms / 1000));
+        o.insert("keepalive_from".into(), json!(s.keepalive_from));
+        o.insert("charset".into(), json!(s.charset));
+        o.insert("user_agent".into(), json!(s.user_agent));
+        o.insert("gb_version".into(), json!(s.gb_version));
+        o.insert("catalog_subscription_until".into(), json!(t(s.catalog_subscription_until)));
+    }
+    v
 }
 
 /// Credentials never leave the gateway in a URL.

@@ -96,6 +96,12 @@ impl From<sqlx::Error> for ApiError {
     }
 }
 
+impl From<crate::events::Error> for ApiError {
+    fn from(e: crate::events::Error) -> Self {
+        ApiError::from_kind(e.kind(), e.to_string())
+    }
+}
+
 impl From<crate::presence::runner::Closed> for ApiError {
     fn from(_: crate::presence::runner::Closed) -> Self {
         ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "shutting_down", "the gateway is shutting down")

@@ -1,12 +1,14 @@
 //! The HTTP API of shared/API.md (axum), the dashboard at `/` and `/metrics`.
 //!
 //! Handlers read the registry cache, ask presence through its handle and read the latest
-//! rate snapshot; writes go through the `Registry`. The API never reaches into a source.
+//! rate snapshot; writes go through the `Registry`. Of the sources, the API reads only what
+//! they publish for it (the GB/T 28181 session board); it never calls into one.
 //! Auth (bearer tokens, viewer/admin), body limits and request timeouts are layers here.
 
 mod auth;
 mod devices;
 mod error;
+mod events;
 mod orgs;
 mod rate;
 
@@ -50,6 +52,10 @@ pub struct AppState {
     pub rate_cache: Arc<std::sync::Mutex<rate::RenderCache>>,
     /// Messages sources refused, with their raw bytes.
     pub rejections: crate::rejections::Rejections,
+    /// Normalized events (alarms, status changes, ...).
+    pub events: crate::events::EventLog,
+    /// GB/T 28181 sessions as the SIP source publishes them (read only).
+    pub gb_sessions: crate::sources::gb28181::SessionBoard,
 }
 
 impl AppState {
@@ -74,6 +80,8 @@ pub fn router(state: AppState) -> Router {
         .route("/presence/not-online", get(devices::not_online))
         .route("/observations", post(devices::observations))
         .route("/rejections", get(rejections))
+        .route("/events", get(events::list))
+        .route("/events/{id}", get(events::get_one))
         .route("/online-rate", get(rate::current))
         .route("/online-rate/history", get(rate::history))
         .route("/reports/online/daily", get(rate::daily));

@@ -215,6 +215,10 @@ pub struct Registry {
     db: Db,
     cache: Arc<RwLock<Cache>>,
     admission: AdmissionConfig,
+    /// Held by every read-modify-write of a device or its channels (an attribute merge from
+    /// a source, a PATCH from the API, a catalog change), so two of them never lose each
+    /// other's changes.
+    merging: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl Registry {
@@ -224,7 +228,7 @@ impl Registry {
         let devices = store::load_devices(&db).await?;
         let channels = store::load_channels(&db.pool).await?;
         let cache = Cache::build(orgs, devices, channels);
-        Ok(Self { db, cache: Arc::new(RwLock::new(cache)), admission })
+        Ok(Self { db, cache: Arc::new(RwLock::new(cache)), admission, merging: Arc::default() })
     }
 
     /// Read access to the in-memory registry. Never hold it across an await.
@@ -406,6 +410,7 @@ impl Registry {
     }
 
     pub async fn update_device(&self, id: &str, patch: DevicePatch) -> Result<Arc<Device>, Error> {
+        let _merging = self.merging.lock().await;
         let mut dev =
             (*self.read().device(id).ok_or_else(|| Error::NotFound { what: "device", id: id.into() })?).clone();
         if let Some(n) = patch.name {
@@ -445,6 +450,11 @@ impl Registry {
 
     /// Replaces a device's channels (a full catalog).
     pub async fn replace_channels(&self, device_id: &str, channels: Vec<Channel>) -> Result<(), Error> {
+        let _merging = self.merging.lock().await;
+        self.write_channels(device_id, channels).await
+    }
+
+    async fn write_channels(&self, device_id: &str, channels: Vec<Channel>) -> Result<(), Error> {
         if self.read().device(device_id).is_none() {
             return Err(Error::NotFound { what: "device", id: device_id.into() });
         }
@@ -459,6 +469,7 @@ impl Registry {
         id: &str,
         attrs: serde_json::Map<String, serde_json::Value>,
     ) -> Result<Arc<Device>, Error> {
+        let _merging = self.merging.lock().await;
         let mut dev =
             (*self.read().device(id).ok_or_else(|| Error::NotFound { what: "device", id: id.into() })?).clone();
         for (k, v) in attrs {
@@ -471,6 +482,7 @@ impl Registry {
 
     /// Adds or updates the given channels and keeps every other one (a partial catalog).
     pub async fn merge_channels(&self, device_id: &str, channels: Vec<Channel>) -> Result<(), Error> {
+        let _merging = self.merging.lock().await;
         let mut all: std::collections::BTreeMap<String, Channel> = self
             .read()
             .channels(device_id)
@@ -479,7 +491,52 @@ impl Registry {
         for ch in channels {
             all.insert(ch.id.clone(), ch);
         }
-        self.replace_channels(device_id, all.into_values().collect()).await
+        self.write_channels(device_id, all.into_values().collect()).await
+    }
+
+    /// Applies a catalog change a device notified: `upserts` add channels or update them
+    /// (a notify that carries only a status keeps the stored name and attributes), `removes`
+    /// delete them.
+    pub async fn patch_channels(
+        &self,
+        device_id: &str,
+        upserts: Vec<Channel>,
+        removes: &[String],
+    ) -> Result<(), Error> {
+        let _merging = self.merging.lock().await;
+        let mut all: std::collections::BTreeMap<String, Channel> = self
+            .read()
+            .channels(device_id)
+            .map(|c| c.iter().map(|ch| (ch.id.clone(), ch.clone())).collect())
+            .unwrap_or_default();
+        for ch in upserts {
+            match all.get_mut(&ch.id) {
+                Some(old) => {
+                    if !ch.name.is_empty() {
+                        old.name = ch.name;
+                    }
+                    old.status_on = ch.status_on;
+                    old.attrs.extend(ch.attrs);
+                }
+                None => {
+                    all.insert(ch.id.clone(), ch);
+                }
+            }
+        }
+        for id in removes {
+            all.remove(id);
+        }
+        self.write_channels(device_id, all.into_values().collect()).await
+    }
+
+    /// Reads a value a source keeps across restarts (e.g. the GB/T 28181 sessions).
+    pub async fn load_state(&self, key: &str) -> Result<Option<String>, Error> {
+        Ok(crate::db::get_state(&self.db.pool, key).await?)
+    }
+
+    /// Saves a value a source keeps across restarts.
+    pub async fn save_state(&self, key: &str, value: &str) -> Result<(), Error> {
+        Ok(crate::db::set_state(&self.db.pool, key, value).await?)
     }
 
     /// Decides what happens to a device that announced itself (sources call this).

@@ -5,11 +5,12 @@
 pub mod gb28181;
 
 /// What every source is handed: the registry (admissions), presence (observations),
-/// metrics and the rejections log.
+/// metrics, the rejections log and the event log.
 #[derive(Clone)]
 pub struct Shared {
     pub registry: crate::registry::Registry,
     pub presence: crate::presence::runner::PresenceHandle,
     pub metrics: crate::telemetry::Metrics,
     pub rejections: crate::rejections::Rejections,
+    pub events: crate::events::EventLog,
 }

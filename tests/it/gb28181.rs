@@ -10,6 +10,7 @@ use std::time::Duration;
 use serde_json::json;
 use tokio::net::UdpSocket;
 use vigil::sources::gb28181::digest::{expected, parse_authorization};
+use vigil::sources::gb28181::manscdp;
 use vigil::sources::gb28181::message::{Message, StartLine};
 
 use crate::support::gateway::{Db, TestGateway};
@@ -113,6 +114,62 @@ impl Device {
             if !got.starts_with(b"SIP/2.0 ") {
                 return got;
             }
+        }
+    }
+
+    /// The next request of vigil's that asks `cmd_type` (a MESSAGE `Query`, or a SUBSCRIBE for
+    /// `SubscribeCatalog`), answered 200 at the SIP level; other requests stay in the inbox
+    /// and retransmissions of ones already seen are skipped.
+    async fn next_query(&mut self, cmd_type: &str) -> (Vec<u8>, manscdp::Envelope) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        let mut skipped = Vec::new();
+        let found = loop {
+            assert!(tokio::time::Instant::now() < deadline, "no {cmd_type} request from vigil within 5 s");
+            let got = self.next_request().await;
+            let Ok(msg) = Message::parse(&got) else { continue };
+            let (text, _) = manscdp::decode(msg.body);
+            let Ok(env) = manscdp::envelope(&text) else { continue };
+            let wanted = match cmd_type {
+                "SubscribeCatalog" => msg.method() == Some("SUBSCRIBE"),
+                cmd => msg.method() == Some("MESSAGE") && env.cmd_type == cmd,
+            };
+            if wanted {
+                break (got.clone(), env);
+            }
+            skipped.push(String::from_utf8_lossy(&got).into_owned());
+        };
+        self.inbox.extend(skipped);
+        self.ok(&found.0).await;
+        found
+    }
+
+    /// Answers one of vigil's requests with a 200 (copying Via, From, To, Call-ID, CSeq).
+    async fn ok(&self, request: &[u8]) {
+        let msg = Message::parse(request).expect("vigil's request parses");
+        let mut answer = String::from("SIP/2.0 200 OK\r\n");
+        for h in ["Via", "From", "To", "Call-ID", "CSeq"] {
+            answer += &format!("{h}: {}\r\n", msg.header(h).unwrap_or(""));
+        }
+        if msg.method() == Some("SUBSCRIBE") {
+            answer += "Expires: 3600\r\n";
+        }
+        answer += "Content-Length: 0\r\n\r\n";
+        self.sock.send_to(answer.as_bytes(), self.server).await.expect("send");
+    }
+
+    /// Sends a MANSCDP body (encoded in GB18030) in a MESSAGE and returns vigil's answer.
+    async fn send_manscdp(&mut self, method: &str, call_id: &str, body: &str) -> String {
+        let (gb, _, _) = encoding_rs::GB18030.encode(body);
+        let head = self.request(method, call_id, "Content-Type: Application/MANSCDP+xml\r\n", "");
+        let mut raw = head.replace("Content-Length: 0", &format!("Content-Length: {}", gb.len())).into_bytes();
+        raw.extend_from_slice(&gb);
+        self.sock.send_to(&raw, self.server).await.expect("send");
+        loop {
+            let got = self.recv().await;
+            if got.starts_with(b"SIP/2.0 ") {
+                return String::from_utf8_lossy(&got).into_owned();
+            }
+            self.inbox.push(String::from_utf8_lossy(&got).into_owned());
         }
     }
 
@@ -358,29 +415,19 @@ async fn an_nvr_catalog_of_500_gb2312_channels_arrives_across_many_messages() {
     let mut nvr = Device::new(id, sip).await;
     assert_eq!(code(&nvr.register(3600, "12345678").await), 200);
 
-    // vigil asks for the catalog after the registration, in GB2312.
-    let query = nvr.next_request().await;
-    let q = Message::parse(&query).expect("the query parses");
-    assert_eq!(q.method(), Some("MESSAGE"));
-    let (text, _) = vigil::sources::gb28181::manscdp::decode(q.body);
-    let env = vigil::sources::gb28181::manscdp::envelope(&text).expect("MANSCDP");
-    assert_eq!((env.root.as_str(), env.cmd_type.as_str(), env.device_id.as_str()), ("Query", "Catalog", id));
+    // vigil asks for the catalog after the registration, in GB2312 ...
+    let (query, env) = nvr.next_query("Catalog").await;
+    assert!(String::from_utf8_lossy(&query).contains("encoding=\"GB2312\""));
+    assert_eq!((env.root.as_str(), env.device_id.as_str()), ("Query", id));
     let sn = env.sn.expect("SN");
 
     // ... and for its device info, which it keeps with the device.
-    let info_q = nvr.next_request().await;
-    let (text, _) = vigil::sources::gb28181::manscdp::decode(Message::parse(&info_q).expect("parses").body);
-    let info_env = vigil::sources::gb28181::manscdp::envelope(&text).expect("MANSCDP");
-    assert_eq!(info_env.cmd_type, "DeviceInfo");
+    let (_, info_env) = nvr.next_query("DeviceInfo").await;
     let info = format!(
         "<?xml version=\"1.0\" encoding=\"GB2312\"?>\r\n<Response>\r\n<CmdType>DeviceInfo</CmdType>\r\n<SN>{}</SN>\r\n<DeviceID>{id}</DeviceID>\r\n<DeviceName>古田硬盘录像机</DeviceName>\r\n<Result>OK</Result>\r\n<Manufacturer>Hikvision</Manufacturer>\r\n<Model>DS-7932N</Model>\r\n<Firmware>V4.30.085</Firmware>\r\n<Channel>500</Channel>\r\n</Response>\r\n",
         info_env.sn.expect("SN")
     );
-    let (gb, _, _) = encoding_rs::GB18030.encode(&info);
-    let reply = nvr.request("MESSAGE", "info-1", "Content-Type: Application/MANSCDP+xml\r\n", "");
-    let mut raw = reply.replace("Content-Length: 0", &format!("Content-Length: {}", gb.len())).into_bytes();
-    raw.extend_from_slice(&gb);
-    nvr.sock.send_to(&raw, sip).await.expect("send");
+    assert_eq!(code(&nvr.send_manscdp("MESSAGE", "info-1", &info).await), 200);
     let d =
         api.wait_for(&format!("/devices/{id}"), Duration::from_secs(5), |d| d["attrs"]["model"] == "DS-7932N").await;
     assert_eq!(
@@ -388,6 +435,10 @@ async fn an_nvr_catalog_of_500_gb2312_channels_arrives_across_many_messages() {
         (Some("Hikvision"), Some("V4.30.085"), Some("古田硬盘录像机"))
     );
     assert_eq!(d["attrs"]["channel_count"], 500);
+    assert_eq!(
+        (d["gb28181"]["manufacturer"].as_str(), d["gb28181"]["channel_count"].as_i64()),
+        (Some("Hikvision"), Some(500))
+    );
 
     // 500 channels, 20 per message, GB2312, sent last part first, one part twice.
     let name = |i: usize| format!("古田一路 {i:03} 号通道");
@@ -486,5 +537,144 @@ async fn stopping_keepalives_makes_a_device_offline_after_the_configured_misses(
         after >= Duration::from_millis(1400) && after < Duration::from_secs(4),
         "offline {after:?} after the last keepalive"
     );
+    gw.shutdown().await;
+}
+
+/// Everything vigil asks a device after it registers, and what it makes of the answers: the
+/// keepalive settings (learned, clamped, shown), device status, a catalog subscription and
+/// its change notifies, the session in the API, an alarm that becomes one event however
+/// often it is sent, an answer to a query never sent, and the session surviving a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_registered_device_is_asked_about_itself_and_its_alarm_becomes_an_event() {
+    let mut gw = TestGateway::start(Db::Sqlite, "").await;
+    let sip = gw.sip.expect("SIP is enabled");
+    let id = "42010400001320000077";
+    let (s, body) =
+        gw.api.post("/devices", json!({"id": id, "name": "韩家墩 IPC", "kind": "camera", "protocol": "gb28181"})).await;
+    assert_eq!(s, 201, "{body}");
+    let mut dev = Device::new(id, sip).await;
+    assert_eq!(code(&dev.register(3600, "12345678").await), 200);
+    let ka = |sn: u64, body: &str| {
+        format!("<?xml version=\"1.0\" encoding=\"GB2312\"?>\r\n<Response>\r\n<SN>{sn}</SN>\r\n<DeviceID>{id}</DeviceID>\r\n<Result>OK</Result>\r\n{body}</Response>\r\n")
+    };
+
+    // Keepalive settings: 30 s × 4 reported; the window becomes 120 s and says where from.
+    let (_, q) = dev.next_query("ConfigDownload").await;
+    let answer = ka(q.sn.expect("SN"), "<CmdType>ConfigDownload</CmdType>\r\n<BasicParam>\r\n<Name>IPC</Name>\r\n<Expiration>3600</Expiration>\r\n<HeartBeatInterval>30</HeartBeatInterval>\r\n<HeartBeatCount>4</HeartBeatCount>\r\n</BasicParam>\r\n");
+    assert_eq!(code(&dev.send_manscdp("MESSAGE", "cfg-1", &answer).await), 200);
+    // Device status.
+    let (_, q) = dev.next_query("DeviceStatus").await;
+    let answer = ka(q.sn.expect("SN"), "<CmdType>DeviceStatus</CmdType>\r\n<Online>ONLINE</Online>\r\n<Status>OK</Status>\r\n<Encode>ON</Encode>\r\n<Record>ON</Record>\r\n");
+    assert_eq!(code(&dev.send_manscdp("MESSAGE", "st-1", &answer).await), 200);
+    // The catalog subscription is accepted (200 with Expires), then the catalog query answered.
+    let (sub, _) = dev.next_query("SubscribeCatalog").await;
+    let sub = Message::parse(&sub).expect("SUBSCRIBE parses");
+    assert!(sub.header("Event").is_some_and(|e| e.starts_with("Catalog")), "{:?}", sub.header("Event"));
+    let (_, q) = dev.next_query("Catalog").await;
+    let ch = |n: u32| format!("4201040000131{n:07}");
+    let items: String = (1..=2)
+        .map(|n| {
+            format!(
+                "<Item>\r\n<DeviceID>{}</DeviceID>\r\n<Name>通道 {n}</Name>\r\n<Status>ON</Status>\r\n</Item>\r\n",
+                ch(n)
+            )
+        })
+        .collect();
+    let answer = ka(
+        q.sn.expect("SN"),
+        &format!(
+            "<CmdType>Catalog</CmdType>\r\n<SumNum>2</SumNum>\r\n<DeviceList Num=\"2\">\r\n{items}</DeviceList>\r\n"
+        ),
+    );
+    assert_eq!(code(&dev.send_manscdp("MESSAGE", "cat-1", &answer).await), 200);
+    let api = &gw.api;
+    api.wait_for(&format!("/devices/{id}/channels"), Duration::from_secs(5), |c| {
+        c["items"].as_array().is_some_and(|i| i.len() == 2)
+    })
+    .await;
+    assert_eq!(code(&dev.keepalive(1).await), 200);
+
+    let d = api
+        .wait_for(&format!("/devices/{id}"), Duration::from_secs(5), |d| {
+            d["attrs"]["device_status"]["record"] == "ON" && d["gb28181"]["catalog_subscription_until"].is_string()
+        })
+        .await;
+    let gb = &d["gb28181"];
+    let local = dev.sock.local_addr().expect("addr").to_string();
+    assert_eq!((gb["registered"].as_bool(), gb["transport"].as_str()), (Some(true), Some("udp")), "{gb}");
+    assert_eq!(gb["source"].as_str(), Some(local.as_str()));
+    assert!(gb["contact"].as_str().is_some_and(|c| c.contains(id)), "{gb}");
+    assert!(gb["registered_at"].is_string() && gb["expires_at"].is_string() && gb["last_keepalive"].is_string());
+    assert_eq!(gb["keepalive_window_s"], 120, "{gb}");
+    assert!(gb["keepalive_from"].as_str().is_some_and(|f| f.starts_with("device")), "{gb}");
+    assert_eq!(d["attrs"]["keepalive"]["interval_s"], 30);
+
+    // Catalog change notifies: channel 1 goes OFF, channel 2 is deleted, channel 3 added.
+    let notify = format!("<?xml version=\"1.0\" encoding=\"GB2312\"?>\r\n<Notify>\r\n<CmdType>Catalog</CmdType>\r\n<SN>5</SN>\r\n<DeviceID>{id}</DeviceID>\r\n<SumNum>3</SumNum>\r\n<DeviceList Num=\"3\">\r\n<Item><DeviceID>{}</DeviceID><Event>OFF</Event></Item>\r\n<Item><DeviceID>{}</DeviceID><Event>DEL</Event></Item>\r\n<Item><DeviceID>{}</DeviceID><Name>新增通道</Name><Status>ON</Status><Event>ADD</Event></Item>\r\n</DeviceList>\r\n</Notify>\r\n", ch(1), ch(2), ch(3));
+    assert_eq!(code(&dev.send_manscdp("NOTIFY", "notify-1", &notify).await), 200);
+    let chans = api
+        .wait_for(&format!("/devices/{id}/channels"), Duration::from_secs(5), |c| {
+            c["items"].as_array().is_some_and(|i| i.iter().any(|c| c["id"] == ch(3)))
+        })
+        .await;
+    let by_id = |n: u32| chans["items"].as_array().and_then(|i| i.iter().find(|c| c["id"] == ch(n)).cloned());
+    assert_eq!(by_id(1).map(|c| (c["name"].clone(), c["status"].clone())), Some((json!("通道 1"), json!("OFF"))));
+    assert!(by_id(2).is_none(), "a DEL notify removes the channel");
+    assert_eq!(by_id(3).map(|c| c["name"].clone()), Some(json!("新增通道")));
+
+    // A catalog "answer" to a query vigil never sent is acknowledged, counted and ignored.
+    let stray = ka(999_999_999, &format!("<CmdType>Catalog</CmdType>\r\n<SumNum>1</SumNum>\r\n<DeviceList Num=\"1\">\r\n<Item><DeviceID>{}</DeviceID><Name>stray</Name></Item>\r\n</DeviceList>\r\n", ch(9)));
+    assert_eq!(code(&dev.send_manscdp("MESSAGE", "stray-1", &stray).await), 200);
+    let rej = api.get("/rejections?reason=unsolicited_response").await.1;
+    assert_eq!(rej["items"].as_array().map(Vec::len), Some(1), "{rej}");
+
+    // An alarm (GB2312): 200 once stored, then vigil's Response/Alarm with the same SN.
+    let alarm = format!("<?xml version=\"1.0\" encoding=\"GB2312\"?>\r\n<Notify>\r\n<CmdType>Alarm</CmdType>\r\n<SN>88</SN>\r\n<DeviceID>{id}</DeviceID>\r\n<AlarmPriority>1</AlarmPriority>\r\n<AlarmMethod>5</AlarmMethod>\r\n<AlarmTime>2026-11-27T09:30:15</AlarmTime>\r\n<AlarmDescription>区域入侵</AlarmDescription>\r\n<Info>\r\n<AlarmType>6</AlarmType>\r\n</Info>\r\n</Notify>\r\n");
+    assert_eq!(code(&dev.send_manscdp("MESSAGE", "alarm-1", &alarm).await), 200);
+    let response = loop {
+        let got = dev.next_request().await;
+        let msg = Message::parse(&got).expect("parses");
+        let (text, _) = manscdp::decode(msg.body);
+        if let Ok(env) = manscdp::envelope(&text) {
+            if env.root == "Response" && env.cmd_type == "Alarm" {
+                dev.ok(&got).await;
+                break env;
+            }
+        }
+    };
+    assert_eq!(response.sn, Some(88));
+    // The device sends it again (a new transaction): still one event.
+    assert_eq!(code(&dev.send_manscdp("MESSAGE", "alarm-2", &alarm).await), 200);
+    let events = api.get(&format!("/events?kind=alarm&device={id}")).await.1;
+    let items = events["items"].as_array().expect("items");
+    assert_eq!(items.len(), 1, "{events}");
+    let e = &items[0];
+    assert_eq!(
+        (e["kind"].as_str(), e["source"].as_str(), e["seq"].as_i64()),
+        (Some("alarm"), Some("gb28181"), Some(88))
+    );
+    assert_eq!(e["occurred_at"], "2026-11-27T09:30:15+08:00");
+    assert_eq!(e["time_source"], "device");
+    assert_eq!(
+        (e["body"]["description"].as_str(), e["body"]["priority"].as_i64(), e["body"]["alarm_type"].as_i64()),
+        (Some("区域入侵"), Some(1), Some(6))
+    );
+    let one = api.get(&format!("/events/{}", e["id"].as_str().expect("id"))).await;
+    assert_eq!((one.0, one.1["id"].clone()), (200, e["id"].clone()));
+    let bad = api.get("/events?kind=parade").await;
+    assert_eq!((bad.0, bad.1["error"]["field"].as_str()), (400, Some("kind")));
+    assert!(api.metrics().await.contains("vigil_events_total{kind=\"alarm\",source=\"gb28181\"} 1"));
+
+    // A restart: the session is restored from its granted expiry and registered address,
+    // and vigil asks the device about itself again at that address.
+    gw.restart().await;
+    dev.server = gw.sip.expect("SIP");
+    dev.inbox.clear();
+    let d = gw.api.get(&format!("/devices/{id}")).await.1;
+    assert_eq!(d["gb28181"]["registered"], true, "{d}");
+    assert_eq!(d["gb28181"]["source"].as_str(), Some(local.as_str()));
+    assert_eq!(d["presence"]["state"], "online", "{d}");
+    let (_, q) = dev.next_query("DeviceInfo").await;
+    assert_eq!(q.device_id, id);
     gw.shutdown().await;
 }

@@ -2,8 +2,9 @@
 //! GB18030 — a superset of GB2312/GBK — whatever the declaration says; never drop a message
 //! over its charset), one bounded walker (depth, length) and small readers over it: the
 //! envelope (root `Query`/`Control`/`Notify`/`Response`, `CmdType`, `SN`, `DeviceID`, the
-//! Keepalive `Status`), Catalog and DeviceInfo; and the `Query` bodies vigil sends.
-//! DeviceStatus and Alarm come next. Pure: no sockets.
+//! Keepalive `Status`), Catalog (responses and subscription notifies), DeviceInfo,
+//! DeviceStatus, ConfigDownload/BasicParam and Alarm; and the bodies vigil sends (`Query`,
+//! `Response/Alarm`) in the device's charset. Pure: no sockets.
 
 use std::borrow::Cow;
 
@@ -43,6 +44,34 @@ impl Error {
 pub enum Charset {
     Utf8,
     Gb18030,
+}
+
+impl Charset {
+    /// The name written in an XML declaration.
+    pub fn xml_name(self) -> &'static str {
+        match self {
+            Charset::Utf8 => "UTF-8",
+            Charset::Gb18030 => "GB2312",
+        }
+    }
+}
+
+/// The charset a body declares (`encoding="..."` in its XML declaration), if any: what the
+/// device expects back. GB2312, GBK and GB18030 are all answered as GB2312.
+pub fn declared(body: &[u8]) -> Option<Charset> {
+    let head = &body[..body.len().min(100)];
+    let at = head.windows(8).position(|w| w.eq_ignore_ascii_case(b"encoding"))?;
+    let rest = &head[at + 8..];
+    let start = rest.iter().position(|b| *b == b'"' || *b == b'\'')? + 1;
+    let len = rest[start..].iter().position(|b| *b == b'"' || *b == b'\'')?;
+    let name = &rest[start..start + len];
+    if name.eq_ignore_ascii_case(b"utf-8") || name.eq_ignore_ascii_case(b"utf8") {
+        Some(Charset::Utf8)
+    } else if name.len() >= 2 && name[..2].eq_ignore_ascii_case(b"gb") {
+        Some(Charset::Gb18030)
+    } else {
+        None
+    }
 }
 
 /// Decodes a body: UTF-8 (borrowed, no copy) if it is valid UTF-8, GB18030 otherwise
@@ -171,6 +200,9 @@ pub struct CatalogItem {
     pub address: String,
     pub longitude: String,
     pub latitude: String,
+    /// In a catalog subscription `Notify`: `ON`, `OFF`, `VLOST`, `DEFECT`, `ADD`, `DEL` or
+    /// `UPDATE`; empty in a query response.
+    pub event: String,
 }
 
 /// One part of a catalog response.
@@ -229,6 +261,7 @@ pub fn catalog(xml: &str) -> Result<CatalogResponse, Error> {
                 "Address" => it.address = clean(text),
                 "Longitude" => it.longitude = clean(text),
                 "Latitude" => it.latitude = clean(text),
+                "Event" => it.event = clean(text).to_ascii_uppercase(),
                 _ => {}
             }
         }
@@ -268,14 +301,163 @@ pub fn device_info(xml: &str) -> Result<DeviceInfo, Error> {
     Ok(out)
 }
 
-/// A `Query` body vigil sends (`Catalog`, `DeviceInfo`, `DeviceStatus`), in GB2312 (the
-/// charset GB/T 28181-2016 devices expect; ASCII-only here, so identical in any of them).
-pub fn query(cmd_type: &str, sn: u64, device_id: &str) -> Vec<u8> {
+/// A `Response/DeviceStatus`: the device's own view of itself.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DeviceStatus {
+    /// `Result`: OK or ERROR (the query itself).
+    pub result: String,
+    /// `Online`: ONLINE or OFFLINE (the device's view of its own link).
+    pub online: String,
+    /// `Status`: OK or ERROR (the device is working normally).
+    pub status: String,
+    /// `Encode`, `Record`: ON or OFF.
+    pub encode: String,
+    pub record: String,
+    pub device_time: String,
+    /// `Alarmstatus` items: (channel/alarm input id, `DutyStatus` ONDUTY/OFFDUTY/ALARM).
+    pub alarms: Vec<(String, String)>,
+}
+
+/// Reads a `Response/DeviceStatus` body (at most `MAX_ITEMS` alarm-status items).
+pub fn device_status(xml: &str) -> Result<DeviceStatus, Error> {
+    let mut out = DeviceStatus::default();
+    let mut item: Option<(String, String)> = None;
+    walk(xml, |node| match node {
+        Node::Start(path, _) if path.len() == 3 && path[2] == "Item" => item = Some(Default::default()),
+        Node::End(path) if path.len() == 3 && path[2] == "Item" => {
+            if let Some(it) = item.take().filter(|(id, _)| !id.is_empty()) {
+                if out.alarms.len() < MAX_ITEMS {
+                    out.alarms.push(it);
+                }
+            }
+        }
+        Node::Text(path, text) if path.len() == 4 && path[2] == "Item" => {
+            if let Some(it) = item.as_mut() {
+                match path[3].as_str() {
+                    "DeviceID" => it.0 = clean(text),
+                    "DutyStatus" => it.1 = clean(text).to_ascii_uppercase(),
+                    _ => {}
+                }
+            }
+        }
+        Node::Text(path, text) if path.len() == 2 => {
+            let text = clean(text);
+            match path[1].as_str() {
+                "Result" => out.result = text,
+                "Online" => out.online = text.to_ascii_uppercase(),
+                "Status" => out.status = text.to_ascii_uppercase(),
+                "Encode" => out.encode = text.to_ascii_uppercase(),
+                "Record" => out.record = text.to_ascii_uppercase(),
+                "DeviceTime" => out.device_time = text,
+                _ => {}
+            }
+        }
+        _ => {}
+    })?;
+    Ok(out)
+}
+
+/// The keepalive and registration settings a device reports in `ConfigDownload/BasicParam`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BasicParam {
+    pub name: String,
+    /// `Expiration` (registration validity, s).
+    pub expiration: Option<u64>,
+    /// `HeartBeatInterval` (s) and `HeartBeatCount` (misses before offline).
+    pub heartbeat_interval: Option<u64>,
+    pub heartbeat_count: Option<u64>,
+}
+
+/// Reads the `BasicParam` block of a `Response/ConfigDownload` (`None` when it has none).
+pub fn basic_param(xml: &str) -> Result<Option<BasicParam>, Error> {
+    let mut out = BasicParam::default();
+    let mut seen = false;
+    walk(xml, |node| match node {
+        Node::Start(path, _) if path.len() == 2 && path[1] == "BasicParam" => seen = true,
+        Node::Text(path, text) if path.len() == 3 && path[1] == "BasicParam" => {
+            let text = clean(text);
+            match path[2].as_str() {
+                "Name" => out.name = text,
+                "Expiration" => out.expiration = text.parse().ok(),
+                "HeartBeatInterval" => out.heartbeat_interval = text.parse().ok(),
+                "HeartBeatCount" => out.heartbeat_count = text.parse().ok(),
+                _ => {}
+            }
+        }
+        _ => {}
+    })?;
+    Ok(seen.then_some(out))
+}
+
+/// A `Notify/Alarm` from a device.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Alarm {
+    pub sn: Option<u64>,
+    /// The channel or alarm input that raised it.
+    pub device_id: String,
+    pub priority: Option<u8>,
+    pub method: Option<u8>,
+    /// `AlarmTime` as sent (`yyyy-MM-ddTHH:mm:ss`, local time, no zone).
+    pub time: String,
+    pub description: String,
+    pub longitude: Option<f64>,
+    pub latitude: Option<f64>,
+    /// `Info/AlarmType`.
+    pub alarm_type: Option<u16>,
+}
+
+/// Reads a `Notify/Alarm` body.
+pub fn alarm(xml: &str) -> Result<Alarm, Error> {
+    let mut out = Alarm::default();
+    walk(xml, |node| match node {
+        Node::Text(path, text) if path.len() == 2 => {
+            let text = clean(text);
+            match path[1].as_str() {
+                "SN" => out.sn = text.parse().ok(),
+                "DeviceID" => out.device_id = text,
+                "AlarmPriority" => out.priority = text.parse().ok(),
+                "AlarmMethod" => out.method = text.split(['/', ',']).next().and_then(|m| m.trim().parse().ok()),
+                "AlarmTime" => out.time = text,
+                "AlarmDescription" => out.description = text,
+                "Longitude" => out.longitude = text.parse().ok().filter(|v: &f64| v.is_finite()),
+                "Latitude" => out.latitude = text.parse().ok().filter(|v: &f64| v.is_finite()),
+                _ => {}
+            }
+        }
+        Node::Text(path, text) if path.len() == 3 && path[1] == "Info" && path[2] == "AlarmType" => {
+            out.alarm_type = clean(text).parse().ok();
+        }
+        _ => {}
+    })?;
+    Ok(out)
+}
+
+/// Encodes an XML text in `charset` (GB2312 bodies as GB18030, its superset).
+fn encode(text: &str, charset: Charset) -> Vec<u8> {
+    match charset {
+        Charset::Utf8 => text.as_bytes().to_vec(),
+        Charset::Gb18030 => encoding_rs::GB18030.encode(text).0.into_owned(),
+    }
+}
+
+/// A `Query` body vigil sends (`Catalog`, `DeviceInfo`, `DeviceStatus`, `ConfigDownload`
+/// with `ConfigType` BasicParam) in the device's charset (GB2312 unless it used UTF-8).
+pub fn query(cmd_type: &str, sn: u64, device_id: &str, charset: Charset) -> Vec<u8> {
+    let extra = if cmd_type == "ConfigDownload" { "<ConfigType>BasicParam</ConfigType>\r\n" } else { "" };
     let text = format!(
-        "<?xml version=\"1.0\" encoding=\"GB2312\"?>\r\n<Query>\r\n<CmdType>{cmd_type}</CmdType>\r\n<SN>{sn}</SN>\r\n<DeviceID>{device_id}</DeviceID>\r\n</Query>\r\n"
+        "<?xml version=\"1.0\" encoding=\"{cs}\"?>\r\n<Query>\r\n<CmdType>{cmd_type}</CmdType>\r\n<SN>{sn}</SN>\r\n<DeviceID>{device_id}</DeviceID>\r\n{extra}</Query>\r\n",
+        cs = charset.xml_name()
     );
-    let (bytes, _, _) = encoding_rs::GB18030.encode(&text);
-    bytes.into_owned()
+    encode(&text, charset)
+}
+
+/// The `Response/Alarm` vigil sends back once an alarm is stored (same SN and DeviceID).
+pub fn alarm_response(sn: u64, device_id: &str, charset: Charset) -> Vec<u8> {
+    let text = format!(
+        "<?xml version=\"1.0\" encoding=\"{cs}\"?>\r\n<Response>\r\n<CmdType>Alarm</CmdType>\r\n<SN>{sn}</SN>\r\n<DeviceID>{device_id}</DeviceID>\r\n<Result>OK</Result>\r\n</Response>\r\n",
+        cs = charset.xml_name()
+    );
+    encode(&text, charset)
 }
 
 #[cfg(test)]
@@ -333,7 +515,7 @@ mod tests {
             (it.device_id.as_str(), it.name.as_str(), it.manufacturer.as_str(), it.status_on, it.civil_code.as_str()),
             ("11010800001311000054", "Camera 01", "Hikvision", true, "")
         );
-        let q = query("Catalog", 7, "11010800001181000110");
+        let q = query("Catalog", 7, "11010800001181000110", Charset::Gb18030);
         assert_eq!(envelope(&decode(&q).0).expect("our query parses").cmd_type, "Catalog");
     }
 
@@ -345,6 +527,34 @@ mod tests {
             (i.device_name.as_str(), i.manufacturer.as_str(), i.model.as_str(), i.firmware.as_str(), i.channels),
             ("古田 NVR", "Hikvision", "DS-7608N", "V4.30.005", Some(8))
         );
+    }
+
+    #[test]
+    fn device_status_basic_param_and_alarm() {
+        let xml = "<?xml version=\"1.0\" encoding=\"GB2312\"?><Response><CmdType>DeviceStatus</CmdType><SN>3</SN><DeviceID>42010400001320000001</DeviceID><Result>OK</Result><Online>ONLINE</Online><Status>OK</Status><Encode>ON</Encode><Record>OFF</Record><DeviceTime>2026-11-27T10:00:00</DeviceTime><Alarmstatus Num=\"1\"><Item><DeviceID>42010400001340000001</DeviceID><DutyStatus>OFFDUTY</DutyStatus></Item></Alarmstatus></Response>";
+        let s = device_status(xml).expect("parses");
+        assert_eq!((s.online.as_str(), s.status.as_str(), s.record.as_str()), ("ONLINE", "OK", "OFF"));
+        assert_eq!(s.alarms, vec![("42010400001340000001".to_owned(), "OFFDUTY".to_owned())]);
+
+        let xml = "<Response><CmdType>ConfigDownload</CmdType><SN>4</SN><DeviceID>x</DeviceID><Result>OK</Result><BasicParam><Name>IPC</Name><Expiration>3600</Expiration><HeartBeatInterval>30</HeartBeatInterval><HeartBeatCount>5</HeartBeatCount></BasicParam></Response>";
+        let p = basic_param(xml).expect("parses").expect("has BasicParam");
+        assert_eq!((p.expiration, p.heartbeat_interval, p.heartbeat_count), (Some(3600), Some(30), Some(5)));
+        assert_eq!(basic_param("<Response><CmdType>ConfigDownload</CmdType></Response>").expect("parses"), None);
+
+        let (gb, _, _) = encoding_rs::GB18030.encode("<?xml version=\"1.0\" encoding=\"GB2312\"?><Notify><CmdType>Alarm</CmdType><SN>77</SN><DeviceID>42010400001310000001</DeviceID><AlarmPriority>1</AlarmPriority><AlarmMethod>5</AlarmMethod><AlarmTime>2026-11-27T10:01:02</AlarmTime><AlarmDescription>区域入侵</AlarmDescription><Longitude>114.25</Longitude><Latitude>30.58</Latitude><Info><AlarmType>6</AlarmType></Info></Notify>");
+        assert_eq!(declared(&gb), Some(Charset::Gb18030));
+        let a = alarm(&decode(&gb).0).expect("parses");
+        assert_eq!(
+            (a.sn, a.priority, a.method, a.alarm_type, a.description.as_str(), a.time.as_str()),
+            (Some(77), Some(1), Some(5), Some(6), "区域入侵", "2026-11-27T10:01:02")
+        );
+        let back = alarm_response(77, "42010400001310000001", Charset::Gb18030);
+        let e = envelope(&decode(&back).0).expect("our answer parses");
+        assert_eq!((e.root.as_str(), e.cmd_type.as_str(), e.sn), ("Response", "Alarm", Some(77)));
+        assert_eq!(declared(b"<?xml version='1.0' encoding='UTF-8'?><Notify/>"), Some(Charset::Utf8));
+        assert_eq!(declared(b"<Notify/>"), None);
+        let q = query("ConfigDownload", 9, "x", Charset::Utf8);
+        assert!(String::from_utf8_lossy(&q).contains("<ConfigType>BasicParam</ConfigType>"));
     }
 
     proptest::proptest! {

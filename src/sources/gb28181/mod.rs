@@ -1,18 +1,22 @@
-//! The GB/T 28181 source: SIP over UDP and TCP on `gb28181.listen`. Devices REGISTER with digest
-//! (MD5, qop=auth) and keep alive with MANSCDP `Notify/Keepalive`; registration and
+//! The GB/T 28181 source: SIP over UDP and TCP on `gb28181.listen`. Devices REGISTER with
+//! digest (MD5, qop=auth) and keep alive with MANSCDP `Notify/Keepalive`; registration and
 //! keepalive become two separate pieces of evidence for presence. Unknown devices follow
-//! `admission.policy`. Reads datagrams, writes observations to presence and admissions to
-//! the registry; never touches the database or another module's tables.
-//!
-//! Done so far: UDP and TCP transports (TCP framed by Content-Length), parsing, retransmission absorption, registration with digest,
-//! un-REGISTER, keepalive. Next: TCP framing, MANSCDP catalog/info/status/alarm, queries
-//! vigil sends, the simulator (see the GB/T 28181 issue).
+//! `admission.policy`. After a registration vigil asks the device for its info, keepalive
+//! settings, catalog and status and subscribes to catalog changes; alarms become events.
+//! Writes observations to presence, admissions, channels and attributes to the registry and
+//! alarms to the event log; never touches the database or another module's tables.
+//! Sessions (contact, transport, expiry, last keepalive) are published on a `SessionBoard`
+//! for the API.
 
 pub mod catalog;
 pub mod digest;
 pub mod manscdp;
 pub mod message;
 mod server;
+pub mod session;
+pub mod transactions;
+
+pub use session::{SessionBoard, SessionInfo};
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -50,10 +54,13 @@ const TCP_IDLE: Duration = Duration::from_secs(300);
 
 /// Binds the SIP sockets (UDP, and TCP on the same port) and starts the source; returns the
 /// bound address.
+#[allow(clippy::too_many_arguments)]
 pub async fn spawn(
     cfg: Gb28181Config,
+    tz: chrono_tz::Tz,
     gateway_id: String,
     shared: crate::sources::Shared,
+    board: SessionBoard,
     cancel: CancellationToken,
     tracker: &TaskTracker,
 ) -> Result<SocketAddr, Error> {
@@ -65,10 +72,10 @@ pub async fn spawn(
     let mut cfg = cfg;
     cfg.listen = addr;
     let (tx, rx) = mpsc::channel(INBOUND_QUEUE);
-    let server =
-        server::Server::new(cfg, gateway_id, shared.registry, shared.presence, shared.metrics, shared.rejections);
+    let mut server = server::Server::new(server::Parts { cfg, tz, gateway_id, shared, udp: udp.clone(), board });
+    server.restore_sessions().await;
     let span = tracing::info_span!("gb28181", listen = %addr);
-    tracker.spawn(server.run(udp.clone(), rx, cancel.clone()).instrument(span.clone()));
+    tracker.spawn(server.run(rx, cancel.clone()).instrument(span.clone()));
     tracker.spawn(read_udp(udp, tx.clone(), cancel.clone()).instrument(span.clone()));
     tracker.spawn(accept_tcp(tcp, tx, cancel).instrument(span));
     Ok(addr)

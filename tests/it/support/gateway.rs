@@ -129,6 +129,7 @@ pub struct TestGateway {
     pub url: String,
     pub sip: Option<std::net::SocketAddr>,
     running: Option<vigil::Running>,
+    config: String,
     _dir: tempfile::TempDir,
     _db: Option<TestDb>,
 }
@@ -170,9 +171,23 @@ impl TestGateway {
             url,
             sip: running.sip_addr,
             running: Some(running),
+            config: text,
             _dir: dir,
             _db: pg,
         }
+    }
+
+    /// Stops in order and starts again on the same data (new HTTP and SIP ports).
+    pub async fn restart(&mut self) {
+        if let Some(r) = self.running.take() {
+            r.shutdown().await;
+        }
+        let config = vigil::Config::from_toml_with_env(&self.config, false).expect("test config is valid");
+        let running = vigil::start(config).await.expect("gateway starts again");
+        self.url = format!("http://{}", running.http_addr);
+        self.api = Client::new(&format!("{}/api/v1", self.url), Some(ADMIN));
+        self.sip = running.sip_addr;
+        self.running = Some(running);
     }
     pub async fn shutdown(mut self) {
         if let Some(r) = self.running.take() {

@@ -1,9 +1,15 @@
-//! The SIP server task: one owner of the nonces, sessions and transaction cache. Receives
-//! datagrams, answers REGISTER and MESSAGE, absorbs retransmissions (the same request gets
-//! the same answer, not a second side effect), rate-limits addresses that keep failing
-//! digest, and hands evidence to presence.
+//! The SIP server task: one owner of the nonces, sessions, server and client transactions.
+//! Receives messages from both transports, answers REGISTER, MESSAGE and NOTIFY, absorbs
+//! retransmissions (the same request gets the same answer, not a second side effect),
+//! rate-limits addresses that keep failing digest, and hands evidence to presence. What it
+//! asks of devices (queries, subscriptions) and how MANSCDP bodies are handled live in
+//! `outbound.rs` and `inbound.rs`. Registry and event-log writes run in spawned tasks so a
+//! slow database never stalls SIP; their results come back on the `internal` channel.
 
-use std::collections::HashMap;
+mod inbound;
+mod outbound;
+
+use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
@@ -12,16 +18,19 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use super::catalog::{Assembled, Assemblies};
+use super::catalog::Assemblies;
 use super::digest::{parse_authorization, Nonces, Verdict};
-use super::manscdp;
+use super::manscdp::Charset;
 use super::message::{self, param, uri_user, Message, StartLine};
+use super::session::{SessionBoard, SessionInfo};
+use super::transactions::{ClientTransactions, Purpose};
 use crate::clock::{now_ms, Millis};
 use crate::config::Gb28181 as Gb28181Config;
 use crate::event::{Evidence, Observation};
+use crate::events::EventLog;
 use crate::ids::GbCode;
 use crate::presence::runner::PresenceHandle;
-use crate::registry::{Admission, AdmissionOutcome, Channel, Protocol, Registry, UnknownDevice};
+use crate::registry::{Admission, AdmissionOutcome, Protocol, Registry, UnknownDevice};
 use crate::rejections::Rejections;
 use crate::telemetry::Metrics;
 
@@ -59,20 +68,63 @@ impl Answered {
     }
 }
 
-/// What vigil knows of a registered device's SIP side (shown in the API later).
-#[derive(Debug, Clone)]
+/// A registered device's SIP session: what the API shows, and what the server needs to
+/// reach the device and to judge its answers.
 struct Session {
-    source: SocketAddr,
-    expires_at: Millis,
+    info: SessionInfo,
+    /// The TCP connection it registered over (requests to it go down the same one).
+    tcp: Option<mpsc::Sender<Vec<u8>>>,
+    charset: Charset,
+    /// The device's own SN counter for what vigil sends it.
+    sn: u64,
+    /// Queries sent and not yet answered, by SN (a response to anything else is refused).
+    asked: VecDeque<(u64, &'static str, Millis)>,
+    /// When to ask for its DeviceStatus again.
+    next_status_at: Millis,
+    /// When to renew its catalog subscription (it accepted one), if ever.
+    renew_subscription_at: Option<Millis>,
+}
+
+/// Queries remembered per device, and for how long an answer is accepted.
+const ASKED_MAX: usize = 16;
+const ASKED_TTL_MS: Millis = 120_000;
+
+impl Session {
+    fn next_sn(&mut self) -> u64 {
+        self.sn += 1;
+        self.sn
+    }
+
+    /// Whether `sn` answers a query of type `cmd` sent to this device recently.
+    fn was_asked(&self, sn: Option<u64>, cmd: &str, now: Millis) -> bool {
+        sn.is_some_and(|sn| self.asked.iter().any(|(s, c, at)| *s == sn && *c == cmd && now - at < ASKED_TTL_MS))
+    }
+}
+
+/// Results of work the server handed to spawned tasks.
+pub(super) enum Internal {
+    /// An answer to send once a write committed (an alarm's 200).
+    Answer { bytes: Vec<u8>, to: SocketAddr, reply: Reply },
+    /// A request to queue for a device (the `Response/Alarm`).
+    Request { device: String, purpose: Purpose },
+    /// The board changed in a way worth saving.
+    Save(Result<(), String>),
 }
 
 pub struct Server {
     cfg: Gb28181Config,
+    tz: chrono_tz::Tz,
     registry: Registry,
     presence: PresenceHandle,
     metrics: Metrics,
+    events: EventLog,
+    udp: Arc<UdpSocket>,
     nonces: Nonces,
     sessions: HashMap<String, Session>,
+    board: SessionBoard,
+    board_dirty: bool,
+    saving: bool,
+    next_save_at: Millis,
     failures: HashMap<IpAddr, (u32, Millis)>,
     answered: Answered,
     tag: String,
@@ -80,17 +132,26 @@ pub struct Server {
     rejections: Rejections,
     /// The first bytes of the message being handled, kept if it is refused.
     raw: Vec<u8>,
-    /// Requests vigil sends (catalog queries), flushed by the transport after each message.
-    outgoing: Vec<(SocketAddr, Vec<u8>)>,
     catalogs: Assemblies,
-    sn: u64,
+    transactions: ClientTransactions,
+    /// Requests waiting for room among the transactions in flight.
+    backlog: VecDeque<(String, Purpose)>,
+    internal_tx: mpsc::Sender<Internal>,
+    internal_rx: Option<mpsc::Receiver<Internal>>,
     cseq: u32,
 }
+
+/// Most requests waiting for room; beyond it new registrations are not queried (counted).
+const BACKLOG_MAX: usize = 100_000;
+
+/// The methods vigil answers.
+const ALLOW: &str = "REGISTER, MESSAGE, NOTIFY, OPTIONS, ACK, BYE";
 
 /// A request handled: the answer to send, if any.
 type Answer = Option<Vec<u8>>;
 
 /// Where an answer goes.
+#[derive(Clone)]
 pub enum Reply {
     /// Back to the datagram's source.
     Udp,
@@ -105,76 +166,171 @@ pub struct Inbound {
     pub reply: Reply,
 }
 
+/// What the server is handed at start.
+pub struct Parts {
+    pub cfg: Gb28181Config,
+    pub tz: chrono_tz::Tz,
+    pub gateway_id: String,
+    pub shared: crate::sources::Shared,
+    pub udp: Arc<UdpSocket>,
+    pub board: SessionBoard,
+}
+
 impl Server {
-    pub fn new(
-        cfg: Gb28181Config,
-        gateway_id: String,
-        registry: Registry,
-        presence: PresenceHandle,
-        metrics: Metrics,
-        rejections: Rejections,
-    ) -> Self {
+    pub fn new(p: Parts) -> Self {
         let tag = uuid::Uuid::now_v7().simple().to_string()[..16].to_owned();
+        let (internal_tx, internal_rx) = mpsc::channel(1024);
         Server {
-            cfg,
-            registry,
-            presence,
-            metrics,
+            cfg: p.cfg,
+            tz: p.tz,
+            registry: p.shared.registry,
+            presence: p.shared.presence,
+            metrics: p.shared.metrics,
+            events: p.shared.events,
+            udp: p.udp,
             nonces: Nonces::default(),
             sessions: HashMap::new(),
+            board: p.board,
+            board_dirty: false,
+            saving: false,
+            next_save_at: 0,
             failures: HashMap::new(),
             answered: Answered::default(),
-            gateway_id,
-            rejections,
+            gateway_id: p.gateway_id,
+            rejections: p.shared.rejections,
             raw: Vec::with_capacity(crate::rejections::RAW_MAX),
-            outgoing: Vec::new(),
             catalogs: Assemblies::default(),
-            sn: u64::from(now_ms().rem_euclid(900_000) as u32) + 100_000,
+            transactions: ClientTransactions::default(),
+            backlog: VecDeque::new(),
+            internal_tx,
+            internal_rx: Some(internal_rx),
             cseq: 1,
             tag,
         }
     }
 
+    /// Takes back the sessions an earlier run saved whose registration still holds: such a
+    /// device keeps its registered address (its answers are accepted) and is asked for its
+    /// status and catalog again, over UDP (a TCP connection does not survive a restart).
+    pub async fn restore_sessions(&mut self) {
+        let now = now_ms();
+        let saved = match self.registry.load_state(super::session::STATE_KEY).await {
+            Ok(Some(json)) => SessionBoard::restore(&json, now),
+            Ok(None) => return,
+            Err(e) => {
+                warn!(error = %e, "Cannot read the saved GB/T 28181 sessions; devices are known again when they register.");
+                return;
+            }
+        };
+        let n = saved.len();
+        for (id, mut info) in saved {
+            if self.registry.read().device(&id).is_none() {
+                continue;
+            }
+            info.transport = "udp".into();
+            info.catalog_subscription_until = None;
+            let charset = if info.charset == "UTF-8" { Charset::Utf8 } else { Charset::Gb18030 };
+            self.board.put(&id, info.clone());
+            self.sessions.insert(
+                id.clone(),
+                Session {
+                    info,
+                    tcp: None,
+                    charset,
+                    sn: initial_sn(),
+                    asked: VecDeque::new(),
+                    next_status_at: now,
+                    renew_subscription_at: None,
+                },
+            );
+            self.ask_after_registration(&id);
+        }
+        if n > 0 {
+            info!(sessions = n, "GB/T 28181 sessions restored: registered devices are judged by their granted expiry.");
+        }
+    }
+
     /// Serves requests from both transports until cancelled: one owner of all SIP state.
-    pub async fn run(mut self, udp: Arc<UdpSocket>, mut inbound: mpsc::Receiver<Inbound>, cancel: CancellationToken) {
+    pub async fn run(mut self, mut inbound: mpsc::Receiver<Inbound>, cancel: CancellationToken) {
         info!("GB/T 28181 source listening (UDP and TCP).");
-        let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+        let Some(mut internal) = self.internal_rx.take() else { return };
+        let mut tick = tokio::time::interval(std::time::Duration::from_millis(100));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut slow_tick = tokio::time::interval(std::time::Duration::from_secs(1));
         loop {
-            let req = tokio::select! {
+            tokio::select! {
                 biased;
                 _ = cancel.cancelled() => break,
+                Some(job) = internal.recv() => self.internal(job).await,
                 r = inbound.recv() => match r {
-                    Some(r) => r,
-                    None => break,
-                },
-                _ = tick.tick() => {
-                    self.expire_catalogs().await;
-                    continue;
-                }
-            };
-            let udp_peer = matches!(req.reply, Reply::Udp);
-            if let Some(answer) = self.handle(&req.bytes, req.from, udp_peer).await {
-                self.count_out(&answer);
-                match req.reply {
-                    Reply::Udp => {
-                        if let Err(e) = udp.send_to(&answer, req.from).await {
-                            debug!(peer = %req.from, error = %e, "Cannot send a SIP answer.");
+                    Some(req) => {
+                        if let Some(answer) = self.handle(&req.bytes, req.from, &req.reply).await {
+                            self.send(req.from, &req.reply, answer).await;
                         }
                     }
-                    Reply::Tcp(tx) => {
-                        let _ = tx.try_send(answer);
-                    }
-                }
+                    None => break,
+                },
+                _ = tick.tick() => self.pump().await,
+                _ = slow_tick.tick() => self.housekeeping(),
             }
-            // Requests vigil sends go after the answer that prompted them.
-            for (to, bytes) in std::mem::take(&mut self.outgoing) {
-                self.metrics.sip_messages.with_label_values(&["MESSAGE", "out"]).inc();
-                if let Err(e) = udp.send_to(&bytes, to).await {
-                    debug!(peer = %to, error = %e, "Cannot send a SIP request.");
-                }
+        }
+        if self.board_dirty {
+            if let Err(e) = self.registry.save_state(super::session::STATE_KEY, &self.board.to_json()).await {
+                warn!(error = %e, "Cannot save the GB/T 28181 sessions at shutdown.");
             }
         }
         info!("GB/T 28181 source stopped.");
+    }
+
+    /// Sends an answer (or a request) the way a message came.
+    async fn send(&self, to: SocketAddr, reply: &Reply, bytes: Vec<u8>) {
+        self.count_out(&bytes);
+        match reply {
+            Reply::Udp => {
+                if let Err(e) = self.udp.send_to(&bytes, to).await {
+                    debug!(peer = %to, error = %e, "Cannot send a SIP message.");
+                }
+            }
+            Reply::Tcp(tx) => {
+                let _ = tx.try_send(bytes);
+            }
+        }
+    }
+
+    async fn internal(&mut self, job: Internal) {
+        match job {
+            Internal::Answer { bytes, to, reply } => self.send(to, &reply, bytes).await,
+            Internal::Request { device, purpose } => self.enqueue(device, purpose),
+            Internal::Save(r) => {
+                self.saving = false;
+                if let Err(e) = r {
+                    self.board_dirty = true;
+                    warn!(error = %e, "Cannot save the GB/T 28181 sessions; trying again later.");
+                }
+            }
+        }
+    }
+
+    /// Once a second: catalogs whose parts stopped coming, scheduled status queries and
+    /// subscription renewals, saving the board.
+    fn housekeeping(&mut self) {
+        let now = now_ms();
+        for partial in self.catalogs.expire(now) {
+            self.store_catalog(partial);
+        }
+        self.schedule(now);
+        if self.board_dirty && !self.saving && now >= self.next_save_at {
+            self.board_dirty = false;
+            self.saving = true;
+            self.next_save_at = now + super::session::SAVE_EVERY_MS;
+            let json = self.board.to_json();
+            let registry = self.registry.clone();
+            let done = self.internal_tx.clone();
+            tokio::spawn(async move {
+                let r = registry.save_state(super::session::STATE_KEY, &json).await.map_err(|e| e.to_string());
+                let _ = done.send(Internal::Save(r)).await;
+            });
+        }
     }
 
     fn count_out(&self, answer: &[u8]) {
@@ -193,8 +349,8 @@ impl Server {
         self.rejections.record(now_ms(), "gb28181", reason, peer.to_string(), detail, &self.raw);
     }
 
-    /// Handles one datagram.
-    pub async fn handle(&mut self, bytes: &[u8], from: SocketAddr, udp_peer: bool) -> Answer {
+    /// Handles one message; returns the answer to send at once, if any.
+    pub async fn handle(&mut self, bytes: &[u8], from: SocketAddr, reply: &Reply) -> Answer {
         if bytes.iter().all(|b| b.is_ascii_whitespace()) {
             return None; // CRLF keep-alive
         }
@@ -210,9 +366,10 @@ impl Server {
         };
         let method = match &msg.start {
             StartLine::Request { method, .. } => method.to_ascii_uppercase(),
-            StartLine::Response { .. } => {
+            StartLine::Response { code, .. } => {
                 self.metrics.sip_messages.with_label_values(&["response", "in"]).inc();
-                return None; // answers to requests vigil sends come with the queries
+                self.response(&msg, *code, from);
+                return None;
             }
         };
         let label = match method.as_str() {
@@ -243,31 +400,18 @@ impl Server {
         }
         let mut remember = true;
         let answer = match method.as_str() {
-            "REGISTER" => self.register(&msg, from, now, udp_peer).await,
-            "MESSAGE" => {
-                let (answer, idempotent) = self.message(&msg, from, now).await;
+            "REGISTER" => self.register(&msg, from, now, reply).await,
+            "MESSAGE" | "NOTIFY" => {
+                let (answer, idempotent) = self.message(&msg, from, now, reply).await;
                 // A repeated keepalive is harmless evidence; only side effects are remembered.
                 remember = !idempotent;
-                answer
+                match answer {
+                    Some(a) => a,
+                    None => return None, // answered once its write commits
+                }
             }
-            "OPTIONS" => message::response(
-                &msg,
-                200,
-                "OK",
-                from,
-                &self.tag,
-                &[("Allow", "REGISTER, MESSAGE, OPTIONS, ACK, BYE".into())],
-                b"",
-            ),
-            _ => message::response(
-                &msg,
-                405,
-                "Method Not Allowed",
-                from,
-                &self.tag,
-                &[("Allow", "REGISTER, MESSAGE, OPTIONS, ACK, BYE".into())],
-                b"",
-            ),
+            "OPTIONS" => message::response(&msg, 200, "OK", from, &self.tag, &[("Allow", ALLOW.into())], b""),
+            _ => message::response(&msg, 405, "Method Not Allowed", from, &self.tag, &[("Allow", ALLOW.into())], b""),
         };
         if remember {
             self.answered.insert(key, Arc::new(answer.clone()), now);
@@ -275,8 +419,14 @@ impl Server {
         Some(answer)
     }
 
-    fn window_ms(&self) -> i64 {
+    /// The keepalive window from config (interval × misses).
+    fn config_window_ms(&self) -> i64 {
         (self.cfg.keepalive_interval.as_millis() as i64) * i64::from(self.cfg.keepalive_misses)
+    }
+
+    /// The keepalive window for a device: learned from it where it reported one.
+    fn window_ms(&self, device: &str) -> i64 {
+        self.sessions.get(device).map(|s| s.info.keepalive_window_ms).unwrap_or_else(|| self.config_window_ms())
     }
 
     fn failed(&mut self, ip: IpAddr, now: Millis) {
@@ -294,7 +444,7 @@ impl Server {
         self.failures.get(&ip).is_some_and(|(n, since)| *n >= MAX_FAILURES && now - *since < FAILURE_WINDOW_MS)
     }
 
-    async fn register(&mut self, msg: &Message<'_>, from: SocketAddr, now: Millis, udp_peer: bool) -> Vec<u8> {
+    async fn register(&mut self, msg: &Message<'_>, from: SocketAddr, now: Millis, reply: &Reply) -> Vec<u8> {
         let outcome = |s: &Self, o: &str| s.metrics.sip_registrations.with_label_values(&[o]).inc();
         let Some(id) = msg.header("From").and_then(uri_user).map(str::to_owned) else {
             self.reject("no_device_id", from, "no device id in From".into());
@@ -328,7 +478,7 @@ impl Server {
                 return refusal;
             }
         }
-        self.admit_and_register(msg, from, now, udp_peer, id, code, known).await
+        self.admit_and_register(msg, from, now, reply, id, code, known).await
     }
 
     /// A 401 with a fresh Digest challenge (`stale=true` when the old nonce only expired).
@@ -392,7 +542,7 @@ impl Server {
         msg: &Message<'_>,
         from: SocketAddr,
         now: Millis,
-        udp_peer: bool,
+        reply: &Reply,
         id: String,
         code: GbCode,
         known: Option<Arc<crate::registry::Device>>,
@@ -466,25 +616,28 @@ impl Server {
             .unwrap_or(self.cfg.register_expires_max.as_secs());
         let contact = msg.header("Contact").map(str::to_owned).unwrap_or_else(|| format!("<sip:{id}@{from}>"));
         let evidence = if requested == 0 {
-            self.sessions.remove(&id);
+            if self.sessions.remove(&id).is_some() {
+                self.board.remove(&id);
+                self.board_dirty = true;
+            }
             outcome(self, "unregistered");
             info!(device = %id, peer = %from, "Device un-registered.");
             Evidence::SipUnregister
         } else {
             let granted = requested.clamp(MIN_EXPIRES_S, self.cfg.register_expires_max.as_secs().max(MIN_EXPIRES_S));
-            let previous = self.sessions.get(&id).map(|s| s.source);
-            if previous.is_some_and(|p| p != from) {
-                info!(device = %id, peer = %from, "Device registered from a new address; contact updated.");
+            let expires_at = now + granted as i64 * 1000;
+            let tcp = match reply {
+                Reply::Tcp(tx) => Some(tx.clone()),
+                Reply::Udp => None,
+            };
+            let fresh = self.refresh_session(&id, msg, from, now, expires_at, contact.clone(), tcp);
+            // A new registration (not a refresh from the same place) asks the device what it
+            // is, what it has and how it keeps alive, and subscribes to its catalog.
+            if fresh {
+                self.ask_after_registration(&id);
             }
-            // A new registration (not a refresh) asks for the device's catalog. Over TCP the
-            // query waits for the TCP client transactions (next step).
-            if previous != Some(from) && udp_peer {
-                self.query(&id, from, "Catalog");
-                self.query(&id, from, "DeviceInfo");
-            }
-            self.sessions.insert(id.clone(), Session { source: from, expires_at: now + granted as i64 * 1000 });
             outcome(self, "registered");
-            Evidence::SipRegister { expires_ms: granted as i64 * 1000, window_ms: self.window_ms() }
+            Evidence::SipRegister { expires_ms: granted as i64 * 1000, window_ms: self.window_ms(&id) }
         };
         let granted = match evidence {
             Evidence::SipRegister { expires_ms, .. } => expires_ms / 1000,
@@ -493,8 +646,8 @@ impl Server {
         if self.presence.observe(Observation { device: device.key, at: now, evidence, detail: None }).await.is_err() {
             return message::response(msg, 503, "Service Unavailable", from, &self.tag, &[], b"");
         }
-        let date =
-            crate::clock::to_datetime(now, &chrono_tz::Asia::Shanghai).format("%Y-%m-%dT%H:%M:%S%.3f").to_string();
+        // GB "校时": devices set their clocks from this (local time, no zone).
+        let date = crate::clock::to_datetime(now, &self.tz).format("%Y-%m-%dT%H:%M:%S%.3f").to_string();
         message::response(
             msg,
             200,
@@ -506,166 +659,83 @@ impl Server {
         )
     }
 
-    /// Answers a MESSAGE; the flag says whether handling it again would change nothing.
-    async fn message(&mut self, msg: &Message<'_>, from: SocketAddr, now: Millis) -> (Vec<u8>, bool) {
-        let Some(id) = msg.header("From").and_then(uri_user).map(str::to_owned) else {
-            self.reject("no_device_id", from, "no device id in From".into());
-            return (
-                message::response(msg, 400, "Bad Request (no device id in From)", from, &self.tag, &[], b""),
-                true,
-            );
-        };
-        let (text, _charset) = manscdp::decode(msg.body);
-        let env = match manscdp::envelope(&text) {
-            Ok(e) => e,
-            Err(e) => {
-                self.reject(e.reason(), from, e.to_string());
-                warn!(device = %id, peer = %from, error = %e, "MANSCDP body refused.");
-                return (message::response(msg, 400, "Bad Request (MANSCDP body)", from, &self.tag, &[], b""), true);
-            }
-        };
-        let Some(device) = self.registry.read().device(&id) else {
-            self.reject("unknown_device", from, format!("MESSAGE from {id}, which is not in the registry"));
-            return (message::response(msg, 403, "Forbidden (not registered)", from, &self.tag, &[], b""), true);
-        };
-        // Answers that write to the registry (catalog, device info) are taken only from the
-        // address the device registered from: MESSAGE carries no credentials, and a forged
-        // From must not rewrite a device's channels.
-        let writes = env.root == "Response" || env.cmd_type == "Catalog";
-        if writes && !self.sessions.get(&id).is_some_and(|s| s.source.ip() == from.ip() && s.expires_at > now) {
-            self.reject(
-                "not_from_registered_address",
-                from,
-                format!("{}/{} for {id} from an address it did not register from", env.root, env.cmd_type),
-            );
-            return (
-                message::response(msg, 403, "Forbidden (not registered from this address)", from, &self.tag, &[], b""),
-                true,
-            );
-        }
-        // Keepalives are harmless evidence and catalog parts are deduplicated by channel id.
-        let idempotent = matches!(env.cmd_type.as_str(), "Keepalive" | "Catalog" | "DeviceInfo");
-        match (env.root.as_str(), env.cmd_type.as_str()) {
-            ("Notify", "Keepalive") => {
-                if self.sessions.get(&id).is_none_or(|s| s.expires_at <= now) {
-                    debug!(device = %id, "Keepalive from a device with no registration in this process; presence judges it.");
+    /// Creates or refreshes a device's session; true when it is new or moved (a new
+    /// address or transport), which is when vigil asks the device about itself.
+    #[allow(clippy::too_many_arguments)]
+    fn refresh_session(
+        &mut self,
+        id: &str,
+        msg: &Message<'_>,
+        from: SocketAddr,
+        now: Millis,
+        expires_at: Millis,
+        contact: String,
+        tcp: Option<mpsc::Sender<Vec<u8>>>,
+    ) -> bool {
+        let transport = if tcp.is_some() { "tcp" } else { "udp" };
+        let user_agent = msg.header("User-Agent").map(str::to_owned);
+        let gb_version = msg.header("X-GB-Ver").map(|v| v.trim().to_owned());
+        let config_window = self.config_window_ms();
+        let fresh = match self.sessions.get_mut(id) {
+            Some(s) => {
+                let moved = s.info.source != from || s.info.transport != transport;
+                if moved {
+                    info!(device = %id, peer = %from, was = %s.info.source, transport, "Device registered from a new address; contact updated.");
+                    s.info.registered_at = now;
                 }
-                let obs = Observation {
-                    device: device.key,
-                    at: now,
-                    evidence: Evidence::SipKeepalive { window_ms: self.window_ms() },
-                    detail: None,
+                s.info.source = from;
+                s.info.transport = transport.into();
+                s.info.contact = contact;
+                s.info.expires_at = expires_at;
+                s.info.user_agent = user_agent;
+                s.info.gb_version = gb_version;
+                s.tcp = tcp;
+                moved
+            }
+            None => {
+                let info = SessionInfo {
+                    source: from,
+                    transport: transport.into(),
+                    contact,
+                    registered_at: now,
+                    expires_at,
+                    last_keepalive: None,
+                    keepalive_window_ms: config_window,
+                    keepalive_from: "config".into(),
+                    charset: Charset::Gb18030.xml_name().into(),
+                    user_agent,
+                    gb_version,
+                    catalog_subscription_until: None,
                 };
-                if self.presence.observe(obs).await.is_err() {
-                    return (message::response(msg, 503, "Service Unavailable", from, &self.tag, &[], b""), true);
-                }
+                self.sessions.insert(
+                    id.to_owned(),
+                    Session {
+                        info,
+                        tcp,
+                        charset: Charset::Gb18030,
+                        sn: initial_sn(),
+                        asked: VecDeque::new(),
+                        next_status_at: now + STATUS_EVERY_MS,
+                        renew_subscription_at: None,
+                    },
+                );
+                true
             }
-            ("Response", "DeviceInfo") => match manscdp::device_info(&text) {
-                Ok(info) => {
-                    let mut attrs = text_attrs([
-                        ("device_name", info.device_name),
-                        ("manufacturer", info.manufacturer),
-                        ("model", info.model),
-                        ("firmware", info.firmware),
-                    ]);
-                    if let Some(n) = info.channels {
-                        attrs.insert("channel_count".into(), serde_json::json!(n));
-                    }
-                    if let Err(e) = self.registry.merge_attrs(&id, attrs).await {
-                        warn!(device = %id, error = %e, "Cannot store the device's DeviceInfo.");
-                    }
-                }
-                Err(e) => {
-                    self.reject(e.reason(), from, e.to_string());
-                    return (
-                        message::response(msg, 400, "Bad Request (DeviceInfo body)", from, &self.tag, &[], b""),
-                        true,
-                    );
-                }
-            },
-            ("Response", "Catalog") | ("Notify", "Catalog") => match manscdp::catalog(&text) {
-                Ok(part) => {
-                    if let Some(done) = self.catalogs.add(&id, part, now) {
-                        self.store_catalog(done).await;
-                    }
-                }
-                Err(e) => {
-                    self.reject(e.reason(), from, e.to_string());
-                    return (
-                        message::response(msg, 400, "Bad Request (catalog body)", from, &self.tag, &[], b""),
-                        true,
-                    );
-                }
-            },
-            (root, cmd) => {
-                self.reject("unhandled_manscdp", from, format!("{root}/{cmd} is not handled yet"));
-                debug!(device = %id, root, cmd, "MANSCDP message not handled yet; answered 200.");
-            }
-        }
-        (message::response(msg, 200, "OK", from, &self.tag, &[], b""), idempotent)
-    }
-
-    /// Queues a MANSCDP `Query` MESSAGE (`Catalog`, `DeviceInfo`) to a device at `to`.
-    fn query(&mut self, device: &str, to: SocketAddr, cmd_type: &str) {
-        self.sn += 1;
-        self.cseq += 1;
-        let body = manscdp::query(cmd_type, self.sn, device);
-        let realm = &self.cfg.realm;
-        let call = uuid::Uuid::now_v7().simple().to_string();
-        let head = format!(
-            "MESSAGE sip:{device}@{to} SIP/2.0\r\nVia: SIP/2.0/UDP {listen};rport;branch=z9hG4bK{call}\r\n\
-From: <sip:{gw}@{realm}>;tag={tag}\r\nTo: <sip:{device}@{realm}>\r\nCall-ID: {call}\r\nCSeq: {cseq} MESSAGE\r\n\
-Content-Type: Application/MANSCDP+xml\r\nMax-Forwards: 70\r\nUser-Agent: vigil/{ver}\r\nContent-Length: {len}\r\n\r\n",
-            listen = self.cfg.listen,
-            gw = self.gateway_id,
-            tag = self.tag,
-            cseq = self.cseq,
-            ver = env!("CARGO_PKG_VERSION"),
-            len = body.len(),
-        );
-        let mut bytes = head.into_bytes();
-        bytes.extend_from_slice(&body);
-        debug!(device, sn = self.sn, cmd_type, "Query sent.");
-        self.outgoing.push((to, bytes));
-    }
-
-    async fn expire_catalogs(&mut self) {
-        for partial in self.catalogs.expire(now_ms()) {
-            self.store_catalog(partial).await;
-        }
-    }
-
-    /// Stores an assembled catalog: a complete one replaces the channel list, a partial one
-    /// only adds and updates.
-    async fn store_catalog(&mut self, done: Assembled) {
-        let n = done.items.len();
-        let channels: Vec<Channel> = done
-            .items
-            .into_iter()
-            .filter(|i| i.device_id != done.device_id)
-            .map(|i| {
-                let attrs = text_attrs([
-                    ("manufacturer", i.manufacturer),
-                    ("model", i.model),
-                    ("parent_id", i.parent_id),
-                    ("civil_code", i.civil_code),
-                    ("address", i.address),
-                    ("longitude", i.longitude),
-                    ("latitude", i.latitude),
-                ]);
-                Channel { id: i.device_id, name: i.name, status_on: i.status_on, attrs }
-            })
-            .collect();
-        let stored = if done.complete {
-            self.registry.replace_channels(&done.device_id, channels).await
-        } else {
-            self.registry.merge_channels(&done.device_id, channels).await
         };
-        match stored {
-            Ok(()) => info!(device = %done.device_id, items = n, complete = done.complete, "Catalog stored."),
-            Err(e) => warn!(device = %done.device_id, error = %e, "Cannot store a catalog."),
+        if let Some(s) = self.sessions.get(id) {
+            self.board.put(id, s.info.clone());
         }
+        self.board_dirty = true;
+        fresh
     }
+}
+
+/// How often a registered device is asked for its DeviceStatus.
+const STATUS_EVERY_MS: Millis = 10 * 60_000;
+
+/// A starting SN that differs between runs (devices may remember the last one they saw).
+fn initial_sn() -> u64 {
+    u64::from(now_ms().rem_euclid(900_000) as u32) + 100_000
 }
 
 /// The non-empty texts as JSON attributes.

@@ -1,0 +1,156 @@
+//! The event log: one writer task that commits normalized `Event`s in batches (group commit:
+//! whatever is queued when a transaction starts, up to `BATCH`), and the reads behind
+//! `GET /api/v1/events`. `submit` resolves only once the event is committed, so a source
+//! acknowledges its device (SIP 200 to an alarm, MQTT PUBACK) only for what is stored. A
+//! record seen twice (same `dedup_key`) is stored once and reported as a duplicate. The
+//! relay's outbox (delivery rows per upstream) is written in the same transaction when it
+//! lands. Owns the `events` table.
+
+pub mod store;
+
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{info, warn, Instrument};
+
+use crate::db::Db;
+use crate::event::Event;
+use crate::telemetry::Metrics;
+
+pub use store::Filter;
+
+/// Events queued for the writer; a full queue slows the sources that submit.
+const QUEUE: usize = 4096;
+/// Most events in one transaction.
+const BATCH: usize = 512;
+/// Attempts at one batch before its submitters are told the store is unavailable (they
+/// answer their devices with an error, and the devices send again).
+const ATTEMPTS: u32 = 3;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("event store unavailable: {0}")]
+    Store(#[from] sqlx::Error),
+    #[error("event writer has stopped")]
+    Closed,
+    #[error("stored event {id} cannot be read: {reason}")]
+    Corrupt { id: String, reason: String },
+}
+
+impl Error {
+    pub fn kind(&self) -> crate::error::ErrorKind {
+        match self {
+            Error::Store(e) => crate::db::sqlx_kind(e),
+            Error::Closed => crate::error::ErrorKind::Unavailable,
+            Error::Corrupt { .. } => crate::error::ErrorKind::Internal,
+        }
+    }
+}
+
+/// What became of a submitted event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stored {
+    /// Committed now.
+    New,
+    /// The same record (`dedup_key`) was committed before; nothing was written.
+    Duplicate,
+}
+
+struct Submit {
+    event: Event,
+    done: oneshot::Sender<Result<Stored, Error>>,
+}
+
+/// Submits and reads events. Cheap to clone.
+#[derive(Clone)]
+pub struct EventLog {
+    tx: mpsc::Sender<Submit>,
+    db: Db,
+}
+
+impl EventLog {
+    /// Queues `event` and waits until it is committed (or found to be a duplicate).
+    pub async fn submit(&self, event: Event) -> Result<Stored, Error> {
+        let (done, rx) = oneshot::channel();
+        self.tx.send(Submit { event, done }).await.map_err(|_| Error::Closed)?;
+        rx.await.map_err(|_| Error::Closed)?
+    }
+
+    /// Events matching `filter`, newest first.
+    pub async fn list(&self, filter: &Filter) -> Result<Vec<(i64, Event)>, Error> {
+        store::list(&self.db, filter).await
+    }
+
+    pub async fn get(&self, id: &str) -> Result<Option<Event>, Error> {
+        store::get(&self.db, id).await
+    }
+}
+
+/// Starts the writer. It drains what is queued after `cancel` before it stops.
+pub fn spawn(db: Db, metrics: Metrics, cancel: CancellationToken, tracker: &TaskTracker) -> EventLog {
+    let (tx, rx) = mpsc::channel(QUEUE);
+    tracker.spawn(writer(db.clone(), rx, metrics, cancel).instrument(tracing::info_span!("events")));
+    EventLog { tx, db }
+}
+
+async fn writer(db: Db, mut rx: mpsc::Receiver<Submit>, metrics: Metrics, cancel: CancellationToken) {
+    let mut batch: Vec<Submit> = Vec::with_capacity(BATCH);
+    loop {
+        let first = tokio::select! {
+            biased;
+            r = rx.recv() => r,
+            _ = cancel.cancelled() => {
+                // Sources stopped before this token fired: take what is left, then stop.
+                rx.close();
+                rx.recv().await
+            }
+        };
+        let Some(first) = first else { break };
+        batch.push(first);
+        while batch.len() < BATCH {
+            match rx.try_recv() {
+                Ok(s) => batch.push(s),
+                Err(_) => break,
+            }
+        }
+        commit(&db, &mut batch, &metrics).await;
+    }
+    info!("Event writer stopped.");
+}
+
+/// Writes one batch and answers its submitters.
+async fn commit(db: &Db, batch: &mut Vec<Submit>, metrics: &Metrics) {
+    let events: Vec<&Event> = batch.iter().map(|s| &s.event).collect();
+    let mut result = store::insert(db, &events).await;
+    let mut attempt = 1;
+    while let Err(e) = &result {
+        if attempt >= ATTEMPTS {
+            break;
+        }
+        warn!(error = %e, attempt, events = events.len(), "Cannot commit events; trying again.");
+        tokio::time::sleep(Duration::from_millis(100 << attempt)).await;
+        attempt += 1;
+        result = store::insert(db, &events).await;
+    }
+    match result {
+        Ok(new_keys) => {
+            for s in batch.drain(..) {
+                let stored = if new_keys.contains(&s.event.dedup_key) {
+                    metrics.events.with_label_values(&[s.event.kind().as_str(), s.event.source.as_str()]).inc();
+                    Stored::New
+                } else {
+                    Stored::Duplicate
+                };
+                let _ = s.done.send(Ok(stored));
+            }
+        }
+        Err(e) => {
+            warn!(error = %e, events = batch.len(), "Events not committed; their sources answer with an error so devices send again.");
+            for s in batch.drain(..) {
+                let _ = s.done.send(Err(Error::Store(sqlx::Error::Protocol(e.to_string()))));
+            }
+        }
+    }
+}
