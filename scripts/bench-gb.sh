@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # GB/T 28181 whole-process figures for BENCHMARKS.md: a registration storm of 10,000
 # devices (401 challenge + authenticated REGISTER each) and a keepalive flood, from
-# vigil-gb-device on loopback UDP; vigil's CPU and RSS around them. Bounded; loopback only.
+# vigil-sim gb-device on loopback UDP; vigil's CPU and RSS around them. Bounded; loopback only.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release -q -p vigil -p vigil-simulators --bins
@@ -40,23 +40,23 @@ TCK=$(getconf CLK_TCK)
 sleep 1
 echo "RSS with $COUNT devices in the registry, none registered: $(grep VmRSS /proc/$PID/status)"
 c0=$(cpu)
-$BIN/vigil-gb-device --server "127.0.0.1:$SIP" --count "$COUNT" storm
+$BIN/vigil-sim gb-device --server "127.0.0.1:$SIP" --count "$COUNT" storm
 c1=$(cpu)
 echo "vigil CPU during the storm: $(( (c1 - c0) * 1000 / TCK )) ms"
 sleep 2
 curl -s "http://127.0.0.1:$HTTP/api/v1/online-rate" | head -c 120; echo
 echo "RSS with $COUNT registered devices: $(grep VmRSS /proc/$PID/status)"
 c0=$(cpu)
-$BIN/vigil-gb-device --server "127.0.0.1:$SIP" --count "$COUNT" flood --rate "${BENCH_RATE:-30000}" --seconds 10
+$BIN/vigil-sim gb-device --server "127.0.0.1:$SIP" --count "$COUNT" flood --rate "${BENCH_RATE:-30000}" --seconds 10
 c1=$(cpu)
 echo "vigil CPU during the flood (10 s + the storm before it): $(( (c1 - c0) * 1000 / TCK )) ms"
 # Steady state: $COUNT devices keeping alive every 60 s is $COUNT/60 messages a second.
 c0=$(cpu)
-$BIN/vigil-gb-device --server "127.0.0.1:$SIP" --count "$COUNT" flood --rate $(( COUNT / 60 )) --seconds 30
+$BIN/vigil-sim gb-device --server "127.0.0.1:$SIP" --count "$COUNT" flood --rate $(( COUNT / 60 )) --seconds 30
 c1=$(cpu)
 echo "vigil CPU for 30 s of steady keepalives (plus one re-registration storm): $(( (c1 - c0) * 1000 / TCK )) ms"
 echo "RSS after: $(grep VmRSS /proc/$PID/status)"
 curl -s "http://127.0.0.1:$HTTP/metrics" | grep -E "^vigil_sip_registrations_total|^vigil_events_rejected_total"
 
 echo "== catalog of 10,000 channels (one NVR platform)"
-$BIN/vigil-gb-device --server "127.0.0.1:$SIP" --count 1 --first 0 catalog --channels 10000 --api "http://127.0.0.1:$HTTP" || true
+$BIN/vigil-sim gb-device --server "127.0.0.1:$SIP" --count 1 --first 0 catalog --channels 10000 --api "http://127.0.0.1:$HTTP" || true

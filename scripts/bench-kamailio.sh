@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The peer ratio of the GB/T 28181 issue: the same REGISTER load (vigil-gb-device storms of
+# The peer ratio of the GB/T 28181 issue: the same REGISTER load (vigil-sim gb-device storms of
 # 10,000 devices, no digest) against Kamailio (Debian's, a minimal in-memory registrar, no
 # database, no auth, 2 UDP workers) and against vigil with `gb28181.digest = false`.
 # Reports registrations/s for each and vigil ÷ Kamailio. Loopback only; bounded.
@@ -33,7 +33,7 @@ kamailio -f "$WORK/kamailio.cfg" -DD -E -P "$WORK/kam.pidfile" > "$WORK/kamailio
 echo $! > "$WORK/kamailio.pid"
 sleep 1
 echo "== Kamailio $(kamailio -v | head -n1 | awk '{print $3}')"
-for i in 1 2 3; do $BIN/vigil-gb-device --server 127.0.0.1:15080 --count "$COUNT" --first $((i * 20000)) storm; done | tee "$WORK/kam.out"
+for i in 1 2 3; do $BIN/vigil-sim gb-device --server 127.0.0.1:15080 --count "$COUNT" --first $((i * 20000)) storm; done | tee "$WORK/kam.out"
 
 cat > "$WORK/vigil.toml" <<TOML
 [gateway]
@@ -58,7 +58,7 @@ $BIN/vigil run --config "$WORK/vigil.toml" > "$WORK/vigil.log" 2>&1 &
 echo $! > "$WORK/vigil.pid"
 until curl -sf "http://127.0.0.1:18383/api/v1/health" >/dev/null; do sleep 0.05; done
 echo "== vigil (digest off for this comparison)"
-for i in 1 2 3; do $BIN/vigil-gb-device --server 127.0.0.1:15090 --count "$COUNT" --first $((i * 20000)) storm; done | tee "$WORK/vigil.out"
+for i in 1 2 3; do $BIN/vigil-sim gb-device --server 127.0.0.1:15090 --count "$COUNT" --first $((i * 20000)) storm; done | tee "$WORK/vigil.out"
 python3 - "$WORK/kam.out" "$WORK/vigil.out" <<'PY'
 import re, sys
 def best(path):

@@ -24,17 +24,18 @@ done
 ./target/release/vigil-district --api "http://127.0.0.1:$PORT" --token demo-admin-token --devices "${DEMO_DEVICES:-400}" &
 SIM_PID=$!
 
-# GB/T 28181 cameras that really register over SIP with digest: 40 the operators listed
-# (imported here), 20 nobody announced (they wait on the dashboard for approval).
+# GB/T 28181 cameras that really register over SIP with digest: 300 the operators listed
+# (imported here; 6 of them stop keeping alive, one sends an alarm every 20 s), 20 nobody
+# announced (they wait on the dashboard for approval).
 SIP_PORT=${VIGIL_GB28181__LISTEN##*:}
 {
   echo "id,name,kind,protocol,org_id,rtsp_url,profile"
-  for n in $(seq 0 39); do printf '4201040000132%07d,国标摄像机 %d,camera,gb28181,,,\n' $((9000000 + n)) "$n"; done
+  for n in $(seq 0 299); do printf '4201040000132%07d,国标摄像机 %d,camera,gb28181,,,\n' $((9000000 + n)) "$n"; done
 } | curl -sf -X POST -H 'Authorization: Bearer demo-admin-token' -H 'Content-Type: text/csv' \
     --data-binary @- "http://127.0.0.1:$PORT/api/v1/devices/import" >/dev/null
-./target/release/vigil-gb-device --server "127.0.0.1:$SIP_PORT" --count 40 --first 9000000 live > /dev/null &
+./target/release/vigil-sim gb-device --server "127.0.0.1:$SIP_PORT" --count 300 --first 9000000 live --alarm-every 20 --silent 6 < /dev/null > /dev/null &
 GB1_PID=$!
-./target/release/vigil-gb-device --server "127.0.0.1:$SIP_PORT" --count 20 --first 9100000 live > /dev/null &
+./target/release/vigil-sim gb-device --server "127.0.0.1:$SIP_PORT" --count 20 --first 9100000 live < /dev/null > /dev/null &
 GB2_PID=$!
 trap 'kill $VIGIL_PID $SIM_PID $GB1_PID $GB2_PID 2>/dev/null; wait 2>/dev/null' EXIT INT TERM
 
@@ -44,8 +45,9 @@ cat <<MSG
   Dashboard (viewer token in the link):  http://127.0.0.1:$PORT/?token=demo-viewer-token
   API example:  curl -H 'Authorization: Bearer demo-viewer-token' 'http://127.0.0.1:$PORT/api/v1/online-rate?group_by=org'
   Metrics:      curl http://127.0.0.1:$PORT/metrics
-  GB/T 28181:   60 simulated cameras register at udp 127.0.0.1:$SIP_PORT; 20 of them wait for
-                approval on the dashboard (approve them with the admin token: ?token=demo-admin-token)
+  GB/T 28181:   320 simulated cameras register at udp 127.0.0.1:$SIP_PORT (alarms: /api/v1/events);
+                20 of them wait for approval on the dashboard (approve them with the admin token:
+                ?token=demo-admin-token); 6 stop keeping alive and go offline
   Ctrl-C stops the gateway and the simulator.
 
 MSG

@@ -1,10 +1,14 @@
-//! GB/T 28181 devices for load: N IPCs sharing one UDP socket (demultiplexed by Call-ID)
-//! that register with digest as fast as the server answers (a registration storm), then
-//! optionally flood keepalives at a target rate. Prints what it measured. Loopback only,
-//! bounded in count and time. (Catalog answers, alarms and misbehaviour come next.)
+//! `vigil-sim`: simulated devices. `gb-device`: N GB/T 28181 IPCs sharing one UDP socket
+//! (demultiplexed by Call-ID and device id) that register with digest as fast as the server
+//! answers (a registration storm), answer what vigil asks (DeviceInfo, ConfigDownload,
+//! DeviceStatus, Catalog in GB2312 paged 20 items a message, SUBSCRIBE), keep alive, send
+//! alarms, and misbehave on command. Also the load driver of BENCHMARKS.md. Prints what it
+//! measured. Loopback only, bounded in count and time.
 //!
-//! `vigil-gb-device --server 127.0.0.1:5060 --count 10000 storm`
-//! `vigil-gb-device --server 127.0.0.1:5060 --count 10000 flood --rate 30000 --seconds 10`
+//! `vigil-sim gb-device --server 127.0.0.1:5060 --count 10000 storm`
+//! `vigil-sim gb-device --server 127.0.0.1:5060 --count 10000 flood --rate 30000 --seconds 10`
+//! `vigil-sim gb-device --count 300 live --alarm-every 30` (stdin: `silence N`, `resume N`,
+//! `alarm N`, `move N`, `wrongpass N`, `garbage`; N is the device's index)
 #![allow(clippy::disallowed_methods)] // a load driver measures real time
 
 use std::collections::HashMap;
@@ -19,6 +23,13 @@ use vigil::sources::gb28181::digest::{expected, parse_authorization};
 use vigil::sources::gb28181::message::{Message, StartLine};
 
 #[derive(Parser)]
+#[command(name = "vigil-sim", about = "Simulated devices for vigil: load and scenarios no real peer plays")]
+enum Sim {
+    /// GB/T 28181 devices (IPCs, or one NVR for the catalog load).
+    GbDevice(Args),
+}
+
+#[derive(clap::Args)]
 struct Args {
     /// The gateway's SIP address.
     #[arg(long, default_value = "127.0.0.1:5060")]
@@ -52,13 +63,19 @@ enum Mode {
         api: String,
     },
     /// Run as live devices until Ctrl-C: re-register every 30 s (so devices an operator
-    /// approves come online), keep alive every `keepalive` seconds, and answer catalog
-    /// queries with `channels` channels each (GB2312). For `make demo`.
+    /// approves come online), keep alive every `keepalive` seconds, answer queries (catalogs
+    /// of `channels` channels each, GB2312), send an alarm every `alarm_every` seconds (0:
+    /// never), and take commands on stdin. For `make demo` and by hand.
     Live {
         #[arg(long, default_value_t = 20)]
         keepalive: u64,
         #[arg(long, default_value_t = 4)]
         channels: usize,
+        #[arg(long, default_value_t = 0)]
+        alarm_every: u64,
+        /// The last `silent` devices register but never keep alive (they go offline).
+        #[arg(long, default_value_t = 0)]
+        silent: u32,
     },
     /// Register, then send keepalives at `rate` per second for `seconds`; count answers.
     Flood {
@@ -67,6 +84,14 @@ enum Mode {
         #[arg(long, default_value_t = 10)]
         seconds: u64,
     },
+}
+
+/// The keepalive interval the devices report in BasicParam (and keep, in live mode).
+fn heartbeat(args: &Args) -> u64 {
+    match args.mode {
+        Mode::Live { keepalive, .. } => keepalive,
+        _ => 60,
+    }
 }
 
 fn id(n: u32) -> String {
@@ -141,13 +166,8 @@ async fn storm(sock: &Arc<UdpSocket>, args: &Args) -> Result<(u32, u32, Duration
         };
         let Ok(msg) = Message::parse(&buf[..n]) else { continue };
         let StartLine::Response { code, .. } = msg.start else {
-            if msg.method() == Some("MESSAGE") {
-                let (text, _) = vigil::sources::gb28181::manscdp::decode(msg.body);
-                if let Ok(env) = vigil::sources::gb28181::manscdp::envelope(&text) {
-                    if env.cmd_type == "Catalog" {
-                        queries.push((env.device_id, env.sn.unwrap_or(0)));
-                    }
-                }
+            if let Some(catalog) = serve(sock, args.server, &msg, heartbeat(args)).await? {
+                queries.push(catalog);
             }
             continue;
         };
@@ -254,47 +274,222 @@ Content-Type: Application/MANSCDP+xml\r\nContent-Length: {}\r\n\r\n",
         .collect()
 }
 
-/// Live devices for the demo (see `Mode::Live`).
-async fn live(sock: &Arc<UdpSocket>, args: &Args, keepalive_s: u64, channels: usize) -> Result<()> {
+/// A 200 OK to one of vigil's requests (Via, From, To, Call-ID, CSeq copied).
+fn ok_answer(msg: &Message<'_>) -> String {
+    let mut a = String::from("SIP/2.0 200 OK\r\n");
+    for h in ["Via", "From", "To", "Call-ID", "CSeq"] {
+        a += &format!("{h}: {}\r\n", msg.header(h).unwrap_or(""));
+    }
+    if msg.method() == Some("SUBSCRIBE") {
+        a += "Expires: 3600\r\n";
+    }
+    a + "User-Agent: vigil-sim\r\nContent-Length: 0\r\n\r\n"
+}
+
+/// A MESSAGE from `dev` carrying a MANSCDP body in GB2312.
+fn manscdp_message(dev: &str, local: SocketAddr, call: &str, body: &str) -> Vec<u8> {
+    let (gb, _, _) = encoding_rs::GB18030.encode(body);
+    let mut raw = format!(
+        "MESSAGE sip:42010400002000000001@4201040000 SIP/2.0\r\nVia: SIP/2.0/UDP {local};rport;branch=z9hG4bK{call}\r\n\
+From: <sip:{dev}@4201040000>;tag={call}\r\nTo: <sip:42010400002000000001@4201040000>\r\nCall-ID: {call}\r\nCSeq: 1 MESSAGE\r\n\
+Content-Type: Application/MANSCDP+xml\r\nMax-Forwards: 70\r\nContent-Length: {}\r\n\r\n",
+        gb.len()
+    )
+    .into_bytes();
+    raw.extend_from_slice(&gb);
+    raw
+}
+
+/// Answers a request vigil sent one of the devices: 200 at once, then the MANSCDP answer
+/// for DeviceInfo, DeviceStatus and ConfigDownload. A catalog query is answered 200 and
+/// returned (device, SN) for the caller to send the parts.
+async fn serve(
+    sock: &UdpSocket,
+    server: SocketAddr,
+    msg: &Message<'_>,
+    heartbeat_s: u64,
+) -> Result<Option<(String, u64)>> {
+    if !matches!(msg.method(), Some("MESSAGE" | "SUBSCRIBE" | "NOTIFY" | "OPTIONS")) {
+        return Ok(None);
+    }
+    sock.send_to(ok_answer(msg).as_bytes(), server).await?;
+    if msg.method() != Some("MESSAGE") {
+        return Ok(None);
+    }
+    let (text, _) = vigil::sources::gb28181::manscdp::decode(msg.body);
+    let Ok(env) = vigil::sources::gb28181::manscdp::envelope(&text) else { return Ok(None) };
+    if env.root != "Query" {
+        return Ok(None);
+    }
+    let (dev, sn) = (env.device_id.clone(), env.sn.unwrap_or(0));
+    let inner = match env.cmd_type.as_str() {
+        "Catalog" => return Ok(Some((dev, sn))),
+        "DeviceInfo" => format!("<DeviceName>模拟摄像机 {}</DeviceName>\r\n<Result>OK</Result>\r\n<Manufacturer>vigil-sim</Manufacturer>\r\n<Model>SIM-IPC-2</Model>\r\n<Firmware>V1.0.0</Firmware>\r\n<Channel>1</Channel>\r\n", &dev[14..]),
+        "DeviceStatus" => "<Result>OK</Result>\r\n<Online>ONLINE</Online>\r\n<Status>OK</Status>\r\n<Encode>ON</Encode>\r\n<Record>OFF</Record>\r\n".to_owned(),
+        "ConfigDownload" => format!("<Result>OK</Result>\r\n<BasicParam>\r\n<Name>IPC</Name>\r\n<Expiration>3600</Expiration>\r\n<HeartBeatInterval>{heartbeat_s}</HeartBeatInterval>\r\n<HeartBeatCount>3</HeartBeatCount>\r\n</BasicParam>\r\n"),
+        _ => return Ok(None),
+    };
+    let body = format!("<?xml version=\"1.0\" encoding=\"GB2312\"?>\r\n<Response>\r\n<CmdType>{}</CmdType>\r\n<SN>{sn}</SN>\r\n<DeviceID>{dev}</DeviceID>\r\n{inner}</Response>\r\n", env.cmd_type);
+    let local = sock.local_addr()?;
+    sock.send_to(&manscdp_message(&dev, local, &format!("a{}{dev}{sn}", run_token()), &body), server).await?;
+    Ok(None)
+}
+
+/// A GB2312 `Notify/Alarm` (video alarm, intrusion) from `dev`.
+fn alarm(dev: &str, local: SocketAddr, sn: u64) -> Vec<u8> {
+    let now =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0) + 8 * 3600;
+    let (days, secs) = (now / 86_400, now % 86_400);
+    // Civil date from days since 1970 (Howard Hinnant's algorithm), local time UTC+8.
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    let time = format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}", secs / 3600, secs / 60 % 60, secs % 60);
+    let body = format!("<?xml version=\"1.0\" encoding=\"GB2312\"?>\r\n<Notify>\r\n<CmdType>Alarm</CmdType>\r\n<SN>{sn}</SN>\r\n<DeviceID>{dev}</DeviceID>\r\n<AlarmPriority>2</AlarmPriority>\r\n<AlarmMethod>5</AlarmMethod>\r\n<AlarmTime>{time}</AlarmTime>\r\n<AlarmDescription>区域入侵</AlarmDescription>\r\n<Info>\r\n<AlarmType>6</AlarmType>\r\n</Info>\r\n</Notify>\r\n");
+    manscdp_message(dev, local, &format!("al{}{dev}{sn}", run_token()), &body)
+}
+
+/// One REGISTER exchange for device `n` from `sock` with `password`; returns the final code.
+async fn register_one(
+    sock: &UdpSocket,
+    server: SocketAddr,
+    dev: &str,
+    password: &str,
+    heartbeat_s: u64,
+) -> Result<u16> {
+    let local = sock.local_addr()?;
+    let mut buf = vec![0u8; 65_535];
+    sock.send_to(register(dev, local, 11, "").as_bytes(), server).await?;
+    for _ in 0..20 {
+        let Ok(Ok((n, _))) = tokio::time::timeout(Duration::from_secs(2), sock.recv_from(&mut buf)).await else {
+            break;
+        };
+        let Ok(msg) = Message::parse(&buf[..n]) else { continue };
+        let StartLine::Response { code, .. } = msg.start else {
+            serve(sock, server, &msg, heartbeat_s).await?;
+            continue;
+        };
+        if code != 401 {
+            return Ok(code);
+        }
+        let www = msg.header("WWW-Authenticate").and_then(parse_authorization).unwrap_or_default();
+        let (Some(realm), Some(nonce)) = (www.get("realm"), www.get("nonce")) else { bail!("401 without a challenge") };
+        let uri = "sip:42010400002000000001@4201040000";
+        let resp = expected(dev, realm, password, "REGISTER", uri, nonce, Some(("00000001", "abcdef01", "auth")));
+        let auth = format!("Authorization: Digest username=\"{dev}\", realm=\"{realm}\", nonce=\"{nonce}\", uri=\"{uri}\", response=\"{resp}\", algorithm=MD5, qop=auth, nc=00000001, cnonce=\"abcdef01\"\r\n");
+        sock.send_to(register(dev, local, 12, &auth).as_bytes(), server).await?;
+    }
+    bail!("no final answer to REGISTER for {dev}")
+}
+
+/// Live devices (see `Mode::Live`).
+async fn live(
+    sock: &Arc<UdpSocket>,
+    args: &Args,
+    keepalive_s: u64,
+    channels: usize,
+    alarm_every: u64,
+    silent: u32,
+) -> Result<()> {
     let local = sock.local_addr()?;
     let mut sn = 0u64;
     let mut buf = vec![0u8; 65_535];
     let mut next_register = Instant::now();
     let mut next_keepalive = Instant::now() + Duration::from_secs(keepalive_s);
+    let mut next_alarm = Instant::now() + Duration::from_secs(alarm_every.max(1));
+    let mut silenced: std::collections::HashSet<u32> = (args.count.saturating_sub(silent)..args.count).collect();
+    // Devices moved to their own socket (`move N`): their keepalives leave from there.
+    let mut moved: HashMap<u32, Arc<UdpSocket>> = HashMap::new();
+    let (cmd_tx, mut commands) = tokio::sync::mpsc::channel::<String>(16);
+    std::thread::spawn(move || {
+        for line in std::io::stdin().lines().map_while(Result::ok) {
+            if cmd_tx.blocking_send(line).is_err() {
+                break;
+            }
+        }
+    });
     loop {
         if Instant::now() >= next_register {
             // A short storm: registers the approved, is told 403 for the quarantined.
             let (ok, failed, _, queries) = storm(sock, args).await?;
             println!("live: {ok} registered, {failed} refused (awaiting approval?)");
             for (dev, qsn) in queries {
-                if channels > 0 {
-                    for part in catalog_parts(&dev, qsn, channels, local, run_token()) {
-                        sock.send_to(&part, args.server).await?;
-                    }
+                for part in catalog_parts(&dev, qsn, channels, local, run_token()) {
+                    sock.send_to(&part, args.server).await?;
                 }
             }
             next_register = Instant::now() + Duration::from_secs(30);
         }
         if Instant::now() >= next_keepalive {
-            for n in 0..args.count {
+            for n in (0..args.count).filter(|n| !silenced.contains(n)) {
                 sn += 1;
-                sock.send_to(keepalive(&id(args.first + n), local, sn).as_bytes(), args.server).await?;
+                let from = moved.get(&n).unwrap_or(sock);
+                from.send_to(keepalive(&id(args.first + n), from.local_addr()?, sn).as_bytes(), args.server).await?;
             }
             next_keepalive = Instant::now() + Duration::from_secs(keepalive_s);
         }
+        if alarm_every > 0 && Instant::now() >= next_alarm {
+            sn += 1;
+            let n = (sn % u64::from(args.count.max(1))) as u32;
+            sock.send_to(&alarm(&id(args.first + n), local, sn), args.server).await?;
+            next_alarm = Instant::now() + Duration::from_secs(alarm_every);
+        }
         let got = tokio::select! {
             _ = tokio::signal::ctrl_c() => return Ok(()),
+            Some(line) = commands.recv() => {
+                let mut words = line.split_whitespace();
+                let (cmd, n) = (words.next().unwrap_or(""), words.next().and_then(|w| w.parse::<u32>().ok()));
+                match (cmd, n) {
+                    ("silence", Some(n)) => { silenced.insert(n); println!("device {n} stops keeping alive"); }
+                    ("resume", Some(n)) => { silenced.remove(&n); println!("device {n} keeps alive again"); }
+                    ("alarm", Some(n)) => {
+                        sn += 1;
+                        sock.send_to(&alarm(&id(args.first + n), local, sn), args.server).await?;
+                        println!("device {n} sent alarm SN {sn}");
+                    }
+                    ("move", Some(n)) => {
+                        let s = Arc::new(UdpSocket::bind("127.0.0.1:0").await?);
+                        let code = register_one(&s, args.server, &id(args.first + n), &args.password, keepalive_s).await?;
+                        println!("device {n} re-registered from {}: {code}", s.local_addr()?);
+                        let reader = s.clone();
+                        let server = args.server;
+                        tokio::spawn(async move {
+                            let mut buf = vec![0u8; 65_535];
+                            while let Ok((len, _)) = reader.recv_from(&mut buf).await {
+                                if let Ok(msg) = Message::parse(&buf[..len]) {
+                                    let _ = serve(&reader, server, &msg, keepalive_s).await;
+                                }
+                            }
+                        });
+                        moved.insert(n, s);
+                    }
+                    ("wrongpass", Some(n)) => {
+                        let s = UdpSocket::bind("127.0.0.1:0").await?;
+                        let code = register_one(&s, args.server, &id(args.first + n), "wrong-password", keepalive_s).await?;
+                        println!("device {n} with a wrong password: {code}");
+                    }
+                    ("garbage", _) => {
+                        let junk: Vec<u8> = (0..512u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+                        sock.send_to(&junk, args.server).await?;
+                        sock.send_to(b"REGISTER sip:x SIP/2.0\r\nContent-Length: 99999999\r\n\r\n", args.server).await?;
+                        println!("sent garbage");
+                    }
+                    _ => println!("commands: silence N | resume N | alarm N | move N | wrongpass N | garbage"),
+                }
+                continue;
+            }
             r = tokio::time::timeout(Duration::from_millis(500), sock.recv_from(&mut buf)) => r,
         };
         let Ok(Ok((n, _))) = got else { continue };
         let Ok(msg) = Message::parse(&buf[..n]) else { continue };
-        if msg.method() != Some("MESSAGE") {
-            continue;
-        }
-        let (text, _) = vigil::sources::gb28181::manscdp::decode(msg.body);
-        let Ok(env) = vigil::sources::gb28181::manscdp::envelope(&text) else { continue };
-        if env.cmd_type == "Catalog" && channels > 0 {
-            for part in catalog_parts(&env.device_id, env.sn.unwrap_or(0), channels, local, run_token()) {
+        if let Some((dev, qsn)) = serve(sock, args.server, &msg, keepalive_s).await? {
+            for part in catalog_parts(&dev, qsn, channels, local, run_token()) {
                 sock.send_to(&part, args.server).await?;
             }
         }
@@ -378,7 +573,7 @@ Content-Type: Application/MANSCDP+xml\r\nContent-Length: {}\r\n\r\n",
 
 #[tokio::main]
 async fn main() -> Result<()> {
-    let args = Args::parse();
+    let Sim::GbDevice(args) = Sim::parse();
     if !args.server.ip().is_loopback() {
         bail!("this load driver only targets loopback addresses");
     }
@@ -387,8 +582,8 @@ async fn main() -> Result<()> {
     let sock2 = socket2::Socket::from(std_sock);
     let _ = sock2.set_recv_buffer_size(4 * 1024 * 1024);
     let sock = Arc::new(UdpSocket::from_std(sock2.into())?);
-    if let Mode::Live { keepalive, channels } = args.mode {
-        return live(&sock, &args, keepalive, channels).await;
+    if let Mode::Live { keepalive, channels, alarm_every, silent } = args.mode {
+        return live(&sock, &args, keepalive, channels, alarm_every, silent).await;
     }
     let (ok, failed, took, queries) = storm(&sock, &args).await?;
     println!(
