@@ -60,14 +60,31 @@ async fn dashboard_shows_the_live_rate_streets_kinds_and_offline_devices() {
     // A GB/T 28181 camera nobody announced registers itself: it waits for approval.
     let mut stranger = crate::gb28181::Device::new("42010400001320000777", gw.sip.expect("SIP")).await;
     assert!(stranger.register(3600, "12345678").await.starts_with("SIP/2.0 403"));
+    // A listed GB/T 28181 NVR registers, answers its catalog (GB2312) and raises an alarm.
+    let nvr_id = "42010400001180000888";
+    let (s, body) =
+        api.post("/devices", json!({"id": nvr_id, "name": "古田 NVR", "kind": "nvr", "protocol": "gb28181"})).await;
+    assert_eq!(s, 201, "{body}");
+    let mut nvr = crate::gb28181::Device::new(nvr_id, gw.sip.expect("SIP")).await;
+    assert!(nvr.register(3600, "12345678").await.starts_with("SIP/2.0 200"));
+    let (_, q) = nvr.next_query("Catalog").await;
+    let catalog = format!("<?xml version=\"1.0\" encoding=\"GB2312\"?><Response><CmdType>Catalog</CmdType><SN>{}</SN><DeviceID>{nvr_id}</DeviceID><SumNum>2</SumNum><DeviceList Num=\"2\"><Item><DeviceID>42010400001310000881</DeviceID><Name>古田一路东口</Name><Status>ON</Status></Item><Item><DeviceID>42010400001310000882</DeviceID><Name>古田二路西口</Name><Status>OFF</Status></Item></DeviceList></Response>", q.sn.expect("SN"));
+    assert!(nvr.send_manscdp("MESSAGE", "dash-cat", &catalog).await.starts_with("SIP/2.0 200"));
+    let alarm = format!("<?xml version=\"1.0\" encoding=\"GB2312\"?><Notify><CmdType>Alarm</CmdType><SN>7</SN><DeviceID>{nvr_id}</DeviceID><AlarmPriority>1</AlarmPriority><AlarmMethod>5</AlarmMethod><AlarmTime>2026-11-27T09:00:00</AlarmTime><AlarmDescription>周界入侵告警</AlarmDescription></Notify>");
+    assert!(nvr.send_manscdp("MESSAGE", "dash-alarm", &alarm).await.starts_with("SIP/2.0 200"));
+    api.wait_for(&format!("/devices/{nvr_id}/channels"), Duration::from_secs(5), |c| {
+        c["items"].as_array().is_some_and(|i| i.len() == 2)
+    })
+    .await;
 
     let profile = tempfile::tempdir().expect("profile dir");
     let url = format!("{}/?token={VIEWER}&lang=zh", gw.url);
     let out = chromium(&["--dump-dom"], &url, profile.path());
     let dom = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "chromium failed: {}", String::from_utf8_lossy(&out.stderr));
-    assert!(dom.contains("85.00%"), "district rate 17/20 not shown:\n{dom}");
-    assert!(dom.contains("17 / 20"), "counts not shown");
+    // 17 of the 20 devices, and the NVR as its 2 channels, 1 ON: 18 of 22.
+    assert!(dom.contains("81.82%"), "rate 18/22 not shown:\n{dom}");
+    assert!(dom.contains("18 / 22"), "counts not shown");
     assert!(dom.contains("宗关街道") && dom.contains("62.50%"), "worst street not shown");
     let zong = dom.find("宗关街道").expect("zongguan");
     let gut = dom.find("古田街道").expect("gutian");
@@ -81,6 +98,19 @@ async fn dashboard_shows_the_live_rate_streets_kinds_and_offline_devices() {
     assert!(
         dom.contains("待审核设备") && dom.contains("42010400001320000777") && dom.contains("批准"),
         "the quarantined camera is not offered for approval"
+    );
+
+    assert!(dom.contains("最近告警") && dom.contains("周界入侵告警"), "the alarm is not listed");
+
+    // The device view (opened from a link, as from a click on a row): GB info and channels.
+    let dev_url = format!("{}/?token={VIEWER}&lang=zh&device={nvr_id}", gw.url);
+    let out = chromium(&["--dump-dom"], &dev_url, profile.path());
+    let dom = String::from_utf8_lossy(&out.stdout);
+    assert!(dom.contains("设备详情") && dom.contains("古田 NVR"), "device view not shown:\n{dom}");
+    assert!(dom.contains("古田一路东口") && dom.contains("古田二路西口"), "channels not listed");
+    assert!(
+        dom.contains("注册有效期至") && dom.contains("心跳判定窗口") && dom.contains("udp"),
+        "GB session not shown"
     );
 
     let shot = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/dashboard.png");

@@ -120,7 +120,7 @@ impl Device {
     /// The next request of vigil's that asks `cmd_type` (a MESSAGE `Query`, or a SUBSCRIBE for
     /// `SubscribeCatalog`), answered 200 at the SIP level; other requests stay in the inbox
     /// and retransmissions of ones already seen are skipped.
-    async fn next_query(&mut self, cmd_type: &str) -> (Vec<u8>, manscdp::Envelope) {
+    pub async fn next_query(&mut self, cmd_type: &str) -> (Vec<u8>, manscdp::Envelope) {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
         let mut skipped = Vec::new();
         let found = loop {
@@ -158,7 +158,7 @@ impl Device {
     }
 
     /// Sends a MANSCDP body (encoded in GB18030) in a MESSAGE and returns vigil's answer.
-    async fn send_manscdp(&mut self, method: &str, call_id: &str, body: &str) -> String {
+    pub async fn send_manscdp(&mut self, method: &str, call_id: &str, body: &str) -> String {
         let (gb, _, _) = encoding_rs::GB18030.encode(body);
         let head = self.request(method, call_id, "Content-Type: Application/MANSCDP+xml\r\n", "");
         let mut raw = head.replace("Content-Length: 0", &format!("Content-Length: {}", gb.len())).into_bytes();
@@ -217,7 +217,7 @@ Max-Forwards: 70\r\n\
         self.exchange(&second).await
     }
 
-    async fn keepalive(&mut self, sn: u32) -> String {
+    pub async fn keepalive(&mut self, sn: u32) -> String {
         let body = format!("<?xml version=\"1.0\" encoding=\"GB2312\"?>\r\n<Notify>\r\n<CmdType>Keepalive</CmdType>\r\n<SN>{sn}</SN>\r\n<DeviceID>{}</DeviceID>\r\n<Status>OK</Status>\r\n</Notify>\r\n", self.id);
         let msg = self.request("MESSAGE", &format!("ka-{sn}"), "Content-Type: Application/MANSCDP+xml\r\n", &body);
         self.exchange(&msg).await

@@ -566,8 +566,23 @@ mod tests {
 
         #[test]
         fn arbitrary_bodies_never_panic(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..1024)) {
+            let _ = declared(&bytes);
             let (text, _) = decode(&bytes);
             let _ = envelope(&text);
+            let _ = device_info(&text);
+            let _ = device_status(&text);
+            let _ = basic_param(&text);
+            let _ = alarm(&text);
+        }
+
+        /// Well-formed shapes with arbitrary text inside, so the readers' branches are reached.
+        #[test]
+        fn arbitrary_fields_never_panic(root in "(Notify|Response|Query)", cmd in "(Alarm|DeviceStatus|ConfigDownload|Catalog)", text in ".{0,64}") {
+            let xml = format!("<{root}><CmdType>{cmd}</CmdType><SN>{text}</SN><AlarmTime>{text}</AlarmTime><Longitude>{text}</Longitude><BasicParam><HeartBeatInterval>{text}</HeartBeatInterval></BasicParam><Alarmstatus><Item><DeviceID>{text}</DeviceID></Item></Alarmstatus><Info><AlarmType>{text}</AlarmType></Info></{root}>");
+            let _ = alarm(&xml);
+            let _ = device_status(&xml);
+            let _ = basic_param(&xml);
+            let _ = catalog(&xml);
         }
     }
 }
