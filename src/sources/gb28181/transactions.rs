@@ -21,7 +21,7 @@ pub const TIMER_F_MS: Millis = 64 * T1_MS;
 pub const MAX_IN_FLIGHT: usize = 4_096;
 
 /// What a request was for, so its answer (or silence) can be acted on.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Purpose {
     /// A MANSCDP `Query` (`Catalog`, `DeviceInfo`, `DeviceStatus`, `ConfigDownload`).
     Query(&'static str),

@@ -134,8 +134,10 @@ pub struct Server {
     raw: Vec<u8>,
     catalogs: Assemblies,
     transactions: ClientTransactions,
-    /// Requests waiting for room among the transactions in flight.
+    /// Requests waiting for room among the transactions in flight, and the same as a set
+    /// (a device that registers again before its requests left is not asked twice).
     backlog: VecDeque<(String, Purpose)>,
+    queued: std::collections::HashSet<(String, Purpose)>,
     internal_tx: mpsc::Sender<Internal>,
     internal_rx: Option<mpsc::Receiver<Internal>>,
     cseq: u32,
@@ -202,6 +204,7 @@ impl Server {
             catalogs: Assemblies::default(),
             transactions: ClientTransactions::default(),
             backlog: VecDeque::new(),
+            queued: Default::default(),
             internal_tx,
             internal_rx: Some(internal_rx),
             cseq: 1,

@@ -28,7 +28,9 @@ impl Server {
             self.metrics.sip_transactions.with_label_values(&[purpose.label(), "dropped"]).inc();
             return;
         }
-        self.backlog.push_back((device, purpose));
+        if self.queued.insert((device.clone(), purpose.clone())) {
+            self.backlog.push_back((device, purpose));
+        }
     }
 
     /// What vigil asks a device that has just registered (or moved).
@@ -93,6 +95,9 @@ impl Server {
         let mut sent = 0;
         while sent < PER_PUMP && self.transactions.has_room() {
             let Some((device, purpose)) = self.backlog.pop_front() else { break };
+            let key = (device, purpose);
+            self.queued.remove(&key);
+            let (device, purpose) = key;
             if self.send_request(&device, purpose, now).await {
                 sent += 1;
             }
