@@ -6,6 +6,7 @@ mod support;
 mod api;
 mod dashboard;
 mod gb28181;
+mod gb_fixtures;
 mod outage;
 mod restart;
 mod store;

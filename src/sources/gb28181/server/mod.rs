@@ -79,8 +79,9 @@ struct Session {
     sn: u64,
     /// Queries sent and not yet answered, by SN (a response to anything else is refused).
     asked: VecDeque<(u64, &'static str, Millis)>,
-    /// When to ask for its DeviceStatus again.
+    /// When to ask for its DeviceStatus, and its whole Catalog, again.
     next_status_at: Millis,
+    next_catalog_at: Millis,
     /// When to renew its catalog subscription (it accepted one), if ever.
     renew_subscription_at: Option<Millis>,
 }
@@ -243,6 +244,7 @@ impl Server {
                     sn: initial_sn(),
                     asked: VecDeque::new(),
                     next_status_at: now,
+                    next_catalog_at: now + CATALOG_EVERY_MS,
                     renew_subscription_at: None,
                 },
             );
@@ -719,6 +721,7 @@ impl Server {
                         sn: initial_sn(),
                         asked: VecDeque::new(),
                         next_status_at: now + STATUS_EVERY_MS,
+                        next_catalog_at: now + CATALOG_EVERY_MS,
                         renew_subscription_at: None,
                     },
                 );
@@ -733,8 +736,10 @@ impl Server {
     }
 }
 
-/// How often a registered device is asked for its DeviceStatus.
+/// How often a registered device is asked for its DeviceStatus, and for its whole catalog
+/// (which the subscription keeps current between times where the device supports one).
 const STATUS_EVERY_MS: Millis = 10 * 60_000;
+const CATALOG_EVERY_MS: Millis = 6 * 3600_000;
 
 /// A starting SN that differs between runs (devices may remember the last one they saw).
 fn initial_sn() -> u64 {

@@ -1,6 +1,6 @@
 //! What vigil asks of devices: after a registration, DeviceInfo, ConfigDownload/BasicParam
 //! (the keepalive settings), Catalog, DeviceStatus and a catalog SUBSCRIBE; DeviceStatus
-//! again on schedule and the subscription renewed at half its life; the `Response/Alarm`
+//! (10 min) and Catalog (6 h) again on schedule and the subscription renewed at half its life; the `Response/Alarm`
 //! after an alarm is stored. Requests wait in a backlog and leave at a bounded pace with a
 //! bounded number in flight (a registration storm does not become a query storm), each as
 //! a client transaction (retransmitted over UDP, Timer F), over the transport the device
@@ -13,7 +13,7 @@ use tracing::{debug, info};
 use super::super::manscdp;
 use super::super::message::Message;
 use super::super::transactions::Purpose;
-use super::{Server, ASKED_MAX, BACKLOG_MAX, STATUS_EVERY_MS};
+use super::{Server, ASKED_MAX, BACKLOG_MAX, CATALOG_EVERY_MS, STATUS_EVERY_MS};
 use crate::clock::{now_ms, Millis};
 
 /// Most new requests sent per pump (every 100 ms): 5,000 a second.
@@ -59,6 +59,10 @@ impl Server {
             if now >= s.next_status_at {
                 s.next_status_at = now + STATUS_EVERY_MS;
                 due.push((id.clone(), Purpose::Query("DeviceStatus")));
+            }
+            if now >= s.next_catalog_at {
+                s.next_catalog_at = now + CATALOG_EVERY_MS;
+                due.push((id.clone(), Purpose::Query("Catalog")));
             }
             if s.renew_subscription_at.is_some_and(|at| now >= at) {
                 s.renew_subscription_at = None;
