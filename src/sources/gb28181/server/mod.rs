@@ -739,7 +739,7 @@ impl Server {
 /// How often a registered device is asked for its DeviceStatus, and for its whole catalog
 /// (which the subscription keeps current between times where the device supports one).
 const STATUS_EVERY_MS: Millis = 10 * 60_000;
-const CATALOG_EVERY_MS: Millis = 6 * 3600_000;
+const CATALOG_EVERY_MS: Millis = 6 * 3_600_000;
 
 /// A starting SN that differs between runs (devices may remember the last one they saw).
 fn initial_sn() -> u64 {
