@@ -257,6 +257,10 @@ async fn an_unknown_device_is_quarantined_then_approved_registered_kept_alive_an
     );
     let (_, q) = api.get("/devices?admission=quarantined").await;
     assert_eq!(q["items"][0]["id"], id);
+    // Listed with its attempts and where they come from, for the operator who approves it.
+    let d =
+        api.wait_for(&format!("/devices/{id}"), Duration::from_secs(5), |d| d["attrs"]["register_attempts"] == 1).await;
+    assert_eq!(d["attrs"]["source"].as_str(), Some(dev.sock.local_addr().expect("addr").to_string().as_str()));
 
     // Approved by an operator: the next REGISTER is accepted, with Expires, Date and NAT params.
     assert_eq!(
@@ -399,6 +403,13 @@ To: <sip:42010400002000000001@4201040000>\r\nCall-ID: tcp-opt\r\nCSeq: 1 OPTIONS
         .wait_for(&format!("/devices/{id}"), Duration::from_secs(5), |d| d["presence"]["state"] == "online")
         .await;
     assert_eq!(d["presence"]["reason"], "register");
+    assert_eq!(d["gb28181"]["transport"], "tcp");
+    // vigil's queries come down the same connection, with a TCP Via, and are not retransmitted.
+    let query = read_frame(&mut stream, &mut buf).await;
+    let q = Message::parse(query.as_bytes()).expect("query parses");
+    assert_eq!(q.method(), Some("MESSAGE"), "{query}");
+    assert!(q.header("Via").is_some_and(|v| v.starts_with("SIP/2.0/TCP")), "{query}");
+    assert!(q.header("To").is_some_and(|t| t.contains(id)), "{query}");
     gw.shutdown().await;
 }
 

@@ -45,6 +45,9 @@ struct Args {
     /// Requests in flight at once.
     #[arg(long, default_value_t = 512)]
     window: usize,
+    /// `udp` (one shared socket) or `tcp` (a connection per device; live mode only).
+    #[arg(long, default_value = "udp")]
+    transport: String,
     #[command(subcommand)]
     mode: Mode,
 }
@@ -300,39 +303,132 @@ Content-Type: Application/MANSCDP+xml\r\nMax-Forwards: 70\r\nContent-Length: {}\
     raw
 }
 
-/// Answers a request vigil sent one of the devices: 200 at once, then the MANSCDP answer
+/// What a device sends back for a request of vigil's: 200 at once, then the MANSCDP answer
 /// for DeviceInfo, DeviceStatus and ConfigDownload. A catalog query is answered 200 and
 /// returned (device, SN) for the caller to send the parts.
+fn answers(msg: &Message<'_>, heartbeat_s: u64, local: SocketAddr) -> (Vec<Vec<u8>>, Option<(String, u64)>) {
+    if !matches!(msg.method(), Some("MESSAGE" | "SUBSCRIBE" | "NOTIFY" | "OPTIONS")) {
+        return (Vec::new(), None);
+    }
+    let mut out = vec![ok_answer(msg).into_bytes()];
+    if msg.method() != Some("MESSAGE") {
+        return (out, None);
+    }
+    let (text, _) = vigil::sources::gb28181::manscdp::decode(msg.body);
+    let Ok(env) = vigil::sources::gb28181::manscdp::envelope(&text) else { return (out, None) };
+    if env.root != "Query" || env.device_id.len() < 20 {
+        return (out, None);
+    }
+    let (dev, sn) = (env.device_id.clone(), env.sn.unwrap_or(0));
+    let inner = match env.cmd_type.as_str() {
+        "Catalog" => return (out, Some((dev, sn))),
+        "DeviceInfo" => format!("<DeviceName>模拟摄像机 {}</DeviceName>\r\n<Result>OK</Result>\r\n<Manufacturer>vigil-sim</Manufacturer>\r\n<Model>SIM-IPC-2</Model>\r\n<Firmware>V1.0.0</Firmware>\r\n<Channel>1</Channel>\r\n", &dev[14..]),
+        "DeviceStatus" => "<Result>OK</Result>\r\n<Online>ONLINE</Online>\r\n<Status>OK</Status>\r\n<Encode>ON</Encode>\r\n<Record>OFF</Record>\r\n".to_owned(),
+        "ConfigDownload" => format!("<Result>OK</Result>\r\n<BasicParam>\r\n<Name>IPC</Name>\r\n<Expiration>3600</Expiration>\r\n<HeartBeatInterval>{heartbeat_s}</HeartBeatInterval>\r\n<HeartBeatCount>3</HeartBeatCount>\r\n</BasicParam>\r\n"),
+        _ => return (out, None),
+    };
+    let body = format!("<?xml version=\"1.0\" encoding=\"GB2312\"?>\r\n<Response>\r\n<CmdType>{}</CmdType>\r\n<SN>{sn}</SN>\r\n<DeviceID>{dev}</DeviceID>\r\n{inner}</Response>\r\n", env.cmd_type);
+    out.push(manscdp_message(&dev, local, &format!("a{}{dev}{sn}", run_token()), &body));
+    (out, None)
+}
+
+/// Answers a request of vigil's over the shared UDP socket (see `answers`).
 async fn serve(
     sock: &UdpSocket,
     server: SocketAddr,
     msg: &Message<'_>,
     heartbeat_s: u64,
 ) -> Result<Option<(String, u64)>> {
-    if !matches!(msg.method(), Some("MESSAGE" | "SUBSCRIBE" | "NOTIFY" | "OPTIONS")) {
-        return Ok(None);
+    let (out, catalog) = answers(msg, heartbeat_s, sock.local_addr()?);
+    for bytes in out {
+        sock.send_to(&bytes, server).await?;
     }
-    sock.send_to(ok_answer(msg).as_bytes(), server).await?;
-    if msg.method() != Some("MESSAGE") {
-        return Ok(None);
+    Ok(catalog)
+}
+
+/// One device over TCP (`--transport tcp`): connects, registers with digest, keeps alive,
+/// answers vigil's requests on the same connection, and reconnects after 5 s if it drops.
+async fn tcp_device(dev: String, server: SocketAddr, password: String, keepalive_s: u64, channels: usize) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use vigil::sources::gb28181::message::frame_len;
+    let mut sn = 0u64;
+    loop {
+        let run = async {
+            let mut stream = tokio::net::TcpStream::connect(server).await?;
+            let local = stream.local_addr()?;
+            let tcp = |s: String| s.replace("SIP/2.0/UDP", "SIP/2.0/TCP");
+            stream.write_all(tcp(register(&dev, local, 1, "")).as_bytes()).await?;
+            let mut buf: Vec<u8> = Vec::new();
+            let mut chunk = vec![0u8; 16 * 1024];
+            let mut registered = false;
+            let mut next_keepalive = Instant::now();
+            loop {
+                // Frames already buffered first, then the socket or the keepalive timer.
+                while let Ok(Some(len)) = frame_len(&buf) {
+                    let frame: Vec<u8> = buf.drain(..len).collect();
+                    let Ok(msg) = Message::parse(&frame) else { continue };
+                    match msg.start {
+                        StartLine::Response { code: 401, .. } => {
+                            let www = msg.header("WWW-Authenticate").and_then(parse_authorization).unwrap_or_default();
+                            let (Some(realm), Some(nonce)) = (www.get("realm"), www.get("nonce")) else {
+                                bail!("401 without a challenge")
+                            };
+                            let uri = "sip:42010400002000000001@4201040000";
+                            let resp = expected(
+                                &dev,
+                                realm,
+                                &password,
+                                "REGISTER",
+                                uri,
+                                nonce,
+                                Some(("00000001", "abcdef01", "auth")),
+                            );
+                            let auth = format!("Authorization: Digest username=\"{dev}\", realm=\"{realm}\", nonce=\"{nonce}\", uri=\"{uri}\", response=\"{resp}\", algorithm=MD5, qop=auth, nc=00000001, cnonce=\"abcdef01\"\r\n");
+                            stream.write_all(tcp(register(&dev, local, 2, &auth)).as_bytes()).await?;
+                        }
+                        StartLine::Response { code, .. } if msg.cseq().is_some_and(|c| c.1 == "REGISTER") => {
+                            if code != 200 {
+                                bail!("REGISTER over TCP answered {code}");
+                            }
+                            registered = true;
+                        }
+                        StartLine::Response { .. } => {}
+                        StartLine::Request { .. } => {
+                            let (out, catalog) = answers(&msg, keepalive_s, local);
+                            for bytes in out {
+                                stream.write_all(&bytes).await?;
+                            }
+                            if let Some((d, qsn)) = catalog {
+                                for part in catalog_parts(&d, qsn, channels, local, run_token()) {
+                                    stream.write_all(&part).await?;
+                                }
+                            }
+                        }
+                    }
+                }
+                if registered && Instant::now() >= next_keepalive {
+                    sn += 1;
+                    stream.write_all(tcp(keepalive(&dev, local, sn)).as_bytes()).await?;
+                    next_keepalive = Instant::now() + Duration::from_secs(keepalive_s);
+                }
+                let n = match tokio::time::timeout(Duration::from_millis(500), stream.read(&mut chunk)).await {
+                    Ok(Ok(0)) => bail!("connection closed"),
+                    Ok(Ok(n)) => n,
+                    Ok(Err(e)) => return Err(e.into()),
+                    Err(_) => continue,
+                };
+                buf.extend_from_slice(&chunk[..n]);
+                if buf.len() > 1 << 20 {
+                    bail!("more than 1 MiB buffered without a complete message");
+                }
+            }
+        };
+        let r: Result<()> = run.await;
+        if let Err(e) = r {
+            eprintln!("{dev} over TCP: {e}; reconnecting in 5 s");
+        }
+        tokio::time::sleep(Duration::from_secs(5)).await;
     }
-    let (text, _) = vigil::sources::gb28181::manscdp::decode(msg.body);
-    let Ok(env) = vigil::sources::gb28181::manscdp::envelope(&text) else { return Ok(None) };
-    if env.root != "Query" {
-        return Ok(None);
-    }
-    let (dev, sn) = (env.device_id.clone(), env.sn.unwrap_or(0));
-    let inner = match env.cmd_type.as_str() {
-        "Catalog" => return Ok(Some((dev, sn))),
-        "DeviceInfo" => format!("<DeviceName>模拟摄像机 {}</DeviceName>\r\n<Result>OK</Result>\r\n<Manufacturer>vigil-sim</Manufacturer>\r\n<Model>SIM-IPC-2</Model>\r\n<Firmware>V1.0.0</Firmware>\r\n<Channel>1</Channel>\r\n", &dev[14..]),
-        "DeviceStatus" => "<Result>OK</Result>\r\n<Online>ONLINE</Online>\r\n<Status>OK</Status>\r\n<Encode>ON</Encode>\r\n<Record>OFF</Record>\r\n".to_owned(),
-        "ConfigDownload" => format!("<Result>OK</Result>\r\n<BasicParam>\r\n<Name>IPC</Name>\r\n<Expiration>3600</Expiration>\r\n<HeartBeatInterval>{heartbeat_s}</HeartBeatInterval>\r\n<HeartBeatCount>3</HeartBeatCount>\r\n</BasicParam>\r\n"),
-        _ => return Ok(None),
-    };
-    let body = format!("<?xml version=\"1.0\" encoding=\"GB2312\"?>\r\n<Response>\r\n<CmdType>{}</CmdType>\r\n<SN>{sn}</SN>\r\n<DeviceID>{dev}</DeviceID>\r\n{inner}</Response>\r\n", env.cmd_type);
-    let local = sock.local_addr()?;
-    sock.send_to(&manscdp_message(&dev, local, &format!("a{}{dev}{sn}", run_token()), &body), server).await?;
-    Ok(None)
 }
 
 /// A GB2312 `Notify/Alarm` (video alarm, intrusion) from `dev`.
@@ -583,7 +679,18 @@ async fn main() -> Result<()> {
     let _ = sock2.set_recv_buffer_size(4 * 1024 * 1024);
     let sock = Arc::new(UdpSocket::from_std(sock2.into())?);
     if let Mode::Live { keepalive, channels, alarm_every, silent } = args.mode {
+        if args.transport == "tcp" {
+            for n in 0..args.count.saturating_sub(silent) {
+                tokio::spawn(tcp_device(id(args.first + n), args.server, args.password.clone(), keepalive, channels));
+            }
+            println!("live: {} devices over TCP; Ctrl-C stops them", args.count.saturating_sub(silent));
+            tokio::signal::ctrl_c().await?;
+            return Ok(());
+        }
         return live(&sock, &args, keepalive, channels, alarm_every, silent).await;
+    }
+    if args.transport != "udp" {
+        bail!("--transport tcp is for live mode; the load modes use one UDP socket");
     }
     let (ok, failed, took, queries) = storm(&sock, &args).await?;
     println!(

@@ -86,12 +86,48 @@ pub fn decode(body: &[u8]) -> (Cow<'_, str>, Charset) {
     }
 }
 
+/// The open elements from the root down, their names in one buffer (no allocation per
+/// element). `path[i]` is the i-th name.
+#[derive(Default)]
+struct Path {
+    names: String,
+    ends: Vec<usize>,
+}
+
+impl Path {
+    fn len(&self) -> usize {
+        self.ends.len()
+    }
+    fn is_empty(&self) -> bool {
+        self.ends.is_empty()
+    }
+    fn last(&self) -> Option<&str> {
+        self.len().checked_sub(1).map(|i| &self[i])
+    }
+    fn push(&mut self, name: &[u8]) {
+        self.names.push_str(&String::from_utf8_lossy(name));
+        self.ends.push(self.names.len());
+    }
+    fn pop(&mut self) {
+        self.ends.pop();
+        self.names.truncate(self.ends.last().copied().unwrap_or(0));
+    }
+}
+
+impl std::ops::Index<usize> for Path {
+    type Output = str;
+    fn index(&self, i: usize) -> &str {
+        let start = if i == 0 { 0 } else { self.ends[i - 1] };
+        &self.names[start..self.ends[i]]
+    }
+}
+
 /// One step of a bounded walk over a MANSCDP document. `path` holds the open elements from
 /// the root down, the element itself included for `Start` and `End`.
 enum Node<'p, 'e> {
-    Start(&'p [String], &'p BytesStart<'e>),
-    End(&'p [String]),
-    Text(&'p [String], String),
+    Start(&'p Path, &'p BytesStart<'e>),
+    End(&'p Path),
+    Text(&'p Path, Cow<'e, str>),
 }
 
 /// Walks a document, bounded in depth (`MAX_DEPTH`) and length (`MAX_EVENTS`), tolerating
@@ -101,21 +137,21 @@ fn walk(xml: &str, mut on: impl FnMut(Node<'_, '_>)) -> Result<(), Error> {
     let mut reader = Reader::from_str(xml);
     reader.config_mut().trim_text(true);
     reader.config_mut().check_end_names = false;
-    let mut path: Vec<String> = Vec::new();
+    let mut path = Path::default();
     for _ in 0..MAX_EVENTS {
         match reader.read_event() {
             Ok(Event::Start(e)) => {
                 if path.len() >= MAX_DEPTH {
                     return Err(Error::TooDeep);
                 }
-                path.push(String::from_utf8_lossy(e.local_name().as_ref()).into_owned());
+                path.push(e.local_name().as_ref());
                 on(Node::Start(&path, &e));
             }
             Ok(Event::Empty(e)) => {
                 if path.len() >= MAX_DEPTH {
                     return Err(Error::TooDeep);
                 }
-                path.push(String::from_utf8_lossy(e.local_name().as_ref()).into_owned());
+                path.push(e.local_name().as_ref());
                 on(Node::Start(&path, &e));
                 on(Node::End(&path));
                 path.pop();
@@ -127,8 +163,10 @@ fn walk(xml: &str, mut on: impl FnMut(Node<'_, '_>)) -> Result<(), Error> {
                 }
             }
             Ok(Event::Text(t)) => {
-                let text =
-                    t.unescape().map(|c| c.into_owned()).unwrap_or_else(|_| String::from_utf8_lossy(&t).into_owned());
+                let text = match t.unescape() {
+                    Ok(c) => c,
+                    Err(_) => Cow::Owned(String::from_utf8_lossy(&t).into_owned()),
+                };
                 on(Node::Text(&path, text));
             }
             Ok(Event::Eof) => return Ok(()),
@@ -157,7 +195,7 @@ pub fn envelope(xml: &str) -> Result<Envelope, Error> {
     let mut env = Envelope::default();
     walk(xml, |node| match node {
         Node::Start(path, e) if path.len() == 1 => {
-            env.root = path[0].clone();
+            env.root = path[0].to_owned();
             for a in e.attributes().flatten() {
                 let v = String::from_utf8_lossy(&a.value).into_owned();
                 match a.key.local_name().as_ref() {
@@ -168,11 +206,11 @@ pub fn envelope(xml: &str) -> Result<Envelope, Error> {
                 }
             }
         }
-        Node::Text(path, text) if path.len() == 2 => match path[1].as_str() {
-            "CmdType" => env.cmd_type = text,
+        Node::Text(path, text) if path.len() == 2 => match &path[1] {
+            "CmdType" => env.cmd_type = text.into_owned(),
             "SN" => env.sn = text.trim().parse().ok(),
-            "DeviceID" => env.device_id = text,
-            "Status" => env.status = Some(text),
+            "DeviceID" => env.device_id = text.into_owned(),
+            "Status" => env.status = Some(text.into_owned()),
             _ => {}
         },
         _ => {}
@@ -215,7 +253,7 @@ pub struct CatalogResponse {
 }
 
 /// Trims, and treats the literal `null` some vendors send as empty.
-fn clean(text: String) -> String {
+fn clean(text: &str) -> String {
     let t = text.trim();
     if t.eq_ignore_ascii_case("null") {
         String::new()
@@ -231,7 +269,7 @@ pub fn catalog(xml: &str) -> Result<CatalogResponse, Error> {
     let mut item: Option<CatalogItem> = None;
     walk(xml, |node| match node {
         Node::Start(path, _)
-            if path.len() >= 2 && path[path.len() - 1] == "Item" && path[path.len() - 2] == "DeviceList" =>
+            if path.len() >= 2 && &path[path.len() - 1] == "Item" && &path[path.len() - 2] == "DeviceList" =>
         {
             item = Some(CatalogItem { status_on: true, ..Default::default() });
         }
@@ -242,26 +280,26 @@ pub fn catalog(xml: &str) -> Result<CatalogResponse, Error> {
                 }
             }
         }
-        Node::Text(path, text) if path.len() == 2 => match path[1].as_str() {
+        Node::Text(path, text) if path.len() == 2 => match &path[1] {
             "SN" => out.sn = text.trim().parse().ok(),
-            "DeviceID" => out.device_id = clean(text),
+            "DeviceID" => out.device_id = clean(&text),
             "SumNum" => out.sum_num = text.trim().parse().unwrap_or(0),
             _ => {}
         },
         Node::Text(path, text) if path.len() == 4 => {
             let Some(it) = item.as_mut() else { return };
-            match path[3].as_str() {
-                "DeviceID" => it.device_id = clean(text),
-                "Name" => it.name = clean(text),
-                "Manufacturer" => it.manufacturer = clean(text),
-                "Model" => it.model = clean(text),
+            match &path[3] {
+                "DeviceID" => it.device_id = clean(&text),
+                "Name" => it.name = clean(&text),
+                "Manufacturer" => it.manufacturer = clean(&text),
+                "Model" => it.model = clean(&text),
                 "Status" => it.status_on = !matches!(text.trim().to_ascii_uppercase().as_str(), "OFF" | "OFFLINE"),
-                "ParentID" => it.parent_id = clean(text),
-                "CivilCode" => it.civil_code = clean(text),
-                "Address" => it.address = clean(text),
-                "Longitude" => it.longitude = clean(text),
-                "Latitude" => it.latitude = clean(text),
-                "Event" => it.event = clean(text).to_ascii_uppercase(),
+                "ParentID" => it.parent_id = clean(&text),
+                "CivilCode" => it.civil_code = clean(&text),
+                "Address" => it.address = clean(&text),
+                "Longitude" => it.longitude = clean(&text),
+                "Latitude" => it.latitude = clean(&text),
+                "Event" => it.event = clean(&text).to_ascii_uppercase(),
                 _ => {}
             }
         }
@@ -286,8 +324,8 @@ pub fn device_info(xml: &str) -> Result<DeviceInfo, Error> {
     walk(xml, |node| {
         if let Node::Text(path, text) = node {
             if path.len() == 2 {
-                let text = clean(text);
-                match path[1].as_str() {
+                let text = clean(&text);
+                match &path[1] {
                     "DeviceName" => out.device_name = text,
                     "Manufacturer" => out.manufacturer = text,
                     "Model" => out.model = text,
@@ -323,26 +361,26 @@ pub fn device_status(xml: &str) -> Result<DeviceStatus, Error> {
     let mut out = DeviceStatus::default();
     let mut item: Option<(String, String)> = None;
     walk(xml, |node| match node {
-        Node::Start(path, _) if path.len() == 3 && path[2] == "Item" => item = Some(Default::default()),
-        Node::End(path) if path.len() == 3 && path[2] == "Item" => {
+        Node::Start(path, _) if path.len() == 3 && &path[2] == "Item" => item = Some(Default::default()),
+        Node::End(path) if path.len() == 3 && &path[2] == "Item" => {
             if let Some(it) = item.take().filter(|(id, _)| !id.is_empty()) {
                 if out.alarms.len() < MAX_ITEMS {
                     out.alarms.push(it);
                 }
             }
         }
-        Node::Text(path, text) if path.len() == 4 && path[2] == "Item" => {
+        Node::Text(path, text) if path.len() == 4 && &path[2] == "Item" => {
             if let Some(it) = item.as_mut() {
-                match path[3].as_str() {
-                    "DeviceID" => it.0 = clean(text),
-                    "DutyStatus" => it.1 = clean(text).to_ascii_uppercase(),
+                match &path[3] {
+                    "DeviceID" => it.0 = clean(&text),
+                    "DutyStatus" => it.1 = clean(&text).to_ascii_uppercase(),
                     _ => {}
                 }
             }
         }
         Node::Text(path, text) if path.len() == 2 => {
-            let text = clean(text);
-            match path[1].as_str() {
+            let text = clean(&text);
+            match &path[1] {
                 "Result" => out.result = text,
                 "Online" => out.online = text.to_ascii_uppercase(),
                 "Status" => out.status = text.to_ascii_uppercase(),
@@ -373,10 +411,10 @@ pub fn basic_param(xml: &str) -> Result<Option<BasicParam>, Error> {
     let mut out = BasicParam::default();
     let mut seen = false;
     walk(xml, |node| match node {
-        Node::Start(path, _) if path.len() == 2 && path[1] == "BasicParam" => seen = true,
-        Node::Text(path, text) if path.len() == 3 && path[1] == "BasicParam" => {
-            let text = clean(text);
-            match path[2].as_str() {
+        Node::Start(path, _) if path.len() == 2 && &path[1] == "BasicParam" => seen = true,
+        Node::Text(path, text) if path.len() == 3 && &path[1] == "BasicParam" => {
+            let text = clean(&text);
+            match &path[2] {
                 "Name" => out.name = text,
                 "Expiration" => out.expiration = text.parse().ok(),
                 "HeartBeatInterval" => out.heartbeat_interval = text.parse().ok(),
@@ -411,8 +449,8 @@ pub fn alarm(xml: &str) -> Result<Alarm, Error> {
     let mut out = Alarm::default();
     walk(xml, |node| match node {
         Node::Text(path, text) if path.len() == 2 => {
-            let text = clean(text);
-            match path[1].as_str() {
+            let text = clean(&text);
+            match &path[1] {
                 "SN" => out.sn = text.parse().ok(),
                 "DeviceID" => out.device_id = text,
                 "AlarmPriority" => out.priority = text.parse().ok(),
@@ -424,8 +462,8 @@ pub fn alarm(xml: &str) -> Result<Alarm, Error> {
                 _ => {}
             }
         }
-        Node::Text(path, text) if path.len() == 3 && path[1] == "Info" && path[2] == "AlarmType" => {
-            out.alarm_type = clean(text).parse().ok();
+        Node::Text(path, text) if path.len() == 3 && &path[1] == "Info" && &path[2] == "AlarmType" => {
+            out.alarm_type = clean(&text).parse().ok();
         }
         _ => {}
     })?;

@@ -66,34 +66,62 @@ pub enum StartLine<'a> {
 #[derive(Debug, Clone)]
 pub struct Message<'a> {
     pub start: StartLine<'a>,
-    headers: Vec<(&'a str, Cow<'a, str>)>,
+    /// (known-header id, name as sent, value); the id makes lookups a byte compare.
+    headers: Vec<(u8, &'a str, Cow<'a, str>)>,
     pub body: &'a [u8],
 }
 
-/// The compact form of a header name (RFC 3261 §7.3.3), if it has one.
-fn compact(name: &str) -> Option<&'static str> {
-    const PAIRS: [(&str, &str); 9] = [
-        ("call-id", "i"),
-        ("from", "f"),
-        ("to", "t"),
-        ("via", "v"),
-        ("content-length", "l"),
-        ("content-type", "c"),
-        ("contact", "m"),
-        ("subject", "s"),
-        ("supported", "k"),
-    ];
-    PAIRS.iter().find(|(long, _)| long.eq_ignore_ascii_case(name)).map(|(_, c)| *c)
+/// The headers vigil looks up, numbered (0 is any other), with their compact forms
+/// (RFC 3261 §7.3.3) mapped to the same number.
+fn known(name: &str) -> u8 {
+    let is = |s: &str| name.eq_ignore_ascii_case(s);
+    match name.len() {
+        1 => match name.as_bytes()[0].to_ascii_lowercase() {
+            b'i' => 4,
+            b'f' => 2,
+            b't' => 3,
+            b'v' => 1,
+            b'l' => 7,
+            b'c' => 8,
+            b'm' => 6,
+            b's' => 13,
+            b'k' => 14,
+            _ => 0,
+        },
+        2 if is("To") => 3,
+        3 if is("Via") => 1,
+        4 if is("From") => 2,
+        4 if is("CSeq") => 5,
+        5 if is("Event") => 15,
+        7 if is("Call-ID") => 4,
+        7 if is("Contact") => 6,
+        7 if is("Expires") => 9,
+        7 if is("Subject") => 13,
+        8 if is("X-GB-Ver") => 16,
+        9 if is("Supported") => 14,
+        10 if is("User-Agent") => 11,
+        12 if is("Content-Type") => 8,
+        13 if is("Authorization") => 10,
+        14 if is("Content-Length") => 7,
+        16 if is("WWW-Authenticate") => 12,
+        19 if is("Proxy-Authorization") => 17,
+        _ => 0,
+    }
 }
 
-/// Where the headers end: (index of the body, length of the separator).
+const CONTENT_LENGTH: u8 = 7;
+
+/// Where the headers end (the index of the body): after the first empty line, CRLF or
+/// bare LF. One pass over the header bytes only.
 fn header_end(buf: &[u8]) -> Option<usize> {
-    let crlf = buf.windows(4).position(|w| w == b"\r\n\r\n").map(|i| i + 4);
-    let lf = buf.windows(2).position(|w| w == b"\n\n").map(|i| i + 2);
-    match (crlf, lf) {
-        (Some(a), Some(b)) => Some(a.min(b)),
-        (a, b) => a.or(b),
+    for i in memchr::memchr_iter(b'\n', buf) {
+        match buf.get(i + 1) {
+            Some(b'\n') => return Some(i + 2),
+            Some(b'\r') if buf.get(i + 2) == Some(&b'\n') => return Some(i + 3),
+            _ => {}
+        }
     }
+    None
 }
 
 /// On a stream (TCP): the length of the first complete message in `buf`, `Ok(None)` if more
@@ -133,14 +161,14 @@ impl<'a> Message<'a> {
         let mut lines = head.split('\n').map(|l| l.strip_suffix('\r').unwrap_or(l));
         let first = lines.next().unwrap_or_default();
         let start = parse_start(first)?;
-        let mut headers: Vec<(&'a str, Cow<'a, str>)> = Vec::with_capacity(16);
+        let mut headers: Vec<(u8, &'a str, Cow<'a, str>)> = Vec::with_capacity(16);
         for line in lines {
             if line.is_empty() {
                 continue;
             }
             if line.starts_with([' ', '\t']) {
                 // A folded continuation of the previous header.
-                let Some((_, value)) = headers.last_mut() else {
+                let Some((_, _, value)) = headers.last_mut() else {
                     return Err(Error::HeaderLine(excerpt(line)));
                 };
                 let joined = format!("{} {}", value, line.trim());
@@ -155,41 +183,38 @@ impl<'a> Message<'a> {
             if name.is_empty() || name.contains(' ') {
                 return Err(Error::HeaderLine(excerpt(line)));
             }
-            headers.push((name, Cow::Borrowed(value.trim())));
+            headers.push((known(name), name, Cow::Borrowed(value.trim())));
         }
         let rest = &buf[end..];
-        let body =
-            match headers.iter().find(|(n, _)| n.eq_ignore_ascii_case("content-length") || n.eq_ignore_ascii_case("l"))
-            {
-                Some((_, v)) => {
-                    let declared: usize = v.parse().map_err(|_| Error::ContentLength(excerpt(v)))?;
-                    if declared > rest.len() {
-                        return Err(Error::Truncated { declared, available: rest.len() });
-                    }
-                    &rest[..declared]
+        let body = match headers.iter().find(|(id, _, _)| *id == CONTENT_LENGTH) {
+            Some((_, _, v)) => {
+                let declared: usize = v.parse().map_err(|_| Error::ContentLength(excerpt(v)))?;
+                if declared > rest.len() {
+                    return Err(Error::Truncated { declared, available: rest.len() });
                 }
-                None => rest,
-            };
+                &rest[..declared]
+            }
+            None => rest,
+        };
         Ok(Message { start, headers, body })
     }
 
     /// The first value of a header, by its full name (compact forms match too).
     pub fn header(&self, name: &str) -> Option<&str> {
-        let short = compact(name);
+        let id = known(name);
         self.headers
             .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name) || short.is_some_and(|s| n.eq_ignore_ascii_case(s)))
-            .map(|(_, v)| v.as_ref())
+            .find(|(i, n, _)| if id != 0 { *i == id } else { n.eq_ignore_ascii_case(name) })
+            .map(|(_, _, v)| v.as_ref())
     }
 
     /// Every value of a header, in order (Via may repeat or be comma-joined).
-    pub fn headers(&self, name: &str) -> impl Iterator<Item = &str> {
-        let short = compact(name);
-        let name = name.to_owned();
+    pub fn headers<'s>(&'s self, name: &'s str) -> impl Iterator<Item = &'s str> {
+        let id = known(name);
         self.headers
             .iter()
-            .filter(move |(n, _)| n.eq_ignore_ascii_case(&name) || short.is_some_and(|s| n.eq_ignore_ascii_case(s)))
-            .map(|(_, v)| v.as_ref())
+            .filter(move |(i, n, _)| if id != 0 { *i == id } else { n.eq_ignore_ascii_case(name) })
+            .map(|(_, _, v)| v.as_ref())
     }
 
     pub fn method(&self) -> Option<&str> {

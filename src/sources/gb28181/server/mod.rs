@@ -127,6 +127,8 @@ pub struct Server {
     saving: bool,
     next_save_at: Millis,
     failures: HashMap<IpAddr, (u32, Millis)>,
+    /// REGISTERs from quarantined devices: (count, when last written to the registry).
+    attempts: HashMap<String, (u64, Millis)>,
     answered: Answered,
     tag: String,
     gateway_id: String,
@@ -198,6 +200,7 @@ impl Server {
             saving: false,
             next_save_at: 0,
             failures: HashMap::new(),
+            attempts: HashMap::new(),
             answered: Answered::default(),
             gateway_id: p.gateway_id,
             rejections: p.shared.rejections,
@@ -607,6 +610,7 @@ impl Server {
             Admission::Approved => {}
             Admission::Quarantined => {
                 outcome(self, "quarantined");
+                self.note_attempt(&id, from, now);
                 return message::response(msg, 403, "Forbidden (awaiting approval)", from, &self.tag, &[], b"");
             }
             Admission::Rejected => {
@@ -662,6 +666,32 @@ impl Server {
             &[("Contact", contact), ("Expires", granted.to_string()), ("Date", date)],
             b"",
         )
+    }
+
+    /// Counts an authenticated REGISTER from a device awaiting approval, so operators see
+    /// how often (and from where) it keeps trying: kept in its attributes, written at most
+    /// once a minute per device.
+    fn note_attempt(&mut self, id: &str, from: SocketAddr, now: Millis) {
+        if self.attempts.len() >= SWEEP_AT {
+            self.attempts.retain(|_, (_, written)| now - *written < 3_600_000);
+        }
+        let e = self.attempts.entry(id.to_owned()).or_insert((0, 0));
+        e.0 += 1;
+        if now - e.1 < 60_000 {
+            return;
+        }
+        e.1 = now;
+        let mut attrs = serde_json::Map::new();
+        attrs.insert("register_attempts".into(), serde_json::json!(e.0));
+        attrs.insert("last_attempt".into(), serde_json::json!(crate::clock::rfc3339(now, &self.tz)));
+        attrs.insert("source".into(), serde_json::json!(from.to_string()));
+        let registry = self.registry.clone();
+        let id = id.to_owned();
+        tokio::spawn(async move {
+            if let Err(e) = registry.merge_attrs(&id, attrs).await {
+                warn!(device = %id, error = %e, "Cannot note a registration attempt.");
+            }
+        });
     }
 
     /// Creates or refreshes a device's session; true when it is new or moved (a new
