@@ -190,8 +190,71 @@ pub struct Envelope {
 }
 
 /// Reads the envelope of a MANSCDP body (already decoded). Accepts the attribute form
-/// (`<Response CmdType=".." SN="..">`) too.
+/// (`<Response CmdType=".." SN="..">`) too. The common flat shape (a keepalive: a root with
+/// plain-text children, no attributes, entities, comments or nesting) is read by a small
+/// scanner; anything else by the bounded walker. Both give the same envelope (a property
+/// test holds them to it).
 pub fn envelope(xml: &str) -> Result<Envelope, Error> {
+    match envelope_flat(xml) {
+        Some(env) => Ok(env),
+        None => envelope_walk(xml),
+    }
+}
+
+/// An XML name vigil expects in MANSCDP: ASCII letters, digits, `_` and `-`.
+fn plain_name(name: &str) -> bool {
+    !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+/// The envelope of a flat document (`<?xml ..?><Root><Name>text</Name>...</Root>`), or
+/// `None` when the document is anything else (the walker reads it then). Bounded by the
+/// input: one forward pass, no allocation but the fields kept.
+fn envelope_flat(xml: &str) -> Option<Envelope> {
+    if memchr::memchr(b'&', xml.as_bytes()).is_some() || xml.contains("<!") {
+        return None;
+    }
+    let mut rest = xml.trim_start();
+    if let Some(r) = rest.strip_prefix("<?") {
+        let end = r.find("?>")?;
+        rest = r[end + 2..].trim_start();
+    }
+    let r = rest.strip_prefix('<')?;
+    let close = r.find('>')?;
+    let root = &r[..close];
+    if !plain_name(root) {
+        return None;
+    }
+    let mut env = Envelope { root: root.to_owned(), ..Default::default() };
+    rest = &r[close + 1..];
+    loop {
+        let r = rest.trim_start().strip_prefix('<')?;
+        if let Some(end) = r.strip_prefix('/') {
+            let after = end.strip_prefix(root)?.strip_prefix('>')?;
+            return after.trim().is_empty().then_some(env);
+        }
+        let close = r.find('>')?;
+        let name = &r[..close];
+        if !plain_name(name) {
+            return None;
+        }
+        let body = &r[close + 1..];
+        let lt = body.find('<')?;
+        let text = body[..lt].trim();
+        rest = body[lt..].strip_prefix("</")?.strip_prefix(name)?.strip_prefix('>')?;
+        if text.is_empty() {
+            continue; // as the walker: no text event for whitespace only
+        }
+        match name {
+            "CmdType" => env.cmd_type = text.to_owned(),
+            "SN" => env.sn = text.parse().ok(),
+            "DeviceID" => env.device_id = text.to_owned(),
+            "Status" => env.status = Some(text.to_owned()),
+            _ => {}
+        }
+    }
+}
+
+fn envelope_walk(xml: &str) -> Result<Envelope, Error> {
     let mut env = Envelope::default();
     walk(xml, |node| match node {
         Node::Start(path, e) if path.len() == 1 => {
@@ -507,6 +570,7 @@ mod tests {
         let utf8 = "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\r\n<Notify>\r\n<CmdType>Keepalive</CmdType>\r\n<SN>43</SN>\r\n<DeviceID>42010400001320000001</DeviceID>\r\n<Status>OK</Status>\r\n</Notify>\r\n";
         let (text, cs) = decode(utf8.as_bytes());
         assert_eq!(cs, Charset::Utf8);
+        assert_eq!(envelope_flat(&text).map(|e| e.sn), Some(Some(43)), "a keepalive takes the flat path");
         let e = envelope(&text).expect("parses");
         assert_eq!(
             (e.root.as_str(), e.cmd_type.as_str(), e.sn, e.device_id.as_str(), e.status.as_deref()),
@@ -611,6 +675,29 @@ mod tests {
             let _ = device_status(&text);
             let _ = basic_param(&text);
             let _ = alarm(&text);
+        }
+
+        /// The flat scanner and the walker agree wherever the scanner answers.
+        #[test]
+        fn flat_envelope_agrees_with_the_walker(
+            decl in proptest::bool::ANY,
+            root in "(Notify|Response|Query|X)",
+            children in proptest::collection::vec(("(CmdType|SN|DeviceID|Status|Info|a-b)", "[ a-zA-Z0-9<>&/古]{0,10}"), 0..6),
+            pad in "[ \r\n\t]{0,2}",
+            close in "(Notify|Response|Query|X)",
+        ) {
+            let mut xml = String::new();
+            if decl {
+                xml.push_str("<?xml version=\"1.0\" encoding=\"GB2312\"?>");
+            }
+            xml.push_str(&format!("{pad}<{root}>{pad}"));
+            for (name, text) in &children {
+                xml.push_str(&format!("<{name}>{text}</{name}>{pad}"));
+            }
+            xml.push_str(&format!("</{close}>{pad}"));
+            if let Some(flat) = envelope_flat(&xml) {
+                proptest::prop_assert_eq!(Ok(flat), envelope_walk(&xml), "{}", xml);
+            }
         }
 
         /// Well-formed shapes with arbitrary text inside, so the readers' branches are reached.
