@@ -463,6 +463,50 @@ impl Registry {
         Ok(())
     }
 
+    /// Merges attributes a source learned into many devices in one transaction; devices whose
+    /// attributes would not change are not written. Returns how many were written. Unknown
+    /// ids are skipped (the device may have been deleted meanwhile).
+    pub async fn merge_attrs_many(
+        &self,
+        batch: Vec<(String, serde_json::Map<String, serde_json::Value>)>,
+    ) -> Result<usize, Error> {
+        let _merging = self.merging.lock().await;
+        // One entry per device, later attributes over earlier ones.
+        let mut merged: std::collections::HashMap<String, serde_json::Map<String, serde_json::Value>> =
+            std::collections::HashMap::new();
+        for (id, attrs) in batch {
+            merged.entry(id).or_default().extend(attrs);
+        }
+        let mut changed: Vec<Device> = Vec::new();
+        {
+            let cache = self.read();
+            for (id, attrs) in merged {
+                let Some(d) = cache.device(&id) else { continue };
+                if attrs.iter().all(|(k, v)| d.attrs.get(k) == Some(v)) {
+                    continue;
+                }
+                let mut dev = (*d).clone();
+                dev.attrs.extend(attrs);
+                changed.push(dev);
+            }
+        }
+        if changed.is_empty() {
+            return Ok(0);
+        }
+        let rows: Vec<serde_json::Value> = changed
+            .iter()
+            .map(|d| serde_json::json!([d.id, serde_json::Value::Object(d.attrs.clone()).to_string()]))
+            .collect();
+        store::update_attrs_many(&self.db, &serde_json::Value::Array(rows).to_string(), now_ms()).await?;
+        let n = changed.len();
+        self.write_cache(|c| {
+            for d in changed {
+                c.replace_device(d);
+            }
+        });
+        Ok(n)
+    }
+
     /// Merges attributes a source learned (manufacturer, model, firmware, ...) into a device.
     pub async fn merge_attrs(
         &self,

@@ -197,6 +197,23 @@ pub async fn update_attrs(pool: &AnyPool, id: &str, attrs: &str, now: Millis) ->
     Ok(())
 }
 
+/// Writes many devices' attributes in one statement: `rows` is a JSON array of
+/// `[id, attrs-json]`.
+pub async fn update_attrs_many(db: &crate::db::Db, rows: &str, now: Millis) -> Result<(), sqlx::Error> {
+    let sql = match db.backend {
+        crate::db::Backend::Sqlite => {
+            "UPDATE devices SET attrs = j.attrs, updated_at = $2 \
+             FROM (SELECT value ->> 0 AS id, value ->> 1 AS attrs FROM json_each($1)) AS j WHERE devices.id = j.id"
+        }
+        crate::db::Backend::Postgres => {
+            "UPDATE devices SET attrs = j.attrs, updated_at = $2 \
+             FROM (SELECT e ->> 0 AS id, e ->> 1 AS attrs FROM json_array_elements($1::json) AS e) AS j WHERE devices.id = j.id"
+        }
+    };
+    sqlx::query(sql).bind(rows).bind(now).execute(&db.pool).await?;
+    Ok(())
+}
+
 pub async fn delete_device(pool: &AnyPool, id: &str) -> Result<(), sqlx::Error> {
     let mut tx = pool.begin().await?;
     sqlx::query("DELETE FROM channels WHERE device_id = $1").bind(id).execute(&mut *tx).await?;

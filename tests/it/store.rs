@@ -277,10 +277,21 @@ async fn concurrent_merges(db: Db) {
     for t in tasks {
         t.await.expect("task");
     }
+    // A batch: one device twice (both kept), one unchanged (not written), one unknown (skipped).
+    let a = |k: &str, v: i64| {
+        let mut m = serde_json::Map::new();
+        m.insert(k.into(), serde_json::json!(v));
+        m
+    };
+    let id = "42010401001320000009".to_owned();
+    let batch = vec![(id.clone(), a("x", 1)), (id.clone(), a("y", 2)), ("nobody".into(), a("x", 1))];
+    assert_eq!(reg.merge_attrs_many(batch).await.expect("batch"), 1);
+    assert_eq!(reg.merge_attrs_many(vec![(id.clone(), a("x", 1))]).await.expect("batch"), 0, "nothing changed");
     let again = Registry::load(db.clone(), AdmissionConfig::default()).await.expect("reload");
     let d = again.read().device("42010401001320000009").expect("device");
     assert!(d.maintenance);
     assert_eq!((0..20).filter(|i| d.attrs.contains_key(&format!("k{i}"))).count(), 20, "{:?}", d.attrs);
+    assert_eq!((d.attrs["x"].as_i64(), d.attrs["y"].as_i64()), (Some(1), Some(2)));
     db.close().await;
 }
 on_both_backends!(concurrent_merges_lose_nothing, concurrent_merges);

@@ -145,7 +145,7 @@ impl Server {
                         serde_json::json!({
                             "online": st.online, "status": st.status, "encode": st.encode,
                             "record": st.record, "device_time": st.device_time,
-                            "alarm_inputs": alarms, "checked_at": crate::clock::rfc3339(now, &self.tz),
+                            "alarm_inputs": alarms,
                         }),
                     );
                     if st.status == "ERROR" {
@@ -192,14 +192,19 @@ impl Server {
         (Some(self.answer(msg, from, 400, &format!("Bad Request ({what} body)"))), true)
     }
 
-    /// Writes learned attributes in the background.
-    fn merge_attrs(&self, id: String, attrs: serde_json::Map<String, serde_json::Value>, what: &'static str) {
-        let registry = self.registry.clone();
-        tokio::spawn(async move {
-            if let Err(e) = registry.merge_attrs(&id, attrs).await {
-                warn!(device = %id, error = %e, what, "Cannot store what the device reported.");
-            }
-        });
+    /// Queues learned attributes; they are written in one transaction a second (and only
+    /// where they changed), so a storm of answers is not a storm of commits.
+    pub(super) fn merge_attrs(
+        &mut self,
+        id: String,
+        attrs: serde_json::Map<String, serde_json::Value>,
+        _what: &'static str,
+    ) {
+        if self.pending_attrs.len() >= super::PENDING_ATTRS_MAX && !self.pending_attrs.contains_key(&id) {
+            self.metrics.events_rejected.with_label_values(&["gb28181", "attrs_backlog_full"]).inc();
+            return;
+        }
+        self.pending_attrs.entry(id).or_default().extend(attrs);
     }
 
     /// Adopts the keepalive settings a device reports, clamped to sane bounds (a bad value

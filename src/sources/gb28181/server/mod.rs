@@ -129,6 +129,8 @@ pub struct Server {
     failures: HashMap<IpAddr, (u32, Millis)>,
     /// REGISTERs from quarantined devices: (count, when last written to the registry).
     attempts: HashMap<String, (u64, Millis)>,
+    /// Attributes learned from devices, written once a second in one transaction.
+    pending_attrs: HashMap<String, serde_json::Map<String, serde_json::Value>>,
     answered: Answered,
     tag: String,
     gateway_id: String,
@@ -145,6 +147,9 @@ pub struct Server {
     internal_rx: Option<mpsc::Receiver<Internal>>,
     cseq: u32,
 }
+
+/// Most devices with attributes waiting to be written.
+const PENDING_ATTRS_MAX: usize = 100_000;
 
 /// Most requests waiting for room; beyond it new registrations are not queried (counted).
 const BACKLOG_MAX: usize = 100_000;
@@ -201,6 +206,7 @@ impl Server {
             next_save_at: 0,
             failures: HashMap::new(),
             attempts: HashMap::new(),
+            pending_attrs: HashMap::new(),
             answered: Answered::default(),
             gateway_id: p.gateway_id,
             rejections: p.shared.rejections,
@@ -327,6 +333,16 @@ impl Server {
             self.store_catalog(partial);
         }
         self.schedule(now);
+        if !self.pending_attrs.is_empty() {
+            let batch: Vec<_> = self.pending_attrs.drain().collect();
+            let registry = self.registry.clone();
+            tokio::spawn(async move {
+                let n = batch.len();
+                if let Err(e) = registry.merge_attrs_many(batch).await {
+                    warn!(devices = n, error = %e, "Cannot store what devices reported; they report again at their next registration.");
+                }
+            });
+        }
         if self.board_dirty && !self.saving && now >= self.next_save_at {
             self.board_dirty = false;
             self.saving = true;
@@ -685,13 +701,7 @@ impl Server {
         attrs.insert("register_attempts".into(), serde_json::json!(e.0));
         attrs.insert("last_attempt".into(), serde_json::json!(crate::clock::rfc3339(now, &self.tz)));
         attrs.insert("source".into(), serde_json::json!(from.to_string()));
-        let registry = self.registry.clone();
-        let id = id.to_owned();
-        tokio::spawn(async move {
-            if let Err(e) = registry.merge_attrs(&id, attrs).await {
-                warn!(device = %id, error = %e, "Cannot note a registration attempt.");
-            }
-        });
+        self.merge_attrs(id.to_owned(), attrs, "attempt");
     }
 
     /// Creates or refreshes a device's session; true when it is new or moved (a new
