@@ -58,7 +58,9 @@ c1=$(cpu)
 echo "vigil CPU during the flood (10 s + the storm before it): $(( (c1 - c0) * 1000 / TCK )) ms"
 # Steady state: $COUNT devices keeping alive every 60 s is $COUNT/60 messages a second.
 c0=$(cpu)
-$BIN/vigil-sim gb-device --server "127.0.0.1:$SIP" --count "$COUNT" flood --rate $(( COUNT / 60 )) --seconds 30
+$BIN/vigil-sim gb-device --server "127.0.0.1:$SIP" --count "$COUNT" flood --rate $(( COUNT / 60 )) --seconds 30 &
+for i in 1 2 3 4 5 6; do a=$(cpu); sleep 5; b=$(cpu); echo "  vigil CPU, seconds $(( i * 5 - 5 ))-$(( i * 5 )): $(( (b - a) * 1000 / TCK / 5 )) ms/s"; done
+wait
 c1=$(cpu)
 echo "vigil CPU for 30 s of steady keepalives (plus one re-registration storm): $(( (c1 - c0) * 1000 / TCK )) ms"
 echo "RSS after: $(grep VmRSS /proc/$PID/status)"
