@@ -583,6 +583,48 @@ impl Registry {
         Ok(crate::db::set_state(&self.db.pool, key, value).await?)
     }
 
+    /// `admit` for many devices with one write: the outcomes in the order given.
+    pub async fn admit_many(&self, unknowns: Vec<UnknownDevice>) -> Result<Vec<AdmissionOutcome>, Error> {
+        let mut outcomes: Vec<Option<AdmissionOutcome>> = Vec::with_capacity(unknowns.len());
+        let mut new: Vec<NewDevice> = Vec::new();
+        let mut seen = std::collections::HashSet::new();
+        for u in &unknowns {
+            if let Some(d) = self.read().device(&u.id) {
+                outcomes.push(Some(AdmissionOutcome::Known(d)));
+                continue;
+            }
+            match admission::decide(&self.admission, u) {
+                None => outcomes.push(Some(AdmissionOutcome::Refused)),
+                Some(d) => {
+                    if seen.insert(u.id.clone()) {
+                        new.push(self.prepare_device(d)?);
+                    }
+                    outcomes.push(None); // filled in once written
+                }
+            }
+        }
+        let written: HashMap<String, Arc<Device>> = if new.is_empty() {
+            HashMap::new()
+        } else {
+            let (written, _) = self.upsert_devices(new, |_| {}).await?;
+            written.into_iter().map(|d| (d.id.clone(), d)).collect()
+        };
+        let mut added = std::collections::HashSet::new();
+        unknowns
+            .iter()
+            .zip(outcomes)
+            .map(|(u, o)| match o {
+                Some(o) => Ok(o),
+                None => {
+                    let d =
+                        written.get(&u.id).cloned().ok_or_else(|| Error::Conflict("device was not written".into()))?;
+                    // The first REGISTER of a device in the batch added it; later ones find it.
+                    Ok(if added.insert(u.id.clone()) { AdmissionOutcome::Added(d) } else { AdmissionOutcome::Known(d) })
+                }
+            })
+            .collect()
+    }
+
     /// Decides what happens to a device that announced itself (sources call this).
     pub async fn admit(&self, unknown: UnknownDevice) -> Result<AdmissionOutcome, Error> {
         if let Some(d) = self.read().device(&unknown.id) {

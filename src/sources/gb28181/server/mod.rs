@@ -102,8 +102,23 @@ impl Session {
     }
 }
 
+/// An authenticated REGISTER from a device the registry does not know yet.
+pub(super) struct WaitingAdmission {
+    unknown: UnknownDevice,
+    code: GbCode,
+    raw: Vec<u8>,
+    from: SocketAddr,
+    reply: Reply,
+    key: String,
+}
+
+/// Most REGISTERs waiting for admission; past it unknown devices are told to come back.
+const WAITING_ADMISSION_MAX: usize = 50_000;
+
 /// Results of work the server handed to spawned tasks.
 pub(super) enum Internal {
+    /// A batch of admissions written (or not).
+    Admitted(Vec<(WaitingAdmission, Result<AdmissionOutcome, String>)>),
     /// An answer to send once a write committed (an alarm's 200).
     Answer { bytes: Vec<u8>, to: SocketAddr, reply: Reply },
     /// A request to queue for a device (the `Response/Alarm`).
@@ -129,6 +144,11 @@ pub struct Server {
     failures: HashMap<IpAddr, (u32, Millis)>,
     /// REGISTERs from quarantined devices: (count, when last written to the registry).
     attempts: HashMap<String, (u64, Millis)>,
+    /// REGISTERs of unknown devices waiting for their admission to be written (in batches),
+    /// and their transaction keys (a retransmission meanwhile is absorbed).
+    waiting_admission: Vec<WaitingAdmission>,
+    admitting: std::collections::HashSet<String>,
+    admission_in_flight: bool,
     /// Attributes learned from devices, written once a second in one transaction.
     pending_attrs: HashMap<String, serde_json::Map<String, serde_json::Value>>,
     answered: Answered,
@@ -207,6 +227,9 @@ impl Server {
             failures: HashMap::new(),
             attempts: HashMap::new(),
             pending_attrs: HashMap::new(),
+            waiting_admission: Vec::new(),
+            admitting: Default::default(),
+            admission_in_flight: false,
             answered: Answered::default(),
             gateway_id: p.gateway_id,
             rejections: p.shared.rejections,
@@ -315,6 +338,7 @@ impl Server {
         match job {
             Internal::Answer { bytes, to, reply } => self.send(to, &reply, bytes).await,
             Internal::Request { device, purpose } => self.enqueue(device, purpose),
+            Internal::Admitted(batch) => self.admitted(batch).await,
             Internal::Save(r) => {
                 self.saving = false;
                 if let Err(e) = r {
@@ -422,9 +446,15 @@ impl Server {
         if let Some(answer) = self.answered.get(&key) {
             return Some(answer.to_vec());
         }
+        if self.admitting.contains(&key) {
+            return None; // its answer comes once the admission is written
+        }
         let mut remember = true;
         let answer = match method.as_str() {
-            "REGISTER" => self.register(&msg, from, now, reply).await,
+            "REGISTER" => match self.register(&msg, from, now, reply, (&key, bytes)).await {
+                Some(a) => a,
+                None => return None,
+            },
             "MESSAGE" | "NOTIFY" => {
                 let (answer, idempotent) = self.message(&msg, from, now, reply).await;
                 // A repeated keepalive is harmless evidence; only side effects are remembered.
@@ -468,18 +498,27 @@ impl Server {
         self.failures.get(&ip).is_some_and(|(n, since)| *n >= MAX_FAILURES && now - *since < FAILURE_WINDOW_MS)
     }
 
-    async fn register(&mut self, msg: &Message<'_>, from: SocketAddr, now: Millis, reply: &Reply) -> Vec<u8> {
+    /// Answers a REGISTER; `None` when the answer waits for the device's admission (an
+    /// unknown device: admissions are written in batches).
+    async fn register(
+        &mut self,
+        msg: &Message<'_>,
+        from: SocketAddr,
+        now: Millis,
+        reply: &Reply,
+        (key, bytes): (&str, &[u8]),
+    ) -> Option<Vec<u8>> {
         let outcome = |s: &Self, o: &str| s.metrics.sip_registrations.with_label_values(&[o]).inc();
         let Some(id) = msg.header("From").and_then(uri_user).map(str::to_owned) else {
             self.reject("no_device_id", from, "no device id in From".into());
-            return message::response(msg, 400, "Bad Request (no device id in From)", from, &self.tag, &[], b"");
+            return Some(message::response(msg, 400, "Bad Request (no device id in From)", from, &self.tag, &[], b""));
         };
         let code = match GbCode::parse(&id) {
             Ok(c) => c,
             Err(e) => {
                 self.reject("bad_device_id", from, e.to_string());
                 warn!(peer = %from, device = %id, error = %e, "REGISTER with a device id that is not a GB/T 28181 code.");
-                return message::response(
+                return Some(message::response(
                     msg,
                     400,
                     "Bad Request (device id is not a 20-digit GB/T 28181 code)",
@@ -487,22 +526,33 @@ impl Server {
                     &self.tag,
                     &[],
                     b"",
-                );
+                ));
             }
         };
         if self.limited(from.ip(), now) {
             outcome(self, "rate_limited");
-            return message::response(msg, 403, "Forbidden (too many failed attempts)", from, &self.tag, &[], b"");
+            return Some(message::response(
+                msg,
+                403,
+                "Forbidden (too many failed attempts)",
+                from,
+                &self.tag,
+                &[],
+                b"",
+            ));
         }
         let known = self.registry.read().device(&id);
         if self.cfg.digest {
             if let Some(refusal) =
                 self.authenticate(msg, from, now, &id, known.as_ref().and_then(|d| d.password.clone()))
             {
-                return refusal;
+                return Some(refusal);
             }
         }
-        self.admit_and_register(msg, from, now, reply, id, code, known).await
+        match known {
+            Some(device) => Some(self.admit_and_register(msg, from, now, reply, id, code, device).await),
+            None => self.defer_admission(msg, from, reply, id, code, (key, bytes)),
+        }
     }
 
     /// A 401 with a fresh Digest challenge (`stale=true` when the old nonce only expired).
@@ -559,7 +609,8 @@ impl Server {
         None
     }
 
-    /// After authentication: admission, then the registration itself.
+    /// After authentication, for a device the registry knows: its admission, then the
+    /// registration itself.
     #[allow(clippy::too_many_arguments)]
     async fn admit_and_register(
         &mut self,
@@ -569,59 +620,10 @@ impl Server {
         reply: &Reply,
         id: String,
         code: GbCode,
-        known: Option<Arc<crate::registry::Device>>,
+        device: Arc<crate::registry::Device>,
     ) -> Vec<u8> {
         let outcome = |s: &Self, o: &str| s.metrics.sip_registrations.with_label_values(&[o]).inc();
-        // Authenticated. Now: is this device admitted?
-        let device = match known {
-            Some(d) => d,
-            None => {
-                let mut attrs = serde_json::Map::new();
-                attrs.insert("contact".into(), serde_json::json!(msg.header("Contact").unwrap_or("")));
-                attrs.insert("source".into(), serde_json::json!(from.to_string()));
-                if let Some(ua) = msg.header("User-Agent") {
-                    attrs.insert("user_agent".into(), serde_json::json!(ua));
-                }
-                let unknown = UnknownDevice {
-                    id: id.clone(),
-                    protocol: Protocol::Gb28181,
-                    kind: code.device_kind(),
-                    name: None,
-                    attrs,
-                };
-                match self.registry.admit(unknown).await {
-                    Ok(AdmissionOutcome::Added(d)) | Ok(AdmissionOutcome::Known(d)) => {
-                        info!(device = %id, peer = %from, admission = %d.admission, org = ?d.org_id, "New GB/T 28181 device registered itself.");
-                        let _ = self.presence.track(vec![(d.key, Arc::from(d.id.as_str()), d.protocol.as_str())]).await;
-                        d
-                    }
-                    Ok(AdmissionOutcome::Refused) => {
-                        outcome(self, "refused");
-                        return message::response(
-                            msg,
-                            403,
-                            "Forbidden (unknown device; admission is closed)",
-                            from,
-                            &self.tag,
-                            &[],
-                            b"",
-                        );
-                    }
-                    Err(e) => {
-                        warn!(device = %id, error = %e, "Cannot admit a new device.");
-                        return message::response(
-                            msg,
-                            503,
-                            "Service Unavailable",
-                            from,
-                            &self.tag,
-                            &[("Retry-After", "30".into())],
-                            b"",
-                        );
-                    }
-                }
-            }
-        };
+        let _ = code;
         match device.admission {
             Admission::Approved => {}
             Admission::Quarantined => {
@@ -682,6 +684,117 @@ impl Server {
             &[("Contact", contact), ("Expires", granted.to_string()), ("Date", date)],
             b"",
         )
+    }
+
+    /// Holds an unknown device's authenticated REGISTER until its admission is written with
+    /// others in one transaction (a storm of new devices is not a storm of commits).
+    fn defer_admission(
+        &mut self,
+        msg: &Message<'_>,
+        from: SocketAddr,
+        reply: &Reply,
+        id: String,
+        code: GbCode,
+        (key, bytes): (&str, &[u8]),
+    ) -> Option<Vec<u8>> {
+        if self.waiting_admission.len() >= WAITING_ADMISSION_MAX {
+            return Some(message::response(
+                msg,
+                503,
+                "Service Unavailable (admissions backlog)",
+                from,
+                &self.tag,
+                &[("Retry-After", "10".into())],
+                b"",
+            ));
+        }
+        let mut attrs = serde_json::Map::new();
+        attrs.insert("contact".into(), serde_json::json!(msg.header("Contact").unwrap_or("")));
+        attrs.insert("source".into(), serde_json::json!(from.to_string()));
+        if let Some(ua) = msg.header("User-Agent") {
+            attrs.insert("user_agent".into(), serde_json::json!(ua));
+        }
+        let unknown = UnknownDevice { id, protocol: Protocol::Gb28181, kind: code.device_kind(), name: None, attrs };
+        self.admitting.insert(key.to_owned());
+        self.waiting_admission.push(WaitingAdmission {
+            unknown,
+            code,
+            raw: bytes.to_vec(),
+            from,
+            reply: reply.clone(),
+            key: key.to_owned(),
+        });
+        None
+    }
+
+    /// Writes the waiting admissions in one go (called every 100 ms).
+    pub(super) fn flush_admissions(&mut self) {
+        if self.waiting_admission.is_empty() || self.admission_in_flight {
+            return;
+        }
+        self.admission_in_flight = true;
+        let batch = std::mem::take(&mut self.waiting_admission);
+        let registry = self.registry.clone();
+        let done = self.internal_tx.clone();
+        tokio::spawn(async move {
+            let unknowns: Vec<UnknownDevice> = batch.iter().map(|w| w.unknown.clone()).collect();
+            let results: Vec<Result<AdmissionOutcome, String>> = match registry.admit_many(unknowns).await {
+                Ok(outcomes) => outcomes.into_iter().map(Ok).collect(),
+                Err(e) => batch.iter().map(|_| Err(e.to_string())).collect(),
+            };
+            let _ = done.send(Internal::Admitted(batch.into_iter().zip(results).collect())).await;
+        });
+    }
+
+    /// Answers the REGISTERs whose admission was written.
+    async fn admitted(&mut self, batch: Vec<(WaitingAdmission, Result<AdmissionOutcome, String>)>) {
+        self.admission_in_flight = false;
+        let now = now_ms();
+        let mut track = Vec::new();
+        for (w, result) in &batch {
+            if let Ok(AdmissionOutcome::Added(d)) = result {
+                info!(device = %d.id, peer = %w.from, admission = %d.admission, org = ?d.org_id, "New GB/T 28181 device registered itself.");
+                track.push((d.key, Arc::from(d.id.as_str()), d.protocol.as_str()));
+            }
+        }
+        if !track.is_empty() {
+            let _ = self.presence.track(track).await;
+        }
+        for (w, result) in batch {
+            self.admitting.remove(&w.key);
+            let Ok(msg) = Message::parse(&w.raw) else { continue };
+            let answer = match result {
+                Ok(AdmissionOutcome::Added(d)) | Ok(AdmissionOutcome::Known(d)) => {
+                    self.admit_and_register(&msg, w.from, now, &w.reply, w.unknown.id.clone(), w.code, d).await
+                }
+                Ok(AdmissionOutcome::Refused) => {
+                    self.metrics.sip_registrations.with_label_values(&["refused"]).inc();
+                    message::response(
+                        &msg,
+                        403,
+                        "Forbidden (unknown device; admission is closed)",
+                        w.from,
+                        &self.tag,
+                        &[],
+                        b"",
+                    )
+                }
+                Err(e) => {
+                    warn!(device = %w.unknown.id, error = %e, "Cannot admit a new device.");
+                    message::response(
+                        &msg,
+                        503,
+                        "Service Unavailable",
+                        w.from,
+                        &self.tag,
+                        &[("Retry-After", "30".into())],
+                        b"",
+                    )
+                }
+            };
+            self.answered.insert(w.key, Arc::new(answer.clone()), now);
+            self.send(w.from, &w.reply, answer).await;
+        }
     }
 
     /// Counts an authenticated REGISTER from a device awaiting approval, so operators see

@@ -83,6 +83,7 @@ impl Server {
     /// Every 100 ms: retransmissions and timeouts of requests in flight, then new requests
     /// from the backlog while there is room.
     pub(super) async fn pump(&mut self) {
+        self.flush_admissions();
         let now = now_ms();
         let mut resend: Vec<(std::net::SocketAddr, Arc<Vec<u8>>)> = Vec::new();
         let expired = self.transactions.tick(now, |p| resend.push((p.to, p.bytes.clone())));
