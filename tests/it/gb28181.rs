@@ -70,6 +70,8 @@ pub struct Device {
     cseq: u32,
     /// Requests vigil sent this device (catalog queries), kept while waiting for answers.
     inbox: Vec<String>,
+    /// The last request this device sent (to send it again as a retransmission).
+    last_request: String,
 }
 
 impl Device {
@@ -79,7 +81,14 @@ impl Device {
 
     /// A device on another loopback address (127.0.0.0/8 is all local).
     pub async fn new_at(id: &str, server: SocketAddr, bind: &str) -> Self {
-        Device { sock: UdpSocket::bind(bind).await.expect("bind"), id: id.into(), server, cseq: 0, inbox: Vec::new() }
+        Device {
+            sock: UdpSocket::bind(bind).await.expect("bind"),
+            id: id.into(),
+            server,
+            cseq: 0,
+            inbox: Vec::new(),
+            last_request: String::new(),
+        }
     }
 
     async fn recv(&self) -> Vec<u8> {
@@ -94,6 +103,7 @@ impl Device {
 
     /// Sends a request and returns vigil's answer; requests from vigil meanwhile go to the inbox.
     async fn exchange(&mut self, raw: &str) -> String {
+        self.last_request = raw.to_owned();
         self.sock.send_to(raw.as_bytes(), self.server).await.expect("send");
         loop {
             let got = self.recv().await;
@@ -687,5 +697,39 @@ async fn a_registered_device_is_asked_about_itself_and_its_alarm_becomes_an_even
     assert_eq!(d["presence"]["state"], "online", "{d}");
     let (_, q) = dev.next_query("DeviceInfo").await;
     assert_eq!(q.device_id, id);
+    gw.shutdown().await;
+}
+
+/// With admission open, devices nobody listed register and are online at once; their
+/// admissions are written in batches and a REGISTER retransmitted meanwhile gets the same
+/// answer, not a second admission.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_open_admission_unknown_devices_register_at_once() {
+    let gw = TestGateway::start(Db::Sqlite, "[admission]\npolicy = \"open\"\n").await;
+    let sip = gw.sip.expect("SIP");
+    let ids: Vec<String> = (0..20).map(|n| format!("4201040000132{:07}", 5_000 + n)).collect();
+    let mut tasks = Vec::new();
+    for id in ids.clone() {
+        tasks.push(tokio::spawn(async move {
+            let mut dev = Device::new(&id, sip).await;
+            let answer = dev.register(3600, "12345678").await;
+            // The same authenticated REGISTER again (a retransmission): the same answer.
+            let again = dev.last_request.clone();
+            let repeat = dev.exchange(&again).await;
+            (code(&answer), code(&repeat))
+        }));
+    }
+    for t in tasks {
+        assert_eq!(t.await.expect("device task"), (200, 200));
+    }
+    for id in &ids {
+        let d = gw
+            .api
+            .wait_for(&format!("/devices/{id}"), Duration::from_secs(5), |d| d["presence"]["state"] == "online")
+            .await;
+        assert_eq!((d["admission"].as_str(), d["kind"].as_str()), (Some("approved"), Some("camera")));
+    }
+    let m = gw.api.metrics().await;
+    assert!(m.lines().any(|l| l == "vigil_sip_registrations_total{outcome=\"registered\"} 20"), "{m}");
     gw.shutdown().await;
 }
