@@ -524,14 +524,18 @@ impl Registry {
         Ok(self.write_cache(|c| c.replace_device(dev)))
     }
 
+    /// A device's stored channels by id, to merge changes into.
+    fn channel_map(&self, device_id: &str) -> std::collections::BTreeMap<String, Channel> {
+        self.read()
+            .channels(device_id)
+            .map(|c| c.iter().map(|ch| (ch.id.clone(), ch.clone())).collect())
+            .unwrap_or_default()
+    }
+
     /// Adds or updates the given channels and keeps every other one (a partial catalog).
     pub async fn merge_channels(&self, device_id: &str, channels: Vec<Channel>) -> Result<(), Error> {
         let _merging = self.merging.lock().await;
-        let mut all: std::collections::BTreeMap<String, Channel> = self
-            .read()
-            .channels(device_id)
-            .map(|c| c.iter().map(|ch| (ch.id.clone(), ch.clone())).collect())
-            .unwrap_or_default();
+        let mut all = self.channel_map(device_id);
         for ch in channels {
             all.insert(ch.id.clone(), ch);
         }
@@ -548,11 +552,7 @@ impl Registry {
         removes: &[String],
     ) -> Result<(), Error> {
         let _merging = self.merging.lock().await;
-        let mut all: std::collections::BTreeMap<String, Channel> = self
-            .read()
-            .channels(device_id)
-            .map(|c| c.iter().map(|ch| (ch.id.clone(), ch.clone())).collect())
-            .unwrap_or_default();
+        let mut all = self.channel_map(device_id);
         for ch in upserts {
             match all.get_mut(&ch.id) {
                 Some(old) => {

@@ -121,6 +121,16 @@ Contact: <sip:{dev}@{local}>\r\nMax-Forwards: 70\r\nExpires: 3600\r\n{auth}Conte
     )
 }
 
+/// The Authorization header answering a 401's Digest challenge (MD5, qop=auth); `None`
+/// when the 401 carries no usable challenge.
+fn authorization(challenge: &Message<'_>, dev: &str, password: &str) -> Option<String> {
+    let www = challenge.header("WWW-Authenticate").and_then(parse_authorization)?;
+    let (realm, nonce) = (www.get("realm")?, www.get("nonce")?);
+    let uri = "sip:42010400002000000001@4201040000";
+    let resp = expected(dev, realm, password, "REGISTER", uri, nonce, Some(("00000001", "abcdef01", "auth")));
+    Some(format!("Authorization: Digest username=\"{dev}\", realm=\"{realm}\", nonce=\"{nonce}\", uri=\"{uri}\", response=\"{resp}\", algorithm=MD5, qop=auth, nc=00000001, cnonce=\"abcdef01\"\r\n"))
+}
+
 fn keepalive(dev: &str, local: SocketAddr, sn: u64) -> String {
     let body = format!("<?xml version=\"1.0\" encoding=\"GB2312\"?>\r\n<Notify>\r\n<CmdType>Keepalive</CmdType>\r\n<SN>{sn}</SN>\r\n<DeviceID>{dev}</DeviceID>\r\n<Status>OK</Status>\r\n</Notify>\r\n");
     format!(
@@ -179,19 +189,7 @@ async fn storm(sock: &Arc<UdpSocket>, args: &Args) -> Result<(u32, u32, Duration
         let dev = id(args.first + dev_n);
         match code {
             401 => {
-                let www = msg.header("WWW-Authenticate").and_then(parse_authorization).unwrap_or_default();
-                let (Some(realm), Some(nonce)) = (www.get("realm"), www.get("nonce")) else { continue };
-                let uri = "sip:42010400002000000001@4201040000";
-                let resp = expected(
-                    &dev,
-                    realm,
-                    &args.password,
-                    "REGISTER",
-                    uri,
-                    nonce,
-                    Some(("00000001", "abcdef01", "auth")),
-                );
-                let auth = format!("Authorization: Digest username=\"{dev}\", realm=\"{realm}\", nonce=\"{nonce}\", uri=\"{uri}\", response=\"{resp}\", algorithm=MD5, qop=auth, nc=00000001, cnonce=\"abcdef01\"\r\n");
+                let Some(auth) = authorization(&msg, &dev, &args.password) else { continue };
                 sock.send_to(register(&dev, local, 2, &auth).as_bytes(), args.server).await?;
             }
             200 => {
@@ -369,21 +367,9 @@ async fn tcp_device(dev: String, server: SocketAddr, password: String, keepalive
                     let Ok(msg) = Message::parse(&frame) else { continue };
                     match msg.start {
                         StartLine::Response { code: 401, .. } => {
-                            let www = msg.header("WWW-Authenticate").and_then(parse_authorization).unwrap_or_default();
-                            let (Some(realm), Some(nonce)) = (www.get("realm"), www.get("nonce")) else {
+                            let Some(auth) = authorization(&msg, &dev, &password) else {
                                 bail!("401 without a challenge")
                             };
-                            let uri = "sip:42010400002000000001@4201040000";
-                            let resp = expected(
-                                &dev,
-                                realm,
-                                &password,
-                                "REGISTER",
-                                uri,
-                                nonce,
-                                Some(("00000001", "abcdef01", "auth")),
-                            );
-                            let auth = format!("Authorization: Digest username=\"{dev}\", realm=\"{realm}\", nonce=\"{nonce}\", uri=\"{uri}\", response=\"{resp}\", algorithm=MD5, qop=auth, nc=00000001, cnonce=\"abcdef01\"\r\n");
                             stream.write_all(tcp(register(&dev, local, 2, &auth)).as_bytes()).await?;
                         }
                         StartLine::Response { code, .. } if msg.cseq().is_some_and(|c| c.1 == "REGISTER") => {
@@ -474,11 +460,7 @@ async fn register_one(
         if code != 401 {
             return Ok(code);
         }
-        let www = msg.header("WWW-Authenticate").and_then(parse_authorization).unwrap_or_default();
-        let (Some(realm), Some(nonce)) = (www.get("realm"), www.get("nonce")) else { bail!("401 without a challenge") };
-        let uri = "sip:42010400002000000001@4201040000";
-        let resp = expected(dev, realm, password, "REGISTER", uri, nonce, Some(("00000001", "abcdef01", "auth")));
-        let auth = format!("Authorization: Digest username=\"{dev}\", realm=\"{realm}\", nonce=\"{nonce}\", uri=\"{uri}\", response=\"{resp}\", algorithm=MD5, qop=auth, nc=00000001, cnonce=\"abcdef01\"\r\n");
+        let Some(auth) = authorization(&msg, dev, password) else { bail!("401 without a challenge") };
         sock.send_to(register(dev, local, 12, &auth).as_bytes(), server).await?;
     }
     bail!("no final answer to REGISTER for {dev}")

@@ -58,8 +58,7 @@ impl Server {
         // Remember the charset the device writes in, to answer in it.
         if registered_here && self.cfg.charset == "auto" {
             let cs = declared.unwrap_or(decoded_as);
-            if let Some(s) = self.sessions.get_mut(&id).filter(|s| s.charset != cs) {
-                s.charset = cs;
+            if let Some(s) = self.sessions.get_mut(&id).filter(|s| s.charset() != cs) {
                 s.info.charset = cs.xml_name().into();
                 self.board.put(&id, s.info.clone());
                 self.board_dirty = true;
@@ -130,7 +129,7 @@ impl Server {
                     if let Some(n) = info.channels {
                         attrs.insert("channel_count".into(), serde_json::json!(n));
                     }
-                    self.merge_attrs(id, attrs, "DeviceInfo");
+                    self.merge_attrs(id, attrs);
                     ok
                 }
                 Err(e) => self.bad_body(msg, from, e, "DeviceInfo"),
@@ -151,7 +150,7 @@ impl Server {
                     if st.status == "ERROR" {
                         info!(device = %id, "Device reports its own status as ERROR.");
                     }
-                    self.merge_attrs(id, attrs, "DeviceStatus");
+                    self.merge_attrs(id, attrs);
                     ok
                 }
                 Err(e) => self.bad_body(msg, from, e, "DeviceStatus"),
@@ -167,7 +166,10 @@ impl Server {
             ("Response", "Catalog") | ("Notify", "Catalog") => match manscdp::catalog(&text) {
                 Ok(part) => {
                     if env.root == "Notify" && part.items.iter().any(|i| !i.event.is_empty()) {
-                        self.catalog_changes(&id, part.items);
+                        let Ok(permit) = self.writes_in_flight.clone().try_acquire_owned() else {
+                            return (Some(self.busy(msg, from)), true);
+                        };
+                        self.catalog_changes(&id, part.items, permit);
                     } else if let Some(done) = self.catalogs.add(&id, part, now) {
                         self.store_catalog(done);
                     }
@@ -176,7 +178,10 @@ impl Server {
                 Err(e) => self.bad_body(msg, from, e, "Catalog"),
             },
             ("Notify", "Alarm") => match manscdp::alarm(&text) {
-                Ok(a) => (self.alarm(msg, from, now, reply, &id, device.org_id.clone(), a), true),
+                Ok(a) => match self.writes_in_flight.clone().try_acquire_owned() {
+                    Ok(permit) => (self.alarm(msg, from, now, reply, &id, device.org_id.clone(), a, permit), true),
+                    Err(_) => (Some(self.busy(msg, from)), true),
+                },
                 Err(e) => self.bad_body(msg, from, e, "Alarm"),
             },
             (root, cmd) => {
@@ -187,6 +192,12 @@ impl Server {
         }
     }
 
+    /// 503 with Retry-After: too many of this kind of write in flight; the device sends again.
+    fn busy(&self, msg: &Message<'_>, from: SocketAddr) -> Vec<u8> {
+        self.reject("busy", from, format!("more than {} writes in flight", super::WRITES_IN_FLIGHT));
+        message::response(msg, 503, "Service Unavailable", from, &self.tag, &[("Retry-After", "5".into())], b"")
+    }
+
     fn bad_body(&self, msg: &Message<'_>, from: SocketAddr, e: manscdp::Error, what: &str) -> (Option<Vec<u8>>, bool) {
         self.reject(e.reason(), from, format!("{what}: {e}"));
         (Some(self.answer(msg, from, 400, &format!("Bad Request ({what} body)"))), true)
@@ -194,12 +205,7 @@ impl Server {
 
     /// Queues learned attributes; they are written in one transaction a second (and only
     /// where they changed), so a storm of answers is not a storm of commits.
-    pub(super) fn merge_attrs(
-        &mut self,
-        id: String,
-        attrs: serde_json::Map<String, serde_json::Value>,
-        _what: &'static str,
-    ) {
+    pub(super) fn merge_attrs(&mut self, id: String, attrs: serde_json::Map<String, serde_json::Value>) {
         if self.pending_attrs.len() >= super::PENDING_ATTRS_MAX && !self.pending_attrs.contains_key(&id) {
             self.metrics.events_rejected.with_label_values(&["gb28181", "attrs_backlog_full"]).inc();
             return;
@@ -238,12 +244,17 @@ impl Server {
                 "reported_expiration_s": p.expiration, "clamped": clamped,
             }),
         );
-        self.merge_attrs(id.to_owned(), attrs, "BasicParam");
+        self.merge_attrs(id.to_owned(), attrs);
     }
 
     /// Applies a catalog subscription notify: per item `ON`/`OFF`/`VLOST`/`DEFECT` change
     /// the channel's status, `ADD`/`UPDATE` add or update it, `DEL` removes it.
-    fn catalog_changes(&mut self, id: &str, items: Vec<manscdp::CatalogItem>) {
+    fn catalog_changes(
+        &mut self,
+        id: &str,
+        items: Vec<manscdp::CatalogItem>,
+        permit: tokio::sync::OwnedSemaphorePermit,
+    ) {
         let mut upserts = Vec::new();
         let mut removes = Vec::new();
         for i in items {
@@ -267,6 +278,7 @@ impl Server {
         let registry = self.registry.clone();
         let id = id.to_owned();
         tokio::spawn(async move {
+            let _permit = permit;
             let (n_up, n_del) = (upserts.len(), removes.len());
             match registry.patch_channels(&id, upserts, &removes).await {
                 Ok(()) => info!(device = %id, changed = n_up, removed = n_del, "Catalog change notified and stored."),
@@ -316,6 +328,7 @@ impl Server {
         id: &str,
         org_id: Option<String>,
         a: manscdp::Alarm,
+        permit: tokio::sync::OwnedSemaphorePermit,
     ) -> Option<Vec<u8>> {
         let device_time = chrono::NaiveDateTime::parse_from_str(a.time.trim(), "%Y-%m-%dT%H:%M:%S%.f")
             .or_else(|_| chrono::NaiveDateTime::parse_from_str(a.time.trim(), "%Y-%m-%d %H:%M:%S"))
@@ -357,6 +370,7 @@ impl Server {
         let device = id.to_owned();
         let sn = a.sn.unwrap_or(0);
         tokio::spawn(async move {
+            let _permit = permit;
             match events.submit(event).await {
                 Ok(stored) => {
                     info!(device = %device, sn, duplicate = matches!(stored, crate::events::Stored::Duplicate), "Alarm stored.");

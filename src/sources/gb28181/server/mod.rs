@@ -74,7 +74,6 @@ struct Session {
     info: SessionInfo,
     /// The TCP connection it registered over (requests to it go down the same one).
     tcp: Option<mpsc::Sender<Vec<u8>>>,
-    charset: Charset,
     /// The device's own SN counter for what vigil sends it.
     sn: u64,
     /// Queries sent and not yet answered, by SN (a response to anything else is refused).
@@ -96,6 +95,23 @@ impl Session {
         self.sn
     }
 
+    /// The charset the device writes in (what vigil answers in).
+    fn charset(&self) -> Charset {
+        if self.info.charset == Charset::Utf8.xml_name() {
+            Charset::Utf8
+        } else {
+            Charset::Gb18030
+        }
+    }
+
+    /// Remembers a query sent (its answer will be believed), forgetting the oldest.
+    fn remember_asked(&mut self, sn: u64, cmd: &'static str, now: Millis) {
+        self.asked.push_back((sn, cmd, now));
+        if self.asked.len() > ASKED_MAX {
+            self.asked.pop_front();
+        }
+    }
+
     /// Whether `sn` answers a query of type `cmd` sent to this device recently.
     fn was_asked(&self, sn: Option<u64>, cmd: &str, now: Millis) -> bool {
         sn.is_some_and(|sn| self.asked.iter().any(|(s, c, at)| *s == sn && *c == cmd && now - at < ASKED_TTL_MS))
@@ -105,7 +121,6 @@ impl Session {
 /// An authenticated REGISTER from a device the registry does not know yet.
 pub(super) struct WaitingAdmission {
     unknown: UnknownDevice,
-    code: GbCode,
     raw: Vec<u8>,
     from: SocketAddr,
     reply: Reply,
@@ -151,6 +166,7 @@ pub struct Server {
     admission_in_flight: bool,
     /// Attributes learned from devices, written once a second in one transaction.
     pending_attrs: HashMap<String, serde_json::Map<String, serde_json::Value>>,
+    attrs_flushing: Arc<std::sync::atomic::AtomicBool>,
     answered: Answered,
     tag: String,
     gateway_id: String,
@@ -165,8 +181,14 @@ pub struct Server {
     queued: std::collections::HashSet<(String, Purpose)>,
     internal_tx: mpsc::Sender<Internal>,
     internal_rx: Option<mpsc::Receiver<Internal>>,
+    /// Writes spawned for what devices send (alarms, catalog change notifies): bounded, so a
+    /// device flooding them is told to come back (503) instead of growing tasks without end.
+    writes_in_flight: Arc<tokio::sync::Semaphore>,
     cseq: u32,
 }
+
+/// Most alarm and catalog-notify writes in flight at once.
+const WRITES_IN_FLIGHT: usize = 1024;
 
 /// Most devices with attributes waiting to be written.
 const PENDING_ATTRS_MAX: usize = 100_000;
@@ -227,6 +249,7 @@ impl Server {
             failures: HashMap::new(),
             attempts: HashMap::new(),
             pending_attrs: HashMap::new(),
+            attrs_flushing: Arc::default(),
             waiting_admission: Vec::new(),
             admitting: Default::default(),
             admission_in_flight: false,
@@ -240,6 +263,7 @@ impl Server {
             queued: Default::default(),
             internal_tx,
             internal_rx: Some(internal_rx),
+            writes_in_flight: Arc::new(tokio::sync::Semaphore::new(WRITES_IN_FLIGHT)),
             cseq: 1,
             tag,
         }
@@ -265,14 +289,12 @@ impl Server {
             }
             info.transport = "udp".into();
             info.catalog_subscription_until = None;
-            let charset = if info.charset == "UTF-8" { Charset::Utf8 } else { Charset::Gb18030 };
             self.board.put(&id, info.clone());
             self.sessions.insert(
                 id.clone(),
                 Session {
                     info,
                     tcp: None,
-                    charset,
                     sn: initial_sn(),
                     asked: VecDeque::new(),
                     next_status_at: now,
@@ -357,12 +379,17 @@ impl Server {
             self.store_catalog(partial);
         }
         self.schedule(now);
-        if !self.pending_attrs.is_empty() {
+        // One attribute write at a time: while the database is slow, what devices report
+        // gathers in `pending_attrs` (bounded) rather than in ever more tasks.
+        if !self.pending_attrs.is_empty() && !self.attrs_flushing.swap(true, std::sync::atomic::Ordering::AcqRel) {
             let batch: Vec<_> = self.pending_attrs.drain().collect();
             let registry = self.registry.clone();
+            let flushing = self.attrs_flushing.clone();
             tokio::spawn(async move {
                 let n = batch.len();
-                if let Err(e) = registry.merge_attrs_many(batch).await {
+                let written = registry.merge_attrs_many(batch).await;
+                flushing.store(false, std::sync::atomic::Ordering::Release);
+                if let Err(e) = written {
                     warn!(devices = n, error = %e, "Cannot store what devices reported; they report again at their next registration.");
                 }
             });
@@ -550,7 +577,7 @@ impl Server {
             }
         }
         match known {
-            Some(device) => Some(self.admit_and_register(msg, from, now, reply, id, code, device).await),
+            Some(device) => Some(self.admit_and_register(msg, from, now, reply, id, device).await),
             None => self.defer_admission(msg, from, reply, id, code, (key, bytes)),
         }
     }
@@ -619,11 +646,9 @@ impl Server {
         now: Millis,
         reply: &Reply,
         id: String,
-        code: GbCode,
         device: Arc<crate::registry::Device>,
     ) -> Vec<u8> {
         let outcome = |s: &Self, o: &str| s.metrics.sip_registrations.with_label_values(&[o]).inc();
-        let _ = code;
         match device.admission {
             Admission::Approved => {}
             Admission::Quarantined => {
@@ -718,7 +743,6 @@ impl Server {
         self.admitting.insert(key.to_owned());
         self.waiting_admission.push(WaitingAdmission {
             unknown,
-            code,
             raw: bytes.to_vec(),
             from,
             reply: reply.clone(),
@@ -765,7 +789,7 @@ impl Server {
             let Ok(msg) = Message::parse(&w.raw) else { continue };
             let answer = match result {
                 Ok(AdmissionOutcome::Added(d)) | Ok(AdmissionOutcome::Known(d)) => {
-                    self.admit_and_register(&msg, w.from, now, &w.reply, w.unknown.id.clone(), w.code, d).await
+                    self.admit_and_register(&msg, w.from, now, &w.reply, w.unknown.id.clone(), d).await
                 }
                 Ok(AdmissionOutcome::Refused) => {
                     self.metrics.sip_registrations.with_label_values(&["refused"]).inc();
@@ -814,7 +838,7 @@ impl Server {
         attrs.insert("register_attempts".into(), serde_json::json!(e.0));
         attrs.insert("last_attempt".into(), serde_json::json!(crate::clock::rfc3339(now, &self.tz)));
         attrs.insert("source".into(), serde_json::json!(from.to_string()));
-        self.merge_attrs(id.to_owned(), attrs, "attempt");
+        self.merge_attrs(id.to_owned(), attrs);
     }
 
     /// Creates or refreshes a device's session; true when it is new or moved (a new
@@ -870,7 +894,6 @@ impl Server {
                     Session {
                         info,
                         tcp,
-                        charset: Charset::Gb18030,
                         sn: initial_sn(),
                         asked: VecDeque::new(),
                         next_status_at: now + STATUS_EVERY_MS,

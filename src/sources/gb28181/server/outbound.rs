@@ -13,7 +13,7 @@ use tracing::{debug, info};
 use super::super::manscdp;
 use super::super::message::Message;
 use super::super::transactions::Purpose;
-use super::{Server, ASKED_MAX, BACKLOG_MAX, CATALOG_EVERY_MS, STATUS_EVERY_MS};
+use super::{Server, BACKLOG_MAX, CATALOG_EVERY_MS, STATUS_EVERY_MS};
 use crate::clock::{now_ms, Millis};
 
 /// Most new requests sent per pump (every 100 ms): 5,000 a second.
@@ -123,24 +123,18 @@ impl Server {
             _ => None,
         };
         let Some(s) = self.sessions.get_mut(device) else { return false };
-        let charset = forced.unwrap_or(s.charset);
+        let charset = forced.unwrap_or(s.charset());
         let sn = match &purpose {
             Purpose::AlarmResponse(sn) => *sn,
             _ => s.next_sn(),
         };
         let (method, body, extra) = match &purpose {
             Purpose::Query(cmd) => {
-                s.asked.push_back((sn, cmd, now));
-                if s.asked.len() > ASKED_MAX {
-                    s.asked.pop_front();
-                }
+                s.remember_asked(sn, cmd, now);
                 ("MESSAGE", manscdp::query(cmd, sn, device, charset), String::new())
             }
             Purpose::SubscribeCatalog => {
-                s.asked.push_back((sn, "Catalog", now));
-                if s.asked.len() > ASKED_MAX {
-                    s.asked.pop_front();
-                }
+                s.remember_asked(sn, "Catalog", now);
                 (
                     "SUBSCRIBE",
                     manscdp::query("Catalog", sn, device, charset),
