@@ -11,6 +11,7 @@ pub mod event;
 pub mod events;
 pub mod ids;
 pub mod presence;
+pub mod profiles;
 pub mod rate;
 pub mod registry;
 pub mod rejections;

@@ -103,7 +103,20 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::CheckConfig { file } => match Config::load(Some(&file)) {
-            Ok(_) => {
+            Ok(cfg) => {
+                // Device profiles are part of the configuration: each is compiled and its
+                // test vectors run; one that fails is named and the check fails.
+                let report = vigil::profiles::ProfileSet::load_dir(&cfg.mqtt.profiles_dir);
+                for p in report.set.profiles() {
+                    println!("profile {} ({} test vectors): OK", p.id, p.tests.len());
+                }
+                if !report.problems.is_empty() {
+                    for (f, m) in &report.problems {
+                        eprintln!("{f}: {m}");
+                    }
+                    eprintln!("{}: {} device profile(s) refused", file.display(), report.problems.len());
+                    return ExitCode::from(2);
+                }
                 println!("{}: OK", file.display());
                 ExitCode::SUCCESS
             }

@@ -229,6 +229,24 @@ async fn check_config_names_every_bad_key_and_exits_non_zero() {
         .output()
         .expect("run");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+
+    // A device profile whose own test vector fails is refused, with the test named.
+    let profiles = dir.path().join("profiles");
+    std::fs::create_dir(&profiles).expect("mkdir");
+    let shipped = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/device-profiles/vzenith-plate.toml"))
+        .expect("shipped profile");
+    std::fs::write(
+        profiles.join("vzenith-plate.toml"),
+        shipped.replace(r#"plate_color = "5", confidence"#, r#"plate_color = "6", confidence"#),
+    )
+    .expect("write");
+    let cfg = dir.path().join("profiles.toml");
+    std::fs::write(&cfg, format!("[mqtt]\nprofiles_dir = {:?}\n", profiles.display().to_string())).expect("write");
+    let out =
+        std::process::Command::new(env!("CARGO_BIN_EXE_vigil")).arg("check-config").arg(&cfg).output().expect("run");
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("plate pass, base64 plate decoded") && err.contains("plate_color"), "{err}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

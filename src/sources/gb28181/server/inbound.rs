@@ -359,6 +359,7 @@ impl Server {
                 description: a.description.clone(),
                 longitude: a.longitude,
                 latitude: a.latitude,
+                ..AlarmBody::default()
             }),
         };
         let ok = self.answer(msg, from, 200, "OK");
