@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use crate::api::{self, AppState};
 use crate::clock::now_ms;
@@ -37,6 +37,8 @@ pub enum Error {
     Config(String),
     #[error(transparent)]
     Gb28181(#[from] crate::sources::gb28181::Error),
+    #[error(transparent)]
+    Mqtt(#[from] crate::sources::mqtt::Error),
 }
 
 impl Error {
@@ -48,6 +50,7 @@ impl Error {
             Error::Bind { .. } => crate::error::ErrorKind::Unavailable,
             Error::Config(_) => crate::error::ErrorKind::InvalidInput,
             Error::Gb28181(e) => e.kind(),
+            Error::Mqtt(e) => e.kind(),
         }
     }
 }
@@ -204,6 +207,33 @@ pub async fn start(config: Config) -> Result<Running, Error> {
         None
     };
 
+    // Device profiles: a profile that does not compile or fails its own vectors is refused
+    // (named in the log); the rest are used.
+    let report = crate::profiles::ProfileSet::load_dir(&config.mqtt.profiles_dir);
+    for (file, problem) in &report.problems {
+        error!(file, problem, "Device profile refused.");
+    }
+    let profiles = Arc::new(report.set);
+    info!(profiles = profiles.profiles().len(), dir = %config.mqtt.profiles_dir.display(), "Device profiles loaded.");
+    let max_image = crate::config::parse_bytes(&config.media.max_image).map_err(Error::Config)?;
+    let media = crate::media::MediaStore::new(&config.gateway.data_dir, max_image);
+    let shared = crate::sources::Shared {
+        registry: registry.clone(),
+        presence: handle.clone(),
+        metrics: metrics.clone(),
+        rejections: rejections.clone(),
+        events: events.clone(),
+    };
+    let mqtt_url = match config.mqtt.mode.as_str() {
+        "embedded" => Some(crate::sources::mqtt::start_broker(&config.mqtt)?),
+        "external" => Some(config.mqtt.url.clone()),
+        _ => None,
+    };
+    if let Some(url) = &mqtt_url {
+        let ingest = crate::sources::ingest::Ingest::new(shared.clone(), media.clone(), Protocol::Mqtt, "mqtt");
+        crate::sources::mqtt::spawn(&config.mqtt, url, profiles.clone(), ingest, sources_cancel.clone(), &tracker)?;
+    }
+
     let tz = config.timezone();
     if config.http.tokens.is_empty() {
         warn!(listen = %config.http.listen, "No API tokens configured: the API is open to anyone who can reach this loopback address.");
@@ -226,6 +256,8 @@ pub async fn start(config: Config) -> Result<Running, Error> {
         rejections,
         events,
         gb_sessions,
+        media,
+        profiles,
     };
     let app = api::router(state);
     let http_cancel = CancellationToken::new();

@@ -71,6 +71,7 @@ pub struct Config {
     pub rtsp: Rtsp,
     pub mqtt: Mqtt,
     pub gat1400: Gat1400,
+    pub media: Media,
     pub quic: Quic,
     pub upstreams: Vec<Upstream>,
     pub tuning: Tuning,
@@ -327,14 +328,35 @@ fn default_camera_kind() -> String {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Mqtt {
+    /// embedded (vigil runs a broker on `listen`), external (connect to `url`) or off.
     pub mode: String,
+    /// The embedded broker's listener. Default 127.0.0.1:1884.
     pub listen: SocketAddr,
+    /// The external broker: `mqtt://host:port` or `mqtts://host:port` (TLS with the
+    /// system's roots). Default mqtt://127.0.0.1:1883.
     pub url: String,
+    /// Stable client id: with a persistent session the broker keeps what arrived while vigil
+    /// was away and redelivers what was not acknowledged. Default "vigil-1".
     pub client_id: String,
     pub username: String,
     pub password: String,
+    /// e.g. "vigil": subscribe as `$share/vigil/...` so several instances split the load.
     pub shared_group: String,
+    /// Device profiles (one TOML file each). Default "device-profiles".
     pub profiles_dir: PathBuf,
+    /// Largest MQTT packet accepted (inline images are big). Default "8MiB".
+    pub max_packet: String,
+    /// MQTT keep-alive. Default 30s.
+    #[serde(with = "humantime_serde")]
+    pub keep_alive: Duration,
+    /// Messages taken from the broker and not yet committed and acknowledged; past it vigil
+    /// stops reading (the broker holds the rest). Default 1024.
+    pub inflight: usize,
+    /// Reconnect backoff bounds (exponential, full jitter). Default 1s and 30s.
+    #[serde(with = "humantime_serde")]
+    pub backoff_min: Duration,
+    #[serde(with = "humantime_serde")]
+    pub backoff_max: Duration,
 }
 
 impl Default for Mqtt {
@@ -348,7 +370,26 @@ impl Default for Mqtt {
             password: String::new(),
             shared_group: String::new(),
             profiles_dir: PathBuf::from("device-profiles"),
+            max_packet: "8MiB".into(),
+            keep_alive: Duration::from_secs(30),
+            inflight: 1024,
+            backoff_min: Duration::from_secs(1),
+            backoff_max: Duration::from_secs(30),
         }
+    }
+}
+
+/// Images that events refer to.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Media {
+    /// Largest single image kept. Default "4MiB".
+    pub max_image: String,
+}
+
+impl Default for Media {
+    fn default() -> Self {
+        Self { max_image: "4MiB".into() }
     }
 }
 
@@ -577,6 +618,38 @@ impl Config {
         }
         if !["embedded", "external", "off"].contains(&self.mqtt.mode.as_str()) {
             add("mqtt.mode".into(), format!("{:?} is not embedded, external or off", self.mqtt.mode));
+        }
+        if self.mqtt.mode == "external" {
+            if let Err(e) = url::Url::parse(&self.mqtt.url).map_err(|e| e.to_string()).and_then(|u| {
+                if !["mqtt", "mqtts", "tcp", "ssl"].contains(&u.scheme()) || u.host_str().is_none() {
+                    Err("use mqtt://host:port or mqtts://host:port".to_owned())
+                } else {
+                    Ok(())
+                }
+            }) {
+                add("mqtt.url".into(), format!("{:?}: {e}", self.mqtt.url));
+            }
+        }
+        if self.mqtt.client_id.is_empty() || self.mqtt.client_id.len() > 64 {
+            add("mqtt.client_id".into(), "1 to 64 characters".into());
+        }
+        match parse_bytes(&self.mqtt.max_packet) {
+            Ok(n) if n < 64 * 1024 => add("mqtt.max_packet".into(), "at least 64KiB (images arrive inline)".into()),
+            Ok(n) if n > 256 << 20 => add("mqtt.max_packet".into(), "at most 256MiB (MQTT's own limit)".into()),
+            Ok(_) => {}
+            Err(e) => add("mqtt.max_packet".into(), e),
+        }
+        if !(1..=65_535).contains(&self.mqtt.inflight) {
+            add("mqtt.inflight".into(), "between 1 and 65535".into());
+        }
+        if self.mqtt.backoff_min.is_zero() || self.mqtt.backoff_min > self.mqtt.backoff_max {
+            add("mqtt.backoff_min".into(), "must be above zero and not above mqtt.backoff_max".into());
+        }
+        if let Err(e) = parse_bytes(&self.media.max_image) {
+            add("media.max_image".into(), e);
+        }
+        if let Err(e) = parse_bytes(&self.gat1400.max_body) {
+            add("gat1400.max_body".into(), e);
         }
         let mut names = std::collections::HashSet::new();
         for (i, u) in self.upstreams.iter().enumerate() {

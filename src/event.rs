@@ -39,8 +39,9 @@ pub enum Evidence {
     RtspFrame { stall_ms: i64 },
     /// The RTSP session failed or closed.
     RtspStalled,
-    /// An MQTT message or heartbeat; silent for `timeout_ms` means offline.
-    MqttMessage { timeout_ms: i64 },
+    /// A message from a profile-mapped device (MQTT, GA/T 1400, HTTP push): a heartbeat or
+    /// data; silent for `timeout_ms` means offline.
+    MqttMessage { timeout_ms: i64, heartbeat: bool },
     /// The broker delivered the device's last will.
     MqttLastWill,
     /// A lower gateway's QUIC link heartbeat.

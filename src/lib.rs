@@ -10,6 +10,7 @@ pub mod error;
 pub mod event;
 pub mod events;
 pub mod ids;
+pub mod media;
 pub mod presence;
 pub mod profiles;
 pub mod rate;

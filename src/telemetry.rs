@@ -19,6 +19,11 @@ pub const DB_UP: &str = "vigil_database_up";
 pub const SIP_MESSAGES: &str = "vigil_sip_messages_total";
 pub const SIP_REGISTRATIONS: &str = "vigil_sip_registrations_total";
 pub const SIP_TRANSACTIONS: &str = "vigil_sip_client_transactions_total";
+pub const MQTT_MESSAGES: &str = "vigil_mqtt_messages_total";
+pub const MQTT_CONNECTED: &str = "vigil_mqtt_connected";
+pub const MQTT_INFLIGHT: &str = "vigil_mqtt_inflight";
+pub const PROFILE_OUTCOMES: &str = "vigil_profile_records_total";
+pub const SEQUENCE_GAPS: &str = "vigil_event_sequence_gaps_total";
 
 /// The collectors. Cheap to clone (the prometheus types are handles).
 #[derive(Clone)]
@@ -37,6 +42,11 @@ pub struct Metrics {
     pub sip_messages: IntCounterVec,
     pub sip_registrations: IntCounterVec,
     pub sip_transactions: IntCounterVec,
+    pub mqtt_messages: IntCounterVec,
+    pub mqtt_connected: IntGauge,
+    pub mqtt_inflight: IntGauge,
+    pub profile_outcomes: IntCounterVec,
+    pub sequence_gaps: IntCounterVec,
 }
 
 impl Metrics {
@@ -72,6 +82,17 @@ impl Metrics {
                 &["request", "outcome"],
             )
             .expect("should be a valid metric"),
+            mqtt_messages: IntCounterVec::new(Opts::new(MQTT_MESSAGES, "MQTT messages received, by the profile that took them (\"none\": no profile matched)."), &["profile"])
+                .expect("should be a valid metric"),
+            mqtt_connected: IntGauge::new(MQTT_CONNECTED, "1 while vigil's MQTT client is connected to its broker.").expect("should be a valid metric"),
+            mqtt_inflight: IntGauge::new(MQTT_INFLIGHT, "MQTT messages taken and not yet committed and acknowledged.").expect("should be a valid metric"),
+            profile_outcomes: IntCounterVec::new(
+                Opts::new(PROFILE_OUTCOMES, "Records through device profiles by profile and outcome (event, duplicate, heartbeat, dropped:<reason>, rejected:<reason>, not_admitted)."),
+                &["profile", "outcome"],
+            )
+            .expect("should be a valid metric"),
+            sequence_gaps: IntCounterVec::new(Opts::new(SEQUENCE_GAPS, "Records missing from devices' sequence numbers, by profile."), &["profile"])
+                .expect("should be a valid metric"),
             registry,
         };
         for c in [
@@ -88,6 +109,11 @@ impl Metrics {
             Box::new(m.sip_messages.clone()),
             Box::new(m.sip_registrations.clone()),
             Box::new(m.sip_transactions.clone()),
+            Box::new(m.mqtt_messages.clone()),
+            Box::new(m.mqtt_connected.clone()),
+            Box::new(m.mqtt_inflight.clone()),
+            Box::new(m.profile_outcomes.clone()),
+            Box::new(m.sequence_gaps.clone()),
         ] {
             m.registry.register(c).expect("should register each metric once");
         }

@@ -76,3 +76,53 @@ pub async fn get_one(State(state): State<AppState>, Path(id): Path<String>) -> A
         None => Err(ApiError::not_found(format!("no event {id:?}"))),
     }
 }
+
+/// `GET /api/v1/images/{hash}`: the stored bytes of an image an event refers to. Content
+/// addressed, so it never changes: cacheable for a year.
+pub async fn image(State(state): State<AppState>, Path(hash): Path<String>) -> ApiResult<axum::response::Response> {
+    use axum::response::IntoResponse;
+    if !crate::media::valid_hash(&hash) {
+        return Err(ApiError::bad_query("hash", "an image name is 64 lowercase hex digits (SHA-256)"));
+    }
+    match state.media.get(&hash).await.map_err(|e| ApiError::from_kind(e.kind(), e.to_string()))? {
+        Some(bytes) => {
+            let mime = crate::media::sniff(&bytes);
+            Ok((
+                [
+                    (axum::http::header::CONTENT_TYPE, mime),
+                    (axum::http::header::CACHE_CONTROL, "public, max-age=31536000, immutable"),
+                ],
+                bytes,
+            )
+                .into_response())
+        }
+        None => Err(ApiError::not_found(format!("no image {hash}"))),
+    }
+}
+
+/// `GET /api/v1/profiles`: the device profiles in use, for operators choosing or approving.
+pub async fn profiles(State(state): State<AppState>) -> Json<Value> {
+    let items: Vec<Value> = state
+        .profiles
+        .profiles()
+        .iter()
+        .map(|p| {
+            json!({
+                "name": p.name,
+                "id": p.id,
+                "version": p.version,
+                "vendor": p.vendor,
+                "description": p.description,
+                "kind": p.kind.as_str(),
+                "models": p.models,
+                "routes": p.routes.iter().map(|r| json!({
+                    "ingress": match r.ingress { crate::profiles::Ingress::Mqtt => "mqtt", crate::profiles::Ingress::Http => "http" },
+                    "pattern": r.pattern.text(),
+                })).collect::<Vec<_>>(),
+                "liveness_timeout_s": p.liveness.timeout_ms / 1000,
+                "tests": p.tests.len(),
+            })
+        })
+        .collect();
+    Json(json!({ "items": items }))
+}

@@ -56,6 +56,10 @@ pub struct AppState {
     pub events: crate::events::EventLog,
     /// GB/T 28181 sessions as the SIP source publishes them (read only).
     pub gb_sessions: crate::sources::gb28181::SessionBoard,
+    /// Images events refer to.
+    pub media: crate::media::MediaStore,
+    /// The device profiles in use (read only).
+    pub profiles: Arc<crate::profiles::ProfileSet>,
 }
 
 impl AppState {
@@ -82,6 +86,8 @@ pub fn router(state: AppState) -> Router {
         .route("/rejections", get(rejections))
         .route("/events", get(events::list))
         .route("/events/{id}", get(events::get_one))
+        .route("/images/{hash}", get(events::image))
+        .route("/profiles", get(events::profiles))
         .route("/online-rate", get(rate::current))
         .route("/online-rate/history", get(rate::history))
         .route("/reports/online/daily", get(rate::daily));

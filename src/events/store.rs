@@ -98,7 +98,8 @@ pub async fn list(db: &Db, f: &Filter) -> Result<Vec<(i64, Event)>, Error> {
         let (a, b, c) = (next(), next(), next());
         sql += &format!(" AND (occurred_at < {a} OR (occurred_at = {b} AND seq < {c}))");
     }
-    sql += &format!(" ORDER BY occurred_at DESC, seq DESC LIMIT {}", f.limit.clamp(1, 1000));
+    // The API asks for one more than a page (1,000 at most) to know whether another follows.
+    sql += &format!(" ORDER BY occurred_at DESC, seq DESC LIMIT {}", f.limit.clamp(1, 1001));
     let mut q = sqlx::query(&sql);
     if let Some(k) = &f.kind {
         q = q.bind(k.clone());

@@ -73,6 +73,10 @@ pub enum Reason {
     Frame,
     StreamStalled,
     Message,
+    /// A device's heartbeat message (MQTT, or a profile's heartbeat rule).
+    Heartbeat,
+    /// A device's data message (an event it sent).
+    Data,
     MessageTimeout,
     LastWill,
     LinkHeartbeat,
@@ -98,6 +102,8 @@ impl Reason {
             Reason::Frame => "frame",
             Reason::StreamStalled => "stream_stalled",
             Reason::Message => "message",
+            Reason::Heartbeat => "heartbeat",
+            Reason::Data => "data",
             Reason::MessageTimeout => "message_timeout",
             Reason::LastWill => "last_will",
             Reason::LinkHeartbeat => "link_heartbeat",
@@ -107,7 +113,7 @@ impl Reason {
         }
     }
     pub fn parse(s: &str) -> Option<Self> {
-        const ALL: [Reason; 18] = [
+        const ALL: [Reason; 20] = [
             Reason::Added,
             Reason::Alive,
             Reason::Dead,
@@ -120,6 +126,8 @@ impl Reason {
             Reason::Frame,
             Reason::StreamStalled,
             Reason::Message,
+            Reason::Heartbeat,
+            Reason::Data,
             Reason::MessageTimeout,
             Reason::LastWill,
             Reason::LinkHeartbeat,
@@ -326,10 +334,10 @@ impl PresenceTable {
                 slot.alive_kind = AliveKind::Frame;
                 (None, Reason::Frame)
             }
-            Evidence::MqttMessage { timeout_ms } => {
+            Evidence::MqttMessage { timeout_ms, heartbeat } => {
                 slot.alive_until = at.saturating_add(timeout_ms);
                 slot.alive_kind = AliveKind::Message;
-                (None, Reason::Message)
+                (None, if heartbeat { Reason::Heartbeat } else { Reason::Data })
             }
             Evidence::LinkHeartbeat { timeout_ms } => {
                 slot.alive_until = at.saturating_add(timeout_ms);

@@ -134,7 +134,7 @@ proptest! {
                 2 => Evidence::SipRegister { expires_ms: arg * 500, window_ms: arg * 200 },
                 3 => Evidence::SipKeepalive { window_ms: arg * 200 },
                 4 => Evidence::SipUnregister,
-                _ => Evidence::MqttMessage { timeout_ms: arg * 250 },
+                _ => Evidence::MqttMessage { timeout_ms: arg * 250, heartbeat: arg % 2 == 0 },
             };
             let mut trs = t.tick(now);
             trs.extend(t.observe(now, &obs(dev, now, ev)));

@@ -22,7 +22,7 @@ use crate::registry::DeviceKind;
 use expr::{Expr, Root, Step, Tables};
 use route::Pattern;
 
-pub use map::{map, Image, Mapped, Outcome, Refusal};
+pub use map::{map, Image, Made, Mapped, Outcome, Refusal};
 pub use set::{LoadReport, ProfileSet, Selected};
 pub use vectors::{run_vectors, VectorFailure};
 
@@ -154,6 +154,15 @@ impl Profile {
     pub fn fits_model(&self, model: &str) -> bool {
         self.models.iter().any(|g| glob(g, model))
     }
+}
+
+/// The device a route names by itself (a last-will topic carries no body): the identity key
+/// evaluated with the captures only.
+pub fn identity_from_route(p: &Profile, captures: &[(String, String)]) -> Option<String> {
+    let empty = Value::Null;
+    let scope = expr::Scope { record: &empty, message: &empty, captures, tables: &p.tables };
+    let v = p.identity.key.eval(&scope);
+    expr::as_text(&v).map(|t| t.trim().to_owned()).filter(|t| !t.is_empty())
 }
 
 fn glob(pattern: &str, text: &str) -> bool {

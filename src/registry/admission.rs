@@ -16,6 +16,12 @@ pub struct UnknownDevice {
     pub kind: Option<DeviceKind>,
     pub name: Option<String>,
     pub attrs: serde_json::Map<String, serde_json::Value>,
+    /// Where the source would place it (a site captured from an MQTT topic), when that org
+    /// exists; otherwise the id's GB/T 28181 prefix decides, if it has one.
+    pub org_id: Option<String>,
+    /// The device profile that matched its messages (MQTT, GA/T 1400): shown to the operator
+    /// as the suggestion, used once approved.
+    pub profile: Option<String>,
 }
 
 /// The registry's answer to a device that announced itself.
@@ -42,8 +48,8 @@ pub fn decide(cfg: &AdmissionConfig, u: &UnknownDevice) -> Option<NewDevice> {
         name: u.name.clone().unwrap_or_else(|| u.id.clone()),
         kind,
         protocol: u.protocol,
-        org_id: None,
-        profile: None,
+        org_id: u.org_id.clone(),
+        profile: u.profile.clone(),
         rtsp_url: None,
         password: None,
         admission,
@@ -56,7 +62,15 @@ mod tests {
     use super::*;
 
     fn unknown(id: &str) -> UnknownDevice {
-        UnknownDevice { id: id.into(), protocol: Protocol::Gb28181, kind: None, name: None, attrs: Default::default() }
+        UnknownDevice {
+            id: id.into(),
+            protocol: Protocol::Gb28181,
+            kind: None,
+            name: None,
+            attrs: Default::default(),
+            org_id: None,
+            profile: None,
+        }
     }
 
     #[test]

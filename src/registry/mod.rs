@@ -348,8 +348,12 @@ impl Registry {
             return Err(Error::invalid("name", "longer than 200 characters"));
         }
         if d.protocol == Protocol::Gb28181 {
-            let code = GbCode::parse(&d.id).map_err(|e| Error::invalid("id", e.to_string()))?;
-            if d.org_id.is_none() && self.admission.org_from_gb_prefix {
+            GbCode::parse(&d.id).map_err(|e| Error::invalid("id", e.to_string()))?;
+        }
+        // Any device with a 20-digit code (GB/T 28181, a GA/T 1400 checkpoint, an MQTT device
+        // numbered the same way) is placed by the code's administrative-division prefix.
+        if d.org_id.is_none() && self.admission.org_from_gb_prefix {
+            if let Ok(code) = GbCode::parse(&d.id) {
                 d.org_id = self.read().org_for_gb_code(code.as_str()).map(|o| o.id.clone());
             }
         }

@@ -3,6 +3,8 @@
 //! reaches the registry only through the `Registry` handle and never another source or sink.
 
 pub mod gb28181;
+pub mod ingest;
+pub mod mqtt;
 
 /// What every source is handed: the registry (admissions), presence (observations),
 /// metrics, the rejections log and the event log.

@@ -7,6 +7,7 @@ mod api;
 mod dashboard;
 mod gb28181;
 mod gb_fixtures;
+mod mqtt;
 mod outage;
 mod restart;
 mod store;

@@ -50,6 +50,13 @@ impl Client {
         let s = r.status().as_u16();
         (s, r.json().await.unwrap_or(Value::Null))
     }
+    /// Status, content type and body bytes.
+    pub async fn get_bytes(&self, path: &str) -> (u16, String, Vec<u8>) {
+        let r = self.req(reqwest::Method::GET, path).send().await.expect("GET");
+        let s = r.status().as_u16();
+        let ct = r.headers().get("content-type").and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
+        (s, ct, r.bytes().await.map(|b| b.to_vec()).unwrap_or_default())
+    }
     pub async fn get_text(&self, path: &str, accept: &str) -> (u16, String) {
         let r = self.req(reqwest::Method::GET, path).header("accept", accept).send().await.expect("GET");
         (r.status().as_u16(), r.text().await.unwrap_or_default())
@@ -99,6 +106,14 @@ impl Client {
 /// The config text for a test gateway.
 pub fn config_toml(data_dir: &Path, db_url: Option<&str>, http_port: u16, extra: &str) -> String {
     let db = db_url.map(|u| format!("[database]\nurl = \"{u}\"\n")).unwrap_or_default();
+    // Sources with fixed default ports are off unless the test configures them.
+    let mut off = String::new();
+    if !extra.contains("[mqtt]") {
+        off.push_str("[mqtt]\nmode = \"off\"\n");
+    }
+    if !extra.contains("[gat1400]") {
+        off.push_str("[gat1400]\nenabled = false\n");
+    }
     format!(
         r#"
 [gateway]
@@ -117,6 +132,7 @@ flush_every = "50ms"
 
 [tuning]
 rate_refresh = "200ms"
+{off}
 {extra}
 "#,
         data_dir.display()

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod gateway;
+pub mod mqtt;
 pub mod postgres;
 pub mod proxy;
 

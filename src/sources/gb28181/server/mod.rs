@@ -739,7 +739,15 @@ impl Server {
         if let Some(ua) = msg.header("User-Agent") {
             attrs.insert("user_agent".into(), serde_json::json!(ua));
         }
-        let unknown = UnknownDevice { id, protocol: Protocol::Gb28181, kind: code.device_kind(), name: None, attrs };
+        let unknown = UnknownDevice {
+            id,
+            protocol: Protocol::Gb28181,
+            kind: code.device_kind(),
+            name: None,
+            attrs,
+            org_id: None,
+            profile: None,
+        };
         self.admitting.insert(key.to_owned());
         self.waiting_admission.push(WaitingAdmission {
             unknown,

@@ -1,0 +1,145 @@
+//! The image store: pictures that events refer to (face crops, scenes, plates), stored once
+//! under `<data_dir>/images/ab/cd/<sha256>` and named by the SHA-256 of their bytes, so a
+//! retransmitted capture costs no second copy. A file is written to a temporary name,
+//! synced, then renamed: an event never refers to a half-written image, and an image is
+//! durable before the event that refers to it is committed. Owns nothing else.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use crate::profiles::expr::sha256_hex;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("image of {size} bytes is over the {max}-byte limit")]
+    TooLarge { size: usize, max: u64 },
+    #[error("cannot store image under {dir}: {source}")]
+    Io { dir: PathBuf, source: std::io::Error },
+    #[error("image store task failed: {0}")]
+    Task(String),
+}
+
+impl Error {
+    pub fn kind(&self) -> crate::error::ErrorKind {
+        match self {
+            Error::TooLarge { .. } => crate::error::ErrorKind::InvalidInput,
+            Error::Io { .. } | Error::Task(_) => crate::error::ErrorKind::Unavailable,
+        }
+    }
+}
+
+/// A stored image: its hash, size and type.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stored {
+    pub hash: String,
+    pub bytes: u64,
+    pub mime: &'static str,
+}
+
+#[derive(Debug, Clone)]
+pub struct MediaStore {
+    dir: PathBuf,
+    max: u64,
+}
+
+/// The type of an image from its first bytes.
+pub fn sniff(b: &[u8]) -> &'static str {
+    if b.starts_with(&[0xFF, 0xD8]) {
+        "image/jpeg"
+    } else if b.starts_with(b"\x89PNG") {
+        "image/png"
+    } else if b.starts_with(b"BM") {
+        "image/bmp"
+    } else {
+        "application/octet-stream"
+    }
+}
+
+/// Whether `hash` is a well-formed name (64 lowercase hex digits).
+pub fn valid_hash(hash: &str) -> bool {
+    hash.len() == 64 && hash.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
+impl MediaStore {
+    pub fn new(data_dir: &Path, max: u64) -> MediaStore {
+        MediaStore { dir: data_dir.join("images"), max }
+    }
+
+    fn path(&self, hash: &str) -> PathBuf {
+        self.dir.join(&hash[..2]).join(&hash[2..4]).join(hash)
+    }
+
+    /// Stores `bytes` (durably) and answers its name. Runs on the blocking pool.
+    pub async fn put(&self, bytes: Vec<u8>) -> Result<Stored, Error> {
+        if bytes.len() as u64 > self.max {
+            return Err(Error::TooLarge { size: bytes.len(), max: self.max });
+        }
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || this.put_blocking(&bytes)).await.map_err(|e| Error::Task(e.to_string()))?
+    }
+
+    fn put_blocking(&self, bytes: &[u8]) -> Result<Stored, Error> {
+        let hash = sha256_hex(bytes);
+        let stored = Stored { hash: hash.clone(), bytes: bytes.len() as u64, mime: sniff(bytes) };
+        let path = self.path(&hash);
+        if path.exists() {
+            return Ok(stored);
+        }
+        let io = |source| Error::Io { dir: self.dir.clone(), source };
+        let parent = path.parent().unwrap_or(&self.dir);
+        std::fs::create_dir_all(parent).map_err(io)?;
+        let tmp = parent.join(format!(".{hash}.{}.tmp", std::process::id()));
+        let mut f = std::fs::File::create(&tmp).map_err(io)?;
+        f.write_all(bytes).map_err(io)?;
+        f.sync_data().map_err(io)?;
+        drop(f);
+        std::fs::rename(&tmp, &path).map_err(io)?;
+        Ok(stored)
+    }
+
+    /// The bytes of a stored image, `None` when there is none by that name.
+    pub async fn get(&self, hash: &str) -> Result<Option<Vec<u8>>, Error> {
+        if !valid_hash(hash) {
+            return Ok(None);
+        }
+        match tokio::fs::read(self.path(hash)).await {
+            Ok(b) => Ok(Some(b)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(source) => Err(Error::Io { dir: self.dir.clone(), source }),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn stored_once_by_content_and_bounded() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = MediaStore::new(dir.path(), 1024);
+        let jpeg = vec![0xFF, 0xD8, 0xFF, 0xE0, 1, 2, 3];
+        let a = store.put(jpeg.clone()).await.expect("put");
+        let b = store.put(jpeg.clone()).await.expect("put again");
+        assert_eq!(a, b);
+        assert_eq!(a.mime, "image/jpeg");
+        assert_eq!(store.get(&a.hash).await.expect("get"), Some(jpeg));
+        assert_eq!(store.get("../../etc/passwd").await.expect("get"), None, "names are hashes only");
+        assert!(matches!(store.put(vec![0; 2048]).await, Err(Error::TooLarge { .. })));
+        let files = walk(&dir.path().join("images"));
+        assert_eq!(files.len(), 1, "one file, no temporaries left: {files:?}");
+    }
+
+    fn walk(p: &Path) -> Vec<PathBuf> {
+        let mut out = Vec::new();
+        for e in std::fs::read_dir(p).into_iter().flatten().flatten() {
+            let path = e.path();
+            if path.is_dir() {
+                out.extend(walk(&path));
+            } else {
+                out.push(path);
+            }
+        }
+        out
+    }
+}

@@ -1,0 +1,69 @@
+//! The embedded MQTT broker (`mqtt.mode = "embedded"`, the default): rumqttd on
+//! `mqtt.listen`, so `make run` and small sites need no broker installed. It keeps
+//! sessions in memory only: for persistence across restarts and for scale-out use an
+//! external broker (Mosquitto, EMQX) with `mqtt.mode = "external"`. rumqttd runs on threads
+//! of its own; it lives as long as the process.
+
+use std::collections::HashMap;
+
+use rumqttd::{Broker, Config, ConnectionSettings, RouterConfig, ServerSettings};
+use tracing::{error, info};
+
+use super::Error;
+
+/// Starts the broker and answers the URL vigil's own client connects to.
+pub fn start(cfg: &crate::config::Mqtt) -> Result<String, Error> {
+    let addr = cfg.listen;
+    let fail = |reason: String| Error::Broker { addr, reason };
+    // rumqttd reports a bind failure only in its own thread's log: find out here first.
+    drop(std::net::TcpListener::bind(addr).map_err(|e| fail(e.to_string()))?);
+    let max = crate::config::parse_bytes(&cfg.max_packet).map_err(fail)? as usize;
+    let auth = (!cfg.username.is_empty()).then(|| HashMap::from([(cfg.username.clone(), cfg.password.clone())]));
+    let server = ServerSettings {
+        name: "v4".into(),
+        listen: addr,
+        tls: None,
+        next_connection_delay_ms: 1,
+        connections: ConnectionSettings {
+            connection_timeout_ms: 60_000,
+            max_payload_size: max,
+            max_inflight_count: 1024,
+            auth,
+            external_auth: None,
+            dynamic_filters: true,
+        },
+    };
+    let config = Config {
+        id: 0,
+        router: RouterConfig {
+            max_connections: 20_000,
+            max_outgoing_packet_count: 1024,
+            max_segment_size: 100 << 20,
+            max_segment_count: 10,
+            custom_segment: None,
+            initialized_filters: None,
+            shared_subscriptions_strategy: Default::default(),
+        },
+        v4: Some(HashMap::from([("v4".to_owned(), server)])),
+        v5: None,
+        ws: None,
+        cluster: None,
+        console: None,
+        bridge: None,
+        prometheus: None,
+        metrics: None,
+    };
+    std::thread::Builder::new()
+        .name("mqtt-broker".into())
+        .spawn(move || {
+            let mut broker = Broker::new(config);
+            if let Err(e) = broker.start() {
+                error!(error = %e, "The embedded MQTT broker stopped.");
+            }
+        })
+        .map_err(|e| fail(e.to_string()))?;
+    info!(listen = %addr, "Embedded MQTT broker started; devices connect here.");
+    let host = if addr.ip().is_unspecified() { "127.0.0.1".to_owned() } else { addr.ip().to_string() };
+    // vigil's own client takes mqtt.username / mqtt.password from the config, as devices do.
+    Ok(format!("mqtt://{host}:{}", addr.port()))
+}

@@ -1,0 +1,161 @@
+//! vigil's MQTT connection: options from config (stable client id, persistent session,
+//! manual acks, large packets, TLS for mqtts://), and the poll task, which does nothing but
+//! drive the event loop, forward publishes into the bounded channel, subscribe after each
+//! connect (from another task: requesting from the polling task can deadlock rumqttc) and
+//! back off with full jitter when the broker is away.
+
+use std::time::Duration;
+
+use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, Publish, SubscribeFilter, Transport};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use super::{Error, QOS};
+use crate::telemetry::Metrics;
+
+/// The broker URL without credentials, for logs.
+pub fn redact(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut u) => {
+            let _ = u.set_password(None);
+            let _ = u.set_username("");
+            u.to_string()
+        }
+        Err(_) => "<unparsable url>".into(),
+    }
+}
+
+pub fn connect(cfg: &crate::config::Mqtt, broker_url: &str) -> Result<(AsyncClient, EventLoop), Error> {
+    let bad = |reason: String| Error::Url { url: redact(broker_url), reason };
+    let u = url::Url::parse(broker_url).map_err(|e| bad(e.to_string()))?;
+    let host = u.host_str().ok_or_else(|| bad("no host".into()))?.to_owned();
+    let tls = matches!(u.scheme(), "mqtts" | "ssl");
+    let port = u.port().unwrap_or(if tls { 8883 } else { 1883 });
+    let mut o = MqttOptions::new(cfg.client_id.clone(), host, port);
+    o.set_keep_alive(cfg.keep_alive.max(Duration::from_secs(5)));
+    // A persistent session: the broker keeps our subscriptions and queues QoS 1 messages
+    // while vigil is away, and sends again what was not acknowledged.
+    o.set_clean_session(false);
+    o.set_manual_acks(true);
+    let max = crate::config::parse_bytes(&cfg.max_packet).map_err(bad)? as usize;
+    o.set_max_packet_size(max, 64 * 1024);
+    o.set_inflight(100);
+    let user = if cfg.username.is_empty() { u.username().to_owned() } else { cfg.username.clone() };
+    let pass = if cfg.password.is_empty() { u.password().unwrap_or("").to_owned() } else { cfg.password.clone() };
+    if !user.is_empty() {
+        o.set_credentials(user, pass);
+    }
+    if tls {
+        o.set_transport(Transport::tls_with_default_config());
+    }
+    Ok(AsyncClient::new(o, cfg.inflight.saturating_mul(2).max(16)))
+}
+
+/// Drives the event loop until cancelled.
+#[allow(clippy::too_many_arguments)]
+pub async fn poll(
+    mut eventloop: EventLoop,
+    client: AsyncClient,
+    filters: Vec<String>,
+    tx: mpsc::Sender<Publish>,
+    backoff_min: Duration,
+    backoff_max: Duration,
+    metrics: Metrics,
+    cancel: CancellationToken,
+) {
+    let mut failures: u32 = 0;
+    loop {
+        let ev = tokio::select! {
+            _ = cancel.cancelled() => break,
+            ev = eventloop.poll() => ev,
+        };
+        match ev {
+            Ok(Event::Incoming(Packet::ConnAck(ack))) => {
+                metrics.mqtt_connected.set(1);
+                info!(
+                    session_present = ack.session_present,
+                    after_failures = failures,
+                    "Connected to the MQTT broker."
+                );
+                failures = 0;
+                // Subscribing is idempotent; after a broker that lost its state it is needed.
+                let c = client.clone();
+                let subs: Vec<SubscribeFilter> = filters.iter().map(|f| SubscribeFilter::new(f.clone(), QOS)).collect();
+                if !subs.is_empty() {
+                    tokio::spawn(async move {
+                        if let Err(e) = c.subscribe_many(subs).await {
+                            warn!(error = %e, "Cannot subscribe.");
+                        }
+                    });
+                }
+            }
+            Ok(Event::Incoming(Packet::SubAck(ack))) => {
+                let refused =
+                    ack.return_codes.iter().filter(|c| matches!(c, rumqttc::SubscribeReasonCode::Failure)).count();
+                if refused > 0 {
+                    warn!(refused, "The broker refused some subscriptions (check its ACL).");
+                }
+            }
+            Ok(Event::Incoming(Packet::Publish(p))) => {
+                // A full channel stops the polling here: the broker holds what follows.
+                tokio::select! {
+                    r = tx.send(p) => if r.is_err() { break },
+                    _ = cancel.cancelled() => break,
+                }
+            }
+            Ok(_) => {}
+            Err(e) => {
+                metrics.mqtt_connected.set(0);
+                failures = failures.saturating_add(1);
+                let delay = backoff(failures, backoff_min, backoff_max);
+                warn!(error = %e, failures, retry_in_ms = delay.as_millis() as u64, "MQTT connection lost or refused; reconnecting.");
+                tokio::select! {
+                    _ = cancel.cancelled() => break,
+                    _ = tokio::time::sleep(delay) => {}
+                }
+            }
+        }
+    }
+    metrics.mqtt_connected.set(0);
+    // Let the worker's final acks and the DISCONNECT out (bounded).
+    let _ = tokio::time::timeout(Duration::from_secs(2), async {
+        while let Ok(ev) = eventloop.poll().await {
+            if let Event::Outgoing(rumqttc::Outgoing::Disconnect) = ev {
+                break;
+            }
+        }
+    })
+    .await;
+}
+
+/// Exponential backoff with full jitter: uniform in [min, min(max, min·2^(n-1))].
+pub fn backoff(failures: u32, min: Duration, max: Duration) -> Duration {
+    let cap = min.saturating_mul(1u32 << failures.saturating_sub(1).min(16)).min(max);
+    let span = cap.saturating_sub(min).as_millis() as u64;
+    let jitter = if span == 0 { 0 } else { jitter_ms() % (span + 1) };
+    min + Duration::from_millis(jitter)
+}
+
+fn jitter_ms() -> u64 {
+    // Enough randomness for spreading reconnects: the UUID v7 random bits.
+    let u = uuid::Uuid::now_v7().as_u128();
+    (u as u64) ^ ((u >> 64) as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_within_bounds() {
+        let (min, max) = (Duration::from_secs(1), Duration::from_secs(30));
+        for n in 1..40 {
+            let d = backoff(n, min, max);
+            assert!(d >= min && d <= max, "{n}: {d:?}");
+            let cap = min.saturating_mul(1 << (n - 1).min(16)).min(max);
+            assert!(d <= cap, "{n}: {d:?} over {cap:?}");
+        }
+        assert_eq!(redact("mqtt://user:secret@broker:1883"), "mqtt://broker:1883");
+    }
+}
