@@ -39,6 +39,8 @@ pub enum Error {
     Gb28181(#[from] crate::sources::gb28181::Error),
     #[error(transparent)]
     Mqtt(#[from] crate::sources::mqtt::Error),
+    #[error(transparent)]
+    Gat1400(#[from] crate::sources::gat1400::Error),
 }
 
 impl Error {
@@ -51,6 +53,7 @@ impl Error {
             Error::Config(_) => crate::error::ErrorKind::InvalidInput,
             Error::Gb28181(e) => e.kind(),
             Error::Mqtt(e) => e.kind(),
+            Error::Gat1400(e) => e.kind(),
         }
     }
 }
@@ -60,6 +63,8 @@ pub struct Running {
     pub http_addr: SocketAddr,
     /// The GB/T 28181 SIP (UDP) address, when the source is enabled.
     pub sip_addr: Option<SocketAddr>,
+    /// The GA/T 1400 view-library address, when enabled.
+    pub gat1400_addr: Option<SocketAddr>,
     pub metrics: Metrics,
     cancel: CancellationToken,
     sources_cancel: CancellationToken,
@@ -233,6 +238,23 @@ pub async fn start(config: Config) -> Result<Running, Error> {
         let ingest = crate::sources::ingest::Ingest::new(shared.clone(), media.clone(), Protocol::Mqtt, "mqtt");
         crate::sources::mqtt::spawn(&config.mqtt, url, profiles.clone(), ingest, sources_cancel.clone(), &tracker)?;
     }
+    let gat1400_addr = if config.gat1400.enabled {
+        let ingest = crate::sources::ingest::Ingest::new(shared.clone(), media.clone(), Protocol::Gat1400, "gat1400");
+        Some(
+            crate::sources::gat1400::spawn(
+                &config.gat1400,
+                config.gateway.id.clone(),
+                config.timezone(),
+                profiles.clone(),
+                ingest,
+                sources_cancel.clone(),
+                &tracker,
+            )
+            .await?,
+        )
+    } else {
+        None
+    };
 
     let tz = config.timezone();
     if config.http.tokens.is_empty() {
@@ -269,7 +291,7 @@ pub async fn start(config: Config) -> Result<Running, Error> {
         }
     });
     info!(http = %http_addr, "vigil is running; dashboard at http://{http_addr}/");
-    Ok(Running { http_addr, sip_addr, metrics, cancel, sources_cancel, http_cancel, tracker, http, db })
+    Ok(Running { http_addr, sip_addr, gat1400_addr, metrics, cancel, sources_cancel, http_cancel, tracker, http, db })
 }
 
 impl Running {

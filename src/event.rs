@@ -44,6 +44,9 @@ pub enum Evidence {
     MqttMessage { timeout_ms: i64, heartbeat: bool },
     /// The broker delivered the device's last will.
     MqttLastWill,
+    /// A GA/T 1400 view-library registration (`register`) or keepalive / any request from a
+    /// registered device: registered and alive for `validity_ms` more.
+    ViewLibrary { validity_ms: i64, register: bool },
     /// A lower gateway's QUIC link heartbeat.
     LinkHeartbeat { timeout_ms: i64 },
 }

@@ -6,6 +6,7 @@ pub mod app;
 pub mod clock;
 pub mod config;
 pub mod db;
+pub mod digest;
 pub mod error;
 pub mod event;
 pub mod events;

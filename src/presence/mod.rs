@@ -329,6 +329,14 @@ impl PresenceTable {
                 slot.alive_kind = AliveKind::Keepalive;
                 (None, Reason::Keepalive)
             }
+            Evidence::ViewLibrary { validity_ms, register } => {
+                // Any successful request renews a GA/T 1400 registration.
+                slot.needs_registration = true;
+                slot.registered_until = at.saturating_add(validity_ms);
+                slot.alive_until = at.saturating_add(validity_ms);
+                slot.alive_kind = AliveKind::Keepalive;
+                (None, if register { Reason::Register } else { Reason::Keepalive })
+            }
             Evidence::RtspFrame { stall_ms } => {
                 slot.alive_until = at.saturating_add(stall_ms);
                 slot.alive_kind = AliveKind::Frame;

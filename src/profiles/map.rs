@@ -50,6 +50,8 @@ pub enum Made {
 pub struct Mapped {
     /// Position in the message's fan-out (0 when there is none).
     pub index: usize,
+    /// The record's own id (`identity.object`), when the profile names one.
+    pub object_id: Option<String>,
     pub device: String,
     pub site: Option<String>,
     pub name: Option<String>,
@@ -80,6 +82,7 @@ pub enum Outcome {
     },
     Rejected {
         index: usize,
+        object_id: Option<String>,
         device: Option<String>,
         refusal: Refusal,
     },
@@ -186,17 +189,20 @@ fn text(e: &Expr, s: &Scope<'_>) -> Option<String> {
 }
 
 fn map_record(p: &Profile, s: &Scope<'_>, index: usize, received_at: Millis) -> Outcome {
+    let object_id = p.identity.object.as_ref().and_then(|e| text(e, s));
     let Some(device) = text(&p.identity.key, s) else {
-        return Outcome::Rejected {
-            index,
-            device: None,
-            refusal: refuse("no_identity", "the identity key is empty or missing"),
-        };
+        let refusal = refuse("no_identity", "the identity key is empty or missing");
+        return Outcome::Rejected { index, object_id, device: None, refusal };
     };
     if let Err(e) = crate::ids::check_plain_id("device id", &device, crate::ids::DeviceId::MAX_LEN) {
-        return Outcome::Rejected { index, device: None, refusal: refuse("bad_identity", e.to_string()) };
+        return Outcome::Rejected { index, object_id, device: None, refusal: refuse("bad_identity", e.to_string()) };
     }
-    let reject = |refusal: Refusal| Outcome::Rejected { index, device: Some(device.clone()), refusal };
+    let reject = |refusal: Refusal| Outcome::Rejected {
+        index,
+        object_id: object_id.clone(),
+        device: Some(device.clone()),
+        refusal,
+    };
     let Some(rule) = p.rules.iter().find(|r| r.when.as_ref().is_none_or(|w| truthy(&w.eval(s)))) else {
         return reject(refuse("no_rule", "no emit rule matches this message"));
     };
@@ -323,6 +329,7 @@ fn map_record(p: &Profile, s: &Scope<'_>, index: usize, received_at: Millis) -> 
 
     Outcome::Record(Box::new(Mapped {
         index,
+        object_id: object_id.clone(),
         site: p.identity.site.as_ref().and_then(|e| text(e, s)),
         name: p.identity.name.as_ref().and_then(|e| text(e, s)),
         model: p.identity.model.as_ref().and_then(|e| text(e, s)),

@@ -71,6 +71,7 @@ pub struct Identity {
     pub name: Option<Expr>,
     pub model: Option<Expr>,
     pub firmware: Option<Expr>,
+    pub object: Option<Expr>,
 }
 
 #[derive(Debug, Clone)]
@@ -225,6 +226,7 @@ pub fn compile(f: spec::ProfileFile) -> Result<Profile, ProfileError> {
         name: f.identity.name.as_deref().map(|t| ex("identity.name", t)).transpose()?,
         model: f.identity.model.as_deref().map(|t| ex("identity.model", t)).transpose()?,
         firmware: f.identity.firmware.as_deref().map(|t| ex("identity.firmware", t)).transpose()?,
+        object: f.identity.object.as_deref().map(|t| ex("identity.object", t)).transpose()?,
     };
     let charset = match f.charset.as_deref().unwrap_or("auto") {
         "auto" => Charset::Auto,
@@ -443,7 +445,15 @@ fn check_names(p: &Profile) -> Result<(), (String, String)> {
     let mut caps = Vec::new();
     let mut tables = Vec::new();
     let mut all: Vec<&Expr> = vec![&p.identity.key];
-    all.extend(p.identity.site.iter().chain(&p.identity.name).chain(&p.identity.model).chain(&p.identity.firmware));
+    all.extend(
+        p.identity
+            .site
+            .iter()
+            .chain(&p.identity.name)
+            .chain(&p.identity.model)
+            .chain(&p.identity.firmware)
+            .chain(&p.identity.object),
+    );
     all.extend(p.time.as_ref().map(|t| &t.field));
     all.extend(p.sequence.iter());
     all.extend(p.dedup.iter());

@@ -71,6 +71,10 @@ pub struct IdentitySpec {
     pub model: Option<String>,
     #[serde(default)]
     pub firmware: Option<String>,
+    /// The record's own id as its sender knows it (GA/T 1400 `FaceID`), answered back per
+    /// object.
+    #[serde(default)]
+    pub object: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

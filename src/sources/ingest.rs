@@ -23,14 +23,15 @@ use crate::registry::{Admission, AdmissionOutcome, Device, Protocol, UnknownDevi
 /// What became of one record.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Verdict {
-    /// Committed (or found committed before: `duplicate`). `event_id` is the stored id.
-    Stored { event_id: String, duplicate: bool, dedup_key: String },
+    /// Committed (or found committed before: `duplicate`). `event_id` is the stored id;
+    /// `object_id` the record's own id (GA/T 1400 `FaceID`), when its profile names one.
+    Stored { event_id: String, duplicate: bool, dedup_key: String, object_id: Option<String> },
     /// A heartbeat: presence fed, nothing stored.
     Heartbeat,
     /// A rule dropped it (counted).
     Dropped,
     /// Refused: counted and kept in the rejections log.
-    Rejected { reason: &'static str, detail: String, device: Option<String> },
+    Rejected { reason: &'static str, detail: String, device: Option<String>, object_id: Option<String> },
 }
 
 /// The store cannot take records now; the source must not acknowledge, so the peer sends
@@ -97,7 +98,12 @@ impl Ingest {
             Ok(o) => o,
             Err(r) => {
                 self.reject(&p.id, r.reason, r.detail.clone(), peer, payload, received_at);
-                return Ok(vec![Verdict::Rejected { reason: r.reason, detail: r.detail, device: None }]);
+                return Ok(vec![Verdict::Rejected {
+                    reason: r.reason,
+                    detail: r.detail,
+                    device: None,
+                    object_id: None,
+                }]);
             }
         };
         let mut out = Vec::with_capacity(outcomes.len());
@@ -107,9 +113,9 @@ impl Ingest {
                     self.count(&p.id, &format!("dropped:{reason}"));
                     Verdict::Dropped
                 }
-                Outcome::Rejected { refusal, device, .. } => {
+                Outcome::Rejected { refusal, device, object_id, .. } => {
                     self.reject(&p.id, refusal.reason, refusal.detail.clone(), peer, payload, received_at);
-                    Verdict::Rejected { reason: refusal.reason, detail: refusal.detail, device }
+                    Verdict::Rejected { reason: refusal.reason, detail: refusal.detail, device, object_id }
                 }
                 Outcome::Record(m) => self.record(sel, *m, payload, peer, received_at).await?,
             });
@@ -161,6 +167,7 @@ impl Ingest {
                             reason: "unknown_device",
                             detail: format!("device {} is not registered and admission is closed", m.device),
                             device: Some(m.device.clone()),
+                            object_id: m.object_id.clone(),
                         }))
                     }
                     Err(e) if e.kind() == crate::error::ErrorKind::InvalidInput => {
@@ -168,6 +175,7 @@ impl Ingest {
                             reason: "bad_identity",
                             detail: e.to_string(),
                             device: Some(m.device.clone()),
+                            object_id: m.object_id.clone(),
                         }))
                     }
                     Err(e) => return Err(Unavailable(e.to_string())),
@@ -182,9 +190,12 @@ impl Ingest {
         };
         Ok(match refused {
             None => Ok(d),
-            Some((reason, why)) => {
-                Err(Verdict::Rejected { reason, detail: format!("{}: {why}", d.id), device: Some(d.id.clone()) })
-            }
+            Some((reason, why)) => Err(Verdict::Rejected {
+                reason,
+                detail: format!("{}: {why}", d.id),
+                device: Some(d.id.clone()),
+                object_id: m.object_id.clone(),
+            }),
         })
     }
 
@@ -274,12 +285,12 @@ impl Ingest {
                 if let Some(seq) = m.seq {
                     self.sequence(&p.id, &device.id, seq).await;
                 }
-                Ok(Verdict::Stored { event_id: id, duplicate: false, dedup_key: m.dedup_key })
+                Ok(Verdict::Stored { event_id: id, duplicate: false, dedup_key: m.dedup_key, object_id: m.object_id })
             }
             Ok(Stored::Duplicate) => {
                 self.count(&p.id, "duplicate");
                 debug!(device = %device.id, key = %m.dedup_key, "Duplicate record (a redelivery or replay).");
-                Ok(Verdict::Stored { event_id: id, duplicate: true, dedup_key: m.dedup_key })
+                Ok(Verdict::Stored { event_id: id, duplicate: true, dedup_key: m.dedup_key, object_id: m.object_id })
             }
             Err(e) => Err(Unavailable(e.to_string())),
         }

@@ -2,6 +2,7 @@
 //! `Observation`s for presence (and, with the events-in work, `Event`s for the outbox). It
 //! reaches the registry only through the `Registry` handle and never another source or sink.
 
+pub mod gat1400;
 pub mod gb28181;
 pub mod ingest;
 pub mod mqtt;

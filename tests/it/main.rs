@@ -5,6 +5,7 @@ mod support;
 
 mod api;
 mod dashboard;
+mod gat1400;
 mod gb28181;
 mod gb_fixtures;
 mod mqtt;

@@ -9,7 +9,7 @@
 //! for the API.
 
 pub mod catalog;
-pub mod digest;
+pub use crate::digest;
 pub mod manscdp;
 pub mod message;
 mod server;

@@ -144,6 +144,7 @@ pub struct TestGateway {
     pub api: Client,
     pub url: String,
     pub sip: Option<std::net::SocketAddr>,
+    pub gat1400: Option<std::net::SocketAddr>,
     running: Option<vigil::Running>,
     config: String,
     _dir: tempfile::TempDir,
@@ -186,6 +187,7 @@ impl TestGateway {
             api: Client::new(&format!("{url}/api/v1"), Some(ADMIN)),
             url,
             sip: running.sip_addr,
+            gat1400: running.gat1400_addr,
             running: Some(running),
             config: text,
             _dir: dir,
@@ -203,6 +205,7 @@ impl TestGateway {
         self.url = format!("http://{}", running.http_addr);
         self.api = Client::new(&format!("{}/api/v1", self.url), Some(ADMIN));
         self.sip = running.sip_addr;
+        self.gat1400 = running.gat1400_addr;
         self.running = Some(running);
     }
     pub async fn shutdown(mut self) {

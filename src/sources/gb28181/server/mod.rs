@@ -19,13 +19,13 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use super::catalog::Assemblies;
-use super::digest::{parse_authorization, Nonces, Verdict};
 use super::manscdp::Charset;
 use super::message::{self, param, uri_user, Message, StartLine};
 use super::session::{SessionBoard, SessionInfo};
 use super::transactions::{ClientTransactions, Purpose};
 use crate::clock::{now_ms, Millis};
 use crate::config::Gb28181 as Gb28181Config;
+use crate::digest::{parse_authorization, Nonces, Verdict};
 use crate::event::{Evidence, Observation};
 use crate::events::EventLog;
 use crate::ids::GbCode;

@@ -1,6 +1,8 @@
-//! HTTP Digest for SIP (RFC 2617 over RFC 3261, MD5, `qop=auth`): challenges, nonces with
-//! expiry and replay protection, and response verification. Pure: time comes in as `now`.
-//! Checks the nonces it issues (WVP and Monibuca do not).
+//! HTTP Digest (RFC 2617, MD5, `qop=auth`) as GB/T 28181 REGISTER (over RFC 3261) and
+//! GA/T 1400 `/VIID/System/Register` use it: challenges, nonces with expiry and replay
+//! protection, and response verification. Lenient on input (quoted or unquoted `qop`/`nc`;
+//! the digest is checked over the `uri` the client names, path or full URL). Pure: time comes
+//! in as `now`. Checks the nonces it issues (WVP and Monibuca do not).
 
 use std::collections::{HashMap, VecDeque};
 
