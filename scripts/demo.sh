@@ -10,6 +10,8 @@ PORT=${DEMO_PORT:-8080}
 export VIGIL_ASSESSMENT__SAMPLE_EVERY=${DEMO_SAMPLE_EVERY:-10s}
 export VIGIL_HTTP__LISTEN=127.0.0.1:$PORT
 export VIGIL_GB28181__LISTEN=${DEMO_SIP_LISTEN:-127.0.0.1:5060}
+export VIGIL_MQTT__LISTEN=${DEMO_MQTT_LISTEN:-127.0.0.1:1884}
+export VIGIL_GAT1400__LISTEN=${DEMO_GAT1400_LISTEN:-127.0.0.1:9100}
 
 ./target/release/vigil run --config config/examples/district.toml &
 VIGIL_PID=$!
@@ -39,6 +41,37 @@ GB1_PID=$!
 GB2_PID=$!
 trap 'kill $VIGIL_PID $SIM_PID $GB1_PID $GB2_PID 2>/dev/null; wait 2>/dev/null' EXIT INT TERM
 
+# Smart safe communities over MQTT (the embedded broker): 4 communities × 12 devices
+# (Hikvision access terminals, Vzenith plate cameras at the barriers, alarm panels, generic
+# JSON devices), mapped by the shipped device profiles. 10 per community are registered here;
+# the last 2 announce themselves and wait in quarantine with their profile suggested. One
+# device announces itself offline after 30 s; 1% of messages are malformed (see
+# /api/v1/rejections); plate cameras flush offline caches now and then.
+SITES="gutian-1,gutian-4,jiefang,zongguan-shuichang"
+{
+  echo "id,name,kind,protocol,org_id,rtsp_url,profile"
+  for site in ${SITES//,/ }; do
+    for i in $(seq 0 9); do
+      case $((i % 6)) in
+        0|1|2) kind=access_control; profile=hikvision.acs-event; label=门禁 ;;
+        3) kind=barrier; profile=vzenith.ivs-plate; label=道闸车牌 ;;
+        4) kind=sensor; profile=hikvision.alarm-panel; label=报警主机 ;;
+        *) kind=access_control; profile=generic.json; label=通用门禁 ;;
+      esac
+      printf '%s-%04d,%s %s %d,%s,mqtt,%s,,%s\n' "$site" $((i + 1)) "$site" "$label" $((i + 1)) "$kind" "$site" "$profile"
+    done
+  done
+  # GA/T 1400 checkpoint cameras (a face and a vehicle checkpoint).
+  echo "42010400001210000001,解放大道人脸卡口,face_checkpoint,gat1400,checkpoint-jiefang-ave,,gat1400.face"
+  echo "42010400001210000002,长丰大桥车辆卡口,vehicle_checkpoint,gat1400,checkpoint-changfeng-bridge,,gat1400.motor-vehicle"
+} | curl -sf -X POST -H 'Authorization: Bearer demo-admin-token' -H 'Content-Type: text/csv' \
+    --data-binary @- "http://127.0.0.1:$PORT/api/v1/devices/import" >/dev/null
+./target/release/vigil-sim community --broker "$VIGIL_MQTT__LISTEN" live --sites "$SITES" --devices-per 12 --rate 4 < /dev/null > /dev/null &
+MQ_PID=$!
+./target/release/vigil-sim checkpoint --server "http://$VIGIL_GAT1400__LISTEN" --count 2 --image-kb 60 live --every 4 < /dev/null > /dev/null &
+CK_PID=$!
+trap 'kill $VIGIL_PID $SIM_PID $GB1_PID $GB2_PID $MQ_PID $CK_PID 2>/dev/null; wait 2>/dev/null' EXIT INT TERM
+
 cat <<MSG
 
   vigil demo is running.
@@ -48,6 +81,10 @@ cat <<MSG
   GB/T 28181:   320 simulated cameras register at udp 127.0.0.1:$SIP_PORT (alarms: /api/v1/events);
                 20 of them wait for approval on the dashboard (approve them with the admin token:
                 ?token=demo-admin-token); 6 stop keeping alive and go offline
+  Communities:  48 MQTT devices on mqtt://$VIGIL_MQTT__LISTEN (access, plate, alarm records:
+                /api/v1/events?kind=access); 8 wait in quarantine with a suggested profile
+  Checkpoints:  2 GA/T 1400 cameras at http://$VIGIL_GAT1400__LISTEN/VIID push faces and vehicles
+                with images (/api/v1/events?kind=face_capture, pictures at /api/v1/images/HASH)
   Ctrl-C stops the gateway and the simulator.
 
 MSG

@@ -88,12 +88,18 @@ impl MediaStore {
         let io = |source| Error::Io { dir: self.dir.clone(), source };
         let parent = path.parent().unwrap_or(&self.dir);
         std::fs::create_dir_all(parent).map_err(io)?;
-        let tmp = parent.join(format!(".{hash}.{}.tmp", std::process::id()));
+        // A name of its own per write: the same picture may arrive twice at once.
+        let tmp = parent.join(format!(".{hash}.{}.tmp", uuid::Uuid::now_v7().simple()));
         let mut f = std::fs::File::create(&tmp).map_err(io)?;
         f.write_all(bytes).map_err(io)?;
         f.sync_data().map_err(io)?;
         drop(f);
-        std::fs::rename(&tmp, &path).map_err(io)?;
+        if let Err(e) = std::fs::rename(&tmp, &path) {
+            let _ = std::fs::remove_file(&tmp);
+            if !path.exists() {
+                return Err(io(e));
+            }
+        }
         Ok(stored)
     }
 
@@ -126,6 +132,12 @@ mod tests {
         assert_eq!(store.get(&a.hash).await.expect("get"), Some(jpeg));
         assert_eq!(store.get("../../etc/passwd").await.expect("get"), None, "names are hashes only");
         assert!(matches!(store.put(vec![0; 2048]).await, Err(Error::TooLarge { .. })));
+        // The same picture stored from many tasks at once: one file, every put succeeds.
+        let puts: Vec<_> = (0..16).map(|_| store.put(vec![0xFF, 0xD8, 9, 9])).collect();
+        for r in futures_util::future::join_all(puts).await {
+            r.expect("concurrent put");
+        }
+        let _ = std::fs::remove_file(store.path(&sha256_hex(&[0xFF, 0xD8, 9, 9])));
         let files = walk(&dir.path().join("images"));
         assert_eq!(files.len(), 1, "one file, no temporaries left: {files:?}");
     }

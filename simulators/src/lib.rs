@@ -1,6 +1,9 @@
 //! Shared pieces of the simulators: a small client for vigil's API and the shape of a
 //! simulated district. Simulators drive load and scenarios; they never prove our codecs.
 
+pub mod checkpoint;
+pub mod community;
+
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};

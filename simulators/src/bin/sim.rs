@@ -9,6 +9,9 @@
 //! `vigil-sim gb-device --server 127.0.0.1:5060 --count 10000 flood --rate 30000 --seconds 10`
 //! `vigil-sim gb-device --count 300 live --alarm-every 30` (stdin: `silence N`, `resume N`,
 //! `alarm N`, `move N`, `wrongpass N`, `garbage`; N is the device's index)
+//! `vigil-sim community --broker 127.0.0.1:1884 live --communities 4 --devices-per 12 --rate 5`
+//! `vigil-sim community burst --count 100000` / `replay --count 50000` (MQTT load)
+//! `vigil-sim checkpoint --server http://127.0.0.1:9100 live` / `bench --faces 10000`
 #![allow(clippy::disallowed_methods)] // a load driver measures real time
 
 use std::collections::HashMap;
@@ -27,6 +30,10 @@ use vigil::sources::gb28181::message::{Message, StartLine};
 enum Sim {
     /// GB/T 28181 devices (IPCs, or one NVR for the catalog load).
     GbDevice(Args),
+    /// Smart-community devices over MQTT (access terminals, plate cameras, alarm panels).
+    Community(vigil_simulators::community::Args),
+    /// GA/T 1400 checkpoint cameras pushing faces and vehicles.
+    Checkpoint(vigil_simulators::checkpoint::Args),
 }
 
 #[derive(clap::Args)]
@@ -651,7 +658,11 @@ Content-Type: Application/MANSCDP+xml\r\nContent-Length: {}\r\n\r\n",
 
 #[tokio::main]
 async fn main() -> Result<()> {
-    let Sim::GbDevice(args) = Sim::parse();
+    let args = match Sim::parse() {
+        Sim::GbDevice(args) => args,
+        Sim::Community(args) => return vigil_simulators::community::run(args).await,
+        Sim::Checkpoint(args) => return vigil_simulators::checkpoint::run(args).await,
+    };
     if !args.server.ip().is_loopback() {
         bail!("this load driver only targets loopback addresses");
     }

@@ -129,8 +129,7 @@ mod tests {
         assert_eq!(status_code(&json!(8)), Some(8));
         assert_eq!(status_code(&json!("x")), None);
         assert_eq!(
-            system_device_id(&json!({"RegisterObject": {"DeviceID": 11111}}), "RegisterObject")
-                .as_deref(),
+            system_device_id(&json!({"RegisterObject": {"DeviceID": 11111}}), "RegisterObject").as_deref(),
             Some("11111")
         );
         assert_eq!(system_device_id(&json!({"RegisterObject": {"DeviceID": " "}}), "RegisterObject"), None);

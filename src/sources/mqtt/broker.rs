@@ -62,6 +62,15 @@ pub fn start(cfg: &crate::config::Mqtt) -> Result<String, Error> {
             }
         })
         .map_err(|e| fail(e.to_string()))?;
+    // Wait (bounded) until it accepts, so vigil's own client does not start with a refusal.
+    let target =
+        if addr.ip().is_unspecified() { std::net::SocketAddr::from(([127, 0, 0, 1], addr.port())) } else { addr };
+    for _ in 0..100 {
+        if std::net::TcpStream::connect_timeout(&target, std::time::Duration::from_millis(50)).is_ok() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
     info!(listen = %addr, "Embedded MQTT broker started; devices connect here.");
     let host = if addr.ip().is_unspecified() { "127.0.0.1".to_owned() } else { addr.ip().to_string() };
     // vigil's own client takes mqtt.username / mqtt.password from the config, as devices do.
