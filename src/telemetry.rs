@@ -23,7 +23,7 @@ pub const MQTT_MESSAGES: &str = "vigil_mqtt_messages_total";
 pub const MQTT_CONNECTED: &str = "vigil_mqtt_connected";
 pub const MQTT_INFLIGHT: &str = "vigil_mqtt_inflight";
 pub const PROFILE_OUTCOMES: &str = "vigil_profile_records_total";
-pub const SEQUENCE_GAPS: &str = "vigil_event_sequence_gaps_total";
+pub const SEQUENCE_GAPS: &str = "vigil_event_sequence_gaps";
 
 /// The collectors. Cheap to clone (the prometheus types are handles).
 #[derive(Clone)]
@@ -46,7 +46,7 @@ pub struct Metrics {
     pub mqtt_connected: IntGauge,
     pub mqtt_inflight: IntGauge,
     pub profile_outcomes: IntCounterVec,
-    pub sequence_gaps: IntCounterVec,
+    pub sequence_gaps: IntGaugeVec,
 }
 
 impl Metrics {
@@ -91,7 +91,7 @@ impl Metrics {
                 &["profile", "outcome"],
             )
             .expect("should be a valid metric"),
-            sequence_gaps: IntCounterVec::new(Opts::new(SEQUENCE_GAPS, "Records missing from devices' sequence numbers, by profile."), &["profile"])
+            sequence_gaps: IntGaugeVec::new(Opts::new(SEQUENCE_GAPS, "Records missing from devices' sequence numbers (net of late arrivals), by profile."), &["profile"])
                 .expect("should be a valid metric"),
             registry,
         };

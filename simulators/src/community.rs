@@ -413,8 +413,9 @@ async fn replay(args: &Args, count: u64, device: &str) -> Result<()> {
     let mut d = Device { site: "XQ001".into(), sn: device.to_owned(), kind: Kind::Generic, seq: 0 };
     let topic = d.event_topic(&args.prefix);
     let start = Instant::now();
-    // Records from the last two days, oldest first, as a terminal flushes its cache.
-    let first = now_ms() - 2 * 86_400_000;
+    // Records from two days ago, oldest first, as a terminal flushes its cache (the same
+    // records on every run of the day, so a second run is all duplicates).
+    let first = now_ms() / 86_400_000 * 86_400_000 - 2 * 86_400_000;
     for k in 0..count {
         let p = d.event(first + k as i64 * 1000, true);
         conn.client.publish(topic.clone(), QoS::AtLeastOnce, false, p).await?;

@@ -589,6 +589,9 @@ impl Registry {
 
     /// `admit` for many devices with one write: the outcomes in the order given.
     pub async fn admit_many(&self, unknowns: Vec<UnknownDevice>) -> Result<Vec<AdmissionOutcome>, Error> {
+        // One admission at a time: two sources (or two messages) announcing the same new
+        // device at once must add it once, not overwrite each other.
+        let _merging = self.merging.lock().await;
         let mut outcomes: Vec<Option<AdmissionOutcome>> = Vec::with_capacity(unknowns.len());
         let mut new: Vec<NewDevice> = Vec::new();
         let mut seen = std::collections::HashSet::new();
@@ -631,6 +634,11 @@ impl Registry {
 
     /// Decides what happens to a device that announced itself (sources call this).
     pub async fn admit(&self, unknown: UnknownDevice) -> Result<AdmissionOutcome, Error> {
+        if let Some(d) = self.read().device(&unknown.id) {
+            return Ok(AdmissionOutcome::Known(d));
+        }
+        // Serialized, then checked again: concurrent messages of one new device add it once.
+        let _merging = self.merging.lock().await;
         if let Some(d) = self.read().device(&unknown.id) {
             return Ok(AdmissionOutcome::Known(d));
         }

@@ -42,8 +42,12 @@ pub struct Unavailable(pub String);
 
 #[derive(Default)]
 struct SeqState {
+    /// Highest sequence number seen.
     last: i64,
+    /// Numbers below `last` not seen (net of late arrivals).
     gaps: u64,
+    written_at: Millis,
+    written: u64,
 }
 
 /// Shared by the profile-driven sources. Cheap to clone.
@@ -283,7 +287,7 @@ impl Ingest {
             Ok(Stored::New) => {
                 self.count(&p.id, "event");
                 if let Some(seq) = m.seq {
-                    self.sequence(&p.id, &device.id, seq).await;
+                    self.sequence(&p.id, &device.id, seq, at).await;
                 }
                 Ok(Verdict::Stored { event_id: id, duplicate: false, dedup_key: m.dedup_key, object_id: m.object_id })
             }
@@ -313,21 +317,44 @@ impl Ingest {
         }
     }
 
-    /// Counts records missing between a device's sequence numbers; the running count is kept
-    /// in the device's `seq_gaps` attribute.
-    async fn sequence(&self, profile: &str, device: &str, seq: i64) {
-        let gaps = {
+    /// Counts records missing between a device's sequence numbers: a number above the highest
+    /// seen opens the gap below it, a late number inside a gap fills it (concurrent commits
+    /// and replays arrive out of order). The net count is kept in the device's `seq_gaps`
+    /// attribute (written at most every 5 s per device) and summed per profile in
+    /// `vigil_event_sequence_gaps{profile}`.
+    async fn sequence(&self, profile: &str, device: &str, seq: i64, now: Millis) {
+        let write = {
             let mut seqs = self.seqs.lock().unwrap_or_else(|p| p.into_inner());
-            let st = seqs.entry(device.to_owned()).or_insert_with(|| SeqState { last: seq, gaps: 0 });
-            let missing = seq - st.last - 1;
-            let counted = if missing > 0 && missing <= MAX_GAP { missing as u64 } else { 0 };
-            st.last = st.last.max(seq);
-            st.gaps += counted;
-            (counted > 0).then_some((counted, st.gaps))
+            let st = seqs.entry(device.to_owned()).or_insert_with(|| SeqState {
+                last: seq,
+                gaps: 0,
+                written_at: 0,
+                written: 0,
+            });
+            let before = st.gaps;
+            if seq > st.last {
+                let missing = seq - st.last - 1;
+                if missing <= MAX_GAP {
+                    st.gaps += missing as u64;
+                }
+                st.last = seq;
+            } else if seq < st.last && st.gaps > 0 && st.last - seq <= MAX_GAP {
+                st.gaps -= 1;
+            }
+            let delta = st.gaps as i64 - before as i64;
+            if delta != 0 {
+                self.shared.metrics.sequence_gaps.with_label_values(&[profile]).add(delta);
+            }
+            if st.gaps != st.written && now - st.written_at >= 5_000 {
+                st.written = st.gaps;
+                st.written_at = now;
+                Some(st.gaps)
+            } else {
+                None
+            }
         };
-        if let Some((missing, total)) = gaps {
-            self.shared.metrics.sequence_gaps.with_label_values(&[profile]).inc_by(missing);
-            debug!(device, missing, total, "Sequence gap.");
+        if let Some(total) = write {
+            debug!(device, total, "Sequence gaps.");
             let mut attrs = Map::new();
             attrs.insert("seq_gaps".into(), Value::from(total));
             let _ = self.shared.registry.merge_attrs_many(vec![(device.to_owned(), attrs)]).await;

@@ -138,7 +138,7 @@ async fn device_messages_become_events_once_with_images_rejections_and_last_will
     // Seq 3 → 10: six records missing, counted for the device and its profile.
     publisher.publish(&format!("{base}/access"), access(10).to_string()).await;
     gw.api.wait_for("/devices/AC-1", Duration::from_secs(10), |d| d["attrs"]["seq_gaps"] == 6).await;
-    assert!(gw.api.metrics().await.contains(r#"vigil_event_sequence_gaps_total{profile="generic.json@1"} 6"#));
+    assert!(gw.api.metrics().await.contains(r#"vigil_event_sequence_gaps{profile="generic.json@1"} 6"#));
 
     // Online from its messages; the last will makes it offline with that reason.
     let d = gw.api.get("/devices/AC-1").await.1;

@@ -1,8 +1,8 @@
 //! vigil's MQTT connection: options from config (stable client id, persistent session,
 //! manual acks, large packets, TLS for mqtts://), and the poll task, which does nothing but
-//! drive the event loop, forward publishes into the bounded channel, subscribe after each
-//! connect (from another task: requesting from the polling task can deadlock rumqttc) and
-//! back off with full jitter when the broker is away.
+//! drive the event loop, forward publishes into the bounded channel without ever blocking the
+//! loop (acks need it), subscribe after each connect (from another task: requesting from the
+//! polling task can deadlock rumqttc) and back off with full jitter when the broker is away.
 
 use std::time::Duration;
 
@@ -52,7 +52,14 @@ pub fn connect(cfg: &crate::config::Mqtt, broker_url: &str) -> Result<(AsyncClie
     Ok(AsyncClient::new(o, cfg.inflight.saturating_mul(2).max(16)))
 }
 
-/// Drives the event loop until cancelled.
+/// Most publishes held here while the worker's channel is full. QoS 1 deliveries are bounded
+/// anyway by the broker's in-flight window (vigil acknowledges only after commit); past this,
+/// QoS 0 deliveries (at most once, by their sender's choice) are refused and counted.
+const HOLD_MAX: usize = 65_536;
+
+/// Drives the event loop until cancelled. It never stops polling to wait for the worker:
+/// acknowledgements travel through the event loop, so a poll task blocked on a full channel
+/// would stop them and deadlock with a worker waiting to acknowledge (rumqtt #1025).
 #[allow(clippy::too_many_arguments)]
 pub async fn poll(
     mut eventloop: EventLoop,
@@ -62,12 +69,33 @@ pub async fn poll(
     backoff_min: Duration,
     backoff_max: Duration,
     metrics: Metrics,
+    rejections: crate::rejections::Rejections,
     cancel: CancellationToken,
 ) {
     let mut failures: u32 = 0;
+    let mut held: std::collections::VecDeque<Publish> = std::collections::VecDeque::new();
     loop {
+        // Hand over what is held, as far as the channel takes it.
+        while let Some(p) = held.pop_front() {
+            match tx.try_send(p) {
+                Ok(()) => {}
+                Err(mpsc::error::TrySendError::Full(p)) => {
+                    held.push_front(p);
+                    break;
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => return,
+            }
+        }
         let ev = tokio::select! {
             _ = cancel.cancelled() => break,
+            permit = tx.reserve(), if !held.is_empty() => {
+                match (permit, held.pop_front()) {
+                    (Ok(permit), Some(p)) => permit.send(p),
+                    (Err(_), _) => return,
+                    (Ok(_), None) => {}
+                }
+                continue;
+            }
             ev = eventloop.poll() => ev,
         };
         match ev {
@@ -98,11 +126,18 @@ pub async fn poll(
                 }
             }
             Ok(Event::Incoming(Packet::Publish(p))) => {
-                // A full channel stops the polling here: the broker holds what follows.
-                tokio::select! {
-                    r = tx.send(p) => if r.is_err() { break },
-                    _ = cancel.cancelled() => break,
+                if held.len() >= HOLD_MAX && p.qos == rumqttc::QoS::AtMostOnce {
+                    rejections.record(
+                        crate::clock::now_ms(),
+                        "mqtt",
+                        "overload_qos0",
+                        p.topic.clone(),
+                        "vigil is behind and the message was sent at QoS 0 (at most once)".into(),
+                        &p.payload,
+                    );
+                    continue;
                 }
+                held.push_back(p);
             }
             Ok(_) => {}
             Err(e) => {

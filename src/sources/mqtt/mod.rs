@@ -71,8 +71,18 @@ pub fn spawn(
     let (tx, rx) = mpsc::channel(cfg.inflight);
     let metrics = ingest.shared().metrics.clone();
     tracker.spawn(
-        client::poll(eventloop, client.clone(), filters, tx, cfg.backoff_min, cfg.backoff_max, metrics, cancel.clone())
-            .instrument(tracing::info_span!("mqtt")),
+        client::poll(
+            eventloop,
+            client.clone(),
+            filters,
+            tx,
+            cfg.backoff_min,
+            cfg.backoff_max,
+            metrics,
+            ingest.shared().rejections.clone(),
+            cancel.clone(),
+        )
+        .instrument(tracing::info_span!("mqtt")),
     );
     tracker.spawn(worker(client, rx, profiles, ingest, cfg.inflight, cancel).instrument(tracing::info_span!("mqtt")));
     info!(broker = %client::redact(broker_url), client_id = %cfg.client_id, "MQTT source started.");
@@ -94,8 +104,11 @@ async fn worker(
     loop {
         tokio::select! {
             biased;
-            Some((publish, done)) = pending.next(), if !pending.is_empty() => {
+            Some(finished) = pending.next(), if !pending.is_empty() => {
                 metrics.mqtt_inflight.set(pending.len() as i64);
+                // A message whose task failed stays unacknowledged: the broker redelivers it
+                // after the next reconnect.
+                let Some((publish, done)) = finished else { continue };
                 if done {
                     // Acks go through the client's request channel; the poll task sends them.
                     if let Err(e) = client.ack(&publish).await {
@@ -105,7 +118,18 @@ async fn worker(
             }
             msg = rx.recv(), if open && pending.len() < inflight => match msg {
                 Some(p) => {
-                    pending.push_back(take(p, profiles.clone(), ingest.clone(), cancel.clone()));
+                    // A task per message, so mapping and committing use every core; the
+                    // ordered queue of their handles keeps the acks in receive order.
+                    let task = tokio::spawn(take(p, profiles.clone(), ingest.clone(), cancel.clone()));
+                    pending.push_back(async move {
+                        match task.await {
+                            Ok(done) => Some(done),
+                            Err(e) => {
+                                warn!(error = %e, "An MQTT message task failed; the broker will send it again.");
+                                None
+                            }
+                        }
+                    });
                     metrics.mqtt_inflight.set(pending.len() as i64);
                 }
                 None => open = false,

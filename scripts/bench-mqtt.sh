@@ -1,0 +1,96 @@
+#!/usr/bin/env bash
+# MQTT whole-process figures for BENCHMARKS.md (issue #5), on a private Mosquitto:
+#  1. the ceiling: mosquitto_sub (QoS 1, to /dev/null) consuming N access records that
+#     `vigil-sim community burst` publishes at QoS 1;
+#  2. vigil consuming the same load end to end into committed events (SQLite,
+#     synchronous=FULL), acknowledging each message only after its commit;
+#  3. one device replaying an offline cache of R records (ingested, deduplicated, committed).
+# Loopback only; bounded. Prints the rates, the ratio and vigil's CPU.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+cargo build --release -q -p vigil -p vigil-simulators --bins
+BIN=./target/release
+N=${BENCH_MQTT_COUNT:-200000}
+R=${BENCH_REPLAY_COUNT:-50000}
+PORT=${BENCH_MQTT_PORT:-18883}
+HTTP=${BENCH_HTTP_PORT:-18283}
+WORK=$(mktemp -d)
+trap 'kill $(cat $WORK/*.pid 2>/dev/null) 2>/dev/null || true; rm -rf "$WORK"' EXIT
+MOSQUITTO=$(command -v mosquitto || echo /usr/sbin/mosquitto)
+cat > "$WORK/mosquitto.conf" <<CONF
+listener $PORT 127.0.0.1
+allow_anonymous true
+persistence false
+max_inflight_messages 1000
+max_queued_messages 2000000
+CONF
+$MOSQUITTO -c "$WORK/mosquitto.conf" > "$WORK/mosquitto.log" 2>&1 &
+echo $! > "$WORK/mosquitto.pid"
+sleep 0.5
+now() { date +%s.%N; }
+
+# 1. The ceiling.
+mosquitto_sub -h 127.0.0.1 -p $PORT -q 1 -t 'bench/#' -C "$N" > /dev/null &
+SUB=$!
+sleep 0.5
+T0=$(now)
+$BIN/vigil-sim community --broker 127.0.0.1:$PORT --prefix bench burst --count "$N" --connections 4
+wait $SUB
+T1=$(now)
+SUB_RATE=$(echo "$N / ($T1 - $T0)" | bc -l)
+printf 'mosquitto_sub: %d messages in %.2f s = %.0f/s\n' "$N" "$(echo "$T1 - $T0" | bc -l)" "$SUB_RATE"
+
+# 2. vigil, end to end.
+mkdir -p "$WORK/profiles"
+sed -e 's#mqtt = "vigil/#mqtt = "bench/vigil/#' -e 's#topic = "vigil/#topic = "bench/vigil/#' -e 's#^route = "vigil/#route = "bench/vigil/#' \
+  device-profiles/generic-json.toml > "$WORK/profiles/generic-json.toml"
+cat > "$WORK/vigil.toml" <<TOML
+[gateway]
+data_dir = "$WORK/data"
+[http]
+listen = "127.0.0.1:$HTTP"
+[gb28181]
+enabled = false
+[gat1400]
+enabled = false
+[admission]
+policy = "open"
+[mqtt]
+mode = "external"
+url = "mqtt://127.0.0.1:$PORT"
+client_id = "vigil-bench"
+profiles_dir = "$WORK/profiles"
+inflight = 4096
+TOML
+$BIN/vigil run --config "$WORK/vigil.toml" > "$WORK/vigil.log" 2>&1 &
+echo $! > "$WORK/vigil.pid"
+PID=$(cat "$WORK/vigil.pid")
+until curl -sf "http://127.0.0.1:$HTTP/api/v1/health" >/dev/null; do sleep 0.05; done
+sleep 1
+stored() { curl -sf "http://127.0.0.1:$HTTP/metrics" | awk '/^vigil_events_total\{kind="access",source="mqtt"\}/ {print $2}' | head -1; }
+cpu() { awk '{print $14+$15}' /proc/$PID/stat; }
+TCK=$(getconf CLK_TCK)
+C0=$(cpu); T0=$(now)
+$BIN/vigil-sim community --broker 127.0.0.1:$PORT --prefix bench burst --count "$N" --connections 4
+until [ "$(stored || echo 0)" -ge "$N" ] 2>/dev/null; do sleep 0.05; done
+T1=$(now); C1=$(cpu)
+VIGIL_RATE=$(echo "$N / ($T1 - $T0)" | bc -l)
+printf 'vigil: %d events committed in %.2f s = %.0f/s; CPU %.2f core-s (%.0f%% of one core)\n' "$N" "$(echo "$T1 - $T0" | bc -l)" "$VIGIL_RATE" \
+  "$(echo "($C1 - $C0) / $TCK" | bc -l)" "$(echo "100 * ($C1 - $C0) / $TCK / ($T1 - $T0)" | bc -l)"
+printf 'ratio vigil / mosquitto_sub: %.2f\n' "$(echo "$VIGIL_RATE / $SUB_RATE" | bc -l)"
+grep -E "WARN|ERROR" "$WORK/vigil.log" | head -5 || true
+
+# 3. An offline-cache replay from one device, sent twice (the second pass is all duplicates).
+replayed() { curl -sf "http://127.0.0.1:$HTTP/metrics" | awk '/^vigil_profile_records_total\{outcome="(event|duplicate)",profile="generic.json@1"\}/ {s+=$2} END {print s+0}'; }
+BASE=$(replayed)
+T0=$(now)
+$BIN/vigil-sim community --broker 127.0.0.1:$PORT --prefix bench replay --count "$R" --device XQ001-RP0001
+until [ "$(replayed)" -ge $((BASE + R)) ]; do sleep 0.05; done
+T1=$(now)
+printf 'replay: %d records from one device ingested and committed in %.2f s\n' "$R" "$(echo "$T1 - $T0" | bc -l)"
+T0=$(now)
+$BIN/vigil-sim community --broker 127.0.0.1:$PORT --prefix bench replay --count "$R" --device XQ001-RP0001
+until [ "$(replayed)" -ge $((BASE + 2 * R)) ]; do sleep 0.05; done
+T1=$(now)
+DUP=$(curl -sf "http://127.0.0.1:$HTTP/metrics" | awk '/^vigil_profile_records_total\{outcome="duplicate",profile="generic.json@1"\}/ {print $2}')
+printf 'replay again: %d records deduplicated in %.2f s (duplicates counted: %s)\n' "$R" "$(echo "$T1 - $T0" | bc -l)" "$DUP"
