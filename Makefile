@@ -41,7 +41,7 @@ fmt:
 
 ## Criterion benches; results go into BENCHMARKS.md by hand, with the command.
 bench:
-	$(CARGO) bench --bench presence --bench rate --bench sip_parse
+	$(CARGO) bench --bench presence --bench rate --bench sip_parse --bench profile_map
 
 clean:
 	$(CARGO) clean

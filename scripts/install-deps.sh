@@ -17,7 +17,7 @@ PACKAGES=(
   python3-gi gir1.2-gst-rtsp-server-1.0 gstreamer1.0-tools
   gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-ugly gstreamer1.0-plugins-bad
   # load tools and operator conveniences
-  wrk sqlite3 curl
+  wrk sqlite3 curl bc
 )
 
 missing=()

@@ -385,3 +385,43 @@ async fn the_embedded_broker_takes_mosquitto_pub() {
         assert!(tokio::time::Instant::now() < deadline, "no event through the embedded broker");
     }
 }
+
+/// A burst far larger than vigil's pipeline (16 in flight): vigil keeps acknowledging while
+/// its channel is full and takes everything (a poll task that waited on the worker stopped
+/// the acks and deadlocked here).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_larger_than_the_pipeline_flows_through() {
+    const N: i64 = 5000;
+    let p = prefix();
+    let profiles = tempfile::tempdir().expect("tempdir");
+    profile_with_prefix(profiles.path(), "generic-json.toml", &p);
+    let broker = Mosquitto::start(free_port()).await;
+    let extra = format!(
+        "{}inflight = 16\n[admission]\npolicy = \"open\"\n",
+        mqtt_section(broker.port, &format!("vigil-{p}"), profiles.path())
+    );
+    let gw = TestGateway::start(Db::Sqlite, &extra).await;
+    let publisher = Publisher::connect(broker.port, &format!("dev-{p}")).await;
+    let base = format!("{p}/vigil/XQ001/BB-1");
+    until_device(&gw.api, &publisher, &base, "BB-1").await;
+    for seq in 1..=N {
+        publisher.publish(&format!("{base}/access"), access(seq).to_string()).await;
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let m = gw.api.metrics().await;
+        if m.contains(&format!("vigil_events_total{{kind=\"access\",source=\"mqtt\"}} {N}")) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not all {N} committed: {}",
+            m.lines()
+                .filter(|l| l.starts_with("vigil_events_total") || l.starts_with("vigil_mqtt_inflight"))
+                .collect::<Vec<_>>()
+                .join("; ")
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    gw.shutdown().await;
+}
