@@ -184,6 +184,7 @@ pub async fn start(config: Config) -> Result<Running, Error> {
     );
 
     let rejections = crate::rejections::Rejections::new(metrics.clone());
+    rejections.persist(db.clone(), cancel.child_token(), &tracker);
     // The event writer stops after the sources (its token fires with the second step of
     // shutdown) and drains what they submitted.
     let events = crate::events::spawn(db.clone(), metrics.clone(), cancel.child_token(), &tracker);

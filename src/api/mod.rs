@@ -146,7 +146,8 @@ async fn rejections(
     let limit = limit(&params)?;
     let items: Vec<serde_json::Value> = state
         .rejections
-        .list(params.get("source").map(String::as_str), params.get("reason").map(String::as_str), limit)
+        .list_stored(params.get("source").map(String::as_str), params.get("reason").map(String::as_str), limit)
+        .await
         .into_iter()
         .map(|r| {
             serde_json::json!({

@@ -189,6 +189,16 @@ async fn an_unknown_device_waits_in_quarantine_with_its_profile_suggested_until_
         })
         .await;
     assert!(events_of(&gw.api, "BR-9").await.is_empty(), "nothing stored from a quarantined device");
+    // Dead letters are kept in the database: still listed after a restart.
+    let mut gw = gw;
+    gw.restart().await;
+    let (_, rej) = gw.api.get("/rejections?source=mqtt&reason=quarantined").await;
+    assert!(
+        rej["items"]
+            .as_array()
+            .is_some_and(|a| a.iter().any(|r| r["raw"].as_str().is_some_and(|t| t.contains("鄂A1")))),
+        "{rej}"
+    );
     let before = gw.api.get("/online-rate?org=xq009").await.1;
     assert_eq!(before["total"], 0, "{before}");
 
