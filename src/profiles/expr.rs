@@ -567,9 +567,9 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
 
 impl Expr {
     /// Evaluates against `scope`. Total: answers `null` where nothing sensible exists.
-    pub fn eval<'a>(&self, s: &Scope<'a>) -> Cow<'a, Value> {
+    pub fn eval<'a>(&'a self, s: &Scope<'a>) -> Cow<'a, Value> {
         match self {
-            Expr::Lit(v) => Cow::Owned(v.clone()),
+            Expr::Lit(v) => Cow::Borrowed(v),
             Expr::Path(root, steps) => {
                 let base = match root {
                     Root::Record => s.record,
@@ -601,7 +601,7 @@ impl Expr {
     }
 }
 
-fn call<'a>(f: Func, args: &[Expr], s: &Scope<'a>) -> Cow<'a, Value> {
+fn call<'a>(f: Func, args: &'a [Expr], s: &Scope<'a>) -> Cow<'a, Value> {
     let arg = |i: usize| args.get(i).map_or(Cow::Borrowed(&NULL), |e| e.eval(s));
     let text1 = |f: fn(&str) -> String| -> Cow<'a, Value> {
         Cow::Owned(as_text(&arg(0)).map_or(Value::Null, |t| Value::String(f(&t))))
@@ -611,7 +611,7 @@ fn call<'a>(f: Func, args: &[Expr], s: &Scope<'a>) -> Cow<'a, Value> {
             let Some(Expr::Table(name)) = args.first() else { return Cow::Borrowed(&NULL) };
             let key = arg(1);
             let hit = s.tables.get(name).and_then(|t| table_key(&key).and_then(|k| t.get(&k)));
-            Cow::Owned(hit.cloned().unwrap_or(Value::Null))
+            hit.map_or(Cow::Borrowed(&NULL), Cow::Borrowed)
         }
         Func::Exists => Cow::Owned(Value::Bool(!arg(0).is_null())),
         Func::Coalesce => {

@@ -105,7 +105,8 @@ pub fn map(
         },
         Charset::Gbk => encoding_rs::GB18030.decode(payload).0,
     };
-    let mut message: Value = serde_json::from_str(&text).map_err(|e| refuse("bad_json", e.to_string()))?;
+    // Only what the profile reads is built; the rest is checked and skipped.
+    let mut message: Value = super::sparse::parse(&text, &p.need).map_err(|e| refuse("bad_json", e.to_string()))?;
     let mut records: Vec<Vec<Step>> = vec![Vec::new()];
     for step in p.decode.iter().skip(1) {
         match step {

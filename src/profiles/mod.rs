@@ -9,6 +9,7 @@ pub mod expr;
 mod map;
 pub mod route;
 pub mod set;
+pub mod sparse;
 pub mod spec;
 pub mod time;
 mod vectors;
@@ -145,6 +146,8 @@ pub struct Profile {
     pub privacy_hash: Vec<Vec<String>>,
     pub privacy_drop: Vec<Vec<String>>,
     pub tests: Vec<spec::TestSpec>,
+    /// What of a message the profile reads (the rest is skipped when parsing).
+    pub need: sparse::Need,
 }
 
 /// Largest image a profile takes unless it says otherwise.
@@ -418,9 +421,58 @@ pub fn compile(f: spec::ProfileFile) -> Result<Profile, ProfileError> {
         privacy_hash: split(&f.privacy.hash),
         privacy_drop: split(&f.privacy.drop),
         tests: f.tests.clone(),
+        need: sparse::Need::default(),
     };
     check_names(&profile).map_err(|(k, m)| err(&k, m))?;
-    Ok(profile)
+    let need = needs(&profile);
+    Ok(Profile { need, ..profile })
+}
+
+/// The paths a profile reads, for sparse parsing: decode targets in full, every expression's
+/// paths (relative to the record after `unwrap` / `each`), media inside their arrays, and
+/// the whole record when the dedup key is a hash of it.
+fn needs(p: &Profile) -> sparse::Need {
+    let mut need = sparse::Need::default();
+    let mut record: Vec<Step> = Vec::new();
+    for d in &p.decode {
+        match d {
+            Decode::Json => {}
+            Decode::Unwrap(path) => record.extend(path.iter().cloned()),
+            Decode::Base64(path) | Decode::JsonText(path) => {
+                let full: Vec<Step> = record.iter().chain(path).cloned().collect();
+                need.add(&full);
+            }
+            Decode::Each(path) => {
+                record.extend(path.iter().cloned());
+                record.push(Step::Index(0));
+            }
+        }
+    }
+    if p.dedup.is_empty() {
+        need.add(&record);
+    }
+    let id = &p.identity;
+    let mut exprs: Vec<&Expr> = vec![&id.key];
+    exprs.extend(id.site.iter().chain(&id.name).chain(&id.model).chain(&id.firmware).chain(&id.object));
+    exprs.extend(p.time.as_ref().map(|t| &t.field));
+    exprs.extend(p.sequence.iter().chain(&p.dedup));
+    for r in &p.rules {
+        exprs.extend(r.when.iter().chain(&r.offline_replay));
+        exprs.extend(r.map.iter().map(|(_, e)| e));
+        for m in &r.media {
+            let mut inner = record.clone();
+            if let Some(each) = &m.each {
+                inner.extend(each.iter().cloned());
+                inner.push(Step::Index(0));
+            }
+            need.add_expr(&m.data, &inner);
+            need.add_expr(&m.role, &inner);
+        }
+    }
+    for e in exprs {
+        need.add_expr(e, &record);
+    }
+    need
 }
 
 /// Every body field a rule maps must exist in the kind's body: a dry run with each mapped
