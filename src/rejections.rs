@@ -60,17 +60,30 @@ impl Rejections {
         }
     }
 
-    /// Newest first, filtered: from the table when it is kept, else (or when the database
-    /// is away) from memory.
+    /// Newest first, filtered: this process's recent ones from memory (the table is written
+    /// up to a second later), then older ones from the table (earlier runs too).
     pub async fn list_stored(&self, source: Option<&str>, reason: Option<&str>, limit: usize) -> Vec<Rejection> {
-        let Some((db, _)) = self.store.get() else { return self.list(source, reason, limit) };
-        match query(db, source, reason, limit).await {
-            Ok(rows) => rows,
-            Err(e) => {
-                warn!(error = %e, "Cannot read stored rejections; answering from memory.");
-                self.list(source, reason, limit)
-            }
+        let mut out = self.list(source, reason, limit);
+        let Some((db, _)) = self.store.get() else { return out };
+        if out.len() >= limit {
+            return out;
         }
+        match query(db, source, reason, limit).await {
+            Ok(rows) => {
+                let oldest = out.last().map(|r| r.at);
+                for r in rows {
+                    if out.len() >= limit {
+                        break;
+                    }
+                    let older = oldest.is_none_or(|at| r.at <= at);
+                    if older && !out.contains(&r) {
+                        out.push(r);
+                    }
+                }
+            }
+            Err(e) => warn!(error = %e, "Cannot read stored rejections; answering from memory."),
+        }
+        out
     }
 
     /// Counts and keeps one rejection.
