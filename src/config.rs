@@ -333,7 +333,7 @@ pub struct Mqtt {
     /// The embedded broker's listener. Default 127.0.0.1:1884.
     pub listen: SocketAddr,
     /// The external broker: `mqtt://host:port` or `mqtts://host:port` (TLS with the
-    /// system's roots). Default mqtt://127.0.0.1:1883.
+    /// system's roots; not yet tried against a TLS broker). Default mqtt://127.0.0.1:1883.
     pub url: String,
     /// Stable client id: with a persistent session the broker keeps what arrived while vigil
     /// was away and redelivers what was not acknowledged. Default "vigil-1".

@@ -36,14 +36,24 @@ pub enum Verdict {
     Malformed,
 }
 
-pub fn md5_hex(s: &str) -> String {
-    let d = Md5::digest(s.as_bytes());
-    let mut out = String::with_capacity(32);
-    for b in d {
+/// Lowercase hex of `bytes`.
+pub fn hex(bytes: &[u8]) -> String {
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
         out.push(char::from_digit(u32::from(b >> 4), 16).unwrap_or('0'));
         out.push(char::from_digit(u32::from(b & 15), 16).unwrap_or('0'));
     }
     out
+}
+
+pub fn md5_hex(s: &str) -> String {
+    hex(&Md5::digest(s.as_bytes()))
+}
+
+/// SHA-256 in hex: the name of a stored image, a privacy hash, a record's default dedup key.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest as _;
+    hex(&sha2::Sha256::digest(bytes))
 }
 
 /// The parameters of `Authorization: Digest k=v, k="v", ...`.

@@ -7,7 +7,7 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use crate::profiles::expr::sha256_hex;
+use crate::digest::sha256_hex;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {

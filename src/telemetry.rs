@@ -139,7 +139,12 @@ impl Default for Metrics {
 pub fn init_logging(json: bool) {
     use tracing_subscriber::EnvFilter;
     let filter =
-        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,sqlx=error,tower_http=warn"));
+        // rumqttd (the embedded broker) reports every client's disconnect, however clean, as
+        // an error from these two targets; presence says what matters about devices. Its
+        // start-up failures come through vigil's own log.
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+            EnvFilter::new("info,sqlx=error,tower_http=warn,rumqttd::server::broker=off,rumqttd::router::routing=off")
+        });
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_target(false);
     let _ = if json { builder.json().try_init() } else { builder.try_init() };
 }

@@ -50,16 +50,13 @@ fn cam_id(n: u32) -> String {
     format!("4201040000121{n:07}")
 }
 
+/// yyyyMMddHHmmss at +08:00, as GA/T 1400 writes times (the view library's own codec).
 fn local_now() -> String {
-    // yyyyMMddHHmmss at +08:00.
-    let ms =
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0);
-    let t = crate::community::rfc3339(ms);
-    t.replace(['-', 'T', ':'], "")[..14].to_owned()
+    vigil::sources::gat1400::codec::local_time(vigil::clock::now_ms(), &chrono_tz::Asia::Shanghai)
 }
 
 fn jpeg(len: usize, seed: u64) -> String {
-    use std::fmt::Write;
+    use base64::Engine;
     // Base64 of a fake JPEG: the right magic, then noise; vigil stores bytes, not pixels.
     let mut bytes = vec![0xFF, 0xD8, 0xFF, 0xE0];
     let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
@@ -70,20 +67,7 @@ fn jpeg(len: usize, seed: u64) -> String {
         bytes.extend_from_slice(&x.to_le_bytes());
     }
     bytes.truncate(len);
-    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::with_capacity(len * 4 / 3 + 4);
-    for c in bytes.chunks(3) {
-        let n =
-            (u32::from(c[0]) << 16) | (u32::from(*c.get(1).unwrap_or(&0)) << 8) | u32::from(*c.get(2).unwrap_or(&0));
-        for i in 0..4 {
-            let _ = if i <= c.len() {
-                out.write_char(T[(n >> (18 - 6 * i) & 63) as usize] as char)
-            } else {
-                out.write_char('=')
-            };
-        }
-    }
-    out
+    base64::engine::general_purpose::STANDARD.encode(bytes)
 }
 
 struct Camera {
@@ -158,11 +142,12 @@ impl Camera {
 /// The picture with 6 bytes after the JPEG magic made unique to `serial` (8 base64
 /// characters), so every record stores a picture of its own, as real traffic does.
 fn unique(image: &str, serial: u64) -> String {
-    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    use base64::Engine;
     if image.len() < 16 {
         return image.to_owned();
     }
-    let tag: String = (0..8).map(|i| T[((serial >> (6 * i)) & 63) as usize] as char).collect();
+    // 6 bytes of the serial are exactly 8 base64 characters, aligned after the first 6 bytes.
+    let tag = base64::engine::general_purpose::STANDARD.encode(&serial.to_le_bytes()[..6]);
     format!("{}{tag}{}", &image[..8], &image[16..])
 }
 

@@ -152,7 +152,11 @@ fn int_text(s: &str) -> Option<i64> {
 
 pub fn parse(text: &str) -> Result<Expr, ParseError> {
     if text.len() > MAX_LEN {
-        return Err(ParseError { text: text[..64].to_owned(), at: MAX_LEN, message: "expression too long".into() });
+        return Err(ParseError {
+            text: text.chars().take(64).collect(),
+            at: MAX_LEN,
+            message: "expression too long".into(),
+        });
     }
     let mut p = Parser { text, pos: 0, depth: 0 };
     let e = p.expr()?;
@@ -554,16 +558,7 @@ pub fn base64_bytes(s: &str) -> Option<Vec<u8>> {
     engine.decode(t).ok()
 }
 
-pub fn sha256_hex(bytes: &[u8]) -> String {
-    use sha2::Digest;
-    let d = sha2::Sha256::digest(bytes);
-    let mut s = String::with_capacity(64);
-    for b in d {
-        s.push(char::from_digit(u32::from(b >> 4), 16).unwrap_or('0'));
-        s.push(char::from_digit(u32::from(b & 15), 16).unwrap_or('0'));
-    }
-    s
-}
+pub use crate::digest::sha256_hex;
 
 impl Expr {
     /// Evaluates against `scope`. Total: answers `null` where nothing sensible exists.
@@ -757,5 +752,8 @@ mod tests {
         assert!(parse(&deep).unwrap_err().message.contains("deeply"));
         let nots = format!("{}1", "!".repeat(100));
         assert!(parse(&nots).is_err());
+        // Too long, and multi-byte where the excerpt is cut: an error, not a panic.
+        let long = format!("$.a == '{}'", "门禁".repeat(2000));
+        assert!(parse(&long).unwrap_err().message.contains("too long"));
     }
 }

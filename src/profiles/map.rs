@@ -48,8 +48,6 @@ pub enum Made {
 /// One record mapped.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Mapped {
-    /// Position in the message's fan-out (0 when there is none).
-    pub index: usize,
     /// The record's own id (`identity.object`), when the profile names one.
     pub object_id: Option<String>,
     pub device: String,
@@ -77,11 +75,9 @@ pub enum Outcome {
     Record(Box<Mapped>),
     /// A rule said to drop it (counted, not kept).
     Dropped {
-        index: usize,
         reason: String,
     },
     Rejected {
-        index: usize,
         object_id: Option<String>,
         device: Option<String>,
         refusal: Refusal,
@@ -161,11 +157,10 @@ pub fn map(
     }
     Ok(records
         .iter()
-        .enumerate()
-        .map(|(index, path)| {
+        .map(|path| {
             let record = walk(&message, path).unwrap_or(&Value::Null);
             let scope = Scope { record, message: &message, captures, tables: &p.tables };
-            map_record(p, &scope, index, received_at)
+            map_record(p, &scope, received_at)
         })
         .collect())
 }
@@ -189,26 +184,22 @@ fn text(e: &Expr, s: &Scope<'_>) -> Option<String> {
     as_text(&v).map(|t| t.trim().to_owned()).filter(|t| !t.is_empty())
 }
 
-fn map_record(p: &Profile, s: &Scope<'_>, index: usize, received_at: Millis) -> Outcome {
+fn map_record(p: &Profile, s: &Scope<'_>, received_at: Millis) -> Outcome {
     let object_id = p.identity.object.as_ref().and_then(|e| text(e, s));
     let Some(device) = text(&p.identity.key, s) else {
         let refusal = refuse("no_identity", "the identity key is empty or missing");
-        return Outcome::Rejected { index, object_id, device: None, refusal };
+        return Outcome::Rejected { object_id, device: None, refusal };
     };
     if let Err(e) = crate::ids::check_plain_id("device id", &device, crate::ids::DeviceId::MAX_LEN) {
-        return Outcome::Rejected { index, object_id, device: None, refusal: refuse("bad_identity", e.to_string()) };
+        return Outcome::Rejected { object_id, device: None, refusal: refuse("bad_identity", e.to_string()) };
     }
-    let reject = |refusal: Refusal| Outcome::Rejected {
-        index,
-        object_id: object_id.clone(),
-        device: Some(device.clone()),
-        refusal,
-    };
+    let reject =
+        |refusal: Refusal| Outcome::Rejected { object_id: object_id.clone(), device: Some(device.clone()), refusal };
     let Some(rule) = p.rules.iter().find(|r| r.when.as_ref().is_none_or(|w| truthy(&w.eval(s)))) else {
         return reject(refuse("no_rule", "no emit rule matches this message"));
     };
     if let Action::Drop(reason) = &rule.action {
-        return Outcome::Dropped { index, reason: reason.clone() };
+        return Outcome::Dropped { reason: reason.clone() };
     }
 
     let mut warnings = Vec::new();
@@ -329,7 +320,6 @@ fn map_record(p: &Profile, s: &Scope<'_>, index: usize, received_at: Millis) -> 
     }
 
     Outcome::Record(Box::new(Mapped {
-        index,
         object_id: object_id.clone(),
         site: p.identity.site.as_ref().and_then(|e| text(e, s)),
         name: p.identity.name.as_ref().and_then(|e| text(e, s)),
@@ -366,30 +356,28 @@ pub fn set_path(map: &mut Map<String, Value>, path: &[String], v: Value) {
     cur.insert(last.clone(), v);
 }
 
-fn remove_path(map: &mut Map<String, Value>, path: &[String]) {
-    let Some((last, head)) = path.split_last() else { return };
+/// The object holding the last key of `path`, and that key; `None` when the way is not there.
+fn parent<'m>(map: &'m mut Map<String, Value>, path: &'m [String]) -> Option<(&'m mut Map<String, Value>, &'m str)> {
+    let (last, head) = path.split_last()?;
     let mut cur = map;
     for k in head {
         match cur.get_mut(k) {
             Some(Value::Object(m)) => cur = m,
-            _ => return,
+            _ => return None,
         }
     }
-    cur.remove(last);
+    Some((cur, last.as_str()))
+}
+
+fn remove_path(map: &mut Map<String, Value>, path: &[String]) {
+    if let Some((obj, key)) = parent(map, path) {
+        obj.remove(key);
+    }
 }
 
 fn hash_path(map: &mut Map<String, Value>, path: &[String]) {
-    let Some((last, head)) = path.split_last() else { return };
-    let mut cur = map;
-    for k in head {
-        match cur.get_mut(k) {
-            Some(Value::Object(m)) => cur = m,
-            _ => return,
-        }
-    }
-    if let Some(v) = cur.get_mut(last) {
-        if let Some(t) = as_text(v) {
-            *v = Value::String(format!("sha256:{}", sha256_hex(t.as_bytes())));
-        }
+    let Some(v) = parent(map, path).and_then(|(obj, key)| obj.get_mut(key)) else { return };
+    if let Some(t) = as_text(v) {
+        *v = Value::String(format!("sha256:{}", sha256_hex(t.as_bytes())));
     }
 }

@@ -107,20 +107,6 @@ impl Pattern {
         }
         Some(caps)
     }
-
-    /// Whether `other`'s topics could also match this one (for warnings about overlap).
-    pub fn overlaps(&self, other: &Pattern) -> bool {
-        let (a, b) = (&self.levels, &other.levels);
-        for i in 0..a.len().max(b.len()) {
-            match (a.get(i), b.get(i)) {
-                (Some(Level::Rest), _) | (_, Some(Level::Rest)) => return true,
-                (Some(Level::Literal(x)), Some(Level::Literal(y))) if x != y => return false,
-                (Some(_), Some(_)) => {}
-                _ => return false,
-            }
-        }
-        true
-    }
 }
 
 #[cfg(test)]
@@ -141,8 +127,6 @@ mod tests {
         let rest = Pattern::parse("t/{sn}/#").expect("parse");
         assert_eq!(rest.filter(), "t/+/#");
         assert!(rest.matches("t/a/b/c").is_some());
-        assert!(rest.overlaps(&Pattern::parse("t/x/y").expect("parse")));
-        assert!(!p.overlaps(&Pattern::parse("vz/+/event/x").expect("parse")));
         assert_eq!(Pattern::parse("/VIID/Faces").expect("parse").matches("/VIID/Faces"), Some(vec![]));
         for bad in ["a/#/b", "a/x{sn}", "a/{s n}", "a/{x}/{x}", ""] {
             assert!(Pattern::parse(bad).is_err(), "{bad}");

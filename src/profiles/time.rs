@@ -177,14 +177,17 @@ pub fn judge(device: Option<Millis>, received_at: Millis, rules: &Rules) -> Judg
         Some(t) if t < rules.clock_reset_before_ms => {
             Judged { occurred_at: received_at, source: TimeSource::Corrected, clock_reset: true, late: false }
         }
-        Some(t) if t > received_at + rules.max_future_ms || t < received_at - rules.max_past_ms => {
+        Some(t)
+            if t > received_at.saturating_add(rules.max_future_ms)
+                || t < received_at.saturating_sub(rules.max_past_ms) =>
+        {
             Judged { occurred_at: received_at, source: TimeSource::Corrected, clock_reset: false, late: false }
         }
         Some(t) => Judged {
             occurred_at: t,
             source: TimeSource::Device,
             clock_reset: false,
-            late: received_at - t > rules.replay_after_ms,
+            late: received_at.saturating_sub(t) > rules.replay_after_ms,
         },
     }
 }
@@ -232,5 +235,9 @@ mod tests {
         assert!(reset.clock_reset && reset.source == TimeSource::Corrected && reset.occurred_at == now);
         assert_eq!(judge(Some(now + 3_600_000), now, &r).source, TimeSource::Corrected);
         assert_eq!(judge(None, now, &r).source, TimeSource::Gateway);
+        // Windows a profile makes enormous do not overflow.
+        let wide = Rules { max_future_ms: i64::MAX, max_past_ms: i64::MAX, ..Rules::default() };
+        assert_eq!(judge(Some(now + 86_400_000), now, &wide).source, TimeSource::Device);
+        assert_eq!(judge(Some(i64::MIN / 2), now, &wide).source, TimeSource::Corrected);
     }
 }

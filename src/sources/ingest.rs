@@ -25,7 +25,7 @@ use crate::registry::{Admission, AdmissionOutcome, Device, Protocol, UnknownDevi
 pub enum Verdict {
     /// Committed (or found committed before: `duplicate`). `event_id` is the stored id;
     /// `object_id` the record's own id (GA/T 1400 `FaceID`), when its profile names one.
-    Stored { event_id: String, duplicate: bool, dedup_key: String, object_id: Option<String> },
+    Stored { event_id: String, duplicate: bool, object_id: Option<String> },
     /// A heartbeat: presence fed, nothing stored.
     Heartbeat,
     /// A rule dropped it (counted).
@@ -58,6 +58,16 @@ pub struct Ingest {
     protocol: Protocol,
     source: &'static str,
     seqs: Arc<Mutex<HashMap<String, SeqState>>>,
+}
+
+/// `attrs` with the record's fingerprint (model, firmware) added.
+fn fingerprint(m: &Mapped, mut attrs: Map<String, Value>) -> Map<String, Value> {
+    for (k, v) in [("model", &m.model), ("firmware", &m.firmware)] {
+        if let Some(v) = v {
+            attrs.insert(k.into(), Value::String(v.clone()));
+        }
+    }
+    attrs
 }
 
 /// Largest sequence jump still counted as missing records (larger: the device was reset or
@@ -134,14 +144,8 @@ impl Ingest {
         let d = match known {
             Some(d) => d,
             None => {
-                let mut attrs = Map::new();
+                let mut attrs = fingerprint(m, Map::new());
                 attrs.insert("source".into(), Value::String(self.source.into()));
-                if let Some(v) = &m.model {
-                    attrs.insert("model".into(), Value::String(v.clone()));
-                }
-                if let Some(v) = &m.firmware {
-                    attrs.insert("firmware".into(), Value::String(v.clone()));
-                }
                 if let Some(v) = &m.site {
                     attrs.insert("site".into(), Value::String(v.clone()));
                 }
@@ -289,12 +293,12 @@ impl Ingest {
                 if let Some(seq) = m.seq {
                     self.sequence(&p.id, &device.id, seq, at).await;
                 }
-                Ok(Verdict::Stored { event_id: id, duplicate: false, dedup_key: m.dedup_key, object_id: m.object_id })
+                Ok(Verdict::Stored { event_id: id, duplicate: false, object_id: m.object_id })
             }
             Ok(Stored::Duplicate) => {
                 self.count(&p.id, "duplicate");
                 debug!(device = %device.id, key = %m.dedup_key, "Duplicate record (a redelivery or replay).");
-                Ok(Verdict::Stored { event_id: id, duplicate: true, dedup_key: m.dedup_key, object_id: m.object_id })
+                Ok(Verdict::Stored { event_id: id, duplicate: true, object_id: m.object_id })
             }
             Err(e) => Err(Unavailable(e.to_string())),
         }
@@ -302,13 +306,7 @@ impl Ingest {
 
     /// Keeps what a heartbeat (or a fingerprint) says about the device, when it changed.
     async fn keep_attrs(&self, device: &Device, m: &Mapped) {
-        let mut attrs = m.attrs.clone();
-        if let Some(v) = &m.model {
-            attrs.insert("model".into(), Value::String(v.clone()));
-        }
-        if let Some(v) = &m.firmware {
-            attrs.insert("firmware".into(), Value::String(v.clone()));
-        }
+        let attrs = fingerprint(m, m.attrs.clone());
         if attrs.is_empty() || attrs.iter().all(|(k, v)| device.attrs.get(k) == Some(v)) {
             return;
         }

@@ -433,3 +433,27 @@ async fn a_burst_larger_than_the_pipeline_flows_through() {
     }
     gw.shutdown().await;
 }
+
+/// `mqtt.shared_group`: vigil subscribes as `$share/<group>/...` (how instances split the
+/// load) and Mosquitto delivers to it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shared_subscription_receives_the_devices_messages() {
+    let p = prefix();
+    let profiles = tempfile::tempdir().expect("tempdir");
+    profile_with_prefix(profiles.path(), "generic-json.toml", &p);
+    let extra = format!(
+        "{}shared_group = \"vigil-{p}\"\n[admission]\npolicy = \"open\"\n",
+        mqtt_section(BROKER_PORT, &format!("vigil-{p}"), profiles.path())
+    );
+    let gw = TestGateway::start(Db::Sqlite, &extra).await;
+    let publisher = Publisher::connect(BROKER_PORT, &format!("dev-{p}")).await;
+    let base = format!("{p}/vigil/XQ001/SH-1");
+    until_device(&gw.api, &publisher, &base, "SH-1").await;
+    publisher.publish(&format!("{base}/access"), access(1).to_string()).await;
+    gw.api
+        .wait_for("/events?device=SH-1", Duration::from_secs(10), |v| {
+            v["items"].as_array().is_some_and(|a| a.len() == 1)
+        })
+        .await;
+    gw.shutdown().await;
+}

@@ -125,6 +125,16 @@ fn json(ctx: &Ctx, url: &str, body: &[u8]) -> Result<Value, Response> {
     })
 }
 
+/// The `DeviceID` of a system object (`RegisterObject`, ...), or the 400 answer naming it.
+#[allow(clippy::result_large_err)]
+fn system_id(ctx: &Ctx, url: &str, body: &[u8], object: &str) -> Result<String, Response> {
+    let v = json(ctx, url, body)?;
+    codec::system_device_id(&v, object).ok_or_else(|| {
+        let detail = format!("{object}.DeviceID is missing");
+        ctx.answer(StatusCode::BAD_REQUEST, url, Status::InvalidJsonContent, "", &detail)
+    })
+}
+
 async fn register(
     State(ctx): State<Arc<Ctx>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
@@ -137,18 +147,9 @@ async fn register(
     let Some(auth) = headers.get("authorization").and_then(|h| h.to_str().ok()) else {
         return ctx.challenge(URL, "", false, "authenticate with HTTP digest");
     };
-    let v = match json(&ctx, URL, &body) {
-        Ok(v) => v,
+    let id = match system_id(&ctx, URL, &body, "RegisterObject") {
+        Ok(id) => id,
         Err(r) => return r,
-    };
-    let Some(id) = codec::system_device_id(&v, "RegisterObject") else {
-        return ctx.answer(
-            StatusCode::BAD_REQUEST,
-            URL,
-            Status::InvalidJsonContent,
-            "",
-            "RegisterObject.DeviceID is missing",
-        );
     };
     let shared = ctx.ingest.shared();
     let Some(params) = parse_authorization(auth) else {
@@ -239,18 +240,9 @@ async fn register(
 
 async fn keepalive(State(ctx): State<Arc<Ctx>>, body: Bytes) -> Response {
     const URL: &str = "/VIID/System/Keepalive";
-    let v = match json(&ctx, URL, &body) {
-        Ok(v) => v,
+    let id = match system_id(&ctx, URL, &body, "KeepaliveObject") {
+        Ok(id) => id,
         Err(r) => return r,
-    };
-    let Some(id) = codec::system_device_id(&v, "KeepaliveObject") else {
-        return ctx.answer(
-            StatusCode::BAD_REQUEST,
-            URL,
-            Status::InvalidJsonContent,
-            "",
-            "KeepaliveObject.DeviceID is missing",
-        );
     };
     let now = now_ms();
     if !ctx.registered(&id, now) {
@@ -262,18 +254,9 @@ async fn keepalive(State(ctx): State<Arc<Ctx>>, body: Bytes) -> Response {
 
 async fn unregister(State(ctx): State<Arc<Ctx>>, body: Bytes) -> Response {
     const URL: &str = "/VIID/System/UnRegister";
-    let v = match json(&ctx, URL, &body) {
-        Ok(v) => v,
+    let id = match system_id(&ctx, URL, &body, "UnRegisterObject") {
+        Ok(id) => id,
         Err(r) => return r,
-    };
-    let Some(id) = codec::system_device_id(&v, "UnRegisterObject") else {
-        return ctx.answer(
-            StatusCode::BAD_REQUEST,
-            URL,
-            Status::InvalidJsonContent,
-            "",
-            "UnRegisterObject.DeviceID is missing",
-        );
     };
     let was = ctx.sessions.lock().unwrap_or_else(|p| p.into_inner()).remove(&id).is_some();
     let shared = ctx.ingest.shared();

@@ -62,11 +62,13 @@ pub fn start(cfg: &crate::config::Mqtt) -> Result<String, Error> {
             }
         })
         .map_err(|e| fail(e.to_string()))?;
-    // Wait (bounded) until it accepts, so vigil's own client does not start with a refusal.
+    // Wait (bounded) until it answers MQTT, so vigil's own client does not start with a
+    // refusal. A real CONNECT / DISCONNECT: rumqttd logs an error for a connection that sends
+    // none, which would greet every start-up.
     let target =
         if addr.ip().is_unspecified() { std::net::SocketAddr::from(([127, 0, 0, 1], addr.port())) } else { addr };
     for _ in 0..100 {
-        if std::net::TcpStream::connect_timeout(&target, std::time::Duration::from_millis(50)).is_ok() {
+        if probe(target, &cfg.username, &cfg.password) {
             break;
         }
         std::thread::sleep(std::time::Duration::from_millis(20));
@@ -75,4 +77,32 @@ pub fn start(cfg: &crate::config::Mqtt) -> Result<String, Error> {
     let host = if addr.ip().is_unspecified() { "127.0.0.1".to_owned() } else { addr.ip().to_string() };
     // vigil's own client takes mqtt.username / mqtt.password from the config, as devices do.
     Ok(format!("mqtt://{host}:{}", addr.port()))
+}
+
+/// One MQTT 3.1.1 CONNECT (clean session, our credentials), its CONNACK, then DISCONNECT.
+fn probe(target: std::net::SocketAddr, user: &str, pass: &str) -> bool {
+    use std::io::{Read, Write};
+    let timeout = std::time::Duration::from_millis(200);
+    let Ok(mut s) = std::net::TcpStream::connect_timeout(&target, timeout) else { return false };
+    let _ = s.set_read_timeout(Some(timeout));
+    let field = |b: &[u8]| -> Vec<u8> { [&(b.len() as u16).to_be_bytes()[..], b].concat() };
+    let mut flags = 0x02u8;
+    let mut payload = field(b"vigil-probe");
+    if !user.is_empty() {
+        flags |= 0xC0;
+        payload.extend(field(user.as_bytes()));
+        payload.extend(field(pass.as_bytes()));
+    }
+    let mut body = [&field(b"MQTT")[..], &[4, flags, 0, 10]].concat();
+    body.extend(payload);
+    if body.len() > 127 {
+        return false; // credentials this long: skip the probe, the client backs off instead
+    }
+    let packet = [&[0x10, body.len() as u8][..], &body].concat();
+    let mut ack = [0u8; 4];
+    let ok = s.write_all(&packet).is_ok() && s.read_exact(&mut ack).is_ok() && ack[0] == 0x20;
+    // A clean goodbye: DISCONNECT, then wait for the broker to close (bounded).
+    let _ = s.write_all(&[0xE0, 0]);
+    let _ = s.read(&mut ack);
+    ok
 }

@@ -44,12 +44,6 @@ impl Error {
     }
 }
 
-/// What the worker needs.
-pub struct Settings {
-    pub inflight: usize,
-    pub shared_group: String,
-}
-
 /// Starts the client and the worker. Subscribes to every profile route's filter.
 pub fn spawn(
     cfg: &crate::config::Mqtt,
