@@ -257,6 +257,13 @@ pub async fn start(config: Config) -> Result<Running, Error> {
         None
     };
 
+    let impaired = crate::rate::Impaired::default();
+    let streams = if config.rtsp.enabled {
+        crate::sources::rtsp::spawn(&config.rtsp, shared.clone(), impaired.clone(), sources_cancel.clone(), &tracker)
+    } else {
+        crate::sources::rtsp::StreamBoard::empty()
+    };
+
     let tz = config.timezone();
     if config.http.tokens.is_empty() {
         warn!(listen = %config.http.listen, "No API tokens configured: the API is open to anyone who can reach this loopback address.");
@@ -281,6 +288,7 @@ pub async fn start(config: Config) -> Result<Running, Error> {
         gb_sessions,
         media,
         profiles,
+        streams,
     };
     let app = api::router(state);
     let http_cancel = CancellationToken::new();

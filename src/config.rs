@@ -25,6 +25,18 @@ impl std::fmt::Display for ConfigProblem {
 
 /// Reads a size: `4096`, `512KiB`, `4MiB`, `1GiB` (also KB/MB/GB as the same binary units,
 /// since that is what operators mean).
+/// A period that may be switched off: "5m" → Some(5 min), "off" → None.
+pub fn parse_every(s: &str) -> Result<Option<Duration>, String> {
+    match s.trim() {
+        "off" | "" => Ok(None),
+        t => match humantime::parse_duration(t) {
+            Ok(d) if d >= Duration::from_millis(100) => Ok(Some(d)),
+            Ok(_) => Err(format!("{t:?} is too short (at least 100ms, or \"off\")")),
+            Err(e) => Err(format!("{t:?} is not a duration or \"off\": {e}")),
+        },
+    }
+}
+
 pub fn parse_bytes(s: &str) -> Result<u64, String> {
     let t = s.trim();
     let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
@@ -290,7 +302,18 @@ pub struct Rtsp {
     pub backoff_min: Duration,
     #[serde(with = "humantime_serde")]
     pub backoff_max: Duration,
+    /// Video quality check per stream: a duration ("5m") or "off".
     pub diagnosis_every: String,
+    /// Consecutive bad diagnosis samples before an alarm. Default 3.
+    pub diagnosis_alarm_after: u32,
+    /// Deadline for each of connect+DESCRIBE, SETUP and PLAY. Default 10 s.
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// Connect attempts in flight at once over all cameras (a connect storm cap). Default 32.
+    pub max_connecting: usize,
+    /// A snapshot younger than this is answered from cache. Default 2 s.
+    #[serde(with = "humantime_serde")]
+    pub snapshot_max_age: Duration,
     pub cameras: Vec<RtspCamera>,
 }
 
@@ -303,6 +326,10 @@ impl Default for Rtsp {
             backoff_min: Duration::from_secs(1),
             backoff_max: Duration::from_secs(60),
             diagnosis_every: "5m".into(),
+            diagnosis_alarm_after: 3,
+            connect_timeout: Duration::from_secs(10),
+            max_connecting: 32,
+            snapshot_max_age: Duration::from_secs(2),
             cameras: Vec::new(),
         }
     }
@@ -604,6 +631,12 @@ impl Config {
         }
         if !["tcp", "udp"].contains(&self.rtsp.transport.as_str()) {
             add("rtsp.transport".into(), format!("{:?} is not tcp or udp", self.rtsp.transport));
+        }
+        if let Err(e) = parse_every(&self.rtsp.diagnosis_every) {
+            add("rtsp.diagnosis_every".into(), e);
+        }
+        if self.rtsp.stall_timeout < Duration::from_secs(2) {
+            add("rtsp.stall_timeout".into(), "must be at least 2s (the stall deadline's floor)".into());
         }
         if self.rtsp.backoff_min > self.rtsp.backoff_max {
             add("rtsp.backoff_min".into(), "is greater than rtsp.backoff_max".into());

@@ -128,6 +128,9 @@ pub struct AlarmBody {
     pub longitude: Option<f64>,
     #[serde(deserialize_with = "lenient::opt_f64", skip_serializing_if = "Option::is_none")]
     pub latitude: Option<f64>,
+    /// Structured evidence beside the text (a video quality diagnosis puts its scores here).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub details: Option<serde_json::Value>,
 }
 
 /// Granted or denied, for an access record.

@@ -3,6 +3,7 @@
 
 pub mod api;
 pub mod app;
+pub mod backoff;
 pub mod clock;
 pub mod config;
 pub mod db;

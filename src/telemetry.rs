@@ -3,7 +3,8 @@
 //! holds the registered collectors that the rest of the code updates.
 
 use prometheus::{
-    Encoder, Gauge, GaugeVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
 pub const DEVICES: &str = "vigil_devices";
@@ -24,6 +25,12 @@ pub const MQTT_CONNECTED: &str = "vigil_mqtt_connected";
 pub const MQTT_INFLIGHT: &str = "vigil_mqtt_inflight";
 pub const PROFILE_OUTCOMES: &str = "vigil_profile_records_total";
 pub const SEQUENCE_GAPS: &str = "vigil_event_sequence_gaps";
+pub const RTSP_STREAMS: &str = "vigil_rtsp_streams";
+pub const RTSP_FAILURES: &str = "vigil_rtsp_session_failures_total";
+pub const RTSP_FIRST_FRAME: &str = "vigil_rtsp_time_to_first_frame_seconds";
+pub const RTSP_FRAMES: &str = "vigil_rtsp_frames_total";
+pub const RTSP_BYTES: &str = "vigil_rtsp_bytes_total";
+pub const RTSP_DIAGNOSES: &str = "vigil_rtsp_diagnoses_total";
 
 /// The collectors. Cheap to clone (the prometheus types are handles).
 #[derive(Clone)]
@@ -47,6 +54,12 @@ pub struct Metrics {
     pub mqtt_inflight: IntGauge,
     pub profile_outcomes: IntCounterVec,
     pub sequence_gaps: IntGaugeVec,
+    pub rtsp_streams: IntGaugeVec,
+    pub rtsp_failures: IntCounterVec,
+    pub rtsp_first_frame: Histogram,
+    pub rtsp_frames: IntCounter,
+    pub rtsp_bytes: IntCounter,
+    pub rtsp_diagnoses: IntCounterVec,
 }
 
 impl Metrics {
@@ -93,6 +106,19 @@ impl Metrics {
             .expect("should be a valid metric"),
             sequence_gaps: IntGaugeVec::new(Opts::new(SEQUENCE_GAPS, "Records missing from devices' sequence numbers (net of late arrivals), by profile."), &["profile"])
                 .expect("should be a valid metric"),
+            rtsp_streams: IntGaugeVec::new(Opts::new(RTSP_STREAMS, "RTSP streams by state (connecting, playing, stalled, backoff, auth_failed, refused, not_found, session_limit, bad_media) and device kind."), &["state", "kind"])
+                .expect("should be a valid metric"),
+            rtsp_failures: IntCounterVec::new(Opts::new(RTSP_FAILURES, "RTSP sessions or attempts that ended, by the state they left the stream in."), &["state"])
+                .expect("should be a valid metric"),
+            rtsp_first_frame: Histogram::with_opts(
+                HistogramOpts::new(RTSP_FIRST_FRAME, "Time from connect to the first video frame of an RTSP session.")
+                    .buckets(vec![0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 15.0]),
+            )
+            .expect("should be a valid metric"),
+            rtsp_frames: IntCounter::new(RTSP_FRAMES, "Video frames received over RTSP.").expect("should be a valid metric"),
+            rtsp_bytes: IntCounter::new(RTSP_BYTES, "Video bytes received over RTSP (frame payload).").expect("should be a valid metric"),
+            rtsp_diagnoses: IntCounterVec::new(Opts::new(RTSP_DIAGNOSES, "Video quality diagnosis samples by outcome (good, bad, undecodable)."), &["outcome"])
+                .expect("should be a valid metric"),
             registry,
         };
         for c in [
@@ -114,6 +140,12 @@ impl Metrics {
             Box::new(m.mqtt_inflight.clone()),
             Box::new(m.profile_outcomes.clone()),
             Box::new(m.sequence_gaps.clone()),
+            Box::new(m.rtsp_streams.clone()),
+            Box::new(m.rtsp_failures.clone()),
+            Box::new(m.rtsp_first_frame.clone()),
+            Box::new(m.rtsp_frames.clone()),
+            Box::new(m.rtsp_bytes.clone()),
+            Box::new(m.rtsp_diagnoses.clone()),
         ] {
             m.registry.register(c).expect("should register each metric once");
         }

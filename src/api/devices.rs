@@ -411,3 +411,47 @@ pub async fn observations(State(state): State<AppState>, body: Bytes) -> ApiResu
     }
     Ok((StatusCode::ACCEPTED, Json(json!({"accepted": n}))))
 }
+
+/// `GET /devices/{id}/stream`: the RTSP stream's health (state with reason and since, codec,
+/// resolution, fps, bitrate, GOP, ages, loss, jumps, reconnects, first-frame time, quality).
+pub async fn stream(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<Json<Value>> {
+    let d = find(&state, &id)?;
+    let Some(h) = state.streams.health(&id) else {
+        let why = if d.protocol == Protocol::Rtsp {
+            "no stream is pulled for this device (RTSP disabled, the device is disabled or not approved, or its URL was refused)"
+        } else {
+            "stream health is kept for RTSP cameras; this device is not one"
+        };
+        return Err(ApiError::new(StatusCode::NOT_FOUND, "no_stream", why));
+    };
+    let mut v = serde_json::to_value(&h).unwrap_or(Value::Null);
+    if let Some(o) = v.as_object_mut() {
+        o.insert("since".into(), json!(state.time(h.since)));
+        o.insert("next_attempt_at".into(), json!(h.next_attempt_at.map(|t| state.time(t))));
+        o.insert("device_id".into(), json!(d.id));
+        if let Some(q) = o.get_mut("quality").and_then(Value::as_object_mut) {
+            if let Some(at) = q.get("at").and_then(Value::as_i64) {
+                q.insert("at".into(), json!(state.time(at)));
+            }
+        }
+    }
+    Ok(Json(v))
+}
+
+/// `GET /devices/{id}/snapshot`: a JPEG decoded in-process from the latest keyframe.
+pub async fn snapshot(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<axum::response::Response> {
+    use crate::sources::rtsp::SnapshotError;
+    use axum::response::IntoResponse;
+    find(&state, &id)?;
+    match state.streams.snapshot(&id).await {
+        Ok(jpeg) => {
+            Ok(([(header::CONTENT_TYPE, "image/jpeg"), (header::CACHE_CONTROL, "no-store")], jpeg.as_ref().clone())
+                .into_response())
+        }
+        Err(e @ SnapshotError::NotPulled) => Err(ApiError::new(StatusCode::NOT_FOUND, "no_stream", e.to_string())),
+        Err(e @ SnapshotError::NoKeyframe(_)) => {
+            Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "no_keyframe", e.to_string()))
+        }
+        Err(e @ SnapshotError::Decode(_)) => Err(ApiError::new(StatusCode::BAD_GATEWAY, "undecodable", e.to_string())),
+    }
+}

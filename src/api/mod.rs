@@ -60,6 +60,8 @@ pub struct AppState {
     pub media: crate::media::MediaStore,
     /// The device profiles in use (read only).
     pub profiles: Arc<crate::profiles::ProfileSet>,
+    /// RTSP stream health and snapshots (read only).
+    pub streams: crate::sources::rtsp::StreamBoard,
 }
 
 impl AppState {
@@ -80,6 +82,8 @@ pub fn router(state: AppState) -> Router {
         .route("/devices/import", post(devices::import))
         .route("/devices/{id}", get(devices::get_one).patch(devices::patch).delete(devices::delete))
         .route("/devices/{id}/channels", get(devices::channels))
+        .route("/devices/{id}/stream", get(devices::stream))
+        .route("/devices/{id}/snapshot", get(devices::snapshot))
         .route("/devices/{id}/presence/history", get(devices::history))
         .route("/presence/not-online", get(devices::not_online))
         .route("/observations", post(devices::observations))

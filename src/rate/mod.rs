@@ -13,13 +13,38 @@
 pub mod report;
 pub mod sampling;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, RwLock};
 
 use serde::Serialize;
 
 use crate::clock::Millis;
 use crate::presence::State;
-use crate::registry::{Admission, Cache, DeviceKind, Protocol};
+use crate::registry::{Admission, Cache, DeviceKey, DeviceKind, Protocol};
+
+/// Devices whose picture fails video quality diagnosis (alarmed, not yet recovered): online
+/// but not intact. Written by the RTSP diagnosis, read by the rollup.
+#[derive(Clone, Default)]
+pub struct Impaired(Arc<RwLock<HashSet<DeviceKey>>>);
+
+impl Impaired {
+    pub fn set(&self, key: DeviceKey, impaired: bool) {
+        let mut g = self.0.write().unwrap_or_else(|p| p.into_inner());
+        if impaired {
+            g.insert(key);
+        } else {
+            g.remove(&key);
+        }
+    }
+
+    pub fn contains(&self, key: DeviceKey) -> bool {
+        self.0.read().unwrap_or_else(|p| p.into_inner()).contains(&key)
+    }
+
+    pub fn keys(&self) -> HashSet<DeviceKey> {
+        self.0.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
 
 /// Number of device kinds; index `KINDS` in a row is "all kinds".
 pub const KINDS: usize = 10;

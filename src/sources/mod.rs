@@ -6,6 +6,7 @@ pub mod gat1400;
 pub mod gb28181;
 pub mod ingest;
 pub mod mqtt;
+pub mod rtsp;
 
 /// What every source is handed: the registry (admissions), presence (observations),
 /// metrics, the rejections log and the event log.

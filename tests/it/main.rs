@@ -11,4 +11,5 @@ mod gb_fixtures;
 mod mqtt;
 mod outage;
 mod restart;
+mod rtsp;
 mod store;

@@ -143,7 +143,7 @@ pub async fn poll(
             Err(e) => {
                 metrics.mqtt_connected.set(0);
                 failures = failures.saturating_add(1);
-                let delay = backoff(failures, backoff_min, backoff_max);
+                let delay = crate::backoff::backoff(failures, backoff_min, backoff_max);
                 warn!(error = %e, failures, retry_in_ms = delay.as_millis() as u64, "MQTT connection lost or refused; reconnecting.");
                 tokio::select! {
                     _ = cancel.cancelled() => break,
@@ -164,33 +164,12 @@ pub async fn poll(
     .await;
 }
 
-/// Exponential backoff with full jitter: uniform in [min, min(max, min·2^(n-1))].
-pub fn backoff(failures: u32, min: Duration, max: Duration) -> Duration {
-    let cap = min.saturating_mul(1u32 << failures.saturating_sub(1).min(16)).min(max);
-    let span = cap.saturating_sub(min).as_millis() as u64;
-    let jitter = if span == 0 { 0 } else { jitter_ms() % (span + 1) };
-    min + Duration::from_millis(jitter)
-}
-
-fn jitter_ms() -> u64 {
-    // Enough randomness for spreading reconnects: the UUID v7 random bits.
-    let u = uuid::Uuid::now_v7().as_u128();
-    (u as u64) ^ ((u >> 64) as u64)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn backoff_grows_within_bounds() {
-        let (min, max) = (Duration::from_secs(1), Duration::from_secs(30));
-        for n in 1..40 {
-            let d = backoff(n, min, max);
-            assert!(d >= min && d <= max, "{n}: {d:?}");
-            let cap = min.saturating_mul(1 << (n - 1).min(16)).min(max);
-            assert!(d <= cap, "{n}: {d:?} over {cap:?}");
-        }
+    fn broker_urls_are_redacted() {
         assert_eq!(redact("mqtt://user:secret@broker:1883"), "mqtt://broker:1883");
     }
 }

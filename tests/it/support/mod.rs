@@ -6,6 +6,7 @@ pub mod gateway;
 pub mod mqtt;
 pub mod postgres;
 pub mod proxy;
+pub mod rtsp;
 
 use std::net::TcpListener;
 

@@ -1,0 +1,374 @@
+//! RTSP cameras: one supervised retina pull per camera (`pull`), its health (`health`),
+//! snapshots decoded in-process from the cached keyframe (`snapshot`) and video quality
+//! diagnosis (`diagnosis`, `quality`).
+//!
+//! The supervisor here keeps the pulls in step with the registry: every approved, enabled
+//! device with `protocol = rtsp` and an `rtsp_url` has a pull; adding, changing or removing
+//! one (config, API, CSV import) starts, restarts or stops it within a second, without a
+//! restart of vigil. Start-up is staggered and connect attempts are capped globally, so
+//! 2,000 cameras coming back together are not a connect storm. The API reads the
+//! `StreamBoard` only; it never calls into a pull.
+
+pub mod diagnosis;
+pub mod health;
+pub mod pull;
+pub mod quality;
+pub mod snapshot;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use retina::client::{Credentials, SessionGroup};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{info, warn};
+
+use crate::clock::now_ms;
+use crate::rate::Impaired;
+use crate::registry::{Admission, DeviceKey, Protocol};
+use health::{Health, HealthView, StreamState};
+
+/// The settings of `[rtsp]`, parsed.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub udp: bool,
+    pub stall_timeout: Duration,
+    pub connect_timeout: Duration,
+    pub backoff_min: Duration,
+    pub backoff_max: Duration,
+    pub max_connecting: usize,
+    pub diagnosis_every: Option<Duration>,
+    pub alarm_after: u32,
+    pub snapshot_max_age: Duration,
+}
+
+impl Settings {
+    pub fn from_config(c: &crate::config::Rtsp) -> Self {
+        Settings {
+            udp: c.transport == "udp",
+            stall_timeout: c.stall_timeout,
+            connect_timeout: c.connect_timeout,
+            backoff_min: c.backoff_min,
+            backoff_max: c.backoff_max,
+            max_connecting: c.max_connecting.max(1),
+            diagnosis_every: crate::config::parse_every(&c.diagnosis_every).ok().flatten(),
+            alarm_after: c.diagnosis_alarm_after.max(1),
+            snapshot_max_age: c.snapshot_max_age,
+        }
+    }
+}
+
+/// What every pull shares.
+pub struct Context {
+    pub settings: Settings,
+    pub shared: super::Shared,
+    pub connecting: Arc<tokio::sync::Semaphore>,
+    pub pool: snapshot::Pool,
+    pub impaired: Impaired,
+    groups: Mutex<HashMap<String, Arc<SessionGroup>>>,
+}
+
+impl Context {
+    /// One retina `SessionGroup` per camera host (stale-session tracking and TEARDOWN are
+    /// per server).
+    fn session_group(&self, url: &url::Url) -> Arc<SessionGroup> {
+        let host = format!("{}:{}", url.host_str().unwrap_or(""), url.port().unwrap_or(554));
+        let mut g = self.groups.lock().unwrap_or_else(|p| p.into_inner());
+        g.entry(host.clone()).or_insert_with(|| Arc::new(SessionGroup::default().named(host))).clone()
+    }
+}
+
+/// The last JPEG made: from which keyframe, when, the bytes.
+type CachedJpeg = Option<(u64, Instant, Arc<Vec<u8>>)>;
+
+/// A stream as the API sees it.
+struct Stream {
+    health: Arc<Health>,
+    kind: &'static str,
+    jpeg: Mutex<CachedJpeg>,
+}
+
+/// The streams vigil pulls, by device id: read by the API and the metrics.
+#[derive(Clone)]
+pub struct StreamBoard {
+    streams: Arc<RwLock<HashMap<String, Arc<Stream>>>>,
+    ctx: Option<Arc<Context>>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotError {
+    #[error("no RTSP stream is pulled for this device")]
+    NotPulled,
+    #[error("no keyframe yet (the stream is {0})")]
+    NoKeyframe(&'static str),
+    #[error("the keyframe could not be turned into a picture: {0}")]
+    Decode(#[from] snapshot::Error),
+}
+
+impl StreamBoard {
+    /// A board with no streams (RTSP disabled).
+    pub fn empty() -> Self {
+        StreamBoard { streams: Arc::default(), ctx: None }
+    }
+
+    fn get(&self, id: &str) -> Option<Arc<Stream>> {
+        self.streams.read().unwrap_or_else(|p| p.into_inner()).get(id).cloned()
+    }
+
+    pub fn health(&self, id: &str) -> Option<HealthView> {
+        self.get(id).map(|s| s.health.view(Instant::now(), now_ms()))
+    }
+
+    /// A JPEG of the stream's latest keyframe, no wider than `max_width`; a JPEG made less
+    /// than `rtsp.snapshot_max_age` ago (or from the same keyframe) is answered from cache.
+    pub async fn snapshot(&self, id: &str) -> Result<Arc<Vec<u8>>, SnapshotError> {
+        let stream = self.get(id).ok_or(SnapshotError::NotPulled)?;
+        let ctx = self.ctx.as_ref().ok_or(SnapshotError::NotPulled)?;
+        let (latest, _) = stream.health.keyframes();
+        let Some(key) = latest else {
+            return Err(SnapshotError::NoKeyframe(stream.health.state().unwrap_or(StreamState::Connecting).as_str()));
+        };
+        if let Some((seq, made, jpeg)) = stream.jpeg.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
+            if *seq == key.seq || made.elapsed() < ctx.settings.snapshot_max_age {
+                return Ok(jpeg.clone());
+            }
+        }
+        let seq = key.seq;
+        let jpeg = ctx
+            .pool
+            .run(move || snapshot::decode(key.codec, &key.data).and_then(|p| snapshot::jpeg(&p, 1920)))
+            .await??;
+        let jpeg = Arc::new(jpeg);
+        *stream.jpeg.lock().unwrap_or_else(|p| p.into_inner()) = Some((seq, Instant::now(), jpeg.clone()));
+        Ok(jpeg)
+    }
+
+    /// Streams by (state, kind), for the metrics.
+    pub fn count_states(&self) -> HashMap<(StreamState, &'static str), i64> {
+        let mut out = HashMap::new();
+        for s in self.streams.read().unwrap_or_else(|p| p.into_inner()).values() {
+            let state = s.health.state().unwrap_or(StreamState::Connecting);
+            *out.entry((state, s.kind)).or_default() += 1;
+        }
+        out
+    }
+}
+
+/// What a pull was started with; a change restarts it.
+#[derive(Clone, PartialEq, Eq)]
+struct Spec {
+    url: String,
+    password: Option<String>,
+    org_id: Option<String>,
+    kind: &'static str,
+}
+
+struct Running {
+    key: DeviceKey,
+    spec: Spec,
+    cancel: CancellationToken,
+}
+
+/// Splits the credentials off a camera URL (retina wants them apart, and logs must not show
+/// them); a device password overrides the URL's.
+pub fn camera_url(raw: &str, password: Option<&str>) -> Result<(url::Url, Option<Credentials>), String> {
+    let mut url = url::Url::parse(raw).map_err(|e| format!("not a URL: {e}"))?;
+    if url.scheme() != "rtsp" {
+        return Err(format!("scheme {:?} is not supported (rtsp:// only; retina has no RTSPS)", url.scheme()));
+    }
+    let decode = |s: &str| percent_decode(s);
+    let user = decode(url.username());
+    let pass = password.map(str::to_owned).or_else(|| url.password().map(decode));
+    let creds = (!user.is_empty()).then(|| Credentials { username: user, password: pass.unwrap_or_default() });
+    let _ = url.set_username("");
+    let _ = url.set_password(None);
+    Ok((url, creds))
+}
+
+fn percent_decode(s: &str) -> String {
+    let hex = |b: u8| (b as char).to_digit(16);
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' && i + 2 < bytes.len() {
+            if let (Some(h), Some(l)) = (hex(bytes[i + 1]), hex(bytes[i + 2])) {
+                out.push((h * 16 + l) as u8);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Starts the supervisor. Returns the board the API reads.
+pub fn spawn(
+    config: &crate::config::Rtsp,
+    shared: super::Shared,
+    impaired: Impaired,
+    cancel: CancellationToken,
+    tracker: &TaskTracker,
+) -> StreamBoard {
+    let settings = Settings::from_config(config);
+    let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2).div_ceil(2);
+    let ctx = Arc::new(Context {
+        connecting: Arc::new(tokio::sync::Semaphore::new(settings.max_connecting)),
+        settings,
+        shared,
+        pool: snapshot::Pool::new(threads),
+        impaired,
+        groups: Mutex::default(),
+    });
+    let board = StreamBoard { streams: Arc::default(), ctx: Some(ctx.clone()) };
+    let sup_board = board.clone();
+    let sup_tracker = tracker.clone();
+    tracker.spawn(async move { supervise(ctx, sup_board, cancel, sup_tracker).await });
+    board
+}
+
+/// Reconciles pulls with the registry once a second (when it changed), and refreshes the
+/// stream-state gauges.
+async fn supervise(ctx: Arc<Context>, board: StreamBoard, cancel: CancellationToken, tracker: TaskTracker) {
+    let mut running: HashMap<String, Running> = HashMap::new();
+    let mut seen_generation = None;
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = cancel.cancelled() => break,
+        }
+        let generation = ctx.shared.registry.read().generation();
+        if seen_generation != Some(generation) {
+            seen_generation = Some(generation);
+            reconcile(&ctx, &board, &mut running, &cancel, &tracker);
+        }
+        publish_gauges(&ctx, &board);
+    }
+    for (_, r) in running.drain() {
+        r.cancel.cancel();
+    }
+    // Give TEARDOWNs a moment to go out (retina sends them as sessions drop).
+    let groups: Vec<Arc<SessionGroup>> =
+        ctx.groups.lock().unwrap_or_else(|p| p.into_inner()).values().cloned().collect();
+    for g in groups {
+        let _ = tokio::time::timeout(Duration::from_secs(2), g.await_teardown()).await;
+    }
+}
+
+fn reconcile(
+    ctx: &Arc<Context>,
+    board: &StreamBoard,
+    running: &mut HashMap<String, Running>,
+    cancel: &CancellationToken,
+    tracker: &TaskTracker,
+) {
+    let mut wanted: HashMap<String, (DeviceKey, Spec)> = HashMap::new();
+    {
+        let cache = ctx.shared.registry.read();
+        for d in cache.devices() {
+            if d.protocol != Protocol::Rtsp || !d.enabled || d.admission != Admission::Approved {
+                continue;
+            }
+            let Some(url) = &d.rtsp_url else { continue };
+            let spec = Spec {
+                url: url.clone(),
+                password: d.password.clone(),
+                org_id: d.org_id.clone(),
+                kind: d.kind.as_str(),
+            };
+            wanted.insert(d.id.clone(), (d.key, spec));
+        }
+    }
+    // Stop what is gone or changed.
+    let mut stopped = 0;
+    running.retain(|id, r| {
+        let keep = wanted.get(id).is_some_and(|(_, spec)| *spec == r.spec);
+        if !keep {
+            r.cancel.cancel();
+            stopped += 1;
+            if !wanted.contains_key(id) {
+                board.streams.write().unwrap_or_else(|p| p.into_inner()).remove(id);
+                ctx.impaired.set(r.key, false);
+            }
+        }
+        keep
+    });
+    // Start what is new (or changed), spread over a window that grows with their number.
+    let new: Vec<(String, DeviceKey, Spec)> = wanted
+        .into_iter()
+        .filter(|(id, _)| !running.contains_key(id))
+        .map(|(id, (key, spec))| (id, key, spec))
+        .collect();
+    let window = Duration::from_millis((new.len() as u64).saturating_mul(5).min(10_000));
+    let mut started = 0;
+    for (id, key, spec) in new {
+        let (url, creds) = match camera_url(&spec.url, spec.password.as_deref()) {
+            Ok(v) => v,
+            Err(e) => {
+                warn!(camera = %id, error = %e, "RTSP camera URL refused; not pulling it.");
+                continue;
+            }
+        };
+        let health = Arc::new(Health::default());
+        health.set_state(StreamState::Connecting, now_ms(), None);
+        board
+            .streams
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id.clone(), Arc::new(Stream { health: health.clone(), kind: spec.kind, jpeg: Mutex::new(None) }));
+        let camera = pull::Camera {
+            id: Arc::from(id.as_str()),
+            key,
+            org_id: spec.org_id.clone(),
+            kind: spec.kind,
+            url,
+            creds,
+            udp: ctx.settings.udp,
+        };
+        let child = cancel.child_token();
+        tracker.spawn(pull::run(camera, ctx.clone(), health, crate::backoff::uniform(window), child.clone()));
+        running.insert(id, Running { key, spec, cancel: child });
+        started += 1;
+    }
+    if started > 0 || stopped > 0 {
+        info!(started, stopped, pulling = running.len(), "RTSP pulls reconciled with the registry.");
+    }
+}
+
+fn publish_gauges(ctx: &Context, board: &StreamBoard) {
+    let counts = board.count_states();
+    let g = &ctx.shared.metrics.rtsp_streams;
+    g.reset();
+    for ((state, kind), n) in counts {
+        g.with_label_values(&[state.as_str(), kind]).set(n);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn credentials_leave_the_url() {
+        let (url, creds) = camera_url("rtsp://admin:p%40ss@10.0.0.5:554/Streaming/Channels/101", None).expect("valid");
+        assert_eq!(url.as_str(), "rtsp://10.0.0.5:554/Streaming/Channels/101");
+        let creds = creds.expect("creds");
+        assert_eq!((creds.username.as_str(), creds.password.as_str()), ("admin", "p@ss"));
+        let (_, creds) = camera_url("rtsp://admin:old@cam/1", Some("new")).expect("valid");
+        assert_eq!(creds.map(|c| c.password), Some("new".into()));
+        let (url, creds) = camera_url("rtsp://cam/1", None).expect("valid");
+        assert!(creds.is_none());
+        assert_eq!(url.as_str(), "rtsp://cam/1");
+        assert!(camera_url("rtsps://cam/1", None).is_err());
+        assert!(camera_url("not a url", None).is_err());
+        assert_eq!(percent_decode("%zz%4"), "%zz%4");
+        assert_eq!(percent_decode("%e4%bd%a0好%"), "你好%");
+    }
+}

@@ -1,0 +1,116 @@
+//! The diagnosis job of one stream: decodes its two latest keyframes on the decode pool,
+//! scores the newer against the older (`diagnosis`), judges the result against the camera's
+//! baseline, publishes it in the stream's health and in the impaired set the intact rate
+//! reads, and raises (and clears) an `alarm` event with the scores when a fault persists.
+//!
+//! Started by the pull task at most once per `rtsp.diagnosis_every`, never twice at once
+//! for a camera, and skipped when the pool is busy (the next keyframe tries again).
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use tracing::{debug, info, warn};
+
+use super::diagnosis::{self, Judge, Verdict};
+use super::health::{Health, Keyframe, Quality};
+use super::pull::Camera;
+use super::snapshot;
+use super::Context;
+use crate::clock::now_ms;
+use crate::event::{AlarmBody, Event, EventBody, TimeSource};
+
+/// Width diagnosis scores at: enough for the statistics, cheap to compute.
+const DIAGNOSIS_WIDTH: u32 = 320;
+
+pub struct Job {
+    pub cam: Camera,
+    pub health: Arc<Health>,
+    pub judge: Arc<Mutex<Judge>>,
+    /// Cleared when the job ends, so the pull may start the next one.
+    pub busy: Arc<AtomicBool>,
+}
+
+/// Decodes and scores `latest` (with `previous` for the frozen check).
+pub fn score_keyframes(latest: &Keyframe, previous: Option<&Keyframe>) -> Result<diagnosis::Scores, snapshot::Error> {
+    let now = snapshot::planes(&snapshot::decode(latest.codec, &latest.data)?, DIAGNOSIS_WIDTH)?;
+    // Only keyframes whose timestamps differ say anything about a frozen picture.
+    let before = match previous.filter(|p| p.pts != latest.pts && p.codec == latest.codec) {
+        Some(p) => Some(snapshot::planes(&snapshot::decode(p.codec, &p.data)?, DIAGNOSIS_WIDTH)?),
+        None => None,
+    };
+    Ok(diagnosis::score(&now, before.as_ref()))
+}
+
+pub async fn diagnose(ctx: Arc<Context>, job: Job) {
+    let Job { cam, health, judge, busy } = job;
+    let (latest, previous) = health.keyframes();
+    let Some(latest) = latest else {
+        busy.store(false, Ordering::Release);
+        return;
+    };
+    let scored = ctx.pool.try_run(move || score_keyframes(&latest, previous.as_ref())).await;
+    busy.store(false, Ordering::Release);
+    let scores = match scored {
+        None => return, // the pool is busy: the next keyframe tries again
+        Some(Err(e)) | Some(Ok(Err(e))) => {
+            debug!(camera = %cam.id, error = %e, "Diagnosis could not decode the keyframe.");
+            ctx.shared.metrics.rtsp_diagnoses.with_label_values(&["undecodable"]).inc();
+            return;
+        }
+        Some(Ok(Ok(s))) => s,
+    };
+    let at = now_ms();
+    let (faults, verdict, consecutive_bad, alarmed, baseline_ready) = {
+        let mut j = judge.lock().unwrap_or_else(|p| p.into_inner());
+        let (faults, verdict) = j.judge(&scores, ctx.settings.alarm_after);
+        (faults, verdict, j.consecutive_bad, j.alarmed, j.baseline.ready())
+    };
+    ctx.shared.metrics.rtsp_diagnoses.with_label_values(&[if faults.is_empty() { "good" } else { "bad" }]).inc();
+    health.set_quality(Quality { at, scores, faults: faults.clone(), consecutive_bad, alarmed, baseline_ready });
+    ctx.impaired.set(cam.key, alarmed);
+    let state = match verdict {
+        Verdict::Alarm => "start",
+        Verdict::Recovered => "stop",
+        Verdict::Good | Verdict::Bad => return,
+    };
+    if state == "start" {
+        warn!(camera = %cam.id, faults = ?faults, "Video quality alarm: the picture is not usable.");
+    } else {
+        info!(camera = %cam.id, "Video quality recovered.");
+    }
+    let description = if state == "start" {
+        format!("视频质量诊断异常 video quality fault: {}", faults.join(", "))
+    } else {
+        "视频质量恢复 video quality recovered".to_owned()
+    };
+    let event = Event {
+        id: Event::new_id(),
+        dedup_key: format!("rtsp:{}:vqd:{state}:{at}", cam.id),
+        source: "rtsp".into(),
+        device_id: cam.id.to_string(),
+        org_id: cam.org_id.clone(),
+        occurred_at: at,
+        occurred_at_raw: None,
+        time_source: TimeSource::Gateway,
+        received_at: at,
+        seq: None,
+        offline_replay: false,
+        profile: None,
+        media: Vec::new(),
+        body: EventBody::Alarm(AlarmBody {
+            source_id: cam.id.to_string(),
+            // GB/T 28181 alarm method 5 (video), type 11 (video anomaly detection).
+            method: Some(5),
+            alarm_type: Some(11),
+            priority: Some(3),
+            category: Some("video_quality".into()),
+            state: Some(state.into()),
+            description,
+            details: serde_json::to_value(serde_json::json!({ "faults": faults, "scores": scores })).ok(),
+            ..AlarmBody::default()
+        }),
+    };
+    if let Err(e) = ctx.shared.events.submit(event).await {
+        warn!(camera = %cam.id, error = %e, "The video quality alarm could not be stored.");
+    }
+}

@@ -1,0 +1,78 @@
+//! A real RTSP camera for the tests: `tests/peers/rtsp_server.py` (gst-rtsp-server through
+//! Debian's python3-gi) as a child process on an ephemeral port, stopped on drop; `stall` and
+//! `resume` are `kill -STOP` / `kill -CONT` (a camera that stalls with TCP open).
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+
+pub struct GstCamera {
+    child: Child,
+    /// `rtsp://127.0.0.1:PORT/cam1` (no credentials).
+    pub url: String,
+    pub port: u16,
+}
+
+impl GstCamera {
+    /// `auth`: none | basic | digest (admin / secret); `codec`: h264 | h265.
+    pub fn start(auth: &str, codec: &str) -> Self {
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/peers/rtsp_server.py");
+        let mut child = Command::new("/usr/bin/python3")
+            .args([script, "--auth", auth, "--codec", codec])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start gst-rtsp-server (python3-gi): run scripts/install-deps.sh");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line).expect("the camera prints its URL");
+        let url = line.trim().to_owned();
+        assert!(url.starts_with("rtsp://127.0.0.1:"), "gst-rtsp-server did not start: {url:?}");
+        let port = url
+            .trim_start_matches("rtsp://127.0.0.1:")
+            .split('/')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .expect("port in the URL");
+        GstCamera { child, url, port }
+    }
+
+    /// The URL with credentials in it.
+    pub fn url_with(&self, user: &str, password: &str) -> String {
+        self.url.replacen("rtsp://", &format!("rtsp://{user}:{password}@"), 1)
+    }
+
+    fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .args([sig, &self.child.id().to_string()])
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+        assert!(ok, "kill {sig} the camera");
+    }
+
+    pub fn stall(&self) {
+        self.signal("-STOP");
+    }
+
+    pub fn resume(&self) {
+        self.signal("-CONT");
+    }
+}
+
+impl Drop for GstCamera {
+    fn drop(&mut self) {
+        let _ = Command::new("kill").args(["-CONT", &self.child.id().to_string()]).status();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// ffprobe's `codec_name,width,height` of an image or media file.
+pub fn ffprobe(path: &std::path::Path) -> String {
+    let out = Command::new("ffprobe")
+        .args(["-v", "error", "-show_entries", "stream=codec_name,width,height", "-of", "csv=p=0"])
+        .arg(path)
+        .output()
+        .expect("ffprobe (ffmpeg package)");
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
