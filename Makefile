@@ -29,6 +29,7 @@ demo: deps
 test: services
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --all-targets -- -D warnings
+	$(CARGO) build -p vigil-simulators --bin vigil-sim
 	$(CARGO) test --all-targets
 	@echo "make test: all checks passed"
 
@@ -41,7 +42,7 @@ fmt:
 
 ## Criterion benches; results go into BENCHMARKS.md by hand, with the command.
 bench:
-	$(CARGO) bench --bench presence --bench rate --bench sip_parse --bench profile_map
+	$(CARGO) bench --bench presence --bench rate --bench sip_parse --bench profile_map --bench snapshot
 
 clean:
 	$(CARGO) clean

@@ -61,7 +61,7 @@ fn bench(c: &mut Criterion) {
     let index = RateIndex::build(&cache, false);
     let states: Vec<u8> = (0..cache.key_space()).map(|k| if k % 25 == 0 { 2 } else { 1 }).collect();
     let mut g = c.benchmark_group("rate");
-    g.bench_function("rollup_100k_devices_500_orgs", |b| b.iter(|| index.rollup(&states, 0)));
+    g.bench_function("rollup_100k_devices_500_orgs", |b| b.iter(|| index.rollup(&states, &Default::default(), 0)));
     g.sample_size(10);
     g.bench_function("index_build_100k_devices_500_orgs", |b| b.iter(|| RateIndex::build(&cache, false)));
     g.finish();

@@ -12,6 +12,7 @@ export VIGIL_HTTP__LISTEN=127.0.0.1:$PORT
 export VIGIL_GB28181__LISTEN=${DEMO_SIP_LISTEN:-127.0.0.1:5060}
 export VIGIL_MQTT__LISTEN=${DEMO_MQTT_LISTEN:-127.0.0.1:1884}
 export VIGIL_GAT1400__LISTEN=${DEMO_GAT1400_LISTEN:-127.0.0.1:9100}
+export VIGIL_RTSP__DIAGNOSIS_EVERY=${DEMO_DIAGNOSIS_EVERY:-20s}
 
 ./target/release/vigil run --config config/examples/district.toml &
 VIGIL_PID=$!
@@ -72,6 +73,22 @@ MQ_PID=$!
 CK_PID=$!
 trap 'kill $VIGIL_PID $SIM_PID $GB1_PID $GB2_PID $MQ_PID $CK_PID 2>/dev/null; wait 2>/dev/null' EXIT INT TERM
 
+# RTSP cameras (vigil-sim rtsp-camera, H.264 640x360 ~1 Mbit/s each): the one in the config
+# (cam-gutian-001) and 8 more: 5 healthy, one that stalls with TCP open every few seconds,
+# one black picture and one frozen picture (video quality diagnosis every 20 s here).
+RTSP_LISTEN=127.0.0.1:8554
+./target/release/vigil-sim rtsp-camera --listen "$RTSP_LISTEN" --clips target/sim-clips --stall-after 8 < /dev/null > /dev/null 2>&1 &
+RT_PID=$!
+{
+  echo "id,name,kind,protocol,org_id,rtsp_url,profile"
+  for i in 1 2 3 4 5; do printf 'cam-rtsp-%02d,社区监控 %d,camera,rtsp,gutian-%d,rtsp://%s/live/%d,\n' "$i" "$i" $(( i % 2 ? 1 : 4 )) "$RTSP_LISTEN" "$i"; done
+  printf 'cam-rtsp-stall,时断时续的摄像机,camera,rtsp,jiefang,rtsp://%s/stall/1,\n' "$RTSP_LISTEN"
+  printf 'cam-rtsp-black,黑屏摄像机,camera,rtsp,jiefang,rtsp://%s/black/1,\n' "$RTSP_LISTEN"
+  printf 'cam-rtsp-frozen,画面冻结摄像机,camera,rtsp,zongguan-shuichang,rtsp://%s/frozen/1,\n' "$RTSP_LISTEN"
+} | curl -sf -X POST -H 'Authorization: Bearer demo-admin-token' -H 'Content-Type: text/csv' \
+    --data-binary @- "http://127.0.0.1:$PORT/api/v1/devices/import" >/dev/null
+trap 'kill $VIGIL_PID $SIM_PID $GB1_PID $GB2_PID $MQ_PID $CK_PID $RT_PID 2>/dev/null; wait 2>/dev/null' EXIT INT TERM
+
 cat <<MSG
 
   vigil demo is running.
@@ -85,6 +102,9 @@ cat <<MSG
                 /api/v1/events?kind=access); 8 wait in quarantine with a suggested profile
   Checkpoints:  2 GA/T 1400 cameras at http://$VIGIL_GAT1400__LISTEN/VIID push faces and vehicles
                 with images (/api/v1/events?kind=face_capture, pictures at /api/v1/images/HASH)
+  RTSP:         9 cameras pulled from rtsp://$RTSP_LISTEN (vigil-sim): open one on the dashboard
+                for its stream health and a snapshot; cam-rtsp-stall keeps stalling, cam-rtsp-black
+                and cam-rtsp-frozen fail the picture diagnosis (the intact rate drops below online)
   Ctrl-C stops the gateway and the simulator.
 
 MSG

@@ -173,9 +173,13 @@ pub async fn start(config: Config) -> Result<Running, Error> {
         presence_cancel,
         &tracker,
     );
+    let impaired = crate::rate::Impaired::default();
     let rate_rx = crate::rate::sampling::spawn(
-        registry.clone(),
-        handle.clone(),
+        crate::rate::sampling::Inputs {
+            registry: registry.clone(),
+            presence: handle.clone(),
+            impaired: impaired.clone(),
+        },
         config.assessment.clone(),
         config.tuning.rate_refresh,
         metrics.clone(),
@@ -257,7 +261,6 @@ pub async fn start(config: Config) -> Result<Running, Error> {
         None
     };
 
-    let impaired = crate::rate::Impaired::default();
     let streams = if config.rtsp.enabled {
         crate::sources::rtsp::spawn(&config.rtsp, shared.clone(), impaired.clone(), sources_cancel.clone(), &tracker)
     } else {

@@ -86,6 +86,7 @@ fn render_current(state: &AppState, snap: &RateSnapshot, params: &Params) -> Api
                     "key": o.id, "name": o.name, "kind": o.kind,
                     "parent_id": o.parent.map(|p| snap.index.orgs[p].id.clone()),
                     "online": c.online, "total": c.total, "rate": rate_of(c),
+                    "intact": c.intact, "intact_rate": c.intact_rate(),
                 })
             })
             .collect(),
@@ -93,7 +94,9 @@ fn render_current(state: &AppState, snap: &RateSnapshot, params: &Params) -> Api
             .iter()
             .map(|k| (k, snap.rollup.counts(org, Some(*k))))
             .filter(|(_, c)| c.total > 0)
-            .map(|(k, c)| json!({"key": k.as_str(), "online": c.online, "total": c.total, "rate": rate_of(c)}))
+            .map(|(k, c)| {
+                json!({"key": k.as_str(), "online": c.online, "total": c.total, "rate": rate_of(c), "intact": c.intact, "intact_rate": c.intact_rate()})
+            })
             .collect(),
         Some(other) => return Err(ApiError::bad_query("group_by", format!("{other:?} is not org or kind"))),
     };
@@ -102,6 +105,8 @@ fn render_current(state: &AppState, snap: &RateSnapshot, params: &Params) -> Api
         "online": c.online,
         "total": c.total,
         "rate": rate_of(c),
+        "intact": c.intact,
+        "intact_rate": c.intact_rate(),
         "target": state.config.assessment.online_target,
         "excluded": snap.index.excluded,
         "groups": groups,
@@ -147,6 +152,8 @@ pub async fn history(State(state): State<AppState>, Query(params): Query<Params>
                 "online": c.online / n as u64,
                 "total": c.total / n as u64,
                 "rate": rate_of(c),
+                "intact": c.intact / n as u64,
+                "intact_rate": c.intact_rate(),
                 "samples": n,
             })
         })

@@ -52,16 +52,33 @@ pub const ALL: usize = KINDS;
 const PROTOCOLS: usize = 6;
 const MAX_DEPTH: usize = 8;
 
-/// Online and total points.
+/// Online and total points, and the online points whose picture passes video quality
+/// diagnosis (`intact`; a device never diagnosed counts as intact while online).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 pub struct Counts {
     pub online: u64,
     pub total: u64,
+    pub intact: u64,
 }
 
 impl Counts {
     pub fn rate(&self) -> Option<f64> {
         (self.total > 0).then(|| self.online as f64 / self.total as f64)
+    }
+
+    /// The intact rate (完好率): online and passing diagnosis, over the total.
+    pub fn intact_rate(&self) -> Option<f64> {
+        (self.total > 0).then(|| self.intact as f64 / self.total as f64)
+    }
+
+    pub fn of(online: u64, total: u64) -> Self {
+        Counts { online, total, intact: online }
+    }
+
+    pub fn add(&mut self, o: Counts) {
+        self.online += o.online;
+        self.total += o.total;
+        self.intact += o.intact;
     }
 }
 
@@ -164,7 +181,7 @@ impl RateIndex {
     }
 
     /// Counts every org node × kind for the given presence states (`State as u8` by key).
-    pub fn rollup(&self, states: &[u8], at: Millis) -> Rollup {
+    pub fn rollup(&self, states: &[u8], impaired: &HashSet<DeviceKey>, at: Millis) -> Rollup {
         let mut per_org = vec![[Counts::default(); KINDS + 1]; self.orgs.len()];
         let mut root = [Counts::default(); KINDS + 1];
         let mut devices = [[[0u64; 3]; PROTOCOLS]; KINDS];
@@ -177,18 +194,15 @@ impl RateIndex {
                 continue;
             }
             let online = if state == State::Online as u8 { u64::from(e.points_on) } else { 0 };
-            let total = u64::from(e.points);
+            let intact = if online > 0 && impaired.contains(&e.key) { 0 } else { online };
+            let add = Counts { online, total: u64::from(e.points), intact };
             let k = e.kind as usize;
-            root[k].online += online;
-            root[k].total += total;
-            root[ALL].online += online;
-            root[ALL].total += total;
+            root[k].add(add);
+            root[ALL].add(add);
             for &o in &e.chain[..e.depth as usize] {
                 let row = &mut per_org[o as usize];
-                row[k].online += online;
-                row[k].total += total;
-                row[ALL].online += online;
-                row[ALL].total += total;
+                row[k].add(add);
+                row[ALL].add(add);
             }
         }
         Rollup { at, per_org, root, devices }
@@ -300,14 +314,20 @@ mod tests {
         states[key("cam1")] = State::Online as u8;
         states[key("nvr1")] = State::Online as u8;
         states[key("q1")] = State::Online as u8;
-        let r = idx.rollup(&states, 0);
+        let r = idx.rollup(&states, &HashSet::new(), 0);
         let o = |id: &str| Some(idx.org_idx[id]);
         // District: cam1 (1/1) + cam2 (0/1) + nvr1 channels (3 of 4 ON) = 4 / 6.
-        assert_eq!(r.counts(o("d"), None), Counts { online: 4, total: 6 });
-        assert_eq!(r.counts(o("d"), Some(DeviceKind::Camera)), Counts { online: 1, total: 2 });
-        assert_eq!(r.counts(o("c1"), Some(DeviceKind::Nvr)), Counts { online: 3, total: 4 });
-        assert_eq!(r.counts(o("s2"), None), Counts { online: 0, total: 1 });
-        assert_eq!(r.counts(None, None), Counts { online: 4, total: 6 });
+        assert_eq!(r.counts(o("d"), None), Counts::of(4, 6));
+        assert_eq!(r.counts(o("d"), Some(DeviceKind::Camera)), Counts::of(1, 2));
+        assert_eq!(r.counts(o("c1"), Some(DeviceKind::Nvr)), Counts::of(3, 4));
+        assert_eq!(r.counts(o("s2"), None), Counts::of(0, 1));
+        assert_eq!(r.counts(None, None), Counts::of(4, 6));
         assert_eq!(idx.subtree(o("s1")).len(), 2);
+        // cam1's picture fails diagnosis: online, not intact; cam2 (offline) changes nothing.
+        let impaired: HashSet<DeviceKey> = [key("cam1") as DeviceKey, key("cam2") as DeviceKey].into();
+        let r = idx.rollup(&states, &impaired, 0);
+        assert_eq!(r.counts(o("d"), None), Counts { online: 4, total: 6, intact: 3 });
+        assert_eq!(r.counts(o("d"), Some(DeviceKind::Camera)).intact_rate(), Some(0.0));
+        assert_eq!(r.counts(o("c1"), Some(DeviceKind::Nvr)).intact, 3);
     }
 }

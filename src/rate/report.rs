@@ -68,6 +68,8 @@ pub struct ReportRow {
     pub devices: u64,
     pub samples: usize,
     pub sampled_rate: Option<f64>,
+    /// Mean of the samples' intact rates (online and passing video quality diagnosis).
+    pub sampled_intact_rate: Option<f64>,
     pub availability: Option<f64>,
     pub never_online: u64,
 }
@@ -245,12 +247,13 @@ pub async fn daily(
     });
 
     // Sampled rate: mean of the samples' rates.
-    let mut sampled: HashMap<(String, String), (f64, usize)> = HashMap::new();
+    let mut sampled: HashMap<(String, String), (f64, f64, usize)> = HashMap::new();
     for (o, k, s) in samples {
         if s.total > 0 {
             let e = sampled.entry((o, k)).or_default();
             e.0 += s.online as f64 / s.total as f64;
-            e.1 += 1;
+            e.1 += s.intact as f64 / s.total as f64;
+            e.2 += 1;
         }
     }
     let make_row = |org_id: Option<&String>, kind: usize| -> Option<ReportRow> {
@@ -261,7 +264,7 @@ pub async fn daily(
             org_id.cloned().unwrap_or_else(|| ALL_KEY.to_owned()),
             if kind == crate::rate::ALL { ALL_KEY.to_owned() } else { kind_name.clone() },
         );
-        let (sum, n) = sampled.get(&sample_key).copied().unwrap_or((0.0, 0));
+        let (sum, sum_intact, n) = sampled.get(&sample_key).copied().unwrap_or((0.0, 0.0, 0));
         let (org_name, org_kind) = match org_id {
             Some(id) => org_names.get(id).cloned().unwrap_or_default(),
             None => ("(gateway)".to_owned(), "gateway".to_owned()),
@@ -274,6 +277,7 @@ pub async fn daily(
             devices: a.devices,
             samples: n,
             sampled_rate: (n > 0).then(|| sum / n as f64),
+            sampled_intact_rate: (n > 0).then(|| sum_intact / n as f64),
             availability: (a.window_ms > 0).then(|| a.online_ms as f64 / a.window_ms as f64),
             never_online: a.never_online,
         })
@@ -332,11 +336,11 @@ impl DailyReport {
             self.excluded.disabled,
             self.excluded.not_approved
         );
-        out.push_str("org_id,org_name,org_kind,kind,devices,samples,sampled_rate_pct,availability_pct,never_online\n");
+        out.push_str("org_id,org_name,org_kind,kind,devices,samples,sampled_rate_pct,availability_pct,never_online,sampled_intact_rate_pct\n");
         for r in &self.rows {
             let _ = writeln!(
                 out,
-                "{},{},{},{},{},{},{},{},{}",
+                "{},{},{},{},{},{},{},{},{},{}",
                 csv_field(r.org_id.as_deref().unwrap_or("")),
                 csv_field(&r.org_name),
                 r.org_kind,
@@ -345,7 +349,8 @@ impl DailyReport {
                 r.samples,
                 pct(r.sampled_rate),
                 pct(r.availability),
-                r.never_online
+                r.never_online,
+                pct(r.sampled_intact_rate)
             );
         }
         out.push('\n');

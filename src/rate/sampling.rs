@@ -35,7 +35,7 @@ pub struct RateSnapshot {
 impl RateSnapshot {
     pub fn empty() -> Self {
         let index = Arc::new(RateIndex::default());
-        let rollup = index.rollup(&[], 0);
+        let rollup = index.rollup(&[], &Default::default(), 0);
         Self { index, rollup }
     }
 }
@@ -61,10 +61,16 @@ pub fn next_sample_after(now: Millis, period: Duration, tz: &chrono_tz::Tz) -> M
     (start + n * period_ms).min(next_midnight)
 }
 
+/// What the rate task reads: the registry, presence, and the devices failing diagnosis.
+pub struct Inputs {
+    pub registry: Registry,
+    pub presence: PresenceHandle,
+    pub impaired: super::Impaired,
+}
+
 /// Starts the rate task; returns the receiver of its snapshots.
 pub fn spawn(
-    registry: Registry,
-    presence: PresenceHandle,
+    inputs: Inputs,
     cfg: Assessment,
     refresh: Duration,
     metrics: Metrics,
@@ -72,19 +78,19 @@ pub fn spawn(
     tracker: &TaskTracker,
 ) -> watch::Receiver<Arc<RateSnapshot>> {
     let (tx, rx) = watch::channel(Arc::new(RateSnapshot::empty()));
-    tracker.spawn(run(registry, presence, cfg, refresh, metrics, tx, cancel).instrument(tracing::info_span!("rate")));
+    tracker.spawn(run(inputs, cfg, refresh, metrics, tx, cancel).instrument(tracing::info_span!("rate")));
     rx
 }
 
 async fn run(
-    registry: Registry,
-    presence: PresenceHandle,
+    inputs: Inputs,
     cfg: Assessment,
     refresh: Duration,
     metrics: Metrics,
     tx: watch::Sender<Arc<RateSnapshot>>,
     cancel: CancellationToken,
 ) {
+    let Inputs { registry, presence, impaired } = inputs;
     let tz: chrono_tz::Tz = cfg.timezone.parse().unwrap_or(chrono_tz::Asia::Shanghai);
     let pool = registry.db().pool.clone();
     metrics.online_target.set(cfg.online_target);
@@ -111,7 +117,7 @@ async fn run(
         }
         let Ok(states) = presence.states().await else { break };
         let now = now_ms();
-        let rollup = index.rollup(&states, if sampling { next_sample } else { now });
+        let rollup = index.rollup(&states, &impaired.keys(), if sampling { next_sample } else { now });
         publish_metrics(&metrics, &index, &rollup);
         if sampling {
             let at = next_sample;
@@ -185,18 +191,26 @@ pub async fn insert_samples(
     }
     let mut tx = pool.begin().await?;
     for chunk in rows.chunks(500) {
-        let mut sql = String::from("INSERT INTO rate_samples (at, org_id, kind, online, total) VALUES ");
+        let mut sql = String::from("INSERT INTO rate_samples (at, org_id, kind, online, total, intact) VALUES ");
         for i in 0..chunk.len() {
-            let b = i * 5;
+            let b = i * 6;
             if i > 0 {
                 sql.push(',');
             }
-            sql.push_str(&format!("(${},${},${},${},${})", b + 1, b + 2, b + 3, b + 4, b + 5));
+            sql.push_str(&format!("(${},${},${},${},${},${})", b + 1, b + 2, b + 3, b + 4, b + 5, b + 6));
         }
-        sql.push_str(" ON CONFLICT (org_id, kind, at) DO UPDATE SET online = excluded.online, total = excluded.total");
+        sql.push_str(
+            " ON CONFLICT (org_id, kind, at) DO UPDATE SET online = excluded.online, total = excluded.total, intact = excluded.intact",
+        );
         let mut q = sqlx::query(&sql);
         for (org, kind, c) in chunk {
-            q = q.bind(at).bind(org.clone()).bind(kind.to_string()).bind(c.online as i64).bind(c.total as i64);
+            q = q
+                .bind(at)
+                .bind(org.clone())
+                .bind(kind.to_string())
+                .bind(c.online as i64)
+                .bind(c.total as i64)
+                .bind(c.intact as i64);
         }
         q.execute(&mut *tx).await?;
     }
@@ -211,6 +225,8 @@ pub struct Sample {
     pub at: Millis,
     pub online: i64,
     pub total: i64,
+    /// Online and passing diagnosis (samples from before the intact rate: `online`).
+    pub intact: i64,
 }
 
 /// Samples of one org (`""` the gateway) and kind (`""` all kinds) in [from, to).
@@ -221,7 +237,7 @@ pub async fn samples(
     from: Millis,
     to: Millis,
 ) -> Result<Vec<Sample>, sqlx::Error> {
-    let rows = sqlx::query("SELECT at, online, total FROM rate_samples WHERE org_id = $1 AND kind = $2 AND at >= $3 AND at < $4 ORDER BY at")
+    let rows = sqlx::query("SELECT at, online, total, COALESCE(intact, online) AS intact FROM rate_samples WHERE org_id = $1 AND kind = $2 AND at >= $3 AND at < $4 ORDER BY at")
         .bind(org)
         .bind(kind)
         .bind(from)
@@ -229,7 +245,14 @@ pub async fn samples(
         .fetch_all(pool)
         .await?;
     rows.into_iter()
-        .map(|r| Ok(Sample { at: r.try_get("at")?, online: r.try_get("online")?, total: r.try_get("total")? }))
+        .map(|r| {
+            Ok(Sample {
+                at: r.try_get("at")?,
+                online: r.try_get("online")?,
+                total: r.try_get("total")?,
+                intact: r.try_get("intact")?,
+            })
+        })
         .collect()
 }
 
@@ -239,7 +262,7 @@ pub async fn all_samples(
     from: Millis,
     to: Millis,
 ) -> Result<Vec<(String, String, Sample)>, sqlx::Error> {
-    let rows = sqlx::query("SELECT org_id, kind, at, online, total FROM rate_samples WHERE at >= $1 AND at < $2")
+    let rows = sqlx::query("SELECT org_id, kind, at, online, total, COALESCE(intact, online) AS intact FROM rate_samples WHERE at >= $1 AND at < $2")
         .bind(from)
         .bind(to)
         .fetch_all(pool)
@@ -249,10 +272,19 @@ pub async fn all_samples(
             Ok((
                 r.try_get("org_id")?,
                 r.try_get("kind")?,
-                Sample { at: r.try_get("at")?, online: r.try_get("online")?, total: r.try_get("total")? },
+                Sample {
+                    at: r.try_get("at")?,
+                    online: r.try_get("online")?,
+                    total: r.try_get("total")?,
+                    intact: r.try_get("intact")?,
+                },
             ))
         })
         .collect()
+}
+
+fn counts(s: &Sample) -> Counts {
+    Counts { online: s.online.max(0) as u64, total: s.total.max(0) as u64, intact: s.intact.max(0) as u64 }
 }
 
 /// Buckets samples by `step` from `from`: each point is the bucket's Σonline / Σtotal.
@@ -263,11 +295,10 @@ pub fn bucket(samples: &[Sample], from: Millis, step: Millis) -> Vec<(Millis, Co
         let b = from + (s.at - from).div_euclid(step) * step;
         match out.last_mut() {
             Some((at, c, n)) if *at == b => {
-                c.online += s.online.max(0) as u64;
-                c.total += s.total.max(0) as u64;
+                c.add(counts(s));
                 *n += 1;
             }
-            _ => out.push((b, Counts { online: s.online.max(0) as u64, total: s.total.max(0) as u64 }, 1)),
+            _ => out.push((b, counts(s), 1)),
         }
     }
     out
@@ -299,13 +330,13 @@ mod tests {
     #[test]
     fn buckets_weigh_samples_by_points() {
         let s = [
-            Sample { at: 0, online: 9, total: 10 },
-            Sample { at: 10, online: 1, total: 10 },
-            Sample { at: 100, online: 5, total: 5 },
+            Sample { at: 0, online: 9, total: 10, intact: 8 },
+            Sample { at: 10, online: 1, total: 10, intact: 1 },
+            Sample { at: 100, online: 5, total: 5, intact: 5 },
         ];
         let b = bucket(&s, 0, 60);
         assert_eq!(b.len(), 2);
-        assert_eq!(b[0].1, Counts { online: 10, total: 20 });
+        assert_eq!(b[0].1, Counts { online: 10, total: 20, intact: 9 });
         assert_eq!(b[1].0, 60);
     }
 }

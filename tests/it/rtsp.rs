@@ -10,7 +10,7 @@ use tokio::time::Instant;
 use serde_json::{json, Value};
 
 use crate::support::gateway::{Db, TestGateway};
-use crate::support::rtsp::{ffprobe, GstCamera};
+use crate::support::rtsp::{ffprobe, GstCamera, SimCameras};
 
 fn presence(v: &Value) -> (&str, &str) {
     (v["presence"]["state"].as_str().unwrap_or(""), v["presence"]["reason"].as_str().unwrap_or(""))
@@ -157,5 +157,92 @@ async fn a_wrong_password_is_auth_failed_and_not_hammered_and_a_fixed_url_plays(
     let (s, v) = gw.api.post_csv("/devices/import", &csv).await;
     assert_eq!((s, v["updated"].as_u64()), (200, Some(1)), "{v}");
     gw.api.wait_for("/devices/cam-pw/stream", Duration::from_secs(15), |v| v["state"] == "playing").await;
+    gw.shutdown().await;
+}
+
+/// Every fault mode of the camera simulator, one camera each, through one gateway: the state
+/// each ends in, the counters that say why, and diagnosis flagging the black and the frozen
+/// picture (an alarm event each, and the intact rate below the online rate) while the healthy
+/// stream passes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn simulated_cameras_show_each_fault_as_its_own_state() {
+    let sim = SimCameras::start(&["--stall-after", "2", "--slow", "8"]);
+    let extra = "[rtsp]\ndiagnosis_every = \"1s\"\ndiagnosis_alarm_after = 2\nconnect_timeout = \"2s\"\nbackoff_min = \"300ms\"\nbackoff_max = \"2s\"\n";
+    let gw = TestGateway::start(Db::Sqlite, extra).await;
+    let closed = format!("rtsp://127.0.0.1:{}/live/1", crate::support::free_port());
+    let cams = [
+        ("sim-live", sim.url("live/1")),
+        ("sim-black", sim.url("black/1")),
+        ("sim-frozen", sim.url("frozen/1")),
+        ("sim-stall", sim.url("stall/1")),
+        ("sim-jump", sim.url("jump/1")),
+        ("sim-ssrc", sim.url("ssrc/1")),
+        ("sim-limit", sim.url("limit/1")),
+        ("sim-badsdp", sim.url("badsdp/1")),
+        ("sim-slow", sim.url("slow/1")),
+        ("sim-404", sim.url("nothing/1")),
+        ("sim-refused", closed),
+    ];
+    let mut csv = String::from("id,name,kind,protocol,org_id,rtsp_url,profile\n");
+    for (id, url) in &cams {
+        csv.push_str(&format!("{id},{id},camera,rtsp,,{url},\n"));
+    }
+    let (s, v) = gw.api.post_csv("/devices/import", &csv).await;
+    assert_eq!(s, 200, "{v}");
+
+    let within = Duration::from_secs(20);
+    let state_is = |want: &'static str| move |v: &Value| v["state"] == want;
+    gw.api.wait_for("/devices/sim-limit/stream", within, state_is("session_limit")).await;
+    gw.api.wait_for("/devices/sim-badsdp/stream", within, state_is("bad_media")).await;
+    gw.api.wait_for("/devices/sim-404/stream", within, state_is("not_found")).await;
+    gw.api.wait_for("/devices/sim-refused/stream", within, state_is("refused")).await;
+    let v = gw.api.wait_for("/devices/sim-slow/stream", within, state_is("backoff")).await;
+    assert!(v["error"].as_str().is_some_and(|e| e.contains("connect+DESCRIBE")), "{v}");
+    // The stalling camera plays 2 s, stalls, and is reconnected, again and again.
+    let v = gw.api.wait_for("/devices/sim-stall/stream", within, |v| v["stalls"].as_u64() >= Some(2)).await;
+    assert!(v["reconnects"].as_u64() >= Some(1), "{v}");
+    // An hour's jump in RTP time restarts the session at once, counted; it plays again.
+    gw.api
+        .wait_for("/devices/sim-jump/stream", within, |v| {
+            v["timestamp_jumps"].as_u64() >= Some(1) && v["state"] == "playing"
+        })
+        .await;
+    // A new SSRC mid-stream: retina takes it or vigil restarts; either way it keeps playing.
+    gw.api
+        .wait_for("/devices/sim-ssrc/stream", within, |v| v["state"] == "playing" && v["frames"].as_u64() > Some(150))
+        .await;
+
+    // Diagnosis: black and frozen are flagged and alarmed; the healthy stream passes.
+    let alarmed = |fault: &'static str| {
+        move |v: &Value| {
+            v["quality"]["alarmed"] == true
+                && v["quality"]["faults"].as_array().is_some_and(|f| f.iter().any(|x| x == fault))
+        }
+    };
+    gw.api.wait_for("/devices/sim-black/stream", within, alarmed("black")).await;
+    gw.api.wait_for("/devices/sim-frozen/stream", within, alarmed("frozen")).await;
+    let v = gw.api.wait_for("/devices/sim-live/stream", within, |v| v["quality"]["baseline_ready"] == true).await;
+    assert_eq!(v["quality"]["faults"], json!([]), "{v}");
+    assert_eq!(v["quality"]["alarmed"], false, "{v}");
+    let (_, events) = gw.api.get("/events?kind=alarm&limit=50").await;
+    let vq: Vec<&Value> = events["items"]
+        .as_array()
+        .map(|a| a.iter().filter(|e| e["body"]["category"] == "video_quality").collect())
+        .unwrap_or_default();
+    let devices: Vec<&str> = vq.iter().filter_map(|e| e["device_id"].as_str()).collect();
+    assert!(
+        devices.contains(&"sim-black") && devices.contains(&"sim-frozen") && !devices.contains(&"sim-live"),
+        "{events}"
+    );
+    assert!(vq.iter().all(|e| e["body"]["details"]["scores"].is_object()), "{events}");
+
+    // The intact rate counts the black and the frozen camera as online but not intact.
+    let r = gw
+        .api
+        .wait_for("/online-rate", within, |r| {
+            r["online"].as_u64() >= Some(3) && r["intact"].as_u64() < r["online"].as_u64()
+        })
+        .await;
+    assert!(r["intact_rate"].as_f64() < r["rate"].as_f64(), "{r}");
     gw.shutdown().await;
 }

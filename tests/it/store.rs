@@ -191,7 +191,7 @@ async fn rate_samples(db: Db) {
     let x = reg.read().device("x").expect("x").key as usize;
     let mut states = vec![0u8; 2];
     states[x] = State::Online as u8;
-    let rollup = index.rollup(&states, 3_600_000);
+    let rollup = index.rollup(&states, &Default::default(), 3_600_000);
     let rows = insert_samples(&db.pool, 3_600_000, &index, &rollup).await.expect("insert");
     assert_eq!(rows, 4, "gateway all+camera, org d all+camera");
     // Sampling the same instant twice (a restart at the hour) replaces, not duplicates.

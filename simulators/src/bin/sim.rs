@@ -12,6 +12,7 @@
 //! `vigil-sim community --broker 127.0.0.1:1884 live --communities 4 --devices-per 12 --rate 5`
 //! `vigil-sim community burst --count 100000` / `replay --count 50000` (MQTT load)
 //! `vigil-sim checkpoint --server http://127.0.0.1:9100 live` / `bench --faces 10000`
+//! `vigil-sim rtsp-camera --listen 127.0.0.1:8554` (paths /live/N, /stall/N, /black/N, ...)
 #![allow(clippy::disallowed_methods)] // a load driver measures real time
 
 use std::collections::HashMap;
@@ -34,6 +35,8 @@ enum Sim {
     Community(vigil_simulators::community::Args),
     /// GA/T 1400 checkpoint cameras pushing faces and vehicles.
     Checkpoint(vigil_simulators::checkpoint::Args),
+    /// Many synthetic RTSP cameras (H.264 over TCP), healthy or with a fault by path.
+    RtspCamera(vigil_simulators::rtsp_camera::Args),
 }
 
 #[derive(clap::Args)]
@@ -662,6 +665,7 @@ async fn main() -> Result<()> {
         Sim::GbDevice(args) => args,
         Sim::Community(args) => return vigil_simulators::community::run(args).await,
         Sim::Checkpoint(args) => return vigil_simulators::checkpoint::run(args).await,
+        Sim::RtspCamera(args) => return vigil_simulators::rtsp_camera::run(args).await,
     };
     if !args.server.ip().is_loopback() {
         bail!("this load driver only targets loopback addresses");

@@ -110,7 +110,8 @@ impl Failure {
             Failure::Status { code: 401 | 403, .. } => StreamState::AuthFailed,
             Failure::Status { code: 404, .. } => StreamState::NotFound,
             Failure::Status { code: 453 | 503, .. } => StreamState::SessionLimit,
-            Failure::Status { code: 415 | 461, .. } | Failure::BadMedia(_) => StreamState::BadMedia,
+            // A 2xx "error" is a success whose body retina could not use (an SDP that is not one).
+            Failure::Status { code: 200..=299 | 415 | 461, .. } | Failure::BadMedia(_) => StreamState::BadMedia,
             Failure::Refused(_) => StreamState::Refused,
             Failure::Stalled { .. } => StreamState::Stalled,
             _ => StreamState::Backoff,

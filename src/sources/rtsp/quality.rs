@@ -3,8 +3,8 @@
 //! baseline, publishes it in the stream's health and in the impaired set the intact rate
 //! reads, and raises (and clears) an `alarm` event with the scores when a fault persists.
 //!
-//! Started by the pull task at most once per `rtsp.diagnosis_every`, never twice at once
-//! for a camera, and skipped when the pool is busy (the next keyframe tries again).
+//! Started by the pull task at most once per `rtsp.diagnosis_every` and never twice at once
+//! for a camera; it waits its turn on the decode pool.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -48,16 +48,17 @@ pub async fn diagnose(ctx: Arc<Context>, job: Job) {
         busy.store(false, Ordering::Release);
         return;
     };
-    let scored = ctx.pool.try_run(move || score_keyframes(&latest, previous.as_ref())).await;
+    // Waits for a decode thread: each camera has at most one job queued (`busy`), so the
+    // queue is bounded by the number of cameras and every camera gets its turn.
+    let scored = ctx.pool.run(move || score_keyframes(&latest, previous.as_ref())).await;
     busy.store(false, Ordering::Release);
     let scores = match scored {
-        None => return, // the pool is busy: the next keyframe tries again
-        Some(Err(e)) | Some(Ok(Err(e))) => {
+        Err(e) | Ok(Err(e)) => {
             debug!(camera = %cam.id, error = %e, "Diagnosis could not decode the keyframe.");
             ctx.shared.metrics.rtsp_diagnoses.with_label_values(&["undecodable"]).inc();
             return;
         }
-        Some(Ok(Ok(s))) => s,
+        Ok(Ok(s)) => s,
     };
     let at = now_ms();
     let (faults, verdict, consecutive_bad, alarmed, baseline_ready) = {

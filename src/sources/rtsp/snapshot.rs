@@ -178,7 +178,7 @@ pub fn planes(picture: &Picture, width: u32) -> Result<Planes, Error> {
 }
 
 /// The bounded blocking pool decoding runs on: at most `threads` decodes at once; callers
-/// beyond that wait (snapshots) or skip (diagnosis, via `try_run`).
+/// beyond that wait their turn.
 #[derive(Clone)]
 pub struct Pool {
     permits: Arc<tokio::sync::Semaphore>,
@@ -199,23 +199,6 @@ impl Pool {
         })
         .await
         .map_err(|_| Error::PoolClosed)
-    }
-
-    /// Runs `job` only when a permit is free now; `None` when the pool is busy.
-    pub async fn try_run<T: Send + 'static>(
-        &self,
-        job: impl FnOnce() -> T + Send + 'static,
-    ) -> Option<Result<T, Error>> {
-        let permit = self.permits.clone().try_acquire_owned().ok()?;
-        Some(
-            tokio::task::spawn_blocking(move || {
-                let out = job();
-                drop(permit);
-                out
-            })
-            .await
-            .map_err(|_| Error::PoolClosed),
-        )
     }
 }
 

@@ -76,3 +76,50 @@ pub fn ffprobe(path: &std::path::Path) -> String {
         .expect("ffprobe (ffmpeg package)");
     String::from_utf8_lossy(&out.stdout).trim().to_owned()
 }
+
+/// `vigil-sim rtsp-camera` (built by `make test` beside the test binary): many synthetic
+/// H.264 cameras with fault modes by path (`/live/N`, `/stall/N`, `/black/N`, ...).
+pub struct SimCameras {
+    child: Child,
+    /// `rtsp://127.0.0.1:PORT`.
+    pub base: String,
+}
+
+impl SimCameras {
+    pub fn start(extra: &[&str]) -> Self {
+        let exe = std::env::current_exe().expect("test binary path");
+        let dir = exe.parent().and_then(|d| d.parent()).expect("target dir");
+        let sim = dir.join("vigil-sim");
+        assert!(
+            sim.is_file(),
+            "{} is missing: run `make test` (or cargo build -p vigil-simulators --bin vigil-sim)",
+            sim.display()
+        );
+        let clips = dir.join("sim-clips");
+        let mut child = Command::new(sim)
+            .args(["rtsp-camera", "--listen", "127.0.0.1:0", "--clips"])
+            .arg(&clips)
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start vigil-sim rtsp-camera");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line).expect("the simulator prints its address");
+        let base = line.trim().to_owned();
+        assert!(base.starts_with("rtsp://127.0.0.1:"), "vigil-sim rtsp-camera did not start: {base:?}");
+        SimCameras { child, base }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}/{path}", self.base)
+    }
+}
+
+impl Drop for SimCameras {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
