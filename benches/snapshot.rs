@@ -18,7 +18,7 @@ fn keyframe(codec: &str, size: &str) -> Vec<u8> {
     let (enc, fmt) = if codec == "h265" { ("libx265", "hevc") } else { ("libx264", "h264") };
     let ok = Command::new("ffmpeg")
         .args(["-v", "error", "-y", "-f", "lavfi", "-i", &format!("testsrc2=size={size}:rate=25"), "-frames:v", "1"])
-        .args(["-c:v", enc, "-pix_fmt", "yuv420p", "-b:v", "4M", "-f", fmt])
+        .args(["-c:v", enc, "-pix_fmt", "yuv420p", "-b:v", "4M", "-x265-params", "log-level=error", "-f", fmt])
         .arg(&out)
         .status()
         .map(|s| s.success())

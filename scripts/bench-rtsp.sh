@@ -25,7 +25,7 @@ TCK=$(getconf CLK_TCK)
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 rss_kb() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
 metric() { curl -sf "http://127.0.0.1:$HTTP/metrics" | awk -v m="$1" '$1 == m {print $2}'; }
-api() { curl -sf -H 'Authorization: Bearer bench' "http://127.0.0.1:$HTTP/api/v1$1"; }
+api() { curl -sf -H 'Authorization: Bearer bench-admin-token' "http://127.0.0.1:$HTTP/api/v1$1"; }
 
 $BIN/vigil-sim rtsp-camera --listen 127.0.0.1:$RTSP --clips target/sim-clips --stall-after 2 > "$WORK/sim.out" 2> "$WORK/sim.log" &
 echo $! > "$WORK/sim.pid"
@@ -37,7 +37,7 @@ start_vigil() { # $1: log file
 data_dir = "$WORK/data-$RANDOM"
 [http]
 listen = "127.0.0.1:$HTTP"
-tokens = [ { token = "bench", role = "admin" } ]
+tokens = [ { token = "bench-admin-token", role = "admin" } ]
 [gb28181]
 enabled = false
 [gat1400]
@@ -56,7 +56,7 @@ stop_vigil() { kill "$(cat "$WORK/vigil.pid")"; wait "$(cat "$WORK/vigil.pid")" 
 import() { # $1: path prefix (live, stall), $2: count
   { echo "id,name,kind,protocol,org_id,rtsp_url,profile"
     for i in $(seq 1 "$2"); do echo "cam-$i,cam $i,camera,rtsp,,rtsp://127.0.0.1:$RTSP/$1/$i,"; done
-  } | curl -sf -X POST -H 'Authorization: Bearer bench' -H 'Content-Type: text/csv' --data-binary @- \
+  } | curl -sf -X POST -H 'Authorization: Bearer bench-admin-token' -H 'Content-Type: text/csv' --data-binary @- \
       "http://127.0.0.1:$HTTP/api/v1/devices/import" > /dev/null
 }
 wait_playing() { # $1: count

@@ -263,6 +263,7 @@ pub async fn start(config: Config) -> Result<Running, Error> {
 
     let streams = if config.rtsp.enabled {
         crate::sources::rtsp::spawn(&config.rtsp, shared.clone(), impaired.clone(), sources_cancel.clone(), &tracker)
+            .map_err(|e| Error::Config(format!("cannot start the RTSP threads: {e}")))?
     } else {
         crate::sources::rtsp::StreamBoard::empty()
     };

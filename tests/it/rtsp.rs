@@ -93,7 +93,7 @@ async fn a_gst_camera_over_tcp_with_digest_plays_snapshots_stalls_and_recovers()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn h265_over_udp_with_basic_auth_added_through_the_api() {
     let cam = GstCamera::start("basic", "h265");
-    let gw = TestGateway::start(Db::Sqlite, "[rtsp]\ntransport = \"udp\"\n").await;
+    let gw = TestGateway::start(Db::Sqlite, "[rtsp]\ntransport = \"udp\"\ndiagnosis_every = \"1s\"\n").await;
     let (s, v) = gw
         .api
         .post(
@@ -103,6 +103,14 @@ async fn h265_over_udp_with_basic_auth_added_through_the_api() {
         .await;
     assert_eq!(s, 201, "{v}");
     let v = gw.api.wait_for("/devices/cam-h265/stream", Duration::from_secs(20), |v| v["state"] == "playing").await;
+    // Diagnosis decodes H.265 keyframes too.
+    let q = gw
+        .api
+        .wait_for("/devices/cam-h265/stream", Duration::from_secs(15), |v| {
+            v["quality"]["scores"]["sharpness"].as_f64() > Some(0.0)
+        })
+        .await;
+    assert_eq!(q["quality"]["faults"], json!([]), "{q}");
     assert_eq!(
         (v["codec"].as_str(), v["transport"].as_str(), v["width"].as_u64()),
         (Some("h265"), Some("udp"), Some(640)),
@@ -167,7 +175,7 @@ async fn a_wrong_password_is_auth_failed_and_not_hammered_and_a_fixed_url_plays(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn simulated_cameras_show_each_fault_as_its_own_state() {
     let sim = SimCameras::start(&["--stall-after", "2", "--slow", "8"]);
-    let extra = "[rtsp]\ndiagnosis_every = \"1s\"\ndiagnosis_alarm_after = 2\nconnect_timeout = \"2s\"\nbackoff_min = \"300ms\"\nbackoff_max = \"2s\"\n";
+    let extra = "[assessment]\nsample_every = \"10s\"\n\n[rtsp]\ndiagnosis_every = \"1s\"\ndiagnosis_alarm_after = 2\nconnect_timeout = \"2s\"\nbackoff_min = \"300ms\"\nbackoff_max = \"2s\"\n";
     let gw = TestGateway::start(Db::Sqlite, extra).await;
     let closed = format!("rtsp://127.0.0.1:{}/live/1", crate::support::free_port());
     let cams = [
@@ -244,5 +252,14 @@ async fn simulated_cameras_show_each_fault_as_its_own_state() {
         })
         .await;
     assert!(r["intact_rate"].as_f64() < r["rate"].as_f64(), "{r}");
+    // ... and so does the daily report, from the samples (one every 10 s here).
+    let report = gw
+        .api
+        .wait_for("/reports/online/daily", Duration::from_secs(25), |r| {
+            r["rows"].as_array().and_then(|rows| rows.first()).is_some_and(|row| row["samples"].as_u64() >= Some(1))
+        })
+        .await;
+    let row = &report["rows"][0];
+    assert!(row["sampled_intact_rate"].as_f64() < row["sampled_rate"].as_f64(), "{row}");
     gw.shutdown().await;
 }

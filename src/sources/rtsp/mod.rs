@@ -207,16 +207,69 @@ fn percent_decode(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-/// Starts the supervisor. Returns the board the API reads.
+/// How often a pull thread without cameras turns its runtime.
+const IDLE_BEAT: Duration = Duration::from_millis(200);
+
+/// The threads pulls run on: each a current-thread tokio runtime driving its share of the
+/// cameras. Frames arrive 25 times a second per camera; on one thread a wake-up is a poll, not
+/// a hand-off between worker threads (which cost more than the frame itself: measured in
+/// BENCHMARKS.md). A pull lives on the shard its camera id hashes to.
+struct Shards {
+    handles: Vec<tokio::runtime::Handle>,
+    trackers: Vec<TaskTracker>,
+}
+
+impl Shards {
+    fn start(n: usize, cancel: &CancellationToken) -> std::io::Result<Shards> {
+        let mut handles = Vec::with_capacity(n);
+        let mut trackers = Vec::with_capacity(n);
+        for i in 0..n.max(1) {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            let tracker = TaskTracker::new();
+            handles.push(rt.handle().clone());
+            trackers.push(tracker.clone());
+            let cancel = cancel.clone();
+            std::thread::Builder::new().name(format!("vigil-rtsp-{i}")).spawn(move || {
+                // The runtime is driven in short turns on the `pull::POLL` beat and the thread
+                // sleeps between them: packets arriving meanwhile wait in the socket buffers
+                // instead of waking the thread once each (one wake-up per beat for all the
+                // cameras of this thread, not one per packet; see BENCHMARKS.md).
+                while !cancel.is_cancelled() {
+                    rt.block_on(async { tokio::time::sleep(Duration::from_millis(1)).await });
+                    // A thread with no camera looks for new ones less often.
+                    std::thread::sleep(if tracker.is_empty() { IDLE_BEAT } else { pull::POLL });
+                }
+                // Let the pulls end (and retina send their TEARDOWNs) before the runtime
+                // drops whatever is left.
+                tracker.close();
+                rt.block_on(async move {
+                    let _ = tokio::time::timeout(Duration::from_secs(3), tracker.wait()).await;
+                });
+            })?;
+        }
+        Ok(Shards { handles, trackers })
+    }
+
+    fn spawn(&self, id: &str, app: &TaskTracker, fut: impl std::future::Future<Output = ()> + Send + 'static) {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        id.hash(&mut h);
+        let i = (h.finish() % self.handles.len() as u64) as usize;
+        self.handles[i].spawn(app.track_future(self.trackers[i].track_future(fut)));
+    }
+}
+
+/// Starts the supervisor and the pull threads. Returns the board the API reads.
 pub fn spawn(
     config: &crate::config::Rtsp,
     shared: super::Shared,
     impaired: Impaired,
     cancel: CancellationToken,
     tracker: &TaskTracker,
-) -> StreamBoard {
+) -> std::io::Result<StreamBoard> {
     let settings = Settings::from_config(config);
     let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2).div_ceil(2);
+    let shards = Shards::start(config.threads, &cancel)?;
     let ctx = Arc::new(Context {
         connecting: Arc::new(tokio::sync::Semaphore::new(settings.max_connecting)),
         settings,
@@ -228,13 +281,19 @@ pub fn spawn(
     let board = StreamBoard { streams: Arc::default(), ctx: Some(ctx.clone()) };
     let sup_board = board.clone();
     let sup_tracker = tracker.clone();
-    tracker.spawn(async move { supervise(ctx, sup_board, cancel, sup_tracker).await });
-    board
+    tracker.spawn(async move { supervise(ctx, sup_board, shards, cancel, sup_tracker).await });
+    Ok(board)
 }
 
 /// Reconciles pulls with the registry once a second (when it changed), and refreshes the
 /// stream-state gauges.
-async fn supervise(ctx: Arc<Context>, board: StreamBoard, cancel: CancellationToken, tracker: TaskTracker) {
+async fn supervise(
+    ctx: Arc<Context>,
+    board: StreamBoard,
+    shards: Shards,
+    cancel: CancellationToken,
+    tracker: TaskTracker,
+) {
     let mut running: HashMap<String, Running> = HashMap::new();
     let mut seen_generation = None;
     let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -247,7 +306,7 @@ async fn supervise(ctx: Arc<Context>, board: StreamBoard, cancel: CancellationTo
         let generation = ctx.shared.registry.read().generation();
         if seen_generation != Some(generation) {
             seen_generation = Some(generation);
-            reconcile(&ctx, &board, &mut running, &cancel, &tracker);
+            reconcile(&ctx, &board, &shards, &mut running, &cancel, &tracker);
         }
         publish_gauges(&ctx, &board);
     }
@@ -265,6 +324,7 @@ async fn supervise(ctx: Arc<Context>, board: StreamBoard, cancel: CancellationTo
 fn reconcile(
     ctx: &Arc<Context>,
     board: &StreamBoard,
+    shards: &Shards,
     running: &mut HashMap<String, Running>,
     cancel: &CancellationToken,
     tracker: &TaskTracker,
@@ -333,7 +393,11 @@ fn reconcile(
             udp: ctx.settings.udp,
         };
         let child = cancel.child_token();
-        tracker.spawn(pull::run(camera, ctx.clone(), health, crate::backoff::uniform(window), child.clone()));
+        shards.spawn(
+            &id,
+            tracker,
+            pull::run(camera, ctx.clone(), health, crate::backoff::uniform(window), child.clone()),
+        );
         running.insert(id, Running { key, spec, cancel: child });
         started += 1;
     }

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 use retina::client::{
     Credentials, PlayOptions, Session, SessionGroup, SessionOptions, SetupOptions, TcpTransportOptions, TeardownPolicy,
     Transport, UdpTransportOptions,
@@ -46,8 +46,8 @@ pub struct Camera {
 
 /// The stall deadline never goes below this, however fast the camera.
 const STALL_FLOOR: Duration = Duration::from_secs(2);
-/// How often the frame loop checks its deadline (the stall latency's granularity).
-const TICK: Duration = Duration::from_millis(250);
+/// The beat pulls read their sockets on (and check their stall deadline).
+pub const POLL: Duration = Duration::from_millis(25);
 /// How often a playing stream renews its presence and flushes its counters.
 const RENEW: Duration = Duration::from_secs(1);
 /// A wrong password or a missing path is retried no sooner than this (a few tries a minute
@@ -232,6 +232,16 @@ pub async fn run(cam: Camera, ctx: Arc<Context>, health: Arc<Health>, stagger: D
     debug!(camera = %cam.id, "RTSP pull stopped.");
 }
 
+/// The next instant on the process-wide `POLL` grid, so every pull of a thread wakes together.
+fn on_grid(now: Instant) -> Instant {
+    static BASE: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    let base = *BASE.get_or_init(|| now);
+    let period = POLL.as_nanos();
+    let since = now.saturating_duration_since(base).as_nanos();
+    let next = since.div_ceil(period) * period;
+    base + Duration::from_nanos(u64::try_from(next).unwrap_or(u64::MAX))
+}
+
 /// Runs `fut` under the named deadline.
 async fn step<T>(
     name: &'static str,
@@ -299,32 +309,50 @@ async fn run_once(
     health.drop_keyframes();
 
     let mut permit = Some(permit);
-    let mut tick = tokio::time::interval(TICK);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Frames are read on a shared beat, not as each arrives: every pull of a thread wakes on
+    // the same `POLL` grid and drains whatever its socket holds, so 500 cameras cost one
+    // wake-up per beat instead of 12,500 a second (BENCHMARKS.md). Health is unchanged:
+    // rates and intervals are averages, and the stall deadline is seconds.
+    let mut tick = tokio::time::interval_at(on_grid(Instant::now()), POLL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let cancelled = cancel.cancelled();
+    tokio::pin!(cancelled);
+    let mut draining = false;
     let mut last_renew: Option<Instant> = None;
     let mut last_diag: Option<Instant> = None;
     let diag_busy = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let (mut frames, mut bytes) = (0u64, 0u64);
     let metrics = &ctx.shared.metrics;
     let ended = loop {
-        let item = tokio::select! {
-            item = demuxed.next() => item,
-            _ = tick.tick() => {
-                let limit = health.stall_timeout(STALL_FLOOR, s.stall_timeout);
-                let since = health.last_frame().unwrap_or(started);
-                let quiet = since.elapsed();
-                if quiet > limit {
-                    break if permit.is_some() {
-                        Failure::Timeout { step: "first frame", after: limit }
-                    } else {
-                        Failure::Stalled { after: quiet }
-                    };
+        let item = if draining {
+            match demuxed.next().now_or_never() {
+                Some(item) => item,
+                None => {
+                    // Drained: is the stream quiet for too long?
+                    draining = false;
+                    let limit = health.stall_timeout(STALL_FLOOR, s.stall_timeout);
+                    let quiet = health.last_frame().unwrap_or(started).elapsed();
+                    if quiet > limit {
+                        break if permit.is_some() {
+                            Failure::Timeout { step: "first frame", after: limit }
+                        } else {
+                            Failure::Stalled { after: quiet }
+                        };
+                    }
+                    continue;
                 }
-                continue;
             }
-            _ = cancel.cancelled() => {
-                flush(metrics, &mut frames, &mut bytes);
-                return Ended::Shutdown;
+        } else {
+            tokio::select! {
+                biased;
+                _ = &mut cancelled => {
+                    flush(metrics, &mut frames, &mut bytes);
+                    return Ended::Shutdown;
+                }
+                _ = tick.tick() => {
+                    draining = true;
+                    continue;
+                }
             }
         };
         let frame = match item {
@@ -367,7 +395,7 @@ async fn run_once(
         if last_renew.is_none_or(|t| now.duration_since(t) >= RENEW) {
             last_renew = Some(now);
             flush(metrics, &mut frames, &mut bytes);
-            let window = health.stall_timeout(STALL_FLOOR, s.stall_timeout) + RENEW + TICK;
+            let window = health.stall_timeout(STALL_FLOOR, s.stall_timeout) + RENEW + POLL;
             let obs = Observation {
                 device: cam.key,
                 at: now_ms(),
