@@ -59,7 +59,7 @@ pub enum Stored {
 }
 
 struct Submit {
-    event: Event,
+    row: store::Row,
     done: oneshot::Sender<Result<Stored, Error>>,
 }
 
@@ -74,7 +74,9 @@ impl EventLog {
     /// Queues `event` and waits until it is committed (or found to be a duplicate).
     pub async fn submit(&self, event: Event) -> Result<Stored, Error> {
         let (done, rx) = oneshot::channel();
-        self.tx.send(Submit { event, done }).await.map_err(|_| Error::Closed)?;
+        // Serialized here, on the submitter's task, so the one writer only binds.
+        let row = store::Row::new(event);
+        self.tx.send(Submit { row, done }).await.map_err(|_| Error::Closed)?;
         rx.await.map_err(|_| Error::Closed)?
     }
 
@@ -122,7 +124,7 @@ async fn writer(db: Db, mut rx: mpsc::Receiver<Submit>, metrics: Metrics, cancel
 
 /// Writes one batch and answers its submitters.
 async fn commit(db: &Db, batch: &mut Vec<Submit>, metrics: &Metrics) {
-    let events: Vec<&Event> = batch.iter().map(|s| &s.event).collect();
+    let events: Vec<&store::Row> = batch.iter().map(|s| &s.row).collect();
     let mut result = store::insert(db, &events).await;
     let mut attempt = 1;
     while let Err(e) = &result {
@@ -137,8 +139,9 @@ async fn commit(db: &Db, batch: &mut Vec<Submit>, metrics: &Metrics) {
     match result {
         Ok(new_keys) => {
             for s in batch.drain(..) {
-                let stored = if new_keys.contains(&s.event.dedup_key) {
-                    metrics.events.with_label_values(&[s.event.kind().as_str(), s.event.source.as_str()]).inc();
+                let e = &s.row.event;
+                let stored = if new_keys.contains(&e.dedup_key) {
+                    metrics.events.with_label_values(&[e.kind().as_str(), e.source.as_str()]).inc();
                     Stored::New
                 } else {
                     Stored::Duplicate

@@ -1,8 +1,8 @@
-//! The `events` table: batch insert (one JSON parameter, duplicates skipped by `dedup_key`),
-//! and reads for the API. The whole event is kept as JSON in `body`; the columns beside it
+//! The `events` table: batch insert (bound multi-row `INSERT`s, duplicates skipped by
+//! `dedup_key`), and reads for the API. The whole event is kept as JSON in `body`; the columns beside it
 //! are what queries filter on.
 
-use sqlx::Row;
+use sqlx::Row as _;
 
 use super::Error;
 use crate::clock::Millis;
@@ -23,43 +23,65 @@ pub struct Filter {
     pub limit: usize,
 }
 
-/// Inserts a batch in one transaction; returns the dedup keys that were new.
-pub async fn insert(db: &Db, events: &[&Event]) -> Result<std::collections::HashSet<String>, sqlx::Error> {
-    let rows: Vec<serde_json::Value> = events
-        .iter()
-        .map(|e| {
-            serde_json::json!([
-                e.id,
-                e.dedup_key,
-                e.kind().as_str(),
-                e.source,
-                e.device_id,
-                e.org_id,
-                e.occurred_at,
-                e.received_at,
-                serde_json::to_string(e).unwrap_or_default(),
-            ])
-        })
-        .collect();
-    let rows = serde_json::Value::Array(rows).to_string();
-    let (values, from) = match db.backend {
-        Backend::Sqlite => (
-            "value ->> 0, value ->> 1, value ->> 2, value ->> 3, value ->> 4, value ->> 5, value ->> 6, value ->> 7, value ->> 8",
-            "json_each($1) WHERE true",
-        ),
-        Backend::Postgres => (
-            "e ->> 0, e ->> 1, e ->> 2, e ->> 3, e ->> 4, e ->> 5, (e ->> 6)::bigint, (e ->> 7)::bigint, e ->> 8",
-            "json_array_elements($1::json) WITH ORDINALITY AS t(e, n) ORDER BY n",
-        ),
-    };
-    let sql = format!(
-        "INSERT INTO events (id, dedup_key, kind, source, device_id, org_id, occurred_at, received_at, body) \
-         SELECT {values} FROM {from} ON CONFLICT DO NOTHING RETURNING dedup_key"
-    );
+/// An event ready for the writer: the row's columns, with the body already serialized by
+/// the submitter (so the one writer only binds).
+pub struct Row {
+    pub event: Event,
+    pub body: String,
+}
+
+impl Row {
+    pub fn new(event: Event) -> Row {
+        let body = serde_json::to_string(&event).unwrap_or_default();
+        Row { event, body }
+    }
+}
+
+/// Columns per row, and rows per statement (SQLite allows 32,766 parameters).
+const COLUMNS: usize = 9;
+const ROWS_PER_STATEMENT: usize = 1000;
+
+/// Inserts a batch in one transaction (multi-row `INSERT` with bound values, duplicates
+/// skipped by `dedup_key`); returns the dedup keys that were new.
+pub async fn insert(db: &Db, rows: &[&Row]) -> Result<std::collections::HashSet<String>, sqlx::Error> {
+    let mut new = std::collections::HashSet::with_capacity(rows.len());
     let mut tx = db.pool.begin().await?;
-    let new: Vec<String> = sqlx::query_scalar(&sql).bind(rows).fetch_all(&mut *tx).await?;
+    for chunk in rows.chunks(ROWS_PER_STATEMENT) {
+        let mut sql = String::with_capacity(128 + chunk.len() * 40);
+        sql.push_str("INSERT INTO events (id, dedup_key, kind, source, device_id, org_id, occurred_at, received_at, body) VALUES ");
+        for i in 0..chunk.len() {
+            if i > 0 {
+                sql.push(',');
+            }
+            sql.push('(');
+            for c in 0..COLUMNS {
+                if c > 0 {
+                    sql.push(',');
+                }
+                sql.push('$');
+                sql.push_str(&(i * COLUMNS + c + 1).to_string());
+            }
+            sql.push(')');
+        }
+        sql.push_str(" ON CONFLICT DO NOTHING RETURNING dedup_key");
+        let mut q = sqlx::query_scalar::<_, String>(&sql);
+        for r in chunk {
+            let e = &r.event;
+            q = q
+                .bind(e.id.as_str())
+                .bind(e.dedup_key.as_str())
+                .bind(e.kind().as_str())
+                .bind(e.source.as_str())
+                .bind(e.device_id.as_str())
+                .bind(e.org_id.as_deref())
+                .bind(e.occurred_at)
+                .bind(e.received_at)
+                .bind(r.body.as_str());
+        }
+        new.extend(q.fetch_all(&mut *tx).await?);
+    }
     tx.commit().await?;
-    Ok(new.into_iter().collect())
+    Ok(new)
 }
 
 fn decode(body: &str) -> Result<Event, Error> {

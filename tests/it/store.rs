@@ -315,13 +315,14 @@ async fn event_log(db: Db) {
         media: vec![],
         body: EventBody::Alarm(AlarmBody { description: format!("告警 {n}"), ..Default::default() }),
     };
-    let batch: Vec<Event> = (1..=6).map(|n| alarm(n, &format!("k{n}"))).collect();
-    let refs: Vec<&Event> = batch.iter().collect();
+    use vigil::events::store::Row;
+    let batch: Vec<Row> = (1..=6).map(|n| Row::new(alarm(n, &format!("k{n}")))).collect();
+    let refs: Vec<&Row> = batch.iter().collect();
     let new = vigil::events::store::insert(&db, &refs).await.expect("insert");
     assert_eq!(new.len(), 6);
     // The same records again (new ids, same dedup keys) and one new: only the new one is written.
-    let again: Vec<Event> = vec![alarm(1, "k1"), alarm(7, "k7"), alarm(7, "k7")];
-    let refs: Vec<&Event> = again.iter().collect();
+    let again: Vec<Row> = vec![Row::new(alarm(1, "k1")), Row::new(alarm(7, "k7")), Row::new(alarm(7, "k7"))];
+    let refs: Vec<&Row> = again.iter().collect();
     let new = vigil::events::store::insert(&db, &refs).await.expect("insert again");
     assert_eq!(new.into_iter().collect::<Vec<_>>(), vec!["k7".to_owned()]);
 

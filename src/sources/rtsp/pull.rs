@@ -56,6 +56,9 @@ const AUTH_MIN: Duration = Duration::from_secs(30);
 const AUTH_CAP: Duration = Duration::from_secs(600);
 /// A 453/503 (the camera's session limit) waits at least this.
 const SESSION_LIMIT_MIN: Duration = Duration::from_secs(5);
+/// Keyframes larger than this are counted but not kept for snapshots and diagnosis (a 4K
+/// H.265 keyframe is well under it; two are kept per camera).
+const MAX_KEYFRAME: usize = 4 << 20;
 /// Immediate restarts (timestamp jumps, depacketization errors) allowed per minute before
 /// they are paced like any other failure.
 const QUICK_RESTARTS_PER_MIN: usize = 3;
@@ -368,7 +371,7 @@ async fn run_once(
         }
         let loss = frame.loss();
         let len = frame.data().len();
-        let key = if frame.is_random_access_point() {
+        let key = if frame.is_random_access_point() && len <= MAX_KEYFRAME {
             let pts = frame.timestamp().timestamp();
             Some(Keyframe { codec, data: Arc::from(frame.into_data()), pts, received: now, seq: 0 })
         } else {

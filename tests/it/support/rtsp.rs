@@ -5,6 +5,17 @@
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 
+/// Starts a server that prints its `rtsp://127.0.0.1:PORT...` URL as its first line.
+fn start_printing_url(mut cmd: Command, what: &str) -> (Child, String) {
+    let mut child = cmd.stdout(Stdio::piped()).spawn().unwrap_or_else(|e| panic!("start {what}: {e}"));
+    let stdout = child.stdout.take().expect("stdout");
+    let mut line = String::new();
+    BufReader::new(stdout).read_line(&mut line).unwrap_or_else(|e| panic!("{what} prints its URL: {e}"));
+    let url = line.trim().to_owned();
+    assert!(url.starts_with("rtsp://127.0.0.1:"), "{what} did not start: {url:?}");
+    (child, url)
+}
+
 pub struct GstCamera {
     child: Child,
     /// `rtsp://127.0.0.1:PORT/cam1` (no credentials).
@@ -16,17 +27,9 @@ impl GstCamera {
     /// `auth`: none | basic | digest (admin / secret); `codec`: h264 | h265.
     pub fn start(auth: &str, codec: &str) -> Self {
         let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/peers/rtsp_server.py");
-        let mut child = Command::new("/usr/bin/python3")
-            .args([script, "--auth", auth, "--codec", codec])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start gst-rtsp-server (python3-gi): run scripts/install-deps.sh");
-        let stdout = child.stdout.take().expect("stdout");
-        let mut line = String::new();
-        BufReader::new(stdout).read_line(&mut line).expect("the camera prints its URL");
-        let url = line.trim().to_owned();
-        assert!(url.starts_with("rtsp://127.0.0.1:"), "gst-rtsp-server did not start: {url:?}");
+        let mut cmd = Command::new("/usr/bin/python3");
+        cmd.args([script, "--auth", auth, "--codec", codec]).stderr(Stdio::inherit());
+        let (child, url) = start_printing_url(cmd, "gst-rtsp-server (python3-gi: run scripts/install-deps.sh)");
         let port = url
             .trim_start_matches("rtsp://127.0.0.1:")
             .split('/')
@@ -96,19 +99,9 @@ impl SimCameras {
             sim.display()
         );
         let clips = dir.join("sim-clips");
-        let mut child = Command::new(sim)
-            .args(["rtsp-camera", "--listen", "127.0.0.1:0", "--clips"])
-            .arg(&clips)
-            .args(extra)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start vigil-sim rtsp-camera");
-        let stdout = child.stdout.take().expect("stdout");
-        let mut line = String::new();
-        BufReader::new(stdout).read_line(&mut line).expect("the simulator prints its address");
-        let base = line.trim().to_owned();
-        assert!(base.starts_with("rtsp://127.0.0.1:"), "vigil-sim rtsp-camera did not start: {base:?}");
+        let mut cmd = Command::new(sim);
+        cmd.args(["rtsp-camera", "--listen", "127.0.0.1:0", "--clips"]).arg(&clips).args(extra).stderr(Stdio::null());
+        let (child, base) = start_printing_url(cmd, "vigil-sim rtsp-camera");
         SimCameras { child, base }
     }
 
