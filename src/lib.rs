@@ -18,6 +18,7 @@ pub mod profiles;
 pub mod rate;
 pub mod registry;
 pub mod rejections;
+pub mod sinks;
 pub mod sources;
 pub mod telemetry;
 

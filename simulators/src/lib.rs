@@ -3,6 +3,7 @@
 
 pub mod checkpoint;
 pub mod community;
+pub mod platform;
 pub mod rtsp_camera;
 
 use std::time::Duration;

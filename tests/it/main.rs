@@ -10,6 +10,7 @@ mod gb28181;
 mod gb_fixtures;
 mod mqtt;
 mod outage;
+mod relay;
 mod restart;
 mod rtsp;
 mod store;

@@ -13,6 +13,7 @@
 //! `vigil-sim community burst --count 100000` / `replay --count 50000` (MQTT load)
 //! `vigil-sim checkpoint --server http://127.0.0.1:9100 live` / `bench --faces 10000`
 //! `vigil-sim rtsp-camera --listen 127.0.0.1:8554` (paths /live/N, /stall/N, /black/N, ...)
+//! `vigil-sim platform --listen 127.0.0.1:9101` (an upper GA/T 1400 view library)
 #![allow(clippy::disallowed_methods)] // a load driver measures real time
 
 use std::collections::HashMap;
@@ -37,6 +38,9 @@ enum Sim {
     Checkpoint(vigil_simulators::checkpoint::Args),
     /// Many synthetic RTSP cameras (H.264 over TCP), healthy or with a fault by path.
     RtspCamera(vigil_simulators::rtsp_camera::Args),
+    /// An upper GA/T 1400 view library that vigil's relay pushes to (digest registration,
+    /// per-object answers, counts of what arrived, faults on command).
+    Platform(vigil_simulators::platform::Args),
 }
 
 #[derive(clap::Args)]
@@ -666,6 +670,7 @@ async fn main() -> Result<()> {
         Sim::Community(args) => return vigil_simulators::community::run(args).await,
         Sim::Checkpoint(args) => return vigil_simulators::checkpoint::run(args).await,
         Sim::RtspCamera(args) => return vigil_simulators::rtsp_camera::run(args).await,
+        Sim::Platform(args) => return vigil_simulators::platform::run(args).await,
     };
     if !args.server.ip().is_loopback() {
         bail!("this load driver only targets loopback addresses");

@@ -4,6 +4,7 @@
 
 pub mod gateway;
 pub mod mqtt;
+pub mod platform;
 pub mod postgres;
 pub mod proxy;
 pub mod rtsp;
@@ -25,4 +26,16 @@ pub fn require_command(cmd: &str) -> std::path::PathBuf {
         }
     }
     panic!("{cmd} is not installed: run scripts/install-deps.sh (or make test, which does)");
+}
+
+/// `vigil-sim` beside the test binary (`make test` builds it before the tests).
+pub fn sim_binary() -> std::path::PathBuf {
+    let exe = std::env::current_exe().expect("test binary path");
+    let sim = exe.parent().and_then(|d| d.parent()).expect("target dir").join("vigil-sim");
+    assert!(
+        sim.is_file(),
+        "{} is missing: run `make test` (or cargo build -p vigil-simulators --bin vigil-sim)",
+        sim.display()
+    );
+    sim
 }

@@ -90,15 +90,8 @@ pub struct SimCameras {
 
 impl SimCameras {
     pub fn start(extra: &[&str]) -> Self {
-        let exe = std::env::current_exe().expect("test binary path");
-        let dir = exe.parent().and_then(|d| d.parent()).expect("target dir");
-        let sim = dir.join("vigil-sim");
-        assert!(
-            sim.is_file(),
-            "{} is missing: run `make test` (or cargo build -p vigil-simulators --bin vigil-sim)",
-            sim.display()
-        );
-        let clips = dir.join("sim-clips");
+        let sim = super::sim_binary();
+        let clips = sim.parent().map(|d| d.join("sim-clips")).expect("target dir");
         let mut cmd = Command::new(sim);
         cmd.args(["rtsp-camera", "--listen", "127.0.0.1:0", "--clips"]).arg(&clips).args(extra).stderr(Stdio::null());
         let (child, base) = start_printing_url(cmd, "vigil-sim rtsp-camera");
