@@ -91,6 +91,48 @@ fn seed_orgs(config: &Config) -> Vec<Org> {
         .collect()
 }
 
+/// The relay's routes and sinks from `[[upstreams]]`. GA/T 1400 upstreams take the kinds it
+/// has standard objects for; the other kinds and protocols are named in the log as not yet
+/// relayed.
+fn relay_plan(
+    config: &Config,
+    media: &crate::media::MediaStore,
+) -> Result<(crate::events::Relay, Vec<(String, crate::sinks::gat1400::Gat1400)>), Error> {
+    use crate::event::EventKind;
+    let tz = config.timezone();
+    let mut relay = crate::events::Relay::none(&config.gateway.id, tz);
+    let mut routes = Vec::new();
+    let mut sinks = Vec::new();
+    for u in &config.upstreams {
+        if u.protocol != "gat1400" {
+            warn!(upstream = %u.name, protocol = %u.protocol, "Relaying over this protocol is not built yet; the upstream is ignored.");
+            continue;
+        }
+        let wanted: Vec<EventKind> = if u.events.is_empty() {
+            EventKind::ALL.to_vec()
+        } else {
+            u.events.iter().filter_map(|k| EventKind::parse(k)).collect()
+        };
+        let kinds: Vec<EventKind> =
+            wanted.iter().copied().filter(|k| crate::sinks::gat1400::KINDS.contains(k)).collect();
+        let left: Vec<&str> = u
+            .events
+            .iter()
+            .map(String::as_str)
+            .filter(|k| EventKind::parse(k).is_none_or(|k| !kinds.contains(&k)))
+            .collect();
+        if !left.is_empty() {
+            warn!(upstream = %u.name, kinds = ?left, "GA/T 1400 has no standard object for these kinds; they are not relayed to this upstream yet.");
+        }
+        let sink = crate::sinks::gat1400::Gat1400::new(&u.url, &u.user_id, &u.password, media.clone(), tz)
+            .map_err(|e| Error::Config(format!("upstreams {}: {e}", u.name)))?;
+        routes.push((u.name.clone(), kinds));
+        sinks.push((u.name.clone(), sink));
+    }
+    relay.routes = Arc::new(crate::outbox::Routes(routes));
+    Ok((relay, sinks))
+}
+
 /// Starts everything; returns once the API listens.
 pub async fn start(config: Config) -> Result<Running, Error> {
     let started_at = now_ms();
@@ -191,7 +233,23 @@ pub async fn start(config: Config) -> Result<Running, Error> {
     rejections.persist(db.clone(), cancel.child_token(), &tracker);
     // The event writer stops after the sources (its token fires with the second step of
     // shutdown) and drains what they submitted.
-    let events = crate::events::spawn(db.clone(), metrics.clone(), cancel.child_token(), &tracker);
+    let max_image = crate::config::parse_bytes(&config.media.max_image).map_err(Error::Config)?;
+    let media = crate::media::MediaStore::new(&config.gateway.data_dir, max_image);
+    // The relay: which upstream takes which event (delivery rows are committed with the
+    // events), and a runner per upstream that delivers them.
+    let (relay, sinks) = relay_plan(&config, &media)?;
+    let events = crate::events::spawn(db.clone(), relay.clone(), metrics.clone(), cancel.child_token(), &tracker);
+    let mut targets = Vec::new();
+    for (name, sink) in sinks {
+        let status = Arc::new(std::sync::Mutex::new(crate::outbox::runner::TargetStatus {
+            name: name.clone(),
+            protocol: "gat1400".into(),
+            ..Default::default()
+        }));
+        targets.push(status.clone());
+        tracker.spawn(crate::outbox::runner::run(db.clone(), sink, status, relay.added.clone(), cancel.child_token()));
+        info!(upstream = %name, "Relaying to this upstream.");
+    }
     let sources_cancel = cancel.child_token();
     let gb_sessions = crate::sources::gb28181::SessionBoard::default();
     let sip_addr = if config.gb28181.enabled {
@@ -225,8 +283,6 @@ pub async fn start(config: Config) -> Result<Running, Error> {
     }
     let profiles = Arc::new(report.set);
     info!(profiles = profiles.profiles().len(), dir = %config.mqtt.profiles_dir.display(), "Device profiles loaded.");
-    let max_image = crate::config::parse_bytes(&config.media.max_image).map_err(Error::Config)?;
-    let media = crate::media::MediaStore::new(&config.gateway.data_dir, max_image);
     let shared = crate::sources::Shared {
         registry: registry.clone(),
         presence: handle.clone(),
@@ -293,6 +349,7 @@ pub async fn start(config: Config) -> Result<Running, Error> {
         media,
         profiles,
         streams,
+        relay_targets: Arc::new(targets),
     };
     let app = api::router(state);
     let http_cancel = CancellationToken::new();

@@ -13,6 +13,7 @@ pub mod event;
 pub mod events;
 pub mod ids;
 pub mod media;
+pub mod outbox;
 pub mod presence;
 pub mod profiles;
 pub mod rate;

@@ -62,6 +62,8 @@ pub struct AppState {
     pub profiles: Arc<crate::profiles::ProfileSet>,
     /// RTSP stream health and snapshots (read only).
     pub streams: crate::sources::rtsp::StreamBoard,
+    /// How each upstream's runner is doing (read only).
+    pub relay_targets: Arc<Vec<Arc<std::sync::Mutex<crate::outbox::runner::TargetStatus>>>>,
 }
 
 impl AppState {
@@ -71,6 +73,40 @@ impl AppState {
 }
 
 const DASHBOARD: &str = include_str!("assets/index.html");
+
+/// `GET /relay/targets`: per upstream, whether it is reachable, its backlog and the age of
+/// the oldest undelivered record, what was delivered and parked as dead, the last error.
+async fn relay_targets(State(state): State<AppState>) -> ApiResult<Json<serde_json::Value>> {
+    let now = now_ms();
+    let mut items = Vec::new();
+    for t in state.relay_targets.iter() {
+        let s = t.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let c = crate::outbox::store::counts(state.registry.db(), &s.name).await?;
+        let dead = crate::outbox::store::dead(state.registry.db(), &s.name, 20).await?;
+        let st = if s.connected {
+            "connected"
+        } else if s.last_error.is_some() {
+            "failing"
+        } else {
+            "starting"
+        };
+        items.push(serde_json::json!({
+            "name": s.name,
+            "protocol": s.protocol,
+            "state": st,
+            "backlog": c.pending,
+            "oldest_undelivered_age_s": c.oldest_pending_at.map(|t| (now - t).max(0) / 1000),
+            "delivered": c.delivered,
+            "dead": c.dead,
+            "failed": s.retried,
+            "last_error": s.last_error,
+            "last_error_at": s.last_error_at.map(|t| state.time(t)),
+            "last_delivery_at": s.last_delivery_at.map(|t| state.time(t)),
+            "recent_dead": dead.into_iter().map(|(seq, id, err)| serde_json::json!({"seq": seq, "object_id": id, "reason": err})).collect::<Vec<_>>(),
+        }));
+    }
+    Ok(Json(serde_json::json!({ "items": items })))
+}
 
 pub fn router(state: AppState) -> Router {
     let cfg = &state.config.http;
@@ -92,6 +128,7 @@ pub fn router(state: AppState) -> Router {
         .route("/events/{id}", get(events::get_one))
         .route("/images/{hash}", get(events::image))
         .route("/profiles", get(events::profiles))
+        .route("/relay/targets", get(relay_targets))
         .route("/online-rate", get(rate::current))
         .route("/online-rate/history", get(rate::history))
         .route("/reports/online/daily", get(rate::daily));

@@ -8,6 +8,7 @@
 
 pub mod store;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
@@ -63,11 +64,30 @@ struct Submit {
     done: oneshot::Sender<Result<Stored, Error>>,
 }
 
+/// Where stored events go next: the outbox routes, how events are named upstream, and the
+/// signal runners wait on.
+#[derive(Clone)]
+pub struct Relay {
+    pub routes: Arc<crate::outbox::Routes>,
+    pub gateway_id: Arc<str>,
+    pub tz: chrono_tz::Tz,
+    /// Woken after a commit that added delivery rows.
+    pub added: Arc<tokio::sync::Notify>,
+}
+
+impl Relay {
+    /// No upstreams: events are stored, nothing is routed.
+    pub fn none(gateway_id: &str, tz: chrono_tz::Tz) -> Relay {
+        Relay { routes: Arc::default(), gateway_id: Arc::from(gateway_id), tz, added: Arc::default() }
+    }
+}
+
 /// Submits and reads events. Cheap to clone.
 #[derive(Clone)]
 pub struct EventLog {
     tx: mpsc::Sender<Submit>,
     db: Db,
+    relay: Relay,
 }
 
 impl EventLog {
@@ -75,7 +95,8 @@ impl EventLog {
     pub async fn submit(&self, event: Event) -> Result<Stored, Error> {
         let (done, rx) = oneshot::channel();
         // Serialized here, on the submitter's task, so the one writer only binds.
-        let row = store::Row::new(event);
+        let object_id = crate::outbox::object_id(&event, &self.relay.gateway_id, &self.relay.tz);
+        let row = store::Row::new(event, object_id);
         self.tx.send(Submit { row, done }).await.map_err(|_| Error::Closed)?;
         rx.await.map_err(|_| Error::Closed)?
     }
@@ -91,13 +112,13 @@ impl EventLog {
 }
 
 /// Starts the writer. It drains what is queued after `cancel` before it stops.
-pub fn spawn(db: Db, metrics: Metrics, cancel: CancellationToken, tracker: &TaskTracker) -> EventLog {
+pub fn spawn(db: Db, relay: Relay, metrics: Metrics, cancel: CancellationToken, tracker: &TaskTracker) -> EventLog {
     let (tx, rx) = mpsc::channel(QUEUE);
-    tracker.spawn(writer(db.clone(), rx, metrics, cancel).instrument(tracing::info_span!("events")));
-    EventLog { tx, db }
+    tracker.spawn(writer(db.clone(), relay.clone(), rx, metrics, cancel).instrument(tracing::info_span!("events")));
+    EventLog { tx, db, relay }
 }
 
-async fn writer(db: Db, mut rx: mpsc::Receiver<Submit>, metrics: Metrics, cancel: CancellationToken) {
+async fn writer(db: Db, relay: Relay, mut rx: mpsc::Receiver<Submit>, metrics: Metrics, cancel: CancellationToken) {
     let mut batch: Vec<Submit> = Vec::with_capacity(BATCH);
     loop {
         let first = tokio::select! {
@@ -117,15 +138,15 @@ async fn writer(db: Db, mut rx: mpsc::Receiver<Submit>, metrics: Metrics, cancel
                 Err(_) => break,
             }
         }
-        commit(&db, &mut batch, &metrics).await;
+        commit(&db, &relay, &mut batch, &metrics).await;
     }
     info!("Event writer stopped.");
 }
 
 /// Writes one batch and answers its submitters.
-async fn commit(db: &Db, batch: &mut Vec<Submit>, metrics: &Metrics) {
+async fn commit(db: &Db, relay: &Relay, batch: &mut Vec<Submit>, metrics: &Metrics) {
     let events: Vec<&store::Row> = batch.iter().map(|s| &s.row).collect();
-    let mut result = store::insert(db, &events).await;
+    let mut result = store::insert(db, &events, &relay.routes, crate::clock::now_ms()).await;
     let mut attempt = 1;
     while let Err(e) = &result {
         if attempt >= ATTEMPTS {
@@ -134,10 +155,13 @@ async fn commit(db: &Db, batch: &mut Vec<Submit>, metrics: &Metrics) {
         warn!(error = %e, attempt, events = events.len(), "Cannot commit events; trying again.");
         tokio::time::sleep(Duration::from_millis(100 << attempt)).await;
         attempt += 1;
-        result = store::insert(db, &events).await;
+        result = store::insert(db, &events, &relay.routes, crate::clock::now_ms()).await;
     }
     match result {
         Ok(new_keys) => {
+            if !new_keys.is_empty() && !relay.routes.is_empty() {
+                relay.added.notify_waiters();
+            }
             for s in batch.drain(..) {
                 let e = &s.row.event;
                 let stored = if new_keys.contains(&e.dedup_key) {

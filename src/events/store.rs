@@ -28,27 +28,38 @@ pub struct Filter {
 pub struct Row {
     pub event: Event,
     pub body: String,
+    /// The 48-digit GA/T 1400 id upstream knows it by (faces and vehicles).
+    pub object_id: Option<String>,
 }
 
 impl Row {
-    pub fn new(event: Event) -> Row {
+    pub fn new(event: Event, object_id: Option<String>) -> Row {
         let body = serde_json::to_string(&event).unwrap_or_default();
-        Row { event, body }
+        Row { event, body, object_id }
     }
 }
 
 /// Columns per row, and rows per statement (SQLite allows 32,766 parameters).
-const COLUMNS: usize = 9;
+const COLUMNS: usize = 10;
 const ROWS_PER_STATEMENT: usize = 1000;
 
 /// Inserts a batch in one transaction (multi-row `INSERT` with bound values, duplicates
-/// skipped by `dedup_key`); returns the dedup keys that were new.
-pub async fn insert(db: &Db, rows: &[&Row]) -> Result<std::collections::HashSet<String>, sqlx::Error> {
+/// skipped by `dedup_key`) with the delivery rows of the new events to the targets in
+/// `routes`; returns the dedup keys that were new.
+pub async fn insert(
+    db: &Db,
+    rows: &[&Row],
+    routes: &crate::outbox::Routes,
+    now: Millis,
+) -> Result<std::collections::HashSet<String>, sqlx::Error> {
     let mut new = std::collections::HashSet::with_capacity(rows.len());
+    let mut routed: Vec<(i64, crate::event::EventKind)> = Vec::new();
     let mut tx = db.pool.begin().await?;
     for chunk in rows.chunks(ROWS_PER_STATEMENT) {
         let mut sql = String::with_capacity(128 + chunk.len() * 40);
-        sql.push_str("INSERT INTO events (id, dedup_key, kind, source, device_id, org_id, occurred_at, received_at, body) VALUES ");
+        sql.push_str(
+            "INSERT INTO events (id, dedup_key, kind, source, device_id, org_id, occurred_at, received_at, body, object_id) VALUES ",
+        );
         for i in 0..chunk.len() {
             if i > 0 {
                 sql.push(',');
@@ -63,8 +74,8 @@ pub async fn insert(db: &Db, rows: &[&Row]) -> Result<std::collections::HashSet<
             }
             sql.push(')');
         }
-        sql.push_str(" ON CONFLICT DO NOTHING RETURNING dedup_key");
-        let mut q = sqlx::query_scalar::<_, String>(&sql);
+        sql.push_str(" ON CONFLICT DO NOTHING RETURNING seq, dedup_key, kind");
+        let mut q = sqlx::query(&sql);
         for r in chunk {
             let e = &r.event;
             q = q
@@ -76,9 +87,20 @@ pub async fn insert(db: &Db, rows: &[&Row]) -> Result<std::collections::HashSet<
                 .bind(e.org_id.as_deref())
                 .bind(e.occurred_at)
                 .bind(e.received_at)
-                .bind(r.body.as_str());
+                .bind(r.body.as_str())
+                .bind(r.object_id.as_deref());
         }
-        new.extend(q.fetch_all(&mut *tx).await?);
+        for r in q.fetch_all(&mut *tx).await? {
+            let seq: i64 = r.try_get("seq")?;
+            let kind: String = r.try_get("kind")?;
+            if let Some(k) = crate::event::EventKind::parse(&kind) {
+                routed.push((seq, k));
+            }
+            new.insert(r.try_get("dedup_key")?);
+        }
+    }
+    if !routes.is_empty() {
+        crate::outbox::store::add(&mut tx, &routed, routes, now).await?;
     }
     tx.commit().await?;
     Ok(new)

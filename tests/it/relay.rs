@@ -63,3 +63,105 @@ async fn the_gat1400_client_registers_pushes_and_reads_each_object() {
     assert_eq!(client.push(Collection::Faces, vec![face(5)]).await.expect("push"), vec![Outcome::Delivered]);
     assert_eq!(platform.stats().await["unique"], 1);
 }
+
+/// A checkpoint face: our GA/T 1400 client plays the checkpoint pushing into vigil.
+fn checkpoint_face(n: u32) -> Value {
+    use base64::Engine;
+    let now = chrono::Utc::now().with_timezone(&chrono_tz::Asia::Shanghai).format("%Y%m%d%H%M%S").to_string();
+    let jpeg: Vec<u8> =
+        [0xFF, 0xD8].into_iter().chain((0..2000u32).map(|i| (i as u8).wrapping_mul(7).wrapping_add(n as u8))).collect();
+    json!({
+        "FaceID": format!("{CAM}02{now}{n:05}06{n:05}"),
+        "InfoKind": 1, "DeviceID": CAM, "FaceAppearTime": now,
+        "SubImageList": {"SubImageInfoObject": [
+            {"ImageID": "1", "Type": "11", "FileFormat": "Jpeg", "ShotTime": now, "Data": base64::engine::general_purpose::STANDARD.encode(&jpeg)}
+        ]}
+    })
+}
+
+const CAM: &str = "42010200001190000001";
+
+async fn target(
+    gw: &crate::support::gateway::TestGateway,
+    within: std::time::Duration,
+    check: impl Fn(&Value) -> bool,
+) -> Value {
+    gw.api.wait_for("/relay/targets", within, |v| v["items"].get(0).is_some_and(&check)).await["items"][0].clone()
+}
+
+async fn platform_until(p: &Platform, within: std::time::Duration, check: impl Fn(&Value) -> bool) -> Value {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        let s = p.stats().await;
+        if check(&s) {
+            return s;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the platform did not reach the expected state: {s}");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
+/// Faces a checkpoint pushes into vigil reach the district's view library once each, under
+/// the checkpoint's own ids: through an outage (backlog and its age in the API, delivered
+/// when the platform answers again), with one face the platform refuses parked as dead while
+/// the rest flows, and after the platform restarts (vigil registers again by itself).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn faces_reach_the_upstream_once_through_outages_and_refusals() {
+    use std::time::Duration;
+    let port = free_port();
+    let platform = Platform::start(port, "up-secret");
+    let extra = format!(
+        "[gat1400]\nenabled = true\nlisten = \"127.0.0.1:0\"\npassword = \"viid-secret\"\n[admission]\npolicy = \"open\"\n\n\
+         [[upstreams]]\nname = \"district\"\nprotocol = \"gat1400\"\nurl = \"{}\"\nuser_id = \"{GATEWAY}\"\npassword = \"up-secret\"\n\
+         events = [\"face_capture\", \"vehicle_pass\", \"access\"]\n",
+        platform.base
+    );
+    let gw = crate::support::gateway::TestGateway::start(crate::support::gateway::Db::Sqlite, &extra).await;
+    let checkpoint =
+        Client::new(&format!("http://{}/VIID", gw.gat1400.expect("ingress")), CAM, "viid-secret").expect("client");
+    checkpoint.register().await.expect("the checkpoint registers with vigil");
+    let push = |from: u32, to: u32| {
+        let c = checkpoint.clone();
+        async move {
+            let out = c
+                .push(Collection::Faces, (from..to).map(checkpoint_face).collect())
+                .await
+                .expect("vigil takes the faces");
+            assert!(out.iter().all(|o| *o == Outcome::Delivered), "{out:?}");
+        }
+    };
+
+    push(1, 11).await;
+    let s = platform_until(&platform, Duration::from_secs(15), |s| s["unique"] == 10).await;
+    assert!(
+        s["order"].as_array().is_some_and(|o| o.iter().all(|id| id.as_str().is_some_and(|id| id.starts_with(CAM)))),
+        "the checkpoint's ids are kept: {s}"
+    );
+    let t = target(&gw, Duration::from_secs(5), |t| t["delivered"] == 10 && t["backlog"] == 0).await;
+    assert_eq!(t["state"], "connected", "{t}");
+
+    // The platform refuses for a while: records wait, the API says how many and how old.
+    platform.control(json!({"mode": "refuse"})).await;
+    push(11, 21).await;
+    let t = target(&gw, Duration::from_secs(15), |t| t["backlog"] == 10 && t["state"] == "failing").await;
+    assert!(
+        t["oldest_undelivered_age_s"].is_u64() && t["last_error"].as_str().is_some_and(|e| e.contains("503")),
+        "{t}"
+    );
+    // Back, but refusing one face for good: it is parked, the other nine arrive.
+    let refused = checkpoint_face(15)["FaceID"].clone();
+    platform.control(json!({"mode": "ok", "reject": [refused]})).await;
+    let t = target(&gw, Duration::from_secs(30), |t| t["backlog"] == 0 && t["dead"] == 1).await;
+    assert_eq!(t["recent_dead"][0]["object_id"], refused, "{t}");
+    assert_eq!(t["delivered"], 19, "{t}");
+
+    // The platform restarts and forgets us: vigil registers again and delivers.
+    drop(platform);
+    push(21, 26).await;
+    let platform = Platform::start(port, "up-secret");
+    let s = platform_until(&platform, Duration::from_secs(40), |s| s["unique"] == 5).await;
+    assert_eq!(s["duplicates"], 0, "{s}");
+    assert!(s["registrations"].as_u64() >= Some(1), "{s}");
+    target(&gw, Duration::from_secs(5), |t| t["delivered"] == 24 && t["backlog"] == 0).await;
+    gw.shutdown().await;
+}

@@ -83,7 +83,15 @@ async fn a_gst_camera_over_tcp_with_digest_plays_snapshots_stalls_and_recovers()
         gw.api.wait_for("/devices/cam-gutian-001/stream", Duration::from_secs(5), |v| v["state"] == "playing").await;
     assert!(v["reconnects"].as_u64() >= Some(1), "{v}");
 
-    let text = gw.api.metrics().await;
+    // The stream gauges are refreshed every second.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let text = loop {
+        let text = gw.api.metrics().await;
+        if text.contains("vigil_rtsp_streams{kind=\"camera\",state=\"playing\"} 1") || Instant::now() > deadline {
+            break text;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
     assert!(text.contains("vigil_rtsp_streams{kind=\"camera\",state=\"playing\"} 1"), "{text}");
     assert!(text.contains("vigil_rtsp_time_to_first_frame_seconds_count"), "{text}");
     assert!(text.contains("vigil_rtsp_session_failures_total{state=\"stalled\"}"), "{text}");

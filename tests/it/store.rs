@@ -316,14 +316,15 @@ async fn event_log(db: Db) {
         body: EventBody::Alarm(AlarmBody { description: format!("告警 {n}"), ..Default::default() }),
     };
     use vigil::events::store::Row;
-    let batch: Vec<Row> = (1..=6).map(|n| Row::new(alarm(n, &format!("k{n}")))).collect();
+    let batch: Vec<Row> = (1..=6).map(|n| Row::new(alarm(n, &format!("k{n}")), None)).collect();
     let refs: Vec<&Row> = batch.iter().collect();
-    let new = vigil::events::store::insert(&db, &refs).await.expect("insert");
+    let new = vigil::events::store::insert(&db, &refs, &Default::default(), 0).await.expect("insert");
     assert_eq!(new.len(), 6);
     // The same records again (new ids, same dedup keys) and one new: only the new one is written.
-    let again: Vec<Row> = vec![Row::new(alarm(1, "k1")), Row::new(alarm(7, "k7")), Row::new(alarm(7, "k7"))];
+    let again: Vec<Row> =
+        vec![Row::new(alarm(1, "k1"), None), Row::new(alarm(7, "k7"), None), Row::new(alarm(7, "k7"), None)];
     let refs: Vec<&Row> = again.iter().collect();
-    let new = vigil::events::store::insert(&db, &refs).await.expect("insert again");
+    let new = vigil::events::store::insert(&db, &refs, &Default::default(), 0).await.expect("insert again");
     assert_eq!(new.into_iter().collect::<Vec<_>>(), vec!["k7".to_owned()]);
 
     let mut f = vigil::events::Filter { limit: 3, ..Default::default() };

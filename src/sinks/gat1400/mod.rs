@@ -1,5 +1,139 @@
 //! The GA/T 1400 upstream: vigil as a lower platform pushing to an upper view library
 //! (视图库) — the district's or the city's. `client` speaks the protocol (digest
-//! registration, keepalive, list pushes answered per object).
+//! registration, keepalive, list pushes answered per object), `objects` turns events into
+//! GA/T 1400 objects, and `Gat1400` is the sink the outbox runner drives: it registers when
+//! it must (first use, any 401, a failed keepalive), keeps alive when idle, and answers each
+//! record by its own entry in the platform's answer.
 
 pub mod client;
+pub mod objects;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use tokio::time::Instant;
+use tracing::info;
+
+use crate::event::EventKind;
+use crate::media::MediaStore;
+use crate::outbox::runner::{Delivery, Sink};
+use crate::outbox::store::Claimed;
+use client::{Client, Collection, Error, Outcome};
+
+/// The kinds GA/T 1400 has standard objects for.
+pub const KINDS: [EventKind; 2] = [EventKind::FaceCapture, EventKind::VehiclePass];
+
+/// A keepalive after this long without any exchange.
+const KEEPALIVE: Duration = Duration::from_secs(60);
+
+pub struct Gat1400 {
+    client: Client,
+    /// Our id as the platform knows us (20 digits): objects of devices without a 20-digit id
+    /// are sent as from it.
+    user_id: String,
+    media: MediaStore,
+    tz: chrono_tz::Tz,
+    registered: bool,
+    last_contact: Instant,
+}
+
+impl Gat1400 {
+    pub fn new(
+        url: &str,
+        user_id: &str,
+        password: &str,
+        media: MediaStore,
+        tz: chrono_tz::Tz,
+    ) -> Result<Gat1400, Error> {
+        Ok(Gat1400 {
+            client: Client::new(url, user_id, password)?,
+            user_id: user_id.to_owned(),
+            media,
+            tz,
+            registered: false,
+            last_contact: Instant::now(),
+        })
+    }
+
+    async fn ensure_registered(&mut self) -> Result<(), String> {
+        if !self.registered {
+            self.client.register().await.map_err(|e| e.to_string())?;
+            info!(user_id = %self.user_id, "Registered with the upper view library.");
+            self.registered = true;
+            self.last_contact = Instant::now();
+        }
+        Ok(())
+    }
+
+    fn failed(&mut self, e: &Error) -> String {
+        if matches!(e, Error::Unauthorized(_)) {
+            self.registered = false;
+        }
+        e.to_string()
+    }
+}
+
+impl Sink for Gat1400 {
+    async fn tick(&mut self) -> Result<(), String> {
+        if self.registered && self.last_contact.elapsed() >= KEEPALIVE {
+            match self.client.keepalive().await {
+                Ok(()) => self.last_contact = Instant::now(),
+                Err(e) => {
+                    // Any failed keepalive: register again before the next push.
+                    self.registered = false;
+                    return Err(format!("keepalive: {e}"));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn deliver(&mut self, batch: &[Claimed]) -> Result<Vec<Delivery>, String> {
+        self.ensure_registered().await?;
+        let mut out: Vec<Option<Delivery>> = vec![None; batch.len()];
+        let mut groups: HashMap<Collection, Vec<(usize, serde_json::Value)>> = HashMap::new();
+        for (i, c) in batch.iter().enumerate() {
+            let (Some(coll), Some(id)) = (objects::collection(&c.event), c.object_id.as_deref()) else {
+                out[i] = Some(Delivery::Rejected(format!(
+                    "GA/T 1400 has no object for a {} record",
+                    c.event.kind().as_str()
+                )));
+                continue;
+            };
+            let mut pictures = Vec::with_capacity(c.event.media.len());
+            for m in &c.event.media {
+                match self.media.get(&m.hash).await {
+                    Ok(Some(bytes)) => pictures.push((m.role.clone(), bytes)),
+                    // A picture that is gone (pruned) does not hold the record back.
+                    Ok(None) => {}
+                    Err(e) => return Err(format!("cannot read picture {}: {e}", m.hash)),
+                }
+            }
+            let device = if c.event.device_id.len() == 20 && c.event.device_id.bytes().all(|b| b.is_ascii_digit()) {
+                c.event.device_id.as_str()
+            } else {
+                self.user_id.as_str()
+            };
+            match objects::object(&c.event, id, device, &self.tz, &pictures) {
+                Some(o) => groups.entry(coll).or_default().push((i, o)),
+                None => out[i] = Some(Delivery::Rejected("no GA/T 1400 object".into())),
+            }
+        }
+        for (coll, items) in groups {
+            let (idx, objs): (Vec<usize>, Vec<serde_json::Value>) = items.into_iter().unzip();
+            let outcomes = match self.client.push(coll, objs).await {
+                Ok(o) => o,
+                Err(e) => return Err(self.failed(&e)),
+            };
+            self.last_contact = Instant::now();
+            for (i, o) in idx.into_iter().zip(outcomes) {
+                out[i] = Some(match o {
+                    Outcome::Delivered => Delivery::Delivered,
+                    Outcome::Retry(why) => Delivery::Retry(why),
+                    Outcome::Rejected(why) => Delivery::Rejected(why),
+                });
+            }
+        }
+        Ok(out.into_iter().map(|o| o.unwrap_or_else(|| Delivery::Retry("not sent".into()))).collect())
+    }
+}

@@ -1,0 +1,167 @@
+//! The runner of one upstream: claims its due deliveries in event order, hands them to the
+//! sink, and marks each by its own outcome: delivered; to try again later (exponential backoff
+//! with jitter, forever: a transient failure never drops a record); or dead (refused for good,
+//! the reason kept, the rest flows on). A failure of the whole call (upstream down, refused,
+//! timing out) leaves the rows as they are and waits with backoff. Status for the API is
+//! published in `TargetStatus`.
+
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use super::store::{self, Claimed};
+use crate::backoff::backoff;
+use crate::clock::{now_ms, Millis};
+use crate::db::Db;
+
+/// What became of one record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Delivery {
+    Delivered,
+    Retry(String),
+    Rejected(String),
+}
+
+/// One upstream protocol.
+pub trait Sink: Send + 'static {
+    /// Delivers a batch; answers per record, in order, or fails as a whole.
+    fn deliver(&mut self, batch: &[Claimed]) -> impl Future<Output = Result<Vec<Delivery>, String>> + Send;
+    /// Called between batches (keepalives).
+    fn tick(&mut self) -> impl Future<Output = Result<(), String>> + Send;
+}
+
+/// How a target is doing, for `GET /api/v1/relay/targets` and the dashboard.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct TargetStatus {
+    pub name: String,
+    pub protocol: String,
+    /// The last call to the upstream succeeded.
+    pub connected: bool,
+    pub last_error: Option<String>,
+    pub last_error_at: Option<Millis>,
+    pub last_delivery_at: Option<Millis>,
+    /// Records delivered, retried, parked as dead since vigil started.
+    pub delivered: u64,
+    pub retried: u64,
+    pub dead: u64,
+}
+
+/// Records per claim.
+const BATCH: i64 = 64;
+/// The longest a runner sleeps before looking again without being woken.
+const IDLE: Duration = Duration::from_secs(1);
+const BACKOFF_MIN: Duration = Duration::from_secs(1);
+const BACKOFF_MAX: Duration = Duration::from_secs(60);
+/// A record to try again waits at most this long.
+const RECORD_BACKOFF_MAX: Duration = Duration::from_secs(300);
+
+pub async fn run<S: Sink>(
+    db: Db,
+    mut sink: S,
+    status: Arc<Mutex<TargetStatus>>,
+    added: Arc<Notify>,
+    cancel: CancellationToken,
+) {
+    let name = status.lock().unwrap_or_else(|p| p.into_inner()).name.clone();
+    let set = |f: &dyn Fn(&mut TargetStatus)| f(&mut status.lock().unwrap_or_else(|p| p.into_inner()));
+    let mut failures = 0u32;
+    loop {
+        if cancel.is_cancelled() {
+            break;
+        }
+        if let Err(e) = sink.tick().await {
+            set(&|s| {
+                s.connected = false;
+                s.last_error = Some(e.clone());
+                s.last_error_at = Some(now_ms());
+            });
+        }
+        let batch = match store::claim(&db, &name, now_ms(), BATCH).await {
+            Ok(b) => b,
+            Err(e) => {
+                warn!(target = %name, error = %e, "Cannot read the outbox; trying again.");
+                Vec::new()
+            }
+        };
+        if batch.is_empty() {
+            let woken = added.notified();
+            tokio::select! {
+                _ = woken => {}
+                _ = tokio::time::sleep(IDLE) => {}
+                _ = cancel.cancelled() => break,
+            }
+            continue;
+        }
+        let wait = match sink.deliver(&batch).await {
+            Ok(outcomes) => {
+                let now = now_ms();
+                let mut delivered = Vec::new();
+                let (mut retried, mut dead) = (0u64, 0u64);
+                for (c, o) in batch.iter().zip(outcomes.iter()) {
+                    let r = match o {
+                        Delivery::Delivered => {
+                            delivered.push(c.seq);
+                            Ok(())
+                        }
+                        Delivery::Retry(why) => {
+                            retried += 1;
+                            let attempts = u32::try_from(c.attempts + 1).unwrap_or(u32::MAX);
+                            let next = now + backoff(attempts, BACKOFF_MIN, RECORD_BACKOFF_MAX).as_millis() as Millis;
+                            store::mark_retry(&db, &name, c.seq, next, why).await
+                        }
+                        Delivery::Rejected(why) => {
+                            dead += 1;
+                            warn!(target = %name, seq = c.seq, event = %c.event.id, reason = %why, "Upstream refused a record for good; parked as dead.");
+                            store::mark_dead(&db, &name, c.seq, why).await
+                        }
+                    };
+                    if let Err(e) = r {
+                        warn!(target = %name, error = %e, "Cannot mark a delivery; it will be sent again.");
+                    }
+                }
+                if let Err(e) = store::mark_delivered(&db, &name, &delivered, now).await {
+                    warn!(target = %name, error = %e, "Cannot mark deliveries; they will be sent again (the upstream drops duplicates by id).");
+                }
+                let n = delivered.len() as u64;
+                let was_down = failures > 0;
+                failures = 0;
+                set(&|s| {
+                    s.connected = true;
+                    s.delivered += n;
+                    s.retried += retried;
+                    s.dead += dead;
+                    if n > 0 {
+                        s.last_delivery_at = Some(now);
+                    }
+                });
+                if was_down {
+                    info!(target = %name, "Upstream reachable again; delivering the backlog.");
+                }
+                Duration::ZERO
+            }
+            Err(e) => {
+                failures = failures.saturating_add(1);
+                let wait = backoff(failures, BACKOFF_MIN, BACKOFF_MAX);
+                if failures == 1 {
+                    warn!(target = %name, error = %e, retry_in_ms = wait.as_millis() as u64, "Upstream failed; records stay in the outbox.");
+                }
+                set(&|s| {
+                    s.connected = false;
+                    s.last_error = Some(e.clone());
+                    s.last_error_at = Some(now_ms());
+                });
+                wait
+            }
+        };
+        if !wait.is_zero() {
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = cancel.cancelled() => break,
+            }
+        }
+    }
+}
