@@ -165,3 +165,74 @@ async fn faces_reach_the_upstream_once_through_outages_and_refusals() {
     target(&gw, Duration::from_secs(5), |t| t["delivered"] == 24 && t["backlog"] == 0).await;
     gw.shutdown().await;
 }
+
+/// The whole binary killed with -9 twice while a checkpoint pushes 1,000 faces (resending a
+/// batch vigil did not answer, as devices do): every face vigil acknowledged reaches the
+/// platform, and the platform sees no id the checkpoint did not send (duplicates, which it can
+/// drop by id, are allowed and counted).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_twice_mid_burst_loses_no_acknowledged_face() {
+    use std::collections::HashSet;
+    use std::time::Duration;
+
+    use crate::support::gateway::{config_toml, Process};
+    const BATCHES: u32 = 50;
+    const PER: u32 = 20;
+    let platform = Platform::start(free_port(), "up-secret");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (http, ingress) = (free_port(), free_port());
+    let extra = format!(
+        "[gat1400]\nenabled = true\nlisten = \"127.0.0.1:{ingress}\"\npassword = \"viid-secret\"\n[admission]\npolicy = \"open\"\n\n\
+         [[upstreams]]\nname = \"district\"\nprotocol = \"gat1400\"\nurl = \"{}\"\nuser_id = \"{GATEWAY}\"\npassword = \"up-secret\"\n\
+         events = [\"face_capture\"]\n",
+        platform.base
+    );
+    let cfg = dir.path().join("vigil.toml");
+    std::fs::write(&cfg, config_toml(&dir.path().join("data"), None, http, &extra)).expect("config");
+    let log = dir.path().join("vigil.log");
+    let mut vigil = Process::start(&cfg, http, &log).await;
+    let checkpoint = Client::new(&format!("http://127.0.0.1:{ingress}/VIID"), CAM, "viid-secret").expect("client");
+
+    let pusher = {
+        let c = checkpoint.clone();
+        tokio::spawn(async move {
+            let mut acked: HashSet<String> = HashSet::new();
+            for b in 0..BATCHES {
+                let faces: Vec<Value> = (b * PER + 1..=(b + 1) * PER).map(checkpoint_face).collect();
+                loop {
+                    match c.push(Collection::Faces, faces.clone()).await {
+                        Ok(out) if out.iter().all(|o| *o == Outcome::Delivered) => break,
+                        Ok(out) => panic!("vigil refused faces: {out:?}"),
+                        // vigil restarted: its sessions are gone, register again and resend.
+                        Err(Error::Unauthorized(_)) => {
+                            let _ = c.register().await;
+                        }
+                        Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+                    }
+                }
+                acked.extend(faces.iter().filter_map(|f| f["FaceID"].as_str().map(str::to_owned)));
+            }
+            acked
+        })
+    };
+    for kill_at in [200, 500] {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        while platform.stats().await["unique"].as_u64() < Some(kill_at) {
+            assert!(tokio::time::Instant::now() < deadline, "the relay did not get going: {}", platform.stats().await);
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        vigil.kill9();
+        vigil = Process::start(&cfg, http, &log).await;
+    }
+    let acked =
+        tokio::time::timeout(Duration::from_secs(120), pusher).await.expect("the checkpoint finishes").expect("pusher");
+    assert_eq!(acked.len(), (BATCHES * PER) as usize);
+    let s =
+        platform_until(&platform, Duration::from_secs(60), |s| s["unique"].as_u64() == Some(u64::from(BATCHES * PER)))
+            .await;
+    let got: HashSet<String> =
+        s["order"].as_array().into_iter().flatten().filter_map(|v| v.as_str().map(str::to_owned)).collect();
+    assert!(got.is_subset(&acked) && acked.is_subset(&got), "every acknowledged face arrived, and nothing else");
+    eprintln!("kill -9 twice: {} faces delivered, {} duplicates dropped by the platform", got.len(), s["duplicates"]);
+    drop(vigil);
+}
