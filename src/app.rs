@@ -247,7 +247,13 @@ pub async fn start(config: Config) -> Result<Running, Error> {
             ..Default::default()
         }));
         targets.push(status.clone());
-        tracker.spawn(crate::outbox::runner::run(db.clone(), sink, status, relay.added.clone(), cancel.child_token()));
+        let ctx = crate::outbox::runner::Context {
+            db: db.clone(),
+            metrics: metrics.clone(),
+            added: relay.added.clone(),
+            keep_delivered: config.relay.keep_delivered,
+        };
+        tracker.spawn(crate::outbox::runner::run(ctx, sink, status, cancel.child_token()));
         info!(upstream = %name, "Relaying to this upstream.");
     }
     let sources_cancel = cancel.child_token();

@@ -86,7 +86,24 @@ pub struct Config {
     pub media: Media,
     pub quic: Quic,
     pub upstreams: Vec<Upstream>,
+    pub relay: Relay,
     pub tuning: Tuning,
+}
+
+/// The relay's outbox.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Relay {
+    /// Delivered rows are kept this long for audit ("which record went where, when"), then
+    /// pruned. Default 7 days.
+    #[serde(with = "humantime_serde")]
+    pub keep_delivered: Duration,
+}
+
+impl Default for Relay {
+    fn default() -> Self {
+        Relay { keep_delivered: Duration::from_secs(7 * 86_400) }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]

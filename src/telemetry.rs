@@ -31,6 +31,9 @@ pub const RTSP_FIRST_FRAME: &str = "vigil_rtsp_time_to_first_frame_seconds";
 pub const RTSP_FRAMES: &str = "vigil_rtsp_frames_total";
 pub const RTSP_BYTES: &str = "vigil_rtsp_bytes_total";
 pub const RTSP_DIAGNOSES: &str = "vigil_rtsp_diagnoses_total";
+pub const RELAY_RECORDS: &str = "vigil_relay_records_total";
+pub const RELAY_BACKLOG: &str = "vigil_relay_backlog";
+pub const RELAY_OLDEST: &str = "vigil_relay_oldest_undelivered_seconds";
 
 /// The collectors. Cheap to clone (the prometheus types are handles).
 #[derive(Clone)]
@@ -60,6 +63,9 @@ pub struct Metrics {
     pub rtsp_frames: IntCounter,
     pub rtsp_bytes: IntCounter,
     pub rtsp_diagnoses: IntCounterVec,
+    pub relay_records: IntCounterVec,
+    pub relay_backlog: IntGaugeVec,
+    pub relay_oldest: IntGaugeVec,
 }
 
 impl Metrics {
@@ -119,6 +125,11 @@ impl Metrics {
             rtsp_bytes: IntCounter::new(RTSP_BYTES, "Video bytes received over RTSP (frame payload).").expect("should be a valid metric"),
             rtsp_diagnoses: IntCounterVec::new(Opts::new(RTSP_DIAGNOSES, "Video quality diagnosis samples by outcome (good, bad, undecodable)."), &["outcome"])
                 .expect("should be a valid metric"),
+            relay_records: IntCounterVec::new(Opts::new(RELAY_RECORDS, "Records handed to an upstream, by target and outcome (delivered, retry, dead)."), &["target", "outcome"])
+                .expect("should be a valid metric"),
+            relay_backlog: IntGaugeVec::new(Opts::new(RELAY_BACKLOG, "Records not yet delivered, by target."), &["target"]).expect("should be a valid metric"),
+            relay_oldest: IntGaugeVec::new(Opts::new(RELAY_OLDEST, "Age of the oldest undelivered record, by target (0: none)."), &["target"])
+                .expect("should be a valid metric"),
             registry,
         };
         for c in [
@@ -146,6 +157,9 @@ impl Metrics {
             Box::new(m.rtsp_frames.clone()),
             Box::new(m.rtsp_bytes.clone()),
             Box::new(m.rtsp_diagnoses.clone()),
+            Box::new(m.relay_records.clone()),
+            Box::new(m.relay_backlog.clone()),
+            Box::new(m.relay_oldest.clone()),
         ] {
             m.registry.register(c).expect("should register each metric once");
         }

@@ -59,19 +59,48 @@ const BACKOFF_MAX: Duration = Duration::from_secs(60);
 /// A record to try again waits at most this long.
 const RECORD_BACKOFF_MAX: Duration = Duration::from_secs(300);
 
-pub async fn run<S: Sink>(
-    db: Db,
-    mut sink: S,
-    status: Arc<Mutex<TargetStatus>>,
-    added: Arc<Notify>,
-    cancel: CancellationToken,
-) {
+/// What a runner needs beside its sink.
+pub struct Context {
+    pub db: Db,
+    pub metrics: crate::telemetry::Metrics,
+    /// Woken after a commit that added delivery rows.
+    pub added: Arc<Notify>,
+    /// Delivered rows older than this are pruned.
+    pub keep_delivered: Duration,
+}
+
+/// How often backlog gauges are refreshed and old delivered rows pruned.
+const HOUSEKEEPING: Duration = Duration::from_secs(5);
+const PRUNE_EVERY: Duration = Duration::from_secs(3600);
+
+pub async fn run<S: Sink>(ctx: Context, mut sink: S, status: Arc<Mutex<TargetStatus>>, cancel: CancellationToken) {
+    let Context { db, metrics, added, keep_delivered } = ctx;
     let name = status.lock().unwrap_or_else(|p| p.into_inner()).name.clone();
+    let mut next_housekeeping = tokio::time::Instant::now();
+    let mut next_prune = tokio::time::Instant::now();
     let set = |f: &dyn Fn(&mut TargetStatus)| f(&mut status.lock().unwrap_or_else(|p| p.into_inner()));
     let mut failures = 0u32;
     loop {
         if cancel.is_cancelled() {
             break;
+        }
+        let now_i = tokio::time::Instant::now();
+        if now_i >= next_housekeeping {
+            next_housekeeping = now_i + HOUSEKEEPING;
+            if let Ok(c) = store::counts(&db, &name).await {
+                metrics.relay_backlog.with_label_values(&[&name]).set(c.pending);
+                let age = c.oldest_pending_at.map(|t| (now_ms() - t).max(0) / 1000).unwrap_or(0);
+                metrics.relay_oldest.with_label_values(&[&name]).set(age);
+            }
+        }
+        if now_i >= next_prune {
+            next_prune = now_i + PRUNE_EVERY;
+            let before = now_ms() - keep_delivered.as_millis() as Millis;
+            match store::prune_delivered(&db, before).await {
+                Ok(n) if n > 0 => info!(target = %name, rows = n, "Pruned delivered rows past the audit period."),
+                Ok(_) => {}
+                Err(e) => warn!(target = %name, error = %e, "Cannot prune delivered rows."),
+            }
         }
         if let Err(e) = sink.tick().await {
             set(&|s| {
@@ -127,6 +156,9 @@ pub async fn run<S: Sink>(
                     warn!(target = %name, error = %e, "Cannot mark deliveries; they will be sent again (the upstream drops duplicates by id).");
                 }
                 let n = delivered.len() as u64;
+                metrics.relay_records.with_label_values(&[&name, "delivered"]).inc_by(n);
+                metrics.relay_records.with_label_values(&[&name, "retry"]).inc_by(retried);
+                metrics.relay_records.with_label_values(&[&name, "dead"]).inc_by(dead);
                 let was_down = failures > 0;
                 failures = 0;
                 set(&|s| {

@@ -163,3 +163,12 @@ pub async fn dead(
     .await?;
     rows.into_iter().map(|r| Ok((r.try_get("seq")?, r.try_get("object_id")?, r.try_get("last_error")?))).collect()
 }
+
+/// Removes delivered rows delivered before `before` (the audit period is over).
+pub async fn prune_delivered(db: &Db, before: Millis) -> Result<u64, sqlx::Error> {
+    let r = sqlx::query("DELETE FROM deliveries WHERE state = 'delivered' AND delivered_at < $1")
+        .bind(before)
+        .execute(&db.pool)
+        .await?;
+    Ok(r.rows_affected())
+}

@@ -163,6 +163,10 @@ async fn faces_reach_the_upstream_once_through_outages_and_refusals() {
     assert_eq!(s["duplicates"], 0, "{s}");
     assert!(s["registrations"].as_u64() >= Some(1), "{s}");
     target(&gw, Duration::from_secs(5), |t| t["delivered"] == 24 && t["backlog"] == 0).await;
+    let text = gw.api.metrics().await;
+    assert!(text.contains("vigil_relay_records_total{outcome=\"delivered\",target=\"district\"} 24"), "{text}");
+    assert!(text.contains("vigil_relay_records_total{outcome=\"dead\",target=\"district\"} 1"), "{text}");
+    assert!(text.contains("vigil_relay_backlog{target=\"district\"}"), "{text}");
     gw.shutdown().await;
 }
 
