@@ -107,6 +107,15 @@ async fn platform_until(p: &Platform, within: std::time::Duration, check: impl F
 /// the rest flows, and after the platform restarts (vigil registers again by itself).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn faces_reach_the_upstream_once_through_outages_and_refusals() {
+    faces_reach_the_upstream(crate::support::gateway::Db::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn faces_reach_the_upstream_once_through_outages_and_refusals_on_postgres() {
+    faces_reach_the_upstream(crate::support::gateway::Db::Postgres).await;
+}
+
+async fn faces_reach_the_upstream(db: crate::support::gateway::Db) {
     use std::time::Duration;
     let port = free_port();
     let platform = Platform::start(port, "up-secret");
@@ -116,7 +125,7 @@ async fn faces_reach_the_upstream_once_through_outages_and_refusals() {
          events = [\"face_capture\", \"vehicle_pass\", \"access\"]\n",
         platform.base
     );
-    let gw = crate::support::gateway::TestGateway::start(crate::support::gateway::Db::Sqlite, &extra).await;
+    let gw = crate::support::gateway::TestGateway::start(db, &extra).await;
     let checkpoint =
         Client::new(&format!("http://{}/VIID", gw.gat1400.expect("ingress")), CAM, "viid-secret").expect("client");
     checkpoint.register().await.expect("the checkpoint registers with vigil");
