@@ -30,8 +30,9 @@ pub enum Delivery {
 pub trait Sink: Send + 'static {
     /// Delivers a batch; answers per record, in order, or fails as a whole.
     fn deliver(&mut self, batch: &[Claimed]) -> impl Future<Output = Result<Vec<Delivery>, String>> + Send;
-    /// Called between batches (keepalives).
-    fn tick(&mut self) -> impl Future<Output = Result<(), String>> + Send;
+    /// Called between batches (registration, keepalives). `Ok(true)` when it spoke with the
+    /// upstream successfully.
+    fn tick(&mut self) -> impl Future<Output = Result<bool, String>> + Send;
 }
 
 /// How a target is doing, for `GET /api/v1/relay/targets` and the dashboard.
@@ -102,12 +103,14 @@ pub async fn run<S: Sink>(ctx: Context, mut sink: S, status: Arc<Mutex<TargetSta
                 Err(e) => warn!(target = %name, error = %e, "Cannot prune delivered rows."),
             }
         }
-        if let Err(e) = sink.tick().await {
-            set(&|s| {
+        match sink.tick().await {
+            Ok(true) => set(&|s| s.connected = true),
+            Ok(false) => {}
+            Err(e) => set(&|s| {
                 s.connected = false;
                 s.last_error = Some(e.clone());
                 s.last_error_at = Some(now_ms());
-            });
+            }),
         }
         let batch = match store::claim(&db, &name, now_ms(), BATCH).await {
             Ok(b) => b,

@@ -14,6 +14,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 use tracing::info;
 
+use crate::backoff::backoff;
 use crate::event::EventKind;
 use crate::media::MediaStore;
 use crate::outbox::runner::{Delivery, Sink};
@@ -25,6 +26,9 @@ pub const KINDS: [EventKind; 2] = [EventKind::FaceCapture, EventKind::VehiclePas
 
 /// A keepalive after this long without any exchange.
 const KEEPALIVE: Duration = Duration::from_secs(60);
+/// Registration attempts while the upstream refuses or is away: backoff between these.
+const REGISTER_MIN: Duration = Duration::from_secs(1);
+const REGISTER_MAX: Duration = Duration::from_secs(300);
 
 pub struct Gat1400 {
     client: Client,
@@ -35,6 +39,8 @@ pub struct Gat1400 {
     tz: chrono_tz::Tz,
     registered: bool,
     last_contact: Instant,
+    register_failures: u32,
+    retry_register_at: Instant,
 }
 
 impl Gat1400 {
@@ -52,6 +58,8 @@ impl Gat1400 {
             tz,
             registered: false,
             last_contact: Instant::now(),
+            register_failures: 0,
+            retry_register_at: Instant::now(),
         })
     }
 
@@ -74,18 +82,40 @@ impl Gat1400 {
 }
 
 impl Sink for Gat1400 {
-    async fn tick(&mut self) -> Result<(), String> {
-        if self.registered && self.last_contact.elapsed() >= KEEPALIVE {
-            match self.client.keepalive().await {
-                Ok(()) => self.last_contact = Instant::now(),
+    async fn tick(&mut self) -> Result<bool, String> {
+        if !self.registered {
+            // Register before there is anything to send, so the API shows the upstream's
+            // state from the start; after a failure, no sooner than the backoff allows.
+            if Instant::now() < self.retry_register_at {
+                return Ok(false);
+            }
+            return match self.ensure_registered().await {
+                Ok(()) => {
+                    self.register_failures = 0;
+                    Ok(true)
+                }
+                Err(e) => {
+                    self.register_failures = self.register_failures.saturating_add(1);
+                    self.retry_register_at =
+                        Instant::now() + backoff(self.register_failures, REGISTER_MIN, REGISTER_MAX);
+                    Err(format!("registration: {e}"))
+                }
+            };
+        }
+        if self.last_contact.elapsed() >= KEEPALIVE {
+            return match self.client.keepalive().await {
+                Ok(()) => {
+                    self.last_contact = Instant::now();
+                    Ok(true)
+                }
                 Err(e) => {
                     // Any failed keepalive: register again before the next push.
                     self.registered = false;
-                    return Err(format!("keepalive: {e}"));
+                    Err(format!("keepalive: {e}"))
                 }
-            }
+            };
         }
-        Ok(())
+        Ok(false)
     }
 
     async fn deliver(&mut self, batch: &[Claimed]) -> Result<Vec<Delivery>, String> {
