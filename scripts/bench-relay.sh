@@ -18,7 +18,7 @@ WORK=$(mktemp -d)
 trap 'kill $(cat $WORK/*.pid 2>/dev/null) 2>/dev/null || true; rm -rf "$WORK"' EXIT
 now() { date +%s.%N; }
 stat_of() { curl -sf "http://127.0.0.1:$PLATFORM/stats" | python3 -c "import json,sys; print(json.load(sys.stdin)['$1'])"; }
-backlog() { curl -sf -H 'Authorization: Bearer bench-admin-token' "http://127.0.0.1:$HTTP/api/v1/relay/targets" | python3 -c "import json,sys; print(json.load(sys.stdin)['items'][0]['backlog'])"; }
+backlog() { curl -sf -m 5 -H 'Authorization: Bearer bench-admin-token' "http://127.0.0.1:$HTTP/api/v1/relay/targets" | python3 -c "import json,sys; print(json.load(sys.stdin)['items'][0]['backlog'])" 2>/dev/null || echo -1; }
 
 run() { # $1: faces, $2: picture KB
   local faces=$1 kb=$2
@@ -59,7 +59,7 @@ TOML
   local t0 t1
   t0=$(now)
   curl -sf -X POST -H 'Content-Type: application/json' -d '{"mode":"ok"}' "http://127.0.0.1:$PLATFORM/control" > /dev/null
-  while [ "$(backlog)" -gt 0 ]; do sleep 0.05; done
+  while [ "$(backlog)" -ne 0 ]; do sleep 0.05; done
   t1=$(now)
   local unique dup
   unique=$(stat_of unique); dup=$(stat_of duplicates)
