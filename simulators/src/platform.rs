@@ -6,7 +6,8 @@
 //! /stats`), and can be told to misbehave (`POST /control` with `{"mode": "ok" | "refuse" |
 //! "error500" | "slow", "slow_ms": 2000, "reject": ["<object id>", ...]}`): refuse answers 503,
 //! error500 a 500, slow waits before answering, and a rejected id gets StatusCode 8 (its
-//! object is bad) every time. Loopback only.
+//! object is bad) every time. Bodies over 8 MiB are refused with 413, as a real platform's
+//! limit would. Loopback only.
 //!
 //! `vigil-sim platform --listen 127.0.0.1:9101 --password secret` prints its base URL
 //! (`http://127.0.0.1:9101/VIID`) first.
@@ -98,6 +99,7 @@ pub async fn run(args: Args) -> Result<()> {
         .route("/VIID/{collection}", post(objects))
         .route("/stats", get(stats))
         .route("/control", post(control))
+        .layer(axum::extract::DefaultBodyLimit::max(8 << 20))
         .with_state(p);
     axum::serve(listener, app).await?;
     Ok(())

@@ -24,6 +24,9 @@ use client::{Client, Collection, Error, Outcome};
 /// The kinds GA/T 1400 has standard objects for.
 pub const KINDS: [EventKind; 2] = [EventKind::FaceCapture, EventKind::VehiclePass];
 
+/// The most one push request carries (the JSON of its objects, pictures inline): upper
+/// platforms commonly refuse bodies over a few MB.
+const MAX_REQUEST: usize = 2 << 20;
 /// A keepalive after this long without any exchange.
 const KEEPALIVE: Duration = Duration::from_secs(60);
 /// Registration attempts while the upstream refuses or is away: backoff between these.
@@ -150,18 +153,40 @@ impl Sink for Gat1400 {
             }
         }
         for (coll, items) in groups {
-            let (idx, objs): (Vec<usize>, Vec<serde_json::Value>) = items.into_iter().unzip();
-            let outcomes = match self.client.push(coll, objs).await {
-                Ok(o) => o,
-                Err(e) => return Err(self.failed(&e)),
-            };
-            self.last_contact = Instant::now();
-            for (i, o) in idx.into_iter().zip(outcomes) {
-                out[i] = Some(match o {
-                    Outcome::Delivered => Delivery::Delivered,
-                    Outcome::Retry(why) => Delivery::Retry(why),
-                    Outcome::Rejected(why) => Delivery::Rejected(why),
-                });
+            // Requests are bounded by size (pictures travel inline): one list per chunk.
+            let mut chunks: Vec<Vec<(usize, serde_json::Value)>> = vec![Vec::new()];
+            let mut size = 0usize;
+            for (i, o) in items {
+                let len = o.to_string().len();
+                if size + len > MAX_REQUEST && chunks.last().is_some_and(|c| !c.is_empty()) {
+                    chunks.push(Vec::new());
+                    size = 0;
+                }
+                size += len;
+                if let Some(c) = chunks.last_mut() {
+                    c.push((i, o));
+                }
+            }
+            for chunk in chunks.into_iter().filter(|c| !c.is_empty()) {
+                let single = chunk.len() == 1;
+                let (idx, objs): (Vec<usize>, Vec<serde_json::Value>) = chunk.into_iter().unzip();
+                let outcomes = match self.client.push(coll, objs).await {
+                    Ok(o) => o,
+                    // One object the upstream finds too large on its own will never pass:
+                    // park it rather than stall every record behind it.
+                    Err(Error::Status { status: 413, body }) if single => {
+                        vec![Outcome::Rejected(format!("the upstream refuses the object as too large (413): {body}"))]
+                    }
+                    Err(e) => return Err(self.failed(&e)),
+                };
+                self.last_contact = Instant::now();
+                for (i, o) in idx.into_iter().zip(outcomes) {
+                    out[i] = Some(match o {
+                        Outcome::Delivered => Delivery::Delivered,
+                        Outcome::Retry(why) => Delivery::Retry(why),
+                        Outcome::Rejected(why) => Delivery::Rejected(why),
+                    });
+                }
             }
         }
         Ok(out.into_iter().map(|o| o.unwrap_or_else(|| Delivery::Retry("not sent".into()))).collect())
