@@ -199,7 +199,8 @@ async fn an_unknown_device_waits_in_quarantine_with_its_profile_suggested_until_
             .is_some_and(|a| a.iter().any(|r| r["raw"].as_str().is_some_and(|t| t.contains("鄂A1")))),
         "{rej}"
     );
-    let before = gw.api.get("/online-rate?org=xq009").await.1;
+    // The rate snapshot is rebuilt within `tuning.rate_refresh` of the restart.
+    let before = gw.api.wait_for("/online-rate?org=xq009", Duration::from_secs(5), |v| v["total"].is_u64()).await;
     assert_eq!(before["total"], 0, "{before}");
 
     let (s, d) = gw.api.send(reqwest::Method::PATCH, "/devices/BR-9", json!({"admission": "approved"})).await;
