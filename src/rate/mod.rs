@@ -37,10 +37,6 @@ impl Impaired {
         }
     }
 
-    pub fn contains(&self, key: DeviceKey) -> bool {
-        self.0.read().unwrap_or_else(|p| p.into_inner()).contains(&key)
-    }
-
     pub fn keys(&self) -> HashSet<DeviceKey> {
         self.0.read().unwrap_or_else(|p| p.into_inner()).clone()
     }

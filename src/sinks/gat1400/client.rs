@@ -18,6 +18,8 @@ use crate::sources::gat1400::codec::{status_code, Status};
 
 /// How long one call may take.
 const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+/// The largest answer read (a status per object of a list: a few hundred bytes each).
+const MAX_ANSWER: usize = 4 << 20;
 /// The most of an answer's body kept in an error.
 const KEEP: usize = 512;
 
@@ -158,8 +160,16 @@ impl Client {
             .iter()
             .filter_map(|(k, v)| v.to_str().ok().map(|v| (k.as_str().to_ascii_lowercase(), v.to_owned())))
             .collect();
-        let text = resp.text().await.map_err(|e| Error::Transport(e.to_string()))?;
-        Ok((status, headers, text))
+        // An answer is a status list: read at most MAX_ANSWER of it, whatever the peer sends.
+        let mut resp = resp;
+        let mut body = Vec::new();
+        while let Some(chunk) = resp.chunk().await.map_err(|e| Error::Transport(e.to_string()))? {
+            if body.len() + chunk.len() > MAX_ANSWER {
+                return Err(Error::BadAnswer(format!("answer over {MAX_ANSWER} bytes")));
+            }
+            body.extend_from_slice(&chunk);
+        }
+        Ok((status, headers, String::from_utf8_lossy(&body).into_owned()))
     }
 
     /// Reads a single `ResponseStatusObject` answer to a system call.

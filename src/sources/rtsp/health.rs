@@ -33,18 +33,6 @@ pub enum StreamState {
 }
 
 impl StreamState {
-    pub const ALL: [StreamState; 9] = [
-        StreamState::Connecting,
-        StreamState::Playing,
-        StreamState::Stalled,
-        StreamState::Backoff,
-        StreamState::AuthFailed,
-        StreamState::Refused,
-        StreamState::NotFound,
-        StreamState::SessionLimit,
-        StreamState::BadMedia,
-    ];
-
     pub fn as_str(self) -> &'static str {
         match self {
             StreamState::Connecting => "connecting",
@@ -73,7 +61,6 @@ pub struct Keyframe {
     pub data: Arc<[u8]>,
     /// RTP timestamp in clock-rate units (advances while a camera streams).
     pub pts: i64,
-    pub received: Instant,
     /// Counts keyframes of this stream; a cache keyed by it never decodes one twice.
     pub seq: u64,
 }
@@ -300,10 +287,6 @@ impl Health {
         self.lock().quality = Some(q);
     }
 
-    pub fn quality(&self) -> Option<Quality> {
-        self.lock().quality.clone()
-    }
-
     /// Forgets the keyframes (a new session may have other parameters).
     pub fn drop_keyframes(&self) {
         let mut g = self.lock();
@@ -381,14 +364,8 @@ pub struct HealthView {
 mod tests {
     use super::*;
 
-    fn key(now: Instant) -> Keyframe {
-        Keyframe {
-            codec: super::super::snapshot::Codec::H264,
-            data: Arc::from(&b"k"[..]),
-            pts: 0,
-            received: now,
-            seq: 0,
-        }
+    fn key() -> Keyframe {
+        Keyframe { codec: super::super::snapshot::Codec::H264, data: Arc::from(&b"k"[..]), pts: 0, seq: 0 }
     }
 
     #[test]
@@ -428,7 +405,7 @@ mod tests {
         let mut first = None;
         for i in 0..100u64 {
             let at = t0 + Duration::from_millis(200 + 40 * i);
-            let k = (i % 25 == 0).then(|| key(at));
+            let k = (i % 25 == 0).then(key);
             let n = h.frame(at, 5000, u16::from(i == 10), k);
             if i == 0 {
                 first = n.first;

@@ -373,7 +373,7 @@ async fn run_once(
         let len = frame.data().len();
         let key = if frame.is_random_access_point() && len <= MAX_KEYFRAME {
             let pts = frame.timestamp().timestamp();
-            Some(Keyframe { codec, data: Arc::from(frame.into_data()), pts, received: now, seq: 0 })
+            Some(Keyframe { codec, data: Arc::from(frame.into_data()), pts, seq: 0 })
         } else {
             None
         };

@@ -107,7 +107,7 @@ pub async fn diagnose(ctx: Arc<Context>, job: Job) {
             category: Some("video_quality".into()),
             state: Some(state.into()),
             description,
-            details: serde_json::to_value(serde_json::json!({ "faults": faults, "scores": scores })).ok(),
+            details: Some(serde_json::json!({ "faults": faults, "scores": scores })),
             ..AlarmBody::default()
         }),
     };

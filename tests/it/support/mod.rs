@@ -39,3 +39,16 @@ pub fn sim_binary() -> std::path::PathBuf {
     );
     sim
 }
+
+/// Starts a server that prints its URL (starting with `prefix`) as its first line, and
+/// answers the child and the URL.
+pub fn start_printing_url(mut cmd: std::process::Command, prefix: &str, what: &str) -> (std::process::Child, String) {
+    use std::io::{BufRead, BufReader};
+    let mut child = cmd.stdout(std::process::Stdio::piped()).spawn().unwrap_or_else(|e| panic!("start {what}: {e}"));
+    let stdout = child.stdout.take().expect("stdout");
+    let mut line = String::new();
+    BufReader::new(stdout).read_line(&mut line).unwrap_or_else(|e| panic!("{what} prints its URL: {e}"));
+    let url = line.trim().to_owned();
+    assert!(url.starts_with(prefix), "{what} did not start: {url:?}");
+    (child, url)
+}

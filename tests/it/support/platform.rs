@@ -1,7 +1,6 @@
 //! `vigil-sim platform` (an upper GA/T 1400 view library) as a child process on a chosen
 //! port, stopped on drop; `stats` and `control` speak its test endpoints.
 
-use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 
 use serde_json::Value;
@@ -15,16 +14,10 @@ pub struct Platform {
 
 impl Platform {
     pub fn start(port: u16, password: &str) -> Self {
-        let mut child = Command::new(super::sim_binary())
-            .args(["platform", "--listen", &format!("127.0.0.1:{port}"), "--password", password])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start vigil-sim platform");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().expect("stdout")).read_line(&mut line).expect("it prints its URL");
-        let base = line.trim().to_owned();
-        assert!(base.starts_with("http://127.0.0.1:"), "vigil-sim platform did not start: {base:?}");
+        let mut cmd = Command::new(super::sim_binary());
+        cmd.args(["platform", "--listen", &format!("127.0.0.1:{port}"), "--password", password])
+            .stderr(Stdio::inherit());
+        let (child, base) = super::start_printing_url(cmd, "http://127.0.0.1:", "vigil-sim platform");
         let root = base.trim_end_matches("/VIID").to_owned();
         Platform { child, base, root }
     }

@@ -2,19 +2,7 @@
 //! Debian's python3-gi) as a child process on an ephemeral port, stopped on drop; `stall` and
 //! `resume` are `kill -STOP` / `kill -CONT` (a camera that stalls with TCP open).
 
-use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
-
-/// Starts a server that prints its `rtsp://127.0.0.1:PORT...` URL as its first line.
-fn start_printing_url(mut cmd: Command, what: &str) -> (Child, String) {
-    let mut child = cmd.stdout(Stdio::piped()).spawn().unwrap_or_else(|e| panic!("start {what}: {e}"));
-    let stdout = child.stdout.take().expect("stdout");
-    let mut line = String::new();
-    BufReader::new(stdout).read_line(&mut line).unwrap_or_else(|e| panic!("{what} prints its URL: {e}"));
-    let url = line.trim().to_owned();
-    assert!(url.starts_with("rtsp://127.0.0.1:"), "{what} did not start: {url:?}");
-    (child, url)
-}
 
 pub struct GstCamera {
     child: Child,
@@ -29,7 +17,11 @@ impl GstCamera {
         let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/peers/rtsp_server.py");
         let mut cmd = Command::new("/usr/bin/python3");
         cmd.args([script, "--auth", auth, "--codec", codec]).stderr(Stdio::inherit());
-        let (child, url) = start_printing_url(cmd, "gst-rtsp-server (python3-gi: run scripts/install-deps.sh)");
+        let (child, url) = super::start_printing_url(
+            cmd,
+            "rtsp://127.0.0.1:",
+            "gst-rtsp-server (python3-gi: run scripts/install-deps.sh)",
+        );
         let port = url
             .trim_start_matches("rtsp://127.0.0.1:")
             .split('/')
@@ -94,7 +86,7 @@ impl SimCameras {
         let clips = sim.parent().map(|d| d.join("sim-clips")).expect("target dir");
         let mut cmd = Command::new(sim);
         cmd.args(["rtsp-camera", "--listen", "127.0.0.1:0", "--clips"]).arg(&clips).args(extra).stderr(Stdio::null());
-        let (child, base) = start_printing_url(cmd, "vigil-sim rtsp-camera");
+        let (child, base) = super::start_printing_url(cmd, "rtsp://127.0.0.1:", "vigil-sim rtsp-camera");
         SimCameras { child, base }
     }
 
