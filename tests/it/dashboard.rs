@@ -114,6 +114,8 @@ async fn dashboard_shows_the_live_rate_streets_kinds_and_offline_devices() {
     );
 
     let shot = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/dashboard.png");
+    // target/ is elsewhere when CARGO_TARGET_DIR is set: make the folder the picture goes in.
+    std::fs::create_dir_all(shot.parent().expect("a parent folder")).expect("target folder");
     let out = chromium(&[&format!("--screenshot={}", shot.display())], &url, profile.path());
     assert!(out.status.success(), "screenshot failed: {}", String::from_utf8_lossy(&out.stderr));
     let meta = std::fs::metadata(&shot).expect("screenshot written");
