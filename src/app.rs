@@ -41,6 +41,8 @@ pub enum Error {
     Mqtt(#[from] crate::sources::mqtt::Error),
     #[error(transparent)]
     Gat1400(#[from] crate::sources::gat1400::Error),
+    #[error(transparent)]
+    Link(#[from] crate::link::hub::Error),
 }
 
 impl Error {
@@ -54,6 +56,7 @@ impl Error {
             Error::Gb28181(e) => e.kind(),
             Error::Mqtt(e) => e.kind(),
             Error::Gat1400(e) => e.kind(),
+            Error::Link(e) => e.kind(),
         }
     }
 }
@@ -65,6 +68,8 @@ pub struct Running {
     pub sip_addr: Option<SocketAddr>,
     /// The GA/T 1400 view-library address, when enabled.
     pub gat1400_addr: Option<SocketAddr>,
+    /// The QUIC hub's address (UDP), when `[quic] listen` is set.
+    pub quic_addr: Option<SocketAddr>,
     pub metrics: Metrics,
     cancel: CancellationToken,
     sources_cancel: CancellationToken,
@@ -94,25 +99,62 @@ fn seed_orgs(config: &Config) -> Vec<Org> {
 /// The relay's routes and sinks from `[[upstreams]]`. GA/T 1400 upstreams take the kinds it
 /// has standard objects for; the other kinds and protocols are named in the log as not yet
 /// relayed.
+/// A configured upstream's sink.
+enum Upstream {
+    Gat1400(crate::sinks::gat1400::Gat1400),
+    Link(Box<crate::link::sink::Link>),
+}
+
+impl Upstream {
+    fn protocol(&self) -> &'static str {
+        match self {
+            Upstream::Gat1400(_) => "gat1400",
+            Upstream::Link(_) => "quic",
+        }
+    }
+}
+
+/// This gateway's certificates for the QUIC link, from `[quic]`.
+fn link_identity(config: &Config) -> Result<crate::link::tls::Identity, Error> {
+    let q = &config.quic;
+    crate::link::tls::Identity::load(q.cert.as_ref(), q.key.as_ref(), q.ca.as_ref())
+        .map_err(|e| Error::Config(format!("quic: {e}")))
+}
+
 fn relay_plan(
     config: &Config,
     media: &crate::media::MediaStore,
-) -> Result<(crate::events::Relay, Vec<(String, crate::sinks::gat1400::Gat1400)>), Error> {
+) -> Result<(crate::events::Relay, Vec<(String, Upstream)>), Error> {
     use crate::event::EventKind;
     let tz = config.timezone();
     let mut relay = crate::events::Relay::none(&config.gateway.id, tz);
     let mut routes = Vec::new();
     let mut sinks = Vec::new();
     for u in &config.upstreams {
-        if u.protocol != "gat1400" {
-            warn!(upstream = %u.name, protocol = %u.protocol, "Relaying over this protocol is not built yet; the upstream is ignored.");
-            continue;
-        }
         let wanted: Vec<EventKind> = if u.events.is_empty() {
             EventKind::ALL.to_vec()
         } else {
             u.events.iter().filter_map(|k| EventKind::parse(k)).collect()
         };
+        if u.protocol == "quic" {
+            // A hub takes every kind: it relays them on by its own routes.
+            let link = crate::link::sink::Link::new(
+                &u.url,
+                &u.server_name,
+                link_identity(config)?,
+                &config.gateway.id,
+                &config.gateway.name,
+                media.clone(),
+            )
+            .map_err(|e| Error::Config(format!("upstreams {}: {e}", u.name)))?;
+            routes.push((u.name.clone(), wanted));
+            sinks.push((u.name.clone(), Upstream::Link(Box::new(link))));
+            continue;
+        }
+        if u.protocol != "gat1400" {
+            warn!(upstream = %u.name, protocol = %u.protocol, "Relaying over this protocol is not built yet; the upstream is ignored.");
+            continue;
+        }
         let kinds: Vec<EventKind> =
             wanted.iter().copied().filter(|k| crate::sinks::gat1400::KINDS.contains(k)).collect();
         let left: Vec<&str> = u
@@ -127,7 +169,7 @@ fn relay_plan(
         let sink = crate::sinks::gat1400::Gat1400::new(&u.url, &u.user_id, &u.password, media.clone(), tz)
             .map_err(|e| Error::Config(format!("upstreams {}: {e}", u.name)))?;
         routes.push((u.name.clone(), kinds));
-        sinks.push((u.name.clone(), sink));
+        sinks.push((u.name.clone(), Upstream::Gat1400(sink)));
     }
     relay.routes = Arc::new(crate::outbox::Routes(routes));
     Ok((relay, sinks))
@@ -243,7 +285,7 @@ pub async fn start(config: Config) -> Result<Running, Error> {
     for (name, sink) in sinks {
         let status = Arc::new(std::sync::Mutex::new(crate::outbox::runner::TargetStatus {
             name: name.clone(),
-            protocol: "gat1400".into(),
+            protocol: sink.protocol().into(),
             ..Default::default()
         }));
         targets.push(status.clone());
@@ -253,7 +295,10 @@ pub async fn start(config: Config) -> Result<Running, Error> {
             added: relay.added.clone(),
             keep_delivered: config.relay.keep_delivered,
         };
-        tracker.spawn(crate::outbox::runner::run(ctx, sink, status, cancel.child_token()));
+        match sink {
+            Upstream::Gat1400(s) => tracker.spawn(crate::outbox::runner::run(ctx, s, status, cancel.child_token())),
+            Upstream::Link(s) => tracker.spawn(crate::outbox::runner::run(ctx, *s, status, cancel.child_token())),
+        };
         info!(upstream = %name, "Relaying to this upstream.");
     }
     let sources_cancel = cancel.child_token();
@@ -323,6 +368,23 @@ pub async fn start(config: Config) -> Result<Running, Error> {
         None
     };
 
+    // The QUIC hub: lower gateways link here and their records enter this outbox.
+    let quic_addr = if config.quic.listen.is_empty() {
+        None
+    } else {
+        let addr = crate::link::hub::spawn(
+            &config.quic.listen,
+            link_identity(&config)?,
+            config.gateway.id.clone(),
+            shared.clone(),
+            media.clone(),
+            sources_cancel.clone(),
+            &tracker,
+        )?;
+        info!(quic = %addr, "Lower gateways link to this hub at this address.");
+        Some(addr)
+    };
+
     let streams = if config.rtsp.enabled {
         crate::sources::rtsp::spawn(&config.rtsp, shared.clone(), impaired.clone(), sources_cancel.clone(), &tracker)
             .map_err(|e| Error::Config(format!("cannot start the RTSP threads: {e}")))?
@@ -367,7 +429,19 @@ pub async fn start(config: Config) -> Result<Running, Error> {
         }
     });
     info!(http = %http_addr, "vigil is running; dashboard at http://{http_addr}/");
-    Ok(Running { http_addr, sip_addr, gat1400_addr, metrics, cancel, sources_cancel, http_cancel, tracker, http, db })
+    Ok(Running {
+        http_addr,
+        sip_addr,
+        gat1400_addr,
+        quic_addr,
+        metrics,
+        cancel,
+        sources_cancel,
+        http_cancel,
+        tracker,
+        http,
+        db,
+    })
 }
 
 impl Running {

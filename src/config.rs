@@ -484,6 +484,8 @@ pub struct Upstream {
     pub events: Vec<String>,
     pub server_id: String,
     pub server_addr: String,
+    /// protocol quic: the name the hub's certificate is checked for (default: the URL's host).
+    pub server_name: String,
 }
 
 /// Channel capacities and batch sizes. The defaults suit a district of ~10,000 devices.
@@ -725,6 +727,9 @@ impl Config {
                 "gat1400" | "quic" if u.url.is_empty() => {
                     add(format!("upstreams[{i}].url"), format!("required for protocol {}", u.protocol))
                 }
+                "quic" if !u.url.starts_with("quic://") => {
+                    add(format!("upstreams[{i}].url"), format!("{:?}: expected quic://host:port", u.url))
+                }
                 "gb28181" if u.server_id.is_empty() || u.server_addr.is_empty() => add(
                     format!("upstreams[{i}].server_id"),
                     "server_id and server_addr are required for protocol gb28181".into(),
@@ -737,6 +742,17 @@ impl Config {
                         format!("upstreams[{i}].events[{j}]"),
                         format!("{e:?} is not one of {}", EVENT_KINDS.join(", ")),
                     );
+                }
+            }
+        }
+        let links = self.upstreams.iter().any(|u| u.protocol == "quic");
+        if !self.quic.listen.is_empty() && self.quic.listen.parse::<SocketAddr>().is_err() {
+            add("quic.listen".into(), format!("{:?} is not an address like 0.0.0.0:4433", self.quic.listen));
+        }
+        if links || !self.quic.listen.is_empty() {
+            for (key, v) in [("quic.cert", &self.quic.cert), ("quic.key", &self.quic.key), ("quic.ca", &self.quic.ca)] {
+                if v.is_empty() {
+                    add(key.into(), "required for the QUIC link (mutual TLS; `vigil certs` makes them)".into());
                 }
             }
         }

@@ -12,6 +12,7 @@ pub mod error;
 pub mod event;
 pub mod events;
 pub mod ids;
+pub mod link;
 pub mod media;
 pub mod outbox;
 pub mod presence;

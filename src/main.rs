@@ -56,6 +56,20 @@ enum Command {
         #[command(subcommand)]
         report: Report,
     },
+    /// Issue certificates for the QUIC link between tiers: the tier's CA (made once in DIR,
+    /// reused after) and a certificate per gateway id (`<id>.pem`, `<id>.key`).
+    Certs {
+        /// Where the files go.
+        #[arg(long, default_value = "certs")]
+        out: PathBuf,
+        /// Names or addresses the hub is reached by (subject alternative names), e.g.
+        /// `--san hub.district.local --san 10.1.2.3`. Default: localhost and 127.0.0.1.
+        #[arg(long)]
+        san: Vec<String>,
+        /// The gateway ids (20 digits, `[gateway] id`) to issue certificates for.
+        #[arg(required = true)]
+        ids: Vec<String>,
+    },
     /// Print the version.
     Version,
 }
@@ -178,6 +192,21 @@ async fn async_main(command: Command) -> ExitCode {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("report failed: {e:#}");
+                    ExitCode::from(1)
+                }
+            }
+        }
+        Command::Certs { out, san, ids } => {
+            let sans = if san.is_empty() { vec!["localhost".into(), "127.0.0.1".into()] } else { san };
+            match vigil::link::tls::issue(&out, &ids, &sans) {
+                Ok(files) => {
+                    for f in files {
+                        println!("wrote {}", f.display());
+                    }
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("certs failed: {e}");
                     ExitCode::from(1)
                 }
             }

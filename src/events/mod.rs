@@ -59,9 +59,10 @@ pub enum Stored {
     Duplicate,
 }
 
+/// Rows committed together (one event from a source, a whole batch from a link).
 struct Submit {
-    row: store::Row,
-    done: oneshot::Sender<Result<Stored, Error>>,
+    rows: Vec<store::Row>,
+    done: oneshot::Sender<Result<Vec<Stored>, Error>>,
 }
 
 /// Where stored events go next: the outbox routes, how events are named upstream, and the
@@ -93,11 +94,32 @@ pub struct EventLog {
 impl EventLog {
     /// Queues `event` and waits until it is committed (or found to be a duplicate).
     pub async fn submit(&self, event: Event) -> Result<Stored, Error> {
-        let (done, rx) = oneshot::channel();
-        // Serialized here, on the submitter's task, so the one writer only binds.
         let object_id = crate::outbox::object_id(&event, &self.relay.gateway_id, &self.relay.tz);
-        let row = store::Row::new(event, object_id);
-        self.tx.send(Submit { row, done }).await.map_err(|_| Error::Closed)?;
+        let mut stored = self.submit_rows(vec![store::Row::new(event, object_id)]).await?;
+        stored.pop().ok_or(Error::Closed)
+    }
+
+    /// Queues events that already have their upstream ids (records relayed from a lower
+    /// gateway keep the id it gave them) and waits until all are committed, in one
+    /// transaction; answers per event, in order.
+    pub async fn submit_many(&self, events: Vec<(Event, Option<String>)>) -> Result<Vec<Stored>, Error> {
+        if events.is_empty() {
+            return Ok(Vec::new());
+        }
+        let rows = events
+            .into_iter()
+            .map(|(e, id)| {
+                let id = id.or_else(|| crate::outbox::object_id(&e, &self.relay.gateway_id, &self.relay.tz));
+                store::Row::new(e, id)
+            })
+            .collect();
+        self.submit_rows(rows).await
+    }
+
+    async fn submit_rows(&self, rows: Vec<store::Row>) -> Result<Vec<Stored>, Error> {
+        // Serialized by `Row::new`, on the submitter's task, so the one writer only binds.
+        let (done, rx) = oneshot::channel();
+        self.tx.send(Submit { rows, done }).await.map_err(|_| Error::Closed)?;
         rx.await.map_err(|_| Error::Closed)?
     }
 
@@ -131,10 +153,14 @@ async fn writer(db: Db, relay: Relay, mut rx: mpsc::Receiver<Submit>, metrics: M
             }
         };
         let Some(first) = first else { break };
+        let mut rows = first.rows.len();
         batch.push(first);
-        while batch.len() < BATCH {
+        while rows < BATCH {
             match rx.try_recv() {
-                Ok(s) => batch.push(s),
+                Ok(s) => {
+                    rows += s.rows.len();
+                    batch.push(s);
+                }
                 Err(_) => break,
             }
         }
@@ -145,7 +171,7 @@ async fn writer(db: Db, relay: Relay, mut rx: mpsc::Receiver<Submit>, metrics: M
 
 /// Writes one batch and answers its submitters.
 async fn commit(db: &Db, relay: &Relay, batch: &mut Vec<Submit>, metrics: &Metrics) {
-    let events: Vec<&store::Row> = batch.iter().map(|s| &s.row).collect();
+    let events: Vec<&store::Row> = batch.iter().flat_map(|s| s.rows.iter()).collect();
     let mut result = store::insert(db, &events, &relay.routes, crate::clock::now_ms()).await;
     let mut attempt = 1;
     while let Err(e) = &result {
@@ -163,13 +189,19 @@ async fn commit(db: &Db, relay: &Relay, batch: &mut Vec<Submit>, metrics: &Metri
                 relay.added.notify_waiters();
             }
             for s in batch.drain(..) {
-                let e = &s.row.event;
-                let stored = if new_keys.contains(&e.dedup_key) {
-                    metrics.events.with_label_values(&[e.kind().as_str(), e.source.as_str()]).inc();
-                    Stored::New
-                } else {
-                    Stored::Duplicate
-                };
+                let stored = s
+                    .rows
+                    .iter()
+                    .map(|r| {
+                        let e = &r.event;
+                        if new_keys.contains(&e.dedup_key) {
+                            metrics.events.with_label_values(&[e.kind().as_str(), e.source.as_str()]).inc();
+                            Stored::New
+                        } else {
+                            Stored::Duplicate
+                        }
+                    })
+                    .collect();
                 let _ = s.done.send(Ok(stored));
             }
         }

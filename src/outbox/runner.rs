@@ -28,6 +28,10 @@ pub enum Delivery {
 
 /// One upstream protocol.
 pub trait Sink: Send + 'static {
+    /// Records per claim (one call of `deliver`).
+    fn batch_size(&self) -> i64 {
+        BATCH
+    }
     /// Delivers a batch; answers per record, in order, or fails as a whole.
     fn deliver(&mut self, batch: &[Claimed]) -> impl Future<Output = Result<Vec<Delivery>, String>> + Send;
     /// Called between batches (registration, keepalives). `Ok(true)` when it spoke with the
@@ -51,7 +55,7 @@ pub struct TargetStatus {
     pub dead: u64,
 }
 
-/// Records per claim.
+/// Records per claim, unless the sink says otherwise.
 const BATCH: i64 = 64;
 /// The longest a runner sleeps before looking again without being woken.
 const IDLE: Duration = Duration::from_secs(1);
@@ -112,7 +116,7 @@ pub async fn run<S: Sink>(ctx: Context, mut sink: S, status: Arc<Mutex<TargetSta
                 s.last_error_at = Some(now_ms());
             }),
         }
-        let batch = match store::claim(&db, &name, now_ms(), BATCH).await {
+        let batch = match store::claim(&db, &name, now_ms(), sink.batch_size()).await {
             Ok(b) => b,
             Err(e) => {
                 warn!(target = %name, error = %e, "Cannot read the outbox; trying again.");

@@ -105,6 +105,18 @@ impl Client {
 
 /// The config text for a test gateway.
 pub fn config_toml(data_dir: &Path, db_url: Option<&str>, http_port: u16, extra: &str) -> String {
+    config_toml_as(None, data_dir, db_url, http_port, extra)
+}
+
+/// `config_toml` for a gateway with its own id (tiers linked by QUIC each have one).
+pub fn config_toml_as(
+    gateway_id: Option<&str>,
+    data_dir: &Path,
+    db_url: Option<&str>,
+    http_port: u16,
+    extra: &str,
+) -> String {
+    let id = gateway_id.map(|id| format!("id = \"{id}\"\n")).unwrap_or_default();
     let db = db_url.map(|u| format!("[database]\nurl = \"{u}\"\n")).unwrap_or_default();
     // Sources with fixed default ports are off unless the test configures them.
     let mut off = String::new();
@@ -117,7 +129,7 @@ pub fn config_toml(data_dir: &Path, db_url: Option<&str>, http_port: u16, extra:
     format!(
         r#"
 [gateway]
-data_dir = "{}"
+{id}data_dir = "{}"
 {db}
 [http]
 listen = "127.0.0.1:{http_port}"
@@ -156,17 +168,28 @@ impl TestGateway {
         Self::start_via(db, extra, None).await
     }
 
+    /// Starts with `[gateway] id` set.
+    pub async fn start_as(db: Db, gateway_id: &str, extra: &str) -> Self {
+        Self::start_inner(db, extra, None, "", Some(gateway_id)).await
+    }
+
     /// Starts with extra keys in the `[gb28181]` section (the harness already opens it).
     pub async fn start_with_sip(db: Db, gb28181_keys: &str) -> Self {
-        Self::start_inner(db, "", None, gb28181_keys).await
+        Self::start_inner(db, "", None, gb28181_keys, None).await
     }
 
     /// Starts with PostgreSQL reached through `proxy_port` (a `Proxy` in front of it).
     pub async fn start_via(db: Db, extra: &str, proxy_port: Option<u16>) -> Self {
-        Self::start_inner(db, extra, proxy_port, "").await
+        Self::start_inner(db, extra, proxy_port, "", None).await
     }
 
-    async fn start_inner(db: Db, extra: &str, proxy_port: Option<u16>, gb28181_keys: &str) -> Self {
+    async fn start_inner(
+        db: Db,
+        extra: &str,
+        proxy_port: Option<u16>,
+        gb28181_keys: &str,
+        gateway_id: Option<&str>,
+    ) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let pg = match db {
             Db::Postgres => Some(TestDb::create().await),
@@ -176,7 +199,7 @@ impl TestGateway {
             Some(port) => p.url.replace("127.0.0.1:5432", &format!("127.0.0.1:{port}")),
             None => p.url.clone(),
         });
-        let text = config_toml(dir.path(), url.as_deref(), 0, extra).replace(
+        let text = config_toml_as(gateway_id, dir.path(), url.as_deref(), 0, extra).replace(
             "[gb28181]\nlisten = \"127.0.0.1:0\"\n",
             &format!("[gb28181]\nlisten = \"127.0.0.1:0\"\n{gb28181_keys}"),
         );
