@@ -155,8 +155,14 @@ fn relay_plan(
             warn!(upstream = %u.name, protocol = %u.protocol, "Relaying over this protocol is not built yet; the upstream is ignored.");
             continue;
         }
-        let kinds: Vec<EventKind> =
-            wanted.iter().copied().filter(|k| crate::sinks::gat1400::KINDS.contains(k)).collect();
+        let kinds: Vec<EventKind> = wanted
+            .iter()
+            .copied()
+            .filter(|k| {
+                crate::sinks::gat1400::KINDS.contains(k)
+                    || !u.extension.is_empty() && crate::sinks::gat1400::EXTENSION_KINDS.contains(k)
+            })
+            .collect();
         let left: Vec<&str> = u
             .events
             .iter()
@@ -164,10 +170,11 @@ fn relay_plan(
             .filter(|k| EventKind::parse(k).is_none_or(|k| !kinds.contains(&k)))
             .collect();
         if !left.is_empty() {
-            warn!(upstream = %u.name, kinds = ?left, "GA/T 1400 has no standard object for these kinds; they are not relayed to this upstream yet.");
+            warn!(upstream = %u.name, kinds = ?left, "GA/T 1400 has no standard object for these kinds; set `extension` on this upstream (the district's interface document names the path) to relay them.");
         }
-        let sink = crate::sinks::gat1400::Gat1400::new(&u.url, &u.user_id, &u.password, media.clone(), tz)
-            .map_err(|e| Error::Config(format!("upstreams {}: {e}", u.name)))?;
+        let sink =
+            crate::sinks::gat1400::Gat1400::new(&u.url, &u.user_id, &u.password, media.clone(), tz, &u.extension)
+                .map_err(|e| Error::Config(format!("upstreams {}: {e}", u.name)))?;
         routes.push((u.name.clone(), kinds));
         sinks.push((u.name.clone(), Upstream::Gat1400(sink)));
     }
@@ -244,33 +251,6 @@ pub async fn start(config: Config) -> Result<Running, Error> {
     let metrics = Metrics::new();
     let cancel = CancellationToken::new();
     let tracker = TaskTracker::new();
-    let writer = Arc::new(WriterHealth::default());
-    let presence_cancel = cancel.child_token();
-    let handle = presence::runner::spawn(
-        table,
-        restored,
-        &config.presence,
-        &config.tuning,
-        db.clone(),
-        metrics.clone(),
-        writer.clone(),
-        presence_cancel,
-        &tracker,
-    );
-    let impaired = crate::rate::Impaired::default();
-    let rate_rx = crate::rate::sampling::spawn(
-        crate::rate::sampling::Inputs {
-            registry: registry.clone(),
-            presence: handle.clone(),
-            impaired: impaired.clone(),
-        },
-        config.assessment.clone(),
-        config.tuning.rate_refresh,
-        metrics.clone(),
-        cancel.child_token(),
-        &tracker,
-    );
-
     let rejections = crate::rejections::Rejections::new(metrics.clone());
     rejections.persist(db.clone(), cancel.child_token(), &tracker);
     // The event writer stops after the sources (its token fires with the second step of
@@ -281,6 +261,38 @@ pub async fn start(config: Config) -> Result<Running, Error> {
     // events), and a runner per upstream that delivers them.
     let (relay, sinks) = relay_plan(&config, &media)?;
     let events = crate::events::spawn(db.clone(), relay.clone(), metrics.clone(), cancel.child_token(), &tracker);
+    // Presence transitions, once committed, become status events for the upstreams.
+    let (status_tx, status_rx) = tokio::sync::mpsc::channel(crate::events::reports::QUEUE);
+    crate::events::reports::spawn_status(status_rx, events.clone(), registry.clone(), &tracker);
+    let writer = Arc::new(WriterHealth::default());
+    let presence_cancel = cancel.child_token();
+    let handle = presence::runner::spawn(
+        table,
+        restored,
+        &config.presence,
+        &config.tuning,
+        db.clone(),
+        metrics.clone(),
+        writer.clone(),
+        Some(status_tx),
+        presence_cancel,
+        &tracker,
+    );
+    let impaired = crate::rate::Impaired::default();
+    let rate_rx = crate::rate::sampling::spawn(
+        crate::rate::sampling::Inputs {
+            registry: registry.clone(),
+            presence: handle.clone(),
+            impaired: impaired.clone(),
+            reports: Some((events.clone(), config.gateway.id.clone())),
+        },
+        config.assessment.clone(),
+        config.tuning.rate_refresh,
+        metrics.clone(),
+        cancel.child_token(),
+        &tracker,
+    );
+
     let mut targets = Vec::new();
     for (name, sink) in sinks {
         let status = Arc::new(std::sync::Mutex::new(crate::outbox::runner::TargetStatus {

@@ -486,6 +486,10 @@ pub struct Upstream {
     pub server_addr: String,
     /// protocol quic: the name the hub's certificate is checked for (default: the URL's host).
     pub server_name: String,
+    /// protocol gat1400: the path under `url` where records GA/T 1400 has no standard object
+    /// for (access, alarm, status, online_rate) are pushed, e.g. "/Community". Empty: they are
+    /// not relayed to this upstream.
+    pub extension: String,
 }
 
 /// Channel capacities and batch sizes. The defaults suit a district of ~10,000 devices.

@@ -60,11 +60,18 @@ pub enum EventKind {
     FaceCapture,
     Alarm,
     Status,
+    OnlineRate,
 }
 
 impl EventKind {
-    pub const ALL: [EventKind; 5] =
-        [EventKind::Access, EventKind::VehiclePass, EventKind::FaceCapture, EventKind::Alarm, EventKind::Status];
+    pub const ALL: [EventKind; 6] = [
+        EventKind::Access,
+        EventKind::VehiclePass,
+        EventKind::FaceCapture,
+        EventKind::Alarm,
+        EventKind::Status,
+        EventKind::OnlineRate,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -73,6 +80,7 @@ impl EventKind {
             EventKind::FaceCapture => "face_capture",
             EventKind::Alarm => "alarm",
             EventKind::Status => "status",
+            EventKind::OnlineRate => "online_rate",
         }
     }
 
@@ -309,7 +317,42 @@ pub enum EventBody {
     VehiclePass(VehiclePassBody),
     FaceCapture(FaceCaptureBody),
     Alarm(AlarmBody),
-    Status { online: bool, reason: String },
+    /// A device went online or offline (from presence), with the reason presence gives.
+    Status {
+        online: bool,
+        reason: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        detail: Option<String>,
+    },
+    /// The sampled online rate at one sampling instant.
+    OnlineRate(OnlineRateBody),
+}
+
+/// The online rate sampled at an assessment instant (`[assessment] sample_every`): the
+/// gateway as a whole and every org, all kinds together and each kind present.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
+pub struct OnlineRateBody {
+    pub sampled_at: Millis,
+    /// The assessed target (0.95).
+    pub target: f64,
+    pub rows: Vec<RateRow>,
+}
+
+/// One scope of a rate sample: `org_id` empty for the whole gateway, `kind` "all" or one.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
+pub struct RateRow {
+    pub org_id: String,
+    pub org_name: String,
+    pub kind: String,
+    pub online: u64,
+    pub total: u64,
+    pub intact: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rate: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub intact_rate: Option<f64>,
 }
 
 impl EventBody {
@@ -320,6 +363,7 @@ impl EventBody {
             EventBody::FaceCapture(_) => EventKind::FaceCapture,
             EventBody::Alarm(_) => EventKind::Alarm,
             EventBody::Status { .. } => EventKind::Status,
+            EventBody::OnlineRate(_) => EventKind::OnlineRate,
         }
     }
 }

@@ -11,6 +11,10 @@
 //!
 //! `vigil-sim platform --listen 127.0.0.1:9101 --password secret` prints its base URL
 //! (`http://127.0.0.1:9101/VIID`) first.
+//!
+//! Records GA/T 1400 has no standard object for arrive on the extension path
+//! (`/VIID/<prefix>/AccessRecords`, `AlarmRecords`, `DeviceStatuses`, `OnlineRates`) and are
+//! counted by `RecordID` under `extension` in `/stats`, with the latest 200 kept whole.
 #![allow(clippy::disallowed_methods)] // a simulator reads real time
 
 use std::collections::{HashMap, HashSet};
@@ -57,7 +61,15 @@ struct Books {
     slow_ms: u64,
     reject: HashSet<String>,
     rejected: u64,
+    /// Records of the extension path (`/VIID/<prefix>/AccessRecords`, ...): by RecordID,
+    /// by collection, and the latest ones as received.
+    ext_seen: HashMap<String, u32>,
+    ext_by_kind: HashMap<String, u64>,
+    ext_latest: std::collections::VecDeque<Value>,
 }
+
+/// Extension records kept for `GET /stats` (`extension.latest`).
+const EXT_KEEP: usize = 200;
 
 struct Platform {
     password: String,
@@ -97,6 +109,7 @@ pub async fn run(args: Args) -> Result<()> {
         .route("/VIID/System/UnRegister", post(unregister))
         .route("/VIID/System/Time", get(time))
         .route("/VIID/{collection}", post(objects))
+        .route("/VIID/{prefix}/{collection}", post(extension))
         .route("/stats", get(stats))
         .route("/control", post(control))
         .layer(axum::extract::DefaultBodyLimit::max(8 << 20))
@@ -257,6 +270,73 @@ async fn objects(
     viid(StatusCode::OK, codec::response_list(answers))
 }
 
+/// The extension path: records GA/T 1400 has no standard object for, under any prefix,
+/// answered per `RecordID` like the standard lists.
+async fn extension(
+    State(p): State<Arc<Platform>>,
+    Path((prefix, collection)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let url = format!("/VIID/{prefix}/{collection}");
+    let now = now_ms();
+    let mode = p.books().mode.clone();
+    match mode.as_str() {
+        "refuse" => {
+            return viid(
+                StatusCode::SERVICE_UNAVAILABLE,
+                codec::response(&url, Status::DeviceBusy, "", "refusing", now, &p.tz),
+            )
+        }
+        "error500" => return (StatusCode::INTERNAL_SERVER_ERROR, "simulated failure").into_response(),
+        _ => {}
+    }
+    let user = headers.get("user-identify").and_then(|h| h.to_str().ok()).unwrap_or("").to_owned();
+    if !p.books().registered.contains(&user) {
+        return viid(
+            StatusCode::UNAUTHORIZED,
+            codec::response(&url, Status::InvalidOperation, "", "not registered", now, &p.tz),
+        );
+    }
+    let Some(coll) = vigil::sinks::gat1400::client::Collection::extension_named(&collection) else {
+        return viid(
+            StatusCode::NOT_FOUND,
+            codec::response(&url, Status::InvalidOperation, "", "no such collection", now, &p.tz),
+        );
+    };
+    let (list, object, id_key) = coll.keys();
+    let items = match serde_json::from_slice::<Value>(&body).ok().and_then(|v| v.get(list)?.get(object).cloned()) {
+        Some(Value::Array(a)) => a,
+        Some(o @ Value::Object(_)) => vec![o],
+        _ => {
+            let detail = format!("{list}.{object} is missing");
+            return viid(
+                StatusCode::BAD_REQUEST,
+                codec::response(&url, Status::InvalidJsonContent, "", &detail, now, &p.tz),
+            );
+        }
+    };
+    let mut b = p.books();
+    let answers: Vec<Value> = items
+        .into_iter()
+        .map(|o| {
+            let id = o.get(id_key).and_then(Value::as_str).unwrap_or("").to_owned();
+            if id.is_empty() {
+                return codec::status_object(&url, Status::InvalidJsonContent, "", "RecordID is missing", now, &p.tz);
+            }
+            *b.ext_by_kind.entry(collection.clone()).or_default() += 1;
+            *b.ext_seen.entry(id.clone()).or_default() += 1;
+            if b.ext_latest.len() == EXT_KEEP {
+                b.ext_latest.pop_front();
+            }
+            b.ext_latest.push_back(o);
+            codec::status_object(&url, Status::Ok, &id, "", now, &p.tz)
+        })
+        .collect();
+    drop(b);
+    viid(StatusCode::OK, codec::response_list(answers))
+}
+
 async fn stats(State(p): State<Arc<Platform>>) -> Json<Value> {
     let b = p.books();
     let duplicates: u64 = b.seen.values().map(|n| u64::from(n.saturating_sub(1))).sum();
@@ -271,6 +351,12 @@ async fn stats(State(p): State<Arc<Platform>>) -> Json<Value> {
         "by_kind": b.by_kind,
         "order": b.order,
         "mode": b.mode,
+        "extension": {
+            "unique": b.ext_seen.len(),
+            "duplicates": b.ext_seen.values().map(|n| u64::from(n.saturating_sub(1))).sum::<u64>(),
+            "by_kind": b.ext_by_kind,
+            "latest": b.ext_latest,
+        },
     }))
 }
 

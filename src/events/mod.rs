@@ -6,6 +6,7 @@
 //! relay's outbox (delivery rows per upstream) is written in the same transaction when it
 //! lands. Owns the `events` table.
 
+pub mod reports;
 pub mod store;
 
 use std::sync::Arc;

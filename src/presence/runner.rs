@@ -101,6 +101,7 @@ pub fn spawn(
     db: crate::db::Db,
     metrics: Metrics,
     health: Arc<WriterHealth>,
+    status: Option<mpsc::Sender<Arc<Vec<Transition>>>>,
     cancel: CancellationToken,
     tracker: &TaskTracker,
 ) -> PresenceHandle {
@@ -109,7 +110,7 @@ pub fn spawn(
     let (write_tx, write_rx) = mpsc::channel(tuning.transition_queue.div_ceil(64).max(4));
     health.db_ok.store(true, Ordering::Relaxed);
     tracker.spawn(
-        writer(write_rx, db, cfg.max_pending, health, metrics.clone(), cancel.clone())
+        writer(write_rx, db, cfg.max_pending, health, status, metrics.clone(), cancel.clone())
             .instrument(tracing::info_span!("presence_writer")),
     );
     tracker.spawn(
@@ -249,6 +250,7 @@ async fn writer(
     db: crate::db::Db,
     max_pending: usize,
     health: Arc<WriterHealth>,
+    status: Option<mpsc::Sender<Arc<Vec<Transition>>>>,
     metrics: Metrics,
     cancel: CancellationToken,
 ) {
@@ -297,6 +299,15 @@ async fn writer(
                 health.db_ok.store(true, Ordering::Relaxed);
                 metrics.presence_pending.set(0);
                 backoff = Duration::from_millis(250);
+                // Committed: now they may be reported upstream as status events.
+                if let Some(tx) = &status {
+                    if !batch.transitions.is_empty() {
+                        let n = batch.transitions.len();
+                        if let Err(mpsc::error::TrySendError::Full(_)) = tx.try_send(Arc::new(batch.transitions)) {
+                            error!(transitions = n, "Status reports are not keeping up; these transitions are not reported upstream (the presence history has them).");
+                        }
+                    }
+                }
             }
             Err(e) => {
                 health.db_ok.store(false, Ordering::Relaxed);

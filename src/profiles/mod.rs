@@ -323,12 +323,16 @@ pub fn compile(f: spec::ProfileFile) -> Result<Profile, ProfileError> {
         let action = match e.event.as_str() {
             "heartbeat" => Action::Heartbeat,
             "drop" => Action::Drop(e.reason.clone().unwrap_or_else(|| "dropped_by_profile".into())),
-            k => Action::Emit(EventKind::parse(k).filter(|k| *k != EventKind::Status).ok_or_else(|| {
-                err(
-                    &format!("{key}.event"),
-                    format!("{k:?} is not access, vehicle_pass, face_capture, alarm, heartbeat or drop"),
-                )
-            })?),
+            k => Action::Emit(
+                EventKind::parse(k).filter(|k| !matches!(k, EventKind::Status | EventKind::OnlineRate)).ok_or_else(
+                    || {
+                        err(
+                            &format!("{key}.event"),
+                            format!("{k:?} is not access, vehicle_pass, face_capture, alarm, heartbeat or drop"),
+                        )
+                    },
+                )?,
+            ),
         };
         let mut map = Vec::new();
         for (field, text) in &e.map {

@@ -66,6 +66,8 @@ pub struct Inputs {
     pub registry: Registry,
     pub presence: PresenceHandle,
     pub impaired: super::Impaired,
+    /// Where each sample is reported as an `online_rate` event, as this gateway's id.
+    pub reports: Option<(crate::events::EventLog, String)>,
 }
 
 /// Starts the rate task; returns the receiver of its snapshots.
@@ -90,7 +92,7 @@ async fn run(
     tx: watch::Sender<Arc<RateSnapshot>>,
     cancel: CancellationToken,
 ) {
-    let Inputs { registry, presence, impaired } = inputs;
+    let Inputs { registry, presence, impaired, reports } = inputs;
     let tz: chrono_tz::Tz = cfg.timezone.parse().unwrap_or(chrono_tz::Asia::Shanghai);
     let pool = registry.db().pool.clone();
     metrics.online_target.set(cfg.online_target);
@@ -124,6 +126,17 @@ async fn run(
             match insert_samples(&pool, at, &index, &rollup).await {
                 Ok(n) => tracing::debug!(at, rows = n, "Online rate sampled."),
                 Err(e) => warn!(error = %e, at, "Cannot store the online-rate sample; it is missing from history."),
+            }
+            if let Some((events, gateway_id)) = &reports {
+                let body = report_body(at, cfg.online_target, &index, &rollup);
+                let event = crate::events::reports::online_rate_event(gateway_id, body, now);
+                let events = events.clone();
+                // Off the rate loop: a slow commit must not delay the next refresh.
+                tokio::spawn(async move {
+                    if let Err(e) = events.submit(event).await {
+                        warn!(error = %e, at, "Cannot store the online-rate report; upstreams miss this sample.");
+                    }
+                });
             }
             next_sample = next_sample_after(now.max(at), cfg.sample_every, &tz);
         }
@@ -168,6 +181,31 @@ fn publish_metrics(metrics: &Metrics, index: &RateIndex, rollup: &Rollup) {
             metrics.online_rate.with_label_values(&[o.id.as_str(), "all"]).set(r);
         }
     }
+}
+
+/// The body of an `online_rate` event: the same scopes a stored sample has.
+pub fn report_body(at: Millis, target: f64, index: &RateIndex, rollup: &Rollup) -> crate::event::OnlineRateBody {
+    let mut rows = Vec::new();
+    let scopes = std::iter::once(("", "", &rollup.root))
+        .chain(index.orgs.iter().zip(rollup.per_org.iter()).map(|(o, row)| (o.id.as_str(), o.name.as_str(), row)));
+    for (org_id, org_name, kinds) in scopes {
+        for (k, c) in kinds.iter().enumerate() {
+            if c.total == 0 && k != ALL {
+                continue;
+            }
+            rows.push(crate::event::RateRow {
+                org_id: org_id.to_owned(),
+                org_name: org_name.to_owned(),
+                kind: if k == ALL { "all".into() } else { DeviceKind::ALL[k].as_str().into() },
+                online: c.online,
+                total: c.total,
+                intact: c.intact,
+                rate: c.rate(),
+                intact_rate: c.intact_rate(),
+            });
+        }
+    }
+    crate::event::OnlineRateBody { sampled_at: at, target, rows }
 }
 
 /// Stores one sample: the gateway and every org node, all kinds and each kind present.

@@ -249,3 +249,62 @@ async fn kill_9_twice_mid_burst_loses_no_acknowledged_face() {
     eprintln!("kill -9 twice: {} faces delivered, {} duplicates dropped by the platform", got.len(), s["duplicates"]);
     drop(vigil);
 }
+
+/// Records GA/T 1400 has no standard object for go by the upstream's extension path: a
+/// device going online and offline arrives as two device-status records with the reason
+/// presence gave, and the sampled online rate as an online-rate report with a row for the
+/// gateway; kinds the upstream did not ask for stay home.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_changes_and_online_rate_reports_reach_the_extension_path() {
+    use std::time::Duration;
+    let platform = Platform::start(free_port(), "up-secret");
+    let extra = format!(
+        "[assessment]\nsample_every = \"10s\"\n\n\
+         [[upstreams]]\nname = \"city\"\nprotocol = \"gat1400\"\nurl = \"{}\"\nuser_id = \"{GATEWAY}\"\npassword = \"up-secret\"\n\
+         extension = \"/Community\"\nevents = [\"status\", \"online_rate\"]\n",
+        platform.base
+    );
+    let gw = crate::support::gateway::TestGateway::start(crate::support::gateway::Db::Sqlite, &extra).await;
+    let (s, body) = gw
+        .api
+        .post(
+            "/devices",
+            json!({"id": "gate-07", "name": "7号门门禁", "kind": "access_control", "protocol": "external"}),
+        )
+        .await;
+    assert_eq!(s, 201, "{body}");
+    gw.api.post("/observations", json!({"device_id": "gate-07", "kind": "alive", "ttl": "60s"})).await;
+    gw.api.wait_for("/devices/gate-07", Duration::from_secs(5), |d| d["presence"]["state"] == "online").await;
+    gw.api.post("/observations", json!({"device_id": "gate-07", "kind": "dead", "reason": "power cut"})).await;
+
+    let s = platform_until(&platform, Duration::from_secs(30), |s| {
+        s["extension"]["by_kind"]["DeviceStatuses"].as_u64() >= Some(2)
+            && s["extension"]["by_kind"]["OnlineRates"].as_u64() >= Some(1)
+    })
+    .await;
+    let latest = s["extension"]["latest"].as_array().cloned().unwrap_or_default();
+    let statuses: Vec<&Value> =
+        latest.iter().filter(|r| r["RecordType"] == "status" && r["SourceDeviceID"] == "gate-07").collect();
+    assert_eq!(statuses.len(), 2, "{latest:?}");
+    assert_eq!(
+        (statuses[0]["Data"]["online"].as_bool(), statuses[0]["Data"]["reason"].as_str()),
+        (Some(true), Some("alive"))
+    );
+    assert_eq!(
+        (statuses[1]["Data"]["online"].as_bool(), statuses[1]["Data"]["detail"].as_str()),
+        (Some(false), Some("power cut")),
+        "{:?}",
+        statuses[1]
+    );
+    assert_eq!(statuses[1]["GatewayID"], GATEWAY);
+    assert!(statuses[1]["EventTime"].as_str().is_some_and(|t| t.len() == 14), "{:?}", statuses[1]);
+    let rate = latest.iter().find(|r| r["RecordType"] == "online_rate").expect("an online-rate report");
+    let whole = rate["Data"]["rows"]
+        .as_array()
+        .and_then(|rows| rows.iter().find(|r| r["org_id"] == "" && r["kind"] == "all").cloned())
+        .expect("a row for the whole gateway");
+    assert!(whole["total"].as_u64() >= Some(1), "{whole}");
+    assert_eq!(rate["Data"]["target"], 0.95);
+    assert_eq!(s["unique"], 0, "no standard objects were asked for: {s}");
+    gw.shutdown().await;
+}

@@ -23,6 +23,9 @@ use client::{Client, Collection, Error, Outcome};
 
 /// The kinds GA/T 1400 has standard objects for.
 pub const KINDS: [EventKind; 2] = [EventKind::FaceCapture, EventKind::VehiclePass];
+/// The kinds that go by the extension path, when the upstream has one.
+pub const EXTENSION_KINDS: [EventKind; 4] =
+    [EventKind::Access, EventKind::Alarm, EventKind::Status, EventKind::OnlineRate];
 
 /// The most one push request carries (the JSON of its objects, pictures inline): upper
 /// platforms commonly refuse bodies over a few MB.
@@ -40,6 +43,8 @@ pub struct Gat1400 {
     user_id: String,
     media: MediaStore,
     tz: chrono_tz::Tz,
+    /// The extension path prefix under the base URL (`/Community`), when configured.
+    extension: Option<String>,
     registered: bool,
     last_contact: Instant,
     register_failures: u32,
@@ -53,12 +58,14 @@ impl Gat1400 {
         password: &str,
         media: MediaStore,
         tz: chrono_tz::Tz,
+        extension: &str,
     ) -> Result<Gat1400, Error> {
         Ok(Gat1400 {
             client: Client::new(url, user_id, password)?,
             user_id: user_id.to_owned(),
             media,
             tz,
+            extension: (!extension.is_empty()).then(|| format!("/{}", extension.trim_matches('/'))),
             registered: false,
             last_contact: Instant::now(),
             register_failures: 0,
@@ -126,13 +133,15 @@ impl Sink for Gat1400 {
         let mut out: Vec<Option<Delivery>> = vec![None; batch.len()];
         let mut groups: HashMap<Collection, Vec<(usize, serde_json::Value)>> = HashMap::new();
         for (i, c) in batch.iter().enumerate() {
-            let (Some(coll), Some(id)) = (objects::collection(&c.event), c.object_id.as_deref()) else {
+            let coll = objects::collection(&c.event);
+            let prefix = if coll.is_extension() { self.extension.as_deref() } else { Some("") };
+            if prefix.is_none() {
                 out[i] = Some(Delivery::Rejected(format!(
-                    "GA/T 1400 has no object for a {} record",
+                    "GA/T 1400 has no standard object for a {} record and this upstream has no extension path",
                     c.event.kind().as_str()
                 )));
                 continue;
-            };
+            }
             let mut pictures = Vec::with_capacity(c.event.media.len());
             for m in &c.event.media {
                 match self.media.get(&m.hash).await {
@@ -147,7 +156,12 @@ impl Sink for Gat1400 {
             } else {
                 self.user_id.as_str()
             };
-            match objects::object(&c.event, id, device, &self.tz, &pictures) {
+            let object = if coll.is_extension() {
+                Some(objects::extension_object(&c.event, device, &self.user_id, &self.tz, &pictures))
+            } else {
+                c.object_id.as_deref().and_then(|id| objects::object(&c.event, id, device, &self.tz, &pictures))
+            };
+            match object {
                 Some(o) => groups.entry(coll).or_default().push((i, o)),
                 None => out[i] = Some(Delivery::Rejected("no GA/T 1400 object".into())),
             }
@@ -170,7 +184,11 @@ impl Sink for Gat1400 {
             for chunk in chunks.into_iter().filter(|c| !c.is_empty()) {
                 let single = chunk.len() == 1;
                 let (idx, objs): (Vec<usize>, Vec<serde_json::Value>) = chunk.into_iter().unzip();
-                let outcomes = match self.client.push(coll, objs).await {
+                let path = match (&self.extension, coll.is_extension()) {
+                    (Some(prefix), true) => format!("{prefix}{}", coll.path()),
+                    _ => coll.path().to_owned(),
+                };
+                let outcomes = match self.client.push_at(&path, coll, objs).await {
                     Ok(o) => o,
                     // One object the upstream finds too large on its own will never pass:
                     // park it rather than stall every record behind it.

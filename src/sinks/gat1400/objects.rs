@@ -22,13 +22,61 @@ fn image_type(role: &str) -> &'static str {
     }
 }
 
-/// The collection an event goes to, if GA/T 1400 has an object for it.
-pub fn collection(e: &Event) -> Option<Collection> {
+/// The collection an event goes to: a standard one, or one of the extension path.
+pub fn collection(e: &Event) -> Collection {
     match e.body {
-        EventBody::FaceCapture(_) => Some(Collection::Faces),
-        EventBody::VehiclePass(_) => Some(Collection::MotorVehicles),
-        _ => None,
+        EventBody::FaceCapture(_) => Collection::Faces,
+        EventBody::VehiclePass(_) => Collection::MotorVehicles,
+        EventBody::Access(_) => Collection::AccessRecords,
+        EventBody::Alarm(_) => Collection::AlarmRecords,
+        EventBody::Status { .. } => Collection::DeviceStatuses,
+        EventBody::OnlineRate(_) => Collection::OnlineRates,
     }
+}
+
+/// A record of the extension path: the envelope in GA/T 1400 style (`RecordID` the event's
+/// UUID, device and times as the standard writes them) and the normalized body as vigil
+/// stores it under `Data`, with any pictures as a `SubImageList`. The district's interface
+/// document names the fields its platform wants; this is the documented default.
+pub fn extension_object(
+    e: &Event,
+    device_id: &str,
+    gateway_id: &str,
+    tz: &chrono_tz::Tz,
+    pictures: &[(String, Vec<u8>)],
+) -> Value {
+    let time = local_time(e.occurred_at, tz);
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let mut data = serde_json::to_value(&e.body).unwrap_or(Value::Null);
+    if let Value::Object(m) = &mut data {
+        m.remove("kind");
+    }
+    let mut o = json!({
+        "RecordID": e.id,
+        "RecordType": e.kind().as_str(),
+        "DeviceID": device_id,
+        "SourceDeviceID": e.device_id,
+        "GatewayID": gateway_id,
+        "EventTime": time,
+        "ReceiveTime": local_time(e.received_at, tz),
+        "OfflineReplay": u8::from(e.offline_replay),
+        "Data": data,
+    });
+    if let Some(org) = &e.org_id {
+        o["OrgID"] = org.clone().into();
+    }
+    if !pictures.is_empty() {
+        let images: Vec<Value> = pictures
+            .iter()
+            .enumerate()
+            .map(|(i, (role, bytes))| {
+                json!({"ImageID": format!("{}-{}", e.id, i + 1), "Type": image_type(role), "FileFormat": "Jpeg",
+                       "ShotTime": time, "Data": b64.encode(bytes)})
+            })
+            .collect();
+        o["SubImageList"] = json!({ "SubImageInfoObject": images });
+    }
+    o
 }
 
 fn put<T: Into<Value>>(o: &mut Map<String, Value>, k: &str, v: Option<T>) {
