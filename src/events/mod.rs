@@ -24,9 +24,9 @@ use crate::telemetry::Metrics;
 pub use store::Filter;
 
 /// Events queued for the writer; a full queue slows the sources that submit.
-const QUEUE: usize = 4096;
+const QUEUE: usize = 16_384;
 /// Most events in one transaction.
-const BATCH: usize = 512;
+const BATCH: usize = 4096;
 /// Attempts at one batch before its submitters are told the store is unavailable (they
 /// answer their devices with an error, and the devices send again).
 const ATTEMPTS: u32 = 3;

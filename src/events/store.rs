@@ -56,24 +56,10 @@ pub async fn insert(
     let mut routed: Vec<(i64, crate::event::EventKind)> = Vec::new();
     let mut tx = db.pool.begin().await?;
     for chunk in rows.chunks(ROWS_PER_STATEMENT) {
-        let mut sql = String::with_capacity(128 + chunk.len() * 40);
-        sql.push_str(
+        let mut sql = String::from(
             "INSERT INTO events (id, dedup_key, kind, source, device_id, org_id, occurred_at, received_at, body, object_id) VALUES ",
         );
-        for i in 0..chunk.len() {
-            if i > 0 {
-                sql.push(',');
-            }
-            sql.push('(');
-            for c in 0..COLUMNS {
-                if c > 0 {
-                    sql.push(',');
-                }
-                sql.push('$');
-                sql.push_str(&(i * COLUMNS + c + 1).to_string());
-            }
-            sql.push(')');
-        }
+        sql.push_str(&db.backend.values(chunk.len(), COLUMNS, 1));
         sql.push_str(" ON CONFLICT DO NOTHING RETURNING seq, dedup_key, kind");
         let mut q = sqlx::query(&sql);
         for r in chunk {
@@ -100,7 +86,7 @@ pub async fn insert(
         }
     }
     if !routes.is_empty() {
-        crate::outbox::store::add(&mut tx, &routed, routes, now).await?;
+        crate::outbox::store::add(&mut tx, db.backend, &routed, routes, now).await?;
     }
     tx.commit().await?;
     Ok(new)

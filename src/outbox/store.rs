@@ -14,6 +14,7 @@ use super::Routes;
 /// caller's transaction.
 pub async fn add(
     tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    backend: crate::db::Backend,
     new: &[(i64, EventKind)],
     routes: &Routes,
     now: Millis,
@@ -22,12 +23,7 @@ pub async fn add(
         new.iter().flat_map(|(seq, kind)| routes.targets(*kind).map(move |t| (t, *seq))).collect();
     for chunk in rows.chunks(5000) {
         let mut sql = String::from("INSERT INTO deliveries (target, event_seq, created_at) VALUES ");
-        for i in 0..chunk.len() {
-            if i > 0 {
-                sql.push(',');
-            }
-            sql.push_str(&format!("(${},${},${})", i * 3 + 1, i * 3 + 2, i * 3 + 3));
-        }
+        sql.push_str(&backend.values(chunk.len(), 3, 1));
         sql.push_str(" ON CONFLICT DO NOTHING");
         let mut q = sqlx::query(&sql);
         for (t, seq) in chunk {
