@@ -53,6 +53,22 @@ impl Backend {
     }
 }
 
+impl Backend {
+    /// A subquery of the integers in the JSON array bound as parameter `$n`: `x IN` it takes
+    /// a list of any length as one parameter (no per-item placeholders to parse and bind).
+    pub fn int_list(self, n: usize) -> String {
+        match self {
+            Backend::Sqlite => format!("(SELECT value FROM json_each(${n}))"),
+            Backend::Postgres => format!("(SELECT json_array_elements_text(${n}::json)::bigint)"),
+        }
+    }
+}
+
+/// The JSON array text of `ints`, for `Backend::int_list`.
+pub fn json_ints(ints: &[i64]) -> String {
+    serde_json::to_string(ints).unwrap_or_else(|_| "[]".into())
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("database {url}: {source}")]

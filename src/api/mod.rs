@@ -108,6 +108,35 @@ async fn relay_targets(State(state): State<AppState>) -> ApiResult<Json<serde_js
     Ok(Json(serde_json::json!({ "items": items })))
 }
 
+/// `POST /api/v1/relay/targets/{name}/requeue` (admin): dead deliveries back in the queue,
+/// those named by `seqs` or, with no body or an empty list, all of the target's.
+async fn relay_requeue(
+    State(state): State<AppState>,
+    axum::extract::Path(name): axum::extract::Path<String>,
+    body: axum::body::Bytes,
+) -> ApiResult<Json<serde_json::Value>> {
+    if !state.relay_targets.iter().any(|t| t.lock().unwrap_or_else(|p| p.into_inner()).name == name) {
+        return Err(ApiError::not_found(format!("no upstream named {name:?}")));
+    }
+    let seqs: Vec<i64> = if body.iter().all(u8::is_ascii_whitespace) {
+        Vec::new()
+    } else {
+        let v: serde_json::Value =
+            serde_json::from_slice(&body).map_err(|e| ApiError::bad_body("body", format!("not JSON: {e}")))?;
+        match v.get("seqs") {
+            None | Some(serde_json::Value::Null) => Vec::new(),
+            Some(serde_json::Value::Array(a)) => a
+                .iter()
+                .map(|x| x.as_i64().ok_or_else(|| ApiError::bad_body("seqs", "must be a list of integers")))
+                .collect::<Result<_, _>>()?,
+            Some(_) => return Err(ApiError::bad_body("seqs", "must be a list of integers")),
+        }
+    };
+    let n = crate::outbox::store::requeue(state.registry.db(), &name, &seqs, now_ms()).await?;
+    tracing::info!(target = %name, requeued = n, "Dead deliveries put back in the queue by an operator.");
+    Ok(Json(serde_json::json!({ "target": name, "requeued": n })))
+}
+
 pub fn router(state: AppState) -> Router {
     let cfg = &state.config.http;
     let api = Router::new()
@@ -129,6 +158,7 @@ pub fn router(state: AppState) -> Router {
         .route("/images/{hash}", get(events::image))
         .route("/profiles", get(events::profiles))
         .route("/relay/targets", get(relay_targets))
+        .route("/relay/targets/{name}/requeue", post(relay_requeue))
         .route("/online-rate", get(rate::current))
         .route("/online-rate/history", get(rate::history))
         .route("/reports/online/daily", get(rate::daily));

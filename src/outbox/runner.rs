@@ -78,13 +78,72 @@ pub struct Context {
 const HOUSEKEEPING: Duration = Duration::from_secs(5);
 const PRUNE_EVERY: Duration = Duration::from_secs(3600);
 
+/// Marks a batch by its outcomes; answers (delivered, retried, dead) counts.
+async fn mark(db: &Db, name: &str, batch: &[Claimed], outcomes: &[Delivery]) -> (u64, u64, u64) {
+    let now = now_ms();
+    let mut delivered = Vec::new();
+    let (mut retried, mut dead) = (0u64, 0u64);
+    for (c, o) in batch.iter().zip(outcomes.iter()) {
+        let r = match o {
+            Delivery::Delivered => {
+                delivered.push(c.seq);
+                Ok(())
+            }
+            Delivery::Retry(why) => {
+                retried += 1;
+                let attempts = u32::try_from(c.attempts + 1).unwrap_or(u32::MAX);
+                let next = now + backoff(attempts, BACKOFF_MIN, RECORD_BACKOFF_MAX).as_millis() as Millis;
+                store::mark_retry(db, name, c.seq, next, why).await
+            }
+            Delivery::Rejected(why) => {
+                dead += 1;
+                warn!(target = %name, seq = c.seq, event = %c.event.id, reason = %why, "Upstream refused a record for good; parked as dead.");
+                store::mark_dead(db, name, c.seq, why).await
+            }
+        };
+        if let Err(e) = r {
+            warn!(target = %name, error = %e, "Cannot mark a delivery; it will be sent again after its lease.");
+        }
+    }
+    if let Err(e) = store::mark_delivered(db, name, &delivered, now).await {
+        warn!(target = %name, error = %e, "Cannot mark deliveries; they will be sent again (the upstream drops duplicates by id).");
+    }
+    (delivered.len() as u64, retried, dead)
+}
+
+/// Runs one upstream until `cancel`. A window of two batches: while one is with the
+/// upstream, the next is claimed (leased, so never the same rows) and the one before is
+/// marked, so the database and the upstream work at once; one call at a time goes to the
+/// upstream, so it receives records in event order.
 pub async fn run<S: Sink>(ctx: Context, mut sink: S, status: Arc<Mutex<TargetStatus>>, cancel: CancellationToken) {
     let Context { db, metrics, added, keep_delivered } = ctx;
     let name = status.lock().unwrap_or_else(|p| p.into_inner()).name.clone();
+    // This process's name on its leases.
+    let owner = format!("{}-{}", std::process::id(), uuid::Uuid::now_v7().simple());
+    if db.backend == crate::db::Backend::Sqlite {
+        match store::release_all(&db, &name).await {
+            Ok(n) if n > 0 => info!(target = %name, rows = n, "Leases left by the previous run released."),
+            Ok(_) => {}
+            Err(e) => {
+                warn!(target = %name, error = %e, "Cannot release old leases; those rows wait for them to run out.")
+            }
+        }
+    }
     let mut next_housekeeping = tokio::time::Instant::now();
     let mut next_prune = tokio::time::Instant::now();
     let set = |f: &dyn Fn(&mut TargetStatus)| f(&mut status.lock().unwrap_or_else(|p| p.into_inner()));
     let mut failures = 0u32;
+    let mut ahead: Vec<Claimed> = Vec::new();
+    let mut marking: Option<tokio::task::JoinHandle<()>> = None;
+    let claim = |db: Db, name: String, owner: String, limit: i64| async move {
+        match store::claim(&db, &name, &owner, now_ms(), limit).await {
+            Ok(b) => b,
+            Err(e) => {
+                warn!(target = %name, error = %e, "Cannot read the outbox; trying again.");
+                Vec::new()
+            }
+        }
+    };
     loop {
         if cancel.is_cancelled() {
             break;
@@ -116,14 +175,16 @@ pub async fn run<S: Sink>(ctx: Context, mut sink: S, status: Arc<Mutex<TargetSta
                 s.last_error_at = Some(now_ms());
             }),
         }
-        let batch = match store::claim(&db, &name, now_ms(), sink.batch_size()).await {
-            Ok(b) => b,
-            Err(e) => {
-                warn!(target = %name, error = %e, "Cannot read the outbox; trying again.");
-                Vec::new()
-            }
+        let limit = sink.batch_size();
+        let batch = if ahead.is_empty() {
+            claim(db.clone(), name.clone(), owner.clone(), limit).await
+        } else {
+            std::mem::take(&mut ahead)
         };
         if batch.is_empty() {
+            if let Some(m) = marking.take() {
+                let _ = m.await;
+            }
             let woken = added.notified();
             tokio::select! {
                 _ = woken => {}
@@ -132,42 +193,30 @@ pub async fn run<S: Sink>(ctx: Context, mut sink: S, status: Arc<Mutex<TargetSta
             }
             continue;
         }
-        let wait = match sink.deliver(&batch).await {
+        // The upstream takes this batch while the next is claimed.
+        let (result, upcoming) =
+            tokio::join!(sink.deliver(&batch), claim(db.clone(), name.clone(), owner.clone(), limit));
+        ahead = upcoming;
+        let wait = match result {
             Ok(outcomes) => {
-                let now = now_ms();
-                let mut delivered = Vec::new();
-                let (mut retried, mut dead) = (0u64, 0u64);
-                for (c, o) in batch.iter().zip(outcomes.iter()) {
-                    let r = match o {
-                        Delivery::Delivered => {
-                            delivered.push(c.seq);
-                            Ok(())
-                        }
-                        Delivery::Retry(why) => {
-                            retried += 1;
-                            let attempts = u32::try_from(c.attempts + 1).unwrap_or(u32::MAX);
-                            let next = now + backoff(attempts, BACKOFF_MIN, RECORD_BACKOFF_MAX).as_millis() as Millis;
-                            store::mark_retry(&db, &name, c.seq, next, why).await
-                        }
-                        Delivery::Rejected(why) => {
-                            dead += 1;
-                            warn!(target = %name, seq = c.seq, event = %c.event.id, reason = %why, "Upstream refused a record for good; parked as dead.");
-                            store::mark_dead(&db, &name, c.seq, why).await
-                        }
-                    };
-                    if let Err(e) = r {
-                        warn!(target = %name, error = %e, "Cannot mark a delivery; it will be sent again.");
-                    }
+                let n = outcomes.iter().filter(|o| **o == Delivery::Delivered).count() as u64;
+                let retried = outcomes.iter().filter(|o| matches!(o, Delivery::Retry(_))).count() as u64;
+                let dead = outcomes.iter().filter(|o| matches!(o, Delivery::Rejected(_))).count() as u64;
+                // The previous batch's marks finish before this one's start (one writer's
+                // worth of updates at a time); this one's run while the next is delivered.
+                if let Some(m) = marking.take() {
+                    let _ = m.await;
                 }
-                if let Err(e) = store::mark_delivered(&db, &name, &delivered, now).await {
-                    warn!(target = %name, error = %e, "Cannot mark deliveries; they will be sent again (the upstream drops duplicates by id).");
-                }
-                let n = delivered.len() as u64;
+                let (db2, name2) = (db.clone(), name.clone());
+                marking = Some(tokio::spawn(async move {
+                    mark(&db2, &name2, &batch, &outcomes).await;
+                }));
                 metrics.relay_records.with_label_values(&[&name, "delivered"]).inc_by(n);
                 metrics.relay_records.with_label_values(&[&name, "retry"]).inc_by(retried);
                 metrics.relay_records.with_label_values(&[&name, "dead"]).inc_by(dead);
                 let was_down = failures > 0;
                 failures = 0;
+                let now = now_ms();
                 set(&|s| {
                     s.connected = true;
                     s.delivered += n;
@@ -183,6 +232,13 @@ pub async fn run<S: Sink>(ctx: Context, mut sink: S, status: Arc<Mutex<TargetSta
                 Duration::ZERO
             }
             Err(e) => {
+                // Nothing of this batch or the next was sent: both are due again as they
+                // were, in order, after the wait.
+                let mut seqs: Vec<i64> = batch.iter().map(|c| c.seq).collect();
+                seqs.extend(ahead.drain(..).map(|c| c.seq));
+                if let Err(e) = store::release(&db, &name, &seqs).await {
+                    warn!(target = %name, error = %e, "Cannot release leases; those rows wait for them to run out.");
+                }
                 failures = failures.saturating_add(1);
                 let wait = backoff(failures, BACKOFF_MIN, BACKOFF_MAX);
                 if failures == 1 {
@@ -203,4 +259,10 @@ pub async fn run<S: Sink>(ctx: Context, mut sink: S, status: Arc<Mutex<TargetSta
             }
         }
     }
+    if let Some(m) = marking.take() {
+        let _ = m.await;
+    }
+    // Whatever was claimed ahead and not sent is due again at once after a restart.
+    let seqs: Vec<i64> = ahead.iter().map(|c| c.seq).collect();
+    let _ = store::release(&db, &name, &seqs).await;
 }

@@ -43,26 +43,54 @@ pub struct Claimed {
     pub attempts: i64,
 }
 
-/// The next due deliveries of `target`, oldest event first.
-pub async fn claim(db: &Db, target: &str, now: Millis, limit: i64) -> Result<Vec<Claimed>, sqlx::Error> {
-    let rows = sqlx::query(
-        "SELECT d.event_seq AS seq, d.attempts AS attempts, e.body AS body, e.object_id AS object_id \
-         FROM deliveries d JOIN events e ON e.seq = d.event_seq \
-         WHERE d.target = $1 AND d.state = 'pending' AND d.next_attempt <= $2 ORDER BY d.event_seq LIMIT $3",
-    )
-    .bind(target)
-    .bind(now)
-    .bind(limit)
-    .fetch_all(&db.pool)
-    .await?;
+/// How long a claim holds its rows: longer than any one call to an upstream takes.
+pub const LEASE_MS: Millis = 120_000;
+
+/// Leases the next due deliveries of `target` (oldest event first) to `owner` and reads
+/// them. Rows leased by another claim are skipped: on PostgreSQL with `FOR UPDATE SKIP
+/// LOCKED`, so instances sharing the database split the work rather than wait on each other.
+pub async fn claim(db: &Db, target: &str, owner: &str, now: Millis, limit: i64) -> Result<Vec<Claimed>, sqlx::Error> {
+    let lock = match db.backend {
+        crate::db::Backend::Postgres => " FOR UPDATE SKIP LOCKED",
+        crate::db::Backend::Sqlite => "",
+    };
+    let sql = format!(
+        "UPDATE deliveries SET lease_until = $1, lease_owner = $2 WHERE target = $3 AND event_seq IN \
+         (SELECT event_seq FROM deliveries WHERE target = $3 AND state = 'pending' AND next_attempt <= $4 \
+         AND lease_until <= $4 ORDER BY event_seq LIMIT $5{lock}) RETURNING event_seq, attempts"
+    );
+    let leased = sqlx::query(&sql)
+        .bind(now + LEASE_MS)
+        .bind(owner)
+        .bind(target)
+        .bind(now)
+        .bind(limit)
+        .fetch_all(&db.pool)
+        .await?;
+    if leased.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut attempts = std::collections::HashMap::with_capacity(leased.len());
+    for r in &leased {
+        let seq: i64 = r.try_get("event_seq")?;
+        let a: i64 = r.try_get::<i64, _>("attempts").or_else(|_| r.try_get::<i32, _>("attempts").map(i64::from))?;
+        attempts.insert(seq, a);
+    }
+    let mut seqs: Vec<i64> = attempts.keys().copied().collect();
+    seqs.sort_unstable();
+    let sql = format!("SELECT seq, body, object_id FROM events WHERE seq IN {} ORDER BY seq", db.backend.int_list(1));
+    let rows = sqlx::query(&sql).bind(crate::db::json_ints(&seqs)).fetch_all(&db.pool).await?;
     let mut out = Vec::with_capacity(rows.len());
     for r in rows {
         let body: String = r.try_get("body")?;
         let seq: i64 = r.try_get("seq")?;
-        let attempts: i64 =
-            r.try_get::<i64, _>("attempts").or_else(|_| r.try_get::<i32, _>("attempts").map(i64::from))?;
         match serde_json::from_str::<Event>(&body) {
-            Ok(event) => out.push(Claimed { seq, event, object_id: r.try_get("object_id")?, attempts }),
+            Ok(event) => out.push(Claimed {
+                seq,
+                event,
+                object_id: r.try_get("object_id")?,
+                attempts: attempts.get(&seq).copied().unwrap_or_default(),
+            }),
             // A stored body that no longer reads is dead, not a stuck queue.
             Err(e) => mark_dead(db, target, seq, &format!("stored event unreadable: {e}")).await?,
         }
@@ -70,27 +98,63 @@ pub async fn claim(db: &Db, target: &str, now: Millis, limit: i64) -> Result<Vec
     Ok(out)
 }
 
+/// Gives up the leases on `seqs` (the call failed as a whole): due again at once.
+pub async fn release(db: &Db, target: &str, seqs: &[i64]) -> Result<(), sqlx::Error> {
+    if seqs.is_empty() {
+        return Ok(());
+    }
+    let sql = format!(
+        "UPDATE deliveries SET lease_until = 0 WHERE target = $1 AND state = 'pending' AND event_seq IN {}",
+        db.backend.int_list(2)
+    );
+    sqlx::query(&sql).bind(target).bind(crate::db::json_ints(seqs)).execute(&db.pool).await?;
+    Ok(())
+}
+
+/// Clears every lease of `target`: at start-up with SQLite, where this process is the only
+/// one (leases left by a killed predecessor would otherwise hold rows back until they run out).
+pub async fn release_all(db: &Db, target: &str) -> Result<u64, sqlx::Error> {
+    let r = sqlx::query(
+        "UPDATE deliveries SET lease_until = 0 WHERE target = $1 AND state = 'pending' AND lease_until > 0",
+    )
+    .bind(target)
+    .execute(&db.pool)
+    .await?;
+    Ok(r.rows_affected())
+}
+
+/// Puts dead deliveries of `target` back in the queue (an operator fixed the cause): those
+/// in `seqs`, or all when `seqs` is empty. Answers how many.
+pub async fn requeue(db: &Db, target: &str, seqs: &[i64], now: Millis) -> Result<u64, sqlx::Error> {
+    let mut sql = String::from(
+        "UPDATE deliveries SET state = 'pending', next_attempt = $2, lease_until = 0, attempts = 0 WHERE target = $1 AND state = 'dead'",
+    );
+    if !seqs.is_empty() {
+        sql.push_str(&format!(" AND event_seq IN {}", db.backend.int_list(3)));
+    }
+    let mut q = sqlx::query(&sql).bind(target).bind(now);
+    if !seqs.is_empty() {
+        q = q.bind(crate::db::json_ints(seqs));
+    }
+    Ok(q.execute(&db.pool).await?.rows_affected())
+}
+
 pub async fn mark_delivered(db: &Db, target: &str, seqs: &[i64], now: Millis) -> Result<(), sqlx::Error> {
     if seqs.is_empty() {
         return Ok(());
     }
-    let list: Vec<String> = (0..seqs.len()).map(|i| format!("${}", i + 3)).collect();
     let sql = format!(
         "UPDATE deliveries SET state = 'delivered', delivered_at = $2, attempts = attempts + 1, last_error = NULL \
-         WHERE target = $1 AND event_seq IN ({})",
-        list.join(",")
+         WHERE target = $1 AND event_seq IN {}",
+        db.backend.int_list(3)
     );
-    let mut q = sqlx::query(&sql).bind(target).bind(now);
-    for s in seqs {
-        q = q.bind(*s);
-    }
-    q.execute(&db.pool).await?;
+    sqlx::query(&sql).bind(target).bind(now).bind(crate::db::json_ints(seqs)).execute(&db.pool).await?;
     Ok(())
 }
 
 pub async fn mark_retry(db: &Db, target: &str, seq: i64, next: Millis, error: &str) -> Result<(), sqlx::Error> {
     sqlx::query(
-        "UPDATE deliveries SET attempts = attempts + 1, next_attempt = $3, last_error = $4 WHERE target = $1 AND event_seq = $2",
+        "UPDATE deliveries SET attempts = attempts + 1, next_attempt = $3, last_error = $4, lease_until = 0 WHERE target = $1 AND event_seq = $2",
     )
     .bind(target)
     .bind(seq)

@@ -163,6 +163,14 @@ async fn faces_reach_the_upstream(db: crate::support::gateway::Db) {
     let t = target(&gw, Duration::from_secs(30), |t| t["backlog"] == 0 && t["dead"] == 1).await;
     assert_eq!(t["recent_dead"][0]["object_id"], refused, "{t}");
     assert_eq!(t["delivered"], 19, "{t}");
+    // The platform's operators fix their side; ours puts the dead record back in the queue.
+    platform.control(json!({"reject": []})).await;
+    let seq = t["recent_dead"][0]["seq"].clone();
+    let (status, body) = gw.api.post("/relay/targets/district/requeue", json!({"seqs": [seq]})).await;
+    assert_eq!((status, body["requeued"].as_u64()), (200, Some(1)), "{body}");
+    assert_eq!(gw.api.post("/relay/targets/nowhere/requeue", json!({})).await.0, 404);
+    let t = target(&gw, Duration::from_secs(15), |t| t["dead"] == 0 && t["delivered"] == 20).await;
+    assert_eq!(t["backlog"], 0, "{t}");
 
     // The platform restarts and forgets us: vigil registers again and delivers.
     drop(platform);
@@ -171,9 +179,9 @@ async fn faces_reach_the_upstream(db: crate::support::gateway::Db) {
     let s = platform_until(&platform, Duration::from_secs(40), |s| s["unique"] == 5).await;
     assert_eq!(s["duplicates"], 0, "{s}");
     assert!(s["registrations"].as_u64() >= Some(1), "{s}");
-    target(&gw, Duration::from_secs(5), |t| t["delivered"] == 24 && t["backlog"] == 0).await;
+    target(&gw, Duration::from_secs(5), |t| t["delivered"] == 25 && t["backlog"] == 0).await;
     let text = gw.api.metrics().await;
-    assert!(text.contains("vigil_relay_records_total{outcome=\"delivered\",target=\"district\"} 24"), "{text}");
+    assert!(text.contains("vigil_relay_records_total{outcome=\"delivered\",target=\"district\"} 25"), "{text}");
     assert!(text.contains("vigil_relay_records_total{outcome=\"dead\",target=\"district\"} 1"), "{text}");
     assert!(text.contains("vigil_relay_backlog{target=\"district\"}"), "{text}");
     gw.shutdown().await;
@@ -307,4 +315,61 @@ async fn status_changes_and_online_rate_reports_reach_the_extension_path() {
     assert_eq!(rate["Data"]["target"], 0.95);
     assert_eq!(s["unique"], 0, "no standard objects were asked for: {s}");
     gw.shutdown().await;
+}
+
+/// Two instances on one PostgreSQL database share one upstream's outbox: claims lease rows
+/// with `FOR UPDATE SKIP LOCKED`, so each face is sent by one instance, once, and together
+/// they deliver everything.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_on_one_postgres_share_the_outbox_without_sending_twice() {
+    use std::time::Duration;
+    let platform = Platform::start(free_port(), "up-secret");
+    let pg = crate::support::postgres::TestDb::create().await;
+    let upstream = format!(
+        "[[upstreams]]\nname = \"district\"\nprotocol = \"gat1400\"\nurl = \"{}\"\nuser_id = \"{GATEWAY}\"\npassword = \"up-secret\"\n\
+         events = [\"face_capture\"]\n",
+        platform.base
+    );
+    let (dir_a, dir_b) = (tempfile::tempdir().expect("tempdir"), tempfile::tempdir().expect("tempdir"));
+    let start = |dir: &std::path::Path, extra: String| {
+        let text = crate::support::gateway::config_toml(dir, Some(&pg.url), 0, &extra);
+        async move { vigil::start(vigil::Config::from_toml_with_env(&text, false).expect("config")).await.expect("starts") }
+    };
+    let a = start(
+        dir_a.path(),
+        format!("[gat1400]\nenabled = true\nlisten = \"127.0.0.1:0\"\npassword = \"viid-secret\"\n[admission]\npolicy = \"open\"\n{upstream}"),
+    )
+    .await;
+    let b = start(dir_b.path(), upstream.clone()).await;
+    let checkpoint =
+        Client::new(&format!("http://{}/VIID", a.gat1400_addr.expect("ingress")), CAM, "viid-secret").expect("client");
+    checkpoint.register().await.expect("register");
+    // A's pictures are under A's data directory; B has none of them and sends the records
+    // without, which the platform takes. What counts here is who sends what. The platform
+    // refuses while the backlog builds, so both instances find it at once when it answers.
+    platform.control(json!({"mode": "refuse"})).await;
+    for batch in 0..20u32 {
+        let faces: Vec<Value> = (batch * 20 + 1..=(batch + 1) * 20).map(checkpoint_face).collect();
+        let out = checkpoint.push(Collection::Faces, faces).await.expect("push");
+        assert!(out.iter().all(|o| *o == Outcome::Delivered), "{out:?}");
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Slow answers keep each instance's calls in flight long enough for the other to claim.
+    platform.control(json!({"mode": "slow", "slow_ms": 400})).await;
+    let s = platform_until(&platform, Duration::from_secs(60), |s| s["unique"] == 400).await;
+    assert_eq!(s["duplicates"], 0, "no face was sent by both instances: {s}");
+    let sent = |r: &vigil::Running| {
+        let text = r.metrics.render();
+        text.lines()
+            .find(|l| l.starts_with("vigil_relay_records_total{outcome=\"delivered\",target=\"district\"}"))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|n| n.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    let (na, nb) = (sent(&a), sent(&b));
+    eprintln!("instance A delivered {na}, instance B {nb}");
+    assert_eq!(na + nb, 400, "together, every face once");
+    assert!(na > 0 && nb > 0, "both instances took part: A {na}, B {nb}");
+    a.shutdown().await;
+    b.shutdown().await;
 }
