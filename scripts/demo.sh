@@ -18,10 +18,18 @@ export VIGIL_RTSP__DIAGNOSIS_EVERY=${DEMO_DIAGNOSIS_EVERY:-20s}
 # "district" upstream of the config): a simulator that counts what arrives.
 ./target/release/vigil-sim platform --listen 127.0.0.1:9101 --password change-me > /dev/null 2>&1 &
 PLATFORM_PID=$!
+# The city's: reached through the city hub (another vigil, config/examples/city-hub.toml)
+# that the district gateway links to over QUIC with certificates from the tier's CA.
+./target/release/vigil-sim platform --listen 127.0.0.1:9102 --password change-me > /dev/null 2>&1 &
+CITY_PID=$!
+./target/release/vigil certs --out data/certs --san 127.0.0.1 42010400002000000001 42010000002000000001 > /dev/null
+env -u VIGIL_HTTP__LISTEN -u VIGIL_GB28181__LISTEN -u VIGIL_MQTT__LISTEN -u VIGIL_GAT1400__LISTEN \
+  RUST_LOG=${RUST_LOG:-warn} ./target/release/vigil run --config config/examples/city-hub.toml > data/city-hub.log 2>&1 &
+HUB_PID=$!
 
 ./target/release/vigil run --config config/examples/district.toml &
 VIGIL_PID=$!
-trap 'kill $VIGIL_PID $SIM_PID $PLATFORM_PID 2>/dev/null; wait 2>/dev/null' EXIT INT TERM
+trap 'kill $VIGIL_PID $SIM_PID $PLATFORM_PID $CITY_PID $HUB_PID 2>/dev/null; wait 2>/dev/null' EXIT INT TERM
 SIM_PID=""
 
 for _ in $(seq 1 100); do
@@ -45,7 +53,7 @@ SIP_PORT=${VIGIL_GB28181__LISTEN##*:}
 GB1_PID=$!
 ./target/release/vigil-sim gb-device --server "127.0.0.1:$SIP_PORT" --count 20 --first 9100000 live < /dev/null > /dev/null &
 GB2_PID=$!
-trap 'kill $VIGIL_PID $SIM_PID $PLATFORM_PID $GB1_PID $GB2_PID 2>/dev/null; wait 2>/dev/null' EXIT INT TERM
+trap 'kill $VIGIL_PID $SIM_PID $PLATFORM_PID $CITY_PID $HUB_PID $GB1_PID $GB2_PID 2>/dev/null; wait 2>/dev/null' EXIT INT TERM
 
 # Smart safe communities over MQTT (the embedded broker): 4 communities × 12 devices
 # (Hikvision access terminals, Vzenith plate cameras at the barriers, alarm panels, generic
@@ -76,7 +84,7 @@ SITES="gutian-1,gutian-4,jiefang,zongguan-shuichang"
 MQ_PID=$!
 ./target/release/vigil-sim checkpoint --server "http://$VIGIL_GAT1400__LISTEN" --count 2 --image-kb 60 live --every 4 < /dev/null > /dev/null &
 CK_PID=$!
-trap 'kill $VIGIL_PID $SIM_PID $PLATFORM_PID $GB1_PID $GB2_PID $MQ_PID $CK_PID 2>/dev/null; wait 2>/dev/null' EXIT INT TERM
+trap 'kill $VIGIL_PID $SIM_PID $PLATFORM_PID $CITY_PID $HUB_PID $GB1_PID $GB2_PID $MQ_PID $CK_PID 2>/dev/null; wait 2>/dev/null' EXIT INT TERM
 
 # RTSP cameras (vigil-sim rtsp-camera, H.264 640x360 ~1 Mbit/s each): the one in the config
 # (cam-gutian-001) and 8 more: 5 healthy, one that stalls with TCP open every few seconds,
@@ -92,7 +100,7 @@ RT_PID=$!
   printf 'cam-rtsp-frozen,画面冻结摄像机,camera,rtsp,zongguan-shuichang,rtsp://%s/frozen/1,\n' "$RTSP_LISTEN"
 } | curl -sf -X POST -H 'Authorization: Bearer demo-admin-token' -H 'Content-Type: text/csv' \
     --data-binary @- "http://127.0.0.1:$PORT/api/v1/devices/import" >/dev/null
-trap 'kill $VIGIL_PID $SIM_PID $PLATFORM_PID $GB1_PID $GB2_PID $MQ_PID $CK_PID $RT_PID 2>/dev/null; wait 2>/dev/null' EXIT INT TERM
+trap 'kill $VIGIL_PID $SIM_PID $PLATFORM_PID $CITY_PID $HUB_PID $GB1_PID $GB2_PID $MQ_PID $CK_PID $RT_PID 2>/dev/null; wait 2>/dev/null' EXIT INT TERM
 
 cat <<MSG
 
@@ -110,8 +118,12 @@ cat <<MSG
   RTSP:         9 cameras pulled from rtsp://$RTSP_LISTEN (vigil-sim): open one on the dashboard
                 for its stream health and a snapshot; cam-rtsp-stall keeps stalling, cam-rtsp-black
                 and cam-rtsp-frozen fail the picture diagnosis (the intact rate drops below online)
-  Relay:        faces and vehicles go on to the district's view library (vigil-sim platform on
-                127.0.0.1:9101): /api/v1/relay/targets; what it received: curl 127.0.0.1:9101/stats
+  Relay:        two upstreams, each on its own schedule (/api/v1/relay/targets, the dashboard's
+                upstreams card): the district's view library by GA/T 1400 (vigil-sim platform on
+                127.0.0.1:9101; access, alarm, status and online-rate records on its extension
+                path: curl 127.0.0.1:9101/stats), and the city through a hub over QUIC (a second
+                vigil, dashboard http://127.0.0.1:8081/?token=demo-viewer-token, log
+                data/city-hub.log) that forwards to the city's view library (curl 127.0.0.1:9102/stats)
   Ctrl-C stops the gateway and the simulator.
 
 MSG

@@ -101,7 +101,7 @@ fn seed_orgs(config: &Config) -> Vec<Org> {
 /// relayed.
 /// A configured upstream's sink.
 enum Upstream {
-    Gat1400(crate::sinks::gat1400::Gat1400),
+    Gat1400(Box<crate::sinks::gat1400::Gat1400>),
     Link(Box<crate::link::sink::Link>),
 }
 
@@ -124,6 +124,7 @@ fn link_identity(config: &Config) -> Result<crate::link::tls::Identity, Error> {
 fn relay_plan(
     config: &Config,
     media: &crate::media::MediaStore,
+    db: &Db,
 ) -> Result<(crate::events::Relay, Vec<(String, Upstream)>), Error> {
     use crate::event::EventKind;
     let tz = config.timezone();
@@ -155,12 +156,18 @@ fn relay_plan(
             warn!(upstream = %u.name, protocol = %u.protocol, "Relaying over this protocol is not built yet; the upstream is ignored.");
             continue;
         }
+        let subscription = u.mode == "subscription";
         let kinds: Vec<EventKind> = wanted
             .iter()
             .copied()
             .filter(|k| {
-                crate::sinks::gat1400::KINDS.contains(k)
-                    || !u.extension.is_empty() && crate::sinks::gat1400::EXTENSION_KINDS.contains(k)
+                if subscription {
+                    // What subscriptions have categories for: faces, vehicles, device status.
+                    crate::outbox::subscriptions::category(*k).is_some()
+                } else {
+                    crate::sinks::gat1400::KINDS.contains(k)
+                        || !u.extension.is_empty() && crate::sinks::gat1400::EXTENSION_KINDS.contains(k)
+                }
             })
             .collect();
         let left: Vec<&str> = u
@@ -172,11 +179,15 @@ fn relay_plan(
         if !left.is_empty() {
             warn!(upstream = %u.name, kinds = ?left, "GA/T 1400 has no standard object for these kinds; set `extension` on this upstream (the district's interface document names the path) to relay them.");
         }
-        let sink =
+        let mut sink =
             crate::sinks::gat1400::Gat1400::new(&u.url, &u.user_id, &u.password, media.clone(), tz, &u.extension)
                 .map_err(|e| Error::Config(format!("upstreams {}: {e}", u.name)))?;
+        if subscription {
+            sink = sink.subscription_mode(db.clone(), &u.name);
+            info!(upstream = %u.name, "Subscription mode: records wait for the upper view library's subscriptions at /VIID/Subscribes.");
+        }
         routes.push((u.name.clone(), kinds));
-        sinks.push((u.name.clone(), Upstream::Gat1400(sink)));
+        sinks.push((u.name.clone(), Upstream::Gat1400(Box::new(sink))));
     }
     relay.routes = Arc::new(crate::outbox::Routes(routes));
     Ok((relay, sinks))
@@ -259,7 +270,7 @@ pub async fn start(config: Config) -> Result<Running, Error> {
     let media = crate::media::MediaStore::new(&config.gateway.data_dir, max_image);
     // The relay: which upstream takes which event (delivery rows are committed with the
     // events), and a runner per upstream that delivers them.
-    let (relay, sinks) = relay_plan(&config, &media)?;
+    let (relay, sinks) = relay_plan(&config, &media, &db)?;
     let events = crate::events::spawn(db.clone(), relay.clone(), metrics.clone(), cancel.child_token(), &tracker);
     // Presence transitions, once committed, become status events for the upstreams.
     let (status_tx, status_rx) = tokio::sync::mpsc::channel(crate::events::reports::QUEUE);
@@ -308,7 +319,7 @@ pub async fn start(config: Config) -> Result<Running, Error> {
             keep_delivered: config.relay.keep_delivered,
         };
         match sink {
-            Upstream::Gat1400(s) => tracker.spawn(crate::outbox::runner::run(ctx, s, status, cancel.child_token())),
+            Upstream::Gat1400(s) => tracker.spawn(crate::outbox::runner::run(ctx, *s, status, cancel.child_token())),
             Upstream::Link(s) => tracker.spawn(crate::outbox::runner::run(ctx, *s, status, cancel.child_token())),
         };
         info!(upstream = %name, "Relaying to this upstream.");
@@ -368,6 +379,12 @@ pub async fn start(config: Config) -> Result<Running, Error> {
             crate::sources::gat1400::spawn(
                 &config.gat1400,
                 config.gateway.id.clone(),
+                config
+                    .upstreams
+                    .iter()
+                    .filter(|u| u.protocol == "gat1400" && u.mode == "subscription")
+                    .map(|u| (u.name.clone(), u.server_id.clone()))
+                    .collect(),
                 config.timezone(),
                 profiles.clone(),
                 ingest,

@@ -490,6 +490,10 @@ pub struct Upstream {
     /// for (access, alarm, status, online_rate) are pushed, e.g. "/Community". Empty: they are
     /// not relayed to this upstream.
     pub extension: String,
+    /// protocol gat1400: "push" (the default: POST to the view library's collections) or
+    /// "subscription" (the upper view library subscribes at our `[gat1400]` endpoint, sending
+    /// `User-Identify` = `server_id`, and records go as notifications to its `ReceiveAddr`).
+    pub mode: String,
 }
 
 /// Channel capacities and batch sizes. The defaults suit a district of ~10,000 devices.
@@ -731,6 +735,13 @@ impl Config {
                 "gat1400" | "quic" if u.url.is_empty() => {
                     add(format!("upstreams[{i}].url"), format!("required for protocol {}", u.protocol))
                 }
+                "gat1400" if !matches!(u.mode.as_str(), "" | "push" | "subscription") => {
+                    add(format!("upstreams[{i}].mode"), format!("{:?} is not push or subscription", u.mode))
+                }
+                "gat1400" if u.mode == "subscription" && !self.gat1400.enabled => add(
+                    format!("upstreams[{i}].mode"),
+                    "subscription mode needs [gat1400] enabled: the upper view library subscribes there".into(),
+                ),
                 "quic" if !u.url.starts_with("quic://") => {
                     add(format!("upstreams[{i}].url"), format!("{:?}: expected quic://host:port", u.url))
                 }

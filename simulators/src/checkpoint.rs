@@ -23,7 +23,7 @@ pub struct Args {
     /// Cameras: ids 4201040000121 + a 7-digit serial (type 121: checkpoint camera).
     #[arg(long, default_value_t = 2)]
     pub count: u32,
-    /// Size of the scene picture in each record, KB.
+    /// Size of the scene picture in each record, KB (0: records without pictures).
     #[arg(long, default_value_t = 100)]
     pub image_kb: usize,
     #[command(subcommand)]
@@ -154,27 +154,44 @@ fn unique(image: &str, serial: u64) -> String {
 fn face(cam: &str, serial: u64, image: &str) -> String {
     let now = local_now();
     let image = unique(image, serial);
-    json!({"FaceListObject": {"FaceObject": [{
+    let v = json!({"FaceListObject": {"FaceObject": [{
         "FaceID": format!("{cam}02{now}{:05}06{:05}", serial % 100_000, serial % 100_000),
         "InfoKind": 1, "SourceID": format!("{cam}02{now}{:05}", serial % 100_000), "DeviceID": cam,
         "LeftTopX": 163, "LeftTopY": 726, "RightBtmX": 334, "RightBtmY": 897,
         "FaceAppearTime": now, "GenderCode": "1", "AgeLowerLimit": 30, "AgeUpLimit": 40,
         "SubImageList": {"SubImageInfoObject": [{"ImageID": format!("{cam}02{now}{:05}", serial % 100_000), "EventSort": 2,
             "DeviceID": cam, "Type": "14", "FileFormat": "Jpeg", "ShotTime": now, "Width": 1920, "Height": 1080, "Data": image}]}
-    }]}})
-    .to_string()
+    }]}});
+    without_empty_picture(v)
+}
+
+/// `--image-kb 0`: records without pictures (the SubImageList left out).
+fn without_empty_picture(mut v: serde_json::Value) -> String {
+    if let Some(o) = v.as_object_mut().and_then(|o| o.values_mut().next()).and_then(|l| l.as_object_mut()) {
+        for list in o.values_mut() {
+            for obj in list.as_array_mut().into_iter().flatten() {
+                let empty = obj.pointer("/SubImageList/SubImageInfoObject/0/Data").and_then(|d| d.as_str()) == Some("");
+                if empty {
+                    if let Some(m) = obj.as_object_mut() {
+                        m.remove("SubImageList");
+                    }
+                }
+            }
+        }
+    }
+    v.to_string()
 }
 
 fn vehicle(cam: &str, serial: u64, image: &str) -> String {
     let now = local_now();
     let image = unique(image, serial);
-    json!({"MotorVehicleListObject": {"MotorVehicleObject": [{
+    let v = json!({"MotorVehicleListObject": {"MotorVehicleObject": [{
         "MotorVehicleID": format!("{cam}02{now}{:05}02{:05}", serial % 100_000, serial % 100_000),
         "InfoKind": 1, "DeviceID": cam, "HasPlate": "1", "PlateNo": format!("鄂A{:05}", serial % 100_000), "PlateColor": "5",
         "LaneNo": "1", "Speed": "", "PassTime": now,
         "SubImageList": {"SubImageInfoObject": [{"Type": "01", "FileFormat": "Jpeg", "ShotTime": now, "Data": image}]}
-    }]}})
-    .to_string()
+    }]}});
+    without_empty_picture(v)
 }
 
 pub async fn run(args: Args) -> Result<()> {

@@ -15,6 +15,12 @@
 //! Records GA/T 1400 has no standard object for arrive on the extension path
 //! (`/VIID/<prefix>/AccessRecords`, `AlarmRecords`, `DeviceStatuses`, `OnlineRates`) and are
 //! counted by `RecordID` under `extension` in `/stats`, with the latest 200 kept whole.
+//!
+//! As an upper view library in subscription mode: `POST /control {"subscribe": {"to":
+//! "http://<lower>/VIID", "detail": "12,13,4"}}` makes it subscribe with the lower one
+//! (`/VIID/Subscribes`, ReceiveAddr its own `/VIID/SubscribeNotifications`); notifications
+//! are booked like pushed objects (faces, vehicles) and under `subscription` in `/stats`
+//! (notifications, duplicates, the device statuses received).
 #![allow(clippy::disallowed_methods)] // a simulator reads real time
 
 use std::collections::{HashMap, HashSet};
@@ -66,6 +72,9 @@ struct Books {
     ext_seen: HashMap<String, u32>,
     ext_by_kind: HashMap<String, u64>,
     ext_latest: std::collections::VecDeque<Value>,
+    /// Subscription mode: notifications by NotificationID, and the device statuses received.
+    notifications: HashMap<String, u32>,
+    statuses: std::collections::VecDeque<Value>,
 }
 
 /// Extension records kept for `GET /stats` (`extension.latest`).
@@ -74,6 +83,8 @@ const EXT_KEEP: usize = 200;
 struct Platform {
     password: String,
     id: String,
+    /// Where it listens: subscriptions name `http://{addr}/VIID/SubscribeNotifications`.
+    addr: SocketAddr,
     tz: chrono_tz::Tz,
     nonces: Mutex<Nonces>,
     books: Mutex<Books>,
@@ -99,6 +110,7 @@ pub async fn run(args: Args) -> Result<()> {
     let p = Arc::new(Platform {
         password: args.password,
         id: args.id,
+        addr,
         tz: chrono_tz::Asia::Shanghai,
         nonces: Mutex::default(),
         books: Mutex::new(Books { mode: "ok".into(), ..Books::default() }),
@@ -109,6 +121,7 @@ pub async fn run(args: Args) -> Result<()> {
         .route("/VIID/System/UnRegister", post(unregister))
         .route("/VIID/System/Time", get(time))
         .route("/VIID/{collection}", post(objects))
+        .route("/VIID/SubscribeNotifications", post(notifications))
         .route("/VIID/{prefix}/{collection}", post(extension))
         .route("/stats", get(stats))
         .route("/control", post(control))
@@ -337,6 +350,113 @@ async fn extension(
     viid(StatusCode::OK, codec::response_list(answers))
 }
 
+/// Subscription mode: a lower view library's notifications for our subscriptions. Faces and
+/// vehicles inside are booked like pushed objects; device statuses are kept as received.
+async fn notifications(State(p): State<Arc<Platform>>, headers: HeaderMap, body: Bytes) -> Response {
+    let url = "/VIID/SubscribeNotifications";
+    let now = now_ms();
+    match p.books().mode.as_str() {
+        "refuse" => {
+            return viid(
+                StatusCode::SERVICE_UNAVAILABLE,
+                codec::response(url, Status::DeviceBusy, "", "refusing", now, &p.tz),
+            )
+        }
+        "error500" => return (StatusCode::INTERNAL_SERVER_ERROR, "simulated failure").into_response(),
+        _ => {}
+    }
+    let user = headers.get("user-identify").and_then(|h| h.to_str().ok()).unwrap_or("").to_owned();
+    if !p.books().registered.contains(&user) {
+        return viid(
+            StatusCode::UNAUTHORIZED,
+            codec::response(url, Status::InvalidOperation, "", "not registered", now, &p.tz),
+        );
+    }
+    let items = match serde_json::from_slice::<Value>(&body)
+        .ok()
+        .and_then(|v| v.get("SubscribeNotificationListObject")?.get("SubscribeNotificationObject").cloned())
+    {
+        Some(Value::Array(a)) => a,
+        Some(o @ Value::Object(_)) => vec![o],
+        _ => {
+            return viid(
+                StatusCode::BAD_REQUEST,
+                codec::response(
+                    url,
+                    Status::InvalidJsonContent,
+                    "",
+                    "SubscribeNotificationListObject is missing",
+                    now,
+                    &p.tz,
+                ),
+            )
+        }
+    };
+    let mut b = p.books();
+    let mut answers = Vec::new();
+    for n in items {
+        let nid = n.get("NotificationID").and_then(Value::as_str).unwrap_or("").to_owned();
+        *b.notifications.entry(nid.clone()).or_default() += 1;
+        for (list, object, id_key, kind) in [
+            ("FaceObjectList", "FaceObject", "FaceID", "Faces"),
+            ("MotorVehicleObjectList", "MotorVehicleObject", "MotorVehicleID", "MotorVehicles"),
+        ] {
+            for o in n.get(list).and_then(|l| l.get(object)).and_then(Value::as_array).into_iter().flatten() {
+                let id = o.get(id_key).and_then(Value::as_str).unwrap_or("").to_owned();
+                b.received += 1;
+                *b.by_kind.entry(kind.to_owned()).or_default() += 1;
+                let seen = b.seen.entry(id.clone()).or_default();
+                *seen += 1;
+                if *seen == 1 {
+                    b.order.push(id);
+                }
+            }
+        }
+        for s in n.pointer("/DeviceList/APEStatusObject").and_then(Value::as_array).into_iter().flatten() {
+            if b.statuses.len() == EXT_KEEP {
+                b.statuses.pop_front();
+            }
+            b.statuses.push_back(s.clone());
+        }
+        answers.push(codec::status_object(url, Status::Ok, &nid, "", now, &p.tz));
+    }
+    drop(b);
+    viid(StatusCode::OK, codec::response_list(answers))
+}
+
+/// `POST /control {"subscribe": {"to": "http://lower/VIID", "id": "...", "detail": "12,4"}}`:
+/// subscribe with a lower view library (`"cancel": true` cancels), as an upper one does.
+async fn subscribe(p: &Platform, v: &Value) -> Value {
+    let to = v.get("to").and_then(Value::as_str).unwrap_or("").trim_end_matches('/').to_owned();
+    let id = v.get("id").and_then(Value::as_str).unwrap_or("420100000050300000012026112700001").to_owned();
+    let detail = v.get("detail").and_then(Value::as_str).unwrap_or("12,13,4").to_owned();
+    let cancel = v.get("cancel").and_then(Value::as_bool).unwrap_or(false);
+    let body = json!({"SubscribeListObject": {"SubscribeObject": [{
+        "SubscribeID": id, "Title": "vigil-sim subscription", "SubscribeDetail": detail,
+        "ResourceURI": v.get("resource").and_then(Value::as_str).unwrap_or(""),
+        "ApplicantName": "vigil-sim", "ApplicantOrg": "city",
+        "BeginTime": codec::local_time(now_ms() - 60_000, &p.tz),
+        "EndTime": codec::local_time(now_ms() + 86_400_000, &p.tz),
+        "ReceiveAddr": format!("http://{}/VIID/SubscribeNotifications", p.addr),
+        "OperateType": if cancel { 1 } else { 0 },
+    }]}});
+    let sent = reqwest::Client::new()
+        .post(format!("{to}/Subscribes"))
+        .header("User-Identify", &p.id)
+        .header("Content-Type", "application/VIID+JSON;charset=UTF-8")
+        .body(body.to_string())
+        .send()
+        .await;
+    match sent {
+        Ok(r) => {
+            let status = r.status().as_u16();
+            let answer = r.text().await.unwrap_or_default();
+            json!({"status": status, "answer": serde_json::from_str::<Value>(&answer).unwrap_or(Value::String(answer))})
+        }
+        Err(e) => json!({"error": e.to_string()}),
+    }
+}
+
 async fn stats(State(p): State<Arc<Platform>>) -> Json<Value> {
     let b = p.books();
     let duplicates: u64 = b.seen.values().map(|n| u64::from(n.saturating_sub(1))).sum();
@@ -357,10 +477,18 @@ async fn stats(State(p): State<Arc<Platform>>) -> Json<Value> {
             "by_kind": b.ext_by_kind,
             "latest": b.ext_latest,
         },
+        "subscription": {
+            "notifications": b.notifications.len(),
+            "duplicate_notifications": b.notifications.values().map(|n| u64::from(n.saturating_sub(1))).sum::<u64>(),
+            "statuses": b.statuses,
+        },
     }))
 }
 
 async fn control(State(p): State<Arc<Platform>>, Json(v): Json<Value>) -> Json<Value> {
+    if let Some(sub) = v.get("subscribe") {
+        return Json(subscribe(&p, sub).await);
+    }
     let mut b = p.books();
     if let Some(m) = v.get("mode").and_then(Value::as_str) {
         b.mode = m.to_owned();

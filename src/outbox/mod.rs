@@ -5,6 +5,7 @@
 
 pub mod runner;
 pub mod store;
+pub mod subscriptions;
 
 use crate::clock::Millis;
 use crate::event::{Event, EventBody, EventKind};

@@ -373,3 +373,91 @@ async fn two_instances_on_one_postgres_share_the_outbox_without_sending_twice() 
     a.shutdown().await;
     b.shutdown().await;
 }
+
+/// Subscription mode (视图库级联): the city's view library subscribes with vigil
+/// (`/VIID/Subscribes`) to faces and device status; records that arrived before wait, then go
+/// as `SubscribeNotificationObject`s to its `ReceiveAddr`, status changes in `DeviceList`; a
+/// stranger cannot subscribe; after a cancellation records wait again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscription_mode_notifies_what_the_upper_view_library_subscribed_to() {
+    use std::time::Duration;
+    let platform = Platform::start(free_port(), "up-secret");
+    let extra = format!(
+        "[gat1400]\nenabled = true\nlisten = \"127.0.0.1:0\"\npassword = \"viid-secret\"\n[admission]\npolicy = \"open\"\n\n\
+         [[upstreams]]\nname = \"city\"\nprotocol = \"gat1400\"\nmode = \"subscription\"\nurl = \"{}\"\nuser_id = \"{GATEWAY}\"\n\
+         password = \"up-secret\"\nserver_id = \"42010000005030000001\"\nevents = [\"face_capture\", \"status\"]\n",
+        platform.base
+    );
+    let gw = crate::support::gateway::TestGateway::start(crate::support::gateway::Db::Sqlite, &extra).await;
+    let viid = format!("http://{}/VIID", gw.gat1400.expect("ingress"));
+    let checkpoint = Client::new(&viid, CAM, "viid-secret").expect("client");
+    checkpoint.register().await.expect("register");
+    let push = |from: u32, to: u32| {
+        let c = checkpoint.clone();
+        async move {
+            let out = c.push(Collection::Faces, (from..to).map(checkpoint_face).collect()).await.expect("push");
+            assert!(out.iter().all(|o| *o == Outcome::Delivered), "{out:?}");
+        }
+    };
+    push(1, 6).await;
+    let t = target(&gw, Duration::from_secs(10), |t| t["backlog"] == 5 && t["state"] == "failing").await;
+    assert!(t["last_error"].as_str().is_some_and(|e| e.contains("no subscription")), "{t}");
+
+    // A stranger may not subscribe.
+    let r = reqwest::Client::new()
+        .post(format!("{viid}/Subscribes"))
+        .header("User-Identify", "31000000005030000009")
+        .body(r#"{"SubscribeListObject":{"SubscribeObject":[{"SubscribeID":"x","SubscribeDetail":"12","ReceiveAddr":"http://127.0.0.1:9/"}]}}"#)
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(r.status(), 403);
+
+    let answer = reqwest::Client::new()
+        .post(format!("{}/control", platform.base.trim_end_matches("/VIID")))
+        .json(&json!({"subscribe": {"to": viid, "detail": "12,4"}}))
+        .send()
+        .await
+        .expect("control")
+        .json::<Value>()
+        .await
+        .expect("json");
+    assert_eq!(answer["status"], 200, "{answer}");
+    assert_eq!(answer["answer"]["ResponseStatusListObject"]["ResponseStatusObject"][0]["StatusCode"], 0, "{answer}");
+    let s = platform_until(&platform, Duration::from_secs(30), |s| s["unique"] == 5).await;
+    assert!(s["subscription"]["notifications"].as_u64() >= Some(1), "{s}");
+    assert_eq!(s["duplicates"], 0, "{s}");
+
+    // A status change goes as a device status (category 4).
+    gw.api
+        .post("/devices", json!({"id": "gate-09", "name": "9号门", "kind": "access_control", "protocol": "external"}))
+        .await;
+    gw.api.post("/observations", json!({"device_id": "gate-09", "kind": "alive", "ttl": "60s"})).await;
+    let s = platform_until(&platform, Duration::from_secs(15), |s| {
+        s["subscription"]["statuses"]
+            .as_array()
+            .is_some_and(|a| a.iter().any(|x| x["SourceDeviceID"] == "gate-09" && x["IsOnline"] == "1"))
+    })
+    .await;
+    let status = s["subscription"]["statuses"]
+        .as_array()
+        .and_then(|a| a.iter().find(|x| x["SourceDeviceID"] == "gate-09").cloned())
+        .expect("status");
+    assert_eq!(status["ApeID"], GATEWAY, "a device without a 20-digit id is named by the gateway: {status}");
+
+    // Cancelled: new faces wait again.
+    let answer = reqwest::Client::new()
+        .post(format!("{}/control", platform.base.trim_end_matches("/VIID")))
+        .json(&json!({"subscribe": {"to": viid, "cancel": true}}))
+        .send()
+        .await
+        .expect("control")
+        .json::<Value>()
+        .await
+        .expect("json");
+    assert_eq!(answer["status"], 200, "{answer}");
+    push(6, 8).await;
+    target(&gw, Duration::from_secs(10), |t| t["backlog"] == 2).await;
+    assert_eq!(platform.stats().await["unique"], 5);
+    gw.shutdown().await;
+}

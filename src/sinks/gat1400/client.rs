@@ -80,6 +80,8 @@ pub enum Collection {
     AlarmRecords,
     DeviceStatuses,
     OnlineRates,
+    /// Subscription mode: notifications to a subscriber's `ReceiveAddr`.
+    SubscribeNotifications,
 }
 
 impl Collection {
@@ -93,6 +95,7 @@ impl Collection {
             Collection::AlarmRecords => "/AlarmRecords",
             Collection::DeviceStatuses => "/DeviceStatuses",
             Collection::OnlineRates => "/OnlineRates",
+            Collection::SubscribeNotifications => "/SubscribeNotifications",
         }
     }
 
@@ -122,6 +125,9 @@ impl Collection {
             Collection::AlarmRecords => ("AlarmRecordListObject", "AlarmRecordObject", "RecordID"),
             Collection::DeviceStatuses => ("DeviceStatusListObject", "DeviceStatusObject", "RecordID"),
             Collection::OnlineRates => ("OnlineRateListObject", "OnlineRateObject", "RecordID"),
+            Collection::SubscribeNotifications => {
+                ("SubscribeNotificationListObject", "SubscribeNotificationObject", "NotificationID")
+            }
         }
     }
 }
@@ -159,8 +165,13 @@ impl Client {
         })
     }
 
+    /// A path under the base URL, or a full URL (a subscription's `ReceiveAddr`) as it is.
     fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.base)
+        if path.starts_with("http://") || path.starts_with("https://") {
+            path.to_owned()
+        } else {
+            format!("{}{path}", self.base)
+        }
     }
 
     /// The request path as the digest `uri` (the URL's path).

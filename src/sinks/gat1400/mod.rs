@@ -36,6 +36,10 @@ const KEEPALIVE: Duration = Duration::from_secs(60);
 const REGISTER_MIN: Duration = Duration::from_secs(1);
 const REGISTER_MAX: Duration = Duration::from_secs(300);
 
+/// A record carried in a notification: (index in the batch, list key, object key, object,
+/// the id listed in `InfoIDs`).
+type Carried = (usize, &'static str, &'static str, serde_json::Value, String);
+
 pub struct Gat1400 {
     client: Client,
     /// Our id as the platform knows us (20 digits): objects of devices without a 20-digit id
@@ -45,6 +49,9 @@ pub struct Gat1400 {
     tz: chrono_tz::Tz,
     /// The extension path prefix under the base URL (`/Community`), when configured.
     extension: Option<String>,
+    /// Subscription mode: records go as notifications to the subscriptions the upper view
+    /// library made with us (the outbox database and this upstream's name), not as pushes.
+    subscription: Option<(crate::db::Db, String)>,
     registered: bool,
     last_contact: Instant,
     register_failures: u32,
@@ -66,11 +73,182 @@ impl Gat1400 {
             media,
             tz,
             extension: (!extension.is_empty()).then(|| format!("/{}", extension.trim_matches('/'))),
+            subscription: None,
             registered: false,
             last_contact: Instant::now(),
             register_failures: 0,
             retry_register_at: Instant::now(),
         })
+    }
+
+    /// Subscription mode: deliver to what the upper view library subscribed to.
+    pub fn subscription_mode(mut self, db: crate::db::Db, target: &str) -> Gat1400 {
+        self.subscription = Some((db, target.to_owned()));
+        self
+    }
+
+    async fn pictures(&self, c: &Claimed) -> Result<Vec<(String, Vec<u8>)>, String> {
+        let mut pictures = Vec::with_capacity(c.event.media.len());
+        for m in &c.event.media {
+            match self.media.get(&m.hash).await {
+                Ok(Some(bytes)) => pictures.push((m.role.clone(), bytes)),
+                // A picture that is gone (pruned) does not hold the record back.
+                Ok(None) => {}
+                Err(e) => return Err(format!("cannot read picture {}: {e}", m.hash)),
+            }
+        }
+        Ok(pictures)
+    }
+
+    fn device_of<'a>(&'a self, c: &'a Claimed) -> &'a str {
+        if c.event.device_id.len() == 20 && c.event.device_id.bytes().all(|b| b.is_ascii_digit()) {
+            c.event.device_id.as_str()
+        } else {
+            self.user_id.as_str()
+        }
+    }
+
+    /// Subscription mode: each record to every subscription in force that wants its
+    /// category, as `SubscribeNotificationObject`s (one per subscription and chunk) posted to
+    /// the subscription's `ReceiveAddr`; a record is delivered when every notification that
+    /// carried it was answered 0.
+    async fn notify(&mut self, db: &crate::db::Db, target: &str, batch: &[Claimed]) -> Result<Vec<Delivery>, String> {
+        use crate::outbox::subscriptions::{self, CATEGORY_STATUS};
+        use serde_json::json;
+        self.ensure_registered().await?;
+        let now = crate::clock::now_ms();
+        let subs = subscriptions::live(db, target).await.map_err(|e| format!("cannot read subscriptions: {e}"))?;
+        let in_force =
+            |s: &subscriptions::Subscription| s.begin_at.is_none_or(|t| t <= now) && s.end_at.is_none_or(|t| now < t);
+        if !subs.iter().any(in_force) {
+            return Err("no subscription of the upper view library is in force; records wait".into());
+        }
+        let mut out: Vec<Option<Delivery>> = vec![None; batch.len()];
+        // Per subscription: (record index, list key, object key, object, info id).
+        let mut per_sub: Vec<Vec<Carried>> = vec![Vec::new(); subs.len()];
+        for (i, c) in batch.iter().enumerate() {
+            let Some(category) = subscriptions::category(c.event.kind()) else {
+                out[i] = Some(Delivery::Rejected(format!(
+                    "GA/T 1400 subscriptions have no category for a {} record",
+                    c.event.kind().as_str()
+                )));
+                continue;
+            };
+            let wanted: Vec<usize> = subs
+                .iter()
+                .enumerate()
+                .filter(|(_, s)| s.wants(category, &c.event.device_id, &self.user_id, now))
+                .map(|(k, _)| k)
+                .collect();
+            if wanted.is_empty() {
+                out[i] = Some(Delivery::Rejected(format!(
+                    "no subscription of the upper view library covers category {category}"
+                )));
+                continue;
+            }
+            let device = self.device_of(c).to_owned();
+            let (list, key, object, info_id) = if category == CATEGORY_STATUS {
+                let online = matches!(c.event.body, crate::event::EventBody::Status { online: true, .. });
+                let o = json!({
+                    "ApeID": device, "IsOnline": if online { "1" } else { "0" },
+                    "CurrentTime": crate::sources::gat1400::codec::local_time(c.event.occurred_at, &self.tz),
+                    "SourceDeviceID": c.event.device_id,
+                });
+                ("DeviceList", "APEStatusObject", o, c.event.id.clone())
+            } else {
+                let Some(id) = c.object_id.clone() else {
+                    out[i] = Some(Delivery::Rejected("no GA/T 1400 object id".into()));
+                    continue;
+                };
+                let pictures = self.pictures(c).await?;
+                let Some(o) = objects::object(&c.event, &id, &device, &self.tz, &pictures) else {
+                    out[i] = Some(Delivery::Rejected("no GA/T 1400 object".into()));
+                    continue;
+                };
+                match objects::collection(&c.event) {
+                    Collection::Faces => ("FaceObjectList", "FaceObject", o, id),
+                    _ => ("MotorVehicleObjectList", "MotorVehicleObject", o, id),
+                }
+            };
+            for k in wanted {
+                per_sub[k].push((i, list, key, object.clone(), info_id.clone()));
+            }
+        }
+        // Per record: the worst outcome over the notifications that carried it.
+        let mut worst: Vec<Option<Delivery>> = vec![None; batch.len()];
+        let rank = |d: &Delivery| match d {
+            Delivery::Delivered => 0,
+            Delivery::Rejected(_) => 1,
+            Delivery::Retry(_) => 2,
+        };
+        for (k, items) in per_sub.into_iter().enumerate() {
+            let sub = &subs[k];
+            let mut chunks: Vec<Vec<_>> = vec![Vec::new()];
+            let mut size = 0usize;
+            for item in items {
+                let len = item.3.to_string().len();
+                if size + len > MAX_REQUEST && chunks.last().is_some_and(|c| !c.is_empty()) {
+                    chunks.push(Vec::new());
+                    size = 0;
+                }
+                size += len;
+                if let Some(c) = chunks.last_mut() {
+                    c.push(item);
+                }
+            }
+            for chunk in chunks.into_iter().filter(|c| !c.is_empty()) {
+                let first = chunk.first().map(|x| batch[x.0].seq).unwrap_or_default();
+                let mut lists: serde_json::Map<String, serde_json::Value> = serde_json::Map::new();
+                let mut ids = Vec::with_capacity(chunk.len());
+                let mut idx = Vec::with_capacity(chunk.len());
+                for (i, list, key, o, id) in chunk {
+                    let entry = lists.entry(list).or_insert_with(|| json!({ key: [] }));
+                    if let Some(a) = entry.get_mut(key).and_then(serde_json::Value::as_array_mut) {
+                        a.push(o);
+                    }
+                    ids.push(id);
+                    idx.push(i);
+                }
+                // Named by the subscription and the first record, so a resend is the same
+                // notification (the subscriber drops duplicates by it and by the InfoIDs).
+                let mut n = json!({
+                    "NotificationID": format!("{}{first:012}", sub.id.chars().take(40).collect::<String>()),
+                    "SubscribeID": sub.id, "Title": sub.title,
+                    "TriggerTime": crate::sources::gat1400::codec::local_time(now, &self.tz),
+                    "InfoIDs": ids.join(","),
+                });
+                if let Some(m) = n.as_object_mut() {
+                    m.extend(lists);
+                }
+                let outcome =
+                    match self.client.push_at(&sub.receive_addr, Collection::SubscribeNotifications, vec![n]).await {
+                        Ok(mut o) => match o.pop() {
+                            Some(Outcome::Delivered) => Delivery::Delivered,
+                            Some(Outcome::Rejected(why)) => {
+                                Delivery::Rejected(format!("subscription {}: {why}", sub.id))
+                            }
+                            Some(Outcome::Retry(why)) => Delivery::Retry(format!("subscription {}: {why}", sub.id)),
+                            None => Delivery::Retry("no answer for the notification".into()),
+                        },
+                        Err(e) if e.retryable() => {
+                            return Err(format!("subscription {} at {}: {}", sub.id, sub.receive_addr, self.failed(&e)))
+                        }
+                        Err(e) => Delivery::Rejected(format!("subscription {}: {e}", sub.id)),
+                    };
+                self.last_contact = Instant::now();
+                for i in idx {
+                    let replace = worst[i].as_ref().is_none_or(|w| rank(&outcome) > rank(w));
+                    if replace {
+                        worst[i] = Some(outcome.clone());
+                    }
+                }
+            }
+        }
+        Ok(out
+            .into_iter()
+            .zip(worst)
+            .map(|(o, w)| o.or(w).unwrap_or_else(|| Delivery::Retry("not sent".into())))
+            .collect())
     }
 
     async fn ensure_registered(&mut self) -> Result<(), String> {
@@ -129,6 +307,9 @@ impl Sink for Gat1400 {
     }
 
     async fn deliver(&mut self, batch: &[Claimed]) -> Result<Vec<Delivery>, String> {
+        if let Some((db, target)) = self.subscription.clone() {
+            return self.notify(&db, &target, batch).await;
+        }
         self.ensure_registered().await?;
         let mut out: Vec<Option<Delivery>> = vec![None; batch.len()];
         let mut groups: HashMap<Collection, Vec<(usize, serde_json::Value)>> = HashMap::new();

@@ -68,6 +68,13 @@ pub fn local_time(at: Millis, tz: &chrono_tz::Tz) -> String {
         .unwrap_or_default()
 }
 
+/// Reads a GA/T 1400 local time (`yyyyMMddHHmmss` in `tz`); `None` when it is not one.
+pub fn parse_local_time(text: &str, tz: &chrono_tz::Tz) -> Option<Millis> {
+    use chrono::TimeZone;
+    let naive = chrono::NaiveDateTime::parse_from_str(text, "%Y%m%d%H%M%S").ok()?;
+    tz.from_local_datetime(&naive).earliest().map(|d| d.timestamp_millis())
+}
+
 /// One `ResponseStatusObject`. `detail` is appended to the standard text.
 pub fn status_object(url: &str, status: Status, id: &str, detail: &str, at: Millis, tz: &chrono_tz::Tz) -> Value {
     let text = if detail.is_empty() { status.text().to_owned() } else { format!("{}: {detail}", status.text()) };

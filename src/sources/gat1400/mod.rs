@@ -42,9 +42,11 @@ impl Error {
 pub const VALIDITY_MS: i64 = 180_000;
 
 /// Binds the listener and starts serving; answers the bound address.
+#[allow(clippy::too_many_arguments)]
 pub async fn spawn(
     cfg: &crate::config::Gat1400,
     gateway_id: String,
+    uppers: Vec<(String, String)>,
     tz: chrono_tz::Tz,
     profiles: Arc<ProfileSet>,
     ingest: Ingest,
@@ -55,7 +57,7 @@ pub async fn spawn(
     let listener =
         tokio::net::TcpListener::bind(cfg.listen).await.map_err(|source| Error::Bind { addr: cfg.listen, source })?;
     let addr = listener.local_addr().map_err(|source| Error::Bind { addr: cfg.listen, source })?;
-    let ctx = server::Ctx::new(cfg, gateway_id, tz, profiles, ingest);
+    let ctx = server::Ctx::new(cfg, gateway_id, uppers, tz, profiles, ingest);
     let app = server::router(ctx, max_body);
     tracker.spawn(
         async move {

@@ -35,12 +35,15 @@ pub struct Ctx {
     nonces: Mutex<Nonces>,
     /// Registered devices → registration valid until.
     sessions: Mutex<HashMap<String, Millis>>,
+    /// Subscription-mode upstreams: (upstream name, the upper view library's id; empty: any).
+    uppers: Vec<(String, String)>,
 }
 
 impl Ctx {
     pub fn new(
         cfg: &crate::config::Gat1400,
         server_id: String,
+        uppers: Vec<(String, String)>,
         tz: chrono_tz::Tz,
         profiles: Arc<ProfileSet>,
         ingest: Ingest,
@@ -54,6 +57,7 @@ impl Ctx {
             tz,
             nonces: Mutex::default(),
             sessions: Mutex::default(),
+            uppers,
         })
     }
 
@@ -99,6 +103,7 @@ pub fn router(ctx: Arc<Ctx>, max_body: usize) -> Router {
         .route("/VIID/System/Keepalive", post(keepalive))
         .route("/VIID/System/UnRegister", post(unregister))
         .route("/VIID/System/Time", get(time))
+        .route("/VIID/Subscribes", post(subscribes).delete(unsubscribe))
         .route("/VIID/Faces", post(objects))
         .route("/VIID/MotorVehicles", post(objects))
         .route("/VIID/Persons", post(objects))
@@ -236,6 +241,106 @@ async fn register(
     ctx.renew(&id, now, true).await;
     info!(device = %id, %peer, "GA/T 1400 device registered.");
     ctx.answer(StatusCode::OK, URL, Status::Ok, &id, "")
+}
+
+/// The upstream an upper view library's request belongs to, by its `User-Identify`.
+fn upper_of(ctx: &Ctx, headers: &HeaderMap) -> Option<String> {
+    let who = headers.get("user-identify").and_then(|h| h.to_str().ok()).unwrap_or("").trim();
+    ctx.uppers.iter().find(|(_, id)| id.is_empty() || id == who).map(|(name, _)| name.clone())
+}
+
+/// `POST /VIID/Subscribes`: an upper view library subscribes (or cancels, `OperateType` 1);
+/// answered per `SubscribeID`.
+async fn subscribes(State(ctx): State<Arc<Ctx>>, headers: HeaderMap, body: Bytes) -> Response {
+    use crate::outbox::subscriptions::{self, Request};
+    const URL: &str = "/VIID/Subscribes";
+    let Some(target) = upper_of(&ctx, &headers) else {
+        return ctx.answer(
+            StatusCode::FORBIDDEN,
+            URL,
+            Status::InvalidOperation,
+            "",
+            "not an upper view library of this gateway (User-Identify)",
+        );
+    };
+    let items = match serde_json::from_slice::<Value>(&body) {
+        Ok(v) => match v.get("SubscribeListObject").and_then(|l| l.get("SubscribeObject")) {
+            Some(Value::Array(a)) => a.clone(),
+            Some(o @ Value::Object(_)) => vec![o.clone()],
+            _ => {
+                return ctx.answer(
+                    StatusCode::BAD_REQUEST,
+                    URL,
+                    Status::InvalidJsonContent,
+                    "",
+                    "SubscribeListObject.SubscribeObject is missing",
+                )
+            }
+        },
+        Err(e) => {
+            return ctx.answer(StatusCode::BAD_REQUEST, URL, Status::InvalidJsonFormat, "", &format!("not JSON: {e}"))
+        }
+    };
+    let db = ctx.ingest.shared().registry.db().clone();
+    let now = now_ms();
+    let mut answers = Vec::with_capacity(items.len());
+    for o in &items {
+        let id = o.get("SubscribeID").and_then(Value::as_str).unwrap_or("").to_owned();
+        let (status, detail) = match subscriptions::parse(o, &target, &ctx.tz) {
+            Ok(Request::Subscribe(s)) => match subscriptions::save(&db, &s, now).await {
+                Ok(()) => {
+                    info!(upstream = %target, subscription = %s.id, categories = ?s.categories, receive = %s.receive_addr, "Upper view library subscribed.");
+                    (Status::Ok, String::new())
+                }
+                Err(e) => (Status::DeviceBusy, e.to_string()),
+            },
+            Ok(Request::Cancel(id)) => match subscriptions::cancel(&db, &target, &id).await {
+                Ok(true) => {
+                    info!(upstream = %target, subscription = %id, "Upper view library cancelled a subscription.");
+                    (Status::Ok, String::new())
+                }
+                Ok(false) => (Status::InvalidOperation, "no such subscription".into()),
+                Err(e) => (Status::DeviceBusy, e.to_string()),
+            },
+            Err((field, why)) => (Status::InvalidJsonContent, format!("SubscribeObject.{field}: {why}")),
+        };
+        answers.push(codec::status_object(URL, status, &id, &detail, now, &ctx.tz));
+    }
+    viid(StatusCode::OK, codec::response_list(answers))
+}
+
+/// `DELETE /VIID/Subscribes?IDList=a,b`: cancels subscriptions.
+async fn unsubscribe(State(ctx): State<Arc<Ctx>>, headers: HeaderMap, uri: Uri) -> Response {
+    const URL: &str = "/VIID/Subscribes";
+    let Some(target) = upper_of(&ctx, &headers) else {
+        return ctx.answer(
+            StatusCode::FORBIDDEN,
+            URL,
+            Status::InvalidOperation,
+            "",
+            "not an upper view library of this gateway",
+        );
+    };
+    let list: Vec<String> = uri
+        .query()
+        .unwrap_or("")
+        .split('&')
+        .filter_map(|kv| kv.strip_prefix("IDList="))
+        .flat_map(|v| v.split(',').map(str::to_owned).collect::<Vec<_>>())
+        .filter(|s| !s.is_empty())
+        .collect();
+    let db = ctx.ingest.shared().registry.db().clone();
+    let now = now_ms();
+    let mut answers = Vec::new();
+    for id in list {
+        let status = match crate::outbox::subscriptions::cancel(&db, &target, &id).await {
+            Ok(true) => Status::Ok,
+            Ok(false) => Status::InvalidOperation,
+            Err(_) => Status::DeviceBusy,
+        };
+        answers.push(codec::status_object(URL, status, &id, "", now, &ctx.tz));
+    }
+    viid(StatusCode::OK, codec::response_list(answers))
 }
 
 async fn keepalive(State(ctx): State<Arc<Ctx>>, body: Bytes) -> Response {
