@@ -270,7 +270,20 @@ pub async fn start(config: Config) -> Result<Running, Error> {
     let media = crate::media::MediaStore::new(&config.gateway.data_dir, max_image);
     // The relay: which upstream takes which event (delivery rows are committed with the
     // events), and a runner per upstream that delivers them.
-    let (relay, sinks) = relay_plan(&config, &media, &db)?;
+    let (mut relay, sinks) = relay_plan(&config, &media, &db)?;
+    // The outbox's bound: backlog and free disk, looked at every 2 s.
+    relay.gate = crate::outbox::gate::spawn(
+        db.clone(),
+        config.gateway.data_dir.clone(),
+        crate::outbox::gate::Limits {
+            max_backlog: config.relay.max_backlog,
+            min_free_disk: crate::config::parse_bytes(&config.relay.min_free_disk).map_err(Error::Config)?,
+        },
+        metrics.clone(),
+        cancel.child_token(),
+        &tracker,
+    );
+    let outbox_gate = relay.gate.clone();
     let events = crate::events::spawn(db.clone(), relay.clone(), metrics.clone(), cancel.child_token(), &tracker);
     // Presence transitions, once committed, become status events for the upstreams.
     let (status_tx, status_rx) = tokio::sync::mpsc::channel(crate::events::reports::QUEUE);
@@ -447,6 +460,7 @@ pub async fn start(config: Config) -> Result<Running, Error> {
         profiles,
         streams,
         relay_targets: Arc::new(targets),
+        outbox_gate,
     };
     let app = api::router(state);
     let http_cancel = CancellationToken::new();

@@ -98,11 +98,17 @@ pub struct Relay {
     /// pruned. Default 7 days.
     #[serde(with = "humantime_serde")]
     pub keep_delivered: Duration,
+    /// Undelivered records (over all upstreams) at which the outbox stops taking more and
+    /// sources are slowed. Default 5,000,000.
+    pub max_backlog: u64,
+    /// Free disk under the data directory below which the outbox stops taking records; an
+    /// alarm is raised below twice this. Default "1GiB".
+    pub min_free_disk: String,
 }
 
 impl Default for Relay {
     fn default() -> Self {
-        Relay { keep_delivered: Duration::from_secs(7 * 86_400) }
+        Relay { keep_delivered: Duration::from_secs(7 * 86_400), max_backlog: 5_000_000, min_free_disk: "1GiB".into() }
     }
 }
 
@@ -714,6 +720,12 @@ impl Config {
         }
         if let Err(e) = parse_bytes(&self.media.max_image) {
             add("media.max_image".into(), e);
+        }
+        if let Err(e) = parse_bytes(&self.relay.min_free_disk) {
+            add("relay.min_free_disk".into(), e);
+        }
+        if self.relay.max_backlog < 10 {
+            add("relay.max_backlog".into(), "must be at least 10".into());
         }
         if let Err(e) = parse_bytes(&self.gat1400.max_body) {
             add("gat1400.max_body".into(), e);

@@ -34,6 +34,8 @@ pub const RTSP_DIAGNOSES: &str = "vigil_rtsp_diagnoses_total";
 pub const RELAY_RECORDS: &str = "vigil_relay_records_total";
 pub const RELAY_BACKLOG: &str = "vigil_relay_backlog";
 pub const RELAY_OLDEST: &str = "vigil_relay_oldest_undelivered_seconds";
+pub const OUTBOX_ACCEPTING: &str = "vigil_outbox_accepting";
+pub const OUTBOX_FREE_DISK: &str = "vigil_outbox_free_disk_bytes";
 
 /// The collectors. Cheap to clone (the prometheus types are handles).
 #[derive(Clone)]
@@ -66,6 +68,8 @@ pub struct Metrics {
     pub relay_records: IntCounterVec,
     pub relay_backlog: IntGaugeVec,
     pub relay_oldest: IntGaugeVec,
+    pub outbox_accepting: IntGauge,
+    pub outbox_free_disk: IntGauge,
 }
 
 impl Metrics {
@@ -130,6 +134,9 @@ impl Metrics {
             relay_backlog: IntGaugeVec::new(Opts::new(RELAY_BACKLOG, "Records not yet delivered, by target."), &["target"]).expect("should be a valid metric"),
             relay_oldest: IntGaugeVec::new(Opts::new(RELAY_OLDEST, "Age of the oldest undelivered record, by target (0: none)."), &["target"])
                 .expect("should be a valid metric"),
+            outbox_accepting: IntGauge::new(OUTBOX_ACCEPTING, "1 while the outbox takes records; 0 while it is full (backlog or disk) and sources are slowed.")
+                .expect("should be a valid metric"),
+            outbox_free_disk: IntGauge::new(OUTBOX_FREE_DISK, "Free bytes on the file system of the data directory.").expect("should be a valid metric"),
             registry,
         };
         for c in [
@@ -160,6 +167,8 @@ impl Metrics {
             Box::new(m.relay_records.clone()),
             Box::new(m.relay_backlog.clone()),
             Box::new(m.relay_oldest.clone()),
+            Box::new(m.outbox_accepting.clone()),
+            Box::new(m.outbox_free_disk.clone()),
         ] {
             m.registry.register(c).expect("should register each metric once");
         }

@@ -64,6 +64,8 @@ pub struct AppState {
     pub streams: crate::sources::rtsp::StreamBoard,
     /// How each upstream's runner is doing (read only).
     pub relay_targets: Arc<Vec<Arc<std::sync::Mutex<crate::outbox::runner::TargetStatus>>>>,
+    /// Whether the outbox takes records (backlog and free disk).
+    pub outbox_gate: crate::outbox::gate::Gate,
 }
 
 impl AppState {
@@ -105,7 +107,11 @@ async fn relay_targets(State(state): State<AppState>) -> ApiResult<Json<serde_js
             "recent_dead": dead.into_iter().map(|(seq, id, err)| serde_json::json!({"seq": seq, "object_id": id, "reason": err})).collect::<Vec<_>>(),
         }));
     }
-    Ok(Json(serde_json::json!({ "items": items })))
+    let g = &state.outbox_gate;
+    Ok(Json(serde_json::json!({
+        "items": items,
+        "outbox": {"accepting": g.is_open(), "reason": g.reason(), "warning": g.warning()},
+    })))
 }
 
 /// `POST /api/v1/relay/targets/{name}/requeue` (admin): dead deliveries back in the queue,
@@ -193,11 +199,14 @@ async fn health(State(state): State<AppState>) -> Json<serde_json::Value> {
             .map(|r| r.is_ok())
             .unwrap_or(false);
     let writer_ok = state.writer.db_ok.load(std::sync::atomic::Ordering::Relaxed);
+    let accepting = state.outbox_gate.is_open();
     Json(serde_json::json!({
-        "status": if db_ok && writer_ok { "ok" } else { "degraded" },
+        "status": if db_ok && writer_ok && accepting { "ok" } else { "degraded" },
         "version": env!("CARGO_PKG_VERSION"),
         "uptime_s": (now_ms() - state.started_at) / 1000,
         "database": if db_ok { "ok" } else { "unavailable" },
+        "outbox": if accepting { "accepting" } else { "full" },
+        "outbox_reason": state.outbox_gate.reason().or_else(|| state.outbox_gate.warning()),
         "gateway_id": state.config.gateway.id,
     }))
 }

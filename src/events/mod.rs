@@ -75,12 +75,20 @@ pub struct Relay {
     pub tz: chrono_tz::Tz,
     /// Woken after a commit that added delivery rows.
     pub added: Arc<tokio::sync::Notify>,
+    /// Closed while the outbox is full (backlog or disk): the writer waits, sources slow.
+    pub gate: crate::outbox::gate::Gate,
 }
 
 impl Relay {
     /// No upstreams: events are stored, nothing is routed.
     pub fn none(gateway_id: &str, tz: chrono_tz::Tz) -> Relay {
-        Relay { routes: Arc::default(), gateway_id: Arc::from(gateway_id), tz, added: Arc::default() }
+        Relay {
+            routes: Arc::default(),
+            gateway_id: Arc::from(gateway_id),
+            tz,
+            added: Arc::default(),
+            gate: Default::default(),
+        }
     }
 }
 
@@ -154,6 +162,17 @@ async fn writer(db: Db, relay: Relay, mut rx: mpsc::Receiver<Submit>, metrics: M
             }
         };
         let Some(first) = first else { break };
+        // A full outbox: hold this batch (the queue behind it fills and slows the sources)
+        // until there is room again, or shutdown.
+        if !relay.gate.is_open() {
+            metrics.outbox_accepting.set(0);
+            while !relay.gate.is_open() && !cancel.is_cancelled() {
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+                    _ = cancel.cancelled() => {}
+                }
+            }
+        }
         let mut rows = first.rows.len();
         batch.push(first);
         while rows < BATCH {

@@ -175,6 +175,13 @@ pub async fn mark_dead(db: &Db, target: &str, seq: i64, error: &str) -> Result<(
     Ok(())
 }
 
+/// Undelivered rows over every target (the outbox's fill).
+pub async fn pending_total(db: &Db) -> Result<u64, sqlx::Error> {
+    let n: i64 =
+        sqlx::query_scalar("SELECT COUNT(*) FROM deliveries WHERE state = 'pending'").fetch_one(&db.pool).await?;
+    Ok(u64::try_from(n).unwrap_or(0))
+}
+
 /// A target's rows by state, and when its oldest pending row was added.
 #[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct Counts {

@@ -461,3 +461,52 @@ async fn subscription_mode_notifies_what_the_upper_view_library_subscribed_to() 
     assert_eq!(platform.stats().await["unique"], 5);
     gw.shutdown().await;
 }
+
+/// A bounded outbox: with the upstream away and the backlog at `relay.max_backlog`, vigil
+/// stops taking records (a checkpoint's push is held, not refused and not dropped), says so
+/// in the API, `/health` and the metrics, and takes them again once the upstream drains the
+/// backlog; every face arrives once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_outbox_slows_sources_and_resumes_when_drained() {
+    use std::time::Duration;
+    let platform = Platform::start(free_port(), "up-secret");
+    platform.control(json!({"mode": "refuse"})).await;
+    let extra = format!(
+        "[gat1400]\nenabled = true\nlisten = \"127.0.0.1:0\"\npassword = \"viid-secret\"\n[admission]\npolicy = \"open\"\n\
+         [relay]\nmax_backlog = 20\n\n\
+         [[upstreams]]\nname = \"district\"\nprotocol = \"gat1400\"\nurl = \"{}\"\nuser_id = \"{GATEWAY}\"\npassword = \"up-secret\"\n\
+         events = [\"face_capture\"]\n",
+        platform.base
+    );
+    let gw = crate::support::gateway::TestGateway::start(crate::support::gateway::Db::Sqlite, &extra).await;
+    let checkpoint =
+        Client::new(&format!("http://{}/VIID", gw.gat1400.expect("ingress")), CAM, "viid-secret").expect("client");
+    checkpoint.register().await.expect("register");
+    for b in 0..2u32 {
+        let out = checkpoint
+            .push(Collection::Faces, (b * 10 + 1..=(b + 1) * 10).map(checkpoint_face).collect())
+            .await
+            .expect("push");
+        assert!(out.iter().all(|o| *o == Outcome::Delivered), "{out:?}");
+    }
+    let v = gw.api.wait_for("/relay/targets", Duration::from_secs(10), |v| v["outbox"]["accepting"] == false).await;
+    assert!(v["outbox"]["reason"].as_str().is_some_and(|r| r.contains("max_backlog")), "{v}");
+    assert_eq!(gw.api.get("/health").await.1["outbox"], "full");
+    assert!(gw.api.metrics().await.contains("vigil_outbox_accepting 0"));
+    // The next push is held: not answered while the outbox is full.
+    let held = {
+        let c = checkpoint.clone();
+        tokio::spawn(async move { c.push(Collection::Faces, (21..=30).map(checkpoint_face).collect()).await })
+    };
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(!held.is_finished(), "a push into a full outbox is held back");
+    // The upstream answers again: the backlog drains, the held push is taken.
+    platform.control(json!({"mode": "ok"})).await;
+    let out =
+        tokio::time::timeout(Duration::from_secs(60), held).await.expect("taken again").expect("task").expect("push");
+    assert!(out.iter().all(|o| *o == Outcome::Delivered), "{out:?}");
+    let s = platform_until(&platform, Duration::from_secs(60), |s| s["unique"] == 30).await;
+    assert_eq!(s["duplicates"], 0, "{s}");
+    gw.api.wait_for("/relay/targets", Duration::from_secs(10), |v| v["outbox"]["accepting"] == true).await;
+    gw.shutdown().await;
+}
