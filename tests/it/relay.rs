@@ -510,3 +510,87 @@ async fn a_full_outbox_slows_sources_and_resumes_when_drained() {
     gw.api.wait_for("/relay/targets", Duration::from_secs(10), |v| v["outbox"]["accepting"] == true).await;
     gw.shutdown().await;
 }
+
+/// The relay soak: N faces (3,000 here; `VIGIL_SOAK_EVENTS=100000` for the figure in
+/// BENCHMARKS.md) pushed by a checkpoint that resends what vigil did not answer, through three
+/// upstream outages and two `kill -9`s of vigil: every acknowledged face reaches the
+/// platform, nothing else does, and the duplicates it dropped by id are counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn soak_outages_and_kills_lose_nothing() {
+    use std::collections::HashSet;
+    use std::time::Duration;
+
+    use crate::support::gateway::{config_toml, Process};
+    let total: u32 = std::env::var("VIGIL_SOAK_EVENTS").ok().and_then(|v| v.parse().ok()).unwrap_or(3000);
+    const PER: u32 = 50;
+    let started = tokio::time::Instant::now();
+    let platform = Platform::start(free_port(), "up-secret");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (http, ingress) = (free_port(), free_port());
+    let extra = format!(
+        "[gat1400]\nenabled = true\nlisten = \"127.0.0.1:{ingress}\"\npassword = \"viid-secret\"\n[admission]\npolicy = \"open\"\n\n\
+         [[upstreams]]\nname = \"district\"\nprotocol = \"gat1400\"\nurl = \"{}\"\nuser_id = \"{GATEWAY}\"\npassword = \"up-secret\"\n\
+         events = [\"face_capture\"]\n",
+        platform.base
+    );
+    let cfg = dir.path().join("vigil.toml");
+    std::fs::write(&cfg, config_toml(&dir.path().join("data"), None, http, &extra)).expect("config");
+    let log = dir.path().join("vigil.log");
+    let mut vigil = Process::start(&cfg, http, &log).await;
+    let checkpoint = Client::new(&format!("http://127.0.0.1:{ingress}/VIID"), CAM, "viid-secret").expect("client");
+    let acked_count = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let pusher = {
+        let (c, count) = (checkpoint.clone(), acked_count.clone());
+        tokio::spawn(async move {
+            let mut acked: HashSet<String> = HashSet::new();
+            for b in 0..total.div_ceil(PER) {
+                let faces: Vec<Value> = (b * PER + 1..=((b + 1) * PER).min(total)).map(checkpoint_face).collect();
+                loop {
+                    match c.push(Collection::Faces, faces.clone()).await {
+                        Ok(out) if out.iter().all(|o| *o == Outcome::Delivered) => break,
+                        Ok(out) => panic!("vigil refused faces: {out:?}"),
+                        Err(Error::Unauthorized(_)) => {
+                            let _ = c.register().await;
+                        }
+                        Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+                    }
+                }
+                acked.extend(faces.iter().filter_map(|f| f["FaceID"].as_str().map(str::to_owned)));
+                count.store(acked.len() as u32, std::sync::atomic::Ordering::Relaxed);
+            }
+            acked
+        })
+    };
+    // Chaos by progress: outages at 15%, 45% and 75%, kill -9 at 30% and 60%.
+    let at = |pct: u32| total * pct / 100;
+    for (pct, what) in [(15, "outage"), (30, "kill"), (45, "outage"), (60, "kill"), (75, "outage")] {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(600);
+        while acked_count.load(std::sync::atomic::Ordering::Relaxed) < at(pct) {
+            assert!(tokio::time::Instant::now() < deadline, "the checkpoint stalled before {pct}%");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        if what == "kill" {
+            vigil.kill9();
+            vigil = Process::start(&cfg, http, &log).await;
+        } else {
+            platform.control(json!({"mode": "refuse"})).await;
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            platform.control(json!({"mode": "ok"})).await;
+        }
+    }
+    let acked =
+        tokio::time::timeout(Duration::from_secs(900), pusher).await.expect("the checkpoint finishes").expect("pusher");
+    assert_eq!(acked.len(), total as usize);
+    let s =
+        platform_until(&platform, Duration::from_secs(300), |s| s["unique"].as_u64() == Some(u64::from(total))).await;
+    let got: HashSet<String> =
+        s["order"].as_array().into_iter().flatten().filter_map(|v| v.as_str().map(str::to_owned)).collect();
+    assert!(got == acked, "every acknowledged face arrived, and nothing else");
+    eprintln!(
+        "soak: {} faces delivered through 3 outages and 2 kill -9s in {:.1} s; the platform dropped {} duplicates by id",
+        got.len(),
+        started.elapsed().as_secs_f64(),
+        s["duplicates"]
+    );
+    drop(vigil);
+}
