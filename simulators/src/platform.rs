@@ -198,27 +198,8 @@ async fn objects(
 ) -> Response {
     let url = format!("/VIID/{collection}");
     let now = now_ms();
-    let (mode, slow_ms) = {
-        let b = p.books();
-        (b.mode.clone(), b.slow_ms)
-    };
-    match mode.as_str() {
-        "refuse" => {
-            return viid(
-                StatusCode::SERVICE_UNAVAILABLE,
-                codec::response(&url, Status::DeviceBusy, "", "refusing", now, &p.tz),
-            )
-        }
-        "error500" => return (StatusCode::INTERNAL_SERVER_ERROR, "simulated failure").into_response(),
-        "slow" => tokio::time::sleep(Duration::from_millis(slow_ms)).await,
-        _ => {}
-    }
-    let user = headers.get("user-identify").and_then(|h| h.to_str().ok()).unwrap_or("").to_owned();
-    if !p.books().registered.contains(&user) {
-        return viid(
-            StatusCode::UNAUTHORIZED,
-            codec::response(&url, Status::InvalidOperation, "", "not registered", now, &p.tz),
-        );
+    if let Some(r) = precheck(&p, &url, &headers).await {
+        return r;
     }
     let Some((list, object, id_key)) = codec::list_keys(&url) else {
         return viid(
@@ -293,23 +274,8 @@ async fn extension(
 ) -> Response {
     let url = format!("/VIID/{prefix}/{collection}");
     let now = now_ms();
-    let mode = p.books().mode.clone();
-    match mode.as_str() {
-        "refuse" => {
-            return viid(
-                StatusCode::SERVICE_UNAVAILABLE,
-                codec::response(&url, Status::DeviceBusy, "", "refusing", now, &p.tz),
-            )
-        }
-        "error500" => return (StatusCode::INTERNAL_SERVER_ERROR, "simulated failure").into_response(),
-        _ => {}
-    }
-    let user = headers.get("user-identify").and_then(|h| h.to_str().ok()).unwrap_or("").to_owned();
-    if !p.books().registered.contains(&user) {
-        return viid(
-            StatusCode::UNAUTHORIZED,
-            codec::response(&url, Status::InvalidOperation, "", "not registered", now, &p.tz),
-        );
+    if let Some(r) = precheck(&p, &url, &headers).await {
+        return r;
     }
     let Some(coll) = vigil::sinks::gat1400::client::Collection::extension_named(&collection) else {
         return viid(
@@ -350,27 +316,42 @@ async fn extension(
     viid(StatusCode::OK, codec::response_list(answers))
 }
 
+/// What every list request meets first: the misbehaviour it was told to show, then the
+/// registration of the lower platform (`User-Identify`). `None`: go on.
+async fn precheck(p: &Platform, url: &str, headers: &HeaderMap) -> Option<Response> {
+    let now = now_ms();
+    let (mode, slow_ms) = {
+        let b = p.books();
+        (b.mode.clone(), b.slow_ms)
+    };
+    match mode.as_str() {
+        "refuse" => {
+            return Some(viid(
+                StatusCode::SERVICE_UNAVAILABLE,
+                codec::response(url, Status::DeviceBusy, "", "refusing", now, &p.tz),
+            ))
+        }
+        "error500" => return Some((StatusCode::INTERNAL_SERVER_ERROR, "simulated failure").into_response()),
+        "slow" => tokio::time::sleep(Duration::from_millis(slow_ms)).await,
+        _ => {}
+    }
+    let user = headers.get("user-identify").and_then(|h| h.to_str().ok()).unwrap_or("").to_owned();
+    if !p.books().registered.contains(&user) {
+        return Some(viid(
+            StatusCode::UNAUTHORIZED,
+            codec::response(url, Status::InvalidOperation, "", "not registered", now, &p.tz),
+        ));
+    }
+    None
+}
+
 /// Subscription mode: a lower view library's notifications for our subscriptions. Faces and
 /// vehicles inside are booked like pushed objects; device statuses are kept as received.
 async fn notifications(State(p): State<Arc<Platform>>, headers: HeaderMap, body: Bytes) -> Response {
     let url = "/VIID/SubscribeNotifications";
     let now = now_ms();
-    match p.books().mode.as_str() {
-        "refuse" => {
-            return viid(
-                StatusCode::SERVICE_UNAVAILABLE,
-                codec::response(url, Status::DeviceBusy, "", "refusing", now, &p.tz),
-            )
-        }
-        "error500" => return (StatusCode::INTERNAL_SERVER_ERROR, "simulated failure").into_response(),
-        _ => {}
-    }
-    let user = headers.get("user-identify").and_then(|h| h.to_str().ok()).unwrap_or("").to_owned();
-    if !p.books().registered.contains(&user) {
-        return viid(
-            StatusCode::UNAUTHORIZED,
-            codec::response(url, Status::InvalidOperation, "", "not registered", now, &p.tz),
-        );
+    if let Some(r) = precheck(&p, url, &headers).await {
+        return r;
     }
     let items = match serde_json::from_slice::<Value>(&body)
         .ok()

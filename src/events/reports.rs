@@ -26,15 +26,23 @@ fn reported(t: &Transition) -> bool {
         && !matches!(t.reason, Reason::GatewayDown | Reason::WindowStillOpen | Reason::Added)
 }
 
-/// The status event of a transition.
-pub fn status_event(t: &Transition, org_id: Option<String>, now: Millis) -> Event {
+/// An event the gateway itself reports (its own clock, no device sequence, no pictures).
+fn gateway_event(
+    dedup_key: String,
+    source: &str,
+    device_id: String,
+    org_id: Option<String>,
+    at: Millis,
+    now: Millis,
+    body: EventBody,
+) -> Event {
     Event {
         id: Event::new_id(),
-        dedup_key: format!("status:{}:{}:{}", t.device_id, t.at, t.to.as_str()),
-        source: "presence".into(),
-        device_id: t.device_id.to_string(),
+        dedup_key,
+        source: source.into(),
+        device_id,
         org_id,
-        occurred_at: t.at,
+        occurred_at: at,
         occurred_at_raw: None,
         time_source: TimeSource::Gateway,
         received_at: now,
@@ -42,33 +50,26 @@ pub fn status_event(t: &Transition, org_id: Option<String>, now: Millis) -> Even
         offline_replay: false,
         profile: None,
         media: Vec::new(),
-        body: EventBody::Status {
-            online: t.to == State::Online,
-            reason: t.reason.as_str().to_owned(),
-            detail: t.detail.as_deref().map(str::to_owned),
-        },
+        body,
     }
+}
+
+/// The status event of a transition.
+pub fn status_event(t: &Transition, org_id: Option<String>, now: Millis) -> Event {
+    let body = EventBody::Status {
+        online: t.to == State::Online,
+        reason: t.reason.as_str().to_owned(),
+        detail: t.detail.as_deref().map(str::to_owned),
+    };
+    let key = format!("status:{}:{}:{}", t.device_id, t.at, t.to.as_str());
+    gateway_event(key, "presence", t.device_id.to_string(), org_id, t.at, now, body)
 }
 
 /// The event of one online-rate sample, named by the gateway and the instant (a sample
 /// taken again for the same instant is the same record).
 pub fn online_rate_event(gateway_id: &str, body: OnlineRateBody, now: Millis) -> Event {
-    Event {
-        id: Event::new_id(),
-        dedup_key: format!("online_rate:{gateway_id}:{}", body.sampled_at),
-        source: "rate".into(),
-        device_id: gateway_id.to_owned(),
-        org_id: None,
-        occurred_at: body.sampled_at,
-        occurred_at_raw: None,
-        time_source: TimeSource::Gateway,
-        received_at: now,
-        seq: None,
-        offline_replay: false,
-        profile: None,
-        media: Vec::new(),
-        body: EventBody::OnlineRate(body),
-    }
+    let (key, at) = (format!("online_rate:{gateway_id}:{}", body.sampled_at), body.sampled_at);
+    gateway_event(key, "rate", gateway_id.to_owned(), None, at, now, EventBody::OnlineRate(body))
 }
 
 /// Starts the status task: it turns committed transitions into status events.

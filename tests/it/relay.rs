@@ -81,6 +81,21 @@ fn checkpoint_face(n: u32) -> Value {
 
 const CAM: &str = "42010200001190000001";
 
+/// Pushes `faces` until vigil answers every one delivered, as a checkpoint does: resending
+/// what was not answered, registering again when vigil restarted and forgot its session.
+async fn push_until_taken(c: &Client, faces: &[Value]) {
+    loop {
+        match c.push(Collection::Faces, faces.to_vec()).await {
+            Ok(out) if out.iter().all(|o| *o == Outcome::Delivered) => return,
+            Ok(out) => panic!("vigil refused faces: {out:?}"),
+            Err(Error::Unauthorized(_)) => {
+                let _ = c.register().await;
+            }
+            Err(_) => tokio::time::sleep(std::time::Duration::from_millis(100)).await,
+        }
+    }
+}
+
 async fn target(
     gw: &crate::support::gateway::TestGateway,
     within: std::time::Duration,
@@ -220,17 +235,7 @@ async fn kill_9_twice_mid_burst_loses_no_acknowledged_face() {
             let mut acked: HashSet<String> = HashSet::new();
             for b in 0..BATCHES {
                 let faces: Vec<Value> = (b * PER + 1..=(b + 1) * PER).map(checkpoint_face).collect();
-                loop {
-                    match c.push(Collection::Faces, faces.clone()).await {
-                        Ok(out) if out.iter().all(|o| *o == Outcome::Delivered) => break,
-                        Ok(out) => panic!("vigil refused faces: {out:?}"),
-                        // vigil restarted: its sessions are gone, register again and resend.
-                        Err(Error::Unauthorized(_)) => {
-                            let _ = c.register().await;
-                        }
-                        Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
-                    }
-                }
+                push_until_taken(&c, &faces).await;
                 acked.extend(faces.iter().filter_map(|f| f["FaceID"].as_str().map(str::to_owned)));
             }
             acked
@@ -545,16 +550,7 @@ async fn soak_outages_and_kills_lose_nothing() {
             let mut acked: HashSet<String> = HashSet::new();
             for b in 0..total.div_ceil(PER) {
                 let faces: Vec<Value> = (b * PER + 1..=((b + 1) * PER).min(total)).map(checkpoint_face).collect();
-                loop {
-                    match c.push(Collection::Faces, faces.clone()).await {
-                        Ok(out) if out.iter().all(|o| *o == Outcome::Delivered) => break,
-                        Ok(out) => panic!("vigil refused faces: {out:?}"),
-                        Err(Error::Unauthorized(_)) => {
-                            let _ = c.register().await;
-                        }
-                        Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
-                    }
-                }
+                push_until_taken(&c, &faces).await;
                 acked.extend(faces.iter().filter_map(|f| f["FaceID"].as_str().map(str::to_owned)));
                 count.store(acked.len() as u32, std::sync::atomic::Ordering::Relaxed);
             }

@@ -323,20 +323,8 @@ impl Sink for Gat1400 {
                 )));
                 continue;
             }
-            let mut pictures = Vec::with_capacity(c.event.media.len());
-            for m in &c.event.media {
-                match self.media.get(&m.hash).await {
-                    Ok(Some(bytes)) => pictures.push((m.role.clone(), bytes)),
-                    // A picture that is gone (pruned) does not hold the record back.
-                    Ok(None) => {}
-                    Err(e) => return Err(format!("cannot read picture {}: {e}", m.hash)),
-                }
-            }
-            let device = if c.event.device_id.len() == 20 && c.event.device_id.bytes().all(|b| b.is_ascii_digit()) {
-                c.event.device_id.as_str()
-            } else {
-                self.user_id.as_str()
-            };
+            let pictures = self.pictures(c).await?;
+            let device = self.device_of(c);
             let object = if coll.is_extension() {
                 Some(objects::extension_object(&c.event, device, &self.user_id, &self.tz, &pictures))
             } else {
