@@ -285,9 +285,18 @@ pub async fn start(config: Config) -> Result<Running, Error> {
     );
     let outbox_gate = relay.gate.clone();
     let events = crate::events::spawn(db.clone(), relay.clone(), metrics.clone(), cancel.child_token(), &tracker);
-    // Presence transitions, once committed, become status events for the upstreams.
-    let (status_tx, status_rx) = tokio::sync::mpsc::channel(crate::events::reports::QUEUE);
-    crate::events::reports::spawn_status(status_rx, events.clone(), registry.clone(), &tracker);
+    // Presence transitions, once committed, become status events, and rate samples
+    // online-rate events, when an upstream takes them (the presence history and the rate
+    // samples already serve everything local).
+    let routed = |k: crate::event::EventKind| relay.routes.0.iter().any(|(_, kinds)| kinds.contains(&k));
+    let status_tx = if routed(crate::event::EventKind::Status) {
+        let (tx, rx) = tokio::sync::mpsc::channel(crate::events::reports::QUEUE);
+        crate::events::reports::spawn_status(rx, events.clone(), registry.clone(), &tracker);
+        Some(tx)
+    } else {
+        None
+    };
+    let rate_reports = routed(crate::event::EventKind::OnlineRate).then(|| (events.clone(), config.gateway.id.clone()));
     let writer = Arc::new(WriterHealth::default());
     let presence_cancel = cancel.child_token();
     let handle = presence::runner::spawn(
@@ -298,7 +307,7 @@ pub async fn start(config: Config) -> Result<Running, Error> {
         db.clone(),
         metrics.clone(),
         writer.clone(),
-        Some(status_tx),
+        status_tx,
         presence_cancel,
         &tracker,
     );
@@ -308,7 +317,7 @@ pub async fn start(config: Config) -> Result<Running, Error> {
             registry: registry.clone(),
             presence: handle.clone(),
             impaired: impaired.clone(),
-            reports: Some((events.clone(), config.gateway.id.clone())),
+            reports: rate_reports,
         },
         config.assessment.clone(),
         config.tuning.rate_refresh,

@@ -1,6 +1,7 @@
 //! Reports upward as events: presence transitions become `status` events and each sampled
 //! online rate an `online_rate` event, committed like any record so the upstreams whose
-//! routes take them receive them (GA/T 1400 extension path, the QUIC hub). Status events
+//! routes take them receive them (GA/T 1400 extension path, subscriptions, the QUIC hub).
+//! Made only when some upstream takes them. Status events
 //! come from transitions the presence writer has committed; the restart bookkeeping
 //! (`gateway_down`, `window_still_open`) and moves to or from `unknown` are not reported.
 
