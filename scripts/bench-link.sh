@@ -106,7 +106,10 @@ sleep 5
 python3 - "$WORK/lower/vigil.db" "$WORK/hub/vigil.db" "$start_ms" <<'PY'
 import sqlite3, sys
 lower, hub, start = sys.argv[1], sys.argv[2], int(sys.argv[3])
-q = "SELECT e.id, d.created_at FROM deliveries d JOIN events e ON e.seq = d.event_seq WHERE d.target = ? AND e.received_at >= ?"
+# Faces and vehicles (the hub's city route takes those; the checkpoints' own status changes
+# also cross the link but stop at the hub).
+q = ("SELECT e.id, d.created_at FROM deliveries d JOIN events e ON e.seq = d.event_seq "
+     "WHERE d.target = ? AND e.received_at >= ? AND e.kind IN ('face_capture', 'vehicle_pass')")
 a = dict(sqlite3.connect(lower).execute(q, ("hub", start)).fetchall())
 b = dict(sqlite3.connect(hub).execute(q, ("city", start)).fetchall())
 lat = sorted(b[i] - a[i] for i in a if i in b)
