@@ -351,16 +351,14 @@ async fn two_instances_on_one_postgres_share_the_outbox_without_sending_twice() 
     checkpoint.register().await.expect("register");
     // A's pictures are under A's data directory; B has none of them and sends the records
     // without, which the platform takes. What counts here is who sends what. The platform
-    // refuses while the backlog builds, so both instances find it at once when it answers.
-    platform.control(json!({"mode": "refuse"})).await;
+    // answers each list after a second, so a batch stays in flight long enough for the other
+    // instance (which polls every second; A is woken by its own commits) to claim the next.
+    platform.control(json!({"mode": "slow", "slow_ms": 1000})).await;
     for batch in 0..20u32 {
         let faces: Vec<Value> = (batch * 20 + 1..=(batch + 1) * 20).map(checkpoint_face).collect();
         let out = checkpoint.push(Collection::Faces, faces).await.expect("push");
         assert!(out.iter().all(|o| *o == Outcome::Delivered), "{out:?}");
     }
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    // Slow answers keep each instance's calls in flight long enough for the other to claim.
-    platform.control(json!({"mode": "slow", "slow_ms": 400})).await;
     let s = platform_until(&platform, Duration::from_secs(60), |s| s["unique"] == 400).await;
     assert_eq!(s["duplicates"], 0, "no face was sent by both instances: {s}");
     let sent = |r: &vigil::Running| {
