@@ -71,7 +71,7 @@ fn checkpoint_face(n: u32) -> Value {
     let jpeg: Vec<u8> =
         [0xFF, 0xD8].into_iter().chain((0..2000u32).map(|i| (i as u8).wrapping_mul(7).wrapping_add(n as u8))).collect();
     json!({
-        "FaceID": format!("{CAM}02{now}{n:05}06{n:05}"),
+        "FaceID": format!("{CAM}02{now}{:05}06{:05}", n % 100_000, n / 100_000 % 100_000),
         "InfoKind": 1, "DeviceID": CAM, "FaceAppearTime": now,
         "SubImageList": {"SubImageInfoObject": [
             {"ImageID": "1", "Type": "11", "FileFormat": "Jpeg", "ShotTime": now, "Data": base64::engine::general_purpose::STANDARD.encode(&jpeg)}
@@ -514,7 +514,7 @@ async fn a_full_outbox_slows_sources_and_resumes_when_drained() {
     gw.shutdown().await;
 }
 
-/// The relay soak: N faces (3,000 here; `VIGIL_SOAK_EVENTS=100000` for the figure in
+/// The relay soak: N faces (3,000 here; `VIGILTEST_SOAK_EVENTS=100000` for the figure in
 /// BENCHMARKS.md) pushed by a checkpoint that resends what vigil did not answer, through three
 /// upstream outages and two `kill -9`s of vigil: every acknowledged face reaches the
 /// platform, nothing else does, and the duplicates it dropped by id are counted.
@@ -524,7 +524,7 @@ async fn soak_outages_and_kills_lose_nothing() {
     use std::time::Duration;
 
     use crate::support::gateway::{config_toml, Process};
-    let total: u32 = std::env::var("VIGIL_SOAK_EVENTS").ok().and_then(|v| v.parse().ok()).unwrap_or(3000);
+    let total: u32 = std::env::var("VIGILTEST_SOAK_EVENTS").ok().and_then(|v| v.parse().ok()).unwrap_or(3000);
     const PER: u32 = 50;
     let started = tokio::time::Instant::now();
     let platform = Platform::start(free_port(), "up-secret");
