@@ -405,7 +405,7 @@ pub async fn start(config: Config) -> Result<Running, Error> {
                     .upstreams
                     .iter()
                     .filter(|u| u.protocol == "gat1400" && u.mode == "subscription")
-                    .map(|u| (u.name.clone(), u.server_id.clone()))
+                    .map(crate::outbox::subscriptions::Upper::of)
                     .collect(),
                 config.timezone(),
                 profiles.clone(),

@@ -213,10 +213,9 @@ async fn objects(
             codec::response(&url, Status::InvalidJsonFormat, "", "not JSON", now, &p.tz),
         );
     };
-    let items = match v.get(list).and_then(|l| l.get(object)) {
-        Some(Value::Array(a)) => a.clone(),
-        Some(o @ Value::Object(_)) => vec![o.clone()],
-        _ => {
+    let items = match codec::list_items(&v, list, object) {
+        Some(items) => items,
+        None => {
             let detail = format!("{list}.{object} is missing");
             return viid(
                 StatusCode::BAD_REQUEST,
@@ -284,10 +283,9 @@ async fn extension(
         );
     };
     let (list, object, id_key) = coll.keys();
-    let items = match serde_json::from_slice::<Value>(&body).ok().and_then(|v| v.get(list)?.get(object).cloned()) {
-        Some(Value::Array(a)) => a,
-        Some(o @ Value::Object(_)) => vec![o],
-        _ => {
+    let items = match serde_json::from_slice::<Value>(&body).ok().and_then(|v| codec::list_items(&v, list, object)) {
+        Some(items) => items,
+        None => {
             let detail = format!("{list}.{object} is missing");
             return viid(
                 StatusCode::BAD_REQUEST,
@@ -355,11 +353,10 @@ async fn notifications(State(p): State<Arc<Platform>>, headers: HeaderMap, body:
     }
     let items = match serde_json::from_slice::<Value>(&body)
         .ok()
-        .and_then(|v| v.get("SubscribeNotificationListObject")?.get("SubscribeNotificationObject").cloned())
+        .and_then(|v| codec::list_items(&v, "SubscribeNotificationListObject", "SubscribeNotificationObject"))
     {
-        Some(Value::Array(a)) => a,
-        Some(o @ Value::Object(_)) => vec![o],
-        _ => {
+        Some(items) => items,
+        None => {
             return viid(
                 StatusCode::BAD_REQUEST,
                 codec::response(

@@ -94,7 +94,8 @@ pub async fn write_message<T: Serialize>(send: &mut quinn::SendStream, msg: &T) 
     send.write_all(&body).await.map_err(|e| Error::Io(e.to_string()))
 }
 
-/// Reads one length-prefixed message of at most `max` bytes.
+/// Reads one length-prefixed message of at most `max` bytes. The buffer grows with what
+/// arrives, not with what the length prefix claims.
 pub async fn read_frame(recv: &mut quinn::RecvStream, max: usize) -> Result<Vec<u8>, Error> {
     let mut len = [0u8; 4];
     recv.read_exact(&mut len).await.map_err(|e| Error::Io(e.to_string()))?;
@@ -102,8 +103,18 @@ pub async fn read_frame(recv: &mut quinn::RecvStream, max: usize) -> Result<Vec<
     if len > max {
         return Err(Error::TooLarge(len as u64));
     }
-    let mut body = vec![0u8; len];
-    recv.read_exact(&mut body).await.map_err(|e| Error::Io(e.to_string()))?;
+    read_exactly(recv, len).await
+}
+
+/// Reads exactly `len` bytes, growing the buffer chunk by chunk.
+pub async fn read_exactly(recv: &mut quinn::RecvStream, len: usize) -> Result<Vec<u8>, Error> {
+    let mut body = Vec::with_capacity(len.min(64 << 10));
+    while body.len() < len {
+        match recv.read_chunk(len - body.len(), true).await.map_err(|e| Error::Io(e.to_string()))? {
+            Some(chunk) => body.extend_from_slice(&chunk.bytes),
+            None => return Err(Error::Io(format!("stream ended after {} of {len} bytes", body.len()))),
+        }
+    }
     Ok(body)
 }
 

@@ -29,6 +29,24 @@ pub struct Subscription {
     pub cancelled: bool,
 }
 
+/// A subscription-mode upstream, as the view-library endpoint knows it: which upstream, the
+/// upper view library's id (its `User-Identify`; empty: any), and the host of its configured
+/// URL (the only host notifications may go to).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Upper {
+    pub target: String,
+    pub server_id: String,
+    pub host: String,
+}
+
+impl Upper {
+    /// From a `[[upstreams]]` entry in subscription mode.
+    pub fn of(u: &crate::config::Upstream) -> Upper {
+        let host = url::Url::parse(&u.url).ok().and_then(|x| x.host_str().map(str::to_owned)).unwrap_or_default();
+        Upper { target: u.name.clone(), server_id: u.server_id.clone(), host }
+    }
+}
+
 /// Device status (采集设备状态).
 pub const CATEGORY_STATUS: u16 = 4;
 
@@ -43,11 +61,14 @@ pub fn category(kind: EventKind) -> Option<u16> {
 }
 
 impl Subscription {
+    /// Whether it is in force at `now` (not cancelled, between BeginTime and EndTime).
+    pub fn in_force(&self, now: Millis) -> bool {
+        !self.cancelled && self.begin_at.is_none_or(|t| t <= now) && self.end_at.is_none_or(|t| now < t)
+    }
+
     /// Whether it is in force at `now` and wants records of `category` from `device`.
     pub fn wants(&self, category: u16, device: &str, own_id: &str, now: Millis) -> bool {
-        !self.cancelled
-            && self.begin_at.is_none_or(|t| t <= now)
-            && self.end_at.is_none_or(|t| now < t)
+        self.in_force(now)
             && self.categories.contains(&category)
             && (self.resource_uri.is_empty()
                 || self.resource_uri.split(',').map(str::trim).any(|r| r == own_id || r == device))
@@ -70,8 +91,11 @@ fn text(o: &Value, key: &str) -> String {
 }
 
 /// Reads one `SubscribeObject` (numbers as strings or numbers, times `yyyyMMddHHmmss` local).
+/// `ReceiveAddr` must be on `upper_host`, the host of the upstream's configured URL: a
+/// subscription names where records (faces among them) are sent, and `User-Identify` alone
+/// proves nothing, so notifications never go anywhere but the configured upper platform.
 /// `Err` names the field that is wrong.
-pub fn parse(o: &Value, target: &str, tz: &chrono_tz::Tz) -> Result<Request, (String, String)> {
+pub fn parse(o: &Value, target: &str, upper_host: &str, tz: &chrono_tz::Tz) -> Result<Request, (String, String)> {
     let bad = |f: &str, m: &str| (f.to_owned(), m.to_owned());
     let id = text(o, "SubscribeID");
     if id.is_empty() || id.len() > 64 {
@@ -88,7 +112,11 @@ pub fn parse(o: &Value, target: &str, tz: &chrono_tz::Tz) -> Result<Request, (St
     }
     let receive_addr = text(o, "ReceiveAddr");
     match url::Url::parse(&receive_addr) {
-        Ok(u) if matches!(u.scheme(), "http" | "https") && u.host_str().is_some() => {}
+        Ok(u) if matches!(u.scheme(), "http" | "https") => {
+            if u.host_str() != Some(upper_host) {
+                return Err(bad("ReceiveAddr", &format!("must be on the upper platform's host {upper_host}")));
+            }
+        }
         _ => return Err(bad("ReceiveAddr", "an http:// URL is required")),
     }
     let time = |key: &str| -> Result<Option<Millis>, (String, String)> {
@@ -96,9 +124,10 @@ pub fn parse(o: &Value, target: &str, tz: &chrono_tz::Tz) -> Result<Request, (St
         if t.is_empty() {
             return Ok(None);
         }
-        crate::sources::gat1400::codec::parse_local_time(&t, tz)
+        use crate::profiles::time::{read, Format, Zone};
+        read(&Value::String(t), &Format::Pattern("%Y%m%d%H%M%S".into()), &Zone::Named(*tz))
             .map(Some)
-            .ok_or_else(|| bad(key, "expected yyyyMMddHHmmss"))
+            .map_err(|_| bad(key, "expected yyyyMMddHHmmss"))
     };
     Ok(Request::Subscribe(Subscription {
         id,
@@ -184,7 +213,7 @@ mod tests {
         let o = json!({"SubscribeID": "420100000050300000012026112700001", "Title": "人脸与设备状态",
             "SubscribeDetail": "12, 4", "ResourceURI": "42010400005030000001", "OperateType": 0,
             "ReceiveAddr": "http://10.0.0.1/VIID/SubscribeNotifications", "BeginTime": "20261127000000"});
-        let Ok(Request::Subscribe(s)) = parse(&o, "city", &tz) else { panic!("a subscription") };
+        let Ok(Request::Subscribe(s)) = parse(&o, "city", "10.0.0.1", &tz) else { panic!("a subscription") };
         assert_eq!(s.categories, vec![12, 4]);
         let start = s.begin_at.expect("begin");
         assert!(s.wants(12, "any", "42010400005030000001", start));
@@ -193,10 +222,10 @@ mod tests {
         assert!(!s.wants(12, "any", "42010400005030000001", start - 1), "not before BeginTime");
         assert!(!s.wants(12, "any", "another-gateway", start), "another view library's resources");
         assert_eq!(
-            parse(&json!({"SubscribeID": "x", "OperateType": "1"}), "city", &tz),
+            parse(&json!({"SubscribeID": "x", "OperateType": "1"}), "city", "10.0.0.1", &tz),
             Ok(Request::Cancel("x".into()))
         );
-        let field = |o: Value| parse(&o, "city", &tz).err().map(|(f, _)| f);
+        let field = |o: Value| parse(&o, "city", "h", &tz).err().map(|(f, _)| f);
         assert_eq!(field(json!({"SubscribeDetail": "12"})).as_deref(), Some("SubscribeID"));
         assert_eq!(field(json!({"SubscribeID": "x", "SubscribeDetail": "faces"})).as_deref(), Some("SubscribeDetail"));
         assert_eq!(

@@ -309,15 +309,15 @@ impl Client {
             _ => return Err(Error::Status { status, body: keep(&text) }),
         }
         let v: Value = serde_json::from_str(&text).map_err(|e| Error::BadAnswer(format!("{e}: {}", keep(&text))))?;
-        let entries = match v.get("ResponseStatusListObject").and_then(|l| l.get("ResponseStatusObject")) {
-            Some(Value::Array(a)) => a.clone(),
-            Some(o @ Value::Object(_)) => vec![o.clone()],
-            _ => match v.get("ResponseStatusObject") {
-                // One status for the whole list: it speaks for every object.
-                Some(o) => vec![o.clone(); 1],
-                None => return Err(Error::BadAnswer(format!("no ResponseStatusListObject: {}", keep(&text)))),
-            },
-        };
+        let entries =
+            match crate::sources::gat1400::codec::list_items(&v, "ResponseStatusListObject", "ResponseStatusObject") {
+                Some(entries) => entries,
+                None => match v.get("ResponseStatusObject") {
+                    // One status for the whole list: it speaks for every object.
+                    Some(o) => vec![o.clone(); 1],
+                    None => return Err(Error::BadAnswer(format!("no ResponseStatusListObject: {}", keep(&text)))),
+                },
+            };
         let mut by_id: HashMap<String, (u8, String)> = HashMap::new();
         let mut whole: Option<(u8, String)> = None;
         for e in &entries {

@@ -68,11 +68,14 @@ pub fn local_time(at: Millis, tz: &chrono_tz::Tz) -> String {
         .unwrap_or_default()
 }
 
-/// Reads a GA/T 1400 local time (`yyyyMMddHHmmss` in `tz`); `None` when it is not one.
-pub fn parse_local_time(text: &str, tz: &chrono_tz::Tz) -> Option<Millis> {
-    use chrono::TimeZone;
-    let naive = chrono::NaiveDateTime::parse_from_str(text, "%Y%m%d%H%M%S").ok()?;
-    tz.from_local_datetime(&naive).earliest().map(|d| d.timestamp_millis())
+/// The objects of a list (`v[list][object]`), sent as an array or, by some peers, as a lone
+/// object; `None` when the list is missing.
+pub fn list_items(v: &Value, list: &str, object: &str) -> Option<Vec<Value>> {
+    match v.get(list)?.get(object)? {
+        Value::Array(a) => Some(a.clone()),
+        o @ Value::Object(_) => Some(vec![o.clone()]),
+        _ => None,
+    }
 }
 
 /// One `ResponseStatusObject`. `detail` is appended to the standard text.

@@ -46,7 +46,7 @@ pub const VALIDITY_MS: i64 = 180_000;
 pub async fn spawn(
     cfg: &crate::config::Gat1400,
     gateway_id: String,
-    uppers: Vec<(String, String)>,
+    uppers: Vec<crate::outbox::subscriptions::Upper>,
     tz: chrono_tz::Tz,
     profiles: Arc<ProfileSet>,
     ingest: Ingest,

@@ -35,15 +35,15 @@ pub struct Ctx {
     nonces: Mutex<Nonces>,
     /// Registered devices → registration valid until.
     sessions: Mutex<HashMap<String, Millis>>,
-    /// Subscription-mode upstreams: (upstream name, the upper view library's id; empty: any).
-    uppers: Vec<(String, String)>,
+    /// Subscription-mode upstreams.
+    uppers: Vec<crate::outbox::subscriptions::Upper>,
 }
 
 impl Ctx {
     pub fn new(
         cfg: &crate::config::Gat1400,
         server_id: String,
-        uppers: Vec<(String, String)>,
+        uppers: Vec<crate::outbox::subscriptions::Upper>,
         tz: chrono_tz::Tz,
         profiles: Arc<ProfileSet>,
         ingest: Ingest,
@@ -243,10 +243,20 @@ async fn register(
     ctx.answer(StatusCode::OK, URL, Status::Ok, &id, "")
 }
 
-/// The upstream an upper view library's request belongs to, by its `User-Identify`.
-fn upper_of(ctx: &Ctx, headers: &HeaderMap) -> Option<String> {
+/// The upstream an upper view library's request belongs to, by its `User-Identify`; a 403
+/// for anyone else.
+#[allow(clippy::result_large_err)] // the early answer, as json() and system_id() give it
+fn upper_of<'a>(ctx: &'a Ctx, headers: &HeaderMap) -> Result<&'a crate::outbox::subscriptions::Upper, Response> {
     let who = headers.get("user-identify").and_then(|h| h.to_str().ok()).unwrap_or("").trim();
-    ctx.uppers.iter().find(|(_, id)| id.is_empty() || id == who).map(|(name, _)| name.clone())
+    ctx.uppers.iter().find(|u| u.server_id.is_empty() || u.server_id == who).ok_or_else(|| {
+        ctx.answer(
+            StatusCode::FORBIDDEN,
+            "/VIID/Subscribes",
+            Status::InvalidOperation,
+            "",
+            "not an upper view library of this gateway (User-Identify)",
+        )
+    })
 }
 
 /// `POST /VIID/Subscribes`: an upper view library subscribes (or cancels, `OperateType` 1);
@@ -254,20 +264,15 @@ fn upper_of(ctx: &Ctx, headers: &HeaderMap) -> Option<String> {
 async fn subscribes(State(ctx): State<Arc<Ctx>>, headers: HeaderMap, body: Bytes) -> Response {
     use crate::outbox::subscriptions::{self, Request};
     const URL: &str = "/VIID/Subscribes";
-    let Some(target) = upper_of(&ctx, &headers) else {
-        return ctx.answer(
-            StatusCode::FORBIDDEN,
-            URL,
-            Status::InvalidOperation,
-            "",
-            "not an upper view library of this gateway (User-Identify)",
-        );
+    let upper = match upper_of(&ctx, &headers) {
+        Ok(u) => u.clone(),
+        Err(r) => return r,
     };
+    let target = upper.target.clone();
     let items = match serde_json::from_slice::<Value>(&body) {
-        Ok(v) => match v.get("SubscribeListObject").and_then(|l| l.get("SubscribeObject")) {
-            Some(Value::Array(a)) => a.clone(),
-            Some(o @ Value::Object(_)) => vec![o.clone()],
-            _ => {
+        Ok(v) => match codec::list_items(&v, "SubscribeListObject", "SubscribeObject") {
+            Some(items) => items,
+            None => {
                 return ctx.answer(
                     StatusCode::BAD_REQUEST,
                     URL,
@@ -286,7 +291,7 @@ async fn subscribes(State(ctx): State<Arc<Ctx>>, headers: HeaderMap, body: Bytes
     let mut answers = Vec::with_capacity(items.len());
     for o in &items {
         let id = o.get("SubscribeID").and_then(Value::as_str).unwrap_or("").to_owned();
-        let (status, detail) = match subscriptions::parse(o, &target, &ctx.tz) {
+        let (status, detail) = match subscriptions::parse(o, &target, &upper.host, &ctx.tz) {
             Ok(Request::Subscribe(s)) => match subscriptions::save(&db, &s, now).await {
                 Ok(()) => {
                     info!(upstream = %target, subscription = %s.id, categories = ?s.categories, receive = %s.receive_addr, "Upper view library subscribed.");
@@ -312,14 +317,9 @@ async fn subscribes(State(ctx): State<Arc<Ctx>>, headers: HeaderMap, body: Bytes
 /// `DELETE /VIID/Subscribes?IDList=a,b`: cancels subscriptions.
 async fn unsubscribe(State(ctx): State<Arc<Ctx>>, headers: HeaderMap, uri: Uri) -> Response {
     const URL: &str = "/VIID/Subscribes";
-    let Some(target) = upper_of(&ctx, &headers) else {
-        return ctx.answer(
-            StatusCode::FORBIDDEN,
-            URL,
-            Status::InvalidOperation,
-            "",
-            "not an upper view library of this gateway",
-        );
+    let target = match upper_of(&ctx, &headers) {
+        Ok(u) => u.target.clone(),
+        Err(r) => return r,
     };
     let list: Vec<String> = uri
         .query()
