@@ -66,12 +66,43 @@ fn event(worker: u64, n: u64) -> Event {
     }
 }
 
-async fn run(url: &str, label: &str) {
+fn routes() -> vigil::outbox::Routes {
+    vigil::outbox::Routes(vec![("district".into(), vec![EventKind::Access]), ("city".into(), vec![EventKind::Access])])
+}
+
+/// The store alone: batches of `BENCH_OUTBOX_DIRECT` rows from 512 devices built beforehand
+/// and inserted back to back on one connection (the writer's ceiling, no submitters).
+async fn direct(url: &str, label: &str, batch: usize) {
+    use vigil::events::store::{Row, Writer};
     let db = vigil::db::Db::connect(url, None).await.expect("database");
-    let routes = vigil::outbox::Routes(vec![
-        ("district".into(), vec![EventKind::Access]),
-        ("city".into(), vec![EventKind::Access]),
-    ]);
+    let routes = routes();
+    let seconds = env("BENCH_OUTBOX_SECONDS", 10);
+    let mut writer = Writer::new(&db);
+    let mut n = 0u64;
+    let started = Instant::now();
+    let mut insert_time = Duration::ZERO;
+    while started.elapsed() < Duration::from_secs(seconds) {
+        let rows: Vec<Row> = (0..batch as u64).map(|i| Row::new(event(i % 512, n + i), None)).collect();
+        let t = Instant::now();
+        writer.insert(&db, rows, |r| r.iter().collect(), &routes, 0).await.1.expect("insert");
+        insert_time += t.elapsed();
+        n += batch as u64;
+    }
+    println!(
+        "outbox {label}, store alone: {n} events in batches of {batch}: {:.0} events/s of insert time",
+        n as f64 / insert_time.as_secs_f64()
+    );
+    drop(writer);
+    db.close().await;
+}
+
+async fn run(url: &str, label: &str) {
+    let direct_batch = env("BENCH_OUTBOX_DIRECT", 0) as usize;
+    if direct_batch > 0 {
+        return direct(url, label, direct_batch).await;
+    }
+    let db = vigil::db::Db::connect(url, None).await.expect("database");
+    let routes = routes();
     let mut relay = vigil::events::Relay::none("42010400002000000001", chrono_tz::Asia::Shanghai);
     relay.routes = Arc::new(routes);
     let cancel = tokio_util::sync::CancellationToken::new();

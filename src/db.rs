@@ -117,6 +117,8 @@ pub fn sqlx_kind(e: &sqlx::Error) -> ErrorKind {
 pub struct Db {
     pub pool: AnyPool,
     pub backend: Backend,
+    /// SQLite: the database file (the event writer opens its own connection to it).
+    pub path: Option<std::path::PathBuf>,
 }
 
 impl Db {
@@ -125,9 +127,11 @@ impl Db {
         sqlx::any::install_default_drivers();
         let backend = if url.starts_with("sqlite:") { Backend::Sqlite } else { Backend::Postgres };
         let mut url = url.to_owned();
+        let mut file = None;
         if backend == Backend::Sqlite {
             let path = url.trim_start_matches("sqlite://").trim_start_matches("sqlite:");
             let path = path.split('?').next().unwrap_or_default();
+            file = Some(std::path::PathBuf::from(path));
             if let Some(dir) = Path::new(path).parent().filter(|d| !d.as_os_str().is_empty()) {
                 std::fs::create_dir_all(dir)
                     .map_err(|source| Error::DataDir { path: dir.display().to_string(), source })?;
@@ -137,11 +141,16 @@ impl Db {
             }
         }
         let opts = AnyPoolOptions::new()
-            .max_connections(max_connections.unwrap_or(if backend == Backend::Sqlite { 4 } else { 8 }))
+            // SQLite: the event writer keeps one, the checkpointer takes one at times.
+            .max_connections(max_connections.unwrap_or(if backend == Backend::Sqlite { 6 } else { 8 }))
             .acquire_timeout(ACQUIRE_TIMEOUT)
             .after_connect(move |conn, _meta| {
                 Box::pin(async move {
                     if backend == Backend::Sqlite {
+                        // 16 KiB pages (set while the file is new; an existing database keeps
+                        // its own): fewer, wider b-tree pages to touch per commit (measured:
+                        // the outbox commit gained about a third over 4 KiB; BENCHMARKS.md).
+                        conn.execute("PRAGMA page_size = 16384").await?;
                         conn.execute("PRAGMA journal_mode = WAL").await?;
                         // FULL: a commit is on disk when it returns, so what a source acknowledged
                         // survives a power cut (NORMAL in WAL mode may lose the last commits).
@@ -156,7 +165,12 @@ impl Db {
                         conn.execute("PRAGMA temp_store = MEMORY").await?;
                         conn.execute("PRAGMA cache_size = -65536").await?;
                         conn.execute("PRAGMA mmap_size = 268435456").await?;
-                        conn.execute("PRAGMA wal_autocheckpoint = 4000").await?;
+                        // Checkpoints run on a connection of their own (`checkpointer`), off
+                        // the event writer's thread; a writer checkpoints itself only if the
+                        // WAL reaches 16,384 pages (256 MiB; that task stuck or gone). After
+                        // a checkpoint the WAL file is cut back to 64 MiB.
+                        conn.execute("PRAGMA wal_autocheckpoint = 16384").await?;
+                        conn.execute("PRAGMA journal_size_limit = 67108864").await?;
                     }
                     Ok(())
                 })
@@ -164,15 +178,66 @@ impl Db {
         let shown = redact(&url);
         let pool = opts.connect(&url).await.map_err(|source| Error::Connect { url: shown, source })?;
         match backend {
-            Backend::Sqlite => sqlx::migrate!("./migrations/sqlite").run(&pool).await?,
+            Backend::Sqlite => {
+                sqlx::migrate!("./migrations/sqlite").run(&pool).await?;
+                tokio::spawn(checkpointer(pool.clone()));
+            }
             Backend::Postgres => sqlx::migrate!("./migrations/postgres").run(&pool).await?,
         }
-        Ok(Self { pool, backend })
+        Ok(Self { pool, backend, path: file })
     }
 
     pub async fn close(&self) {
         self.pool.close().await;
     }
+}
+
+/// WAL size above which a checkpoint also restarts the WAL: it holds new writers back for
+/// the frames the last passive pass left, then the next commit writes the WAL from its start
+/// again (under steady load a passive pass never finds it idle).
+const RESTART_BYTES: i64 = 64 << 20;
+
+/// SQLite: copies the WAL into the database file every 200 ms on a connection of its own,
+/// so the event writer's thread only appends to the WAL (measured: the writer's own
+/// checkpoints were a sixth of its time; BENCHMARKS.md, relay). Passive passes run beside
+/// the writer; once the WAL holds more than `RESTART_FRAMES`, a restarting pass brings it
+/// back to its start. Ends when the pool closes.
+async fn checkpointer(pool: AnyPool) {
+    let mut tick = tokio::time::interval(Duration::from_millis(200));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut failed = false;
+    loop {
+        tick.tick().await;
+        if pool.is_closed() {
+            break;
+        }
+        let r = checkpoint_pass(&pool).await;
+        match r {
+            Err(_) if pool.is_closed() => break,
+            // Logged once per run of failures: the writer's own checkpoints are the fallback.
+            Err(e) if !failed => {
+                tracing::warn!(error = %e, "WAL checkpoint failed; the event writer checkpoints itself meanwhile.");
+                failed = true;
+            }
+            Err(_) => {}
+            Ok(()) => failed = false,
+        }
+    }
+}
+
+/// One pass on a pooled connection whose busy wait is short while it holds writers back.
+async fn checkpoint_pass(pool: &AnyPool) -> Result<(), sqlx::Error> {
+    let mut conn = pool.acquire().await?;
+    let (_, log, _): (i64, i64, i64) = sqlx::query_as("PRAGMA wal_checkpoint(PASSIVE)").fetch_one(&mut *conn).await?;
+    let page: i64 = sqlx::query_scalar("PRAGMA page_size").fetch_one(&mut *conn).await?;
+    if log * page > RESTART_BYTES {
+        conn.execute("PRAGMA busy_timeout = 200").await?;
+        let restart =
+            sqlx::query_as::<_, (i64, i64, i64)>("PRAGMA wal_checkpoint(RESTART)").fetch_one(&mut *conn).await;
+        conn.execute("PRAGMA busy_timeout = 5000").await?;
+        restart?;
+    }
+    Ok(())
 }
 
 /// A URL with its password replaced, for logs and errors.

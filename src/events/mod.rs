@@ -6,6 +6,7 @@
 //! relay's outbox (delivery rows per upstream) is written in the same transaction when it
 //! lands. Owns the `events` table.
 
+mod native;
 pub mod reports;
 pub mod store;
 
@@ -24,9 +25,9 @@ use crate::telemetry::Metrics;
 pub use store::Filter;
 
 /// Events queued for the writer; a full queue slows the sources that submit.
-const QUEUE: usize = 16_384;
+const QUEUE: usize = 32_768;
 /// Most events in one transaction.
-const BATCH: usize = 4096;
+const BATCH: usize = 16_384;
 /// Attempts at one batch before its submitters are told the store is unavailable (they
 /// answer their devices with an error, and the devices send again).
 const ATTEMPTS: u32 = 3;
@@ -35,6 +36,8 @@ const ATTEMPTS: u32 = 3;
 pub enum Error {
     #[error("event store unavailable: {0}")]
     Store(#[from] sqlx::Error),
+    #[error("event store unavailable: {0}")]
+    Native(#[from] rusqlite::Error),
     #[error("event writer has stopped")]
     Closed,
     #[error("stored event {id} cannot be read: {reason}")]
@@ -45,6 +48,7 @@ impl Error {
     pub fn kind(&self) -> crate::error::ErrorKind {
         match self {
             Error::Store(e) => crate::db::sqlx_kind(e),
+            Error::Native(_) => crate::error::ErrorKind::Unavailable,
             Error::Closed => crate::error::ErrorKind::Unavailable,
             Error::Corrupt { .. } => crate::error::ErrorKind::Internal,
         }
@@ -151,6 +155,9 @@ pub fn spawn(db: Db, relay: Relay, metrics: Metrics, cancel: CancellationToken, 
 
 async fn writer(db: Db, relay: Relay, mut rx: mpsc::Receiver<Submit>, metrics: Metrics, cancel: CancellationToken) {
     let mut batch: Vec<Submit> = Vec::with_capacity(BATCH);
+    // The writer keeps one connection: its page cache stays warm (a pooled connection's
+    // cache is dropped whenever another connection wrote since it was last used).
+    let mut conn = store::Writer::new(&db);
     loop {
         let first = tokio::select! {
             biased;
@@ -184,37 +191,48 @@ async fn writer(db: Db, relay: Relay, mut rx: mpsc::Receiver<Submit>, metrics: M
                 Err(_) => break,
             }
         }
-        commit(&db, &relay, &mut batch, &metrics).await;
+        commit(&db, &mut conn, &relay, &mut batch, &metrics).await;
     }
     info!("Event writer stopped.");
 }
 
+// `&Vec`: the writer hands the batch (a `Vec`) to a blocking thread and lists its rows there.
+#[allow(clippy::ptr_arg)]
+fn rows_of(batch: &Vec<Submit>) -> Vec<&store::Row> {
+    batch.iter().flat_map(|s| s.rows.iter()).collect()
+}
+
 /// Writes one batch and answers its submitters.
-async fn commit(db: &Db, relay: &Relay, batch: &mut Vec<Submit>, metrics: &Metrics) {
-    let events: Vec<&store::Row> = batch.iter().flat_map(|s| s.rows.iter()).collect();
-    let mut result = store::insert(db, &events, &relay.routes, crate::clock::now_ms()).await;
-    let mut attempt = 1;
+async fn commit(db: &Db, conn: &mut store::Writer, relay: &Relay, batch: &mut Vec<Submit>, metrics: &Metrics) {
+    let events: usize = batch.iter().map(|s| s.rows.len()).sum();
+    let (back, mut result) =
+        conn.insert(db, std::mem::take(batch), rows_of, &relay.routes, crate::clock::now_ms()).await;
+    *batch = back;
+    let mut tries = 1;
     while let Err(e) = &result {
-        if attempt >= ATTEMPTS {
+        if tries >= ATTEMPTS {
             break;
         }
-        warn!(error = %e, attempt, events = events.len(), "Cannot commit events; trying again.");
-        tokio::time::sleep(Duration::from_millis(100 << attempt)).await;
-        attempt += 1;
-        result = store::insert(db, &events, &relay.routes, crate::clock::now_ms()).await;
+        warn!(error = %e, attempt = tries, events, "Cannot commit events; trying again.");
+        tokio::time::sleep(Duration::from_millis(100 << tries)).await;
+        tries += 1;
+        let (back, r) = conn.insert(db, std::mem::take(batch), rows_of, &relay.routes, crate::clock::now_ms()).await;
+        *batch = back;
+        result = r;
     }
     match result {
-        Ok(new_keys) => {
-            if !new_keys.is_empty() && !relay.routes.is_empty() {
+        Ok(new) => {
+            if new.iter().any(|n| *n) && !relay.routes.is_empty() {
                 relay.added.notify_waiters();
             }
+            let mut new = new.into_iter();
             for s in batch.drain(..) {
                 let stored = s
                     .rows
                     .iter()
                     .map(|r| {
                         let e = &r.event;
-                        if new_keys.contains(&e.dedup_key) {
+                        if new.next().unwrap_or(false) {
                             metrics.events.with_label_values(&[e.kind().as_str(), e.source.as_str()]).inc();
                             Stored::New
                         } else {
@@ -227,8 +245,9 @@ async fn commit(db: &Db, relay: &Relay, batch: &mut Vec<Submit>, metrics: &Metri
         }
         Err(e) => {
             warn!(error = %e, events = batch.len(), "Events not committed; their sources answer with an error so devices send again.");
+            let reason = e.to_string();
             for s in batch.drain(..) {
-                let _ = s.done.send(Err(Error::Store(sqlx::Error::Protocol(e.to_string()))));
+                let _ = s.done.send(Err(Error::Store(sqlx::Error::Protocol(reason.clone()))));
             }
         }
     }

@@ -1,6 +1,8 @@
-//! The `events` table: batch insert (bound multi-row `INSERT`s, duplicates skipped by
-//! `dedup_key`), and reads for the API. The whole event is kept as JSON in `body`; the columns beside it
+//! The `events` table: batch insert (`Writer`: SQLite through `native`, PostgreSQL with
+//! bound multi-row `INSERT`s; duplicates skipped by `dedup_key`), and reads for the API. The whole event is kept as JSON in `body`; the columns beside it
 //! are what queries filter on.
+
+use std::collections::HashSet;
 
 use sqlx::Row as _;
 
@@ -39,57 +41,143 @@ impl Row {
     }
 }
 
-/// Columns per row, and rows per statement (SQLite allows 32,766 parameters).
+/// Columns per row, and rows per statement (PostgreSQL allows 65,535 parameters).
 const COLUMNS: usize = 10;
 const ROWS_PER_STATEMENT: usize = 1000;
 
-/// Inserts a batch in one transaction (multi-row `INSERT` with bound values, duplicates
-/// skipped by `dedup_key`) with the delivery rows of the new events to the targets in
-/// `routes`; returns the dedup keys that were new.
-pub async fn insert(
-    db: &Db,
+const INSERT: &str = "INSERT INTO events (id, dedup_key, kind, source, device_id, org_id, occurred_at, received_at, body, object_id) VALUES ";
+
+fn bind_rows<'q>(sql: &'q str, chunk: &[&'q Row]) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>> {
+    let mut q = sqlx::query(sql);
+    for r in chunk {
+        let e = &r.event;
+        q = q
+            .bind(e.id.as_str())
+            .bind(e.dedup_key.as_str())
+            .bind(e.kind().as_str())
+            .bind(e.source.as_str())
+            .bind(e.device_id.as_str())
+            .bind(e.org_id.as_deref())
+            .bind(e.occurred_at)
+            .bind(e.received_at)
+            .bind(r.body.as_str())
+            .bind(r.object_id.as_deref());
+    }
+    q
+}
+
+/// The event writer's connection: SQLite's own (`native`, stepped on a blocking thread) or
+/// one kept from the PostgreSQL pool. Kept across batches so its page cache stays warm;
+/// dropped after a failure, so the next attempt starts on a fresh one.
+pub enum Writer {
+    Sqlite { path: std::path::PathBuf, conn: Option<rusqlite::Connection> },
+    Postgres { conn: Option<sqlx::pool::PoolConnection<sqlx::Any>> },
+}
+
+impl Writer {
+    pub fn new(db: &Db) -> Writer {
+        match (&db.path, db.backend) {
+            (Some(path), Backend::Sqlite) => Writer::Sqlite { path: path.clone(), conn: None },
+            _ => Writer::Postgres { conn: None },
+        }
+    }
+
+    /// Commits the rows of `batch` (listed by `rows`) in one transaction, duplicates skipped
+    /// by `dedup_key` or `id`, with the delivery rows of the new events to the targets in
+    /// `routes`; answers per row whether it was new (a record twice in one batch is new once)
+    /// and hands the batch back.
+    pub async fn insert<B: Send + 'static>(
+        &mut self,
+        db: &Db,
+        batch: B,
+        rows: for<'a> fn(&'a B) -> Vec<&'a Row>,
+        routes: &crate::outbox::Routes,
+        now: Millis,
+    ) -> (B, Result<Vec<bool>, Error>) {
+        match self {
+            Writer::Sqlite { path, conn } => {
+                let open = match conn.take() {
+                    Some(c) => Ok(c),
+                    None => super::native::open(path),
+                };
+                let mut c = match open {
+                    Ok(c) => c,
+                    Err(e) => return (batch, Err(Error::Native(e))),
+                };
+                let routes = routes.clone();
+                let done = tokio::task::spawn_blocking(move || {
+                    let r = super::native::insert(&mut c, &rows(&batch), &routes, now);
+                    (c, batch, r)
+                })
+                .await;
+                match done {
+                    Ok((c, batch, r)) => {
+                        if r.is_ok() {
+                            *conn = Some(c);
+                        }
+                        (batch, r.map_err(Error::Native))
+                    }
+                    // The blocking thread panicked: the batch is gone with it (its submitters'
+                    // channels close and they answer with an error).
+                    Err(e) => std::panic::resume_unwind(e.into_panic()),
+                }
+            }
+            Writer::Postgres { conn } => {
+                let c = match conn {
+                    Some(c) => c,
+                    None => match db.pool.acquire().await {
+                        Ok(c) => conn.insert(c),
+                        Err(e) => return (batch, Err(Error::Store(e))),
+                    },
+                };
+                let r = insert_pooled(c, db.backend, &rows(&batch), routes, now).await;
+                if r.is_err() {
+                    *conn = None;
+                }
+                (batch, r.map_err(Error::Store))
+            }
+        }
+    }
+}
+
+/// PostgreSQL (which several instances may share, their commits interleaving): multi-row
+/// `INSERT`s that return the new rows, and the delivery rows for those.
+async fn insert_pooled(
+    conn: &mut sqlx::AnyConnection,
+    backend: Backend,
     rows: &[&Row],
     routes: &crate::outbox::Routes,
     now: Millis,
-) -> Result<std::collections::HashSet<String>, sqlx::Error> {
-    let mut new = std::collections::HashSet::with_capacity(rows.len());
+) -> Result<Vec<bool>, sqlx::Error> {
+    use sqlx::Connection as _;
+    let mut tx = conn.begin().await?;
     let mut routed: Vec<(i64, crate::event::EventKind)> = Vec::new();
-    let mut tx = db.pool.begin().await?;
+    let mut keys = HashSet::with_capacity(rows.len());
     for chunk in rows.chunks(ROWS_PER_STATEMENT) {
-        let mut sql = String::from(
-            "INSERT INTO events (id, dedup_key, kind, source, device_id, org_id, occurred_at, received_at, body, object_id) VALUES ",
+        let sql = format!(
+            "{INSERT}{} ON CONFLICT DO NOTHING RETURNING seq, dedup_key, kind",
+            backend.values(chunk.len(), COLUMNS, 1)
         );
-        sql.push_str(&db.backend.values(chunk.len(), COLUMNS, 1));
-        sql.push_str(" ON CONFLICT DO NOTHING RETURNING seq, dedup_key, kind");
-        let mut q = sqlx::query(&sql);
-        for r in chunk {
-            let e = &r.event;
-            q = q
-                .bind(e.id.as_str())
-                .bind(e.dedup_key.as_str())
-                .bind(e.kind().as_str())
-                .bind(e.source.as_str())
-                .bind(e.device_id.as_str())
-                .bind(e.org_id.as_deref())
-                .bind(e.occurred_at)
-                .bind(e.received_at)
-                .bind(r.body.as_str())
-                .bind(r.object_id.as_deref());
-        }
-        for r in q.fetch_all(&mut *tx).await? {
+        for r in bind_rows(&sql, chunk).fetch_all(&mut *tx).await? {
             let seq: i64 = r.try_get("seq")?;
             let kind: String = r.try_get("kind")?;
             if let Some(k) = crate::event::EventKind::parse(&kind) {
                 routed.push((seq, k));
             }
-            new.insert(r.try_get("dedup_key")?);
+            keys.insert(r.try_get::<String, _>("dedup_key")?);
         }
     }
     if !routes.is_empty() {
-        crate::outbox::store::add(&mut tx, db.backend, &routed, routes, now).await?;
+        crate::outbox::store::add(&mut tx, backend, &routed, routes, now).await?;
     }
     tx.commit().await?;
-    Ok(new)
+    Ok(first_seen(rows, |r| keys.contains(&r.event.dedup_key)))
+}
+
+/// Per row: `stored(row)`, and not a repeat of a record earlier in the same batch.
+fn first_seen(rows: &[&Row], stored: impl Fn(&Row) -> bool) -> Vec<bool> {
+    let mut seen = HashSet::with_capacity(rows.len());
+    rows.iter().map(|r| stored(r) && seen.insert(r.event.dedup_key.as_str())).collect()
 }
 
 fn decode(body: &str) -> Result<Event, Error> {

@@ -317,15 +317,23 @@ async fn event_log(db: Db) {
     };
     use vigil::events::store::Row;
     let batch: Vec<Row> = (1..=6).map(|n| Row::new(alarm(n, &format!("k{n}")), None)).collect();
-    let refs: Vec<&Row> = batch.iter().collect();
-    let new = vigil::events::store::insert(&db, &refs, &Default::default(), 0).await.expect("insert");
-    assert_eq!(new.len(), 6);
+    let routes = vigil::outbox::Routes(vec![("district".into(), vec![vigil::event::EventKind::Alarm])]);
+    let mut writer = vigil::events::store::Writer::new(&db);
+    let (_, new) = writer.insert(&db, batch, |b| b.iter().collect(), &routes, 0).await;
+    assert_eq!(new.expect("insert"), vec![true; 6]);
     // The same records again (new ids, same dedup keys) and one new: only the new one is written.
     let again: Vec<Row> =
         vec![Row::new(alarm(1, "k1"), None), Row::new(alarm(7, "k7"), None), Row::new(alarm(7, "k7"), None)];
-    let refs: Vec<&Row> = again.iter().collect();
-    let new = vigil::events::store::insert(&db, &refs, &Default::default(), 0).await.expect("insert again");
-    assert_eq!(new.into_iter().collect::<Vec<_>>(), vec!["k7".to_owned()]);
+    let (_, new) = writer.insert(&db, again, |b| b.iter().collect(), &routes, 0).await;
+    assert_eq!(new.expect("insert again"), vec![false, true, false], "k1 stored before; k7 new once");
+    drop(writer);
+    // One delivery row per new event, none for the duplicates.
+    let rows: Vec<(i64,)> =
+        sqlx::query_as("SELECT d.event_seq FROM deliveries d JOIN events e ON e.seq = d.event_seq ORDER BY 1")
+            .fetch_all(&db.pool)
+            .await
+            .expect("deliveries");
+    assert_eq!(rows.len(), 7, "{rows:?}");
 
     let mut f = vigil::events::Filter { limit: 3, ..Default::default() };
     let page = vigil::events::store::list(&db, &f).await.expect("list");
