@@ -131,7 +131,10 @@ impl Db {
         if backend == Backend::Sqlite {
             let path = url.trim_start_matches("sqlite://").trim_start_matches("sqlite:");
             let path = path.split('?').next().unwrap_or_default();
-            file = Some(std::path::PathBuf::from(path));
+            // In memory, the database is the pool's alone: no file for the writer to open.
+            if !path.is_empty() && !path.contains(":memory:") && !path.contains("mode=memory") {
+                file = Some(std::path::PathBuf::from(path));
+            }
             if let Some(dir) = Path::new(path).parent().filter(|d| !d.as_os_str().is_empty()) {
                 std::fs::create_dir_all(dir)
                     .map_err(|source| Error::DataDir { path: dir.display().to_string(), source })?;

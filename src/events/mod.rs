@@ -38,6 +38,8 @@ pub enum Error {
     Store(#[from] sqlx::Error),
     #[error("event store unavailable: {0}")]
     Native(#[from] rusqlite::Error),
+    #[error("event writer failed: {0}")]
+    Writer(String),
     #[error("event writer has stopped")]
     Closed,
     #[error("stored event {id} cannot be read: {reason}")]
@@ -49,6 +51,7 @@ impl Error {
         match self {
             Error::Store(e) => crate::db::sqlx_kind(e),
             Error::Native(_) => crate::error::ErrorKind::Unavailable,
+            Error::Writer(_) => crate::error::ErrorKind::Internal,
             Error::Closed => crate::error::ErrorKind::Unavailable,
             Error::Corrupt { .. } => crate::error::ErrorKind::Internal,
         }
@@ -207,17 +210,17 @@ async fn commit(db: &Db, conn: &mut store::Writer, relay: &Relay, batch: &mut Ve
     let events: usize = batch.iter().map(|s| s.rows.len()).sum();
     let (back, mut result) =
         conn.insert(db, std::mem::take(batch), rows_of, &relay.routes, crate::clock::now_ms()).await;
-    *batch = back;
+    *batch = back.unwrap_or_default();
     let mut tries = 1;
     while let Err(e) = &result {
-        if tries >= ATTEMPTS {
+        if tries >= ATTEMPTS || batch.is_empty() {
             break;
         }
         warn!(error = %e, attempt = tries, events, "Cannot commit events; trying again.");
         tokio::time::sleep(Duration::from_millis(100 << tries)).await;
         tries += 1;
         let (back, r) = conn.insert(db, std::mem::take(batch), rows_of, &relay.routes, crate::clock::now_ms()).await;
-        *batch = back;
+        *batch = back.unwrap_or_default();
         result = r;
     }
     match result {

@@ -70,22 +70,29 @@ fn bind_rows<'q>(sql: &'q str, chunk: &[&'q Row]) -> sqlx::query::Query<'q, sqlx
 /// one kept from the PostgreSQL pool. Kept across batches so its page cache stays warm;
 /// dropped after a failure, so the next attempt starts on a fresh one.
 pub enum Writer {
-    Sqlite { path: std::path::PathBuf, conn: Option<rusqlite::Connection> },
-    Postgres { conn: Option<sqlx::pool::PoolConnection<sqlx::Any>> },
+    Sqlite {
+        path: std::path::PathBuf,
+        conn: Option<rusqlite::Connection>,
+    },
+    /// PostgreSQL (and an in-memory SQLite database, which only the pool can reach).
+    Pooled {
+        conn: Option<sqlx::pool::PoolConnection<sqlx::Any>>,
+    },
 }
 
 impl Writer {
     pub fn new(db: &Db) -> Writer {
         match (&db.path, db.backend) {
             (Some(path), Backend::Sqlite) => Writer::Sqlite { path: path.clone(), conn: None },
-            _ => Writer::Postgres { conn: None },
+            _ => Writer::Pooled { conn: None },
         }
     }
 
     /// Commits the rows of `batch` (listed by `rows`) in one transaction, duplicates skipped
     /// by `dedup_key` or `id`, with the delivery rows of the new events to the targets in
     /// `routes`; answers per row whether it was new (a record twice in one batch is new once)
-    /// and hands the batch back.
+    /// and hands the batch back (`None` only when the runtime shut down under the SQLite
+    /// writer's thread: the batch went with it, and its submitters see their channels close).
     pub async fn insert<B: Send + 'static>(
         &mut self,
         db: &Db,
@@ -93,7 +100,7 @@ impl Writer {
         rows: for<'a> fn(&'a B) -> Vec<&'a Row>,
         routes: &crate::outbox::Routes,
         now: Millis,
-    ) -> (B, Result<Vec<bool>, Error>) {
+    ) -> (Option<B>, Result<Vec<bool>, Error>) {
         match self {
             Writer::Sqlite { path, conn } => {
                 let open = match conn.take() {
@@ -102,39 +109,42 @@ impl Writer {
                 };
                 let mut c = match open {
                     Ok(c) => c,
-                    Err(e) => return (batch, Err(Error::Native(e))),
+                    Err(e) => return (Some(batch), Err(Error::Native(e))),
                 };
                 let routes = routes.clone();
                 let done = tokio::task::spawn_blocking(move || {
-                    let r = super::native::insert(&mut c, &rows(&batch), &routes, now);
+                    // A panic inside is a bug; it fails this batch (its sources answer with an
+                    // error and send again), not the writer.
+                    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        super::native::insert(&mut c, &rows(&batch), &routes, now)
+                    }));
                     (c, batch, r)
                 })
                 .await;
                 match done {
-                    Ok((c, batch, r)) => {
+                    Ok((c, batch, Ok(r))) => {
                         if r.is_ok() {
                             *conn = Some(c);
                         }
-                        (batch, r.map_err(Error::Native))
+                        (Some(batch), r.map_err(Error::Native))
                     }
-                    // The blocking thread panicked: the batch is gone with it (its submitters'
-                    // channels close and they answer with an error).
-                    Err(e) => std::panic::resume_unwind(e.into_panic()),
+                    Ok((_, batch, Err(_))) => (Some(batch), Err(Error::Writer("the SQLite writer panicked".into()))),
+                    Err(e) => (None, Err(Error::Writer(format!("the SQLite writer's thread ended: {e}")))),
                 }
             }
-            Writer::Postgres { conn } => {
+            Writer::Pooled { conn } => {
                 let c = match conn {
                     Some(c) => c,
                     None => match db.pool.acquire().await {
                         Ok(c) => conn.insert(c),
-                        Err(e) => return (batch, Err(Error::Store(e))),
+                        Err(e) => return (Some(batch), Err(Error::Store(e))),
                     },
                 };
                 let r = insert_pooled(c, db.backend, &rows(&batch), routes, now).await;
                 if r.is_err() {
                     *conn = None;
                 }
-                (batch, r.map_err(Error::Store))
+                (Some(batch), r.map_err(Error::Store))
             }
         }
     }
