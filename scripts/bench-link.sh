@@ -119,3 +119,8 @@ secs = 20.0
 pct = lambda p: lat[min(len(lat) - 1, int(len(lat) * p))]
 print(f"link latency: {len(lat)} events at {len(a) / secs:.0f} events/s offered; lower commit -> hub commit p50 {pct(0.5)} ms, p99 {pct(0.99)} ms, max {lat[-1]} ms; {len(a) - len(lat)} not at the hub")
 PY
+# What the two gateways warned about meanwhile (a slow spell usually shows here).
+for side in lower hub; do
+  echo "$side warnings: $(grep -c WARN "$WORK/$side.log" || true)"
+  { grep WARN "$WORK/$side.log" || true; } | sed -E 's/^[^ ]+ +//' | cut -c1-160 | sort | uniq -c | sort -rn | head -5
+done

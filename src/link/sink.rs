@@ -21,8 +21,11 @@ const BATCH_TIMEOUT: Duration = Duration::from_secs(60);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const RECONNECT_MIN: Duration = Duration::from_secs(1);
 const RECONNECT_MAX: Duration = Duration::from_secs(60);
-/// Records per claim: a batch is one stream and one commit at the hub.
-const BATCH: i64 = 1024;
+/// Records per claim: a batch is one stream and one commit at the hub, whose writer gains
+/// from larger commits (BENCHMARKS.md, relay; 1,024 before session 6).
+const BATCH: i64 = 4096;
+/// Record bytes per stream, well under the hub's `MAX_MESSAGE` for the batch head.
+const MAX_BATCH_RECORDS_BYTES: usize = super::MAX_MESSAGE / 2;
 
 pub struct Link {
     endpoint: quinn::Endpoint,
@@ -179,13 +182,14 @@ impl Sink for Link {
     async fn deliver(&mut self, batch: &[Claimed]) -> Result<Vec<Delivery>, String> {
         let conn = self.connection().await?;
         let mut out = Vec::with_capacity(batch.len());
-        // Split where the pictures would pass the per-stream limit.
+        // Split where the pictures or the records would pass the per-stream limits.
         let mut start = 0;
         while start < batch.len() {
             let mut items = Vec::new();
             let mut pictures: Vec<(Picture, Vec<u8>)> = Vec::new();
             let mut seen = std::collections::HashSet::new();
             let mut bytes = 0u64;
+            let mut record_bytes = 0usize;
             let mut end = start;
             while end < batch.len() {
                 let c = &batch[end];
@@ -202,15 +206,18 @@ impl Sink for Link {
                     }
                 }
                 let size: u64 = mine.iter().map(|(p, _)| p.len).sum();
-                if end > start && bytes + size > MAX_BATCH_MEDIA {
+                let event = serde_json::value::to_raw_value(&c.event).map_err(|e| e.to_string())?;
+                if end > start
+                    && (bytes + size > MAX_BATCH_MEDIA || record_bytes + event.get().len() > MAX_BATCH_RECORDS_BYTES)
+                {
                     break;
                 }
                 bytes += size;
+                record_bytes += event.get().len();
                 for p in mine {
                     seen.insert(p.0.hash.clone());
                     pictures.push(p);
                 }
-                let event = serde_json::value::to_raw_value(&c.event).map_err(|e| e.to_string())?;
                 items.push(Item { object_id: c.object_id.clone(), event });
                 end += 1;
             }
