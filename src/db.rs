@@ -112,6 +112,31 @@ pub fn sqlx_kind(e: &sqlx::Error) -> ErrorKind {
     }
 }
 
+/// Every SQLite connection's settings: the pool's and the event writer's own
+/// (`events::native`).
+pub const SQLITE_SETTINGS: &[&str] = &[
+    // 16 KiB pages (set while the file is new; an existing database keeps its own): fewer,
+    // wider b-tree pages to touch per commit (measured: +16% on the outbox commit over 4 KiB
+    // in three paired runs; BENCHMARKS.md, relay).
+    "PRAGMA page_size = 16384",
+    "PRAGMA journal_mode = WAL",
+    // FULL: a commit is on disk when it returns, so what a source acknowledged survives a
+    // power cut (NORMAL in WAL mode may lose the last commits).
+    "PRAGMA synchronous = FULL",
+    "PRAGMA foreign_keys = ON",
+    "PRAGMA busy_timeout = 5000",
+    // Writes come in batches of events with several indexes: statement journals in memory, a
+    // 64 MiB page cache, reads through mmap.
+    "PRAGMA temp_store = MEMORY",
+    "PRAGMA cache_size = -65536",
+    "PRAGMA mmap_size = 268435456",
+    // Checkpoints run on a connection of their own (`checkpointer`), off the event writer's
+    // thread; a writer checkpoints itself only if the WAL reaches 16,384 pages (256 MiB; that
+    // task stuck or gone). After a checkpoint the WAL file is cut back to 64 MiB.
+    "PRAGMA wal_autocheckpoint = 16384",
+    "PRAGMA journal_size_limit = 67108864",
+];
+
 /// The pool and which backend it talks to.
 #[derive(Clone, Debug)]
 pub struct Db {
@@ -132,7 +157,7 @@ impl Db {
             let path = url.trim_start_matches("sqlite://").trim_start_matches("sqlite:");
             let path = path.split('?').next().unwrap_or_default();
             // In memory, the database is the pool's alone: no file for the writer to open.
-            if !path.is_empty() && !path.contains(":memory:") && !path.contains("mode=memory") {
+            if !path.is_empty() && !path.contains(":memory:") && !url.contains("mode=memory") {
                 file = Some(std::path::PathBuf::from(path));
             }
             if let Some(dir) = Path::new(path).parent().filter(|d| !d.as_os_str().is_empty()) {
@@ -150,30 +175,9 @@ impl Db {
             .after_connect(move |conn, _meta| {
                 Box::pin(async move {
                     if backend == Backend::Sqlite {
-                        // 16 KiB pages (set while the file is new; an existing database keeps
-                        // its own): fewer, wider b-tree pages to touch per commit (measured:
-                        // the outbox commit gained about a third over 4 KiB; BENCHMARKS.md).
-                        conn.execute("PRAGMA page_size = 16384").await?;
-                        conn.execute("PRAGMA journal_mode = WAL").await?;
-                        // FULL: a commit is on disk when it returns, so what a source acknowledged
-                        // survives a power cut (NORMAL in WAL mode may lose the last commits).
-                        conn.execute("PRAGMA synchronous = FULL").await?;
-                        conn.execute("PRAGMA foreign_keys = ON").await?;
-                        conn.execute("PRAGMA busy_timeout = 5000").await?;
-                        // Writes come in batches of events with several indexes: statement
-                        // journals in memory, a 64 MiB page cache, reads through mmap, and WAL
-                        // checkpoints every ~16 MiB rather than 4 MiB (measured: the event
-                        // writer's time in checkpoints and temp files fell by a third;
-                        // BENCHMARKS.md, events in).
-                        conn.execute("PRAGMA temp_store = MEMORY").await?;
-                        conn.execute("PRAGMA cache_size = -65536").await?;
-                        conn.execute("PRAGMA mmap_size = 268435456").await?;
-                        // Checkpoints run on a connection of their own (`checkpointer`), off
-                        // the event writer's thread; a writer checkpoints itself only if the
-                        // WAL reaches 16,384 pages (256 MiB; that task stuck or gone). After
-                        // a checkpoint the WAL file is cut back to 64 MiB.
-                        conn.execute("PRAGMA wal_autocheckpoint = 16384").await?;
-                        conn.execute("PRAGMA journal_size_limit = 67108864").await?;
+                        for setting in SQLITE_SETTINGS {
+                            conn.execute(*setting).await?;
+                        }
                     }
                     Ok(())
                 })
@@ -202,10 +206,12 @@ const RESTART_BYTES: i64 = 64 << 20;
 
 /// SQLite: copies the WAL into the database file every 200 ms on a connection of its own,
 /// so the event writer's thread only appends to the WAL (measured: the writer's own
-/// checkpoints were a sixth of its time; BENCHMARKS.md, relay). Passive passes run beside
-/// the writer; once the WAL holds more than `RESTART_FRAMES`, a restarting pass brings it
-/// back to its start. Ends when the pool closes.
+/// checkpoints were about a tenth of its samples; BENCHMARKS.md, relay). Passive passes run
+/// beside the writer; once the WAL holds more than `RESTART_BYTES`, a restarting pass brings
+/// it back to its start. Ends when the pool closes.
 async fn checkpointer(pool: AnyPool) {
+    // The page size is the file's, fixed once it exists.
+    let page: i64 = sqlx::query_scalar("PRAGMA page_size").fetch_one(&pool).await.unwrap_or(4096);
     let mut tick = tokio::time::interval(Duration::from_millis(200));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut failed = false;
@@ -214,7 +220,7 @@ async fn checkpointer(pool: AnyPool) {
         if pool.is_closed() {
             break;
         }
-        let r = checkpoint_pass(&pool).await;
+        let r = checkpoint_pass(&pool, page).await;
         match r {
             Err(_) if pool.is_closed() => break,
             // Logged once per run of failures: the writer's own checkpoints are the fallback.
@@ -229,10 +235,9 @@ async fn checkpointer(pool: AnyPool) {
 }
 
 /// One pass on a pooled connection whose busy wait is short while it holds writers back.
-async fn checkpoint_pass(pool: &AnyPool) -> Result<(), sqlx::Error> {
+async fn checkpoint_pass(pool: &AnyPool, page: i64) -> Result<(), sqlx::Error> {
     let mut conn = pool.acquire().await?;
     let (_, log, _): (i64, i64, i64) = sqlx::query_as("PRAGMA wal_checkpoint(PASSIVE)").fetch_one(&mut *conn).await?;
-    let page: i64 = sqlx::query_scalar("PRAGMA page_size").fetch_one(&mut *conn).await?;
     if log * page > RESTART_BYTES {
         conn.execute("PRAGMA busy_timeout = 200").await?;
         let restart =

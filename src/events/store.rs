@@ -1,6 +1,7 @@
 //! The `events` table: batch insert (`Writer`: SQLite through `native`, PostgreSQL with
-//! bound multi-row `INSERT`s; duplicates skipped by `dedup_key`), and reads for the API. The whole event is kept as JSON in `body`; the columns beside it
-//! are what queries filter on.
+//! bound multi-row `INSERT`s; duplicates skipped by `dedup_key`), and reads for the API.
+//! The whole event is kept as JSON in `body`; the columns beside it are what queries filter
+//! on.
 
 use std::collections::HashSet;
 
