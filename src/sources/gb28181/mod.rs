@@ -64,9 +64,7 @@ pub async fn spawn(
     cancel: CancellationToken,
     tracker: &TaskTracker,
 ) -> Result<SocketAddr, Error> {
-    let udp = bind_udp(cfg.listen).map_err(|source| Error::Bind { addr: cfg.listen, source })?;
-    let addr = udp.local_addr().map_err(|source| Error::Bind { addr: cfg.listen, source })?;
-    let tcp = TcpListener::bind(addr).await.map_err(|source| Error::Bind { addr, source })?;
+    let (udp, tcp, addr) = bind_pair(cfg.listen).await?;
     let udp = Arc::new(udp);
     // Requests vigil sends name the address actually bound (not 0.0.0.0 or port 0).
     let mut cfg = cfg;
@@ -85,6 +83,26 @@ pub async fn spawn(
 /// burst queues here while the server works (capped by net.core.rmem_max; Linux's default
 /// of 208 KiB dropped 0.03% of a 30,000 msg/s flood).
 const UDP_RECV_BUFFER: usize = 4 * 1024 * 1024;
+
+/// Attempts at an ephemeral port free for both UDP and TCP (port 0 in the configuration).
+const EPHEMERAL_ATTEMPTS: usize = 16;
+
+/// Binds UDP and TCP on one port. With port 0 the kernel picks the UDP port, and another
+/// process may already hold that port for TCP; a fresh pick is tried then (a fixed port is
+/// tried once: its failure is the operator's to see).
+async fn bind_pair(listen: SocketAddr) -> Result<(UdpSocket, TcpListener, SocketAddr), Error> {
+    let attempts = if listen.port() == 0 { EPHEMERAL_ATTEMPTS } else { 1 };
+    let mut last = None;
+    for _ in 0..attempts {
+        let udp = bind_udp(listen).map_err(|source| Error::Bind { addr: listen, source })?;
+        let addr = udp.local_addr().map_err(|source| Error::Bind { addr: listen, source })?;
+        match TcpListener::bind(addr).await {
+            Ok(tcp) => return Ok((udp, tcp, addr)),
+            Err(source) => last = Some(Error::Bind { addr, source }),
+        }
+    }
+    Err(last.unwrap_or_else(|| Error::Bind { addr: listen, source: std::io::Error::other("no attempt made") }))
+}
 
 fn bind_udp(addr: SocketAddr) -> std::io::Result<UdpSocket> {
     use socket2::{Domain, Protocol, Socket, Type};
