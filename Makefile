@@ -29,7 +29,10 @@ demo: deps
 test: services
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --all-targets -- -D warnings
-	$(CARGO) build -p vigil-simulators --bin vigil-sim
+	# One build of the whole workspace with the tests' feature set: it also leaves
+	# target/debug/vigil-sim for the integration tests (a `-p vigil-simulators` build
+	# would resolve features alone and rebuild half the dependencies).
+	$(CARGO) build --all-targets
 	$(CARGO) test --all-targets
 	@echo "make test: all checks passed"
 

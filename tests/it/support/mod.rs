@@ -34,7 +34,7 @@ pub fn sim_binary() -> std::path::PathBuf {
     let sim = exe.parent().and_then(|d| d.parent()).expect("target dir").join("vigil-sim");
     assert!(
         sim.is_file(),
-        "{} is missing: run `make test` (or cargo build -p vigil-simulators --bin vigil-sim)",
+        "{} is missing: run `make test` (or cargo build --all-targets)",
         sim.display()
     );
     sim
