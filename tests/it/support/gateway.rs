@@ -170,17 +170,22 @@ impl TestGateway {
 
     /// Starts with `[gateway] id` set.
     pub async fn start_as(db: Db, gateway_id: &str, extra: &str) -> Self {
-        Self::start_inner(db, extra, None, "", Some(gateway_id)).await
+        Self::start_inner(db, extra, None, "", Some(gateway_id), None).await
+    }
+
+    /// Starts with its data directory at `data_dir` (a tmpfs, say) instead of a temp dir.
+    pub async fn start_in(db: Db, data_dir: &Path, extra: &str) -> Self {
+        Self::start_inner(db, extra, None, "", None, Some(data_dir)).await
     }
 
     /// Starts with extra keys in the `[gb28181]` section (the harness already opens it).
     pub async fn start_with_sip(db: Db, gb28181_keys: &str) -> Self {
-        Self::start_inner(db, "", None, gb28181_keys, None).await
+        Self::start_inner(db, "", None, gb28181_keys, None, None).await
     }
 
     /// Starts with PostgreSQL reached through `proxy_port` (a `Proxy` in front of it).
     pub async fn start_via(db: Db, extra: &str, proxy_port: Option<u16>) -> Self {
-        Self::start_inner(db, extra, proxy_port, "", None).await
+        Self::start_inner(db, extra, proxy_port, "", None, None).await
     }
 
     async fn start_inner(
@@ -189,6 +194,7 @@ impl TestGateway {
         proxy_port: Option<u16>,
         gb28181_keys: &str,
         gateway_id: Option<&str>,
+        data_dir: Option<&Path>,
     ) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let pg = match db {
@@ -199,7 +205,7 @@ impl TestGateway {
             Some(port) => p.url.replace("127.0.0.1:5432", &format!("127.0.0.1:{port}")),
             None => p.url.clone(),
         });
-        let text = config_toml_as(gateway_id, dir.path(), url.as_deref(), 0, extra).replace(
+        let text = config_toml_as(gateway_id, data_dir.unwrap_or(dir.path()), url.as_deref(), 0, extra).replace(
             "[gb28181]\nlisten = \"127.0.0.1:0\"\n",
             &format!("[gb28181]\nlisten = \"127.0.0.1:0\"\n{gb28181_keys}"),
         );

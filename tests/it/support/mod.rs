@@ -8,6 +8,7 @@ pub mod platform;
 pub mod postgres;
 pub mod proxy;
 pub mod rtsp;
+pub mod tmpfs;
 
 use std::net::TcpListener;
 
@@ -32,11 +33,7 @@ pub fn require_command(cmd: &str) -> std::path::PathBuf {
 pub fn sim_binary() -> std::path::PathBuf {
     let exe = std::env::current_exe().expect("test binary path");
     let sim = exe.parent().and_then(|d| d.parent()).expect("target dir").join("vigil-sim");
-    assert!(
-        sim.is_file(),
-        "{} is missing: run `make test` (or cargo build --all-targets)",
-        sim.display()
-    );
+    assert!(sim.is_file(), "{} is missing: run `make test` (or cargo build --all-targets)", sim.display());
     sim
 }
 
