@@ -621,7 +621,7 @@ async fn a_nearly_full_disk_slows_sources_raises_an_alarm_and_resumes_when_freed
         let answer = late.await.expect("task");
         eprintln!("a push onto the full disk was answered: {answer:?}");
         assert!(
-            !matches!(&answer, Ok(out) if out.iter().any(|o| *o == Outcome::Delivered)),
+            !matches!(&answer, Ok(out) if out.contains(&Outcome::Delivered)),
             "nothing is acknowledged while the disk is full: {answer:?}"
         );
     } else {
