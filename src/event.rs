@@ -328,6 +328,28 @@ pub enum EventBody {
     OnlineRate(OnlineRateBody),
 }
 
+impl EventBody {
+    /// The body of `kind` from its fields (an object without the `kind` key). The four kinds
+    /// devices send are read straight into their structs, which spares the buffering an
+    /// internally tagged enum costs (a profile maps every message through here).
+    pub fn from_fields(
+        kind: EventKind,
+        mut fields: serde_json::Map<String, serde_json::Value>,
+    ) -> serde_json::Result<Self> {
+        use serde_json::{from_value, Value};
+        Ok(match kind {
+            EventKind::Access => EventBody::Access(from_value(Value::Object(fields))?),
+            EventKind::VehiclePass => EventBody::VehiclePass(from_value(Value::Object(fields))?),
+            EventKind::FaceCapture => EventBody::FaceCapture(from_value(Value::Object(fields))?),
+            EventKind::Alarm => EventBody::Alarm(from_value(Value::Object(fields))?),
+            EventKind::Status | EventKind::OnlineRate => {
+                fields.insert("kind".into(), Value::String(kind.as_str().into()));
+                from_value(Value::Object(fields))?
+            }
+        })
+    }
+}
+
 /// The online rate sampled at an assessment instant (`[assessment] sample_every`): the
 /// gateway as a whole and every org, all kinds together and each kind present.
 #[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]

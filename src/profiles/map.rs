@@ -239,7 +239,6 @@ fn map_record(p: &Profile, s: &Scope<'_>, received_at: Millis) -> Outcome {
     let (made, kind_word, attrs) = match &rule.action {
         Action::Emit(kind) => {
             let mut body = Map::new();
-            body.insert("kind".into(), Value::String(kind.as_str().into()));
             for (path, e) in &rule.map {
                 let v = e.eval(s);
                 if !v.is_null() {
@@ -252,7 +251,7 @@ fn map_record(p: &Profile, s: &Scope<'_>, received_at: Millis) -> Outcome {
             for path in &p.privacy_hash {
                 hash_path(&mut body, path);
             }
-            match serde_json::from_value::<EventBody>(Value::Object(body)) {
+            match EventBody::from_fields(*kind, body) {
                 Ok(b) => (Made::Event(b), kind.as_str(), Map::new()),
                 Err(e) => return reject(refuse("bad_mapping", e.to_string())),
             }
