@@ -21,7 +21,7 @@ cat > "$WORK/mosquitto.conf" <<CONF
 listener $PORT 127.0.0.1
 allow_anonymous true
 persistence false
-max_inflight_messages 1000
+max_inflight_messages ${BENCH_BROKER_INFLIGHT:-1000}
 max_queued_messages 2000000
 CONF
 $MOSQUITTO -c "$WORK/mosquitto.conf" > "$WORK/mosquitto.log" 2>&1 &

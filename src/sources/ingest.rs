@@ -50,14 +50,25 @@ struct SeqState {
     written: u64,
 }
 
-/// Shared by the profile-driven sources. Cheap to clone.
+/// Shared by the profile-driven sources. Cheap to clone (one `Arc`): the MQTT source clones
+/// it for every message it takes.
 #[derive(Clone)]
-pub struct Ingest {
+pub struct Ingest(Arc<Parts>);
+
+/// What an `Ingest` holds.
+pub struct Parts {
     shared: Shared,
     media: MediaStore,
     protocol: Protocol,
     source: &'static str,
-    seqs: Arc<Mutex<HashMap<String, SeqState>>>,
+    seqs: Mutex<HashMap<String, SeqState>>,
+}
+
+impl std::ops::Deref for Ingest {
+    type Target = Parts;
+    fn deref(&self) -> &Parts {
+        &self.0
+    }
 }
 
 /// `attrs` with the record's fingerprint (model, firmware) added.
@@ -76,7 +87,7 @@ const MAX_GAP: i64 = 1_000_000;
 
 impl Ingest {
     pub fn new(shared: Shared, media: MediaStore, protocol: Protocol, source: &'static str) -> Ingest {
-        Ingest { shared, media, protocol, source, seqs: Arc::default() }
+        Ingest(Arc::new(Parts { shared, media, protocol, source, seqs: Mutex::default() }))
     }
 
     pub fn shared(&self) -> &Shared {

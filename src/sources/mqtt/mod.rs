@@ -148,7 +148,7 @@ async fn worker(
 async fn take(p: Publish, profiles: Arc<ProfileSet>, ingest: Ingest, cancel: CancellationToken) -> (Publish, bool) {
     let topic = p.topic.clone();
     let received_at = now_ms();
-    let shared = ingest.shared().clone();
+    let shared = ingest.shared();
     let Some(sel) = profiles.select_mqtt(&topic, None) else {
         shared.metrics.mqtt_messages.with_label_values(&["none"]).inc();
         shared.rejections.record(
