@@ -143,6 +143,31 @@ async fn relay_requeue(
     Ok(Json(serde_json::json!({ "target": name, "requeued": n })))
 }
 
+/// `GET /api/v1/relay/targets/{name}/dead?limit=N`: the records an upstream refused for good,
+/// newest first, each with the reason, the request sent for it (long strings such as inline
+/// pictures elided) and the upstream's answer to it, when the sink had them.
+async fn relay_dead(
+    State(state): State<AppState>,
+    axum::extract::Path(name): axum::extract::Path<String>,
+    axum::extract::Query(params): axum::extract::Query<Params>,
+) -> ApiResult<Json<serde_json::Value>> {
+    if !state.relay_targets.iter().any(|t| t.lock().unwrap_or_else(|p| p.into_inner()).name == name) {
+        return Err(ApiError::not_found(format!("no upstream named {name:?}")));
+    }
+    let limit = limit(&params)?;
+    let dead = crate::outbox::store::dead_detail(state.registry.db(), &name, limit as i64).await?;
+    let items: Vec<serde_json::Value> = dead
+        .into_iter()
+        .map(|d| {
+            serde_json::json!({
+                "seq": d.seq, "event_id": d.event_id, "object_id": d.object_id, "reason": d.reason,
+                "request": d.request, "response": d.response, "parked_at": d.parked_at.map(|t| state.time(t)),
+            })
+        })
+        .collect();
+    Ok(Json(serde_json::json!({ "target": name, "items": items })))
+}
+
 pub fn router(state: AppState) -> Router {
     let cfg = &state.config.http;
     let api = Router::new()
@@ -165,6 +190,7 @@ pub fn router(state: AppState) -> Router {
         .route("/profiles", get(events::profiles))
         .route("/relay/targets", get(relay_targets))
         .route("/relay/targets/{name}/requeue", post(relay_requeue))
+        .route("/relay/targets/{name}/dead", get(relay_dead))
         .route("/online-rate", get(rate::current))
         .route("/online-rate/history", get(rate::history))
         .route("/reports/online/daily", get(rate::daily));

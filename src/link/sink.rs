@@ -237,7 +237,7 @@ impl Sink for Link {
             };
             out.extend(answer.results.into_iter().map(|r| match r {
                 None => Delivery::Delivered,
-                Some(why) => Delivery::Rejected(format!("refused by the hub: {why}")),
+                Some(why) => Delivery::Rejected(format!("refused by the hub: {why}").into()),
             }));
             start = end;
         }

@@ -23,7 +23,8 @@ use crate::db::Db;
 pub enum Delivery {
     Delivered,
     Retry(String),
-    Rejected(String),
+    /// Refused for good: parked as dead with the reason (and the request and answer).
+    Rejected(store::Refusal),
 }
 
 /// One upstream protocol.
@@ -95,10 +96,10 @@ async fn mark(db: &Db, name: &str, batch: &[Claimed], outcomes: &[Delivery]) -> 
                 let next = now + backoff(attempts, BACKOFF_MIN, RECORD_BACKOFF_MAX).as_millis() as Millis;
                 store::mark_retry(db, name, c.seq, next, why).await
             }
-            Delivery::Rejected(why) => {
+            Delivery::Rejected(refusal) => {
                 dead += 1;
-                warn!(target = %name, seq = c.seq, event = %c.event.id, reason = %why, "Upstream refused a record for good; parked as dead.");
-                store::mark_dead(db, name, c.seq, why).await
+                warn!(target = %name, seq = c.seq, event = %c.event.id, reason = %refusal.reason, "Upstream refused a record for good; parked as dead.");
+                store::mark_dead(db, name, c.seq, refusal).await
             }
         };
         if let Err(e) = r {

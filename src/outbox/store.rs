@@ -92,7 +92,7 @@ pub async fn claim(db: &Db, target: &str, owner: &str, now: Millis, limit: i64) 
                 attempts: attempts.get(&seq).copied().unwrap_or_default(),
             }),
             // A stored body that no longer reads is dead, not a stuck queue.
-            Err(e) => mark_dead(db, target, seq, &format!("stored event unreadable: {e}")).await?,
+            Err(e) => mark_dead(db, target, seq, &Refusal::from(format!("stored event unreadable: {e}"))).await?,
         }
     }
     Ok(out)
@@ -165,14 +165,92 @@ pub async fn mark_retry(db: &Db, target: &str, seq: i64, next: Millis, error: &s
     Ok(())
 }
 
-pub async fn mark_dead(db: &Db, target: &str, seq: i64, error: &str) -> Result<(), sqlx::Error> {
+/// Parks a delivery as dead, with what was sent and what the upstream answered when the sink
+/// knows them (one transaction: the row and its detail together).
+pub async fn mark_dead(db: &Db, target: &str, seq: i64, refusal: &Refusal) -> Result<(), sqlx::Error> {
+    let mut tx = db.pool.begin().await?;
     sqlx::query("UPDATE deliveries SET state = 'dead', attempts = attempts + 1, last_error = $3 WHERE target = $1 AND event_seq = $2")
         .bind(target)
         .bind(seq)
-        .bind(error)
-        .execute(&db.pool)
+        .bind(&refusal.reason)
+        .execute(&mut *tx)
         .await?;
-    Ok(())
+    sqlx::query(
+        "INSERT INTO relay_dead (target, event_seq, reason, request, response, parked_at) VALUES ($1, $2, $3, $4, $5, $6) \
+         ON CONFLICT (target, event_seq) DO UPDATE SET reason = excluded.reason, request = excluded.request, \
+         response = excluded.response, parked_at = excluded.parked_at",
+    )
+    .bind(target)
+    .bind(seq)
+    .bind(&refusal.reason)
+    .bind(refusal.request.as_deref())
+    .bind(refusal.response.as_deref())
+    .bind(crate::clock::now_ms())
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await
+}
+
+/// Why an upstream refused a record for good, and, when the sink has them, the request it
+/// sent for that record (long strings such as inline pictures elided) and the upstream's
+/// answer to it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    pub reason: String,
+    pub request: Option<String>,
+    pub response: Option<String>,
+}
+
+impl From<String> for Refusal {
+    fn from(reason: String) -> Self {
+        Refusal { reason, request: None, response: None }
+    }
+}
+
+impl From<&str> for Refusal {
+    fn from(reason: &str) -> Self {
+        Refusal::from(reason.to_owned())
+    }
+}
+
+/// A dead delivery with its detail, for the API.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Dead {
+    pub seq: i64,
+    pub event_id: String,
+    pub object_id: Option<String>,
+    pub reason: Option<String>,
+    pub request: Option<String>,
+    pub response: Option<String>,
+    pub parked_at: Option<Millis>,
+}
+
+/// The dead deliveries of a target with what was sent and answered, newest first.
+pub async fn dead_detail(db: &Db, target: &str, limit: i64) -> Result<Vec<Dead>, sqlx::Error> {
+    let rows = sqlx::query(
+        "SELECT d.event_seq AS seq, e.id AS event_id, e.object_id AS object_id, d.last_error AS reason, \
+         r.request AS request, r.response AS response, r.parked_at AS parked_at FROM deliveries d \
+         JOIN events e ON e.seq = d.event_seq \
+         LEFT JOIN relay_dead r ON r.target = d.target AND r.event_seq = d.event_seq \
+         WHERE d.target = $1 AND d.state = 'dead' ORDER BY d.event_seq DESC LIMIT $2",
+    )
+    .bind(target)
+    .bind(limit)
+    .fetch_all(&db.pool)
+    .await?;
+    rows.into_iter()
+        .map(|r| {
+            Ok(Dead {
+                seq: r.try_get("seq")?,
+                event_id: r.try_get("event_id")?,
+                object_id: r.try_get("object_id")?,
+                reason: r.try_get("reason")?,
+                request: r.try_get("request")?,
+                response: r.try_get("response")?,
+                parked_at: r.try_get("parked_at")?,
+            })
+        })
+        .collect()
 }
 
 /// Undelivered rows over every target (the outbox's fill).
@@ -237,5 +315,12 @@ pub async fn prune_delivered(db: &Db, before: Millis) -> Result<u64, sqlx::Error
         .bind(before)
         .execute(&db.pool)
         .await?;
+    // The detail of records that died once and were delivered after a requeue goes with them.
+    sqlx::query(
+        "DELETE FROM relay_dead WHERE NOT EXISTS (SELECT 1 FROM deliveries d \
+         WHERE d.target = relay_dead.target AND d.event_seq = relay_dead.event_seq AND d.state = 'dead')",
+    )
+    .execute(&db.pool)
+    .await?;
     Ok(r.rows_affected())
 }

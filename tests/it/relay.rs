@@ -205,6 +205,22 @@ async fn faces_reach_the_upstream(db: crate::support::gateway::Db) {
     let t = target(&gw, Duration::from_secs(30), |t| t["backlog"] == 0 && t["dead"] == 1).await;
     assert_eq!(t["recent_dead"][0]["object_id"], refused, "{t}");
     assert_eq!(t["delivered"], 19, "{t}");
+    // Kept with it: what was sent for it (the picture elided) and what the platform answered.
+    let (status, dead) = gw.api.get("/relay/targets/district/dead?limit=10").await;
+    assert_eq!(status, 200, "{dead}");
+    let d = &dead["items"][0];
+    assert!(d["object_id"] == refused && d["reason"].as_str().is_some_and(|r| r.contains("StatusCode 8")), "{dead}");
+    let request = d["request"].as_str().unwrap_or_default();
+    assert!(
+        request.contains("Faces")
+            && request.contains(refused.as_str().unwrap_or("?"))
+            && request.contains("bytes elided"),
+        "{dead}"
+    );
+    let response: Value = serde_json::from_str(d["response"].as_str().unwrap_or("null")).expect("the answer is JSON");
+    assert!(response["Id"] == refused && response["StatusCode"].to_string().contains('8'), "{dead}");
+    assert_eq!(gw.api.get("/relay/targets/nowhere/dead").await.0, 404);
+    assert_eq!(gw.api.get("/relay/targets/district/dead?limit=0").await.0, 400);
     // The platform's operators fix their side; ours puts the dead record back in the queue.
     platform.control(json!({"reject": []})).await;
     let seq = t["recent_dead"][0]["seq"].clone();

@@ -65,6 +65,15 @@ pub enum Outcome {
     Rejected(String),
 }
 
+/// One pushed object: what became of it, the object as sent and the upstream's entry for it
+/// (`None` when the answer had none).
+#[derive(Debug, Clone)]
+pub struct Answered {
+    pub outcome: Outcome,
+    pub object: Value,
+    pub answer: Option<Value>,
+}
+
 /// The collections vigil pushes, with their list, object and id keys.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Collection {
@@ -298,11 +307,26 @@ impl Client {
         collection: Collection,
         objects: Vec<Value>,
     ) -> Result<Vec<Outcome>, Error> {
+        Ok(self.push_answered(path, collection, objects).await?.into_iter().map(|a| a.outcome).collect())
+    }
+
+    /// `push_at`, answering per object what became of it together with the object as sent
+    /// and the upstream's own entry for it (for a record parked as dead).
+    pub async fn push_answered(
+        &self,
+        path: &str,
+        collection: Collection,
+        objects: Vec<Value>,
+    ) -> Result<Vec<Answered>, Error> {
         let (list, object, id_key) = collection.keys();
         let ids: Vec<String> =
             objects.iter().map(|o| o.get(id_key).and_then(Value::as_str).unwrap_or("").to_owned()).collect();
-        let body = json!({ list: { object: objects } });
+        let mut body = json!({ list: { object: objects } });
         let (status, _, text) = self.post(path, &body, None).await?;
+        let sent = match body.get_mut(list).and_then(|l| l.get_mut(object)).map(Value::take) {
+            Some(Value::Array(a)) => a,
+            _ => Vec::new(),
+        };
         match status {
             200..=299 => {}
             401 => return Err(Error::Unauthorized(keep(&text))),
@@ -318,25 +342,36 @@ impl Client {
                     None => return Err(Error::BadAnswer(format!("no ResponseStatusListObject: {}", keep(&text)))),
                 },
             };
-        let mut by_id: HashMap<String, (u8, String)> = HashMap::new();
-        let mut whole: Option<(u8, String)> = None;
+        let mut by_id: HashMap<String, (u8, String, &Value)> = HashMap::new();
+        let mut whole: Option<(u8, String, &Value)> = None;
         for e in &entries {
             let code = e.get("StatusCode").and_then(status_code).unwrap_or(1);
             let text = e.get("StatusString").and_then(Value::as_str).unwrap_or("").to_owned();
             match e.get("Id").and_then(Value::as_str).filter(|s| !s.is_empty()) {
                 Some(id) => {
-                    by_id.insert(id.to_owned(), (code, text));
+                    by_id.insert(id.to_owned(), (code, text, e));
                 }
-                None => whole = Some((code, text)),
+                None => whole = Some((code, text, e)),
             }
         }
+        let mut sent = sent.into_iter();
         Ok(ids
             .iter()
-            .map(|id| match by_id.get(id).or(whole.as_ref()) {
-                Some((0, _)) => Outcome::Delivered,
-                Some((code, text)) if Status::retryable(*code) => Outcome::Retry(format!("StatusCode {code} {text}")),
-                Some((code, text)) => Outcome::Rejected(format!("StatusCode {code} {text}")),
-                None => Outcome::Retry("the answer has no entry for this object".into()),
+            .map(|id| {
+                let entry = by_id.get(id).or(whole.as_ref());
+                let outcome = match entry {
+                    Some((0, _, _)) => Outcome::Delivered,
+                    Some((code, text, _)) if Status::retryable(*code) => {
+                        Outcome::Retry(format!("StatusCode {code} {text}"))
+                    }
+                    Some((code, text, _)) => Outcome::Rejected(format!("StatusCode {code} {text}")),
+                    None => Outcome::Retry("the answer has no entry for this object".into()),
+                };
+                Answered {
+                    outcome,
+                    object: sent.next().unwrap_or(Value::Null),
+                    answer: entry.map(|(_, _, e)| (*e).clone()),
+                }
             })
             .collect())
     }

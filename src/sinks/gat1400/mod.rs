@@ -18,7 +18,7 @@ use crate::backoff::backoff;
 use crate::event::EventKind;
 use crate::media::MediaStore;
 use crate::outbox::runner::{Delivery, Sink};
-use crate::outbox::store::Claimed;
+use crate::outbox::store::{Claimed, Refusal};
 use client::{Client, Collection, Error, Outcome};
 
 /// The kinds GA/T 1400 has standard objects for.
@@ -128,10 +128,9 @@ impl Gat1400 {
         let mut per_sub: Vec<Vec<Carried>> = vec![Vec::new(); subs.len()];
         for (i, c) in batch.iter().enumerate() {
             let Some(category) = subscriptions::category(c.event.kind()) else {
-                out[i] = Some(Delivery::Rejected(format!(
-                    "GA/T 1400 subscriptions have no category for a {} record",
-                    c.event.kind().as_str()
-                )));
+                out[i] = Some(Delivery::Rejected(
+                    format!("GA/T 1400 subscriptions have no category for a {} record", c.event.kind().as_str()).into(),
+                ));
                 continue;
             };
             let wanted: Vec<usize> = subs
@@ -141,9 +140,9 @@ impl Gat1400 {
                 .map(|(k, _)| k)
                 .collect();
             if wanted.is_empty() {
-                out[i] = Some(Delivery::Rejected(format!(
-                    "no subscription of the upper view library covers category {category}"
-                )));
+                out[i] = Some(Delivery::Rejected(
+                    format!("no subscription of the upper view library covers category {category}").into(),
+                ));
                 continue;
             }
             let device = self.device_of(c).to_owned();
@@ -225,7 +224,7 @@ impl Gat1400 {
                         Ok(mut o) => match o.pop() {
                             Some(Outcome::Delivered) => Delivery::Delivered,
                             Some(Outcome::Rejected(why)) => {
-                                Delivery::Rejected(format!("subscription {}: {why}", sub.id))
+                                Delivery::Rejected(format!("subscription {}: {why}", sub.id).into())
                             }
                             Some(Outcome::Retry(why)) => Delivery::Retry(format!("subscription {}: {why}", sub.id)),
                             None => Delivery::Retry("no answer for the notification".into()),
@@ -233,7 +232,7 @@ impl Gat1400 {
                         Err(e) if e.retryable() => {
                             return Err(format!("subscription {} at {}: {}", sub.id, sub.receive_addr, self.failed(&e)))
                         }
-                        Err(e) => Delivery::Rejected(format!("subscription {}: {e}", sub.id)),
+                        Err(e) => Delivery::Rejected(format!("subscription {}: {e}", sub.id).into()),
                     };
                 self.last_contact = Instant::now();
                 for i in idx {
@@ -317,10 +316,13 @@ impl Sink for Gat1400 {
             let coll = objects::collection(&c.event);
             let prefix = if coll.is_extension() { self.extension.as_deref() } else { Some("") };
             if prefix.is_none() {
-                out[i] = Some(Delivery::Rejected(format!(
-                    "GA/T 1400 has no standard object for a {} record and this upstream has no extension path",
-                    c.event.kind().as_str()
-                )));
+                out[i] = Some(Delivery::Rejected(
+                    format!(
+                        "GA/T 1400 has no standard object for a {} record and this upstream has no extension path",
+                        c.event.kind().as_str()
+                    )
+                    .into(),
+                ));
                 continue;
             }
             let pictures = self.pictures(c).await?;
@@ -351,31 +353,61 @@ impl Sink for Gat1400 {
                 }
             }
             for chunk in chunks.into_iter().filter(|c| !c.is_empty()) {
-                let single = chunk.len() == 1;
+                // A single object's text is kept in case the upstream refuses it as too large.
+                let single = (chunk.len() == 1).then(|| elided(&chunk[0].1));
                 let (idx, objs): (Vec<usize>, Vec<serde_json::Value>) = chunk.into_iter().unzip();
                 let path = match (&self.extension, coll.is_extension()) {
                     (Some(prefix), true) => format!("{prefix}{}", coll.path()),
                     _ => coll.path().to_owned(),
                 };
-                let outcomes = match self.client.push_at(&path, coll, objs).await {
-                    Ok(o) => o,
+                let answered = match self.client.push_answered(&path, coll, objs).await {
+                    Ok(a) => a,
                     // One object the upstream finds too large on its own will never pass:
                     // park it rather than stall every record behind it.
-                    Err(Error::Status { status: 413, body }) if single => {
-                        vec![Outcome::Rejected(format!("the upstream refuses the object as too large (413): {body}"))]
+                    Err(Error::Status { status: 413, body }) if single.is_some() => {
+                        let refusal = Refusal {
+                            reason: "the upstream refuses the object as too large (413)".into(),
+                            request: single,
+                            response: Some(format!("HTTP 413 {body}")),
+                        };
+                        out[idx[0]] = Some(Delivery::Rejected(refusal));
+                        self.last_contact = Instant::now();
+                        continue;
                     }
                     Err(e) => return Err(self.failed(&e)),
                 };
                 self.last_contact = Instant::now();
-                for (i, o) in idx.into_iter().zip(outcomes) {
-                    out[i] = Some(match o {
+                for (i, a) in idx.into_iter().zip(answered) {
+                    out[i] = Some(match a.outcome {
                         Outcome::Delivered => Delivery::Delivered,
                         Outcome::Retry(why) => Delivery::Retry(why),
-                        Outcome::Rejected(why) => Delivery::Rejected(why),
+                        Outcome::Rejected(why) => Delivery::Rejected(Refusal {
+                            reason: why,
+                            request: Some(format!("POST {path} {}", elided(&a.object))),
+                            response: a.answer.map(|e| e.to_string()),
+                        }),
                     });
                 }
             }
         }
         Ok(out.into_iter().map(|o| o.unwrap_or_else(|| Delivery::Retry("not sent".into()))).collect())
     }
+}
+
+/// Longest string kept as it is in a dead record's request; longer ones (inline pictures) are
+/// replaced by their length.
+const KEEP_STRING: usize = 256;
+
+/// `object` as JSON text with long strings elided, for a dead record's request.
+fn elided(object: &serde_json::Value) -> String {
+    fn walk(v: &serde_json::Value) -> serde_json::Value {
+        use serde_json::Value;
+        match v {
+            Value::String(s) if s.len() > KEEP_STRING => Value::String(format!("<{} bytes elided>", s.len())),
+            Value::Array(a) => Value::Array(a.iter().map(walk).collect()),
+            Value::Object(m) => Value::Object(m.iter().map(|(k, v)| (k.clone(), walk(v))).collect()),
+            other => other.clone(),
+        }
+    }
+    walk(object).to_string()
 }
