@@ -54,6 +54,9 @@ impl Gate {
 pub struct Limits {
     pub max_backlog: u64,
     pub min_free_disk: u64,
+    /// The configured upstreams whose undelivered rows make the backlog (rows left by an
+    /// upstream since removed from the configuration never drain and are not counted).
+    pub targets: Vec<String>,
 }
 
 /// What the gate decides from one look: `Some(reason)` to be closed, and a warning.
@@ -115,7 +118,8 @@ pub fn spawn(
                     _ = tick.tick() => {}
                     _ = cancel.cancelled() => break,
                 }
-                let backlog = match super::store::pending_total(&db).await {
+                let cap = limits.max_backlog.saturating_add(1);
+                let backlog = match super::store::pending_total(&db, &limits.targets, cap).await {
                     Ok(n) => n,
                     Err(e) => {
                         warn!(error = %e, "Cannot count the outbox backlog.");
@@ -155,7 +159,7 @@ mod tests {
 
     #[test]
     fn closes_at_the_limits_warns_before_and_does_not_flap() {
-        let l = Limits { max_backlog: 1000, min_free_disk: 1 << 30 };
+        let l = Limits { max_backlog: 1000, min_free_disk: 1 << 30, targets: Vec::new() };
         let gib = 1u64 << 30;
         assert_eq!(judge(&l, 10, Some(10 * gib), false), (None, None));
         let (why, warn) = judge(&l, 10, Some(gib + gib / 2), false);

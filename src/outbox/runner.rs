@@ -152,9 +152,13 @@ pub async fn run<S: Sink>(ctx: Context, mut sink: S, status: Arc<Mutex<TargetSta
         let now_i = tokio::time::Instant::now();
         if now_i >= next_housekeeping {
             next_housekeeping = now_i + HOUSEKEEPING;
-            if let Ok(c) = store::counts(&db, &name).await {
-                metrics.relay_backlog.with_label_values(&[&name]).set(c.pending);
-                let age = c.oldest_pending_at.map(|t| (now_ms() - t).max(0) / 1000).unwrap_or(0);
+            // Pending rows only, through the index: this runs in the delivery loop, and the
+            // delivered history of the audit period may be millions of rows.
+            if let (Ok(pending), Ok(oldest)) =
+                (store::pending_of(&db, &name, u64::MAX).await, store::oldest_pending_at(&db, &name).await)
+            {
+                metrics.relay_backlog.with_label_values(&[&name]).set(i64::try_from(pending).unwrap_or(i64::MAX));
+                let age = oldest.map(|t| (now_ms() - t).max(0) / 1000).unwrap_or(0);
                 metrics.relay_oldest.with_label_values(&[&name]).set(age);
             }
         }

@@ -253,11 +253,38 @@ pub async fn dead_detail(db: &Db, target: &str, limit: i64) -> Result<Vec<Dead>,
         .collect()
 }
 
-/// Undelivered rows over every target (the outbox's fill).
-pub async fn pending_total(db: &Db) -> Result<u64, sqlx::Error> {
-    let n: i64 =
-        sqlx::query_scalar("SELECT COUNT(*) FROM deliveries WHERE state = 'pending'").fetch_one(&db.pool).await?;
+/// Undelivered rows of the configured targets (the outbox's fill), each counted through the
+/// `(target, state, …)` index so only pending rows are read, never the delivered history the
+/// audit period keeps; a target's count stops at `cap` (the gate only asks whether the
+/// backlog reached its bound).
+pub async fn pending_total(db: &Db, targets: &[String], cap: u64) -> Result<u64, sqlx::Error> {
+    let mut total = 0u64;
+    for t in targets {
+        total = total.saturating_add(pending_of(db, t, cap).await?);
+    }
+    Ok(total)
+}
+
+/// Undelivered rows of `target`, counted up to `cap`, through the index.
+pub async fn pending_of(db: &Db, target: &str, cap: u64) -> Result<u64, sqlx::Error> {
+    let n: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM (SELECT 1 FROM deliveries WHERE target = $1 AND state = 'pending' LIMIT $2) AS p",
+    )
+    .bind(target)
+    .bind(i64::try_from(cap).unwrap_or(i64::MAX))
+    .fetch_one(&db.pool)
+    .await?;
     Ok(u64::try_from(n).unwrap_or(0))
+}
+
+/// When the oldest undelivered row of `target` (the lowest `event_seq`) was added.
+pub async fn oldest_pending_at(db: &Db, target: &str) -> Result<Option<Millis>, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT created_at FROM deliveries WHERE target = $1 AND state = 'pending' ORDER BY event_seq LIMIT 1",
+    )
+    .bind(target)
+    .fetch_optional(&db.pool)
+    .await
 }
 
 /// A target's rows by state, and when its oldest pending row was added.

@@ -171,18 +171,15 @@ async fn faces_reach_the_upstream(db: crate::support::gateway::Db) {
     let checkpoint =
         Client::new(&format!("http://{}/VIID", gw.gat1400.expect("ingress")), CAM, "viid-secret").expect("client");
     checkpoint.register().await.expect("the checkpoint registers with vigil");
-    let push = |from: u32, to: u32| {
+    let push = |faces: Vec<Value>| {
         let c = checkpoint.clone();
         async move {
-            let out = c
-                .push(Collection::Faces, (from..to).map(checkpoint_face).collect())
-                .await
-                .expect("vigil takes the faces");
+            let out = c.push(Collection::Faces, faces).await.expect("vigil takes the faces");
             assert!(out.iter().all(|o| *o == Outcome::Delivered), "{out:?}");
         }
     };
 
-    push(1, 11).await;
+    push((1..11).map(checkpoint_face).collect()).await;
     let s = platform_until(&platform, Duration::from_secs(15), |s| s["unique"] == 10).await;
     assert!(
         s["order"].as_array().is_some_and(|o| o.iter().all(|id| id.as_str().is_some_and(|id| id.starts_with(CAM)))),
@@ -193,14 +190,16 @@ async fn faces_reach_the_upstream(db: crate::support::gateway::Db) {
 
     // The platform refuses for a while: records wait, the API says how many and how old.
     platform.control(json!({"mode": "refuse"})).await;
-    push(11, 21).await;
+    // Made once: a face's id holds the second it was made in.
+    let second: Vec<Value> = (11..21).map(checkpoint_face).collect();
+    push(second.clone()).await;
     let t = target(&gw, Duration::from_secs(15), |t| t["backlog"] == 10 && t["state"] == "failing").await;
     assert!(
         t["oldest_undelivered_age_s"].is_u64() && t["last_error"].as_str().is_some_and(|e| e.contains("503")),
         "{t}"
     );
     // Back, but refusing one face for good: it is parked, the other nine arrive.
-    let refused = checkpoint_face(15)["FaceID"].clone();
+    let refused = second[4]["FaceID"].clone();
     platform.control(json!({"mode": "ok", "reject": [refused]})).await;
     let t = target(&gw, Duration::from_secs(30), |t| t["backlog"] == 0 && t["dead"] == 1).await;
     assert_eq!(t["recent_dead"][0]["object_id"], refused, "{t}");
@@ -232,7 +231,7 @@ async fn faces_reach_the_upstream(db: crate::support::gateway::Db) {
 
     // The platform restarts and forgets us: vigil registers again and delivers.
     drop(platform);
-    push(21, 26).await;
+    push((21..26).map(checkpoint_face).collect()).await;
     let platform = Platform::start(port, "up-secret");
     let s = platform_until(&platform, Duration::from_secs(40), |s| s["unique"] == 5).await;
     assert_eq!(s["duplicates"], 0, "{s}");
