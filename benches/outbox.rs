@@ -75,7 +75,7 @@ fn routes() -> vigil::outbox::Routes {
 async fn direct(url: &str, label: &str, batch: usize) {
     use vigil::events::store::{Row, Writer};
     let db = vigil::db::Db::connect(url, None).await.expect("database");
-    let routes = routes();
+    let routes = Arc::new(routes());
     let seconds = env("BENCH_OUTBOX_SECONDS", 10);
     let mut writer = Writer::new(&db);
     let mut n = 0u64;

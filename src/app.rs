@@ -278,7 +278,7 @@ pub async fn start(config: Config) -> Result<Running, Error> {
         crate::outbox::gate::Limits {
             max_backlog: config.relay.max_backlog,
             min_free_disk: crate::config::parse_bytes(&config.relay.min_free_disk).map_err(Error::Config)?,
-            targets: config.upstreams.iter().map(|u| u.name.clone()).collect(),
+            targets: relay.routes.names(),
         },
         metrics.clone(),
         cancel.child_token(),

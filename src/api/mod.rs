@@ -84,7 +84,7 @@ async fn relay_targets(State(state): State<AppState>) -> ApiResult<Json<serde_js
     for t in state.relay_targets.iter() {
         let s = t.lock().unwrap_or_else(|p| p.into_inner()).clone();
         let c = crate::outbox::store::counts(state.registry.db(), &s.name).await?;
-        let dead = crate::outbox::store::dead(state.registry.db(), &s.name, 20).await?;
+        let dead = crate::outbox::store::dead_detail(state.registry.db(), &s.name, 20).await?;
         let st = if s.connected {
             "connected"
         } else if s.last_error.is_some() {
@@ -104,7 +104,7 @@ async fn relay_targets(State(state): State<AppState>) -> ApiResult<Json<serde_js
             "last_error": s.last_error,
             "last_error_at": s.last_error_at.map(|t| state.time(t)),
             "last_delivery_at": s.last_delivery_at.map(|t| state.time(t)),
-            "recent_dead": dead.into_iter().map(|(seq, id, err)| serde_json::json!({"seq": seq, "object_id": id, "reason": err})).collect::<Vec<_>>(),
+            "recent_dead": dead.into_iter().map(|d| serde_json::json!({"seq": d.seq, "object_id": d.object_id, "reason": d.reason})).collect::<Vec<_>>(),
         }));
     }
     let g = &state.outbox_gate;

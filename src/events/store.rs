@@ -99,7 +99,7 @@ impl Writer {
         db: &Db,
         batch: B,
         rows: for<'a> fn(&'a B) -> Vec<&'a Row>,
-        routes: &crate::outbox::Routes,
+        routes: &std::sync::Arc<crate::outbox::Routes>,
         now: Millis,
     ) -> (Option<B>, Result<Vec<bool>, Error>) {
         match self {
@@ -112,7 +112,7 @@ impl Writer {
                     Ok(c) => c,
                     Err(e) => return (Some(batch), Err(Error::Native(e))),
                 };
-                let routes = routes.clone();
+                let routes = std::sync::Arc::clone(routes);
                 let done = tokio::task::spawn_blocking(move || {
                     // A panic inside is a bug; it fails this batch (its sources answer with an
                     // error and send again), not the writer.

@@ -54,8 +54,9 @@ impl Gate {
 pub struct Limits {
     pub max_backlog: u64,
     pub min_free_disk: u64,
-    /// The configured upstreams whose undelivered rows make the backlog (rows left by an
-    /// upstream since removed from the configuration never drain and are not counted).
+    /// The targets delivery rows are written for (`Routes::names`): their undelivered rows
+    /// make the backlog (rows left by an upstream since removed from the configuration never
+    /// drain and are not counted).
     pub targets: Vec<String>,
 }
 

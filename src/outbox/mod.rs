@@ -24,6 +24,11 @@ impl Routes {
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
+
+    /// Every target delivery rows are written for.
+    pub fn names(&self) -> Vec<String> {
+        self.0.iter().map(|(t, _)| t.clone()).collect()
+    }
 }
 
 fn digits(s: &str, n: usize) -> bool {

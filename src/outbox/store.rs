@@ -176,13 +176,12 @@ pub async fn mark_dead(db: &Db, target: &str, seq: i64, refusal: &Refusal) -> Re
         .execute(&mut *tx)
         .await?;
     sqlx::query(
-        "INSERT INTO relay_dead (target, event_seq, reason, request, response, parked_at) VALUES ($1, $2, $3, $4, $5, $6) \
-         ON CONFLICT (target, event_seq) DO UPDATE SET reason = excluded.reason, request = excluded.request, \
+        "INSERT INTO relay_dead (target, event_seq, request, response, parked_at) VALUES ($1, $2, $3, $4, $5) \
+         ON CONFLICT (target, event_seq) DO UPDATE SET request = excluded.request, \
          response = excluded.response, parked_at = excluded.parked_at",
     )
     .bind(target)
     .bind(seq)
-    .bind(&refusal.reason)
     .bind(refusal.request.as_deref())
     .bind(refusal.response.as_deref())
     .bind(crate::clock::now_ms())
@@ -213,7 +212,7 @@ impl From<&str> for Refusal {
     }
 }
 
-/// A dead delivery with its detail, for the API.
+/// A dead delivery with its detail, for the API (`reason` is the delivery row's last error).
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Dead {
     pub seq: i64,
@@ -317,23 +316,6 @@ pub async fn counts(db: &Db, target: &str) -> Result<Counts, sqlx::Error> {
         }
     }
     Ok(c)
-}
-
-/// The dead deliveries of a target, newest first: (seq, object id, error).
-pub async fn dead(
-    db: &Db,
-    target: &str,
-    limit: i64,
-) -> Result<Vec<(i64, Option<String>, Option<String>)>, sqlx::Error> {
-    let rows = sqlx::query(
-        "SELECT d.event_seq AS seq, e.object_id AS object_id, d.last_error AS last_error FROM deliveries d \
-         JOIN events e ON e.seq = d.event_seq WHERE d.target = $1 AND d.state = 'dead' ORDER BY d.event_seq DESC LIMIT $2",
-    )
-    .bind(target)
-    .bind(limit)
-    .fetch_all(&db.pool)
-    .await?;
-    rows.into_iter().map(|r| Ok((r.try_get("seq")?, r.try_get("object_id")?, r.try_get("last_error")?))).collect()
 }
 
 /// Removes delivered rows delivered before `before` (the audit period is over).

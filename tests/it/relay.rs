@@ -575,7 +575,7 @@ async fn a_nearly_full_disk_slows_sources_raises_an_alarm_and_resumes_when_freed
     let disk = match crate::support::tmpfs::Tmpfs::mount(96) {
         Ok(d) => d,
         // Only root may mount: CI and the project's machines are; say so elsewhere.
-        Err(e) if !is_root() => {
+        Err(e) if !crate::support::tmpfs::is_root() => {
             eprintln!("SKIPPED: this test mounts a tmpfs and needs root: {e}");
             return;
         }
@@ -673,13 +673,6 @@ async fn a_nearly_full_disk_slows_sources_raises_an_alarm_and_resumes_when_freed
         .expect("count faces");
     assert_eq!(faces, 40, "each face stored once");
     pool.close().await;
-}
-
-fn is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("Uid:")).map(|l| l.split_whitespace().nth(1) == Some("0")))
-        .unwrap_or(false)
 }
 
 /// The relay soak: N faces (3,000 here; `VIGILTEST_SOAK_EVENTS=100000` for the figure in

@@ -317,7 +317,8 @@ async fn event_log(db: Db) {
     };
     use vigil::events::store::Row;
     let batch: Vec<Row> = (1..=6).map(|n| Row::new(alarm(n, &format!("k{n}")), None)).collect();
-    let routes = vigil::outbox::Routes(vec![("district".into(), vec![vigil::event::EventKind::Alarm])]);
+    let routes =
+        std::sync::Arc::new(vigil::outbox::Routes(vec![("district".into(), vec![vigil::event::EventKind::Alarm])]));
     let mut writer = vigil::events::store::Writer::new(&db);
     let (_, new) = writer.insert(&db, batch, |b| b.iter().collect(), &routes, 0).await;
     assert_eq!(new.expect("insert"), vec![true; 6]);

@@ -65,8 +65,8 @@ pub enum Outcome {
     Rejected(String),
 }
 
-/// One pushed object: what became of it, the object as sent and the upstream's entry for it
-/// (`None` when the answer had none).
+/// One pushed object: what became of it, the object as sent and, for a refused object, the
+/// upstream's entry for it.
 #[derive(Debug, Clone)]
 pub struct Answered {
     pub outcome: Outcome,
@@ -367,11 +367,12 @@ impl Client {
                     Some((code, text, _)) => Outcome::Rejected(format!("StatusCode {code} {text}")),
                     None => Outcome::Retry("the answer has no entry for this object".into()),
                 };
-                Answered {
-                    outcome,
-                    object: sent.next().unwrap_or(Value::Null),
-                    answer: entry.map(|(_, _, e)| (*e).clone()),
-                }
+                // The entry is copied only for a refused object (kept with its dead record).
+                let answer = match outcome {
+                    Outcome::Rejected(_) => entry.map(|(_, _, e)| (*e).clone()),
+                    _ => None,
+                };
+                Answered { outcome, object: sent.next().unwrap_or(Value::Null), answer }
             })
             .collect())
     }

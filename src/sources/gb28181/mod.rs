@@ -92,16 +92,16 @@ const EPHEMERAL_ATTEMPTS: usize = 16;
 /// tried once: its failure is the operator's to see).
 async fn bind_pair(listen: SocketAddr) -> Result<(UdpSocket, TcpListener, SocketAddr), Error> {
     let attempts = if listen.port() == 0 { EPHEMERAL_ATTEMPTS } else { 1 };
-    let mut last = None;
-    for _ in 0..attempts {
+    let mut attempt = 1;
+    loop {
         let udp = bind_udp(listen).map_err(|source| Error::Bind { addr: listen, source })?;
         let addr = udp.local_addr().map_err(|source| Error::Bind { addr: listen, source })?;
         match TcpListener::bind(addr).await {
             Ok(tcp) => return Ok((udp, tcp, addr)),
-            Err(source) => last = Some(Error::Bind { addr, source }),
+            Err(source) if attempt >= attempts => return Err(Error::Bind { addr, source }),
+            Err(_) => attempt += 1,
         }
     }
-    Err(last.unwrap_or_else(|| Error::Bind { addr: listen, source: std::io::Error::other("no attempt made") }))
 }
 
 fn bind_udp(addr: SocketAddr) -> std::io::Result<UdpSocket> {

@@ -54,6 +54,14 @@ impl Tmpfs {
     }
 }
 
+/// Whether this process runs as root (may mount).
+pub fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("Uid:")).map(|l| l.split_whitespace().nth(1) == Some("0")))
+        .unwrap_or(false)
+}
+
 impl Drop for Tmpfs {
     fn drop(&mut self) {
         // Lazy: a file still open elsewhere must not keep the mount (and the test) around.
