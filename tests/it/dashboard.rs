@@ -70,7 +70,8 @@ async fn dashboard_shows_the_live_rate_streets_kinds_and_offline_devices() {
     let (_, q) = nvr.next_query("Catalog").await;
     let catalog = format!("<?xml version=\"1.0\" encoding=\"GB2312\"?><Response><CmdType>Catalog</CmdType><SN>{}</SN><DeviceID>{nvr_id}</DeviceID><SumNum>2</SumNum><DeviceList Num=\"2\"><Item><DeviceID>42010400001310000881</DeviceID><Name>古田一路东口</Name><Status>ON</Status></Item><Item><DeviceID>42010400001310000882</DeviceID><Name>古田二路西口</Name><Status>OFF</Status></Item></DeviceList></Response>", q.sn.expect("SN"));
     assert!(nvr.send_manscdp("MESSAGE", "dash-cat", &catalog).await.starts_with("SIP/2.0 200"));
-    let alarm = format!("<?xml version=\"1.0\" encoding=\"GB2312\"?><Notify><CmdType>Alarm</CmdType><SN>7</SN><DeviceID>{nvr_id}</DeviceID><AlarmPriority>1</AlarmPriority><AlarmMethod>5</AlarmMethod><AlarmTime>2026-11-27T09:00:00</AlarmTime><AlarmDescription>周界入侵告警</AlarmDescription></Notify>");
+    let alarm_time = crate::support::device_local_time(Duration::from_secs(600));
+    let alarm = format!("<?xml version=\"1.0\" encoding=\"GB2312\"?><Notify><CmdType>Alarm</CmdType><SN>7</SN><DeviceID>{nvr_id}</DeviceID><AlarmPriority>1</AlarmPriority><AlarmMethod>5</AlarmMethod><AlarmTime>{alarm_time}</AlarmTime><AlarmDescription>周界入侵告警</AlarmDescription></Notify>");
     assert!(nvr.send_manscdp("MESSAGE", "dash-alarm", &alarm).await.starts_with("SIP/2.0 200"));
     api.wait_for(&format!("/devices/{nvr_id}/channels"), Duration::from_secs(5), |c| {
         c["items"].as_array().is_some_and(|i| i.len() == 2)

@@ -650,7 +650,9 @@ async fn a_registered_device_is_asked_about_itself_and_its_alarm_becomes_an_even
     assert_eq!(rej["items"].as_array().map(Vec::len), Some(1), "{rej}");
 
     // An alarm (GB2312): 200 once stored, then vigil's Response/Alarm with the same SN.
-    let alarm = format!("<?xml version=\"1.0\" encoding=\"GB2312\"?>\r\n<Notify>\r\n<CmdType>Alarm</CmdType>\r\n<SN>88</SN>\r\n<DeviceID>{id}</DeviceID>\r\n<AlarmPriority>1</AlarmPriority>\r\n<AlarmMethod>5</AlarmMethod>\r\n<AlarmTime>2026-11-27T09:30:15</AlarmTime>\r\n<AlarmDescription>区域入侵</AlarmDescription>\r\n<Info>\r\n<AlarmType>6</AlarmType>\r\n</Info>\r\n</Notify>\r\n");
+    // Stamped an hour ago in the district's zone: inside the clock-sanity window on any date.
+    let alarm_time = crate::support::device_local_time(Duration::from_secs(3600));
+    let alarm = format!("<?xml version=\"1.0\" encoding=\"GB2312\"?>\r\n<Notify>\r\n<CmdType>Alarm</CmdType>\r\n<SN>88</SN>\r\n<DeviceID>{id}</DeviceID>\r\n<AlarmPriority>1</AlarmPriority>\r\n<AlarmMethod>5</AlarmMethod>\r\n<AlarmTime>{alarm_time}</AlarmTime>\r\n<AlarmDescription>区域入侵</AlarmDescription>\r\n<Info>\r\n<AlarmType>6</AlarmType>\r\n</Info>\r\n</Notify>\r\n");
     assert_eq!(code(&dev.send_manscdp("MESSAGE", "alarm-1", &alarm).await), 200);
     let response = loop {
         let got = dev.next_request().await;
@@ -674,7 +676,7 @@ async fn a_registered_device_is_asked_about_itself_and_its_alarm_becomes_an_even
         (e["kind"].as_str(), e["source"].as_str(), e["seq"].as_i64()),
         (Some("alarm"), Some("gb28181"), Some(88))
     );
-    assert_eq!(e["occurred_at"], "2026-11-27T09:30:15+08:00");
+    assert_eq!(e["occurred_at"], format!("{alarm_time}+08:00"));
     assert_eq!(e["time_source"], "device");
     assert_eq!(
         (e["body"]["description"].as_str(), e["body"]["priority"].as_i64(), e["body"]["alarm_type"].as_i64()),
@@ -731,5 +733,121 @@ async fn with_open_admission_unknown_devices_register_at_once() {
     }
     let m = gw.api.metrics().await;
     assert!(m.lines().any(|l| l == "vigil_sip_registrations_total{outcome=\"registered\"} 20"), "{m}");
+    gw.shutdown().await;
+}
+
+/// RFC 4475 §3.1.2, every invalid message, sent to the running gateway: over UDP a request
+/// is answered 400 (505 for another SIP version) naming nothing vigil acted on, a response is
+/// dropped; over TCP a stream whose framing is unknowable (two Content-Length headers, a
+/// negative one) is closed, and a well-framed bad request is answered on the connection,
+/// which stays usable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rfc4475_invalid_messages_are_refused_on_the_wire() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let gw = TestGateway::start(Db::Sqlite, "").await;
+    let sip = gw.sip.expect("SIP is enabled");
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/sip");
+    let read = |name: &str| {
+        let path = if name == "dup-content-length" {
+            format!("{dir}/{name}.sip")
+        } else {
+            format!("{dir}/rfc4475/{name}.sip")
+        };
+        std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
+    };
+    // `None`: dropped (responses); `Some(0)`: accepted as a request (answered, not refused).
+    let table: [(&str, Option<u16>); 20] = [
+        ("badinv01", Some(400)),
+        ("clerr", Some(400)),
+        ("ncl", Some(400)),
+        ("scalar02", Some(400)),
+        ("scalarlg", None),
+        ("quotbal", Some(400)),
+        ("ltgtruri", Some(400)),
+        ("lwsruri", Some(400)),
+        ("lwsstart", Some(400)),
+        ("trws", Some(400)),
+        ("escruri", Some(400)),
+        ("baddate", Some(0)),
+        ("regbadct", Some(400)),
+        ("badaspec", Some(400)),
+        ("baddn", Some(400)),
+        ("badvers", Some(505)),
+        ("mismatch01", Some(400)),
+        ("mismatch02", Some(400)),
+        ("bigcode", None),
+        ("dup-content-length", Some(400)),
+    ];
+    let sock = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
+    let local = sock.local_addr().expect("addr");
+    let recv = || async {
+        let mut buf = vec![0u8; 65_535];
+        let (n, _) = tokio::time::timeout(Duration::from_secs(5), sock.recv_from(&mut buf))
+            .await
+            .expect("an answer within 5 s")
+            .expect("recv");
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    };
+    let options = |call_id: &str, transport: &str, at: SocketAddr| {
+        format!(
+            "OPTIONS sip:42010400002000000001@4201040000 SIP/2.0\r\nVia: SIP/2.0/{transport} {at};branch=z9hG4bK{call_id}\r\n\
+From: <sip:probe@4201040000>;tag=p\r\nTo: <sip:42010400002000000001@4201040000>\r\nCall-ID: {call_id}\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n"
+        )
+    };
+    let mut refused = 0;
+    for (name, want) in table {
+        sock.send_to(&read(name), sip).await.expect("send");
+        match want {
+            Some(0) => {
+                let got = recv().await;
+                assert!(!got.starts_with("SIP/2.0 400") && !got.starts_with("SIP/2.0 505"), "{name}: {got}");
+            }
+            Some(code) => {
+                let got = recv().await;
+                assert!(got.starts_with(&format!("SIP/2.0 {code} ")), "{name}: {got}");
+                assert!(
+                    got.contains(&format!("Call-ID: {}", if name == "dup-content-length" { "dupcl" } else { name })),
+                    "{name}: {got}"
+                );
+                refused += 1;
+            }
+            None => {
+                // Nothing is sent back: the next datagram is the answer to a probe sent after.
+                let probe = format!("probe-after-{name}");
+                sock.send_to(options(&probe, "UDP", local).as_bytes(), sip).await.expect("send");
+                let got = recv().await;
+                assert!(got.starts_with("SIP/2.0 200") && got.contains(&probe), "{name} was answered: {got}");
+            }
+        }
+    }
+    let m = gw.api.metrics().await;
+    let counted: u64 = m
+        .lines()
+        .filter(|l| l.starts_with("vigil_events_rejected_total{") && l.contains("source=\"gb28181\""))
+        .filter_map(|l| l.rsplit(' ').next().and_then(|n| n.parse::<u64>().ok()))
+        .sum();
+    assert!(counted >= refused + 2, "every refusal is counted ({refused} answered, 2 dropped): {m}");
+
+    // TCP: unknowable framing closes the connection.
+    for name in ["dup-content-length", "ncl"] {
+        let mut stream = tokio::net::TcpStream::connect(sip).await.expect("connect");
+        stream.write_all(&read(name)).await.expect("write");
+        let mut buf = [0u8; 1024];
+        let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf))
+            .await
+            .expect("closed within 5 s")
+            .unwrap_or(0);
+        assert_eq!(n, 0, "{name}: the connection must be closed, got {:?}", String::from_utf8_lossy(&buf[..n]));
+    }
+    // A well-framed bad request is answered on the connection, which stays open.
+    let mut stream = tokio::net::TcpStream::connect(sip).await.expect("connect");
+    let at = stream.local_addr().expect("addr");
+    stream.write_all(&read("quotbal")).await.expect("write");
+    let mut buf = Vec::new();
+    let answer = read_frame(&mut stream, &mut buf).await;
+    assert!(answer.starts_with("SIP/2.0 400 ") && answer.contains("quotbal"), "{answer}");
+    stream.write_all(options("tcp-after-quotbal", "TCP", at).as_bytes()).await.expect("write");
+    let pong = read_frame(&mut stream, &mut buf).await;
+    assert!(pong.starts_with("SIP/2.0 200") && pong.contains("tcp-after-quotbal"), "{pong}");
     gw.shutdown().await;
 }

@@ -177,12 +177,7 @@ async fn an_unknown_device_waits_in_quarantine_with_its_profile_suggested_until_
     assert_eq!(dev["profile"], "generic.json", "the matched profile is the suggestion");
     assert_eq!(dev["org_id"], "xq009", "placed by the site in its topic");
     assert_eq!(dev["kind"], "other");
-    publisher
-        .publish(
-            &format!("{base}/vehicle"),
-            json!({"ts": 1_716_001_203_000_i64, "seq": 1, "plate": "鄂A1"}).to_string(),
-        )
-        .await;
+    publisher.publish(&format!("{base}/vehicle"), json!({"ts": ts(1), "seq": 1, "plate": "鄂A1"}).to_string()).await;
     gw.api
         .wait_for("/rejections?source=mqtt&reason=quarantined", Duration::from_secs(10), |v| {
             v["items"].as_array().is_some_and(|a| !a.is_empty())
@@ -205,12 +200,7 @@ async fn an_unknown_device_waits_in_quarantine_with_its_profile_suggested_until_
 
     let (s, d) = gw.api.send(reqwest::Method::PATCH, "/devices/BR-9", json!({"admission": "approved"})).await;
     assert_eq!(s, 200, "{d}");
-    publisher
-        .publish(
-            &format!("{base}/vehicle"),
-            json!({"ts": 1_716_001_204_000_i64, "seq": 2, "plate": "鄂A2"}).to_string(),
-        )
-        .await;
+    publisher.publish(&format!("{base}/vehicle"), json!({"ts": ts(2), "seq": 2, "plate": "鄂A2"}).to_string()).await;
     let v = gw
         .api
         .wait_for("/events?device=BR-9", Duration::from_secs(10), |v| {
@@ -330,7 +320,7 @@ async fn a_broker_restart_is_ridden_out_with_backoff() {
     publisher
         .publish(
             &format!("{base}/alarm"),
-            json!({"ts": 1_716_001_203_000_i64, "seq": 1, "category": "smoke", "state": "start"}).to_string(),
+            json!({"ts": ts(1), "seq": 1, "category": "smoke", "state": "start"}).to_string(),
         )
         .await;
     gw.api
@@ -353,7 +343,7 @@ async fn a_broker_restart_is_ridden_out_with_backoff() {
         publisher
             .publish(
                 &format!("{base}/alarm"),
-                json!({"ts": 1_716_001_204_000_i64, "seq": 2, "category": "smoke", "state": "stop"}).to_string(),
+                json!({"ts": ts(2), "seq": 2, "category": "smoke", "state": "stop"}).to_string(),
             )
             .await;
         tokio::time::sleep(Duration::from_millis(300)).await;
@@ -375,11 +365,15 @@ async fn the_embedded_broker_takes_mosquitto_pub() {
     let extra = format!("[mqtt]\nmode = \"embedded\"\nlisten = \"127.0.0.1:{mqtt}\"\nclient_id = \"vigil-embedded\"\n[admission]\npolicy = \"open\"\n");
     std::fs::write(&cfg, config_toml(&dir.path().join("data"), None, http, &extra)).expect("config");
     let vigil = Process::start(&cfg, http, &dir.path().join("vigil.log")).await;
+    let at = crate::support::device_local_time(Duration::from_secs(60));
+    let alarm = json!({"dateTime": format!("{at}+08:00"), "eventType": "cidEvent", "uuid": "u-1",
+                       "CIDEvent": {"code": 1111, "zone": 4, "name": "烟感报警"}})
+    .to_string();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     loop {
         let out = std::process::Command::new(&mosquitto_pub)
             .args(["-h", "127.0.0.1", "-p", &mqtt.to_string(), "-q", "1", "-t", "alarm/XQ001/AXPRO-0099/event", "-m"])
-            .arg(r#"{"dateTime": "2024-05-18T02:41:09+08:00", "eventType": "cidEvent", "uuid": "u-1", "CIDEvent": {"code": 1111, "zone": 4, "name": "烟感报警"}}"#)
+            .arg(&alarm)
             .output()
             .expect("mosquitto_pub");
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));

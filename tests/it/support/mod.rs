@@ -49,3 +49,11 @@ pub fn start_printing_url(mut cmd: std::process::Command, prefix: &str, what: &s
     assert!(url.starts_with(prefix), "{what} did not start: {url:?}");
     (child, url)
 }
+
+/// The district's wall-clock time (Asia/Shanghai, as devices write it: no offset) `ago`
+/// before now. Test data is stamped relative to now so that the clock-sanity window and
+/// retention never overtake it, whatever the date the suite runs on.
+pub fn device_local_time(ago: std::time::Duration) -> String {
+    let at = chrono::Utc::now() - chrono::Duration::from_std(ago).expect("a small duration");
+    at.with_timezone(&chrono_tz::Asia::Shanghai).format("%Y-%m-%dT%H:%M:%S").to_string()
+}
