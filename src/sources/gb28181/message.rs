@@ -33,6 +33,12 @@ pub enum Error {
     Truncated { declared: usize, available: usize },
     #[error("missing {0} header")]
     Missing(&'static str),
+    #[error("{0} Content-Length headers: the body's length is ambiguous")]
+    DuplicateContentLength(usize),
+    #[error("SIP version {0:?} is not supported")]
+    Version(String),
+    #[error("bad {header}: {why}")]
+    Header { header: &'static str, why: &'static str },
 }
 
 impl Error {
@@ -48,6 +54,18 @@ impl Error {
             Error::ContentLength(_) => "bad_content_length",
             Error::Truncated { .. } => "truncated",
             Error::Missing(_) => "missing_header",
+            Error::DuplicateContentLength(_) => "duplicate_content_length",
+            Error::Version(_) => "bad_version",
+            Error::Header { .. } => "bad_header",
+        }
+    }
+
+    /// The status a request that fails this way is answered with (RFC 3261 §8.2, §21.5.26).
+    pub fn status(&self) -> (u16, &'static str) {
+        match self {
+            Error::Version(_) => (505, "Version Not Supported"),
+            Error::TooLarge(_) => (513, "Message Too Large"),
+            _ => (400, "Bad Request"),
         }
     }
 }
@@ -111,6 +129,22 @@ fn known(name: &str) -> u8 {
 
 const CONTENT_LENGTH: u8 = 7;
 
+/// The one Content-Length among a message's values of it: none is `None`, two or more (even
+/// equal) are an error — a stream cannot be framed on a guess — and so is anything but
+/// decimal digits (`-999`, `+5`, `5 5`).
+fn content_length<'v>(mut values: impl Iterator<Item = &'v str>) -> Result<Option<usize>, Error> {
+    let Some(first) = values.next() else { return Ok(None) };
+    let more = values.count();
+    if more > 0 {
+        return Err(Error::DuplicateContentLength(more + 1));
+    }
+    let v = first.trim();
+    if v.is_empty() || v.len() > 9 || !v.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(Error::ContentLength(excerpt(v)));
+    }
+    v.parse().map(Some).map_err(|_| Error::ContentLength(excerpt(v)))
+}
+
 /// Where the headers end (the index of the body): after the first empty line, CRLF or
 /// bare LF. One pass over the header bytes only.
 fn header_end(buf: &[u8]) -> Option<usize> {
@@ -132,15 +166,12 @@ pub fn frame_len(buf: &[u8]) -> Result<Option<usize>, Error> {
         return if buf.len() > MAX_MESSAGE { Err(Error::TooLarge(buf.len())) } else { Ok(None) };
     };
     let head = std::str::from_utf8(&buf[skip..skip + end]).map_err(|_| Error::NotUtf8)?;
-    let mut len = 0usize;
-    for line in head.lines() {
-        if let Some((name, value)) = line.split_once(':') {
-            let name = name.trim();
-            if name.eq_ignore_ascii_case("content-length") || name.eq_ignore_ascii_case("l") {
-                len = value.trim().parse().map_err(|_| Error::ContentLength(excerpt(value)))?;
-            }
-        }
-    }
+    let values = head.lines().filter_map(|line| {
+        let (name, value) = line.split_once(':')?;
+        let name = name.trim();
+        (name.eq_ignore_ascii_case("content-length") || name.eq_ignore_ascii_case("l")).then_some(value)
+    });
+    let len = content_length(values)?.unwrap_or(0);
     let total = skip + end + len;
     if total > MAX_MESSAGE {
         return Err(Error::TooLarge(total));
@@ -186,17 +217,50 @@ impl<'a> Message<'a> {
             headers.push((known(name), name, Cow::Borrowed(value.trim())));
         }
         let rest = &buf[end..];
-        let body = match headers.iter().find(|(id, _, _)| *id == CONTENT_LENGTH) {
-            Some((_, _, v)) => {
-                let declared: usize = v.parse().map_err(|_| Error::ContentLength(excerpt(v)))?;
-                if declared > rest.len() {
-                    return Err(Error::Truncated { declared, available: rest.len() });
-                }
-                &rest[..declared]
+        let declared =
+            content_length(headers.iter().filter(|(id, _, _)| *id == CONTENT_LENGTH).map(|(_, _, v)| v.as_ref()))?;
+        let body = match declared {
+            Some(declared) if declared > rest.len() => {
+                return Err(Error::Truncated { declared, available: rest.len() });
             }
+            Some(declared) => &rest[..declared],
             None => rest,
         };
-        Ok(Message { start, headers, body })
+        let msg = Message { start, headers, body };
+        super::syntax::check(&msg)?;
+        Ok(msg)
+    }
+
+    /// What can be read of a message that failed to parse, to answer it: a request's Via,
+    /// From, To, Call-ID and CSeq, read leniently (unknown lines skipped, the start line and
+    /// the body not looked at). `None` for a response (never answered) or when one of those
+    /// is missing (nothing to address an answer to).
+    pub fn salvage(buf: &'a [u8]) -> Option<Self> {
+        let skip = buf.iter().take_while(|b| **b == b'\r' || **b == b'\n').count();
+        let buf = buf.get(skip..buf.len().min(MAX_MESSAGE))?;
+        let end = header_end(buf).unwrap_or(buf.len());
+        let head = match std::str::from_utf8(&buf[..end]) {
+            Ok(h) => h,
+            Err(e) => std::str::from_utf8(&buf[..e.valid_up_to()]).ok()?,
+        };
+        let mut lines = head.split('\n').map(|l| l.strip_suffix('\r').unwrap_or(l));
+        let first = lines.next()?;
+        if first.starts_with("SIP/") || first.len() < 3 {
+            return None;
+        }
+        let headers: Vec<(u8, &'a str, Cow<'a, str>)> = lines
+            .filter_map(|line| {
+                let (name, value) = line.split_once(':')?;
+                let id = known(name.trim());
+                // Only what an answer copies; a header repeated where one is allowed is not
+                // guessed at.
+                matches!(id, 1..=5).then(|| (id, name.trim(), Cow::Borrowed(value.trim())))
+            })
+            .take(MAX_HEADERS)
+            .collect();
+        let msg = Message { start: StartLine::Request { method: "", uri: "" }, headers, body: b"" };
+        let once = |n: &str| msg.headers(n).count() == 1;
+        (msg.header("Via").is_some() && once("From") && once("To") && once("Call-ID") && once("CSeq")).then_some(msg)
     }
 
     /// The first value of a header, by its full name (compact forms match too).
@@ -239,25 +303,35 @@ impl<'a> Message<'a> {
     }
 }
 
+/// The start line, as RFC 3261 §7.1/§7.2 write it: single spaces between the three parts and
+/// none after (RFC 4475 lwsstart, trws, lwsruri), a three-digit status code (bigcode), a
+/// Request-URI that is not in `<>` and carries no headers (ltgtruri, escruri).
 fn parse_start(line: &str) -> Result<StartLine<'_>, Error> {
     let bad = || Error::StartLine(excerpt(line));
     if let Some(rest) = line.strip_prefix("SIP/2.0 ") {
         let (code, reason) = rest.split_once(' ').unwrap_or((rest, ""));
-        let code: u16 = code.trim().parse().map_err(|_| bad())?;
+        if code.len() != 3 || !code.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(bad());
+        }
+        let code: u16 = code.parse().map_err(|_| bad())?;
         if !(100..700).contains(&code) {
             return Err(bad());
         }
         return Ok(StartLine::Response { code, reason: reason.trim() });
     }
-    let mut parts = line.split_whitespace();
+    let mut parts = line.split(' ');
     let (Some(method), Some(uri), Some(version), None) = (parts.next(), parts.next(), parts.next(), parts.next())
     else {
         return Err(bad());
     };
-    if !version.eq_ignore_ascii_case("SIP/2.0")
-        || !method.bytes().all(|b| b.is_ascii_alphabetic())
-        || !uri.contains(':')
-    {
+    if method.is_empty() || !method.bytes().all(super::syntax::is_token_byte) {
+        return Err(bad());
+    }
+    if !version.eq_ignore_ascii_case("SIP/2.0") {
+        let is_version = version.len() > 4 && version.get(..4).is_some_and(|v| v.eq_ignore_ascii_case("SIP/"));
+        return Err(if is_version { Error::Version(excerpt(version)) } else { bad() });
+    }
+    if uri.starts_with('<') || !uri.contains(':') || uri.contains('?') || uri.bytes().any(|b| b.is_ascii_control()) {
         return Err(bad());
     }
     Ok(StartLine::Request { method, uri })
@@ -437,6 +511,93 @@ l: 5\n\nhello and trailing";
         assert!(text.contains("CSeq: 413 REGISTER\r\n"));
         let back = Message::parse(text.as_bytes()).expect("our response parses");
         assert_eq!(back.start, StartLine::Response { code: 401, reason: "Unauthorized" });
+    }
+
+    /// What vigil does with a message it must not act on.
+    #[derive(Debug, Clone, Copy, PartialEq)]
+    enum Want {
+        /// Refused with this status (over UDP an answer; over TCP the same answer on the
+        /// connection, or the connection closed where the stream cannot be framed).
+        Answer(u16),
+        /// A response: discarded, never answered.
+        Drop,
+        /// RFC 4475 allows an element to be liberal here, and vigil reads nothing wrong.
+        Accept,
+    }
+
+    macro_rules! fixture {
+        ($name:literal) => {
+            ($name, &include_bytes!(concat!("../../../tests/fixtures/sip/rfc4475/", $name, ".sip"))[..])
+        };
+    }
+
+    /// Every invalid message of RFC 4475 §3.1.2 (the fixtures are the RFC's bytes; each
+    /// body's length matches the RFC's Content-Length), plus two Content-Length headers.
+    #[test]
+    fn rfc4475_invalid_messages_are_refused_or_dropped() {
+        use Want::*;
+        let table: [((&str, &[u8]), Want); 20] = [
+            (fixture!("badinv01"), Answer(400)),   // §3.1.2.1 empty Via and Contact parameters
+            (fixture!("clerr"), Answer(400)),      // §3.1.2.2 Content-Length larger than the message
+            (fixture!("ncl"), Answer(400)),        // §3.1.2.3 negative Content-Length
+            (fixture!("scalar02"), Answer(400)),   // §3.1.2.4 CSeq, Max-Forwards, Expires too large
+            (fixture!("scalarlg"), Drop),          // §3.1.2.5 a response with overlarge scalars
+            (fixture!("quotbal"), Answer(400)),    // §3.1.2.6 unterminated quoted display name
+            (fixture!("ltgtruri"), Answer(400)),   // §3.1.2.7 <> around the Request-URI
+            (fixture!("lwsruri"), Answer(400)),    // §3.1.2.8 LWS inside the Request-URI
+            (fixture!("lwsstart"), Answer(400)),   // §3.1.2.9 several SP between start-line parts
+            (fixture!("trws"), Answer(400)),       // §3.1.2.10 SP at the end of the request line
+            (fixture!("escruri"), Answer(400)),    // §3.1.2.11 escaped headers in the Request-URI
+            (fixture!("baddate"), Accept),         // §3.1.2.12 bad Date zone: vigil never reads Date
+            (fixture!("regbadct"), Answer(400)),   // §3.1.2.13 URI with headers not in <>
+            (fixture!("badaspec"), Answer(400)),   // §3.1.2.14 spaces within addr-spec
+            (fixture!("baddn"), Answer(400)),      // §3.1.2.15 unquoted display name with a comma
+            (fixture!("badvers"), Answer(505)),    // §3.1.2.16 SIP/7.0
+            (fixture!("mismatch01"), Answer(400)), // §3.1.2.17 CSeq method is not the request's
+            (fixture!("mismatch02"), Answer(400)), // §3.1.2.18 unknown method, CSeq mismatch
+            (fixture!("bigcode"), Drop),           // §3.1.2.19 overlarge response code
+            (
+                ("dup-content-length", &include_bytes!("../../../tests/fixtures/sip/dup-content-length.sip")[..]),
+                Answer(400),
+            ),
+        ];
+        let from: SocketAddr = "192.0.2.9:5060".parse().expect("addr");
+        for ((name, raw), want) in table {
+            match (Message::parse(raw), want) {
+                (Ok(_), Accept) => {}
+                (Err(e), Answer(code)) => {
+                    assert_eq!(e.status().0, code, "{name}: {e}");
+                    let m = Message::salvage(raw).unwrap_or_else(|| panic!("{name}: nothing to address an answer to"));
+                    // The answer copies what the request said (a bad CSeq included, as
+                    // RFC 3261 §8.2.6.2 asks), so it is checked as text.
+                    let answer =
+                        String::from_utf8(response(&m, code, "Bad Request", from, "t", &[], b"")).expect("utf8");
+                    assert!(answer.starts_with(&format!("SIP/2.0 {code} ")), "{name}: {answer}");
+                    let call_id = m.header("Call-ID").expect("salvage requires a Call-ID");
+                    assert!(answer.contains(&format!("\r\nCall-ID: {call_id}\r\n")), "{name}: {answer}");
+                    assert!(call_id.starts_with(name) || name == "dup-content-length", "{name}: {call_id}");
+                }
+                (Err(_), Drop) => assert!(Message::salvage(raw).is_none(), "{name}: a response is never answered"),
+                (got, want) => panic!("{name}: want {want:?}, got {got:?}"),
+            }
+        }
+        // On a stream the framing itself is refused: two lengths or a negative one close the
+        // connection; a length past what arrived waits for more.
+        let dup = include_bytes!("../../../tests/fixtures/sip/dup-content-length.sip");
+        assert_eq!(frame_len(dup).map_err(|e| e.reason()), Err("duplicate_content_length"));
+        let ncl = include_bytes!("../../../tests/fixtures/sip/rfc4475/ncl.sip");
+        assert_eq!(frame_len(ncl).map_err(|e| e.reason()), Err("bad_content_length"));
+        let clerr = include_bytes!("../../../tests/fixtures/sip/rfc4475/clerr.sip");
+        assert_eq!(frame_len(clerr), Ok(None));
+    }
+
+    /// RFC 4475 §3.1.1's valid torture messages that vigil's devices could send stay valid.
+    #[test]
+    fn the_short_tortuous_invite_still_parses() {
+        let wsinv = "INVITE sip:vivekg@chair-dnrc.example.com;unknownparam SIP/2.0\r\nTO :\r\n sip:vivekg@chair-dnrc.example.com ;   tag    = 1918181833n\r\nfrom   : \"J Rosenberg \\\\\\\"\"       <sip:jdrosen@example.com>\r\n  ;\r\n  tag = 98asjd8\r\nMaX-fOrWaRdS: 0068\r\nCall-ID: wsinv.ndaksdj@192.0.2.1\r\nContent-Length   : 150\r\ncseq: 0009\r\n  INVITE\r\nVia  : SIP  /   2.0\r\n /UDP\r\n    192.0.2.2;branch=390skdjuw\r\ns :\r\nNewFangledHeader:   newfangled value\r\n continued newfangled value\r\nUnknownHeaderWithUnusualValue: ;;,,;;,;\r\nContent-Type: application/sdp\r\nRoute:\r\n <sip:services.example.com;lr;unknownwith=value;unknown-no-value>\r\nv:  SIP  / 2.0  / TCP     spindle.example.com   ;\r\n  branch  =   z9hG4bK9ikj8  ,\r\n SIP  /    2.0   / UDP  192.168.255.111   ; branch=\r\n z9hG4bK30239\r\nm:\"Quoted string \\\"\\\"\" <sip:jdrosen@example.com> ; newparam =\r\n      newvalue ;\r\n  secondparam ; q = 0.33\r\n\r\nv=0\r\no=mhandley 29739 7272939 IN IP4 192.0.2.3\r\ns=-\r\nc=IN IP4 192.0.2.4\r\nt=0 0\r\nm=audio 49217 RTP/AVP 0 12\r\nm=video 3227 RTP/AVP 31\r\na=rtpmap:31 LPC\r\n";
+        let m = Message::parse(wsinv.as_bytes()).unwrap_or_else(|e| panic!("wsinv: {e}"));
+        assert_eq!(m.cseq(), Some((9, "INVITE")));
+        assert_eq!(m.body.len(), 150);
     }
 
     proptest::proptest! {

@@ -14,6 +14,7 @@ pub mod manscdp;
 pub mod message;
 mod server;
 pub mod session;
+mod syntax;
 pub mod transactions;
 
 pub use session::{SessionBoard, SessionInfo};

@@ -435,8 +435,17 @@ impl Server {
             Ok(m) => m,
             Err(e) => {
                 self.reject(e.reason(), from, e.to_string());
-                warn!(peer = %from, error = %e, excerpt = %String::from_utf8_lossy(&bytes[..bytes.len().min(80)]), "Unparseable SIP message dropped.");
-                return None;
+                self.metrics.sip_messages.with_label_values(&["invalid", "in"]).inc();
+                // A request is answered (400, or 505 for another SIP version) when enough
+                // of it can be read to address the answer; a response never is.
+                let answer = Message::salvage(bytes).map(|m| {
+                    let (code, phrase) = e.status();
+                    let reason = format!("{phrase} ({e})");
+                    let reason: String = reason.chars().filter(|c| !c.is_control()).take(120).collect();
+                    message::response(&m, code, &reason, from, &self.tag, &[], b"")
+                });
+                warn!(peer = %from, error = %e, answered = answer.is_some(), excerpt = %String::from_utf8_lossy(&bytes[..bytes.len().min(80)]), "Malformed SIP message refused.");
+                return answer;
             }
         };
         let method = match &msg.start {
