@@ -521,6 +521,9 @@ impl Default for Tuning {
     }
 }
 
+/// Environment variables that override the file: `VIGIL_<SECTION>__<KEY>`.
+pub const ENV_PREFIX: &str = "VIGIL_";
+
 const ORG_KINDS: [&str; 4] = ["district", "street", "community", "unit"];
 const UPSTREAM_PROTOCOLS: [&str; 3] = ["gat1400", "quic", "gb28181"];
 const EVENT_KINDS: [&str; 6] = ["face_capture", "vehicle_pass", "access", "alarm", "status", "online_rate"];
@@ -536,36 +539,87 @@ impl Config {
         Self::from_toml_with_env(&text, true)
     }
 
-    /// Parses TOML text (and, if asked, the environment) and validates.
+    /// Parses TOML text (and, if asked, the `VIGIL_*` environment) and validates.
     pub fn from_toml_with_env(text: &str, env: bool) -> Result<Self, Error> {
-        let mut fig = Figment::new().merge(Toml::string(text));
-        if env {
-            fig = fig.merge(Env::prefixed("VIGIL_").split("__"));
-        }
-        let config: Config = fig.extract().map_err(|e| {
-            let msgs: Vec<String> = e
-                .into_iter()
-                .map(|one| {
-                    let path = one.path.join(".");
-                    let mut kind = one.kind.to_string();
-                    if let figment::error::Kind::UnknownField(f, _) = &one.kind {
-                        kind = format!("unknown key `{f}` (keys are checked: see shared CONFIG.md)");
-                    }
-                    if path.is_empty() {
-                        kind
-                    } else {
-                        format!("{path}: {kind}")
-                    }
-                })
-                .collect();
-            Error::Parse(msgs.join("\n"))
-        })?;
+        let vars: Vec<(String, String)> = if env {
+            Env::prefixed(ENV_PREFIX).split("__").iter().map(|(k, v)| (k.as_str().to_owned(), v)).collect()
+        } else {
+            Vec::new()
+        };
+        Self::from_toml_with_vars(text, &vars)
+    }
+
+    /// Parses TOML text with overrides given as (dotted lower-case key, raw text) pairs, the
+    /// form `VIGIL_GB28181__PASSWORD=…` takes, and validates.
+    ///
+    /// An override's text is read as TOML would read a bare value (`8080`, `true`,
+    /// `[1, 2]`), except where the key's type is a string: there the text is taken as it is,
+    /// so a password `12345678`, a realm `4201040000` or a 20-digit id stays the text the
+    /// operator wrote (leading zeros and all). Which keys are strings is learnt from the
+    /// structs themselves: a key whose parsed value the struct refuses as "expected a
+    /// string" is given its raw text and the extraction is tried again.
+    pub fn from_toml_with_vars(text: &str, vars: &[(String, String)]) -> Result<Self, Error> {
+        let config = Self::extract_with_vars(text, vars)?;
         let problems = config.validate();
         if problems.is_empty() {
             Ok(config)
         } else {
             Err(Error::Invalid(problems))
         }
+    }
+
+    /// The extraction step of [`Config::from_toml_with_vars`], without `validate()`.
+    pub fn extract_with_vars(text: &str, vars: &[(String, String)]) -> Result<Self, Error> {
+        let mut as_text: Vec<usize> = Vec::new();
+        loop {
+            let mut fig = Figment::new().merge(Toml::string(text));
+            for (i, (key, raw)) in vars.iter().enumerate() {
+                fig = if as_text.contains(&i) {
+                    fig.merge((key.as_str(), raw.as_str()))
+                } else {
+                    let parsed: figment::value::Value = match raw.parse() {
+                        Ok(v) => v,
+                        Err(never) => match never {},
+                    };
+                    fig.merge((key.as_str(), parsed))
+                };
+            }
+            let err = match fig.extract::<Config>() {
+                Ok(config) => return Ok(config),
+                Err(e) => e,
+            };
+            // A string key that was handed a number, a boolean or a list: give it its text.
+            let retry = err.clone().into_iter().find_map(|one| match &one.kind {
+                figment::error::Kind::InvalidType(_, expected) if expected.contains("string") => {
+                    let path = one.path.join(".");
+                    (0..vars.len()).find(|i| !as_text.contains(i) && vars[*i].0.eq_ignore_ascii_case(&path))
+                }
+                _ => None,
+            });
+            match retry {
+                Some(i) => as_text.push(i),
+                None => return Err(Self::parse_error(err)),
+            }
+        }
+    }
+
+    fn parse_error(e: figment::Error) -> Error {
+        let msgs: Vec<String> = e
+            .into_iter()
+            .map(|one| {
+                let path = one.path.join(".");
+                let mut kind = one.kind.to_string();
+                if let figment::error::Kind::UnknownField(f, _) = &one.kind {
+                    kind = format!("unknown key `{f}` (keys are checked: see shared CONFIG.md)");
+                }
+                if path.is_empty() {
+                    kind
+                } else {
+                    format!("{path}: {kind}")
+                }
+            })
+            .collect();
+        Error::Parse(msgs.join("\n"))
     }
 
     /// The database URL actually used.
@@ -797,6 +851,109 @@ mod tests {
     fn repo_file(rel: &str) -> String {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(rel);
         std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+    }
+
+    /// Every key path whose default is a string or absent (arrays of tables left out: the
+    /// environment names keys, not list items).
+    fn leaf_keys(v: &serde_json::Value, path: &mut Vec<String>, out: &mut Vec<Vec<String>>) {
+        match v {
+            serde_json::Value::Object(m) => {
+                for (k, v) in m {
+                    path.push(k.clone());
+                    leaf_keys(v, path, out);
+                    path.pop();
+                }
+            }
+            serde_json::Value::String(_) | serde_json::Value::Null => out.push(path.clone()),
+            _ => {}
+        }
+    }
+
+    fn value_at(c: &Config, path: &[String]) -> serde_json::Value {
+        let v = serde_json::to_value(c).expect("config serializes");
+        v.pointer(&format!("/{}", path.join("/"))).cloned().unwrap_or(serde_json::Value::Null)
+    }
+
+    /// `VIGIL_GB28181__PASSWORD=12345678`: every key whose type is a string takes the
+    /// variable's text as it is, whatever it looks like (digits past u64, leading zeros,
+    /// a float, a boolean, a TOML list). Which keys are strings is found, not listed: a key
+    /// is one when free text given through the environment comes back as that text.
+    #[test]
+    fn environment_overrides_keep_the_text_of_string_keys() {
+        let mut keys = Vec::new();
+        let default = serde_json::to_value(Config::default()).expect("serializes");
+        leaf_keys(&default, &mut Vec::new(), &mut keys);
+        let texts = ["12345678", "4201040000", "42010400002000000001", "0012", "1.50", "true", "[1, 2]"];
+        let mut strings = 0;
+        for path in &keys {
+            let key = path.join(".");
+            let free = vec![(key.clone(), "free text".to_owned())];
+            let Ok(c) = Config::extract_with_vars("", &free) else { continue };
+            if value_at(&c, path) != serde_json::json!("free text") {
+                continue;
+            }
+            strings += 1;
+            for text in texts {
+                let vars = vec![(key.clone(), text.to_owned())];
+                let c = Config::extract_with_vars("", &vars).unwrap_or_else(|e| panic!("{key}={text}: {e}"));
+                assert_eq!(value_at(&c, path), serde_json::json!(text), "{key}={text}");
+            }
+        }
+        // The ones an operator sets by environment most: all must be among them.
+        for must in ["gb28181.password", "gb28181.realm", "gateway.id", "gat1400.password", "mqtt.password"] {
+            let c = Config::extract_with_vars("", &[(must.to_owned(), "0042".to_owned())]).expect(must);
+            let path: Vec<String> = must.split('.').map(str::to_owned).collect();
+            assert_eq!(value_at(&c, &path), serde_json::json!("0042"), "{must}");
+        }
+        assert!(strings >= 15, "only {strings} string keys found among {keys:?}");
+        // Typed keys still read the variable as a value, and a wrong one names the key.
+        let c = Config::extract_with_vars("", &[("gb28181.keepalive_misses".into(), "5".into())]).expect("number");
+        assert_eq!(c.gb28181.keepalive_misses, 5);
+        let e = Config::extract_with_vars("", &[("gb28181.keepalive_misses".into(), "many".into())])
+            .expect_err("not a number");
+        assert!(e.to_string().contains("gb28181.keepalive_misses"), "{e}");
+        // Through the real loader too, with the file's own value overridden.
+        let file = "[gb28181]\npassword = \"from-file\"\n";
+        let vars = vec![
+            ("gb28181.password".to_owned(), "12345678".to_owned()),
+            ("gb28181.realm".to_owned(), "4201040000".to_owned()),
+        ];
+        let c = Config::from_toml_with_vars(file, &vars).expect("valid");
+        assert_eq!((c.gb28181.password.as_str(), c.gb28181.realm.as_str()), ("12345678", "4201040000"));
+    }
+
+    /// Every key path of a TOML document, tables walked, arrays as leaves.
+    fn toml_keys(v: &toml::Value, path: &mut Vec<String>, out: &mut std::collections::BTreeSet<String>) {
+        if let toml::Value::Table(t) = v {
+            for (k, v) in t {
+                path.push(k.clone());
+                toml_keys(v, path, out);
+                path.pop();
+            }
+        } else {
+            out.insert(path.join("."));
+        }
+    }
+
+    /// `config/vigil.toml` says it lists every key with its default: it has exactly the keys
+    /// of `Config::default()`, and each value is the default.
+    #[test]
+    fn the_documented_default_file_is_the_default_key_for_key() {
+        let text = repo_file("config/vigil.toml");
+        let file: toml::Value = toml::from_str(&text).expect("config/vigil.toml is TOML");
+        let default = toml::Value::try_from(Config::default()).expect("the default serializes");
+        let (mut in_file, mut in_default) = (Default::default(), Default::default());
+        toml_keys(&file, &mut Vec::new(), &mut in_file);
+        toml_keys(&default, &mut Vec::new(), &mut in_default);
+        let missing: Vec<_> = in_default.difference(&in_file).collect();
+        let unknown: Vec<_> = in_file.difference(&in_default).collect();
+        assert!(missing.is_empty() && unknown.is_empty(), "missing from the file: {missing:?}; not keys: {unknown:?}");
+        let parsed = Config::from_toml_with_env(&text, false).expect("valid");
+        let (a, b) = (toml::Value::try_from(parsed).expect("serializes"), default);
+        for key in &in_default {
+            let at = |v: &toml::Value| key.split('.').try_fold(v.clone(), |v, k| v.get(k).cloned());
+            assert_eq!(at(&a), at(&b), "config/vigil.toml's {key} is not the default");
+        }
     }
 
     #[test]

@@ -23,7 +23,6 @@ use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::de::DeserializeOwned;
-use tokio::sync::watch;
 use tower_http::timeout::TimeoutLayer;
 
 pub use error::{ApiError, ApiResult};
@@ -31,7 +30,6 @@ pub use error::{ApiError, ApiResult};
 use crate::clock::{now_ms, Millis};
 use crate::config::Config;
 use crate::presence::runner::{PresenceHandle, WriterHealth};
-use crate::rate::sampling::RateSnapshot;
 use crate::registry::Registry;
 use crate::telemetry::Metrics;
 
@@ -40,7 +38,7 @@ use crate::telemetry::Metrics;
 pub struct AppState {
     pub registry: Registry,
     pub presence: PresenceHandle,
-    pub rate: watch::Receiver<Arc<RateSnapshot>>,
+    pub rate: crate::rate::sampling::RateView,
     pub metrics: Metrics,
     pub config: Arc<Config>,
     pub tz: chrono_tz::Tz,

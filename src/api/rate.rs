@@ -42,8 +42,20 @@ pub struct RenderCache {
 /// Most distinct queries kept per snapshot.
 const RENDER_CACHE_MAX: usize = 512;
 
+/// How long a reader waits for the rate task to include a registry write it just made.
+const FRESH_SNAPSHOT_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
 pub async fn current(State(state): State<AppState>, Query(params): Query<Params>) -> ApiResult<Response> {
-    let snap = state.rate.borrow().clone();
+    // Read-your-writes: an org created or a device moved, disabled or put in maintenance a
+    // moment ago is counted as it is now, not as the last periodic refresh saw it.
+    let generation = state.registry.read().generation();
+    let snap = state.rate.at_least(generation, FRESH_SNAPSHOT_WAIT).await.ok_or_else(|| {
+        ApiError::new(
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            "not_ready",
+            "the online rate is being computed; ask again in a moment",
+        )
+    })?;
     let get = |k: &str| params.get(k).cloned().unwrap_or_default();
     let key = (get("org"), get("kind"), get("group_by"));
     let id = Arc::as_ptr(&snap) as usize;

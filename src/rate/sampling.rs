@@ -30,13 +30,15 @@ pub const ALL_KEY: &str = "";
 pub struct RateSnapshot {
     pub index: Arc<RateIndex>,
     pub rollup: Rollup,
+    /// False only for the placeholder published before the task's first rollup.
+    pub computed: bool,
 }
 
 impl RateSnapshot {
     pub fn empty() -> Self {
         let index = Arc::new(RateIndex::default());
         let rollup = index.rollup(&[], &Default::default(), 0);
-        Self { index, rollup }
+        Self { index, rollup, computed: false }
     }
 }
 
@@ -70,7 +72,39 @@ pub struct Inputs {
     pub reports: Option<(crate::events::EventLog, String)>,
 }
 
-/// Starts the rate task; returns the receiver of its snapshots.
+/// How readers get the rate task's snapshots: the latest one, or, after a registry write,
+/// one computed from that write on (read-your-writes for the API).
+#[derive(Clone)]
+pub struct RateView {
+    rx: watch::Receiver<Arc<RateSnapshot>>,
+    wake: Arc<tokio::sync::Notify>,
+}
+
+impl RateView {
+    /// The latest snapshot, whatever registry generation it was computed from.
+    pub fn latest(&self) -> Arc<RateSnapshot> {
+        self.rx.borrow().clone()
+    }
+
+    /// A snapshot computed from registry generation `generation` or later: the latest one
+    /// when it already is, else the rate task is woken to compute one now. `None` when none
+    /// came within `within` (the task is stopped or far behind).
+    pub async fn at_least(&self, generation: u64, within: Duration) -> Option<Arc<RateSnapshot>> {
+        let fresh = |s: &Arc<RateSnapshot>| s.index.generation >= generation && s.computed;
+        let mut rx = self.rx.clone();
+        if fresh(&rx.borrow()) {
+            return Some(rx.borrow().clone());
+        }
+        self.wake.notify_one();
+        let got = match tokio::time::timeout(within, rx.wait_for(fresh)).await {
+            Ok(Ok(s)) => Some(s.clone()),
+            _ => None,
+        };
+        got
+    }
+}
+
+/// Starts the rate task; returns the view of its snapshots.
 pub fn spawn(
     inputs: Inputs,
     cfg: Assessment,
@@ -78,10 +112,11 @@ pub fn spawn(
     metrics: Metrics,
     cancel: CancellationToken,
     tracker: &TaskTracker,
-) -> watch::Receiver<Arc<RateSnapshot>> {
+) -> RateView {
     let (tx, rx) = watch::channel(Arc::new(RateSnapshot::empty()));
-    tracker.spawn(run(inputs, cfg, refresh, metrics, tx, cancel).instrument(tracing::info_span!("rate")));
-    rx
+    let wake = Arc::new(tokio::sync::Notify::new());
+    tracker.spawn(run(inputs, cfg, refresh, metrics, tx, wake.clone(), cancel).instrument(tracing::info_span!("rate")));
+    RateView { rx, wake }
 }
 
 async fn run(
@@ -90,6 +125,7 @@ async fn run(
     refresh: Duration,
     metrics: Metrics,
     tx: watch::Sender<Arc<RateSnapshot>>,
+    wake: Arc<tokio::sync::Notify>,
     cancel: CancellationToken,
 ) {
     let Inputs { registry, presence, impaired, reports } = inputs;
@@ -108,6 +144,8 @@ async fn run(
             _ = cancel.cancelled() => break,
             _ = tokio::time::sleep_until(sample_due) => true,
             _ = tick.tick() => false,
+            // A reader waits for a snapshot that includes a registry write it made.
+            _ = wake.notified() => false,
         };
         let generation = registry.read().generation();
         if generation != index.generation || index.orgs.is_empty() && index.generation == 0 {
@@ -151,7 +189,7 @@ async fn run(
             }
             next_prune = now + 3_600_000;
         }
-        let _ = tx.send(Arc::new(RateSnapshot { index: index.clone(), rollup }));
+        let _ = tx.send(Arc::new(RateSnapshot { index: index.clone(), rollup, computed: true }));
     }
 }
 

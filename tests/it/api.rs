@@ -309,4 +309,81 @@ async fn an_unreachable_database_at_start_is_exit_code_3_naming_it_and_env_overr
         .expect("run");
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("http.listen"), "{}", String::from_utf8_lossy(&out.stderr));
+
+    // The values most set in the field are digits: a device password, a GB/T 28181 domain,
+    // a 20-digit id. They are text, not numbers.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_vigil"))
+        .arg("check-config")
+        .arg(&cfg)
+        .env("VIGIL_GB28181__PASSWORD", "12345678")
+        .env("VIGIL_GB28181__REALM", "4201040000")
+        .env("VIGIL_GATEWAY__ID", "42010400002000000009")
+        .output()
+        .expect("run");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// An operator who changes the registry and looks again sees the change at once: the rate,
+/// the daily report and the org filters of /devices and /events all follow an org just
+/// created and a device just moved, disabled, put in maintenance or imported. The periodic
+/// refresh is set to an hour here, so nothing but read-your-writes can make this pass.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_registry_write_is_seen_by_the_next_read_of_the_rate() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let port = free_port();
+    let cfg = dir.path().join("vigil.toml");
+    let text = config_toml(&dir.path().join("data"), None, port, "")
+        .replace(r#"rate_refresh = "200ms""#, r#"rate_refresh = "1h""#);
+    assert!(text.contains(r#"rate_refresh = "1h""#), "the harness's refresh is set where this test expects");
+    std::fs::write(&cfg, text).expect("write config");
+    let gw = Process::start(&cfg, port, &dir.path().join("vigil.log")).await;
+    let api = &gw.api;
+    let total = |org: &'static str| async move {
+        let (s, body) = api.get(&format!("/online-rate?org={org}")).await;
+        assert_eq!(s, 200, "{body}");
+        body["total"].as_u64().expect("total")
+    };
+
+    for (id, kind, parent) in
+        [("dist", "district", None), ("east", "street", Some("dist")), ("west", "street", Some("dist"))]
+    {
+        let (s, body) = api.post("/orgs", json!({"id": id, "name": id, "kind": kind, "parent_id": parent})).await;
+        assert_eq!(s, 201, "{body}");
+    }
+    assert_eq!(total("east").await, 0, "an org just created has a rate (of nothing yet), not a 400");
+    assert_eq!(api.get("/reports/online/daily?org=east").await.0, 200);
+    assert_eq!(api.get("/events?org=east").await.0, 200);
+
+    let (s, body) =
+        api.post("/devices", json!({"id": "gate-1", "name": "门禁 1", "kind": "access_control", "protocol": "external", "org_id": "east"})).await;
+    assert_eq!(s, 201, "{body}");
+    assert_eq!(total("east").await, 1, "a device just created is counted");
+
+    let patch = |body: Value| async move {
+        let (s, b) = api.send(reqwest::Method::PATCH, "/devices/gate-1", body).await;
+        assert_eq!(s, 200, "{b}");
+    };
+    patch(json!({"maintenance": true})).await;
+    assert_eq!(total("east").await, 0, "a device in maintenance is not counted");
+    patch(json!({"maintenance": false})).await;
+    assert_eq!(total("east").await, 1);
+    patch(json!({"enabled": false})).await;
+    assert_eq!(total("east").await, 0, "a disabled device is not counted");
+    patch(json!({"enabled": true, "org_id": "west"})).await;
+    assert_eq!((total("east").await, total("west").await, total("dist").await), (0, 1, 1), "moved to west");
+    let listed = api.get("/devices?org=west").await.1;
+    assert_eq!(listed["items"].as_array().map(Vec::len), Some(1), "{listed}");
+
+    let (s, body) = api.post_csv("/devices/import", "id,name,kind,protocol,org_id,rtsp_url,profile\nbar-1,道闸,barrier,external,east,,\nbar-2,道闸,barrier,external,east,,\n").await;
+    assert_eq!(s, 200, "{body}");
+    assert_eq!(total("east").await, 2, "imported devices are counted");
+    let (s, _) = api.send(reqwest::Method::DELETE, "/devices/bar-2", json!(null)).await;
+    assert_eq!(s, 204);
+    assert_eq!(total("east").await, 1, "a deleted device is gone from the rate");
+    let report = api.get("/reports/online/daily?org=east").await.1;
+    let east_all = report["rows"]
+        .as_array()
+        .and_then(|r| r.iter().find(|r| r["org_id"] == "east" && r["kind"] == "all"))
+        .unwrap_or_else(|| panic!("no east/all row: {report}"));
+    assert_eq!(east_all["devices"], 1, "the daily report counts what the registry holds now: {report}");
 }
