@@ -37,8 +37,8 @@ pub enum Evidence {
     SipKeepalive { window_ms: i64 },
     /// An RTSP frame arrived; the stream stalls after `stall_ms` without another.
     RtspFrame { stall_ms: i64 },
-    /// The RTSP session failed or closed.
-    RtspStalled,
+    /// The RTSP session failed or closed, for the cause the pull classified.
+    RtspDown { fault: StreamFault },
     /// A message from a profile-mapped device (MQTT, GA/T 1400, HTTP push): a heartbeat or
     /// data; silent for `timeout_ms` means offline.
     MqttMessage { timeout_ms: i64, heartbeat: bool },
@@ -49,6 +49,32 @@ pub enum Evidence {
     ViewLibrary { validity_ms: i64, register: bool },
     /// A lower gateway's QUIC link heartbeat.
     LinkHeartbeat { timeout_ms: i64 },
+}
+
+/// Why a pulled stream is down, as its puller classified the failure: the cause an
+/// operator acts on (a wrong password is not a cable fault).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum StreamFault {
+    /// 401/403: the credentials in the URL are refused.
+    AuthFailed,
+    /// 404: no such stream path on the camera.
+    NotFound,
+    /// TCP connection refused: nothing listens on the camera's port.
+    Refused,
+    /// 453/503: the camera's own limit of sessions is reached.
+    SessionLimit,
+    /// No usable video stream in what the camera describes.
+    BadMedia,
+    /// Frames stopped while the connection stayed open.
+    Stalled,
+    /// No answer in time, or a network error: power, cable or route.
+    Unreachable,
+    /// The camera closed the session.
+    Closed,
+    /// Corrupt RTP or a timestamp jump that ended the session.
+    MediaError,
+    /// Any other error status the camera answered with.
+    ProtocolError,
 }
 
 /// The kinds of normalized event (`EventBody` carries the kind-specific part).

@@ -17,7 +17,7 @@ use std::sync::Arc;
 use serde::Serialize;
 
 use crate::clock::Millis;
-use crate::event::{Evidence, Observation};
+use crate::event::{Evidence, Observation, StreamFault};
 use crate::registry::DeviceKey;
 
 const NONE: Millis = Millis::MAX;
@@ -72,6 +72,24 @@ pub enum Reason {
     TtlExpired,
     Frame,
     StreamStalled,
+    /// The camera refused the stream's credentials.
+    AuthFailed,
+    /// The camera has no stream at the configured path.
+    NotFound,
+    /// Nothing listens on the camera's port.
+    Refused,
+    /// The camera's session limit is reached.
+    SessionLimit,
+    /// The camera offers no usable video.
+    BadMedia,
+    /// No answer in time, or a network error.
+    Unreachable,
+    /// The camera closed the session.
+    StreamClosed,
+    /// Corrupt media ended the session.
+    MediaError,
+    /// The camera answered with another error status.
+    ProtocolError,
     Message,
     /// A device's heartbeat message (MQTT, or a profile's heartbeat rule).
     Heartbeat,
@@ -101,6 +119,15 @@ impl Reason {
             Reason::TtlExpired => "ttl_expired",
             Reason::Frame => "frame",
             Reason::StreamStalled => "stream_stalled",
+            Reason::AuthFailed => "auth_failed",
+            Reason::NotFound => "not_found",
+            Reason::Refused => "refused",
+            Reason::SessionLimit => "session_limit",
+            Reason::BadMedia => "bad_media",
+            Reason::Unreachable => "unreachable",
+            Reason::StreamClosed => "stream_closed",
+            Reason::MediaError => "media_error",
+            Reason::ProtocolError => "protocol_error",
             Reason::Message => "message",
             Reason::Heartbeat => "heartbeat",
             Reason::Data => "data",
@@ -113,29 +140,57 @@ impl Reason {
         }
     }
     pub fn parse(s: &str) -> Option<Self> {
-        const ALL: [Reason; 20] = [
-            Reason::Added,
-            Reason::Alive,
-            Reason::Dead,
-            Reason::Register,
-            Reason::Unregister,
-            Reason::RegistrationExpired,
-            Reason::Keepalive,
-            Reason::KeepaliveTimeout,
-            Reason::TtlExpired,
-            Reason::Frame,
-            Reason::StreamStalled,
-            Reason::Message,
-            Reason::Heartbeat,
-            Reason::Data,
-            Reason::MessageTimeout,
-            Reason::LastWill,
-            Reason::LinkHeartbeat,
-            Reason::LinkTimeout,
-            Reason::GatewayDown,
-            Reason::WindowStillOpen,
-        ];
-        ALL.into_iter().find(|r| r.as_str() == s)
+        Self::ALL.into_iter().find(|r| r.as_str() == s)
+    }
+
+    /// Every reason, for parsing what was stored.
+    pub const ALL: [Reason; 29] = [
+        Reason::Added,
+        Reason::Alive,
+        Reason::Dead,
+        Reason::Register,
+        Reason::Unregister,
+        Reason::RegistrationExpired,
+        Reason::Keepalive,
+        Reason::KeepaliveTimeout,
+        Reason::TtlExpired,
+        Reason::Frame,
+        Reason::StreamStalled,
+        Reason::AuthFailed,
+        Reason::NotFound,
+        Reason::Refused,
+        Reason::SessionLimit,
+        Reason::BadMedia,
+        Reason::Unreachable,
+        Reason::StreamClosed,
+        Reason::MediaError,
+        Reason::ProtocolError,
+        Reason::Message,
+        Reason::Heartbeat,
+        Reason::Data,
+        Reason::MessageTimeout,
+        Reason::LastWill,
+        Reason::LinkHeartbeat,
+        Reason::LinkTimeout,
+        Reason::GatewayDown,
+        Reason::WindowStillOpen,
+    ];
+}
+
+impl From<StreamFault> for Reason {
+    fn from(f: StreamFault) -> Self {
+        match f {
+            StreamFault::AuthFailed => Reason::AuthFailed,
+            StreamFault::NotFound => Reason::NotFound,
+            StreamFault::Refused => Reason::Refused,
+            StreamFault::SessionLimit => Reason::SessionLimit,
+            StreamFault::BadMedia => Reason::BadMedia,
+            StreamFault::Stalled => Reason::StreamStalled,
+            StreamFault::Unreachable => Reason::Unreachable,
+            StreamFault::Closed => Reason::StreamClosed,
+            StreamFault::MediaError => Reason::MediaError,
+            StreamFault::ProtocolError => Reason::ProtocolError,
+        }
     }
 }
 
@@ -357,7 +412,7 @@ impl PresenceTable {
                 slot.registered_until = 0;
                 (Some(State::Offline), Reason::Unregister)
             }
-            Evidence::RtspStalled => (Some(State::Offline), Reason::StreamStalled),
+            Evidence::RtspDown { fault } => (Some(State::Offline), Reason::from(fault)),
             Evidence::MqttLastWill => (Some(State::Offline), Reason::LastWill),
         };
         let target = match target {
@@ -388,6 +443,12 @@ impl PresenceTable {
                 detail: obs.detail.clone(),
             });
         } else if target == State::Online && slot.reason != reason && obs.detail.is_some() {
+            slot.detail = obs.detail.clone();
+        } else if target == State::Offline && matches!(obs.evidence, Evidence::RtspDown { .. }) {
+            // Still down, for what may be another cause now (frames stopped, then the
+            // reconnect is refused): the reason shown is the latest classified cause. No
+            // transition: the device did not change state.
+            slot.reason = reason;
             slot.detail = obs.detail.clone();
         }
         if slot.state == State::Online {

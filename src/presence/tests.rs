@@ -155,3 +155,31 @@ proptest! {
         }
     }
 }
+
+/// An RTSP camera is offline for the cause its pull classified (a wrong password is not a
+/// stalled stream), and the reason follows the cause while it stays down, without a new
+/// transition.
+#[test]
+fn an_rtsp_camera_is_offline_for_its_classified_cause_and_follows_it() {
+    let mut t = table(1);
+    t.observe(0, &obs(0, 0, Evidence::RtspFrame { stall_ms: 10 * S }));
+    let down = |fault| obs(0, 5 * S, Evidence::RtspDown { fault });
+    let tr = t.observe(5 * S, &down(StreamFault::AuthFailed)).expect("offline");
+    assert_eq!((tr.to, tr.reason.as_str()), (State::Offline, "auth_failed"));
+    assert!(t.observe(6 * S, &down(StreamFault::Unreachable)).is_none(), "no second transition");
+    assert_eq!(t.view(0).expect("tracked").reason.as_str(), "unreachable");
+    for (fault, name) in [
+        (StreamFault::NotFound, "not_found"),
+        (StreamFault::Refused, "refused"),
+        (StreamFault::SessionLimit, "session_limit"),
+        (StreamFault::BadMedia, "bad_media"),
+        (StreamFault::Stalled, "stream_stalled"),
+        (StreamFault::Closed, "stream_closed"),
+        (StreamFault::MediaError, "media_error"),
+        (StreamFault::ProtocolError, "protocol_error"),
+    ] {
+        t.observe(7 * S, &down(fault));
+        let r = t.view(0).expect("tracked").reason;
+        assert_eq!((r.as_str(), Reason::parse(name)), (name, Some(r)));
+    }
+}

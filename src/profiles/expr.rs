@@ -631,7 +631,13 @@ fn call<'a>(f: Func, args: &'a [Expr], s: &Scope<'a>) -> Cow<'a, Value> {
         Func::Upper => text1(|t| t.to_uppercase()),
         Func::Trim => text1(|t| t.trim().to_owned()),
         Func::Str => text1(str::to_owned),
-        Func::Hash => text1(|t| sha256_hex(t.as_bytes())),
+        // An empty value is no value: hashing it would give every record without one the
+        // same digest (one "card" shared by all).
+        Func::Hash => Cow::Owned(
+            as_text(&arg(0))
+                .filter(|t| !t.trim().is_empty())
+                .map_or(Value::Null, |t| Value::String(sha256_hex(t.as_bytes()))),
+        ),
         Func::Int => Cow::Owned(as_f64(&arg(0)).map_or(Value::Null, |f| num(f.trunc()))),
         Func::Num => Cow::Owned(as_f64(&arg(0)).map_or(Value::Null, num)),
         Func::Hex => Cow::Owned(
@@ -699,6 +705,15 @@ mod tests {
         let caps = vec![("sn".to_owned(), "FX1".to_owned())];
         let s = Scope { record, message: &json!({"env": {"sn": "E1"}}), captures: &caps, tables: &tables };
         parse(text).unwrap_or_else(|e| panic!("{e}")).eval(&s).into_owned()
+    }
+
+    #[test]
+    fn hash_of_an_empty_or_absent_value_is_no_value() {
+        let r = json!({"card": "", "blank": "  ", "n": 7});
+        assert_eq!(eval("hash($.card)", &r), Value::Null);
+        assert_eq!(eval("hash($.blank)", &r), Value::Null);
+        assert_eq!(eval("hash($.missing)", &r), Value::Null);
+        assert_eq!(eval("hash($.n)", &r), json!(sha256_hex(b"7")));
     }
 
     #[test]

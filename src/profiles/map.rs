@@ -374,9 +374,17 @@ fn remove_path(map: &mut Map<String, Value>, path: &[String]) {
     }
 }
 
+/// Replaces the value at `path` by its SHA-256. An empty (or blank) value is removed, not
+/// hashed: absent and empty stay absent, so records without a card number do not all share
+/// the digest of "".
 fn hash_path(map: &mut Map<String, Value>, path: &[String]) {
-    let Some(v) = parent(map, path).and_then(|(obj, key)| obj.get_mut(key)) else { return };
-    if let Some(t) = as_text(v) {
-        *v = Value::String(format!("sha256:{}", sha256_hex(t.as_bytes())));
+    let Some((obj, key)) = parent(map, path) else { return };
+    let Some(v) = obj.get_mut(key) else { return };
+    match as_text(v) {
+        Some(t) if t.trim().is_empty() => {
+            obj.remove(key);
+        }
+        Some(t) => *v = Value::String(format!("sha256:{}", sha256_hex(t.as_bytes()))),
+        None => {}
     }
 }

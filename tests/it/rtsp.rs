@@ -150,9 +150,8 @@ async fn a_wrong_password_is_auth_failed_and_not_hammered_and_a_fixed_url_plays(
     let d = gw.api.get("/devices/cam-pw").await.1;
     assert_eq!(presence(&d).0, "offline", "{d}");
     assert!(
-        presence(&d).1 == "stream_stalled"
-            && d["presence"]["detail"].as_str().is_some_and(|t| t.starts_with("auth_failed")),
-        "{d}"
+        presence(&d).1 == "auth_failed" && d["presence"]["detail"].as_str().is_some_and(|t| t.contains("401")),
+        "the presence reason is the classified cause: {d}"
     );
     // The next try is at least 30 s away, and no try happens meanwhile.
     let next = v["next_attempt_at"]
@@ -214,6 +213,18 @@ async fn simulated_cameras_show_each_fault_as_its_own_state() {
     gw.api.wait_for("/devices/sim-refused/stream", within, state_is("refused")).await;
     let v = gw.api.wait_for("/devices/sim-slow/stream", within, state_is("backoff")).await;
     assert!(v["error"].as_str().is_some_and(|e| e.contains("connect+DESCRIBE")), "{v}");
+    // Presence (the dashboard's offline list, the device view, the daily report) says the
+    // same cause, so the operator knows whom to call.
+    for (id, reason) in [
+        ("sim-limit", "session_limit"),
+        ("sim-badsdp", "bad_media"),
+        ("sim-404", "not_found"),
+        ("sim-refused", "refused"),
+        ("sim-slow", "unreachable"),
+    ] {
+        let d = gw.api.wait_for(&format!("/devices/{id}"), within, |d| presence(d) == ("offline", reason)).await;
+        assert!(d["presence"]["detail"].is_string(), "{d}");
+    }
     // The stalling camera plays 2 s, stalls, and is reconnected, again and again.
     let v = gw.api.wait_for("/devices/sim-stall/stream", within, |v| v["stalls"].as_u64() >= Some(2)).await;
     assert!(v["reconnects"].as_u64() >= Some(1), "{v}");

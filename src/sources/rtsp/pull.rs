@@ -28,7 +28,7 @@ use super::health::{Health, Keyframe, MediaInfo, StreamState};
 use super::snapshot::Codec;
 use super::{quality, Context};
 use crate::clock::now_ms;
-use crate::event::{Evidence, Observation};
+use crate::event::{Evidence, Observation, StreamFault};
 use crate::registry::DeviceKey;
 
 /// A camera as its pull needs it: the URL without credentials (safe to log) and the
@@ -118,6 +118,22 @@ impl Failure {
             Failure::Refused(_) => StreamState::Refused,
             Failure::Stalled { .. } => StreamState::Stalled,
             _ => StreamState::Backoff,
+        }
+    }
+
+    /// The cause presence records for the camera while it is down.
+    pub fn fault(&self) -> StreamFault {
+        match self {
+            Failure::Status { code: 401 | 403, .. } => StreamFault::AuthFailed,
+            Failure::Status { code: 404, .. } => StreamFault::NotFound,
+            Failure::Status { code: 453 | 503, .. } => StreamFault::SessionLimit,
+            Failure::Status { code: 200..=299 | 415 | 461, .. } | Failure::BadMedia(_) => StreamFault::BadMedia,
+            Failure::Status { .. } => StreamFault::ProtocolError,
+            Failure::Refused(_) => StreamFault::Refused,
+            Failure::Stalled { .. } => StreamFault::Stalled,
+            Failure::Timeout { .. } | Failure::Other(_) => StreamFault::Unreachable,
+            Failure::Closed => StreamFault::Closed,
+            Failure::TimestampJump(_) | Failure::Media(_) => StreamFault::MediaError,
         }
     }
 
@@ -221,7 +237,7 @@ pub async fn run(cam: Camera, ctx: Arc<Context>, health: Arc<Health>, stagger: D
         let obs = Observation {
             device: cam.key,
             at: wall,
-            evidence: Evidence::RtspStalled,
+            evidence: Evidence::RtspDown { fault: failure.fault() },
             detail: Some(Arc::from(format!("{}: {text}", state.as_str()))),
         };
         if ctx.shared.presence.observe(obs).await.is_err() {
