@@ -1,7 +1,7 @@
 //! Wiring: connects the database, loads the registry, restores presence, starts the
 //! presence, rate and HTTP tasks on one `TaskTracker` with a `CancellationToken` tree, and
-//! shuts them down in order, narrating each step: HTTP (and later, sources) stop taking
-//! input → presence writes its final checkpoint → the writer drains → the pool closes.
+//! shuts them down in order, narrating each step: the sources and HTTP stop taking input →
+//! presence writes its final checkpoint → the writers drain → the pool closes.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -97,8 +97,8 @@ fn seed_orgs(config: &Config) -> Vec<Org> {
 }
 
 /// The relay's routes and sinks from `[[upstreams]]`. GA/T 1400 upstreams take the kinds it
-/// has standard objects for; the other kinds and protocols are named in the log as not yet
-/// relayed.
+/// has standard objects for (the others through the extension path, where configured);
+/// check-config refuses protocols that are not built (GB/T 28181 cascade).
 /// A configured upstream's sink.
 enum Upstream {
     Gat1400(Box<crate::sinks::gat1400::Gat1400>),

@@ -1,5 +1,5 @@
-//! Retry pacing shared by every client that reconnects (the MQTT client, RTSP pulls, and the
-//! upstream links to come): exponential backoff with full jitter, so a thousand peers that
+//! Retry pacing shared by every client that reconnects (the MQTT client, RTSP pulls, the
+//! upstream sinks and the QUIC link): exponential backoff with full jitter, so a thousand peers that
 //! failed together do not come back together. Pure; no timers here.
 
 use std::time::Duration;

@@ -811,9 +811,13 @@ impl Config {
                 "quic" if !u.url.starts_with("quic://") => {
                     add(format!("upstreams[{i}].url"), format!("{:?}: expected quic://host:port", u.url))
                 }
-                "gb28181" if u.server_id.is_empty() || u.server_addr.is_empty() => add(
-                    format!("upstreams[{i}].server_id"),
-                    "server_id and server_addr are required for protocol gb28181".into(),
+                // Accepted and then ignored would be worse than refused: an operator would
+                // believe the city sees the district's cameras.
+                "gb28181" => add(
+                    format!("upstreams[{i}].protocol"),
+                    "GB/T 28181 cascade (registering to an upper platform) is not built yet; relay to the \
+                     city with protocol \"gat1400\" or \"quic\" for now"
+                        .into(),
                 ),
                 _ => {}
             }
@@ -954,6 +958,13 @@ mod tests {
             let at = |v: &toml::Value| key.split('.').try_fold(v.clone(), |v, k| v.get(k).cloned());
             assert_eq!(at(&a), at(&b), "config/vigil.toml's {key} is not the default");
         }
+    }
+
+    #[test]
+    fn a_gb28181_cascade_upstream_is_refused_until_it_exists() {
+        let text = "[[upstreams]]\nname = \"city\"\nprotocol = \"gb28181\"\nserver_id = \"42010000002000000001\"\nserver_addr = \"127.0.0.1:15060\"\n";
+        let e = Config::from_toml_with_env(text, false).expect_err("not built");
+        assert!(e.to_string().contains("upstreams[0].protocol") && e.to_string().contains("not built yet"), "{e}");
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! What sources produce: `Observation`s (evidence that a device is alive or dead) for
 //! presence, and normalized `Event`s (a record an investigator may look for later: a door
-//! opened, a plate pass, a face capture, an alarm, a status change) for the event log and,
-//! later, the outbox. Bodies are typed per kind and aligned with GA/T 1400 field meanings
+//! opened, a plate pass, a face capture, an alarm, a status change) for the event log and
+//! the outbox. Bodies are typed per kind and aligned with GA/T 1400 field meanings
 //! where those exist; they parse leniently (numbers as strings) and serialize strictly.
 //! Imports nothing of ours but the registry's key type and the clock.
 

@@ -23,6 +23,7 @@ pub const SIP_TRANSACTIONS: &str = "vigil_sip_client_transactions_total";
 pub const MQTT_MESSAGES: &str = "vigil_mqtt_messages_total";
 pub const MQTT_CONNECTED: &str = "vigil_mqtt_connected";
 pub const MQTT_INFLIGHT: &str = "vigil_mqtt_inflight";
+pub const MQTT_CONNECTION_ERRORS: &str = "vigil_mqtt_connection_errors_total";
 pub const PROFILE_OUTCOMES: &str = "vigil_profile_records_total";
 pub const SEQUENCE_GAPS: &str = "vigil_event_sequence_gaps";
 pub const RTSP_STREAMS: &str = "vigil_rtsp_streams";
@@ -33,9 +34,12 @@ pub const RTSP_BYTES: &str = "vigil_rtsp_bytes_total";
 pub const RTSP_DIAGNOSES: &str = "vigil_rtsp_diagnoses_total";
 pub const RELAY_RECORDS: &str = "vigil_relay_records_total";
 pub const RELAY_BACKLOG: &str = "vigil_relay_backlog";
+pub const RELAY_FAILURES: &str = "vigil_relay_failures_total";
 pub const RELAY_OLDEST: &str = "vigil_relay_oldest_undelivered_seconds";
 pub const OUTBOX_ACCEPTING: &str = "vigil_outbox_accepting";
 pub const OUTBOX_FREE_DISK: &str = "vigil_outbox_free_disk_bytes";
+pub const OUTBOX_HELD: &str = "vigil_outbox_held_submissions";
+pub const PRESENCE_CHECKPOINT: &str = "vigil_presence_checkpoint_timestamp_seconds";
 
 /// The collectors. Cheap to clone (the prometheus types are handles).
 #[derive(Clone)]
@@ -56,6 +60,7 @@ pub struct Metrics {
     pub sip_transactions: IntCounterVec,
     pub mqtt_messages: IntCounterVec,
     pub mqtt_connected: IntGauge,
+    pub mqtt_connection_errors: IntCounter,
     pub mqtt_inflight: IntGauge,
     pub profile_outcomes: IntCounterVec,
     pub sequence_gaps: IntGaugeVec,
@@ -69,6 +74,9 @@ pub struct Metrics {
     pub relay_backlog: IntGaugeVec,
     pub relay_oldest: IntGaugeVec,
     pub outbox_accepting: IntGauge,
+    pub relay_failures: IntCounterVec,
+    pub outbox_held: IntGauge,
+    pub presence_checkpoint: IntGauge,
     pub outbox_free_disk: IntGauge,
 }
 
@@ -108,6 +116,8 @@ impl Metrics {
             mqtt_messages: IntCounterVec::new(Opts::new(MQTT_MESSAGES, "MQTT messages received, by the profile that took them (\"none\": no profile matched)."), &["profile"])
                 .expect("should be a valid metric"),
             mqtt_connected: IntGauge::new(MQTT_CONNECTED, "1 while vigil's MQTT client is connected to its broker.").expect("should be a valid metric"),
+            mqtt_connection_errors: IntCounter::new(MQTT_CONNECTION_ERRORS, "Times vigil's MQTT connection was lost or a reconnect to the broker failed.")
+                .expect("should be a valid metric"),
             mqtt_inflight: IntGauge::new(MQTT_INFLIGHT, "MQTT messages taken and not yet committed and acknowledged.").expect("should be a valid metric"),
             profile_outcomes: IntCounterVec::new(
                 Opts::new(PROFILE_OUTCOMES, "Records through device profiles by profile and outcome (event, duplicate, heartbeat, dropped:<reason>, rejected:<reason>, not_admitted)."),
@@ -134,7 +144,13 @@ impl Metrics {
             relay_backlog: IntGaugeVec::new(Opts::new(RELAY_BACKLOG, "Records not yet delivered, by target."), &["target"]).expect("should be a valid metric"),
             relay_oldest: IntGaugeVec::new(Opts::new(RELAY_OLDEST, "Age of the oldest undelivered record, by target (0: none)."), &["target"])
                 .expect("should be a valid metric"),
+            relay_failures: IntCounterVec::new(Opts::new(RELAY_FAILURES, "Deliveries to an upstream that failed whole (nothing of the batch taken), by target and reason (unreachable, timeout, unauthorized, refused, other)."), &["target", "reason"])
+                .expect("should be a valid metric"),
             outbox_accepting: IntGauge::new(OUTBOX_ACCEPTING, "1 while the outbox takes records; 0 while it is full (backlog or disk) and sources are slowed.")
+                .expect("should be a valid metric"),
+            presence_checkpoint: IntGauge::new(PRESENCE_CHECKPOINT, "When presence's state (last seen, open windows) was last written whole to the database (Unix seconds): what a restart resumes from.")
+                .expect("should be a valid metric"),
+            outbox_held: IntGauge::new(OUTBOX_HELD, "Device records held at the closed outbox (before their pictures are written), waiting for room.")
                 .expect("should be a valid metric"),
             outbox_free_disk: IntGauge::new(OUTBOX_FREE_DISK, "Free bytes on the file system of the data directory.").expect("should be a valid metric"),
             registry,
@@ -154,6 +170,7 @@ impl Metrics {
             Box::new(m.sip_registrations.clone()),
             Box::new(m.sip_transactions.clone()),
             Box::new(m.mqtt_messages.clone()),
+            Box::new(m.mqtt_connection_errors.clone()),
             Box::new(m.mqtt_connected.clone()),
             Box::new(m.mqtt_inflight.clone()),
             Box::new(m.profile_outcomes.clone()),
@@ -168,7 +185,10 @@ impl Metrics {
             Box::new(m.relay_backlog.clone()),
             Box::new(m.relay_oldest.clone()),
             Box::new(m.outbox_accepting.clone()),
+            Box::new(m.relay_failures.clone()),
             Box::new(m.outbox_free_disk.clone()),
+            Box::new(m.outbox_held.clone()),
+            Box::new(m.presence_checkpoint.clone()),
         ] {
             m.registry.register(c).expect("should register each metric once");
         }

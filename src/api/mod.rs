@@ -192,8 +192,12 @@ pub fn router(state: AppState) -> Router {
         .route("/online-rate", get(rate::current))
         .route("/online-rate/history", get(rate::history))
         .route("/reports/online/daily", get(rate::daily));
+    // The dashboard shows every time in the district's zone, which it is given here.
+    let zone = serde_json::to_string(&state.config.assessment.timezone).unwrap_or_else(|_| "\"UTC\"".into());
+    let page = axum::body::Bytes::from(DASHBOARD.replace("\"__VIGIL_TIMEZONE__\"", &zone));
+    let page = Html(page);
     Router::new()
-        .route("/", get(|| async { Html(DASHBOARD) }))
+        .route("/", get(move || std::future::ready(page.clone())))
         .route("/metrics", get(metrics))
         .nest("/api/v1", api)
         .fallback(|| async { ApiError::not_found("no such path; see API.md") })

@@ -105,9 +105,34 @@ pub struct EventLog {
     tx: mpsc::Sender<Submit>,
     db: Db,
     relay: Relay,
+    held: prometheus::IntGauge,
+}
+
+/// Counts a record held at the closed outbox for as long as it waits (dropped with it when
+/// the device goes away meanwhile).
+struct Held(prometheus::IntGauge);
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
 }
 
 impl EventLog {
+    /// Waits while the outbox is closed (a full backlog or disk). Sources call it before they
+    /// write anything for a record (its pictures), so a device's push is held, not failed,
+    /// while the disk is under `relay.min_free_disk`, and answered once there is room.
+    pub async fn accepting(&self) {
+        if self.relay.gate.is_open() {
+            return;
+        }
+        self.held.inc();
+        let _held = Held(self.held.clone());
+        while !self.relay.gate.is_open() {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
     /// Queues `event` and waits until it is committed (or found to be a duplicate).
     pub async fn submit(&self, event: Event) -> Result<Stored, Error> {
         let object_id = crate::outbox::object_id(&event, &self.relay.gateway_id, &self.relay.tz);
@@ -152,8 +177,9 @@ impl EventLog {
 /// Starts the writer. It drains what is queued after `cancel` before it stops.
 pub fn spawn(db: Db, relay: Relay, metrics: Metrics, cancel: CancellationToken, tracker: &TaskTracker) -> EventLog {
     let (tx, rx) = mpsc::channel(QUEUE);
+    let held = metrics.outbox_held.clone();
     tracker.spawn(writer(db.clone(), relay.clone(), rx, metrics, cancel).instrument(tracing::info_span!("events")));
-    EventLog { tx, db, relay }
+    EventLog { tx, db, relay, held }
 }
 
 async fn writer(db: Db, relay: Relay, mut rx: mpsc::Receiver<Submit>, metrics: Metrics, cancel: CancellationToken) {

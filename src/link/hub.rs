@@ -240,7 +240,9 @@ async fn receive(hub: &Hub, gateway: &str, recv: &mut quinn::RecvStream) -> Resu
     if media_total > MAX_BATCH_MEDIA {
         return Err(format!("batch carries {media_total} bytes of pictures, over the {MAX_BATCH_MEDIA}-byte limit"));
     }
-    // Pictures first: an event is committed only once what it refers to is stored.
+    // Pictures first: an event is committed only once what it refers to is stored. Nothing is
+    // written while the outbox is closed (full disk or backlog): the batch waits here.
+    hub.shared.events.accepting().await;
     let mut bad_pictures = std::collections::HashSet::new();
     let mut puts = Vec::new();
     for p in &head.pictures {

@@ -22,7 +22,7 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const RECONNECT_MIN: Duration = Duration::from_secs(1);
 const RECONNECT_MAX: Duration = Duration::from_secs(60);
 /// Records per claim: a batch is one stream and one commit at the hub, whose writer gains
-/// from larger commits (BENCHMARKS.md, relay; 1,024 before session 6).
+/// from larger commits (BENCHMARKS.md, relay; 1,024 before 4cceba4).
 const BATCH: i64 = 4096;
 /// Record bytes per stream, well under the hub's `MAX_MESSAGE` for the batch head.
 const MAX_BATCH_RECORDS_BYTES: usize = super::MAX_MESSAGE / 2;

@@ -245,6 +245,7 @@ pub async fn run<S: Sink>(ctx: Context, mut sink: S, status: Arc<Mutex<TargetSta
                     warn!(target = %name, error = %e, "Cannot release leases; those rows wait for them to run out.");
                 }
                 failures = failures.saturating_add(1);
+                metrics.relay_failures.with_label_values(&[&name, failure_reason(&e)]).inc();
                 let wait = backoff(failures, BACKOFF_MIN, BACKOFF_MAX);
                 if failures == 1 {
                     warn!(target = %name, error = %e, retry_in_ms = wait.as_millis() as u64, "Upstream failed; records stay in the outbox.");
@@ -270,4 +271,21 @@ pub async fn run<S: Sink>(ctx: Context, mut sink: S, status: Arc<Mutex<TargetSta
     // Whatever was claimed ahead and not sent is due again at once after a restart.
     let seqs: Vec<i64> = ahead.iter().map(|c| c.seq).collect();
     let _ = store::release(&db, &name, &seqs).await;
+}
+
+/// A low-cardinality label for a failed delivery, read from the sink's error text (the sinks
+/// report errors as text today; a typed error per sink would make this a match).
+fn failure_reason(e: &str) -> &'static str {
+    let e = e.to_ascii_lowercase();
+    if e.contains("timed out") || e.contains("timeout") {
+        "timeout"
+    } else if e.contains("401") || e.contains("unauthorized") || e.contains("403") {
+        "unauthorized"
+    } else if e.contains("connect") || e.contains("unreachable") || e.contains("connection") {
+        "unreachable"
+    } else if e.contains("answered") || e.contains("refus") || e.contains("busy") {
+        "refused"
+    } else {
+        "other"
+    }
 }

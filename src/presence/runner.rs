@@ -298,6 +298,9 @@ async fn writer(
                 }
                 health.db_ok.store(true, Ordering::Relaxed);
                 metrics.presence_pending.set(0);
+                if let Some(at) = batch.checkpoint_at {
+                    metrics.presence_checkpoint.set(at / 1000);
+                }
                 backoff = Duration::from_millis(250);
                 // Committed: now they may be reported upstream as status events.
                 if let Some(tx) = &status {

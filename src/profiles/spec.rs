@@ -1,5 +1,5 @@
 //! The device-profile file as written (TOML, `device-profiles/*.toml`): serde structs with
-//! no logic. `compile.rs` turns one into a checked `Profile`. docs/profiles.md is the
+//! no logic. `profiles::compile` (in mod.rs) turns one into a checked `Profile`. docs/profiles.md is the
 //! operator's guide to every key.
 
 use std::collections::BTreeMap;

@@ -266,6 +266,9 @@ impl Ingest {
             }
             profiles::Made::Event(b) => b,
         };
+        // Nothing is written for a record while the outbox is closed: a full disk holds the
+        // device's push here rather than failing it on its pictures.
+        self.shared.events.accepting().await;
         let mut media = Vec::with_capacity(m.images.len());
         for img in m.images {
             match self.media.put(img.bytes).await {

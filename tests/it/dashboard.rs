@@ -30,6 +30,8 @@ fn chromium(args: &[&str], url: &str, profile: &std::path::Path) -> std::process
         .arg(format!("--user-data-dir={}", profile.display()))
         .args(args)
         .arg(url)
+        // The browser sits in another zone than the district: the page must not care.
+        .env("TZ", "America/New_York")
         .output()
         .expect("run chromium")
 }
@@ -102,6 +104,13 @@ async fn dashboard_shows_the_live_rate_streets_kinds_and_offline_devices() {
     );
 
     assert!(dom.contains("最近告警") && dom.contains("周界入侵告警"), "the alarm is not listed");
+    // Times are the district's (assessment.timezone), labelled, not the browser's zone.
+    assert!(dom.contains("时区 Asia/Shanghai"), "the zone is not labelled");
+    let dev19 = gw.api.get("/devices/dev-19").await.1;
+    let since = dev19["presence"]["since"].as_str().expect("since").to_owned();
+    assert!(since.ends_with("+08:00"), "{since}");
+    let shanghai_clock = &since[11..19];
+    assert!(dom.contains(shanghai_clock), "dev-19 went offline at {since}; {shanghai_clock} is not shown:\n{dom}");
 
     // The device view (opened from a link, as from a click on a row): GB info and channels.
     let dev_url = format!("{}/?token={VIEWER}&lang=zh&device={nvr_id}", gw.url);

@@ -317,9 +317,17 @@ async fn an_unknown_device_is_quarantined_then_approved_registered_kept_alive_an
     let d =
         api.wait_for(&format!("/devices/{id}"), Duration::from_secs(5), |d| d["presence"]["state"] == "offline").await;
     assert_eq!(d["presence"]["reason"], "unregister");
-    // A keepalive without a registration is evidence, but does not make it online.
+    // A keepalive without a registration is evidence (presence has handled it), but does not
+    // make it online.
+    let handled = |m: &str| {
+        m.lines()
+            .find_map(|l| l.strip_prefix("vigil_observations_total "))
+            .and_then(|n| n.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    let before = handled(&api.metrics().await);
     assert_eq!(code(&dev.keepalive(2).await), 200);
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    api.wait_for_metrics(Duration::from_secs(5), |m| handled(m) > before).await;
     assert_eq!(api.get(&format!("/devices/{id}")).await.1["presence"]["state"], "offline");
 
     // Refused messages are kept with their raw bytes for the operator.
@@ -514,8 +522,8 @@ Content-Type: Application/MANSCDP+xml\r\nContent-Length: {}\r\n\r\n",
     let mut forger = Device::new_at(id, sip, "127.0.0.2:0").await;
     let fake = format!("<?xml version=\"1.0\"?><Response><CmdType>Catalog</CmdType><SN>{sn}</SN><DeviceID>{id}</DeviceID><SumNum>1</SumNum><DeviceList Num=\"1\"><Item><DeviceID>42010400001310009999</DeviceID><Name>forged</Name></Item></DeviceList></Response>");
     let forged = forger.request("MESSAGE", "forged-1", "Content-Type: Application/MANSCDP+xml\r\n", &fake);
+    // Refused before anything is written: the answer itself says the channels are untouched.
     assert_eq!(code(&forger.exchange(&forged).await), 403);
-    tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(api.get(&format!("/devices/{id}/channels")).await.1["items"].as_array().map(Vec::len), Some(500));
     let seven = items.iter().find(|c| c["id"] == "42010400001310000007").expect("channel 7");
     assert_eq!((seven["name"].as_str(), seven["status"].as_str()), (Some(name(7).as_str()), Some("ON")));

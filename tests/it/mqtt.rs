@@ -110,7 +110,16 @@ async fn device_messages_become_events_once_with_images_rejections_and_last_will
             v["items"].as_array().is_some_and(|a| a.len() >= 2)
         })
         .await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The redelivery has been judged a duplicate (counted) before the events are read.
+    gw.api
+        .wait_for_metrics(Duration::from_secs(10), |m| {
+            m.lines().any(|l| {
+                l.starts_with("vigil_profile_records_total{")
+                    && l.contains("outcome=\"duplicate\"")
+                    && l.ends_with(" 1")
+            })
+        })
+        .await;
     let seqs: Vec<i64> = events_of(&gw.api, "AC-1").await.iter().filter_map(|e| e["seq"].as_i64()).collect();
     assert_eq!(seqs, vec![2, 1], "newest first, the duplicate stored once");
     let (_, rej) = gw.api.get("/rejections?source=mqtt&reason=bad_json").await;
@@ -236,7 +245,8 @@ async fn kill_9_mid_burst_loses_nothing_and_doubles_nothing() {
     let publisher = Publisher::connect(broker.port, &format!("dev-{p}")).await;
     let base = format!("{p}/vigil/XQ001/KL-1");
     until_device(&vigil.api, &publisher, &base, "KL-1").await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Every heartbeat sent so far is acknowledged by the broker: the count below is the burst's.
+    publisher.wait_acked(publisher.published(), Duration::from_secs(10)).await;
     let acked_before = publisher.acked();
 
     let stored = |text: &str| -> i64 {
@@ -335,7 +345,15 @@ async fn a_broker_restart_is_ridden_out_with_backoff() {
         assert!(tokio::time::Instant::now() < deadline, "vigil did not notice the broker going away");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // vigil keeps trying while the broker is away: two failed reconnects, then it comes back.
+    let errors = |m: &str| {
+        m.lines()
+            .find_map(|l| l.strip_prefix("vigil_mqtt_connection_errors_total "))
+            .and_then(|n| n.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    let lost = errors(&gw.api.metrics().await);
+    gw.api.wait_for_metrics(Duration::from_secs(10), |m| errors(m) >= lost + 2).await;
     let _broker = Mosquitto::start(port).await;
     // The restarted broker kept nothing: vigil subscribes again on its own.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);

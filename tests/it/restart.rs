@@ -42,8 +42,16 @@ async fn kill_9_loses_no_committed_transition_and_restart_judges_by_open_windows
     // Activity while we kill: a stream of observations for `long` and `short` flapping.
     let before: Vec<(String, Vec<_>)> = {
         let mut v = Vec::new();
-        // Let a checkpoint (every 1 s) carry `long`'s TTL window to disk.
-        tokio::time::sleep(Duration::from_millis(1500)).await;
+        // A checkpoint (every 1 s) that started after `long`'s observation carries its TTL
+        // window to disk.
+        let observed_s = chrono::Utc::now().timestamp();
+        api.wait_for_metrics(Duration::from_secs(10), |m| {
+            m.lines()
+                .find_map(|l| l.strip_prefix("vigil_presence_checkpoint_timestamp_seconds "))
+                .and_then(|n| n.parse::<i64>().ok())
+                .is_some_and(|at| at > observed_s)
+        })
+        .await;
         for id in ["long", "short", "dead"] {
             let h = api
                 .wait_for(&format!("/devices/{id}/presence/history"), Duration::from_secs(5), |h| {
@@ -54,16 +62,22 @@ async fn kill_9_loses_no_committed_transition_and_restart_judges_by_open_windows
         }
         v
     };
+    let posted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let flood = {
-        let api = api.clone();
+        let (api, posted) = (api.clone(), posted.clone());
         tokio::spawn(async move {
             for i in 0..200 {
                 let kind = if i % 2 == 0 { "alive" } else { "dead" };
                 let _ = api.post("/observations", json!({"device_id": "short", "kind": kind, "ttl": "1s"})).await;
+                posted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             }
         })
     };
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Kill in the middle of the flood: once a quarter of it has been taken.
+    while posted.load(std::sync::atomic::Ordering::SeqCst) < 50 {
+        tokio::task::yield_now().await;
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     gw.kill9();
     let _ = flood.await;
     let killed_at = chrono::Utc::now();

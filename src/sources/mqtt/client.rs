@@ -142,6 +142,7 @@ pub async fn poll(
             Ok(_) => {}
             Err(e) => {
                 metrics.mqtt_connected.set(0);
+                metrics.mqtt_connection_errors.inc();
                 failures = failures.saturating_add(1);
                 let delay = crate::backoff::backoff(failures, backoff_min, backoff_max);
                 warn!(error = %e, failures, retry_in_ms = delay.as_millis() as u64, "MQTT connection lost or refused; reconnecting.");

@@ -101,6 +101,20 @@ impl Client {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
+    /// Polls `/metrics` until `check` holds on its text, or panics after `within`.
+    pub async fn wait_for_metrics(&self, within: Duration, check: impl Fn(&str) -> bool) -> String {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let m = self.metrics().await;
+            if check(&m) {
+                return m;
+            }
+            if tokio::time::Instant::now() > deadline {
+                panic!("/metrics did not reach the expected state within {within:?}; last:\n{m}");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
 }
 
 /// The config text for a test gateway.

@@ -46,6 +46,8 @@ pub fn profile_with_prefix(dir: &Path, file: &str, prefix: &str) {
 pub struct Publisher {
     pub client: AsyncClient,
     acked: Arc<AtomicUsize>,
+    /// Publishes made through `publish`.
+    published: AtomicUsize,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -68,11 +70,17 @@ impl Publisher {
                 }
             }
         });
-        Publisher { client, acked, task }
+        Publisher { client, acked, published: AtomicUsize::new(0), task }
     }
 
     pub async fn publish(&self, topic: &str, payload: impl Into<Vec<u8>>) {
         self.client.publish(topic, QoS::AtLeastOnce, false, payload.into()).await.expect("publish");
+        self.published.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// How many publishes `publish` made.
+    pub fn published(&self) -> usize {
+        self.published.load(Ordering::SeqCst)
     }
 
     pub fn acked(&self) -> usize {
