@@ -5,7 +5,9 @@
 #  2. vigil consuming the same load end to end into committed events (SQLite,
 #     synchronous=FULL), acknowledging each message only after its commit;
 #  3. one device replaying an offline cache of R records (ingested, deduplicated, committed).
-# Loopback only; bounded. Prints the rates, the ratio and vigil's CPU.
+# Loopback only; bounded. Prints the rates, the ratio, and the CPU per message of both
+# consumers (vigil's CPU per committed event is the figure issue #14 holds at <= 15 us).
+# BENCH_PERF=1 records vigil with `perf record -g` during phase 2 (perf.data in the cwd).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release -q -p vigil -p vigil-simulators --bins
@@ -30,7 +32,7 @@ sleep 0.5
 now() { date +%s.%N; }
 
 # 1. The ceiling.
-mosquitto_sub -h 127.0.0.1 -p $PORT -q 1 -t 'bench/#' -C "$N" > /dev/null &
+( TIMEFORMAT='%3U %3S'; time mosquitto_sub -h 127.0.0.1 -p $PORT -q 1 -t 'bench/#' -C "$N" > /dev/null ) 2> "$WORK/sub.time" &
 SUB=$!
 sleep 0.5
 T0=$(now)
@@ -38,7 +40,9 @@ $BIN/vigil-sim community --broker 127.0.0.1:$PORT --prefix bench burst --count "
 wait $SUB
 T1=$(now)
 SUB_RATE=$(echo "$N / ($T1 - $T0)" | bc -l)
-printf 'mosquitto_sub: %d messages in %.2f s = %.0f/s\n' "$N" "$(echo "$T1 - $T0" | bc -l)" "$SUB_RATE"
+SUB_CPU=$(awk '{print $1 + $2}' "$WORK/sub.time")
+printf 'mosquitto_sub: %d messages in %.2f s = %.0f/s; CPU %.2f core-s = %.1f us per message\n' "$N" "$(echo "$T1 - $T0" | bc -l)" "$SUB_RATE" \
+  "$SUB_CPU" "$(echo "1000000 * $SUB_CPU / $N" | bc -l)"
 
 # 2. vigil, end to end.
 mkdir -p "$WORK/profiles"
@@ -70,14 +74,24 @@ sleep 1
 stored() { curl -sf "http://127.0.0.1:$HTTP/metrics" | awk '/^vigil_events_total\{kind="access",source="mqtt"\}/ {print $2}' | head -1; }
 cpu() { awk '{print $14+$15}' /proc/$PID/stat; }
 TCK=$(getconf CLK_TCK)
+if [ "${BENCH_PERF:-0}" = 1 ]; then perf record -g -o perf.data -p "$PID" 2> "$WORK/perf.log" & PERF=$!; sleep 0.5; fi
+threads() { for t in /proc/$PID/task/*; do echo "$(basename $t) $(awk '{print $14+$15}' $t/stat) $(cat $t/comm)"; done | sort; }
+threads > "$WORK/threads.0"
 C0=$(cpu); T0=$(now)
 $BIN/vigil-sim community --broker 127.0.0.1:$PORT --prefix bench burst --count "$N" --connections 4
 until [ "$(stored || echo 0)" -ge "$N" ] 2>/dev/null; do sleep 0.05; done
 T1=$(now); C1=$(cpu)
+if [ -n "${PERF:-}" ]; then kill -INT $PERF; wait $PERF || true; fi
 VIGIL_RATE=$(echo "$N / ($T1 - $T0)" | bc -l)
-printf 'vigil: %d events committed in %.2f s = %.0f/s; CPU %.2f core-s (%.0f%% of one core)\n' "$N" "$(echo "$T1 - $T0" | bc -l)" "$VIGIL_RATE" \
-  "$(echo "($C1 - $C0) / $TCK" | bc -l)" "$(echo "100 * ($C1 - $C0) / $TCK / ($T1 - $T0)" | bc -l)"
+printf 'vigil: %d events committed in %.2f s = %.0f/s; CPU %.2f core-s (%.0f%% of one core) = %.1f us per event\n' "$N" "$(echo "$T1 - $T0" | bc -l)" "$VIGIL_RATE" \
+  "$(echo "($C1 - $C0) / $TCK" | bc -l)" "$(echo "100 * ($C1 - $C0) / $TCK / ($T1 - $T0)" | bc -l)" \
+  "$(echo "1000000 * ($C1 - $C0) / $TCK / $N" | bc -l)"
 printf 'ratio vigil / mosquitto_sub: %.2f\n' "$(echo "$VIGIL_RATE / $SUB_RATE" | bc -l)"
+if [ "${BENCH_THREADS:-0}" = 1 ]; then
+  threads > "$WORK/threads.1"
+  echo "vigil's threads (CPU seconds during the burst):"
+  awk -v t="$TCK" 'NR == FNR {before[$1] = $2; next} {d = $2 - ($1 in before ? before[$1] : 0); if (d > 0) printf "  %-8s %-20s %.2f\n", $1, $3, d / t}' "$WORK/threads.0" "$WORK/threads.1"
+fi
 grep -E "WARN|ERROR" "$WORK/vigil.log" | head -5 || true
 
 # 3. An offline-cache replay from one device, sent twice (the second pass is all duplicates).

@@ -255,6 +255,9 @@ async fn commit(db: &Db, conn: &mut store::Writer, relay: &Relay, batch: &mut Ve
                 relay.added.notify_waiters();
             }
             let mut new = new.into_iter();
+            // Counted per batch, by (kind, source): one label lookup for each pair, not each event.
+            let mut counts: Vec<(crate::event::EventKind, String, u64)> = Vec::new();
+            let mut answers = Vec::with_capacity(batch.len());
             for s in batch.drain(..) {
                 let stored = s
                     .rows
@@ -262,14 +265,25 @@ async fn commit(db: &Db, conn: &mut store::Writer, relay: &Relay, batch: &mut Ve
                     .map(|r| {
                         let e = &r.event;
                         if new.next().unwrap_or(false) {
-                            metrics.events.with_label_values(&[e.kind().as_str(), e.source.as_str()]).inc();
+                            let kind = e.kind();
+                            match counts.iter_mut().find(|(k, src, _)| *k == kind && *src == e.source) {
+                                Some(c) => c.2 += 1,
+                                None => counts.push((kind, e.source.clone(), 1)),
+                            }
                             Stored::New
                         } else {
                             Stored::Duplicate
                         }
                     })
-                    .collect();
-                let _ = s.done.send(Ok(stored));
+                    .collect::<Vec<_>>();
+                answers.push((s.done, stored));
+            }
+            // Counted before anyone is answered: whoever sees the event sees it counted.
+            for (kind, source, n) in counts {
+                metrics.events.with_label_values(&[kind.as_str(), source.as_str()]).inc_by(n);
+            }
+            for (done, stored) in answers {
+                let _ = done.send(Ok(stored));
             }
         }
         Err(e) => {

@@ -34,6 +34,28 @@ pub enum Verdict {
     Rejected { reason: &'static str, detail: String, device: Option<String>, object_id: Option<String> },
 }
 
+/// One message as it arrived, for `Ingest::messages`.
+pub struct Arrived<'a> {
+    pub sel: &'a Selected,
+    pub payload: &'a [u8],
+    pub peer: &'a str,
+    pub received_at: Millis,
+}
+
+/// A record prepared for the commit.
+struct Ready {
+    event: Event,
+    profile: String,
+    seq: Option<i64>,
+    object_id: Option<String>,
+    at: Millis,
+}
+
+enum Step {
+    Done(Verdict),
+    Ready(Box<Ready>),
+}
+
 /// The store cannot take records now; the source must not acknowledge, so the peer sends
 /// again.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -62,7 +84,15 @@ pub struct Parts {
     protocol: Protocol,
     source: &'static str,
     seqs: Mutex<HashMap<String, SeqState>>,
+    /// When each device's message evidence last went to presence, and whether it was a
+    /// heartbeat (`liveness`).
+    told: Mutex<HashMap<crate::registry::DeviceKey, (Millis, bool)>>,
 }
+
+/// Message evidence of one device closer together than this is told to presence once: a
+/// device's online window (its profile's timeout, tens of seconds) is then at most this much
+/// shorter than exact, and presence is not woken for every message of a burst.
+pub const LIVENESS_COALESCE_MS: Millis = 1_000;
 
 impl std::ops::Deref for Ingest {
     type Target = Parts;
@@ -87,7 +117,7 @@ const MAX_GAP: i64 = 1_000_000;
 
 impl Ingest {
     pub fn new(shared: Shared, media: MediaStore, protocol: Protocol, source: &'static str) -> Ingest {
-        Ingest(Arc::new(Parts { shared, media, protocol, source, seqs: Mutex::default() }))
+        Ingest(Arc::new(Parts { shared, media, protocol, source, seqs: Mutex::default(), told: Mutex::default() }))
     }
 
     pub fn shared(&self) -> &Shared {
@@ -118,32 +148,59 @@ impl Ingest {
         peer: &str,
         received_at: Millis,
     ) -> Result<Vec<Verdict>, Unavailable> {
-        let p = &sel.profile;
-        let outcomes = match profiles::map(p, &sel.captures, payload, received_at) {
-            Ok(o) => o,
-            Err(r) => {
-                self.reject(&p.id, r.reason, r.detail.clone(), peer, payload, received_at);
-                return Ok(vec![Verdict::Rejected {
-                    reason: r.reason,
-                    detail: r.detail,
-                    device: None,
-                    object_id: None,
-                }]);
+        let mut all = self.messages(&[Arrived { sel, payload, peer, received_at }]).await?;
+        Ok(all.pop().unwrap_or_default())
+    }
+
+    /// Maps and takes several messages (one verdict list per message, each in record order),
+    /// committing their records together: one submission to the event writer for the lot,
+    /// which is what lets a source that takes a burst pay per batch rather than per record.
+    pub async fn messages(&self, arrived: &[Arrived<'_>]) -> Result<Vec<Vec<Verdict>>, Unavailable> {
+        let mut out: Vec<Vec<Verdict>> = Vec::with_capacity(arrived.len());
+        // Records ready to commit, and where their verdict goes (message, record).
+        let mut ready: Vec<Ready> = Vec::new();
+        let mut places: Vec<(usize, usize)> = Vec::new();
+        for (i, a) in arrived.iter().enumerate() {
+            let p = &a.sel.profile;
+            let outcomes = match profiles::map(p, &a.sel.captures, a.payload, a.received_at) {
+                Ok(o) => o,
+                Err(r) => {
+                    self.reject(&p.id, r.reason, r.detail.clone(), a.peer, a.payload, a.received_at);
+                    out.push(vec![Verdict::Rejected {
+                        reason: r.reason,
+                        detail: r.detail,
+                        device: None,
+                        object_id: None,
+                    }]);
+                    continue;
+                }
+            };
+            let mut verdicts = Vec::with_capacity(outcomes.len());
+            for o in outcomes {
+                verdicts.push(match o {
+                    Outcome::Dropped { reason, .. } => {
+                        self.count(&p.id, &format!("dropped:{reason}"));
+                        Verdict::Dropped
+                    }
+                    Outcome::Rejected { refusal, device, object_id, .. } => {
+                        self.reject(&p.id, refusal.reason, refusal.detail.clone(), a.peer, a.payload, a.received_at);
+                        Verdict::Rejected { reason: refusal.reason, detail: refusal.detail, device, object_id }
+                    }
+                    Outcome::Record(m) => match self.prepare(a.sel, *m, a.payload, a.peer, a.received_at).await? {
+                        Step::Done(v) => v,
+                        Step::Ready(r) => {
+                            places.push((i, verdicts.len()));
+                            ready.push(*r);
+                            // Replaced by the commit's verdict below.
+                            Verdict::Dropped
+                        }
+                    },
+                });
             }
-        };
-        let mut out = Vec::with_capacity(outcomes.len());
-        for o in outcomes {
-            out.push(match o {
-                Outcome::Dropped { reason, .. } => {
-                    self.count(&p.id, &format!("dropped:{reason}"));
-                    Verdict::Dropped
-                }
-                Outcome::Rejected { refusal, device, object_id, .. } => {
-                    self.reject(&p.id, refusal.reason, refusal.detail.clone(), peer, payload, received_at);
-                    Verdict::Rejected { reason: refusal.reason, detail: refusal.detail, device, object_id }
-                }
-                Outcome::Record(m) => self.record(sel, *m, payload, peer, received_at).await?,
-            });
+            out.push(verdicts);
+        }
+        for ((i, j), v) in places.into_iter().zip(self.commit(ready).await?) {
+            out[i][j] = v;
         }
         Ok(out)
     }
@@ -154,52 +211,11 @@ impl Ingest {
         let known = self.shared.registry.read().device(&m.device);
         let d = match known {
             Some(d) => d,
-            None => {
-                let mut attrs = fingerprint(m, Map::new());
-                attrs.insert("source".into(), Value::String(self.source.into()));
-                if let Some(v) = &m.site {
-                    attrs.insert("site".into(), Value::String(v.clone()));
-                }
-                let org_id = m.site.as_ref().filter(|s| self.shared.registry.read().org(s).is_some()).cloned();
-                let unknown = UnknownDevice {
-                    id: m.device.clone(),
-                    protocol: self.protocol,
-                    kind: Some(sel.profile.kind),
-                    name: m.name.clone(),
-                    attrs,
-                    org_id,
-                    profile: Some(sel.profile.name.clone()),
-                };
-                match self.shared.registry.admit(unknown).await {
-                    Ok(AdmissionOutcome::Known(d)) => d,
-                    Ok(AdmissionOutcome::Added(d)) => {
-                        info!(device = %d.id, profile = %sel.profile.id, admission = %d.admission, "New device from its messages.");
-                        self.shared
-                            .presence
-                            .track(vec![(d.key, Arc::from(d.id.as_str()), d.protocol.as_str())])
-                            .await
-                            .ok();
-                        d
-                    }
-                    Ok(AdmissionOutcome::Refused) => {
-                        return Ok(Err(Verdict::Rejected {
-                            reason: "unknown_device",
-                            detail: format!("device {} is not registered and admission is closed", m.device),
-                            device: Some(m.device.clone()),
-                            object_id: m.object_id.clone(),
-                        }))
-                    }
-                    Err(e) if e.kind() == crate::error::ErrorKind::InvalidInput => {
-                        return Ok(Err(Verdict::Rejected {
-                            reason: "bad_identity",
-                            detail: e.to_string(),
-                            device: Some(m.device.clone()),
-                            object_id: m.object_id.clone(),
-                        }))
-                    }
-                    Err(e) => return Err(Unavailable(e.to_string())),
-                }
-            }
+            // Boxed: admission is rare, and its future would make every message's larger.
+            None => match Box::pin(self.admit(sel, m)).await? {
+                Ok(d) => d,
+                Err(v) => return Ok(Err(v)),
+            },
         };
         let refused = match d.admission {
             Admission::Approved if d.enabled => None,
@@ -218,14 +234,56 @@ impl Ingest {
         })
     }
 
-    async fn record(
+    /// A device the registry does not know yet: admitted (or refused) by the policy.
+    async fn admit(&self, sel: &Selected, m: &Mapped) -> Result<Result<Arc<Device>, Verdict>, Unavailable> {
+        let mut attrs = fingerprint(m, Map::new());
+        attrs.insert("source".into(), Value::String(self.source.into()));
+        if let Some(v) = &m.site {
+            attrs.insert("site".into(), Value::String(v.clone()));
+        }
+        let org_id = m.site.as_ref().filter(|s| self.shared.registry.read().org(s).is_some()).cloned();
+        let unknown = UnknownDevice {
+            id: m.device.clone(),
+            protocol: self.protocol,
+            kind: Some(sel.profile.kind),
+            name: m.name.clone(),
+            attrs,
+            org_id,
+            profile: Some(sel.profile.name.clone()),
+        };
+        match self.shared.registry.admit(unknown).await {
+            Ok(AdmissionOutcome::Known(d)) => Ok(Ok(d)),
+            Ok(AdmissionOutcome::Added(d)) => {
+                info!(device = %d.id, profile = %sel.profile.id, admission = %d.admission, "New device from its messages.");
+                self.shared.presence.track(vec![(d.key, Arc::from(d.id.as_str()), d.protocol.as_str())]).await.ok();
+                Ok(Ok(d))
+            }
+            Ok(AdmissionOutcome::Refused) => Ok(Err(Verdict::Rejected {
+                reason: "unknown_device",
+                detail: format!("device {} is not registered and admission is closed", m.device),
+                device: Some(m.device.clone()),
+                object_id: m.object_id.clone(),
+            })),
+            Err(e) if e.kind() == crate::error::ErrorKind::InvalidInput => Ok(Err(Verdict::Rejected {
+                reason: "bad_identity",
+                detail: e.to_string(),
+                device: Some(m.device.clone()),
+                object_id: m.object_id.clone(),
+            })),
+            Err(e) => Err(Unavailable(e.to_string())),
+        }
+    }
+
+    /// Everything for one record up to its commit: its device (admitted when new), presence,
+    /// attributes, pictures, the event. `Step::Done` when nothing is to be committed.
+    async fn prepare(
         &self,
         sel: &Selected,
         m: Mapped,
         raw: &[u8],
         peer: &str,
         at: Millis,
-    ) -> Result<Verdict, Unavailable> {
+    ) -> Result<Step, Unavailable> {
         let p = &sel.profile;
         let device = match self.device(sel, &m).await? {
             Ok(d) => d,
@@ -233,20 +291,22 @@ impl Ingest {
                 if let Verdict::Rejected { reason, detail, .. } = &v {
                     self.reject(&p.id, reason, detail.clone(), peer, raw, at);
                 }
-                return Ok(v);
+                return Ok(Step::Done(v));
             }
         };
         let heartbeat = matches!(m.made, profiles::Made::Heartbeat);
-        let _ = self
-            .shared
-            .presence
-            .observe(Observation {
-                device: device.key,
-                at,
-                evidence: Evidence::MqttMessage { timeout_ms: p.liveness.timeout_ms, heartbeat },
-                detail: None,
-            })
-            .await;
+        if self.liveness_due(device.key, at, heartbeat, p.liveness.timeout_ms) {
+            let _ = self
+                .shared
+                .presence
+                .observe(Observation {
+                    device: device.key,
+                    at,
+                    evidence: Evidence::MqttMessage { timeout_ms: p.liveness.timeout_ms, heartbeat },
+                    detail: None,
+                })
+                .await;
+        }
         for w in &m.warnings {
             self.shared.rejections.record(
                 at,
@@ -257,33 +317,27 @@ impl Ingest {
                 raw,
             );
         }
-        self.keep_attrs(&device, &m).await;
+        if let Some(attrs) = changed_attrs(&device, &m) {
+            // Boxed: a write that happens when a device's attributes change, not per message.
+            Box::pin(self.keep_attrs(&device, attrs)).await;
+        }
 
         let body = match m.made {
             profiles::Made::Heartbeat => {
                 self.count(&p.id, "heartbeat");
-                return Ok(Verdict::Heartbeat);
+                return Ok(Step::Done(Verdict::Heartbeat));
             }
             profiles::Made::Event(b) => b,
         };
         // Nothing is written for a record while the outbox is closed: a full disk holds the
         // device's push here rather than failing it on its pictures.
         self.shared.events.accepting().await;
-        let mut media = Vec::with_capacity(m.images.len());
-        for img in m.images {
-            match self.media.put(img.bytes).await {
-                Ok(s) => media.push(MediaRef { hash: s.hash, role: img.role, bytes: s.bytes, mime: s.mime.into() }),
-                Err(crate::media::Error::TooLarge { size, max }) => self.shared.rejections.record(
-                    at,
-                    self.source,
-                    "image_too_large",
-                    peer.to_owned(),
-                    format!("profile {} (record kept): {} image of {size} bytes over {max}", p.id, img.role),
-                    &[],
-                ),
-                Err(e) => return Err(Unavailable(e.to_string())),
-            }
-        }
+        let media = if m.images.is_empty() {
+            Vec::new()
+        } else {
+            // Boxed: only records with pictures pay for the store's future.
+            Box::pin(self.store_images(m.images, &p.id, peer, at)).await?
+        };
         let event = Event {
             id: Event::new_id(),
             dedup_key: m.dedup_key.clone(),
@@ -300,30 +354,99 @@ impl Ingest {
             media,
             body,
         };
-        let id = event.id.clone();
-        match self.shared.events.submit(event).await {
-            Ok(Stored::New) => {
-                self.count(&p.id, "event");
-                if let Some(seq) = m.seq {
-                    self.sequence(&p.id, &device.id, seq, at).await;
+        Ok(Step::Ready(Box::new(Ready { event, profile: p.id.clone(), seq: m.seq, object_id: m.object_id, at })))
+    }
+
+    /// Commits prepared records in one submission and counts each outcome.
+    async fn commit(&self, ready: Vec<Ready>) -> Result<Vec<Verdict>, Unavailable> {
+        if ready.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut rest = Vec::with_capacity(ready.len());
+        let mut events = Vec::with_capacity(ready.len());
+        for r in ready {
+            events.push((r.event, None));
+            rest.push((r.profile, r.seq, r.object_id, r.at));
+        }
+        let ids: Vec<(String, String, String)> =
+            events.iter().map(|(e, _)| (e.id.clone(), e.device_id.clone(), e.dedup_key.clone())).collect();
+        let stored = self.shared.events.submit_many(events).await.map_err(|e| Unavailable(e.to_string()))?;
+        let mut out = Vec::with_capacity(stored.len());
+        for ((stored, (profile, seq, object_id, at)), (event_id, device, key)) in stored.into_iter().zip(rest).zip(ids)
+        {
+            out.push(match stored {
+                Stored::New => {
+                    self.count(&profile, "event");
+                    if let Some(total) = seq.and_then(|seq| self.sequence(&profile, &device, seq, at)) {
+                        // Boxed: written at most every 5 s per device, not per record.
+                        Box::pin(self.keep_gaps(&device, total)).await;
+                    }
+                    Verdict::Stored { event_id, duplicate: false, object_id }
                 }
-                Ok(Verdict::Stored { event_id: id, duplicate: false, object_id: m.object_id })
+                Stored::Duplicate => {
+                    self.count(&profile, "duplicate");
+                    debug!(device = %device, key = %key, "Duplicate record (a redelivery or replay).");
+                    Verdict::Stored { event_id, duplicate: true, object_id }
+                }
+            });
+        }
+        Ok(out)
+    }
+
+    /// Whether this message's evidence must go to presence: the first of a device, a change
+    /// between heartbeat and data, or the first after `LIVENESS_COALESCE_MS` (a tenth of the
+    /// timeout for very short timeouts).
+    fn liveness_due(&self, device: crate::registry::DeviceKey, at: Millis, heartbeat: bool, timeout_ms: i64) -> bool {
+        let every = LIVENESS_COALESCE_MS.min(timeout_ms / 10);
+        let mut told = self.told.lock().unwrap_or_else(|p| p.into_inner());
+        match told.get_mut(&device) {
+            Some((last, kind)) if *kind == heartbeat && at >= *last && at - *last < every => false,
+            Some(entry) => {
+                *entry = (at, heartbeat);
+                true
             }
-            Ok(Stored::Duplicate) => {
-                self.count(&p.id, "duplicate");
-                debug!(device = %device.id, key = %m.dedup_key, "Duplicate record (a redelivery or replay).");
-                Ok(Verdict::Stored { event_id: id, duplicate: true, object_id: m.object_id })
+            None => {
+                told.insert(device, (at, heartbeat));
+                true
             }
-            Err(e) => Err(Unavailable(e.to_string())),
         }
     }
 
-    /// Keeps what a heartbeat (or a fingerprint) says about the device, when it changed.
-    async fn keep_attrs(&self, device: &Device, m: &Mapped) {
-        let attrs = fingerprint(m, m.attrs.clone());
-        if attrs.is_empty() || attrs.iter().all(|(k, v)| device.attrs.get(k) == Some(v)) {
-            return;
+    /// Forgets what presence was told of a device (its last will came: the next message is
+    /// news again).
+    pub fn forget_liveness(&self, device: crate::registry::DeviceKey) {
+        self.told.lock().unwrap_or_else(|p| p.into_inner()).remove(&device);
+    }
+
+    /// Stores a record's pictures (once each, by content); one too large is left out and
+    /// counted, the record kept.
+    async fn store_images(
+        &self,
+        images: Vec<profiles::Image>,
+        profile: &str,
+        peer: &str,
+        at: Millis,
+    ) -> Result<Vec<MediaRef>, Unavailable> {
+        let mut media = Vec::with_capacity(images.len());
+        for img in images {
+            match self.media.put(img.bytes).await {
+                Ok(s) => media.push(MediaRef { hash: s.hash, role: img.role, bytes: s.bytes, mime: s.mime.into() }),
+                Err(crate::media::Error::TooLarge { size, max }) => self.shared.rejections.record(
+                    at,
+                    self.source,
+                    "image_too_large",
+                    peer.to_owned(),
+                    format!("profile {profile} (record kept): {} image of {size} bytes over {max}", img.role),
+                    &[],
+                ),
+                Err(e) => return Err(Unavailable(e.to_string())),
+            }
         }
+        Ok(media)
+    }
+
+    /// Keeps what a heartbeat (or a fingerprint) says about the device (`changed_attrs`).
+    async fn keep_attrs(&self, device: &Device, attrs: Map<String, Value>) {
         if let Err(e) = self.shared.registry.merge_attrs_many(vec![(device.id.clone(), attrs)]).await {
             warn!(device = %device.id, error = %e, "Cannot keep device attributes.");
         }
@@ -334,8 +457,9 @@ impl Ingest {
     /// and replays arrive out of order). The net count is kept in the device's `seq_gaps`
     /// attribute (written at most every 5 s per device) and summed per profile in
     /// `vigil_event_sequence_gaps{profile}`.
-    async fn sequence(&self, profile: &str, device: &str, seq: i64, now: Millis) {
-        let write = {
+    /// Answers the net count to write to the device's attributes when it is due.
+    fn sequence(&self, profile: &str, device: &str, seq: i64, now: Millis) -> Option<u64> {
+        {
             let mut seqs = self.seqs.lock().unwrap_or_else(|p| p.into_inner());
             let st = seqs.entry(device.to_owned()).or_insert_with(|| SeqState {
                 last: seq,
@@ -364,12 +488,23 @@ impl Ingest {
             } else {
                 None
             }
-        };
-        if let Some(total) = write {
-            debug!(device, total, "Sequence gaps.");
-            let mut attrs = Map::new();
-            attrs.insert("seq_gaps".into(), Value::from(total));
-            let _ = self.shared.registry.merge_attrs_many(vec![(device.to_owned(), attrs)]).await;
         }
     }
+
+    async fn keep_gaps(&self, device: &str, total: u64) {
+        debug!(device, total, "Sequence gaps.");
+        let mut attrs = Map::new();
+        attrs.insert("seq_gaps".into(), Value::from(total));
+        let _ = self.shared.registry.merge_attrs_many(vec![(device.to_owned(), attrs)]).await;
+    }
+}
+
+/// What a heartbeat (or a fingerprint) says about the device, when it differs from what the
+/// registry holds; `None` (the usual case) when there is nothing to write.
+fn changed_attrs(device: &Device, m: &Mapped) -> Option<Map<String, Value>> {
+    if m.attrs.is_empty() && m.model.is_none() && m.firmware.is_none() {
+        return None;
+    }
+    let attrs = fingerprint(m, m.attrs.clone());
+    (!attrs.is_empty() && !attrs.iter().all(|(k, v)| device.attrs.get(k) == Some(v))).then_some(attrs)
 }

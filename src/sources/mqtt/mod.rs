@@ -13,13 +13,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::stream::{FuturesOrdered, StreamExt};
+use futures_util::FutureExt;
 use rumqttc::{AsyncClient, Publish, QoS};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn, Instrument};
 
-use super::ingest::{Ingest, Verdict};
+use super::ingest::{Arrived, Ingest, Verdict};
 use crate::clock::now_ms;
 use crate::event::{Evidence, Observation};
 use crate::profiles::{ProfileSet, Selected};
@@ -83,7 +84,11 @@ pub fn spawn(
     Ok(())
 }
 
-/// Takes publishes in order, maps and commits them concurrently, acknowledges in order.
+/// Most messages handled together (mapped, committed in one submission, acknowledged).
+const BATCH: usize = 256;
+
+/// Takes publishes in order, in batches of what has arrived (up to `BATCH`); maps and commits
+/// each batch as one submission while the next is taken; acknowledges in receive order.
 async fn worker(
     client: AsyncClient,
     mut rx: mpsc::Receiver<Publish>,
@@ -94,37 +99,53 @@ async fn worker(
 ) {
     let metrics = ingest.shared().metrics.clone();
     let mut pending = FuturesOrdered::new();
+    let mut taken = 0usize;
     let mut open = true;
     loop {
         tokio::select! {
             biased;
             Some(finished) = pending.next(), if !pending.is_empty() => {
-                metrics.mqtt_inflight.set(pending.len() as i64);
-                // A message whose task failed stays unacknowledged: the broker redelivers it
-                // after the next reconnect.
-                let Some((publish, done)) = finished else { continue };
-                if done {
-                    // Acks go through the client's request channel; the poll task sends them.
-                    if let Err(e) = client.ack(&publish).await {
-                        warn!(error = %e, "Cannot acknowledge an MQTT message; the broker will send it again.");
+                let (n, finished): (usize, Vec<(Publish, bool)>) = finished;
+                taken -= n;
+                metrics.mqtt_inflight.set(taken as i64);
+                // A message not done stays unacknowledged: the broker sends it again after
+                // the next reconnect.
+                for (publish, done) in finished {
+                    if done {
+                        // Acks go through the client's request channel; the poll task sends them.
+                        if let Err(e) = client.ack(&publish).await {
+                            warn!(error = %e, "Cannot acknowledge an MQTT message; the broker will send it again.");
+                        }
                     }
                 }
             }
-            msg = rx.recv(), if open && pending.len() < inflight => match msg {
-                Some(p) => {
-                    // A task per message, so mapping and committing use every core; the
-                    // ordered queue of their handles keeps the acks in receive order.
-                    let task = tokio::spawn(take(p, profiles.clone(), ingest.clone(), cancel.clone()));
+            msg = rx.recv(), if open && taken < inflight => match msg {
+                Some(first) => {
+                    let mut batch = vec![first];
+                    while batch.len() < BATCH && taken + batch.len() < inflight {
+                        match rx.try_recv() {
+                            Ok(p) => batch.push(p),
+                            Err(_) => break,
+                        }
+                    }
+                    taken += batch.len();
+                    metrics.mqtt_inflight.set(taken as i64);
+                    // A batch is a future polled here, not a task: mapping takes a few
+                    // microseconds a message, the commit runs on the event writer's thread,
+                    // and one future per batch costs far less than a task and a wake per
+                    // message (BENCHMARKS.md, MQTT). Boxed where it is made (it is a few KB).
+                    // A panic is caught; its messages stay unacknowledged.
+                    let n = batch.len();
+                    let fut = Box::pin(take(batch, profiles.clone(), ingest.clone(), cancel.clone()));
                     pending.push_back(async move {
-                        match task.await {
-                            Ok(done) => Some(done),
-                            Err(e) => {
-                                warn!(error = %e, "An MQTT message task failed; the broker will send it again.");
-                                None
+                        match std::panic::AssertUnwindSafe(fut).catch_unwind().await {
+                            Ok(done) => (n, done),
+                            Err(_) => {
+                                warn!(messages = n, "Handling MQTT messages panicked; the broker will send them again.");
+                                (n, Vec::new())
                             }
                         }
                     });
-                    metrics.mqtt_inflight.set(pending.len() as i64);
                 }
                 None => open = false,
             },
@@ -143,51 +164,74 @@ async fn worker(
     info!("MQTT worker stopped.");
 }
 
-/// Maps and commits one message. `true` when it may be acknowledged: committed, a
-/// duplicate, or refused for good (a refusal is final: sending it again changes nothing).
-async fn take(p: Publish, profiles: Arc<ProfileSet>, ingest: Ingest, cancel: CancellationToken) -> (Publish, bool) {
-    let topic = p.topic.clone();
+/// Maps and commits a batch of messages. Each comes back with `true` when it may be
+/// acknowledged: committed, a duplicate, or refused for good (a refusal is final: sending it
+/// again changes nothing).
+async fn take(
+    batch: Vec<Publish>,
+    profiles: Arc<ProfileSet>,
+    ingest: Ingest,
+    cancel: CancellationToken,
+) -> Vec<(Publish, bool)> {
     let received_at = now_ms();
     let shared = ingest.shared();
-    let Some(sel) = profiles.select_mqtt(&topic, None) else {
-        shared.metrics.mqtt_messages.with_label_values(&["none"]).inc();
-        shared.rejections.record(
-            received_at,
-            "mqtt",
-            "no_profile",
-            topic.clone(),
-            "no device profile has a route for this topic".into(),
-            &p.payload,
-        );
-        return (p, true);
-    };
-    shared.metrics.mqtt_messages.with_label_values(&[&sel.profile.id]).inc();
-    if sel.lwt {
-        last_will(&ingest, &sel, &p, &topic, received_at).await;
-        return (p, true);
+    let mut done = vec![true; batch.len()];
+    let mut selected: Vec<(usize, Selected)> = Vec::with_capacity(batch.len());
+    for (i, p) in batch.iter().enumerate() {
+        let Some(sel) = profiles.select_mqtt(&p.topic, None) else {
+            shared.metrics.mqtt_messages.with_label_values(&["none"]).inc();
+            shared.rejections.record(
+                received_at,
+                "mqtt",
+                "no_profile",
+                p.topic.clone(),
+                "no device profile has a route for this topic".into(),
+                &p.payload,
+            );
+            continue;
+        };
+        shared.metrics.mqtt_messages.with_label_values(&[&sel.profile.id]).inc();
+        if sel.lwt {
+            last_will(&ingest, &sel, p, &p.topic, received_at).await;
+            continue;
+        }
+        selected.push((i, sel));
     }
+    let arrived: Vec<Arrived<'_>> = selected
+        .iter()
+        .map(|(i, sel)| Arrived { sel, payload: &batch[*i].payload, peer: &batch[*i].topic, received_at })
+        .collect();
     let mut delay = Duration::from_millis(200);
-    loop {
-        match ingest.message(&sel, &p.payload, &topic, received_at).await {
+    while !arrived.is_empty() {
+        match ingest.messages(&arrived).await {
             Ok(verdicts) => {
-                if verdicts.iter().any(|v| matches!(v, Verdict::Rejected { .. })) {
-                    tracing::debug!(topic, ?verdicts, "MQTT message refused in part or whole.");
+                for ((_, a), v) in selected.iter().zip(&arrived).zip(&verdicts) {
+                    if v.iter().any(|v| matches!(v, Verdict::Rejected { .. })) {
+                        tracing::debug!(topic = a.peer, verdicts = ?v, "MQTT message refused in part or whole.");
+                    }
                 }
-                return (p, true);
+                break;
             }
             Err(e) => {
-                // The store is down: hold this message (and, behind it, the pipeline) and try
-                // again; the broker keeps the rest. On shutdown it stays unacknowledged and
-                // the broker sends it again after the restart.
-                warn!(topic, error = %e, retry_in_ms = delay.as_millis() as u64, "Cannot commit an MQTT message; holding it.");
+                // The store is down: hold these messages (and, behind them, the pipeline) and
+                // try again; the broker keeps the rest. On shutdown they stay unacknowledged
+                // and the broker sends them again after the restart.
+                warn!(messages = arrived.len(), error = %e, retry_in_ms = delay.as_millis() as u64, "Cannot commit MQTT messages; holding them.");
                 tokio::select! {
                     _ = tokio::time::sleep(delay) => {}
-                    _ = cancel.cancelled() => return (p, false),
+                    _ = cancel.cancelled() => {
+                        for (i, _) in &selected {
+                            done[*i] = false;
+                        }
+                        break;
+                    }
                 }
                 delay = (delay * 2).min(Duration::from_secs(5));
             }
         }
     }
+    drop(arrived);
+    batch.into_iter().zip(done).collect()
 }
 
 /// A message on a profile's last-will topic: the offline payload is the device's last will;
@@ -229,6 +273,7 @@ async fn last_will(ingest: &Ingest, sel: &Selected, p: &Publish, topic: &str, at
             return;
         }
     };
+    ingest.forget_liveness(d.key);
     let _ = shared.presence.observe(Observation { device: d.key, at, evidence, detail: None }).await;
 }
 
