@@ -109,24 +109,27 @@ impl Failure {
 
     /// The stream state this failure leaves the stream in while it waits.
     pub fn state(&self) -> StreamState {
-        match self {
-            Failure::Status { code: 401 | 403, .. } => StreamState::AuthFailed,
-            Failure::Status { code: 404, .. } => StreamState::NotFound,
-            Failure::Status { code: 453 | 503, .. } => StreamState::SessionLimit,
-            // A 2xx "error" is a success whose body retina could not use (an SDP that is not one).
-            Failure::Status { code: 200..=299 | 415 | 461, .. } | Failure::BadMedia(_) => StreamState::BadMedia,
-            Failure::Refused(_) => StreamState::Refused,
-            Failure::Stalled { .. } => StreamState::Stalled,
-            _ => StreamState::Backoff,
+        match self.fault() {
+            StreamFault::AuthFailed => StreamState::AuthFailed,
+            StreamFault::NotFound => StreamState::NotFound,
+            StreamFault::SessionLimit => StreamState::SessionLimit,
+            StreamFault::BadMedia => StreamState::BadMedia,
+            StreamFault::Refused => StreamState::Refused,
+            StreamFault::Stalled => StreamState::Stalled,
+            StreamFault::Unreachable | StreamFault::Closed | StreamFault::MediaError | StreamFault::ProtocolError => {
+                StreamState::Backoff
+            }
         }
     }
 
-    /// The cause presence records for the camera while it is down.
+    /// The cause presence records for the camera while it is down (the stream state is
+    /// derived from it).
     pub fn fault(&self) -> StreamFault {
         match self {
             Failure::Status { code: 401 | 403, .. } => StreamFault::AuthFailed,
             Failure::Status { code: 404, .. } => StreamFault::NotFound,
             Failure::Status { code: 453 | 503, .. } => StreamFault::SessionLimit,
+            // A 2xx "error" is a success whose body retina could not use (an SDP that is not one).
             Failure::Status { code: 200..=299 | 415 | 461, .. } | Failure::BadMedia(_) => StreamFault::BadMedia,
             Failure::Status { .. } => StreamFault::ProtocolError,
             Failure::Refused(_) => StreamFault::Refused,
