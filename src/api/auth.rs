@@ -21,8 +21,10 @@ pub async fn require(State(state): State<AppState>, req: Request, next: Next) ->
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim);
+        // The scheme is case-insensitive (RFC 9110 §11.1): `bearer` is `Bearer`.
+        .and_then(|v| v.trim_start().split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, t)| t.trim());
     let role =
         presented.and_then(|t| cfg.tokens.iter().find(|k| same(k.token.as_bytes(), t.as_bytes()))).map(|k| k.role);
     let Some(role) = role else {

@@ -310,7 +310,17 @@ pub async fn daily(
     })
 }
 
+/// One CSV cell. Text that a spreadsheet would take for a formula (`=`, `+`, `-`, `@`, a tab
+/// or a carriage return first: a device name such as `=HYPERLINK(...)`) is written with a
+/// leading `'`, so it opens as the text it is (OWASP's CSV injection advice).
 fn csv_field(s: &str) -> String {
+    let guarded;
+    let s = if s.starts_with(['=', '+', '-', '@', '\t', '\r']) {
+        guarded = format!("'{s}");
+        guarded.as_str()
+    } else {
+        s
+    };
     if s.contains([',', '"', '\n', '\r']) {
         format!("\"{}\"", s.replace('"', "\"\""))
     } else {

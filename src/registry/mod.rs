@@ -250,6 +250,7 @@ impl Registry {
     /// Checks an org before it is written: id, name, parent exists, no cycle.
     fn check_org(&self, org: &Org, is_new: bool) -> Result<(), Error> {
         OrgId::parse(&org.id).map_err(|e| Error::invalid("id", e.to_string()))?;
+        check_text("name", &org.name)?;
         if org.name.trim().is_empty() {
             return Err(Error::invalid("name", "must not be empty"));
         }
@@ -347,6 +348,7 @@ impl Registry {
         if d.name.chars().count() > 200 {
             return Err(Error::invalid("name", "longer than 200 characters"));
         }
+        check_text("name", &d.name)?;
         if d.protocol == Protocol::Gb28181 {
             GbCode::parse(&d.id).map_err(|e| Error::invalid("id", e.to_string()))?;
         }
@@ -421,6 +423,7 @@ impl Registry {
             if n.trim().is_empty() {
                 return Err(Error::invalid("name", "must not be empty"));
             }
+            check_text("name", &n)?;
             dev.name = n;
         }
         if let Some(o) = patch.org_id {
@@ -602,7 +605,12 @@ impl Registry {
             }
             match admission::decide(&self.admission, u) {
                 None => outcomes.push(Some(AdmissionOutcome::Refused)),
-                Some(d) => {
+                Some(mut d) => {
+                    // What a device calls itself is kept without control characters (a NUL
+                    // or an escape sequence would reach logs, reports and the dashboard).
+                    if d.name.chars().any(char::is_control) {
+                        d.name = d.name.chars().filter(|c| !c.is_control()).collect();
+                    }
                     if seen.insert(u.id.clone()) {
                         new.push(self.prepare_device(d)?);
                     }
@@ -651,5 +659,14 @@ impl Registry {
                 Ok(AdmissionOutcome::Added(d))
             }
         }
+    }
+}
+
+/// Text an operator writes (names) holds no control characters: a NUL or an escape sequence
+/// would reach the logs, the reports and the dashboard as it is.
+fn check_text(field: &'static str, value: &str) -> Result<(), Error> {
+    match value.chars().find(|c| c.is_control()) {
+        Some(c) => Err(Error::invalid(field, format!("contains the control character U+{:04X}", u32::from(c)))),
+        None => Ok(()),
     }
 }

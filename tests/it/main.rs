@@ -14,4 +14,5 @@ mod outage;
 mod relay;
 mod restart;
 mod rtsp;
+mod security;
 mod store;

@@ -1,0 +1,120 @@
+//! The HTTP API and the dashboard as an attacker on the operators' network, or a device with
+//! a crafted name, would try them (issue #15, item 9, as far as it is built): each attack is
+//! performed here and must fail. The device ports' findings of that issue are not built yet.
+
+use serde_json::json;
+
+use crate::support::gateway::{config_toml, Db, Process, TestGateway, ADMIN};
+
+/// The page cannot be framed (the approve / reject buttons), sniffed into another type or
+/// made to run a script it did not ship; every API answer carries the same headers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboard_and_the_api_refuse_framing_sniffing_and_foreign_scripts() {
+    let gw = TestGateway::start(Db::Sqlite, "").await;
+    let http = reqwest::Client::new();
+    for url in [format!("{}/", gw.url), format!("{}/api/v1/health", gw.url), format!("{}/api/v1/nowhere", gw.url)] {
+        let r = http.get(&url).send().await.expect("GET");
+        let h = r.headers();
+        let get = |n: &str| h.get(n).and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
+        assert_eq!(get("x-frame-options"), "DENY", "{url}");
+        assert_eq!(get("x-content-type-options"), "nosniff", "{url}");
+        assert_eq!(get("referrer-policy"), "no-referrer", "{url}");
+        let csp = get("content-security-policy");
+        assert!(csp.contains("frame-ancestors 'none'") && csp.contains("script-src 'sha256-"), "{url}: {csp}");
+        assert!(!csp.contains("script-src 'unsafe-inline'") && !csp.contains("'unsafe-eval'"), "{csp}");
+    }
+    gw.shutdown().await;
+}
+
+/// `Authorization: bearer` is the same scheme as `Bearer` (RFC 9110 §11.1); a wrong token in
+/// any case is still refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_bearer_scheme_is_case_insensitive_and_wrong_tokens_stay_refused() {
+    let gw = TestGateway::start(Db::Sqlite, "").await;
+    let http = reqwest::Client::new();
+    let url = format!("{}/api/v1/orgs", gw.url);
+    for (auth, want) in [
+        (format!("bearer {ADMIN}"), 200),
+        (format!("BEARER {ADMIN}"), 200),
+        (format!("Bearer  {ADMIN}"), 200),
+        ("bearer not-a-token".to_owned(), 401),
+        (format!("Basic {ADMIN}"), 401),
+        (ADMIN.to_owned(), 401),
+    ] {
+        let r = http.get(&url).header("Authorization", &auth).send().await.expect("GET");
+        assert_eq!(r.status().as_u16(), want, "{auth:?}");
+    }
+    gw.shutdown().await;
+}
+
+/// A body over `http.max_body` is answered with API.md's JSON error, not plain text.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_body_is_a_json_413() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let port = crate::support::free_port();
+    let cfg = dir.path().join("vigil.toml");
+    let text =
+        config_toml(&dir.path().join("data"), None, port, "").replacen("[http]\n", "[http]\nmax_body = 1024\n", 1);
+    assert!(text.contains("max_body = 1024"), "the harness's [http] table is where this test expects");
+    std::fs::write(&cfg, text).expect("write config");
+    let gw = Process::start(&cfg, port, &dir.path().join("vigil.log")).await;
+    let r = reqwest::Client::new()
+        .post(format!("http://127.0.0.1:{port}/api/v1/devices/import"))
+        .header("Authorization", format!("Bearer {ADMIN}"))
+        .header("Content-Type", "text/csv")
+        .body(vec![b'a'; 64 * 1024])
+        .send()
+        .await
+        .expect("POST");
+    assert_eq!(r.status().as_u16(), 413);
+    assert!(
+        r.headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("application/json")),
+        "{:?}",
+        r.headers()
+    );
+    let body: serde_json::Value = r.json().await.expect("a JSON error");
+    assert_eq!(body["error"]["code"], "payload_too_large", "{body}");
+    drop(gw);
+}
+
+/// A NUL (or any control character) in a name is refused naming the field; a name a
+/// spreadsheet would run as a formula comes out of the daily report's CSV as text.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn names_with_control_characters_are_refused_and_formulas_leave_the_csv_as_text() {
+    let gw = TestGateway::start(Db::Sqlite, "").await;
+    let api = &gw.api;
+    let (s, body) = api.post("/orgs", json!({"id": "d", "name": "District\u{0}", "kind": "district"})).await;
+    assert_eq!((s, body["error"]["field"].as_str()), (422, Some("name")), "{body}");
+    assert_eq!(api.post("/orgs", json!({"id": "d", "name": "District", "kind": "district"})).await.0, 201);
+    let (s, body) = api
+        .post(
+            "/devices",
+            json!({"id": "gate-1", "name": "Gate\u{1b}[31m", "kind": "barrier", "protocol": "external", "org_id": "d"}),
+        )
+        .await;
+    assert_eq!((s, body["error"]["field"].as_str()), (422, Some("name")), "{body}");
+    let formula = "=HYPERLINK(\"http://attacker.example/\",\"click\")";
+    let (s, body) = api
+        .post(
+            "/devices",
+            json!({"id": "gate-2", "name": formula, "kind": "barrier", "protocol": "external", "org_id": "d"}),
+        )
+        .await;
+    assert_eq!(s, 201, "{body}");
+    let (s, body) = api.send(reqwest::Method::PATCH, "/devices/gate-2", json!({"name": "x\u{0}y"})).await;
+    assert_eq!((s, body["error"]["field"].as_str()), (422, Some("name")), "{body}");
+    api.post("/observations", json!({"device_id": "gate-2", "kind": "dead", "reason": "test"})).await;
+    let r = reqwest::Client::new()
+        .get(format!("{}/api/v1/reports/online/daily?format=csv", gw.url))
+        .header("Authorization", format!("Bearer {ADMIN}"))
+        .send()
+        .await
+        .expect("GET");
+    let csv = r.text().await.expect("text");
+    assert!(csv.contains("\"'=HYPERLINK("), "the formula is not neutralised:\n{csv}");
+    assert!(!csv.lines().any(|l| l.split(',').any(|c| c.trim_start_matches('"').starts_with('='))), "{csv}");
+    gw.shutdown().await;
+}
