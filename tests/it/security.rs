@@ -118,3 +118,37 @@ async fn names_with_control_characters_are_refused_and_formulas_leave_the_csv_as
     assert!(!csv.lines().any(|l| l.split(',').any(|c| c.trim_start_matches('"').starts_with('='))), "{csv}");
     gw.shutdown().await;
 }
+
+/// A keepalive for a registered GB/T 28181 camera sent from another address is refused and
+/// counted: it does not keep the camera online (issue #15, item 7).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_keepalive_from_another_address_does_not_keep_a_camera_online() {
+    use crate::gb28181::Device;
+    let gw = TestGateway::start(Db::Sqlite, "").await;
+    let api = &gw.api;
+    let id = "42010400001320000555";
+    let (s, body) =
+        api.post("/devices", json!({"id": id, "name": "gate cam", "kind": "camera", "protocol": "gb28181"})).await;
+    assert_eq!(s, 201, "{body}");
+    let sip = gw.sip.expect("SIP");
+    let mut camera = Device::new(id, sip).await;
+    assert!(camera.register(3600, "12345678").await.starts_with("SIP/2.0 200"));
+    assert!(camera.keepalive(1).await.starts_with("SIP/2.0 200"), "the camera's own keepalive is taken");
+    let handled = |m: &str| {
+        m.lines()
+            .find_map(|l| l.strip_prefix("vigil_observations_total "))
+            .and_then(|n| n.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    let before = handled(&api.metrics().await);
+    let mut forger = Device::new_at(id, sip, "127.0.0.2:0").await;
+    let answer = forger.keepalive(2).await;
+    assert!(answer.starts_with("SIP/2.0 403"), "{answer}");
+    let (_, rej) = api.get("/rejections?source=gb28181&reason=not_from_registered_address").await;
+    assert!(rej["items"][0]["peer"].as_str().is_some_and(|p| p.starts_with("127.0.0.2:")), "{rej}");
+    // The camera's own next keepalive is still taken: the refusal changed nothing for it.
+    assert!(camera.keepalive(3).await.starts_with("SIP/2.0 200"));
+    api.wait_for_metrics(std::time::Duration::from_secs(5), |m| handled(m) > before).await;
+    assert_eq!(handled(&api.metrics().await), before + 1, "only the camera's own keepalive is evidence");
+    gw.shutdown().await;
+}

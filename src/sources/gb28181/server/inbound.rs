@@ -67,7 +67,20 @@ impl Server {
         // What writes to the registry or the event log (answers, catalog notifies, alarms) is
         // taken only from the address the device registered from: MESSAGE carries no
         // credentials, and a forged From must not rewrite a device's channels.
-        let writes = env.root != "Notify" || env.cmd_type != "Keepalive";
+        let keepalive = env.root == "Notify" && env.cmd_type == "Keepalive";
+        // A keepalive is evidence of presence: while the device has a live registration it is
+        // believed only from the address it registered from (a forged keepalive must not
+        // keep a dead camera online). A device that moved re-registers (a 403 tells it to).
+        let registered_elsewhere = self.sessions.get(&id).is_some_and(|s| s.info.expires_at > now) && !registered_here;
+        if keepalive && registered_elsewhere {
+            self.reject(
+                "not_from_registered_address",
+                from,
+                format!("Keepalive for {id} from an address it did not register from"),
+            );
+            return (Some(self.answer(msg, from, 403, "Forbidden (not registered from this address)")), true);
+        }
+        let writes = !keepalive;
         if writes && !registered_here {
             self.reject(
                 "not_from_registered_address",
