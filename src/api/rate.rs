@@ -48,7 +48,7 @@ const FRESH_SNAPSHOT_WAIT: std::time::Duration = std::time::Duration::from_secs(
 pub async fn current(State(state): State<AppState>, Query(params): Query<Params>) -> ApiResult<Response> {
     // Read-your-writes: an org created or a device moved, disabled or put in maintenance a
     // moment ago is counted as it is now, not as the last periodic refresh saw it.
-    let generation = state.registry.read().generation();
+    let generation = state.registry.read().counting_generation();
     let snap = state.rate.at_least(generation, FRESH_SNAPSHOT_WAIT).await.ok_or_else(|| {
         ApiError::new(
             axum::http::StatusCode::SERVICE_UNAVAILABLE,

@@ -173,7 +173,7 @@ impl RateIndex {
                 chain,
             });
         }
-        RateIndex { generation: cache.generation(), orgs, org_idx, entries, excluded }
+        RateIndex { generation: cache.counting_generation(), orgs, org_idx, entries, excluded }
     }
 
     /// Counts every org node × kind for the given presence states (`State as u8` by key).

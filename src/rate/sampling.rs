@@ -147,7 +147,7 @@ async fn run(
             // A reader waits for a snapshot that includes a registry write it made.
             _ = wake.notified() => false,
         };
-        let generation = registry.read().generation();
+        let generation = registry.read().counting_generation();
         if generation != index.generation || index.orgs.is_empty() && index.generation == 0 {
             let built = {
                 let cache = registry.read();

@@ -16,6 +16,10 @@ pub struct Cache {
     by_key: Vec<Option<Arc<Device>>>,
     channels: HashMap<String, Arc<Vec<Channel>>>,
     generation: u64,
+    /// Changes only with what the online rate counts (orgs, devices coming and going, a
+    /// device's kind, protocol, org, flags or admission, channels): an attribute a heartbeat
+    /// refreshes does not make the rate recompute or its readers wait.
+    counting_generation: u64,
 }
 
 impl Cache {
@@ -49,6 +53,18 @@ impl Cache {
 
     pub fn generation(&self) -> u64 {
         self.generation
+    }
+
+    /// See `counting_generation`: what the rate index is built from.
+    pub fn counting_generation(&self) -> u64 {
+        self.counting_generation
+    }
+
+    fn changed(&mut self, counting: bool) {
+        self.generation += 1;
+        if counting {
+            self.counting_generation += 1;
+        }
     }
 
     // ---- orgs ----
@@ -133,7 +149,7 @@ impl Cache {
             self.children.entry(p.clone()).or_default().push(org.id.clone());
         }
         self.orgs.insert(org.id.clone(), org);
-        self.generation += 1;
+        self.changed(true);
     }
 
     pub fn remove_org(&mut self, id: &str) {
@@ -144,7 +160,7 @@ impl Cache {
                 }
             }
         }
-        self.generation += 1;
+        self.changed(true);
     }
 
     // ---- devices ----
@@ -209,16 +225,21 @@ impl Cache {
         });
         self.by_id.insert(d.id, key);
         self.by_key[key as usize] = Some(dev.clone());
-        self.generation += 1;
+        self.changed(true);
         dev
     }
 
     pub fn replace_device(&mut self, dev: Device) -> Arc<Device> {
         let dev = Arc::new(dev);
+        let mut counting = true;
         if let Some(slot) = self.by_key.get_mut(dev.key as usize) {
+            counting = slot.as_ref().is_none_or(|old| {
+                (old.kind, old.protocol, &old.org_id, old.enabled, old.maintenance, old.admission)
+                    != (dev.kind, dev.protocol, &dev.org_id, dev.enabled, dev.maintenance, dev.admission)
+            });
             *slot = Some(dev.clone());
         }
-        self.generation += 1;
+        self.changed(counting);
         dev
     }
 
@@ -229,7 +250,7 @@ impl Cache {
             }
         }
         self.channels.remove(id);
-        self.generation += 1;
+        self.changed(true);
     }
 
     pub fn channels(&self, device_id: &str) -> Option<Arc<Vec<Channel>>> {
@@ -242,6 +263,42 @@ impl Cache {
         } else {
             self.channels.insert(device_id.to_owned(), Arc::new(channels));
         }
-        self.generation += 1;
+        self.changed(true);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::registry::{Admission, DeviceKind, Protocol};
+
+    /// An attribute a heartbeat refreshes changes the registry, not what the rate counts; a
+    /// device put in maintenance changes both.
+    #[test]
+    fn only_what_the_rate_counts_moves_the_counting_generation() {
+        let mut c = Cache::default();
+        let d = c.put_device(
+            NewDevice {
+                id: "gate-1".into(),
+                name: "gate".into(),
+                kind: DeviceKind::AccessControl,
+                protocol: Protocol::External,
+                org_id: None,
+                profile: None,
+                rtsp_url: None,
+                password: None,
+                admission: Admission::Approved,
+                attrs: Default::default(),
+            },
+            0,
+        );
+        let (all, counting) = (c.generation(), c.counting_generation());
+        let mut refreshed = (*d).clone();
+        refreshed.attrs.insert("firmware".into(), "2.1".into());
+        c.replace_device(refreshed.clone());
+        assert_eq!((c.generation(), c.counting_generation()), (all + 1, counting));
+        refreshed.maintenance = true;
+        c.replace_device(refreshed);
+        assert_eq!((c.generation(), c.counting_generation()), (all + 2, counting + 1));
     }
 }

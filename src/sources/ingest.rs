@@ -368,12 +368,10 @@ impl Ingest {
             events.push((r.event, None));
             rest.push((r.profile, r.seq, r.object_id, r.at));
         }
-        let ids: Vec<(String, String, String)> =
-            events.iter().map(|(e, _)| (e.id.clone(), e.device_id.clone(), e.dedup_key.clone())).collect();
+        let ids: Vec<(String, String)> = events.iter().map(|(e, _)| (e.id.clone(), e.device_id.clone())).collect();
         let stored = self.shared.events.submit_many(events).await.map_err(|e| Unavailable(e.to_string()))?;
         let mut out = Vec::with_capacity(stored.len());
-        for ((stored, (profile, seq, object_id, at)), (event_id, device, key)) in stored.into_iter().zip(rest).zip(ids)
-        {
+        for ((stored, (profile, seq, object_id, at)), (event_id, device)) in stored.into_iter().zip(rest).zip(ids) {
             out.push(match stored {
                 Stored::New => {
                     self.count(&profile, "event");
@@ -385,7 +383,7 @@ impl Ingest {
                 }
                 Stored::Duplicate => {
                     self.count(&profile, "duplicate");
-                    debug!(device = %device, key = %key, "Duplicate record (a redelivery or replay).");
+                    debug!(device = %device, "Duplicate record (a redelivery or replay).");
                     Verdict::Stored { event_id, duplicate: true, object_id }
                 }
             });

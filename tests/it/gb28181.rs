@@ -319,12 +319,7 @@ async fn an_unknown_device_is_quarantined_then_approved_registered_kept_alive_an
     assert_eq!(d["presence"]["reason"], "unregister");
     // A keepalive without a registration is evidence (presence has handled it), but does not
     // make it online.
-    let handled = |m: &str| {
-        m.lines()
-            .find_map(|l| l.strip_prefix("vigil_observations_total "))
-            .and_then(|n| n.parse::<u64>().ok())
-            .unwrap_or(0)
-    };
+    let handled = |m: &str| crate::support::metric(m, "vigil_observations_total");
     let before = handled(&api.metrics().await);
     assert_eq!(code(&dev.keepalive(2).await), 200);
     api.wait_for_metrics(Duration::from_secs(5), |m| handled(m) > before).await;

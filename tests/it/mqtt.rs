@@ -346,14 +346,9 @@ async fn a_broker_restart_is_ridden_out_with_backoff() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     // vigil keeps trying while the broker is away: two failed reconnects, then it comes back.
-    let errors = |m: &str| {
-        m.lines()
-            .find_map(|l| l.strip_prefix("vigil_mqtt_connection_errors_total "))
-            .and_then(|n| n.parse::<u64>().ok())
-            .unwrap_or(0)
-    };
+    let errors = |m: &str| crate::support::metric(m, "vigil_mqtt_connection_errors_total");
     let lost = errors(&gw.api.metrics().await);
-    gw.api.wait_for_metrics(Duration::from_secs(10), |m| errors(m) >= lost + 2).await;
+    gw.api.wait_for_metrics(Duration::from_secs(10), |m| errors(m) >= lost + 2.0).await;
     let _broker = Mosquitto::start(port).await;
     // The restarted broker kept nothing: vigil subscribes again on its own.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);

@@ -131,12 +131,7 @@ async fn a_keepalive_from_another_address_does_not_keep_a_camera_online() {
         api.post("/devices", json!({"id": id, "name": "gate cam", "kind": "camera", "protocol": "gb28181"})).await;
     assert_eq!(s, 201, "{body}");
     let sip = gw.sip.expect("SIP");
-    let handled = |m: &str| {
-        m.lines()
-            .find_map(|l| l.strip_prefix("vigil_observations_total "))
-            .and_then(|n| n.parse::<u64>().ok())
-            .unwrap_or(0)
-    };
+    let handled = |m: &str| crate::support::metric(m, "vigil_observations_total");
     let baseline = handled(&api.metrics().await);
     let mut camera = Device::new(id, sip).await;
     assert!(camera.register(3600, "12345678").await.starts_with("SIP/2.0 200"));
@@ -150,7 +145,7 @@ async fn a_keepalive_from_another_address_does_not_keep_a_camera_online() {
     // arrival order and presence its observations likewise, so once the camera's three
     // (REGISTER, two keepalives) are counted, a forged one taken as evidence would be too.
     assert!(camera.keepalive(3).await.starts_with("SIP/2.0 200"));
-    let m = api.wait_for_metrics(std::time::Duration::from_secs(5), |m| handled(m) >= baseline + 3).await;
-    assert_eq!(handled(&m), baseline + 3, "only the camera's own REGISTER and keepalives are evidence");
+    let m = api.wait_for_metrics(std::time::Duration::from_secs(5), |m| handled(m) >= baseline + 3.0).await;
+    assert_eq!(handled(&m), baseline + 3.0, "only the camera's own REGISTER and keepalives are evidence");
     gw.shutdown().await;
 }

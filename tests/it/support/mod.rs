@@ -57,3 +57,11 @@ pub fn device_local_time(ago: std::time::Duration) -> String {
     let at = chrono::Utc::now() - chrono::Duration::from_std(ago).expect("a small duration");
     at.with_timezone(&chrono_tz::Asia::Shanghai).format("%Y-%m-%dT%H:%M:%S").to_string()
 }
+
+/// The sum of a metric's samples in Prometheus text (every label set; 0 when absent).
+pub fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .filter(|l| l.strip_prefix(name).is_some_and(|rest| rest.starts_with(' ') || rest.starts_with('{')))
+        .filter_map(|l| l.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()))
+        .sum()
+}
