@@ -196,6 +196,16 @@ fn relay_plan(
 /// Starts everything; returns once the API listens.
 pub async fn start(config: Config) -> Result<Running, Error> {
     let started_at = now_ms();
+    // Descriptors: the soft limit raised to the hard one, then split between the listeners.
+    let fds = crate::net::Budget::split(crate::net::fds::raise_nofile());
+    info!(
+        nofile = fds.nofile,
+        sip_tcp = fds.sip_tcp,
+        mqtt = fds.mqtt,
+        gat1400 = fds.gat1400,
+        http = fds.http,
+        "Connection caps from the open-file limit."
+    );
     let url = config.database_url();
     info!(database = %crate::db::redact(&url), "Connecting to the database.");
     let db = Db::connect(&url, config.database.max_connections).await?;
@@ -362,6 +372,12 @@ pub async fn start(config: Config) -> Result<Running, Error> {
                 events: events.clone(),
             },
             gb_sessions.clone(),
+            crate::net::ConnCap::new(
+                "sip_tcp",
+                fds.sip_tcp,
+                crate::net::Budget::per_address(fds.sip_tcp, 16, 1024),
+                Some(&metrics),
+            ),
             sources_cancel.clone(),
             &tracker,
         )
@@ -388,7 +404,7 @@ pub async fn start(config: Config) -> Result<Running, Error> {
         events: events.clone(),
     };
     let mqtt_url = match config.mqtt.mode.as_str() {
-        "embedded" => Some(crate::sources::mqtt::start_broker(&config.mqtt)?),
+        "embedded" => Some(crate::sources::mqtt::start_broker(&config.mqtt, fds.mqtt)?),
         "external" => Some(config.mqtt.url.clone()),
         _ => None,
     };
@@ -411,6 +427,15 @@ pub async fn start(config: Config) -> Result<Running, Error> {
                 config.timezone(),
                 profiles.clone(),
                 ingest,
+                crate::net::http::Serve {
+                    cap: crate::net::ConnCap::new(
+                        "gat1400",
+                        fds.gat1400,
+                        crate::net::Budget::per_address(fds.gat1400, 8, 64),
+                        Some(&metrics),
+                    ),
+                    header_deadline: config.gat1400.header_deadline,
+                },
                 sources_cancel.clone(),
                 &tracker,
             )
@@ -452,6 +477,7 @@ pub async fn start(config: Config) -> Result<Running, Error> {
         .await
         .map_err(|source| Error::Bind { addr: config.http.listen, source })?;
     let http_addr = listener.local_addr().map_err(|source| Error::Bind { addr: config.http.listen, source })?;
+    let api_header_deadline = config.http.header_deadline;
     let state = AppState {
         registry,
         presence: handle,
@@ -475,12 +501,16 @@ pub async fn start(config: Config) -> Result<Running, Error> {
     let app = api::router(state);
     let http_cancel = CancellationToken::new();
     let stop = http_cancel.clone();
-    let http = tokio::spawn(async move {
-        let served = axum::serve(listener, app).with_graceful_shutdown(async move { stop.cancelled().await }).await;
-        if let Err(e) = served {
-            warn!(error = %e, "HTTP server stopped with an error.");
-        }
-    });
+    let serve = crate::net::http::Serve {
+        cap: crate::net::ConnCap::new(
+            "http",
+            fds.http,
+            crate::net::Budget::per_address(fds.http, 8, 64),
+            Some(&metrics),
+        ),
+        header_deadline: api_header_deadline,
+    };
+    let http = tokio::spawn(crate::net::http::serve(listener, app, serve, stop));
     info!(http = %http_addr, "vigil is running; dashboard at http://{http_addr}/");
     Ok(Running {
         http_addr,

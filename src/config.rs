@@ -154,6 +154,10 @@ pub struct Http {
     /// Deadline for one request. Default 30s.
     #[serde(with = "humantime_serde")]
     pub request_timeout: Duration,
+    /// A request's headers (and the next request on an idle kept-alive connection) must
+    /// arrive within this, else the connection is closed. Default 30s.
+    #[serde(with = "humantime_serde")]
+    pub header_deadline: Duration,
 }
 
 impl Default for Http {
@@ -164,6 +168,7 @@ impl Default for Http {
             public_health: true,
             max_body: 64 * 1024 * 1024,
             request_timeout: Duration::from_secs(30),
+            header_deadline: Duration::from_secs(30),
         }
     }
 }
@@ -295,6 +300,10 @@ pub struct Gb28181 {
     pub register_expires_max: Duration,
     pub charset: String,
     pub media_ports: String,
+    /// A SIP message begun on a TCP connection must be whole within this, else the
+    /// connection is closed. Default 32s (RFC 3261 Timer F).
+    #[serde(with = "humantime_serde")]
+    pub message_deadline: Duration,
 }
 
 impl Default for Gb28181 {
@@ -310,6 +319,7 @@ impl Default for Gb28181 {
             register_expires_max: Duration::from_secs(3600),
             charset: "auto".into(),
             media_ports: "30000-30999".into(),
+            message_deadline: Duration::from_secs(32),
         }
     }
 }
@@ -455,6 +465,11 @@ pub struct Gat1400 {
     pub realm: String,
     pub password: String,
     pub max_body: String,
+    /// Every request after Register carries a digest (not only the registering address).
+    pub digest_every_request: bool,
+    /// Request headers must arrive within this (slow senders are closed). Default 15s.
+    #[serde(with = "humantime_serde")]
+    pub header_deadline: Duration,
 }
 
 impl Default for Gat1400 {
@@ -465,6 +480,8 @@ impl Default for Gat1400 {
             realm: "vigil".into(),
             password: "12345678".into(),
             max_body: "16MiB".into(),
+            digest_every_request: false,
+            header_deadline: Duration::from_secs(15),
         }
     }
 }

@@ -15,11 +15,14 @@ pub const NONCE_TTL_MS: Millis = 300_000;
 /// Most outstanding nonces; past it the expired are purged, then the oldest.
 const MAX_NONCES: usize = 200_000;
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct NonceState {
     issued_at: Millis,
     last_nc: u32,
     used: bool,
+    /// Who the nonce was issued to (a source address, a device id at an address): a response
+    /// from anyone else is answered with a fresh challenge, never checked.
+    bound: Option<Box<str>>,
 }
 
 /// The outcome of checking an Authorization header.
@@ -111,6 +114,11 @@ pub struct Nonces {
 impl Nonces {
     /// A fresh nonce (unpredictable: 74 random bits of a UUID v7 plus its time).
     pub fn issue(&mut self, now: Millis) -> String {
+        self.issue_bound(now, None)
+    }
+
+    /// A fresh nonce usable only by `bound` (see `check_bound`).
+    pub fn issue_bound(&mut self, now: Millis, bound: Option<&str>) -> String {
         // Drop expired nonces from the front, and the oldest ones while over the cap.
         while let Some(oldest) = self.order.front() {
             let expired = self.issued.get(oldest).is_none_or(|s| now - s.issued_at >= NONCE_TTL_MS);
@@ -122,7 +130,8 @@ impl Nonces {
             }
         }
         let nonce = uuid::Uuid::now_v7().simple().to_string();
-        self.issued.insert(nonce.clone(), NonceState { issued_at: now, last_nc: 0, used: false });
+        self.issued
+            .insert(nonce.clone(), NonceState { issued_at: now, last_nc: 0, used: false, bound: bound.map(Box::from) });
         self.order.push_back(nonce.clone());
         nonce
     }
@@ -130,7 +139,12 @@ impl Nonces {
     /// The `WWW-Authenticate` value for a challenge. Always `algorithm=MD5` (Dahua NVRs do
     /// not retry without it) and `qop="auth"`.
     pub fn challenge(&mut self, realm: &str, now: Millis, stale: bool) -> String {
-        let nonce = self.issue(now);
+        self.challenge_bound(realm, now, stale, None)
+    }
+
+    /// A challenge whose nonce only `bound` may answer.
+    pub fn challenge_bound(&mut self, realm: &str, now: Millis, stale: bool, bound: Option<&str>) -> String {
+        let nonce = self.issue_bound(now, bound);
         let stale = if stale { ", stale=true" } else { "" };
         format!("Digest realm=\"{realm}\", nonce=\"{nonce}\", algorithm=MD5, qop=\"auth\"{stale}")
     }
@@ -138,6 +152,20 @@ impl Nonces {
     /// Checks credentials for `method` against `password`. The realm the client echoes is
     /// used (devices configured with another realm still authenticate with the password).
     pub fn check(&mut self, now: Millis, params: &HashMap<String, String>, method: &str, password: &str) -> Verdict {
+        self.check_bound(now, params, method, password, None)
+    }
+
+    /// As `check`, for a nonce issued to `bound`: a nonce issued to someone else (another
+    /// address, another device) is `Stale` — the sender is challenged afresh, and a nonce
+    /// seen on the wire cannot be used from elsewhere.
+    pub fn check_bound(
+        &mut self,
+        now: Millis,
+        params: &HashMap<String, String>,
+        method: &str,
+        password: &str,
+        bound: Option<&str>,
+    ) -> Verdict {
         let (Some(user), Some(realm), Some(nonce), Some(uri), Some(resp)) = (
             params.get("username"),
             params.get("realm"),
@@ -153,6 +181,9 @@ impl Nonces {
         let Some(state) = self.issued.get_mut(nonce.as_str()) else { return Verdict::Stale };
         if now - state.issued_at >= NONCE_TTL_MS {
             return Verdict::Stale; // removed from `issued` and `order` together by `issue`
+        }
+        if state.bound.is_some() && state.bound.as_deref() != bound {
+            return Verdict::Stale;
         }
         let qop = match (params.get("qop"), params.get("nc"), params.get("cnonce")) {
             (Some(q), Some(nc), Some(cn)) if q.eq_ignore_ascii_case("auth") => {
@@ -244,6 +275,16 @@ mod tests {
         assert_eq!(n.check(0, &creds("forged", "00000001", "12345678"), "REGISTER", "12345678"), Verdict::Stale);
         let challenge = n.challenge("4201040000", 0, false);
         assert!(challenge.contains("algorithm=MD5") && challenge.contains("qop=\"auth\""), "{challenge}");
+    }
+
+    #[test]
+    fn a_bound_nonce_answers_only_for_its_owner() {
+        let mut n = Nonces::default();
+        let nonce = n.issue_bound(0, Some("dev@10.0.0.1"));
+        let c = creds(&nonce, "00000001", "12345678");
+        assert_eq!(n.check_bound(1, &c, "REGISTER", "12345678", Some("dev@10.0.0.2")), Verdict::Stale);
+        assert_eq!(n.check_bound(1, &c, "REGISTER", "12345678", None), Verdict::Stale);
+        assert_eq!(n.check_bound(1, &c, "REGISTER", "12345678", Some("dev@10.0.0.1")), Verdict::Ok);
     }
 
     #[test]

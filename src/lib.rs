@@ -14,6 +14,7 @@ pub mod events;
 pub mod ids;
 pub mod link;
 pub mod media;
+pub mod net;
 pub mod outbox;
 pub mod presence;
 pub mod profiles;

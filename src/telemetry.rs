@@ -40,6 +40,9 @@ pub const OUTBOX_ACCEPTING: &str = "vigil_outbox_accepting";
 pub const OUTBOX_FREE_DISK: &str = "vigil_outbox_free_disk_bytes";
 pub const OUTBOX_HELD: &str = "vigil_outbox_held_submissions";
 pub const PRESENCE_CHECKPOINT: &str = "vigil_presence_checkpoint_timestamp_seconds";
+pub const CONNECTIONS: &str = "vigil_connections";
+pub const CONNECTIONS_REFUSED: &str = "vigil_connections_refused_total";
+pub const AUTH_REFUSALS: &str = "vigil_device_auth_refusals_total";
 
 /// The collectors. Cheap to clone (the prometheus types are handles).
 #[derive(Clone)]
@@ -78,6 +81,9 @@ pub struct Metrics {
     pub outbox_held: IntGauge,
     pub presence_checkpoint: IntGauge,
     pub outbox_free_disk: IntGauge,
+    pub connections: IntGaugeVec,
+    pub connections_refused: IntCounterVec,
+    pub auth_refusals: IntCounterVec,
 }
 
 impl Metrics {
@@ -153,6 +159,18 @@ impl Metrics {
             outbox_held: IntGauge::new(OUTBOX_HELD, "Device records held at the closed outbox (before their pictures are written), waiting for room.")
                 .expect("should be a valid metric"),
             outbox_free_disk: IntGauge::new(OUTBOX_FREE_DISK, "Free bytes on the file system of the data directory.").expect("should be a valid metric"),
+            connections: IntGaugeVec::new(Opts::new(CONNECTIONS, "Connections open on a listener (sip_tcp, gat1400, http)."), &["listener"])
+                .expect("should be a valid metric"),
+            connections_refused: IntCounterVec::new(
+                Opts::new(CONNECTIONS_REFUSED, "Connections closed at accept: the listener's share of descriptors (listener_full) or the address's share (address_full) was taken, or a message did not complete in time (deadline)."),
+                &["listener", "reason"],
+            )
+            .expect("should be a valid metric"),
+            auth_refusals: IntCounterVec::new(
+                Opts::new(AUTH_REFUSALS, "Requests on a device port refused before any state changed: no or wrong credentials, not registered, from another address than the registration, an object for a device the sender does not carry, too many failures from the address."),
+                &["port", "reason"],
+            )
+            .expect("should be a valid metric"),
             registry,
         };
         for c in [
@@ -189,6 +207,9 @@ impl Metrics {
             Box::new(m.outbox_free_disk.clone()),
             Box::new(m.outbox_held.clone()),
             Box::new(m.presence_checkpoint.clone()),
+            Box::new(m.connections.clone()),
+            Box::new(m.connections_refused.clone()),
+            Box::new(m.auth_refusals.clone()),
         ] {
             m.registry.register(c).expect("should register each metric once");
         }

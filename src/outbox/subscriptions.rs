@@ -30,20 +30,22 @@ pub struct Subscription {
 }
 
 /// A subscription-mode upstream, as the view-library endpoint knows it: which upstream, the
-/// upper view library's id (its `User-Identify`; empty: any), and the host of its configured
-/// URL (the only host notifications may go to).
+/// upper view library's id (its `User-Identify`), the host of its configured URL (the only
+/// host its requests may come from and notifications may go to) and the upstream's password
+/// (the upper's requests carry a digest of it).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Upper {
     pub target: String,
     pub server_id: String,
     pub host: String,
+    pub password: String,
 }
 
 impl Upper {
     /// From a `[[upstreams]]` entry in subscription mode.
     pub fn of(u: &crate::config::Upstream) -> Upper {
         let host = url::Url::parse(&u.url).ok().and_then(|x| x.host_str().map(str::to_owned)).unwrap_or_default();
-        Upper { target: u.name.clone(), server_id: u.server_id.clone(), host }
+        Upper { target: u.name.clone(), server_id: u.server_id.clone(), host, password: u.password.clone() }
     }
 }
 

@@ -39,6 +39,9 @@ pub struct Arrived<'a> {
     pub sel: &'a Selected,
     pub payload: &'a [u8],
     pub peer: &'a str,
+    /// The authenticated device that sent it, where the source knows one (a registered
+    /// GA/T 1400 view library): its records may name only itself or a device it carries.
+    pub speaker: Option<&'a str>,
     pub received_at: Millis,
 }
 
@@ -148,7 +151,19 @@ impl Ingest {
         peer: &str,
         received_at: Millis,
     ) -> Result<Vec<Verdict>, Unavailable> {
-        let mut all = self.messages(&[Arrived { sel, payload, peer, received_at }]).await?;
+        self.message_from(sel, payload, peer, None, received_at).await
+    }
+
+    /// As `message`, for a message an authenticated device (`speaker`) sent.
+    pub async fn message_from(
+        &self,
+        sel: &Selected,
+        payload: &[u8],
+        peer: &str,
+        speaker: Option<&str>,
+        received_at: Millis,
+    ) -> Result<Vec<Verdict>, Unavailable> {
+        let mut all = self.messages(&[Arrived { sel, payload, peer, speaker, received_at }]).await?;
         Ok(all.pop().unwrap_or_default())
     }
 
@@ -186,7 +201,7 @@ impl Ingest {
                         self.reject(&p.id, refusal.reason, refusal.detail.clone(), a.peer, a.payload, a.received_at);
                         Verdict::Rejected { reason: refusal.reason, detail: refusal.detail, device, object_id }
                     }
-                    Outcome::Record(m) => match self.prepare(a.sel, *m, a.payload, a.peer, a.received_at).await? {
+                    Outcome::Record(m) => match self.prepare(a, *m).await? {
                         Step::Done(v) => v,
                         Step::Ready(r) => {
                             places.push((i, verdicts.len()));
@@ -207,12 +222,27 @@ impl Ingest {
 
     /// The device a record names, admitting it when it is new. `Err(verdict)` when its
     /// records are not taken.
-    async fn device(&self, sel: &Selected, m: &Mapped) -> Result<Result<Arc<Device>, Verdict>, Unavailable> {
+    async fn device(
+        &self,
+        sel: &Selected,
+        m: &Mapped,
+        speaker: Option<&str>,
+    ) -> Result<Result<Arc<Device>, Verdict>, Unavailable> {
         let known = self.shared.registry.read().device(&m.device);
+        if let (Some(s), Some(d)) = (speaker, &known) {
+            if let Some(why) = self.not_carried(s, d) {
+                return Ok(Err(Verdict::Rejected {
+                    reason: "not_carried",
+                    detail: why,
+                    device: Some(d.id.clone()),
+                    object_id: m.object_id.clone(),
+                }));
+            }
+        }
         let d = match known {
             Some(d) => d,
             // Boxed: admission is rare, and its future would make every message's larger.
-            None => match Box::pin(self.admit(sel, m)).await? {
+            None => match Box::pin(self.admit(sel, m, speaker)).await? {
                 Ok(d) => d,
                 Err(v) => return Ok(Err(v)),
             },
@@ -234,10 +264,42 @@ impl Ingest {
         })
     }
 
-    /// A device the registry does not know yet: admitted (or refused) by the policy.
-    async fn admit(&self, sel: &Selected, m: &Mapped) -> Result<Result<Arc<Device>, Verdict>, Unavailable> {
+    /// Why `speaker` may not file a record for `d`, or `None` when it may: `d` is the speaker
+    /// itself, one of its channels, or a device of this source placed under it (its `via`
+    /// attribute, set when the speaker first named it or by an operator).
+    fn not_carried(&self, speaker: &str, d: &Device) -> Option<String> {
+        if d.id == speaker {
+            return None;
+        }
+        if d.protocol != self.protocol {
+            return Some(format!(
+                "DeviceID {} is a {} device: {speaker} cannot file records or presence for it",
+                d.id,
+                d.protocol.as_str()
+            ));
+        }
+        let via = d.attrs.get("via").and_then(Value::as_str);
+        let channel =
+            || self.shared.registry.read().channels(speaker).is_some_and(|chs| chs.iter().any(|c| c.id == d.id));
+        if via == Some(speaker) || channel() {
+            return None;
+        }
+        Some(format!("DeviceID {} is neither {speaker} nor a device it carries", d.id))
+    }
+
+    /// A device the registry does not know yet: admitted (or refused) by the policy; a device
+    /// first named by an authenticated `speaker` is placed under it (`via`).
+    async fn admit(
+        &self,
+        sel: &Selected,
+        m: &Mapped,
+        speaker: Option<&str>,
+    ) -> Result<Result<Arc<Device>, Verdict>, Unavailable> {
         let mut attrs = fingerprint(m, Map::new());
         attrs.insert("source".into(), Value::String(self.source.into()));
+        if let Some(s) = speaker {
+            attrs.insert("via".into(), Value::String(s.to_owned()));
+        }
         if let Some(v) = &m.site {
             attrs.insert("site".into(), Value::String(v.clone()));
         }
@@ -276,16 +338,10 @@ impl Ingest {
 
     /// Everything for one record up to its commit: its device (admitted when new), presence,
     /// attributes, pictures, the event. `Step::Done` when nothing is to be committed.
-    async fn prepare(
-        &self,
-        sel: &Selected,
-        m: Mapped,
-        raw: &[u8],
-        peer: &str,
-        at: Millis,
-    ) -> Result<Step, Unavailable> {
+    async fn prepare(&self, a: &Arrived<'_>, m: Mapped) -> Result<Step, Unavailable> {
+        let (sel, raw, peer, at) = (a.sel, a.payload, a.peer, a.received_at);
         let p = &sel.profile;
-        let device = match self.device(sel, &m).await? {
+        let device = match self.device(sel, &m, a.speaker).await? {
             Ok(d) => d,
             Err(v) => {
                 if let Verdict::Rejected { reason, detail, .. } = &v {

@@ -29,11 +29,11 @@ fn curl_register(base: &str, user: &str, password: &str, device: &str) -> (u16, 
     (code.trim().parse().unwrap_or(0), serde_json::from_str(body).unwrap_or(Value::Null))
 }
 
-fn image(seed: u8, len: usize) -> Vec<u8> {
+pub fn image(seed: u8, len: usize) -> Vec<u8> {
     [0xFF, 0xD8].into_iter().chain((0..len - 2).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))).collect()
 }
 
-fn face(id_tail: u32, device: Option<&str>, scene: &[u8], crop: &[u8]) -> Value {
+pub fn face(id_tail: u32, device: Option<&str>, scene: &[u8], crop: &[u8]) -> Value {
     let b64 = |b: &[u8]| base64::engine::general_purpose::STANDARD.encode(b);
     let now = chrono::Utc::now().with_timezone(&chrono_tz::Asia::Shanghai).format("%Y%m%d%H%M%S").to_string();
     let mut f = json!({

@@ -451,15 +451,28 @@ async fn subscription_mode_notifies_what_the_upper_view_library_subscribed_to() 
         .await
         .expect("send");
     assert_eq!(r.status(), 403);
+    // Nor may anyone with the upper's id alone: a digest of the upstream's password is asked.
+    use crate::security::gat1400::{digest, from, post};
+    let body: Value = serde_json::from_str(
+        r#"{"SubscribeListObject":{"SubscribeObject":[{"SubscribeID":"y","SubscribeDetail":"12","ReceiveAddr":"http://10.9.9.9/collect"}]}}"#,
+    )
+    .expect("json");
+    let upper = from([127, 0, 0, 1]);
+    let base = viid.trim_end_matches("/VIID");
+    let (s, www, _) = post(&upper, base, "/VIID/Subscribes", Some("42010000005030000001"), None, &body).await;
+    assert_eq!(s, 401);
+    let www = www.expect("a challenge");
+    let wrong = digest(&www, "42010000005030000001", "guess", "POST", "/VIID/Subscribes", 1);
+    let (s, _, _) = post(&upper, base, "/VIID/Subscribes", Some("42010000005030000001"), Some(wrong), &body).await;
+    assert_eq!(s, 401);
+    // From another host, even with the password: refused.
+    let (s, _, _) =
+        post(&from([127, 0, 0, 2]), base, "/VIID/Subscribes", Some("42010000005030000001"), None, &body).await;
+    assert_eq!(s, 403);
     // The upper platform itself may not send our records anywhere but its own host.
-    let r = reqwest::Client::new()
-        .post(format!("{viid}/Subscribes"))
-        .header("User-Identify", "42010000005030000001")
-        .body(r#"{"SubscribeListObject":{"SubscribeObject":[{"SubscribeID":"y","SubscribeDetail":"12","ReceiveAddr":"http://10.9.9.9/collect"}]}}"#)
-        .send()
-        .await
-        .expect("send");
-    let v: Value = r.json().await.expect("json");
+    let (_, www, _) = post(&upper, base, "/VIID/Subscribes", Some("42010000005030000001"), None, &body).await;
+    let right = digest(&www.expect("challenge"), "42010000005030000001", "up-secret", "POST", "/VIID/Subscribes", 1);
+    let (_, _, v) = post(&upper, base, "/VIID/Subscribes", Some("42010000005030000001"), Some(right), &body).await;
     let st = &v["ResponseStatusListObject"]["ResponseStatusObject"][0];
     assert!(st["StatusCode"] != 0 && st["StatusString"].as_str().is_some_and(|t| t.contains("ReceiveAddr")), "{v}");
 

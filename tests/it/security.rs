@@ -149,3 +149,230 @@ async fn a_keepalive_from_another_address_does_not_keep_a_camera_online() {
     assert_eq!(handled(&m), baseline + 3.0, "only the camera's own REGISTER and keepalives are evidence");
     gw.shutdown().await;
 }
+
+/// GA/T 1400 as an attacker on the device network would try it (issue #15, items 1, 2, 8).
+pub mod gat1400 {
+    use std::net::IpAddr;
+    use std::time::Duration;
+
+    use serde_json::{json, Value};
+
+    use crate::gat1400::{face, image};
+    use crate::support::gateway::{Db, TestGateway};
+
+    pub const CAM: &str = "42010200001190000001";
+    const CAM2: &str = "42010200001190000002";
+
+    /// A client whose connections leave from `ip` (any 127.x address is the loopback).
+    pub fn from(ip: [u8; 4]) -> reqwest::Client {
+        reqwest::Client::builder().local_address(IpAddr::from(ip)).build().expect("client")
+    }
+
+    /// The `Authorization` answering `www` for `user` (MD5, qop=auth), as curl computes it.
+    pub fn digest(www: &str, user: &str, password: &str, method: &str, uri: &str, nc: u32) -> String {
+        let c = vigil::digest::parse_authorization(www).expect("a digest challenge");
+        let (realm, nonce) = (c["realm"].clone(), c["nonce"].clone());
+        let nc = format!("{nc:08x}");
+        let resp =
+            vigil::digest::expected(user, &realm, password, method, uri, &nonce, Some((&nc, "0a4f113b", "auth")));
+        format!(
+            "Digest username=\"{user}\", realm=\"{realm}\", nonce=\"{nonce}\", uri=\"{uri}\", response=\"{resp}\", qop=auth, nc={nc}, cnonce=\"0a4f113b\", algorithm=MD5"
+        )
+    }
+
+    /// One POST: (status, WWW-Authenticate, body).
+    pub async fn post(
+        http: &reqwest::Client,
+        base: &str,
+        path: &str,
+        user: Option<&str>,
+        auth: Option<String>,
+        body: &Value,
+    ) -> (u16, Option<String>, Value) {
+        let mut r =
+            http.post(format!("{base}{path}")).header("content-type", "application/VIID+JSON").body(body.to_string());
+        if let Some(u) = user {
+            r = r.header("User-Identify", u);
+        }
+        if let Some(a) = auth {
+            r = r.header("Authorization", a);
+        }
+        let resp = r.send().await.expect("POST");
+        let status = resp.status().as_u16();
+        let www = resp.headers().get("www-authenticate").and_then(|v| v.to_str().ok()).map(str::to_owned);
+        (status, www, resp.json::<Value>().await.unwrap_or(Value::Null))
+    }
+
+    /// Registers `id` with `password` from `http`'s address: the challenge, then the answer.
+    pub async fn register(http: &reqwest::Client, base: &str, id: &str, password: &str) -> u16 {
+        let body = json!({"RegisterObject": {"DeviceID": id}});
+        let (s, www, _) = post(http, base, "/VIID/System/Register", None, None, &body).await;
+        let Some(www) = www else { return s };
+        let auth = digest(&www, id, password, "POST", "/VIID/System/Register", 1);
+        post(http, base, "/VIID/System/Register", None, Some(auth), &body).await.0
+    }
+
+    fn config(extra: &str) -> String {
+        format!(
+            "[gat1400]\nenabled = true\nlisten = \"127.0.0.1:0\"\npassword = \"viid-secret\"\n{extra}[admission]\npolicy = \"open\"\n"
+        )
+    }
+
+    fn faces(items: Vec<Value>) -> Value {
+        json!({"FaceListObject": {"FaceObject": items}})
+    }
+
+    /// From another address, with nothing but the checkpoint's id, an attacker can neither
+    /// unregister it, keep it alive nor file its records: each is a 401 with a challenge,
+    /// counted and kept, and the checkpoint's state does not move.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_registration_is_bound_to_its_address_and_strangers_change_nothing() {
+        let gw = TestGateway::start(Db::Sqlite, &config("")).await;
+        let base = format!("http://{}", gw.gat1400.expect("GA/T 1400"));
+        let own = from([127, 0, 0, 1]);
+        assert_eq!(register(&own, &base, CAM, "viid-secret").await, 200);
+        gw.api
+            .wait_for(&format!("/devices/{CAM}"), Duration::from_secs(5), |d| d["presence"]["state"] == "online")
+            .await;
+        let transitions = |d: &Value| d["presence"]["since"].clone();
+        let before = transitions(&gw.api.get(&format!("/devices/{CAM}")).await.1);
+
+        let stranger = from([127, 0, 0, 2]);
+        for (path, user, body) in [
+            ("/VIID/System/UnRegister", None, json!({"UnRegisterObject": {"DeviceID": CAM}})),
+            ("/VIID/System/UnRegister", Some(CAM), json!({"UnRegisterObject": {"DeviceID": CAM}})),
+            ("/VIID/System/Keepalive", None, json!({"KeepaliveObject": {"DeviceID": CAM}})),
+            ("/VIID/System/Keepalive", Some(CAM), json!({"KeepaliveObject": {"DeviceID": CAM}})),
+            ("/VIID/Faces", Some(CAM), faces(vec![face(1, Some(CAM), &image(1, 2048), &image(2, 512))])),
+        ] {
+            let (s, www, v) = post(&stranger, &base, path, user, None, &body).await;
+            assert_eq!(s, 401, "{path} {user:?}: {v}");
+            assert!(www.is_some_and(|w| w.starts_with("Digest")), "{path}: a challenge comes with the 401");
+            assert_eq!(v["ResponseStatusObject"]["StatusCode"], 4, "{v}");
+        }
+        let (_, d) = gw.api.get(&format!("/devices/{CAM}")).await;
+        assert_eq!(d["presence"]["state"], "online", "{d}");
+        assert_eq!(transitions(&d), before, "no transition: {d}");
+        let (_, events) = gw.api.get(&format!("/events?device={CAM}")).await;
+        assert_eq!(events["items"].as_array().map(Vec::len), Some(0), "{events}");
+        let (_, rej) = gw.api.get("/rejections?source=gat1400&reason=not_from_registered_address").await;
+        assert_eq!(rej["items"].as_array().map(Vec::len), Some(5), "{rej}");
+        let m = gw.api.metrics().await;
+        assert!(
+            m.contains("vigil_device_auth_refusals_total{port=\"gat1400\",reason=\"not_from_registered_address\"} 5"),
+            "{m}"
+        );
+
+        // The checkpoint itself, from its address, is served; its UnRegister takes effect.
+        let (s, _, _) =
+            post(&own, &base, "/VIID/System/Keepalive", None, None, &json!({"KeepaliveObject": {"DeviceID": CAM}}))
+                .await;
+        assert_eq!(s, 200);
+        let body = json!({"UnRegisterObject": {"DeviceID": CAM}});
+        assert_eq!(post(&own, &base, "/VIID/System/UnRegister", Some(CAM), None, &body).await.0, 200);
+        gw.api
+            .wait_for(&format!("/devices/{CAM}"), Duration::from_secs(5), |d| d["presence"]["state"] == "offline")
+            .await;
+        gw.shutdown().await;
+    }
+
+    /// Guessing passwords: after five wrong digests in a minute an address is refused unheard
+    /// (403), the right password included; other addresses are not affected.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn password_guessing_is_limited_per_address() {
+        let gw = TestGateway::start(Db::Sqlite, &config("")).await;
+        let base = format!("http://{}", gw.gat1400.expect("GA/T 1400"));
+        let guesser = from([127, 0, 0, 3]);
+        let mut answers = Vec::new();
+        for i in 0..20 {
+            answers.push(register(&guesser, &base, CAM, &format!("guess-{i}")).await);
+        }
+        assert_eq!(&answers[..5], &[401; 5], "{answers:?}");
+        assert!(answers[5..].iter().all(|&s| s == 403), "{answers:?}");
+        assert_eq!(register(&guesser, &base, CAM, "viid-secret").await, 403, "refused unheard, even when right");
+        assert_eq!(register(&from([127, 0, 0, 4]), &base, CAM, "viid-secret").await, 200);
+        let m = gw.api.metrics().await;
+        assert!(
+            m.contains("vigil_device_auth_refusals_total{port=\"gat1400\",reason=\"too_many_failures\"} 16"),
+            "{m}"
+        );
+        gw.shutdown().await;
+    }
+
+    /// With `digest_every_request`, a request from the registered address without a digest is
+    /// challenged; answering the challenge (with the registration's username) is served.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn digest_on_every_request_when_the_view_library_asks_for_it() {
+        let gw = TestGateway::start(Db::Sqlite, &config("digest_every_request = true\n")).await;
+        let base = format!("http://{}", gw.gat1400.expect("GA/T 1400"));
+        let own = from([127, 0, 0, 1]);
+        assert_eq!(register(&own, &base, CAM, "viid-secret").await, 200);
+        let body = json!({"KeepaliveObject": {"DeviceID": CAM}});
+        let (s, www, _) = post(&own, &base, "/VIID/System/Keepalive", Some(CAM), None, &body).await;
+        assert_eq!(s, 401);
+        let www = www.expect("challenge");
+        let wrong = digest(&www, CAM, "not-it", "POST", "/VIID/System/Keepalive", 1);
+        assert_eq!(post(&own, &base, "/VIID/System/Keepalive", Some(CAM), Some(wrong), &body).await.0, 401);
+        let right = digest(&www, CAM, "viid-secret", "POST", "/VIID/System/Keepalive", 2);
+        let (s, _, v) = post(&own, &base, "/VIID/System/Keepalive", Some(CAM), Some(right.clone()), &body).await;
+        assert_eq!(s, 200, "{v}");
+        // The same nonce count again is a replay.
+        assert_eq!(post(&own, &base, "/VIID/System/Keepalive", Some(CAM), Some(right), &body).await.0, 401);
+        gw.shutdown().await;
+    }
+
+    /// A checkpoint files records for itself and the devices it carries, never for another
+    /// checkpoint or a device of another protocol; a device it names first is placed under it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_checkpoint_speaks_only_for_itself_and_what_it_carries() {
+        let gw = TestGateway::start(Db::Sqlite, &config("")).await;
+        let base = format!("http://{}", gw.gat1400.expect("GA/T 1400"));
+        let (s, b) = gw
+            .api
+            .post(
+                "/devices",
+                json!({"id": "gate-09", "name": "9号门", "kind": "access_control", "protocol": "external"}),
+            )
+            .await;
+        assert_eq!(s, 201, "{b}");
+        let own = from([127, 0, 0, 1]);
+        assert_eq!(register(&own, &base, CAM, "viid-secret").await, 200);
+        assert_eq!(register(&own, &base, CAM2, "viid-secret").await, 200);
+        let carried = "42010200001190000777";
+        let (scene, crop) = (image(3, 4096), image(4, 1024));
+        let body = faces(vec![
+            face(1, Some("gate-09"), &scene, &crop),
+            face(2, Some(CAM2), &scene, &crop),
+            face(3, Some(CAM), &scene, &crop),
+            face(4, Some(carried), &scene, &crop),
+        ]);
+        let (s, _, v) = post(&own, &base, "/VIID/Faces", Some(CAM), None, &body).await;
+        assert_eq!(s, 200, "{v}");
+        let answers = v["ResponseStatusListObject"]["ResponseStatusObject"].as_array().expect("answers").clone();
+        let codes: Vec<_> = answers.iter().map(|a| a["StatusCode"].as_u64().unwrap_or(99)).collect();
+        assert_eq!(codes, [4, 4, 0, 0], "{v}");
+        for a in &answers[..2] {
+            assert!(a["StatusString"].as_str().is_some_and(|t| t.contains("DeviceID")), "{a}");
+        }
+        for (device, n) in [("gate-09", 0), (CAM2, 0), (CAM, 1), (carried, 1)] {
+            let (_, e) = gw.api.get(&format!("/events?device={device}")).await;
+            assert_eq!(e["items"].as_array().map(Vec::len), Some(n), "{device}: {e}");
+        }
+        let (_, gate) = gw.api.get("/devices/gate-09").await;
+        assert_ne!(gate["presence"]["state"], "online", "the external gate's presence is not touched: {gate}");
+        let (_, c) = gw.api.get(&format!("/devices/{carried}")).await;
+        assert_eq!(c["attrs"]["via"], CAM, "{c}");
+        // The other checkpoint may not file for the device the first one carries.
+        let (s, _, v) =
+            post(&own, &base, "/VIID/Faces", Some(CAM2), None, &faces(vec![face(5, Some(carried), &scene, &crop)]))
+                .await;
+        assert_eq!(
+            (s, &v["ResponseStatusListObject"]["ResponseStatusObject"][0]["StatusCode"]),
+            (200, &json!(4)),
+            "{v}"
+        );
+        // Nor register in the external gate's name.
+        assert_eq!(register(&own, &base, "gate-09", "viid-secret").await, 403);
+        gw.shutdown().await;
+    }
+}

@@ -9,9 +9,10 @@
 //! (`codec.rs`) is shared with the upstream sink.
 
 pub mod codec;
+mod guard;
 mod server;
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
@@ -38,6 +39,32 @@ impl Error {
     }
 }
 
+/// A subscription-mode upstream with the addresses its host resolved to at start.
+#[derive(Debug, Clone)]
+pub struct Upper {
+    pub target: String,
+    pub server_id: String,
+    pub host: String,
+    pub password: String,
+    pub addresses: Vec<IpAddr>,
+}
+
+impl Upper {
+    async fn resolve(u: crate::outbox::subscriptions::Upper) -> Upper {
+        let addresses: Vec<IpAddr> = match u.host.trim_start_matches('[').trim_end_matches(']').parse::<IpAddr>() {
+            Ok(ip) => vec![ip],
+            Err(_) => match tokio::net::lookup_host((u.host.as_str(), 0)).await {
+                Ok(found) => found.map(|a| a.ip()).collect(),
+                Err(e) => {
+                    warn!(upstream = %u.target, host = %u.host, error = %e, "Cannot resolve the upper view library's host: its subscription requests will be refused until a restart.");
+                    Vec::new()
+                }
+            },
+        };
+        Upper { target: u.target, server_id: u.server_id, host: u.host, password: u.password, addresses }
+    }
+}
+
 /// How long a registration lasts without a request (3 × the 60 s keepalive devices use).
 pub const VALIDITY_MS: i64 = 180_000;
 
@@ -50,6 +77,7 @@ pub async fn spawn(
     tz: chrono_tz::Tz,
     profiles: Arc<ProfileSet>,
     ingest: Ingest,
+    serve: crate::net::http::Serve,
     cancel: CancellationToken,
     tracker: &TaskTracker,
 ) -> Result<SocketAddr, Error> {
@@ -57,19 +85,13 @@ pub async fn spawn(
     let listener =
         tokio::net::TcpListener::bind(cfg.listen).await.map_err(|source| Error::Bind { addr: cfg.listen, source })?;
     let addr = listener.local_addr().map_err(|source| Error::Bind { addr: cfg.listen, source })?;
-    let ctx = server::Ctx::new(cfg, gateway_id, uppers, tz, profiles, ingest);
-    let app = server::router(ctx, max_body);
-    tracker.spawn(
-        async move {
-            let served = axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
-                .with_graceful_shutdown(async move { cancel.cancelled().await })
-                .await;
-            if let Err(e) = served {
-                warn!(error = %e, "GA/T 1400 endpoint stopped with an error.");
-            }
-        }
-        .instrument(tracing::info_span!("gat1400")),
-    );
+    let mut resolved = Vec::with_capacity(uppers.len());
+    for u in uppers {
+        resolved.push(Upper::resolve(u).await);
+    }
+    let ctx = server::Ctx::new(cfg, max_body, gateway_id, resolved, tz, profiles, ingest);
+    let app = server::router(ctx);
+    tracker.spawn(crate::net::http::serve(listener, app, serve, cancel).instrument(tracing::info_span!("gat1400")));
     info!(listen = %addr, "GA/T 1400 checkpoints register at http://{addr}/VIID/System/Register.");
     Ok(addr)
 }

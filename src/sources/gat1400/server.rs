@@ -3,12 +3,11 @@
 //! (401 with a fresh challenge when a device must register, 400 for JSON that cannot be read,
 //! 503 while the store cannot take records, 200 with per-object codes otherwise).
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::extract::{ConnectInfo, DefaultBodyLimit, State};
+use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -17,9 +16,9 @@ use serde_json::Value;
 use tracing::{info, warn};
 
 use super::codec::{self, Status};
+use super::guard::{self, BodyError, Budget, Gate, Held, Refusal, Session};
 use super::VALIDITY_MS;
 use crate::clock::{now_ms, Millis};
-use crate::digest::{parse_authorization, Nonces, Verdict as Digest};
 use crate::event::{Evidence, Observation};
 use crate::profiles::ProfileSet;
 use crate::registry::{Admission, AdmissionOutcome, Protocol, UnknownDevice};
@@ -28,22 +27,23 @@ use crate::sources::ingest::{Ingest, Verdict};
 pub struct Ctx {
     ingest: Ingest,
     profiles: Arc<ProfileSet>,
-    realm: String,
     password: String,
     server_id: String,
     tz: chrono_tz::Tz,
-    nonces: Mutex<Nonces>,
-    /// Registered devices → registration valid until.
-    sessions: Mutex<HashMap<String, Millis>>,
+    gate: Gate,
+    budget: Arc<Budget>,
+    max_body: usize,
     /// Subscription-mode upstreams.
-    uppers: Vec<crate::outbox::subscriptions::Upper>,
+    uppers: Vec<super::Upper>,
 }
 
 impl Ctx {
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         cfg: &crate::config::Gat1400,
+        max_body: usize,
         server_id: String,
-        uppers: Vec<crate::outbox::subscriptions::Upper>,
+        uppers: Vec<super::Upper>,
         tz: chrono_tz::Tz,
         profiles: Arc<ProfileSet>,
         ingest: Ingest,
@@ -51,12 +51,12 @@ impl Ctx {
         Arc::new(Ctx {
             ingest,
             profiles,
-            realm: cfg.realm.clone(),
             password: cfg.password.clone(),
             server_id,
             tz,
-            nonces: Mutex::default(),
-            sessions: Mutex::default(),
+            gate: Gate::new(cfg.realm.clone(), cfg.digest_every_request),
+            budget: Budget::for_max_body(max_body),
+            max_body,
             uppers,
         })
     }
@@ -65,8 +65,8 @@ impl Ctx {
         viid(http, codec::response(url, status, id, detail, now_ms(), &self.tz))
     }
 
-    fn challenge(&self, url: &str, id: &str, stale: bool, detail: &str) -> Response {
-        let www = self.nonces.lock().unwrap_or_else(|p| p.into_inner()).challenge(&self.realm, now_ms(), stale);
+    fn challenge(&self, url: &str, id: &str, peer: SocketAddr, stale: bool, detail: &str) -> Response {
+        let www = self.gate.challenge(now_ms(), stale, peer.ip());
         let mut r = self.answer(StatusCode::UNAUTHORIZED, url, Status::InvalidOperation, id, detail);
         if let Ok(v) = HeaderValue::from_str(&www) {
             r.headers_mut().insert("www-authenticate", v);
@@ -74,13 +74,91 @@ impl Ctx {
         r
     }
 
-    fn registered(&self, id: &str, now: Millis) -> bool {
-        self.sessions.lock().unwrap_or_else(|p| p.into_inner()).get(id).is_some_and(|&until| until > now)
+    /// The answer to a refusal, counted (`vigil_device_auth_refusals_total{port="gat1400"}`),
+    /// kept in the rejections log and written to the log at most once per interval.
+    fn refuse(&self, url: &str, id: &str, peer: SocketAddr, why: &Refusal) -> Response {
+        let shared = self.ingest.shared();
+        let now = now_ms();
+        shared.metrics.auth_refusals.with_label_values(&["gat1400", why.reason()]).inc();
+        shared.rejections.record(
+            now,
+            "gat1400",
+            why.reason(),
+            peer.to_string(),
+            format!("{url} for {id:?}: {}", why.detail()),
+            b"",
+        );
+        if let Some(held) = self.gate.hush.tick(now) {
+            warn!(%peer, device = %id, %url, reason = why.reason(), held_back = held, "GA/T 1400 request refused before reading it.");
+        }
+        match why {
+            Refusal::Limited => self.answer(StatusCode::FORBIDDEN, url, Status::InvalidOperation, id, &why.detail()),
+            Refusal::NeedsDigest { stale } => self.challenge(url, id, peer, *stale, &why.detail()),
+            _ => self.challenge(url, id, peer, false, &why.detail()),
+        }
+    }
+
+    /// The device's password (its own, else the port's default) and whether it wants a
+    /// digest on every request (its `digest_every_request` attribute).
+    fn credentials(&self, id: &str) -> (String, bool) {
+        let known = self.ingest.shared().registry.read().device(id);
+        let password = known.as_ref().and_then(|d| d.password.clone()).unwrap_or_else(|| self.password.clone());
+        let wanted =
+            known.as_ref().and_then(|d| d.attrs.get("digest_every_request")).and_then(Value::as_bool).unwrap_or(false);
+        (password, wanted)
+    }
+
+    /// Whether a request after Register is the registered device's (checked from the headers).
+    #[allow(clippy::result_large_err)] // the early answer
+    fn caller(&self, url: &str, id: &str, peer: SocketAddr, headers: &HeaderMap) -> Result<(), Response> {
+        let (password, wanted) = self.credentials(id);
+        self.gate
+            .caller(id, peer, headers, "POST", &password, wanted, now_ms())
+            .map_err(|why| self.refuse(url, id, peer, &why))
+    }
+
+    /// Reads a body under the port's budget, or the answer to send.
+    async fn body(
+        &self,
+        url: &str,
+        id: &str,
+        peer: SocketAddr,
+        headers: &HeaderMap,
+        body: axum::body::Body,
+        limit: usize,
+    ) -> Result<(Bytes, Held), Response> {
+        guard::read(&self.budget, peer.ip(), headers, body, limit).await.map_err(|e| match e {
+            BodyError::TooLarge { limit } => self.answer(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                url,
+                Status::InvalidOperation,
+                id,
+                &format!("the body is larger than {limit} bytes"),
+            ),
+            BodyError::Busy => {
+                self.ingest.shared().metrics.auth_refusals.with_label_values(&["gat1400", "busy"]).inc();
+                self.answer(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    url,
+                    Status::DeviceBusy,
+                    id,
+                    "too many bytes in flight (from this address or in total); send again later",
+                )
+            }
+            BodyError::Slow => self.answer(
+                StatusCode::REQUEST_TIMEOUT,
+                url,
+                Status::InvalidOperation,
+                id,
+                &format!("the body did not arrive within {} s", guard::BODY_DEADLINE.as_secs()),
+            ),
+            BodyError::Broken(e) => self.answer(StatusCode::BAD_REQUEST, url, Status::InvalidOperation, id, &e),
+        })
     }
 
     /// Renews a registration and tells presence.
     async fn renew(&self, id: &str, now: Millis, register: bool) {
-        self.sessions.lock().unwrap_or_else(|p| p.into_inner()).insert(id.to_owned(), now + VALIDITY_MS);
+        self.gate.renew(id, now + VALIDITY_MS);
         let shared = self.ingest.shared();
         let key = shared.registry.read().device(id).map(|d| d.key);
         if let Some(device) = key {
@@ -90,6 +168,16 @@ impl Ctx {
     }
 }
 
+/// The `User-Identify` header, trimmed, when present and not empty.
+fn user_identify(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get("user-identify")
+        .and_then(|h| h.to_str().ok())
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
+        .map(str::to_owned)
+}
+
 /// A JSON answer with the view library's content type.
 fn viid(http: StatusCode, body: Value) -> Response {
     let mut r = (http, body.to_string()).into_response();
@@ -97,7 +185,7 @@ fn viid(http: StatusCode, body: Value) -> Response {
     r
 }
 
-pub fn router(ctx: Arc<Ctx>, max_body: usize) -> Router {
+pub fn router(ctx: Arc<Ctx>) -> Router {
     Router::new()
         .route("/VIID/System/Register", post(register))
         .route("/VIID/System/Keepalive", post(keepalive))
@@ -110,7 +198,6 @@ pub fn router(ctx: Arc<Ctx>, max_body: usize) -> Router {
         .route("/VIID/NonMotorVehicles", post(objects))
         .route("/VIID/APEs", post(objects))
         .fallback(not_found)
-        .layer(DefaultBodyLimit::max(max_body))
         .with_state(ctx)
 }
 
@@ -140,46 +227,32 @@ fn system_id(ctx: &Ctx, url: &str, body: &[u8], object: &str) -> Result<String, 
     })
 }
 
-async fn register(
-    State(ctx): State<Arc<Ctx>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
+async fn register(State(ctx): State<Arc<Ctx>>, ConnectInfo(peer): ConnectInfo<SocketAddr>, req: Request) -> Response {
     const URL: &str = "/VIID/System/Register";
+    let (parts, body) = req.into_parts();
+    let now = now_ms();
+    if ctx.gate.limited(peer.ip(), now) {
+        return ctx.refuse(URL, "", peer, &Refusal::Limited);
+    }
     // Challenge before reading the body: digest clients (curl among them) send the first
     // request with an empty body.
-    let Some(auth) = headers.get("authorization").and_then(|h| h.to_str().ok()) else {
-        return ctx.challenge(URL, "", false, "authenticate with HTTP digest");
+    if !parts.headers.contains_key("authorization") {
+        return ctx.challenge(URL, "", peer, false, "authenticate with HTTP digest");
+    }
+    let (body, _held) = match ctx.body(URL, "", peer, &parts.headers, body, guard::SYSTEM_BODY_MAX).await {
+        Ok(b) => b,
+        Err(r) => return r,
     };
     let id = match system_id(&ctx, URL, &body, "RegisterObject") {
         Ok(id) => id,
         Err(r) => return r,
     };
     let shared = ctx.ingest.shared();
-    let Some(params) = parse_authorization(auth) else {
-        return ctx.challenge(URL, &id, false, "Authorization is not a Digest header");
+    let (password, _) = ctx.credentials(&id);
+    let username = match ctx.gate.verify(&parts.headers, "POST", &password, peer.ip(), now) {
+        Ok(u) => u,
+        Err(why) => return ctx.refuse(URL, &id, peer, &why),
     };
-    let known = shared.registry.read().device(&id);
-    let password = known.as_ref().and_then(|d| d.password.clone()).unwrap_or_else(|| ctx.password.clone());
-    let now = now_ms();
-    let verdict = ctx.nonces.lock().unwrap_or_else(|p| p.into_inner()).check(now, &params, "POST", &password);
-    match verdict {
-        Digest::Ok => {}
-        Digest::Stale => return ctx.challenge(URL, &id, true, "nonce expired"),
-        other => {
-            warn!(device = %id, %peer, verdict = ?other, "GA/T 1400 registration refused: wrong credentials.");
-            shared.rejections.record(
-                now,
-                "gat1400",
-                "wrong_password",
-                peer.to_string(),
-                format!("{id}: digest {other:?}"),
-                &body,
-            );
-            return ctx.challenge(URL, &id, false, "wrong username or password");
-        }
-    }
     let mut attrs = serde_json::Map::new();
     attrs.insert("source".into(), Value::String("gat1400".into()));
     attrs.insert("ip".into(), Value::String(peer.ip().to_string()));
@@ -227,6 +300,26 @@ async fn register(
         }
         Err(e) => return ctx.answer(StatusCode::SERVICE_UNAVAILABLE, URL, Status::DeviceBusy, &id, &e.to_string()),
     };
+    if device.protocol != Protocol::Gat1400 {
+        // A device of another protocol (an RTSP camera, an `external` gate) has its presence
+        // from that protocol: a view-library registration may not speak for it.
+        shared.metrics.auth_refusals.with_label_values(&["gat1400", "other_protocol"]).inc();
+        shared.rejections.record(
+            now,
+            "gat1400",
+            "other_protocol",
+            peer.to_string(),
+            format!("{id} is a {} device, not a GA/T 1400 one", device.protocol.as_str()),
+            &body,
+        );
+        return ctx.answer(
+            StatusCode::FORBIDDEN,
+            URL,
+            Status::InvalidOperation,
+            &id,
+            &format!("RegisterObject.DeviceID: {id} is a {} device on this gateway", device.protocol.as_str()),
+        );
+    }
     if device.admission != Admission::Approved || !device.enabled {
         shared.rejections.record(
             now,
@@ -238,34 +331,69 @@ async fn register(
         );
         return ctx.answer(StatusCode::FORBIDDEN, URL, Status::InvalidOperation, &id, "device awaits approval");
     }
+    ctx.gate.bind(&id, Session { until: now + VALIDITY_MS, ip: peer.ip(), username });
     ctx.renew(&id, now, true).await;
     info!(device = %id, %peer, "GA/T 1400 device registered.");
     ctx.answer(StatusCode::OK, URL, Status::Ok, &id, "")
 }
 
-/// The upstream an upper view library's request belongs to, by its `User-Identify`; a 403
-/// for anyone else.
+/// The upstream an upper view library's request belongs to: its `User-Identify` names a
+/// subscription-mode upstream, the request comes from that upstream's configured host, and
+/// it carries a digest of the upstream's password (401 with a challenge without one).
 #[allow(clippy::result_large_err)] // the early answer, as json() and system_id() give it
-fn upper_of<'a>(ctx: &'a Ctx, headers: &HeaderMap) -> Result<&'a crate::outbox::subscriptions::Upper, Response> {
-    let who = headers.get("user-identify").and_then(|h| h.to_str().ok()).unwrap_or("").trim();
-    ctx.uppers.iter().find(|u| u.server_id.is_empty() || u.server_id == who).ok_or_else(|| {
-        ctx.answer(
+fn upper_of<'a>(
+    ctx: &'a Ctx,
+    peer: SocketAddr,
+    headers: &HeaderMap,
+    method: &str,
+) -> Result<&'a super::Upper, Response> {
+    const URL: &str = "/VIID/Subscribes";
+    let now = now_ms();
+    if ctx.gate.limited(peer.ip(), now) {
+        return Err(ctx.refuse(URL, "", peer, &Refusal::Limited));
+    }
+    let who = user_identify(headers).unwrap_or_default();
+    let Some(upper) = ctx.uppers.iter().find(|u| u.server_id == who) else {
+        ctx.ingest.shared().metrics.auth_refusals.with_label_values(&["gat1400", "not_an_upper"]).inc();
+        return Err(ctx.answer(
             StatusCode::FORBIDDEN,
-            "/VIID/Subscribes",
+            URL,
             Status::InvalidOperation,
-            "",
+            &who,
             "not an upper view library of this gateway (User-Identify)",
-        )
-    })
+        ));
+    };
+    if !upper.addresses.contains(&peer.ip()) {
+        ctx.ingest.shared().metrics.auth_refusals.with_label_values(&["gat1400", "not_from_upper_host"]).inc();
+        if let Some(held) = ctx.gate.hush.tick(now) {
+            warn!(%peer, upstream = %upper.target, held_back = held, "A subscription request in an upper's name from another host; refused.");
+        }
+        return Err(ctx.answer(
+            StatusCode::FORBIDDEN,
+            URL,
+            Status::InvalidOperation,
+            &who,
+            "not from the upper view library's configured host",
+        ));
+    }
+    match ctx.gate.verify(headers, method, &upper.password, peer.ip(), now) {
+        Ok(_) => Ok(upper),
+        Err(why) => Err(ctx.refuse(URL, &who, peer, &why)),
+    }
 }
 
 /// `POST /VIID/Subscribes`: an upper view library subscribes (or cancels, `OperateType` 1);
 /// answered per `SubscribeID`.
-async fn subscribes(State(ctx): State<Arc<Ctx>>, headers: HeaderMap, body: Bytes) -> Response {
+async fn subscribes(State(ctx): State<Arc<Ctx>>, ConnectInfo(peer): ConnectInfo<SocketAddr>, req: Request) -> Response {
     use crate::outbox::subscriptions::{self, Request};
     const URL: &str = "/VIID/Subscribes";
-    let upper = match upper_of(&ctx, &headers) {
+    let (parts, body) = req.into_parts();
+    let upper = match upper_of(&ctx, peer, &parts.headers, "POST") {
         Ok(u) => u.clone(),
+        Err(r) => return r,
+    };
+    let (body, _held) = match ctx.body(URL, "", peer, &parts.headers, body, guard::SYSTEM_BODY_MAX).await {
+        Ok(b) => b,
         Err(r) => return r,
     };
     let target = upper.target.clone();
@@ -315,9 +443,14 @@ async fn subscribes(State(ctx): State<Arc<Ctx>>, headers: HeaderMap, body: Bytes
 }
 
 /// `DELETE /VIID/Subscribes?IDList=a,b`: cancels subscriptions.
-async fn unsubscribe(State(ctx): State<Arc<Ctx>>, headers: HeaderMap, uri: Uri) -> Response {
+async fn unsubscribe(
+    State(ctx): State<Arc<Ctx>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    uri: Uri,
+) -> Response {
     const URL: &str = "/VIID/Subscribes";
-    let target = match upper_of(&ctx, &headers) {
+    let target = match upper_of(&ctx, peer, &headers, "DELETE") {
         Ok(u) => u.target.clone(),
         Err(r) => return r,
     };
@@ -343,27 +476,49 @@ async fn unsubscribe(State(ctx): State<Arc<Ctx>>, headers: HeaderMap, uri: Uri) 
     viid(StatusCode::OK, codec::response_list(answers))
 }
 
-async fn keepalive(State(ctx): State<Arc<Ctx>>, body: Bytes) -> Response {
+/// The device a system request (Keepalive, UnRegister) is for, checked as the registered
+/// device: from `User-Identify` before the body is read where the header is sent, else from
+/// the (small, bounded) body; the body's `DeviceID` must be the header's.
+async fn system_caller(ctx: &Ctx, url: &str, object: &str, peer: SocketAddr, req: Request) -> Result<String, Response> {
+    let (parts, body) = req.into_parts();
+    let header = user_identify(&parts.headers);
+    if let Some(id) = &header {
+        ctx.caller(url, id, peer, &parts.headers)?;
+    } else if ctx.gate.limited(peer.ip(), now_ms()) {
+        return Err(ctx.refuse(url, "", peer, &Refusal::Limited));
+    }
+    let (body, _held) = ctx.body(url, "", peer, &parts.headers, body, guard::SYSTEM_BODY_MAX).await?;
+    let id = system_id(ctx, url, &body, object)?;
+    match header {
+        Some(h) if h != id => Err(ctx.answer(
+            StatusCode::BAD_REQUEST,
+            url,
+            Status::InvalidJsonContent,
+            &id,
+            &format!("{object}.DeviceID {id} is not the User-Identify {h}"),
+        )),
+        Some(_) => Ok(id),
+        None => ctx.caller(url, &id, peer, &parts.headers).map(|()| id),
+    }
+}
+
+async fn keepalive(State(ctx): State<Arc<Ctx>>, ConnectInfo(peer): ConnectInfo<SocketAddr>, req: Request) -> Response {
     const URL: &str = "/VIID/System/Keepalive";
-    let id = match system_id(&ctx, URL, &body, "KeepaliveObject") {
+    let id = match system_caller(&ctx, URL, "KeepaliveObject", peer, req).await {
         Ok(id) => id,
         Err(r) => return r,
     };
-    let now = now_ms();
-    if !ctx.registered(&id, now) {
-        return ctx.challenge(URL, &id, false, "not registered: register first");
-    }
-    ctx.renew(&id, now, false).await;
+    ctx.renew(&id, now_ms(), false).await;
     ctx.answer(StatusCode::OK, URL, Status::Ok, &id, "")
 }
 
-async fn unregister(State(ctx): State<Arc<Ctx>>, body: Bytes) -> Response {
+async fn unregister(State(ctx): State<Arc<Ctx>>, ConnectInfo(peer): ConnectInfo<SocketAddr>, req: Request) -> Response {
     const URL: &str = "/VIID/System/UnRegister";
-    let id = match system_id(&ctx, URL, &body, "UnRegisterObject") {
+    let id = match system_caller(&ctx, URL, "UnRegisterObject", peer, req).await {
         Ok(id) => id,
         Err(r) => return r,
     };
-    let was = ctx.sessions.lock().unwrap_or_else(|p| p.into_inner()).remove(&id).is_some();
+    let was = ctx.gate.unbind(&id);
     let shared = ctx.ingest.shared();
     let key = shared.registry.read().device(&id).map(|d| d.key);
     if let (true, Some(device)) = (was, key) {
@@ -371,7 +526,7 @@ async fn unregister(State(ctx): State<Arc<Ctx>>, body: Bytes) -> Response {
             .presence
             .observe(Observation { device, at: now_ms(), evidence: Evidence::SipUnregister, detail: None })
             .await;
-        info!(device = %id, "GA/T 1400 device unregistered.");
+        info!(device = %id, %peer, "GA/T 1400 device unregistered.");
     }
     ctx.answer(StatusCode::OK, URL, Status::Ok, &id, "")
 }
@@ -386,27 +541,33 @@ async fn not_found(State(ctx): State<Arc<Ctx>>, uri: Uri) -> Response {
 
 /// The reason words of refusals that concern the device, not the object's content.
 fn device_refusal(reason: &str) -> bool {
-    matches!(reason, "quarantined" | "device_rejected" | "device_disabled" | "unknown_device")
+    matches!(reason, "quarantined" | "device_rejected" | "device_disabled" | "unknown_device" | "not_carried")
 }
 
-async fn objects(
-    State(ctx): State<Arc<Ctx>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    let url = uri.path().to_owned();
-    let now = now_ms();
-    let Some(user) =
-        headers.get("user-identify").and_then(|h| h.to_str().ok()).map(str::trim).filter(|u| !u.is_empty())
-    else {
-        return ctx.challenge(&url, "", false, "User-Identify is missing: register, then send it on every request");
+async fn objects(State(ctx): State<Arc<Ctx>>, ConnectInfo(peer): ConnectInfo<SocketAddr>, req: Request) -> Response {
+    let (parts, body) = req.into_parts();
+    let url = parts.uri.path().to_owned();
+    // Who sends it is settled from the headers alone: nothing is read for a stranger.
+    let Some(user) = user_identify(&parts.headers) else {
+        if ctx.gate.limited(peer.ip(), now_ms()) {
+            return ctx.refuse(&url, "", peer, &Refusal::Limited);
+        }
+        return ctx.challenge(
+            &url,
+            "",
+            peer,
+            false,
+            "User-Identify is missing: register, then send it on every request",
+        );
     };
-    let user = user.to_owned();
-    if !ctx.registered(&user, now) {
-        return ctx.challenge(&url, &user, false, "not registered: register first");
+    if let Err(r) = ctx.caller(&url, &user, peer, &parts.headers) {
+        return r;
     }
+    let (body, _held) = match ctx.body(&url, &user, peer, &parts.headers, body, ctx.max_body).await {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    let now = now_ms();
     ctx.renew(&user, now, false).await;
     let Some(sel) = ctx.profiles.select_http(&url) else {
         // No profile maps this collection: every object is answered, none is kept.
@@ -429,7 +590,7 @@ async fn objects(
             .collect();
         return viid(StatusCode::OK, codec::response_list(items));
     };
-    let verdicts = match ctx.ingest.message(&sel, &body, &format!("{peer}/{user}"), now).await {
+    let verdicts = match ctx.ingest.message_from(&sel, &body, &format!("{peer}/{user}"), Some(&user), now).await {
         Ok(v) => v,
         Err(e) => {
             warn!(error = %e, %url, "Cannot commit GA/T 1400 objects; the device will send them again.");

@@ -25,7 +25,7 @@ use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
 use tokio_util::sync::CancellationToken;
@@ -48,8 +48,6 @@ impl Error {
 
 /// Requests queued for the SIP server task; a full queue slows the readers.
 const INBOUND_QUEUE: usize = 8192;
-/// Most TCP connections at once (devices and platforms that prefer TCP).
-const MAX_TCP_CONNECTIONS: usize = 20_000;
 /// A TCP connection with no bytes for this long is closed (devices send keepalives every 60 s).
 const TCP_IDLE: Duration = Duration::from_secs(300);
 
@@ -62,6 +60,7 @@ pub async fn spawn(
     gateway_id: String,
     shared: crate::sources::Shared,
     board: SessionBoard,
+    tcp_cap: crate::net::ConnCap,
     cancel: CancellationToken,
     tracker: &TaskTracker,
 ) -> Result<SocketAddr, Error> {
@@ -70,13 +69,18 @@ pub async fn spawn(
     // Requests vigil sends name the address actually bound (not 0.0.0.0 or port 0).
     let mut cfg = cfg;
     cfg.listen = addr;
+    // A message begun on a TCP connection must be whole by this (a sender dribbling a byte
+    // at a time is closed, not kept forever).
+    let cfg_deadline = cfg.message_deadline;
     let (tx, rx) = mpsc::channel(INBOUND_QUEUE);
+    let deadline_refusals = shared.metrics.connections_refused.with_label_values(&["sip_tcp", "deadline"]);
     let mut server = server::Server::new(server::Parts { cfg, tz, gateway_id, shared, udp: udp.clone(), board });
     server.restore_sessions().await;
     let span = tracing::info_span!("gb28181", listen = %addr);
     tracker.spawn(server.run(rx, cancel.clone()).instrument(span.clone()));
     tracker.spawn(read_udp(udp, tx.clone(), cancel.clone()).instrument(span.clone()));
-    tracker.spawn(accept_tcp(tcp, tx, cancel).instrument(span));
+    let deadline = cfg_deadline;
+    tracker.spawn(accept_tcp(tcp, tx, tcp_cap, (deadline, deadline_refusals), cancel).instrument(span));
     Ok(addr)
 }
 
@@ -137,8 +141,15 @@ async fn read_udp(socket: Arc<UdpSocket>, tx: mpsc::Sender<server::Inbound>, can
     }
 }
 
-async fn accept_tcp(listener: TcpListener, tx: mpsc::Sender<server::Inbound>, cancel: CancellationToken) {
-    let limit = Arc::new(Semaphore::new(MAX_TCP_CONNECTIONS));
+async fn accept_tcp(
+    listener: TcpListener,
+    tx: mpsc::Sender<server::Inbound>,
+    cap: crate::net::ConnCap,
+    (deadline, late): (Duration, prometheus::IntCounter),
+    cancel: CancellationToken,
+) {
+    let mut accept_errors = crate::net::Hush::new(10_000);
+    let mut refusals = crate::net::Hush::new(10_000);
     loop {
         let accepted = tokio::select! {
             biased;
@@ -148,26 +159,43 @@ async fn accept_tcp(listener: TcpListener, tx: mpsc::Sender<server::Inbound>, ca
         let (stream, peer) = match accepted {
             Ok(x) => x,
             Err(e) => {
-                warn!(error = %e, "SIP TCP accept failed.");
-                tokio::time::sleep(Duration::from_millis(100)).await;
+                if let Some(held) = accept_errors.tick(crate::clock::now_ms()) {
+                    warn!(error = %e, held_back = held, "SIP TCP accept failed.");
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
             }
         };
-        let Ok(permit) = limit.clone().try_acquire_owned() else {
-            warn!(peer = %peer, max = MAX_TCP_CONNECTIONS, "Too many SIP TCP connections; refusing one.");
-            continue;
+        let slot = match cap.try_take(peer.ip()) {
+            Ok(s) => s,
+            Err(why) => {
+                if let Some(held) = refusals.tick(crate::clock::now_ms()) {
+                    warn!(
+                        %peer, reason = why.as_str(), cap = cap.total(), per_address = cap.per_address(), held_back = held,
+                        "SIP TCP connection refused: the listener's share of descriptors is taken."
+                    );
+                }
+                continue;
+            }
         };
         let tx = tx.clone();
         let cancel = cancel.clone();
+        let late = late.clone();
         tokio::spawn(async move {
-            serve_tcp(stream, peer, tx, cancel).await;
-            drop(permit);
+            serve_tcp(stream, peer, tx, (deadline, late), cancel).await;
+            drop(slot);
         });
     }
 }
 
 /// Frames messages by Content-Length off one TCP connection and writes answers back.
-async fn serve_tcp(stream: TcpStream, peer: SocketAddr, tx: mpsc::Sender<server::Inbound>, cancel: CancellationToken) {
+async fn serve_tcp(
+    stream: TcpStream,
+    peer: SocketAddr,
+    tx: mpsc::Sender<server::Inbound>,
+    (deadline, late): (Duration, prometheus::IntCounter),
+    cancel: CancellationToken,
+) {
     let (mut rd, mut wr) = stream.into_split();
     let (out_tx, mut out_rx) = mpsc::channel::<Vec<u8>>(64);
     let writer = tokio::spawn(async move {
@@ -179,11 +207,22 @@ async fn serve_tcp(stream: TcpStream, peer: SocketAddr, tx: mpsc::Sender<server:
     });
     let mut buf: Vec<u8> = Vec::with_capacity(4096);
     let mut chunk = vec![0u8; 16 * 1024];
+    // When the message now in `buf` began: it must be whole by TCP_MESSAGE_DEADLINE.
+    let mut begun: Option<tokio::time::Instant> = None;
     'conn: loop {
+        let wait = match begun {
+            Some(t) => deadline.saturating_sub(t.elapsed()),
+            None => TCP_IDLE,
+        };
         let n = tokio::select! {
             biased;
             _ = cancel.cancelled() => break,
-            r = tokio::time::timeout(TCP_IDLE, rd.read(&mut chunk)) => match r {
+            r = tokio::time::timeout(wait, rd.read(&mut chunk)) => match r {
+                Err(_) if begun.is_some() => {
+                    late.inc();
+                    debug!(peer = %peer, pending = buf.len(), "A SIP message was not complete within its deadline; closing the connection.");
+                    break;
+                }
                 Ok(Ok(0)) | Err(_) => break,
                 Ok(Ok(n)) => n,
                 Ok(Err(e)) => {
@@ -193,19 +232,30 @@ async fn serve_tcp(stream: TcpStream, peer: SocketAddr, tx: mpsc::Sender<server:
             },
         };
         buf.extend_from_slice(&chunk[..n]);
+        if begun.is_none() {
+            begun = Some(tokio::time::Instant::now());
+        }
         loop {
             match message::frame_len(&buf) {
                 Ok(Some(len)) => {
                     let frame: Vec<u8> = buf.drain(..len).collect();
+                    begun = (!buf.is_empty()).then(tokio::time::Instant::now);
                     let inbound =
                         server::Inbound { bytes: frame, from: peer, reply: server::Reply::Tcp(out_tx.clone()) };
                     if tx.send(inbound).await.is_err() {
                         break 'conn;
                     }
                 }
-                Ok(None) => break,
+                Ok(None) => {
+                    // Only the bytes of a message not yet whole (or CRLF keep-alives) remain.
+                    if buf.iter().all(|b| matches!(b, b'\r' | b'\n')) {
+                        buf.clear();
+                        begun = None;
+                    }
+                    break;
+                }
                 Err(e) => {
-                    warn!(peer = %peer, error = %e, "SIP TCP stream cannot be framed; closing it.");
+                    debug!(peer = %peer, error = %e, "SIP TCP stream cannot be framed; closing it.");
                     break 'conn;
                 }
             }

@@ -11,8 +11,9 @@ use tracing::{error, info};
 
 use super::Error;
 
-/// Starts the broker and answers the URL vigil's own client connects to.
-pub fn start(cfg: &crate::config::Mqtt) -> Result<String, Error> {
+/// Starts the broker (at most `max_connections` clients: its share of the descriptors) and
+/// answers the URL vigil's own client connects to.
+pub fn start(cfg: &crate::config::Mqtt, max_connections: usize) -> Result<String, Error> {
     let addr = cfg.listen;
     let fail = |reason: String| Error::Broker { addr, reason };
     // rumqttd reports a bind failure only in its own thread's log: find out here first.
@@ -36,7 +37,7 @@ pub fn start(cfg: &crate::config::Mqtt) -> Result<String, Error> {
     let config = Config {
         id: 0,
         router: RouterConfig {
-            max_connections: 20_000,
+            max_connections,
             max_outgoing_packet_count: 1024,
             max_segment_size: 100 << 20,
             max_segment_count: 10,

@@ -199,7 +199,13 @@ async fn take(
     }
     let arrived: Vec<Arrived<'_>> = selected
         .iter()
-        .map(|(i, sel)| Arrived { sel, payload: &batch[*i].payload, peer: &batch[*i].topic, received_at })
+        .map(|(i, sel)| Arrived {
+            sel,
+            payload: &batch[*i].payload,
+            peer: &batch[*i].topic,
+            speaker: None,
+            received_at,
+        })
         .collect();
     let mut delay = Duration::from_millis(200);
     while !arrived.is_empty() {

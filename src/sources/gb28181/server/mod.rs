@@ -39,6 +39,8 @@ const TRANSACTION_TTL_MS: Millis = 32_000;
 /// Digest failures from one address within the window before it is refused unheard.
 const MAX_FAILURES: u32 = 5;
 const FAILURE_WINDOW_MS: Millis = 60_000;
+/// A log line that a flood repeats is written at most once per this, with a count.
+const HUSH_MS: Millis = 10_000;
 /// The shortest registration granted.
 const MIN_EXPIRES_S: u64 = 60;
 /// Entries past which the maps are swept of stale ones.
@@ -156,7 +158,11 @@ pub struct Server {
     board_dirty: bool,
     saving: bool,
     next_save_at: Millis,
-    failures: HashMap<IpAddr, (u32, Millis)>,
+    failures: crate::net::FailureLimit,
+    /// Log lines a flood would repeat (malformed datagrams, bad ids, wrong passwords): one per
+    /// interval with the count held back.
+    hush_malformed: crate::net::Hush,
+    hush_auth: crate::net::Hush,
     /// REGISTERs from quarantined devices: (count, when last written to the registry).
     attempts: HashMap<String, (u64, Millis)>,
     /// REGISTERs of unknown devices waiting for their admission to be written (in batches),
@@ -246,7 +252,9 @@ impl Server {
             board_dirty: false,
             saving: false,
             next_save_at: 0,
-            failures: HashMap::new(),
+            failures: crate::net::FailureLimit::new(MAX_FAILURES, FAILURE_WINDOW_MS),
+            hush_malformed: crate::net::Hush::new(HUSH_MS),
+            hush_auth: crate::net::Hush::new(HUSH_MS),
             attempts: HashMap::new(),
             pending_attrs: HashMap::new(),
             attrs_flushing: Arc::default(),
@@ -444,7 +452,9 @@ impl Server {
                     let reason: String = reason.chars().filter(|c| !c.is_control()).take(120).collect();
                     message::response(&m, code, &reason, from, &self.tag, &[], b"")
                 });
-                warn!(peer = %from, error = %e, answered = answer.is_some(), excerpt = %String::from_utf8_lossy(&bytes[..bytes.len().min(80)]), "Malformed SIP message refused.");
+                if let Some(held) = self.hush_malformed.tick(crate::clock::now_ms()) {
+                    warn!(peer = %from, error = %e, answered = answer.is_some(), held_back = held, excerpt = %String::from_utf8_lossy(&bytes[..bytes.len().min(80)]), "Malformed SIP message refused (one line per 10 s; held_back counts the others).");
+                }
                 return answer;
             }
         };
@@ -520,18 +530,11 @@ impl Server {
     }
 
     fn failed(&mut self, ip: IpAddr, now: Millis) {
-        if self.failures.len() >= SWEEP_AT {
-            self.failures.retain(|_, (_, since)| now - *since < FAILURE_WINDOW_MS);
-        }
-        let e = self.failures.entry(ip).or_insert((0, now));
-        if now - e.1 >= FAILURE_WINDOW_MS {
-            *e = (0, now);
-        }
-        e.0 += 1;
+        self.failures.failed(ip, now);
     }
 
     fn limited(&self, ip: IpAddr, now: Millis) -> bool {
-        self.failures.get(&ip).is_some_and(|(n, since)| *n >= MAX_FAILURES && now - *since < FAILURE_WINDOW_MS)
+        self.failures.limited(ip, now)
     }
 
     /// Answers a REGISTER; `None` when the answer waits for the device's admission (an
@@ -553,7 +556,9 @@ impl Server {
             Ok(c) => c,
             Err(e) => {
                 self.reject("bad_device_id", from, e.to_string());
-                warn!(peer = %from, device = %id, error = %e, "REGISTER with a device id that is not a GB/T 28181 code.");
+                if let Some(held) = self.hush_malformed.tick(now) {
+                    warn!(peer = %from, device = %id, error = %e, held_back = held, "REGISTER with a device id that is not a GB/T 28181 code.");
+                }
                 return Some(message::response(
                     msg,
                     400,
@@ -592,8 +597,9 @@ impl Server {
     }
 
     /// A 401 with a fresh Digest challenge (`stale=true` when the old nonce only expired).
-    fn challenge(&mut self, msg: &Message<'_>, from: SocketAddr, now: Millis, stale: bool) -> Vec<u8> {
-        let challenge = self.nonces.challenge(&self.cfg.realm, now, stale);
+    fn challenge(&mut self, msg: &Message<'_>, from: SocketAddr, now: Millis, stale: bool, id: &str) -> Vec<u8> {
+        let bound = format!("{id}@{}", from.ip());
+        let challenge = self.nonces.challenge_bound(&self.cfg.realm, now, stale, Some(&bound));
         message::response(msg, 401, "Unauthorized", from, &self.tag, &[("WWW-Authenticate", challenge)], b"")
     }
 
@@ -609,11 +615,11 @@ impl Server {
         let outcome = |s: &Self, o: &str| s.metrics.sip_registrations.with_label_values(&[o]).inc();
         let Some(auth) = msg.header("Authorization").or_else(|| msg.header("Proxy-Authorization")) else {
             outcome(self, "challenged");
-            return Some(self.challenge(msg, from, now, false));
+            return Some(self.challenge(msg, from, now, false, id));
         };
         let Some(params) = parse_authorization(auth) else {
             outcome(self, "malformed");
-            return Some(self.challenge(msg, from, now, false));
+            return Some(self.challenge(msg, from, now, false, id));
         };
         let password = own_password.unwrap_or_else(|| self.cfg.password.clone());
         if params.get("username").is_some_and(|u| u != id) {
@@ -629,16 +635,19 @@ impl Server {
                 b"",
             ));
         }
-        match self.nonces.check(now, &params, "REGISTER", &password) {
+        let bound = format!("{id}@{}", from.ip());
+        match self.nonces.check_bound(now, &params, "REGISTER", &password, Some(&bound)) {
             Verdict::Ok => {}
             Verdict::Stale | Verdict::Malformed => {
                 outcome(self, "challenged");
-                return Some(self.challenge(msg, from, now, true));
+                return Some(self.challenge(msg, from, now, true, id));
             }
             Verdict::Wrong | Verdict::Replay => {
                 outcome(self, "wrong_password");
                 self.failed(from.ip(), now);
-                warn!(peer = %from, device = %id, "REGISTER with a wrong password (or a replayed nonce) refused.");
+                if let Some(held) = self.hush_auth.tick(now) {
+                    warn!(peer = %from, device = %id, held_back = held, "REGISTER with a wrong password (or a replayed nonce) refused (one line per 10 s; held_back counts the others).");
+                }
                 return Some(message::response(msg, 403, "Forbidden", from, &self.tag, &[], b""));
             }
         }
