@@ -376,3 +376,222 @@ pub mod gat1400 {
         gw.shutdown().await;
     }
 }
+
+/// The descriptor budget, deadlines and body budget on the device ports (issue #15, items 3
+/// and 4): exhausting one port leaves the rest of the process answering.
+mod exhaustion {
+    use std::net::{IpAddr, SocketAddr};
+    use std::time::Duration;
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::{TcpSocket, TcpStream};
+
+    use crate::support::gateway::{config_toml, Db, Process, TestGateway};
+    use crate::support::{free_port, metric};
+
+    /// A TCP connection to `to` leaving from `ip`.
+    async fn connect_from(ip: [u8; 4], to: SocketAddr) -> std::io::Result<TcpStream> {
+        let s = TcpSocket::new_v4()?;
+        s.bind(SocketAddr::new(IpAddr::from(ip), 0))?;
+        s.connect(to).await
+    }
+
+    /// Whether the peer closes `s` within `within` (bytes it sends meanwhile are read and
+    /// dropped).
+    async fn closed_within(s: &mut TcpStream, within: Duration) -> bool {
+        let mut buf = [0u8; 1024];
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            match tokio::time::timeout_at(deadline, s.read(&mut buf)).await {
+                Err(_) => return false,
+                Ok(Ok(0)) | Ok(Err(_)) => return true,
+                Ok(Ok(_)) => {}
+            }
+        }
+    }
+
+    /// A SIP message dribbled a byte at a time, and HTTP headers likewise on the GA/T 1400
+    /// port, are closed at their deadlines, counted; a connection that sends whole messages
+    /// slowly is not.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn slow_senders_are_closed_at_their_deadlines() {
+        let gw = TestGateway::start_with_sip(Db::Sqlite, "message_deadline = \"1s\"\n").await;
+        let sip = gw.sip.expect("SIP");
+        let mut slow = TcpStream::connect(sip).await.expect("connect");
+        let mut dribble = tokio::spawn(async move {
+            for b in b"REGISTER sip:4201040000 SIP/2.0\r\nVia: SIP/2.0/TCP 127.0.0.1:5999\r\n".iter().cycle().take(120)
+            {
+                if slow.write_all(&[*b]).await.is_err() {
+                    return slow;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            slow
+        });
+        let mut slow = tokio::select! {
+            s = &mut dribble => s.expect("dribbler"),
+            _ = tokio::time::sleep(Duration::from_secs(10)) => panic!("a dribbling SIP sender was not closed"),
+        };
+        assert!(closed_within(&mut slow, Duration::from_secs(5)).await);
+        let m = gw.api.wait_for_metrics(Duration::from_secs(5), |m| m.contains("reason=\"deadline\"")).await;
+        assert!(m.contains("vigil_connections_refused_total{listener=\"sip_tcp\",reason=\"deadline\"} 1"), "{m}");
+        // CRLF keep-alives (RFC 5626) between messages are no message: the connection stays.
+        let mut idle = TcpStream::connect(sip).await.expect("connect");
+        for _ in 0..3 {
+            idle.write_all(b"\r\n\r\n").await.expect("keep-alive");
+            tokio::time::sleep(Duration::from_millis(600)).await;
+        }
+        assert!(!closed_within(&mut idle, Duration::from_millis(300)).await, "CRLF keep-alives are not a late message");
+        gw.shutdown().await;
+
+        let gw = TestGateway::start(
+            Db::Sqlite,
+            "[gat1400]\nenabled = true\nlisten = \"127.0.0.1:0\"\nheader_deadline = \"1s\"\n",
+        )
+        .await;
+        let mut slow = TcpStream::connect(gw.gat1400.expect("GA/T 1400")).await.expect("connect");
+        slow.write_all(b"POST /VIID/Faces HTTP/1.1\r\nHost: x\r\n").await.expect("write");
+        let started = tokio::time::Instant::now();
+        let mut closed = false;
+        for _ in 0..100 {
+            if slow.write_all(b"X").await.is_err() {
+                closed = true;
+                break;
+            }
+            if closed_within(&mut slow, Duration::from_millis(100)).await {
+                closed = true;
+                break;
+            }
+        }
+        assert!(closed, "headers dribbled for {:?} were not cut off", started.elapsed());
+        gw.shutdown().await;
+    }
+
+    /// 40 unauthenticated 15 MB posts in parallel to the view library are refused from their
+    /// headers: the gateway's memory grows by no more than 64 MB.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn unauthenticated_bodies_are_refused_unread() {
+        const BODY: usize = 15_000_000;
+        let dir = tempfile::tempdir().expect("temp dir");
+        let (port, viid) = (free_port(), free_port());
+        let cfg = dir.path().join("vigil.toml");
+        let extra = format!("[gat1400]\nenabled = true\nlisten = \"127.0.0.1:{viid}\"\n");
+        std::fs::write(&cfg, config_toml(&dir.path().join("data"), None, port, &extra)).expect("config");
+        let gw = Process::start(&cfg, port, &dir.path().join("vigil.log")).await;
+        let base = gw.rss();
+        let to = SocketAddr::from(([127, 0, 0, 1], viid));
+        let senders: Vec<_> = (0..40)
+            .map(|i| {
+                tokio::spawn(async move {
+                    let s = TcpStream::connect(to).await.expect("connect");
+                    let (mut rd, mut wr) = s.into_split();
+                    let user = if i % 2 == 0 { "User-Identify: 42010200001190000001\r\n" } else { "" };
+                    let head = format!(
+                        "POST /VIID/Faces HTTP/1.1\r\nHost: x\r\nContent-Type: application/VIID+JSON\r\n{user}Content-Length: {BODY}\r\n\r\n"
+                    );
+                    let writer = tokio::spawn(async move {
+                        if wr.write_all(head.as_bytes()).await.is_err() {
+                            return;
+                        }
+                        let chunk = vec![b'7'; 64 * 1024];
+                        let mut sent = 0;
+                        while sent < BODY {
+                            let n = chunk.len().min(BODY - sent);
+                            if wr.write_all(&chunk[..n]).await.is_err() {
+                                return;
+                            }
+                            sent += n;
+                        }
+                    });
+                    let mut answer = Vec::new();
+                    let mut buf = [0u8; 4096];
+                    while !answer.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match rd.read(&mut buf).await {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => answer.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    writer.abort();
+                    String::from_utf8_lossy(&answer).lines().next().unwrap_or("").to_owned()
+                })
+            })
+            .collect();
+        let mut peak = base;
+        let all = futures_util::future::join_all(senders);
+        tokio::pin!(all);
+        let answers: Vec<String> = loop {
+            tokio::select! {
+                done = &mut all => {
+                    peak = peak.max(gw.rss());
+                    break done.into_iter().map(|r| r.expect("sender")).collect();
+                }
+                _ = tokio::time::sleep(Duration::from_millis(10)) => peak = peak.max(gw.rss()),
+            }
+        };
+        assert!(answers.iter().all(|a| a.starts_with("HTTP/1.1 401")), "{answers:?}");
+        let grew = peak.saturating_sub(base);
+        eprintln!("vigil RSS {} MB before, peak {} MB during 40 × 15 MB unauthenticated posts", base >> 20, peak >> 20);
+        assert!(grew <= 64 << 20, "RSS grew by {} MB (from {} MB)", grew >> 20, base >> 20);
+    }
+
+    /// With the open-file limit lowered to 512, SIP over TCP and the view library are filled
+    /// from many addresses (and past one address's share): each port refuses what is beyond
+    /// its share, counted, and the API and `/health` keep answering.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_saturated_device_port_leaves_the_api_answering() {
+        const NOFILE: u64 = 512;
+        let caps = vigil::net::Budget::split(NOFILE);
+        let dir = tempfile::tempdir().expect("temp dir");
+        let (port, sip, viid) = (free_port(), free_port(), free_port());
+        let cfg = dir.path().join("vigil.toml");
+        let extra = format!("[gat1400]\nenabled = true\nlisten = \"127.0.0.1:{viid}\"\n");
+        let text = config_toml(&dir.path().join("data"), None, port, &extra)
+            .replace("[gb28181]\nlisten = \"127.0.0.1:0\"\n", &format!("[gb28181]\nlisten = \"127.0.0.1:{sip}\"\n"));
+        assert!(text.contains(&format!("127.0.0.1:{sip}")), "the harness's [gb28181] table is where this test expects");
+        std::fs::write(&cfg, text).expect("config");
+        let gw = Process::start_with_nofile(&cfg, port, &dir.path().join("vigil.log"), NOFILE).await;
+
+        let mut held = Vec::new();
+        let per_address = vigil::net::Budget::per_address(caps.sip_tcp, 16, 1024);
+        // One address past its share, then many addresses past the listener's.
+        for _ in 0..per_address + 5 {
+            held.push(connect_from([127, 0, 1, 1], SocketAddr::from(([127, 0, 0, 1], sip))).await.expect("connect"));
+        }
+        for a in 0..(caps.sip_tcp / 10 + 2) as u8 {
+            for _ in 0..12 {
+                held.push(
+                    connect_from([127, 0, 2, a], SocketAddr::from(([127, 0, 0, 1], sip))).await.expect("connect"),
+                );
+            }
+        }
+        for a in 0..(caps.gat1400 / 4 + 2) as u8 {
+            for _ in 0..6 {
+                held.push(
+                    connect_from([127, 0, 3, a], SocketAddr::from(([127, 0, 0, 1], viid))).await.expect("connect"),
+                );
+            }
+        }
+        let m = gw
+            .api
+            .wait_for_metrics(Duration::from_secs(20), |m| {
+                metric(m, "vigil_connections{listener=\"sip_tcp\"}") as usize == caps.sip_tcp
+                    && metric(m, "vigil_connections{listener=\"gat1400\"}") as usize == caps.gat1400
+            })
+            .await;
+        for (listener, reason) in
+            [("sip_tcp", "address_full"), ("sip_tcp", "listener_full"), ("gat1400", "listener_full")]
+        {
+            let name = format!("vigil_connections_refused_total{{listener=\"{listener}\",reason=\"{reason}\"}}");
+            assert!(metric(&m, &name) >= 1.0, "{name}:\n{m}");
+        }
+        for _ in 0..20 {
+            let r = reqwest::get(format!("{}/api/v1/health", gw.url)).await.expect("health answers");
+            assert!(r.status().is_success());
+            let (s, _) = gw.api.get("/devices").await;
+            assert_eq!(s, 200);
+        }
+        let log = std::fs::read_to_string(dir.path().join("vigil.log")).unwrap_or_default();
+        assert!(!log.contains("Too many open files"), "{log}");
+        drop(held);
+    }
+}

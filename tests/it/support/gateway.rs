@@ -268,9 +268,31 @@ pub struct Process {
 
 impl Process {
     pub async fn start(config_file: &Path, port: u16, log: &Path) -> Self {
+        Self::start_command(Command::new(env!("CARGO_BIN_EXE_vigil")), config_file, port, log).await
+    }
+
+    /// The binary under `prlimit --nofile=N:N`: soft and hard open-file limits of `nofile`.
+    pub async fn start_with_nofile(config_file: &Path, port: u16, log: &Path, nofile: u64) -> Self {
+        let mut cmd = Command::new(super::require_command("prlimit"));
+        cmd.arg(format!("--nofile={nofile}:{nofile}")).arg(env!("CARGO_BIN_EXE_vigil"));
+        Self::start_command(cmd, config_file, port, log).await
+    }
+
+    /// The process's resident memory now, bytes (`VmRSS`).
+    pub fn rss(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap_or_default();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .map(|kb| kb * 1024)
+            .expect("VmRSS of a running vigil")
+    }
+
+    async fn start_command(mut cmd: Command, config_file: &Path, port: u16, log: &Path) -> Self {
         let out = std::fs::OpenOptions::new().create(true).append(true).open(log).expect("log file");
         let err = out.try_clone().expect("log file");
-        let child = Command::new(env!("CARGO_BIN_EXE_vigil"))
+        let child = cmd
             .args(["run", "--config"])
             .arg(config_file)
             .env("RUST_LOG", "info")
