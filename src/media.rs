@@ -13,6 +13,8 @@ use crate::digest::sha256_hex;
 pub enum Error {
     #[error("image of {size} bytes is over the {max}-byte limit")]
     TooLarge { size: usize, max: u64 },
+    #[error("not a JPEG or PNG picture (its first bytes read as {found})")]
+    NotAnImage { found: &'static str },
     #[error("cannot store image under {dir}: {source}")]
     Io { dir: PathBuf, source: std::io::Error },
     #[error("image store task failed: {0}")]
@@ -22,7 +24,7 @@ pub enum Error {
 impl Error {
     pub fn kind(&self) -> crate::error::ErrorKind {
         match self {
-            Error::TooLarge { .. } => crate::error::ErrorKind::InvalidInput,
+            Error::TooLarge { .. } | Error::NotAnImage { .. } => crate::error::ErrorKind::InvalidInput,
             Error::Io { .. } | Error::Task(_) => crate::error::ErrorKind::Unavailable,
         }
     }
@@ -55,6 +57,13 @@ pub fn sniff(b: &[u8]) -> &'static str {
     }
 }
 
+/// Whether `b` is a picture vigil keeps: a JPEG (SOI then a marker) or a PNG (its 8-byte
+/// signature). Anything else — HTML, script, random bytes — is refused, so the image URL of
+/// a record can never serve a page.
+pub fn is_picture(b: &[u8]) -> bool {
+    b.starts_with(&[0xFF, 0xD8, 0xFF]) || b.starts_with(b"\x89PNG\r\n\x1a\n")
+}
+
 /// Whether `hash` is a well-formed name (64 lowercase hex digits).
 pub fn valid_hash(hash: &str) -> bool {
     hash.len() == 64 && hash.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
@@ -73,6 +82,14 @@ impl MediaStore {
     pub async fn put(&self, bytes: Vec<u8>) -> Result<Stored, Error> {
         if bytes.len() as u64 > self.max {
             return Err(Error::TooLarge { size: bytes.len(), max: self.max });
+        }
+        if !is_picture(&bytes) {
+            let found = match sniff(&bytes) {
+                "application/octet-stream" if bytes.trim_ascii_start().starts_with(b"<") => "markup",
+                "application/octet-stream" => "unknown bytes",
+                other => other,
+            };
+            return Err(Error::NotAnImage { found });
         }
         let this = self.clone();
         tokio::task::spawn_blocking(move || this.put_blocking(&bytes)).await.map_err(|e| Error::Task(e.to_string()))?
@@ -132,12 +149,22 @@ mod tests {
         assert_eq!(store.get(&a.hash).await.expect("get"), Some(jpeg));
         assert_eq!(store.get("../../etc/passwd").await.expect("get"), None, "names are hashes only");
         assert!(matches!(store.put(vec![0; 2048]).await, Err(Error::TooLarge { .. })));
+        // What is not a JPEG or PNG is refused, whatever it claims to be.
+        for not_a_picture in [&b"<html><script>alert(1)</script>"[..], b"\xFF\xD8<svg>", b"BM6\x00", b"\x89PNG", b""] {
+            assert!(
+                matches!(store.put(not_a_picture.to_vec()).await, Err(Error::NotAnImage { .. })),
+                "{not_a_picture:?}"
+            );
+        }
+        let png = b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR".to_vec();
+        assert_eq!(store.put(png).await.expect("a PNG").mime, "image/png");
+        let _ = std::fs::remove_file(store.path(&sha256_hex(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR")));
         // The same picture stored from many tasks at once: one file, every put succeeds.
-        let puts: Vec<_> = (0..16).map(|_| store.put(vec![0xFF, 0xD8, 9, 9])).collect();
+        let puts: Vec<_> = (0..16).map(|_| store.put(vec![0xFF, 0xD8, 0xFF, 9])).collect();
         for r in futures_util::future::join_all(puts).await {
             r.expect("concurrent put");
         }
-        let _ = std::fs::remove_file(store.path(&sha256_hex(&[0xFF, 0xD8, 9, 9])));
+        let _ = std::fs::remove_file(store.path(&sha256_hex(&[0xFF, 0xD8, 0xFF, 9])));
         let files = walk(&dir.path().join("images"));
         assert_eq!(files.len(), 1, "one file, no temporaries left: {files:?}");
     }

@@ -252,6 +252,10 @@ async fn receive(hub: &Hub, gateway: &str, recv: &mut quinn::RecvStream) -> Resu
             bad_pictures.insert(p.hash.clone());
             continue;
         }
+        if !crate::media::is_picture(&bytes) {
+            bad_pictures.insert(p.hash.clone());
+            continue;
+        }
         puts.push(hub.media.put(bytes));
     }
     for r in futures_util::future::join_all(puts).await {
@@ -266,7 +270,7 @@ async fn receive(hub: &Hub, gateway: &str, recv: &mut quinn::RecvStream) -> Resu
             }
             Ok(e) => {
                 if let Some(m) = e.media.iter().find(|m| bad_pictures.contains(&m.hash)) {
-                    results[i] = Some(format!("picture {} does not match its name", m.hash));
+                    results[i] = Some(format!("picture {} does not match its name or is not a JPEG or PNG", m.hash));
                     continue;
                 }
                 rows.push((e, item.object_id.clone()));

@@ -472,8 +472,8 @@ impl Ingest {
         self.told.lock().unwrap_or_else(|p| p.into_inner()).remove(&device);
     }
 
-    /// Stores a record's pictures (once each, by content); one too large is left out and
-    /// counted, the record kept.
+    /// Stores a record's pictures (once each, by content); one too large, or not a JPEG or
+    /// PNG, is left out and counted, the record kept.
     async fn store_images(
         &self,
         images: Vec<profiles::Image>,
@@ -491,6 +491,14 @@ impl Ingest {
                     "image_too_large",
                     peer.to_owned(),
                     format!("profile {profile} (record kept): {} image of {size} bytes over {max}", img.role),
+                    &[],
+                ),
+                Err(e @ crate::media::Error::NotAnImage { .. }) => self.shared.rejections.record(
+                    at,
+                    self.source,
+                    "not_an_image",
+                    peer.to_owned(),
+                    format!("profile {profile} (record kept, picture refused): {} {e}", img.role),
                     &[],
                 ),
                 Err(e) => return Err(Unavailable(e.to_string())),

@@ -30,7 +30,7 @@ fn curl_register(base: &str, user: &str, password: &str, device: &str) -> (u16, 
 }
 
 pub fn image(seed: u8, len: usize) -> Vec<u8> {
-    [0xFF, 0xD8].into_iter().chain((0..len - 2).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))).collect()
+    [0xFF, 0xD8, 0xFF].into_iter().chain((0..len - 3).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))).collect()
 }
 
 pub fn face(id_tail: u32, device: Option<&str>, scene: &[u8], crop: &[u8]) -> Value {

@@ -23,7 +23,7 @@ const CAM: &str = "42010200001190000009";
 fn face(n: u32) -> Value {
     use base64::Engine;
     let now = chrono::Utc::now().with_timezone(&chrono_tz::Asia::Shanghai).format("%Y%m%d%H%M%S").to_string();
-    let jpeg: Vec<u8> = [0xFF, 0xD8]
+    let jpeg: Vec<u8> = [0xFF, 0xD8, 0xFF]
         .into_iter()
         .chain((0..3000u32).map(|i| (i as u8).wrapping_mul(13).wrapping_add(n as u8)))
         .collect();

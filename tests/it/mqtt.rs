@@ -128,7 +128,8 @@ async fn device_messages_become_events_once_with_images_rejections_and_last_will
     assert!(r["detail"].as_str().is_some_and(|s| s.contains("generic.json@1")), "{rej}");
 
     // A 2 MiB image passes (vigil's packet limit is 8 MiB by default).
-    let big: Vec<u8> = [0xFF, 0xD8].into_iter().chain((0..2 * 1024 * 1024 - 2).map(|i| (i % 251) as u8)).collect();
+    let big: Vec<u8> =
+        [0xFF, 0xD8, 0xFF].into_iter().chain((0..2 * 1024 * 1024 - 3).map(|i| (i % 251) as u8)).collect();
     use base64::Engine;
     let vehicle = json!({"ts": ts(3), "seq": 3, "plate": "鄂A12345", "image": base64::engine::general_purpose::STANDARD.encode(&big)});
     publisher.publish(&format!("{base}/vehicle"), vehicle.to_string()).await;

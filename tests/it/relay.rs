@@ -68,8 +68,10 @@ async fn the_gat1400_client_registers_pushes_and_reads_each_object() {
 fn checkpoint_face(n: u32) -> Value {
     use base64::Engine;
     let now = chrono::Utc::now().with_timezone(&chrono_tz::Asia::Shanghai).format("%Y%m%d%H%M%S").to_string();
-    let jpeg: Vec<u8> =
-        [0xFF, 0xD8].into_iter().chain((0..2000u32).map(|i| (i as u8).wrapping_mul(7).wrapping_add(n as u8))).collect();
+    let jpeg: Vec<u8> = [0xFF, 0xD8, 0xFF]
+        .into_iter()
+        .chain((0..2000u32).map(|i| (i as u8).wrapping_mul(7).wrapping_add(n as u8)))
+        .collect();
     json!({
         "FaceID": format!("{CAM}02{now}{:05}06{:05}", n % 100_000, n / 100_000 % 100_000),
         "InfoKind": 1, "DeviceID": CAM, "FaceAppearTime": now,

@@ -375,6 +375,31 @@ pub mod gat1400 {
         assert_eq!(register(&own, &base, "gate-09", "viid-secret").await, 403);
         gw.shutdown().await;
     }
+
+    /// A record whose "pictures" are a web page and random bytes is kept; the pictures are
+    /// refused (counted, with the reason), so no image URL can ever serve a page.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn pictures_that_are_not_pictures_are_refused_and_the_record_kept() {
+        let gw = TestGateway::start(Db::Sqlite, &config("")).await;
+        let base = format!("http://{}", gw.gat1400.expect("GA/T 1400"));
+        let own = from([127, 0, 0, 1]);
+        assert_eq!(register(&own, &base, CAM, "viid-secret").await, 200);
+        let html = b"<html><body><script>fetch('/api/v1/devices')</script></body></html>".to_vec();
+        let random: Vec<u8> = (0..4096u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+        let (s, _, v) =
+            post(&own, &base, "/VIID/Faces", Some(CAM), None, &faces(vec![face(9, Some(CAM), &html, &random)])).await;
+        assert_eq!(
+            (s, &v["ResponseStatusListObject"]["ResponseStatusObject"][0]["StatusCode"]),
+            (200, &json!(0)),
+            "{v}"
+        );
+        let (_, e) = gw.api.get(&format!("/events?device={CAM}")).await;
+        assert_eq!(e["items"].as_array().map(Vec::len), Some(1), "the record is kept: {e}");
+        assert_eq!(e["items"][0]["media"].as_array().map(Vec::len), Some(0), "no picture kept: {e}");
+        let (_, rej) = gw.api.get("/rejections?source=gat1400&reason=not_an_image").await;
+        assert_eq!(rej["items"].as_array().map(Vec::len), Some(2), "{rej}");
+        gw.shutdown().await;
+    }
 }
 
 /// The descriptor budget, deadlines and body budget on the device ports (issue #15, items 3
