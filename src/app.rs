@@ -194,6 +194,35 @@ fn relay_plan(
 }
 
 /// Starts everything; returns once the API listens.
+/// Deletes quarantined devices no operator approved within `ttl`: at start, then every
+/// tenth of `ttl` (at most hourly), so an id flood's leftovers do not stay for good.
+async fn expire_quarantine(
+    registry: Registry,
+    presence: presence::runner::PresenceHandle,
+    metrics: Metrics,
+    ttl: std::time::Duration,
+    cancel: CancellationToken,
+) {
+    let every = (ttl / 10).clamp(std::time::Duration::from_secs(1), std::time::Duration::from_secs(3600));
+    loop {
+        match registry.expire_quarantined(now_ms()).await {
+            Ok(keys) if !keys.is_empty() => {
+                info!(devices = keys.len(), ttl = %humantime::format_duration(ttl), "Quarantined devices no one approved have expired and were deleted.");
+                metrics.quarantine_expired.inc_by(keys.len() as u64);
+                for k in keys {
+                    let _ = presence.forget(k).await;
+                }
+            }
+            Ok(_) => {}
+            Err(e) => warn!(error = %e, "Cannot delete expired quarantined devices; trying again later."),
+        }
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(every) => {}
+        }
+    }
+}
+
 pub async fn start(config: Config) -> Result<Running, Error> {
     let started_at = now_ms();
     // Descriptors: the soft limit raised to the hard one, then split between the listeners.
@@ -322,6 +351,13 @@ pub async fn start(config: Config) -> Result<Running, Error> {
         presence_cancel,
         &tracker,
     );
+    tracker.spawn(expire_quarantine(
+        registry.clone(),
+        handle.clone(),
+        metrics.clone(),
+        config.admission.quarantine_ttl,
+        cancel.child_token(),
+    ));
     let impaired = crate::rate::Impaired::default();
     let rate_rx = crate::rate::sampling::spawn(
         crate::rate::sampling::Inputs {

@@ -250,11 +250,29 @@ pub struct Admission {
     /// Place a GB/T 28181 device in the org whose gb_prefix is the longest prefix of its id.
     /// Default true.
     pub org_from_gb_prefix: bool,
+    /// Most devices waiting in quarantine at once; past it new ones are refused (counted).
+    /// Default 10000.
+    pub max_quarantined: usize,
+    /// Most devices in quarantine from one source address (or one MQTT broker). Default 500.
+    pub max_quarantined_per_origin: usize,
+    /// New devices one source address may announce per minute, whatever the policy.
+    /// Default 120.
+    pub new_per_origin_per_minute: u32,
+    /// A quarantined device no operator approved within this is deleted. Default 7d.
+    #[serde(with = "humantime_serde")]
+    pub quarantine_ttl: Duration,
 }
 
 impl Default for Admission {
     fn default() -> Self {
-        Self { policy: AdmissionPolicy::Quarantine, org_from_gb_prefix: true }
+        Self {
+            policy: AdmissionPolicy::Quarantine,
+            org_from_gb_prefix: true,
+            max_quarantined: 10_000,
+            max_quarantined_per_origin: 500,
+            new_per_origin_per_minute: 120,
+            quarantine_ttl: Duration::from_secs(7 * 86_400),
+        }
     }
 }
 

@@ -43,6 +43,8 @@ pub const PRESENCE_CHECKPOINT: &str = "vigil_presence_checkpoint_timestamp_secon
 pub const CONNECTIONS: &str = "vigil_connections";
 pub const CONNECTIONS_REFUSED: &str = "vigil_connections_refused_total";
 pub const AUTH_REFUSALS: &str = "vigil_device_auth_refusals_total";
+pub const ADMISSION_REFUSALS: &str = "vigil_admission_refusals_total";
+pub const QUARANTINE_EXPIRED: &str = "vigil_quarantine_expired_total";
 
 /// The collectors. Cheap to clone (the prometheus types are handles).
 #[derive(Clone)]
@@ -84,6 +86,8 @@ pub struct Metrics {
     pub connections: IntGaugeVec,
     pub connections_refused: IntCounterVec,
     pub auth_refusals: IntCounterVec,
+    pub admission_refusals: IntCounterVec,
+    pub quarantine_expired: IntCounter,
 }
 
 impl Metrics {
@@ -171,6 +175,13 @@ impl Metrics {
                 &["port", "reason"],
             )
             .expect("should be a valid metric"),
+            admission_refusals: IntCounterVec::new(
+                Opts::new(ADMISSION_REFUSALS, "Unknown devices not added: admission_closed, quarantine_full, origin_quarantine_full (one source address's share), origin_rate (new devices per address per minute)."),
+                &["source", "reason"],
+            )
+            .expect("should be a valid metric"),
+            quarantine_expired: IntCounter::new(QUARANTINE_EXPIRED, "Quarantined devices deleted because no operator approved them within admission.quarantine_ttl.")
+                .expect("should be a valid metric"),
             registry,
         };
         for c in [
@@ -210,6 +221,8 @@ impl Metrics {
             Box::new(m.connections.clone()),
             Box::new(m.connections_refused.clone()),
             Box::new(m.auth_refusals.clone()),
+            Box::new(m.admission_refusals.clone()),
+            Box::new(m.quarantine_expired.clone()),
         ] {
             m.registry.register(c).expect("should register each metric once");
         }

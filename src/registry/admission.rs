@@ -1,7 +1,11 @@
 //! Admission of devices that announce themselves (a GB/T 28181 REGISTER, an MQTT hello):
-//! `admission.policy` decides whether they are added approved, quarantined or refused.
-//! Pure: the `Registry` handle writes the outcome.
+//! `admission.policy` decides whether they are added approved, quarantined or refused, and
+//! the limits bound what a flood of new ids can cost: new devices per source address per
+//! minute, devices in quarantine in total and per address (quarantined devices no operator
+//! approves expire after `quarantine_ttl`). Pure: time comes in as `now`; the `Registry`
+//! handle writes the outcome.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use super::{Admission, Device, DeviceKind, NewDevice, Protocol};
@@ -22,6 +26,81 @@ pub struct UnknownDevice {
     /// The device profile that matched its messages (MQTT, GA/T 1400): shown to the operator
     /// as the suggestion, used once approved.
     pub profile: Option<String>,
+    /// Where the announcement came from (the source address; "mqtt" for a broker's
+    /// messages): what the limits count by, kept as the device's `origin` attribute.
+    pub origin: String,
+}
+
+/// Why an unknown device was not added.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// `admission.policy = "closed"`.
+    Closed,
+    /// `admission.max_quarantined` devices wait already.
+    QuarantineFull,
+    /// Its origin has `max_quarantined_per_origin` devices waiting already.
+    OriginQuarantineFull,
+    /// Its origin announced `new_per_origin_per_minute` new devices this minute.
+    OriginRate,
+}
+
+impl Refusal {
+    pub fn reason(self) -> &'static str {
+        match self {
+            Refusal::Closed => "admission_closed",
+            Refusal::QuarantineFull => "quarantine_full",
+            Refusal::OriginQuarantineFull => "origin_quarantine_full",
+            Refusal::OriginRate => "origin_rate",
+        }
+    }
+
+    pub fn detail(self) -> &'static str {
+        match self {
+            Refusal::Closed => "admission is closed",
+            Refusal::QuarantineFull => "the quarantine is full: approve or reject waiting devices",
+            Refusal::OriginQuarantineFull => "this address has too many devices waiting in quarantine",
+            Refusal::OriginRate => "this address announced too many new devices this minute; try again later",
+        }
+    }
+}
+
+/// Entries past which the per-origin windows are swept of stale ones.
+const SWEEP_AT: usize = 50_000;
+const MINUTE_MS: crate::clock::Millis = 60_000;
+
+/// New devices per origin in the current minute.
+#[derive(Debug, Default)]
+pub struct Rates {
+    windows: HashMap<String, (crate::clock::Millis, u32)>,
+}
+
+impl Rates {
+    /// Counts one new device from `origin` at `now`; `false` when over `per_minute`.
+    pub fn take(&mut self, origin: &str, per_minute: u32, now: crate::clock::Millis) -> bool {
+        if self.windows.len() >= SWEEP_AT {
+            self.windows.retain(|_, (since, _)| now - *since < MINUTE_MS);
+        }
+        let w = self.windows.entry(origin.to_owned()).or_insert((now, 0));
+        if now - w.0 >= MINUTE_MS {
+            *w = (now, 0);
+        }
+        if w.1 >= per_minute {
+            return false;
+        }
+        w.1 += 1;
+        true
+    }
+}
+
+/// Whether one more device from `origin` may wait in quarantine, given how many wait now.
+pub fn room(cfg: &AdmissionConfig, total: usize, from_origin: usize) -> Result<(), Refusal> {
+    if total >= cfg.max_quarantined {
+        Err(Refusal::QuarantineFull)
+    } else if from_origin >= cfg.max_quarantined_per_origin {
+        Err(Refusal::OriginQuarantineFull)
+    } else {
+        Ok(())
+    }
 }
 
 /// The registry's answer to a device that announced itself.
@@ -31,8 +110,8 @@ pub enum AdmissionOutcome {
     Known(Arc<Device>),
     /// Added now, approved or quarantined by policy.
     Added(Arc<Device>),
-    /// Refused by a closed policy; nothing was written.
-    Refused,
+    /// Refused (a closed policy, or a limit); nothing was written.
+    Refused(Refusal),
 }
 
 /// The device to write for an unknown one, or `None` when the policy refuses it.
@@ -53,7 +132,13 @@ pub fn decide(cfg: &AdmissionConfig, u: &UnknownDevice) -> Option<NewDevice> {
         rtsp_url: None,
         password: None,
         admission,
-        attrs: u.attrs.clone(),
+        attrs: {
+            let mut a = u.attrs.clone();
+            if !u.origin.is_empty() {
+                a.insert("origin".into(), serde_json::Value::String(u.origin.clone()));
+            }
+            a
+        },
     })
 }
 
@@ -70,7 +155,25 @@ mod tests {
             attrs: Default::default(),
             org_id: None,
             profile: None,
+            origin: "10.0.0.1".into(),
         }
+    }
+
+    #[test]
+    fn new_devices_per_origin_are_rate_limited_and_quarantine_is_bounded() {
+        let mut r = Rates::default();
+        for _ in 0..3 {
+            assert!(r.take("10.0.0.1", 3, 0));
+        }
+        assert!(!r.take("10.0.0.1", 3, 59_999), "the fourth in the minute");
+        assert!(r.take("10.0.0.2", 3, 59_999), "another origin has its own");
+        assert!(r.take("10.0.0.1", 3, 60_000), "a new minute");
+        let cfg = AdmissionConfig { max_quarantined: 10, max_quarantined_per_origin: 4, ..AdmissionConfig::default() };
+        assert_eq!(room(&cfg, 9, 3), Ok(()));
+        assert_eq!(room(&cfg, 10, 0), Err(Refusal::QuarantineFull));
+        assert_eq!(room(&cfg, 5, 4), Err(Refusal::OriginQuarantineFull));
+        let d = decide(&cfg, &unknown("42010400001320000001")).expect("adds");
+        assert_eq!(d.attrs["origin"], "10.0.0.1");
     }
 
     #[test]

@@ -20,9 +20,41 @@ pub struct Cache {
     /// device's kind, protocol, org, flags or admission, channels): an attribute a heartbeat
     /// refreshes does not make the rate recompute or its readers wait.
     counting_generation: u64,
+    /// Devices waiting in quarantine, in total and by their `origin` attribute (what the
+    /// admission limits count).
+    quarantined: usize,
+    quarantined_by_origin: HashMap<String, usize>,
+}
+
+/// The origin a quarantined device is counted under, if it is quarantined.
+fn quarantine_origin(d: &Device) -> Option<&str> {
+    (d.admission == super::Admission::Quarantined)
+        .then(|| d.attrs.get("origin").and_then(serde_json::Value::as_str).unwrap_or(""))
 }
 
 impl Cache {
+    /// Counts `d` into (`add`) or out of the quarantine tallies.
+    fn tally(&mut self, d: &Device, add: bool) {
+        let Some(origin) = quarantine_origin(d) else { return };
+        if add {
+            self.quarantined += 1;
+            *self.quarantined_by_origin.entry(origin.to_owned()).or_insert(0) += 1;
+        } else {
+            self.quarantined = self.quarantined.saturating_sub(1);
+            if let Some(n) = self.quarantined_by_origin.get_mut(origin) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    self.quarantined_by_origin.remove(origin);
+                }
+            }
+        }
+    }
+
+    /// Devices in quarantine now: in total, and from `origin`.
+    pub fn quarantined(&self, origin: &str) -> (usize, usize) {
+        (self.quarantined, self.quarantined_by_origin.get(origin).copied().unwrap_or(0))
+    }
+
     pub fn build(
         orgs: Vec<Org>,
         devices: Vec<(NewDevice, bool, bool, Millis)>,
@@ -223,6 +255,10 @@ impl Cache {
             attrs: d.attrs,
             created_at,
         });
+        if let Some(old) = &existing {
+            self.tally(old, false);
+        }
+        self.tally(&dev, true);
         self.by_id.insert(d.id, key);
         self.by_key[key as usize] = Some(dev.clone());
         self.changed(true);
@@ -232,21 +268,27 @@ impl Cache {
     pub fn replace_device(&mut self, dev: Device) -> Arc<Device> {
         let dev = Arc::new(dev);
         let mut counting = true;
+        let mut old_dev = None;
         if let Some(slot) = self.by_key.get_mut(dev.key as usize) {
             counting = slot.as_ref().is_none_or(|old| {
                 (old.kind, old.protocol, &old.org_id, old.enabled, old.maintenance, old.admission)
                     != (dev.kind, dev.protocol, &dev.org_id, dev.enabled, dev.maintenance, dev.admission)
             });
-            *slot = Some(dev.clone());
+            old_dev = slot.replace(dev.clone());
         }
+        if let Some(old) = old_dev {
+            self.tally(&old, false);
+        }
+        self.tally(&dev, true);
         self.changed(counting);
         dev
     }
 
     pub fn remove_device(&mut self, id: &str) {
         if let Some(k) = self.by_id.remove(id) {
-            if let Some(slot) = self.by_key.get_mut(k as usize) {
-                *slot = None;
+            let old = self.by_key.get_mut(k as usize).and_then(Option::take);
+            if let Some(old) = old {
+                self.tally(&old, false);
             }
         }
         self.channels.remove(id);

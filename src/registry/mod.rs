@@ -16,7 +16,7 @@ use std::sync::{Arc, RwLock, RwLockReadGuard};
 
 use serde::{Deserialize, Serialize};
 
-pub use admission::{AdmissionOutcome, UnknownDevice};
+pub use admission::{AdmissionOutcome, Refusal as AdmissionRefusal, UnknownDevice};
 pub use cache::Cache;
 
 use crate::clock::{now_ms, Millis};
@@ -219,6 +219,8 @@ pub struct Registry {
     /// a source, a PATCH from the API, a catalog change), so two of them never lose each
     /// other's changes.
     merging: Arc<tokio::sync::Mutex<()>>,
+    /// New devices per origin this minute (admission limits).
+    rates: Arc<std::sync::Mutex<admission::Rates>>,
 }
 
 impl Registry {
@@ -228,7 +230,7 @@ impl Registry {
         let devices = store::load_devices(&db).await?;
         let channels = store::load_channels(&db.pool).await?;
         let cache = Cache::build(orgs, devices, channels);
-        Ok(Self { db, cache: Arc::new(RwLock::new(cache)), admission, merging: Arc::default() })
+        Ok(Self { db, cache: Arc::new(RwLock::new(cache)), admission, merging: Arc::default(), rates: Arc::default() })
     }
 
     /// Read access to the in-memory registry. Never hold it across an await.
@@ -598,14 +600,30 @@ impl Registry {
         let mut outcomes: Vec<Option<AdmissionOutcome>> = Vec::with_capacity(unknowns.len());
         let mut new: Vec<NewDevice> = Vec::new();
         let mut seen = std::collections::HashSet::new();
+        // Quarantined devices this batch adds, for the limits.
+        let mut pending_total = 0usize;
+        let mut pending_quarantine: HashMap<&str, usize> = HashMap::new();
         for u in &unknowns {
             if let Some(d) = self.read().device(&u.id) {
                 outcomes.push(Some(AdmissionOutcome::Known(d)));
                 continue;
             }
-            match admission::decide(&self.admission, u) {
-                None => outcomes.push(Some(AdmissionOutcome::Refused)),
-                Some(mut d) => {
+            if seen.contains(&u.id) {
+                outcomes.push(None); // a second REGISTER of one new device in the batch
+                continue;
+            }
+            let decided = admission::decide(&self.admission, u).ok_or(admission::Refusal::Closed).and_then(|d| {
+                let (total, origin) = self.read().quarantined(&u.origin);
+                let pending = pending_quarantine.get(u.origin.as_str()).copied().unwrap_or(0);
+                self.within_limits(&d, u, total + pending_total, origin + pending).map(|()| d)
+            });
+            match decided {
+                Err(r) => outcomes.push(Some(AdmissionOutcome::Refused(r))),
+                Ok(mut d) => {
+                    if d.admission == Admission::Quarantined {
+                        pending_total += 1;
+                        *pending_quarantine.entry(u.origin.as_str()).or_insert(0) += 1;
+                    }
                     // What a device calls itself is kept without control characters (a NUL
                     // or an escape sequence would reach logs, reports and the dashboard).
                     if d.name.chars().any(char::is_control) {
@@ -640,6 +658,51 @@ impl Registry {
             .collect()
     }
 
+    /// Whether a new device may be added: its origin's rate this minute, and room in the
+    /// quarantine when it would wait there (`total` and `from_origin` wait now).
+    fn within_limits(
+        &self,
+        d: &NewDevice,
+        u: &UnknownDevice,
+        total: usize,
+        from_origin: usize,
+    ) -> Result<(), admission::Refusal> {
+        if d.admission == Admission::Quarantined {
+            admission::room(&self.admission, total, from_origin)?;
+        }
+        let fresh = self.rates.lock().unwrap_or_else(|p| p.into_inner()).take(
+            &u.origin,
+            self.admission.new_per_origin_per_minute,
+            now_ms(),
+        );
+        if fresh {
+            Ok(())
+        } else {
+            Err(admission::Refusal::OriginRate)
+        }
+    }
+
+    /// Deletes quarantined devices no operator approved within `admission.quarantine_ttl`;
+    /// answers their keys (for presence to forget).
+    pub async fn expire_quarantined(&self, now: Millis) -> Result<Vec<DeviceKey>, Error> {
+        let ttl = i64::try_from(self.admission.quarantine_ttl.as_millis()).unwrap_or(i64::MAX);
+        let stale: Vec<String> = self
+            .read()
+            .devices()
+            .filter(|d| d.admission == Admission::Quarantined && now.saturating_sub(d.created_at) >= ttl)
+            .map(|d| d.id.clone())
+            .collect();
+        let mut keys = Vec::with_capacity(stale.len());
+        for id in stale {
+            match self.delete_device(&id).await {
+                Ok(k) => keys.push(k),
+                Err(Error::NotFound { .. }) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(keys)
+    }
+
     /// Decides what happens to a device that announced itself (sources call this).
     pub async fn admit(&self, unknown: UnknownDevice) -> Result<AdmissionOutcome, Error> {
         if let Some(d) = self.read().device(&unknown.id) {
@@ -650,15 +713,20 @@ impl Registry {
         if let Some(d) = self.read().device(&unknown.id) {
             return Ok(AdmissionOutcome::Known(d));
         }
-        match admission::decide(&self.admission, &unknown) {
-            None => Ok(AdmissionOutcome::Refused),
-            Some(new) => {
-                let new = self.prepare_device(new)?;
-                let (mut written, _) = self.upsert_devices(vec![new], |_| {}).await?;
-                let d = written.pop().ok_or_else(|| Error::Conflict("device was not written".into()))?;
-                Ok(AdmissionOutcome::Added(d))
-            }
+        let Some(mut new) = admission::decide(&self.admission, &unknown) else {
+            return Ok(AdmissionOutcome::Refused(admission::Refusal::Closed));
+        };
+        if new.name.chars().any(char::is_control) {
+            new.name = new.name.chars().filter(|c| !c.is_control()).collect();
         }
+        let (total, origin) = self.read().quarantined(&unknown.origin);
+        if let Err(r) = self.within_limits(&new, &unknown, total, origin) {
+            return Ok(AdmissionOutcome::Refused(r));
+        }
+        let new = self.prepare_device(new)?;
+        let (mut written, _) = self.upsert_devices(vec![new], |_| {}).await?;
+        let d = written.pop().ok_or_else(|| Error::Conflict("device was not written".into()))?;
+        Ok(AdmissionOutcome::Added(d))
     }
 }
 

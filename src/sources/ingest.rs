@@ -42,6 +42,9 @@ pub struct Arrived<'a> {
     /// The authenticated device that sent it, where the source knows one (a registered
     /// GA/T 1400 view library): its records may name only itself or a device it carries.
     pub speaker: Option<&'a str>,
+    /// Where it came from, as the admission limits count new devices (a source address, or
+    /// "mqtt" for a broker's messages).
+    pub origin: &'a str,
     pub received_at: Millis,
 }
 
@@ -151,19 +154,20 @@ impl Ingest {
         peer: &str,
         received_at: Millis,
     ) -> Result<Vec<Verdict>, Unavailable> {
-        self.message_from(sel, payload, peer, None, received_at).await
+        self.message_from(sel, payload, (peer, peer), None, received_at).await
     }
 
-    /// As `message`, for a message an authenticated device (`speaker`) sent.
+    /// As `message`, for a message an authenticated device (`speaker`) sent; `(peer,
+    /// origin)`: who sent it, for the rejections log, and its address, for the limits.
     pub async fn message_from(
         &self,
         sel: &Selected,
         payload: &[u8],
-        peer: &str,
+        (peer, origin): (&str, &str),
         speaker: Option<&str>,
         received_at: Millis,
     ) -> Result<Vec<Verdict>, Unavailable> {
-        let mut all = self.messages(&[Arrived { sel, payload, peer, speaker, received_at }]).await?;
+        let mut all = self.messages(&[Arrived { sel, payload, peer, speaker, origin, received_at }]).await?;
         Ok(all.pop().unwrap_or_default())
     }
 
@@ -227,6 +231,7 @@ impl Ingest {
         sel: &Selected,
         m: &Mapped,
         speaker: Option<&str>,
+        origin: &str,
     ) -> Result<Result<Arc<Device>, Verdict>, Unavailable> {
         let known = self.shared.registry.read().device(&m.device);
         if let (Some(s), Some(d)) = (speaker, &known) {
@@ -242,7 +247,7 @@ impl Ingest {
         let d = match known {
             Some(d) => d,
             // Boxed: admission is rare, and its future would make every message's larger.
-            None => match Box::pin(self.admit(sel, m, speaker)).await? {
+            None => match Box::pin(self.admit(sel, m, speaker, origin)).await? {
                 Ok(d) => d,
                 Err(v) => return Ok(Err(v)),
             },
@@ -294,6 +299,7 @@ impl Ingest {
         sel: &Selected,
         m: &Mapped,
         speaker: Option<&str>,
+        origin: &str,
     ) -> Result<Result<Arc<Device>, Verdict>, Unavailable> {
         let mut attrs = fingerprint(m, Map::new());
         attrs.insert("source".into(), Value::String(self.source.into()));
@@ -312,6 +318,7 @@ impl Ingest {
             attrs,
             org_id,
             profile: Some(sel.profile.name.clone()),
+            origin: origin.to_owned(),
         };
         match self.shared.registry.admit(unknown).await {
             Ok(AdmissionOutcome::Known(d)) => Ok(Ok(d)),
@@ -320,9 +327,12 @@ impl Ingest {
                 self.shared.presence.track(vec![(d.key, Arc::from(d.id.as_str()), d.protocol.as_str())]).await.ok();
                 Ok(Ok(d))
             }
-            Ok(AdmissionOutcome::Refused) => Ok(Err(Verdict::Rejected {
-                reason: "unknown_device",
-                detail: format!("device {} is not registered and admission is closed", m.device),
+            Ok(AdmissionOutcome::Refused(r)) => Ok(Err(Verdict::Rejected {
+                reason: {
+                    self.shared.metrics.admission_refusals.with_label_values(&[self.source, r.reason()]).inc();
+                    "unknown_device"
+                },
+                detail: format!("device {} is not registered: {}", m.device, r.detail()),
                 device: Some(m.device.clone()),
                 object_id: m.object_id.clone(),
             })),
@@ -341,7 +351,7 @@ impl Ingest {
     async fn prepare(&self, a: &Arrived<'_>, m: Mapped) -> Result<Step, Unavailable> {
         let (sel, raw, peer, at) = (a.sel, a.payload, a.peer, a.received_at);
         let p = &sel.profile;
-        let device = match self.device(sel, &m, a.speaker).await? {
+        let device = match self.device(sel, &m, a.speaker, a.origin).await? {
             Ok(d) => d,
             Err(v) => {
                 if let Verdict::Rejected { reason, detail, .. } = &v {

@@ -620,3 +620,99 @@ mod exhaustion {
         drop(held);
     }
 }
+
+/// Quarantine under an id flood (issue #15, item 6): new devices are capped per source
+/// address and in total, rate-limited per address, and those nobody approves expire.
+mod quarantine {
+    use std::time::Duration;
+
+    use serde_json::json;
+
+    use crate::gb28181::Device;
+    use crate::support::gateway::{Db, TestGateway};
+    use crate::support::metric;
+
+    fn id(origin: u8, n: u32) -> String {
+        format!("420104000013200{origin:02}{n:03}")
+    }
+
+    async fn register_from(origin: u8, n: u32, sip: std::net::SocketAddr) -> String {
+        let mut d = Device::new_at(&id(origin, n), sip, &format!("127.0.0.{origin}:0")).await;
+        let answer = d.register(3600, "12345678").await;
+        answer.lines().next().unwrap_or("").to_owned()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_id_flood_fills_only_its_share_of_the_quarantine() {
+        let gw = TestGateway::start(
+            Db::Sqlite,
+            "[admission]\npolicy = \"quarantine\"\nmax_quarantined = 30\nmax_quarantined_per_origin = 20\nnew_per_origin_per_minute = 25\n",
+        )
+        .await;
+        let sip = gw.sip.expect("SIP");
+        // Address A: twenty wait in quarantine, then its share is full.
+        let mut a = Vec::new();
+        for n in 0..25 {
+            a.push(register_from(5, n, sip).await);
+        }
+        // A quarantined device is told 403 (it waits for approval) like one refused outright;
+        // what differs is whether it is in the registry.
+        assert!(a.iter().all(|s| s.starts_with("SIP/2.0 403")), "{a:?}");
+        // Address B: ten more fill the quarantine (30), five are refused.
+        for n in 0..15 {
+            register_from(6, n, sip).await;
+        }
+        let (_, q) = gw.api.get("/devices?admission=quarantined&limit=500").await;
+        let waiting = q["items"].as_array().map(Vec::len);
+        assert_eq!(waiting, Some(30), "{q}");
+        // An operator approves ten of A's: room again, but A has announced 20 new devices this
+        // minute and may announce 5 more.
+        for n in 0..10 {
+            let (s, b) = gw
+                .api
+                .send(reqwest::Method::PATCH, &format!("/devices/{}", id(5, n)), json!({"admission": "approved"}))
+                .await;
+            assert_eq!(s, 200, "{b}");
+        }
+        let mut more = Vec::new();
+        for n in 100..110 {
+            more.push(register_from(5, n, sip).await);
+        }
+        assert!(more[5..].iter().all(|s| s.starts_with("SIP/2.0 503")), "{more:?}");
+        let (_, q) = gw.api.get("/devices?admission=quarantined&limit=500").await;
+        assert_eq!(q["items"].as_array().map(Vec::len), Some(25), "{q}");
+        let m = gw.api.metrics().await;
+        for reason in ["origin_quarantine_full", "quarantine_full", "origin_rate"] {
+            let name = format!("vigil_admission_refusals_total{{reason=\"{reason}\",source=\"gb28181\"}}");
+            assert_eq!(metric(&m, &name), 5.0, "{name}\n{m}");
+        }
+        gw.shutdown().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn quarantined_devices_nobody_approves_expire() {
+        let gw =
+            TestGateway::start(Db::Sqlite, "[admission]\npolicy = \"quarantine\"\nquarantine_ttl = \"2s\"\n").await;
+        let sip = gw.sip.expect("SIP");
+        for n in 0..3 {
+            register_from(7, n, sip).await;
+        }
+        let (s, b) = gw
+            .api
+            .send(reqwest::Method::PATCH, &format!("/devices/{}", id(7, 0)), json!({"admission": "approved"}))
+            .await;
+        assert_eq!(s, 200, "{b}");
+        gw.api
+            .wait_for("/devices?admission=quarantined", Duration::from_secs(15), |q| {
+                q["items"].as_array().is_some_and(Vec::is_empty)
+            })
+            .await;
+        for n in 1..3 {
+            assert_eq!(gw.api.get(&format!("/devices/{}", id(7, n))).await.0, 404);
+        }
+        assert_eq!(gw.api.get(&format!("/devices/{}", id(7, 0))).await.0, 200, "the approved one stays");
+        let m = gw.api.metrics().await;
+        assert_eq!(metric(&m, "vigil_quarantine_expired_total"), 2.0, "{m}");
+        gw.shutdown().await;
+    }
+}

@@ -264,6 +264,7 @@ async fn register(State(ctx): State<Arc<Ctx>>, ConnectInfo(peer): ConnectInfo<So
         attrs,
         org_id: None,
         profile: None,
+        origin: peer.ip().to_string(),
     };
     let device = match shared.registry.admit(unknown).await {
         Ok(AdmissionOutcome::Known(d)) => d,
@@ -272,13 +273,14 @@ async fn register(State(ctx): State<Arc<Ctx>>, ConnectInfo(peer): ConnectInfo<So
             let _ = shared.presence.track(vec![(d.key, Arc::from(d.id.as_str()), d.protocol.as_str())]).await;
             d
         }
-        Ok(AdmissionOutcome::Refused) => {
+        Ok(AdmissionOutcome::Refused(r)) => {
+            shared.metrics.admission_refusals.with_label_values(&["gat1400", r.reason()]).inc();
             shared.rejections.record(
                 now,
                 "gat1400",
                 "unknown_device",
                 peer.to_string(),
-                format!("{id}: admission is closed"),
+                format!("{id}: {}", r.detail()),
                 &body,
             );
             return ctx.answer(
@@ -286,7 +288,7 @@ async fn register(State(ctx): State<Arc<Ctx>>, ConnectInfo(peer): ConnectInfo<So
                 URL,
                 Status::InvalidOperation,
                 &id,
-                "unknown device (admission is closed)",
+                &format!("unknown device ({})", r.detail()),
             );
         }
         Err(e) if e.kind() == crate::error::ErrorKind::InvalidInput => {
@@ -590,7 +592,11 @@ async fn objects(State(ctx): State<Arc<Ctx>>, ConnectInfo(peer): ConnectInfo<Soc
             .collect();
         return viid(StatusCode::OK, codec::response_list(items));
     };
-    let verdicts = match ctx.ingest.message_from(&sel, &body, &format!("{peer}/{user}"), Some(&user), now).await {
+    let verdicts = match ctx
+        .ingest
+        .message_from(&sel, &body, (&format!("{peer}/{user}"), &peer.ip().to_string()), Some(&user), now)
+        .await
+    {
         Ok(v) => v,
         Err(e) => {
             warn!(error = %e, %url, "Cannot commit GA/T 1400 objects; the device will send them again.");

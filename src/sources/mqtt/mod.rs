@@ -204,6 +204,7 @@ async fn take(
             payload: &batch[*i].payload,
             peer: &batch[*i].topic,
             speaker: None,
+            origin: "mqtt",
             received_at,
         })
         .collect();

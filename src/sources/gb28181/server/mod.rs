@@ -30,7 +30,7 @@ use crate::event::{Evidence, Observation};
 use crate::events::EventLog;
 use crate::ids::GbCode;
 use crate::presence::runner::PresenceHandle;
-use crate::registry::{Admission, AdmissionOutcome, Protocol, Registry, UnknownDevice};
+use crate::registry::{Admission, AdmissionOutcome, AdmissionRefusal, Protocol, Registry, UnknownDevice};
 use crate::rejections::Rejections;
 use crate::telemetry::Metrics;
 
@@ -765,6 +765,7 @@ impl Server {
             attrs,
             org_id: None,
             profile: None,
+            origin: from.ip().to_string(),
         };
         self.admitting.insert(key.to_owned());
         self.waiting_admission.push(WaitingAdmission {
@@ -817,17 +818,28 @@ impl Server {
                 Ok(AdmissionOutcome::Added(d)) | Ok(AdmissionOutcome::Known(d)) => {
                     self.admit_and_register(&msg, w.from, now, &w.reply, w.unknown.id.clone(), d).await
                 }
-                Ok(AdmissionOutcome::Refused) => {
+                Ok(AdmissionOutcome::Refused(r)) => {
                     self.metrics.sip_registrations.with_label_values(&["refused"]).inc();
-                    message::response(
-                        &msg,
-                        403,
-                        "Forbidden (unknown device; admission is closed)",
-                        w.from,
-                        &self.tag,
-                        &[],
-                        b"",
-                    )
+                    self.metrics.admission_refusals.with_label_values(&["gb28181", r.reason()]).inc();
+                    self.rejections.record(
+                        now,
+                        "gb28181",
+                        "unknown_device",
+                        w.from.to_string(),
+                        format!("{}: {}", w.unknown.id, r.detail()),
+                        &w.raw,
+                    );
+                    let (code, phrase, retry) = match r {
+                        AdmissionRefusal::Closed => (403, "Forbidden (unknown device; admission is closed)", None),
+                        AdmissionRefusal::QuarantineFull | AdmissionRefusal::OriginQuarantineFull => {
+                            (403, "Forbidden (unknown device; the quarantine is full)", None)
+                        }
+                        AdmissionRefusal::OriginRate => {
+                            (503, "Service Unavailable (too many new devices from this address)", Some("60"))
+                        }
+                    };
+                    let extra: Vec<(&str, String)> = retry.map(|r| ("Retry-After", r.to_owned())).into_iter().collect();
+                    message::response(&msg, code, phrase, w.from, &self.tag, &extra, b"")
                 }
                 Err(e) => {
                     warn!(device = %w.unknown.id, error = %e, "Cannot admit a new device.");
