@@ -26,9 +26,11 @@ pub struct UnknownDevice {
     /// The device profile that matched its messages (MQTT, GA/T 1400): shown to the operator
     /// as the suggestion, used once approved.
     pub profile: Option<String>,
-    /// Where the announcement came from (the source address; "mqtt" for a broker's
-    /// messages): what the limits count by, kept as the device's `origin` attribute.
-    pub origin: String,
+    /// Where the announcement came from (the source address): what the per-origin limits
+    /// count by, kept as the device's `origin` attribute. `None` for a broker relaying many
+    /// devices' messages: only the total quarantine cap applies (the broker's own
+    /// authentication and ACLs say who may announce what).
+    pub origin: Option<String>,
 }
 
 /// Why an unknown device was not added.
@@ -92,11 +94,12 @@ impl Rates {
     }
 }
 
-/// Whether one more device from `origin` may wait in quarantine, given how many wait now.
-pub fn room(cfg: &AdmissionConfig, total: usize, from_origin: usize) -> Result<(), Refusal> {
+/// Whether one more device may wait in quarantine, given how many wait now in total and
+/// from its origin (`None`: no per-origin share applies).
+pub fn room(cfg: &AdmissionConfig, total: usize, from_origin: Option<usize>) -> Result<(), Refusal> {
     if total >= cfg.max_quarantined {
         Err(Refusal::QuarantineFull)
-    } else if from_origin >= cfg.max_quarantined_per_origin {
+    } else if from_origin.is_some_and(|n| n >= cfg.max_quarantined_per_origin) {
         Err(Refusal::OriginQuarantineFull)
     } else {
         Ok(())
@@ -134,8 +137,8 @@ pub fn decide(cfg: &AdmissionConfig, u: &UnknownDevice) -> Option<NewDevice> {
         admission,
         attrs: {
             let mut a = u.attrs.clone();
-            if !u.origin.is_empty() {
-                a.insert("origin".into(), serde_json::Value::String(u.origin.clone()));
+            if let Some(o) = &u.origin {
+                a.insert("origin".into(), serde_json::Value::String(o.clone()));
             }
             a
         },
@@ -155,7 +158,7 @@ mod tests {
             attrs: Default::default(),
             org_id: None,
             profile: None,
-            origin: "10.0.0.1".into(),
+            origin: Some("10.0.0.1".into()),
         }
     }
 
@@ -169,9 +172,10 @@ mod tests {
         assert!(r.take("10.0.0.2", 3, 59_999), "another origin has its own");
         assert!(r.take("10.0.0.1", 3, 60_000), "a new minute");
         let cfg = AdmissionConfig { max_quarantined: 10, max_quarantined_per_origin: 4, ..AdmissionConfig::default() };
-        assert_eq!(room(&cfg, 9, 3), Ok(()));
-        assert_eq!(room(&cfg, 10, 0), Err(Refusal::QuarantineFull));
-        assert_eq!(room(&cfg, 5, 4), Err(Refusal::OriginQuarantineFull));
+        assert_eq!(room(&cfg, 9, Some(3)), Ok(()));
+        assert_eq!(room(&cfg, 10, Some(0)), Err(Refusal::QuarantineFull));
+        assert_eq!(room(&cfg, 5, Some(4)), Err(Refusal::OriginQuarantineFull));
+        assert_eq!(room(&cfg, 5, None), Ok(()), "a broker's devices share only the total");
         let d = decide(&cfg, &unknown("42010400001320000001")).expect("adds");
         assert_eq!(d.attrs["origin"], "10.0.0.1");
     }

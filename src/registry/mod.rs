@@ -613,16 +613,17 @@ impl Registry {
                 continue;
             }
             let decided = admission::decide(&self.admission, u).ok_or(admission::Refusal::Closed).and_then(|d| {
-                let (total, origin) = self.read().quarantined(&u.origin);
-                let pending = pending_quarantine.get(u.origin.as_str()).copied().unwrap_or(0);
-                self.within_limits(&d, u, total + pending_total, origin + pending).map(|()| d)
+                let origin = u.origin.as_deref().unwrap_or("");
+                let (total, from_origin) = self.read().quarantined(origin);
+                let pending = pending_quarantine.get(origin).copied().unwrap_or(0);
+                self.within_limits(&d, u, total + pending_total, from_origin + pending).map(|()| d)
             });
             match decided {
                 Err(r) => outcomes.push(Some(AdmissionOutcome::Refused(r))),
                 Ok(mut d) => {
                     if d.admission == Admission::Quarantined {
                         pending_total += 1;
-                        *pending_quarantine.entry(u.origin.as_str()).or_insert(0) += 1;
+                        *pending_quarantine.entry(u.origin.as_deref().unwrap_or("")).or_insert(0) += 1;
                     }
                     // What a device calls itself is kept without control characters (a NUL
                     // or an escape sequence would reach logs, reports and the dashboard).
@@ -667,11 +668,18 @@ impl Registry {
         total: usize,
         from_origin: usize,
     ) -> Result<(), admission::Refusal> {
+        let Some(origin) = &u.origin else {
+            // A broker's devices: only the total.
+            return match d.admission {
+                Admission::Quarantined => admission::room(&self.admission, total, None),
+                _ => Ok(()),
+            };
+        };
         if d.admission == Admission::Quarantined {
-            admission::room(&self.admission, total, from_origin)?;
+            admission::room(&self.admission, total, Some(from_origin))?;
         }
         let fresh = self.rates.lock().unwrap_or_else(|p| p.into_inner()).take(
-            &u.origin,
+            origin,
             self.admission.new_per_origin_per_minute,
             now_ms(),
         );
@@ -719,8 +727,8 @@ impl Registry {
         if new.name.chars().any(char::is_control) {
             new.name = new.name.chars().filter(|c| !c.is_control()).collect();
         }
-        let (total, origin) = self.read().quarantined(&unknown.origin);
-        if let Err(r) = self.within_limits(&new, &unknown, total, origin) {
+        let (total, from_origin) = self.read().quarantined(unknown.origin.as_deref().unwrap_or(""));
+        if let Err(r) = self.within_limits(&new, &unknown, total, from_origin) {
             return Ok(AdmissionOutcome::Refused(r));
         }
         let new = self.prepare_device(new)?;

@@ -42,9 +42,9 @@ pub struct Arrived<'a> {
     /// The authenticated device that sent it, where the source knows one (a registered
     /// GA/T 1400 view library): its records may name only itself or a device it carries.
     pub speaker: Option<&'a str>,
-    /// Where it came from, as the admission limits count new devices (a source address, or
-    /// "mqtt" for a broker's messages).
-    pub origin: &'a str,
+    /// Where it came from, as the admission limits count new devices: a source address, or
+    /// `None` for a broker relaying many devices' messages.
+    pub origin: Option<&'a str>,
     pub received_at: Millis,
 }
 
@@ -154,7 +154,7 @@ impl Ingest {
         peer: &str,
         received_at: Millis,
     ) -> Result<Vec<Verdict>, Unavailable> {
-        self.message_from(sel, payload, (peer, peer), None, received_at).await
+        self.message_from(sel, payload, (peer, None), None, received_at).await
     }
 
     /// As `message`, for a message an authenticated device (`speaker`) sent; `(peer,
@@ -163,7 +163,7 @@ impl Ingest {
         &self,
         sel: &Selected,
         payload: &[u8],
-        (peer, origin): (&str, &str),
+        (peer, origin): (&str, Option<&str>),
         speaker: Option<&str>,
         received_at: Millis,
     ) -> Result<Vec<Verdict>, Unavailable> {
@@ -231,7 +231,7 @@ impl Ingest {
         sel: &Selected,
         m: &Mapped,
         speaker: Option<&str>,
-        origin: &str,
+        origin: Option<&str>,
     ) -> Result<Result<Arc<Device>, Verdict>, Unavailable> {
         let known = self.shared.registry.read().device(&m.device);
         if let (Some(s), Some(d)) = (speaker, &known) {
@@ -299,7 +299,7 @@ impl Ingest {
         sel: &Selected,
         m: &Mapped,
         speaker: Option<&str>,
-        origin: &str,
+        origin: Option<&str>,
     ) -> Result<Result<Arc<Device>, Verdict>, Unavailable> {
         let mut attrs = fingerprint(m, Map::new());
         attrs.insert("source".into(), Value::String(self.source.into()));
@@ -318,7 +318,7 @@ impl Ingest {
             attrs,
             org_id,
             profile: Some(sel.profile.name.clone()),
-            origin: origin.to_owned(),
+            origin: origin.map(str::to_owned),
         };
         match self.shared.registry.admit(unknown).await {
             Ok(AdmissionOutcome::Known(d)) => Ok(Ok(d)),

@@ -264,7 +264,7 @@ async fn register(State(ctx): State<Arc<Ctx>>, ConnectInfo(peer): ConnectInfo<So
         attrs,
         org_id: None,
         profile: None,
-        origin: peer.ip().to_string(),
+        origin: Some(peer.ip().to_string()),
     };
     let device = match shared.registry.admit(unknown).await {
         Ok(AdmissionOutcome::Known(d)) => d,
@@ -594,7 +594,7 @@ async fn objects(State(ctx): State<Arc<Ctx>>, ConnectInfo(peer): ConnectInfo<Soc
     };
     let verdicts = match ctx
         .ingest
-        .message_from(&sel, &body, (&format!("{peer}/{user}"), &peer.ip().to_string()), Some(&user), now)
+        .message_from(&sel, &body, (&format!("{peer}/{user}"), Some(&peer.ip().to_string())), Some(&user), now)
         .await
     {
         Ok(v) => v,

@@ -204,7 +204,7 @@ async fn take(
             payload: &batch[*i].payload,
             peer: &batch[*i].topic,
             speaker: None,
-            origin: "mqtt",
+            origin: None,
             received_at,
         })
         .collect();

@@ -765,7 +765,7 @@ impl Server {
             attrs,
             org_id: None,
             profile: None,
-            origin: from.ip().to_string(),
+            origin: Some(from.ip().to_string()),
         };
         self.admitting.insert(key.to_owned());
         self.waiting_admission.push(WaitingAdmission {
