@@ -43,6 +43,7 @@ pub const PRESENCE_CHECKPOINT: &str = "vigil_presence_checkpoint_timestamp_secon
 pub const CONNECTIONS: &str = "vigil_connections";
 pub const CONNECTIONS_REFUSED: &str = "vigil_connections_refused_total";
 pub const AUTH_REFUSALS: &str = "vigil_device_auth_refusals_total";
+pub const RELAY_ALARM: &str = "vigil_relay_alarm";
 pub const ADMISSION_REFUSALS: &str = "vigil_admission_refusals_total";
 pub const QUARANTINE_EXPIRED: &str = "vigil_quarantine_expired_total";
 
@@ -87,6 +88,7 @@ pub struct Metrics {
     pub connections_refused: IntCounterVec,
     pub auth_refusals: IntCounterVec,
     pub admission_refusals: IntCounterVec,
+    pub relay_alarm: IntGaugeVec,
     pub quarantine_expired: IntCounter,
 }
 
@@ -180,6 +182,8 @@ impl Metrics {
                 &["source", "reason"],
             )
             .expect("should be a valid metric"),
+            relay_alarm: IntGaugeVec::new(Opts::new(RELAY_ALARM, "1 while an upstream needs an operator: an upper view library's subscription was cancelled or expired and records wait for it."), &["target"])
+                .expect("should be a valid metric"),
             quarantine_expired: IntCounter::new(QUARANTINE_EXPIRED, "Quarantined devices deleted because no operator approved them within admission.quarantine_ttl.")
                 .expect("should be a valid metric"),
             registry,
@@ -223,6 +227,7 @@ impl Metrics {
             Box::new(m.auth_refusals.clone()),
             Box::new(m.admission_refusals.clone()),
             Box::new(m.quarantine_expired.clone()),
+            Box::new(m.relay_alarm.clone()),
         ] {
             m.registry.register(c).expect("should register each metric once");
         }

@@ -100,6 +100,7 @@ async fn relay_targets(State(state): State<AppState>) -> ApiResult<Json<serde_js
             "dead": c.dead,
             "failed": s.retried,
             "last_error": s.last_error,
+            "alarm": s.alarm,
             "last_error_at": s.last_error_at.map(|t| state.time(t)),
             "last_delivery_at": s.last_delivery_at.map(|t| state.time(t)),
             "recent_dead": dead.into_iter().map(|d| serde_json::json!({"seq": d.seq, "object_id": d.object_id, "reason": d.reason})).collect::<Vec<_>>(),

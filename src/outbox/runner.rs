@@ -54,6 +54,9 @@ pub struct TargetStatus {
     pub delivered: u64,
     pub retried: u64,
     pub dead: u64,
+    /// A condition an operator must act on while it lasts (an upper view library's
+    /// subscription cancelled or expired with records waiting).
+    pub alarm: Option<String>,
 }
 
 /// Records per claim, unless the sink says otherwise.
@@ -222,8 +225,10 @@ pub async fn run<S: Sink>(ctx: Context, mut sink: S, status: Arc<Mutex<TargetSta
                 let was_down = failures > 0;
                 failures = 0;
                 let now = now_ms();
+                metrics.relay_alarm.with_label_values(&[&name]).set(0);
                 set(&|s| {
                     s.connected = true;
+                    s.alarm = None;
                     s.delivered += n;
                     s.retried += retried;
                     s.dead += dead;
@@ -245,13 +250,20 @@ pub async fn run<S: Sink>(ctx: Context, mut sink: S, status: Arc<Mutex<TargetSta
                     warn!(target = %name, error = %e, "Cannot release leases; those rows wait for them to run out.");
                 }
                 failures = failures.saturating_add(1);
-                metrics.relay_failures.with_label_values(&[&name, failure_reason(&e)]).inc();
+                let reason = failure_reason(&e);
+                metrics.relay_failures.with_label_values(&[&name, reason]).inc();
+                let alarm = reason == "subscription_lapsed";
+                metrics.relay_alarm.with_label_values(&[&name]).set(i64::from(alarm));
                 let wait = backoff(failures, BACKOFF_MIN, BACKOFF_MAX);
                 if failures == 1 {
                     warn!(target = %name, error = %e, retry_in_ms = wait.as_millis() as u64, "Upstream failed; records stay in the outbox.");
                 }
+                if alarm && failures == 1 {
+                    warn!(target = %name, error = %e, "ALARM: the upper view library no longer subscribes; records wait for it.");
+                }
                 set(&|s| {
                     s.connected = false;
+                    s.alarm = alarm.then(|| e.clone());
                     s.last_error = Some(e.clone());
                     s.last_error_at = Some(now_ms());
                 });
@@ -277,7 +289,9 @@ pub async fn run<S: Sink>(ctx: Context, mut sink: S, status: Arc<Mutex<TargetSta
 /// report errors as text today; a typed error per sink would make this a match).
 fn failure_reason(e: &str) -> &'static str {
     let e = e.to_ascii_lowercase();
-    if e.contains("timed out") || e.contains("timeout") {
+    if e.starts_with(crate::outbox::subscriptions::LAPSED) {
+        "subscription_lapsed"
+    } else if e.contains("timed out") || e.contains("timeout") {
         "timeout"
     } else if e.contains("401") || e.contains("unauthorized") || e.contains("403") {
         "unauthorized"

@@ -177,6 +177,41 @@ pub async fn cancel(db: &Db, target: &str, id: &str) -> Result<bool, sqlx::Error
     Ok(r.rows_affected() > 0)
 }
 
+/// How a relay failure begins when the upper's subscription was cancelled or expired with
+/// records waiting: the relay runner raises an alarm on it.
+pub const LAPSED: &str = "subscription lapsed";
+
+/// How the last subscription of an upstream ended, when none is in force.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Lapse {
+    pub id: String,
+    /// `cancelled` or `expired`.
+    pub why: &'static str,
+}
+
+/// The most recent subscription of `target`, if it was cancelled or has expired by `now`
+/// (`None`: there never was one, or the latest is still to begin or in force).
+pub async fn lapsed(db: &Db, target: &str, now: Millis) -> Result<Option<Lapse>, sqlx::Error> {
+    let row = sqlx::query(
+        "SELECT id, CAST(cancelled AS BIGINT) AS cancelled, end_at FROM subscriptions WHERE target = $1 \
+         ORDER BY created_at DESC, id DESC LIMIT 1",
+    )
+    .bind(target)
+    .fetch_optional(&db.pool)
+    .await?;
+    let Some(r) = row else { return Ok(None) };
+    let cancelled: i64 = r.try_get("cancelled")?;
+    let end_at: Option<Millis> = r.try_get("end_at")?;
+    let why = if cancelled != 0 {
+        "cancelled"
+    } else if end_at.is_some_and(|t| t <= now) {
+        "expired"
+    } else {
+        return Ok(None);
+    };
+    Ok(Some(Lapse { id: r.try_get("id")?, why }))
+}
+
 /// The subscriptions of `target` not cancelled (whether in force now is `wants`' to say).
 pub async fn live(db: &Db, target: &str) -> Result<Vec<Subscription>, sqlx::Error> {
     let rows = sqlx::query(

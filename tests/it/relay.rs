@@ -510,6 +510,27 @@ async fn subscription_mode_notifies_what_the_upper_view_library_subscribed_to() 
         .expect("status");
     assert_eq!(status["ApeID"], GATEWAY, "a device without a 20-digit id is named by the gateway: {status}");
 
+    // A cancel forged in the upper's name, from another host or without its password, changes
+    // nothing (issue #15, item 10).
+    let cancel_body: Value = serde_json::from_str(
+        r#"{"SubscribeListObject":{"SubscribeObject":[{"SubscribeID":"420100000050300000012026112700001","OperateType":1}]}}"#,
+    )
+    .expect("json");
+    let (s, _, _) =
+        post(&from([127, 0, 0, 2]), base, "/VIID/Subscribes", Some("42010000005030000001"), None, &cancel_body).await;
+    assert_eq!(s, 403);
+    let (s, _, _) = post(&upper, base, "/VIID/Subscribes", Some("42010000005030000001"), None, &cancel_body).await;
+    assert_eq!(s, 401);
+    let r = from([127, 0, 0, 2])
+        .delete(format!("{viid}/Subscribes?IDList=420100000050300000012026112700001"))
+        .header("User-Identify", "42010000005030000001")
+        .send()
+        .await
+        .expect("DELETE");
+    assert_eq!(r.status(), 403);
+    push(8, 9).await;
+    platform_until(&platform, Duration::from_secs(30), |s| s["unique"] == 6).await;
+
     // Cancelled: new faces wait again.
     let answer = reqwest::Client::new()
         .post(format!("{}/control", platform.base.trim_end_matches("/VIID")))
@@ -523,7 +544,20 @@ async fn subscription_mode_notifies_what_the_upper_view_library_subscribed_to() 
     assert_eq!(answer["status"], 200, "{answer}");
     push(6, 8).await;
     target(&gw, Duration::from_secs(10), |t| t["backlog"] == 2).await;
-    assert_eq!(platform.stats().await["unique"], 5);
+    assert_eq!(platform.stats().await["unique"], 6);
+    // A subscription that ended with records waiting is an alarm, on the API, the metrics
+    // and the dashboard's relay card.
+    let t = target(&gw, Duration::from_secs(10), |t| t["alarm"].is_string()).await;
+    assert!(
+        t["alarm"].as_str().is_some_and(|a| a.starts_with("subscription lapsed") && a.contains("cancelled")),
+        "{t}"
+    );
+    let m =
+        gw.api.wait_for_metrics(Duration::from_secs(5), |m| m.contains("vigil_relay_alarm{target=\"city\"} 1")).await;
+    assert!(
+        crate::support::metric(&m, "vigil_relay_failures_total{reason=\"subscription_lapsed\",target=\"city\"}") >= 1.0,
+        "{m}"
+    );
     gw.shutdown().await;
 }
 

@@ -121,7 +121,17 @@ impl Gat1400 {
         let in_force =
             |s: &subscriptions::Subscription| s.begin_at.is_none_or(|t| t <= now) && s.end_at.is_none_or(|t| now < t);
         if !subs.iter().any(in_force) {
-            return Err("no subscription of the upper view library is in force; records wait".into());
+            // A subscription that ended while records wait is an alarm (the city stops
+            // receiving), not the quiet wait before the upper first subscribes.
+            return Err(match subscriptions::lapsed(db, target, now).await {
+                Ok(Some(l)) => format!(
+                    "{}: the upper view library's subscription {} was {}; no subscription is in force and records wait",
+                    subscriptions::LAPSED,
+                    l.id,
+                    l.why
+                ),
+                _ => "no subscription of the upper view library is in force; records wait".into(),
+            });
         }
         let mut out: Vec<Option<Delivery>> = vec![None; batch.len()];
         // Per subscription: (record index, list key, object key, object, info id).
