@@ -439,14 +439,39 @@ pub async fn start(config: Config) -> Result<Running, Error> {
         rejections: rejections.clone(),
         events: events.clone(),
     };
-    let mqtt_url = match config.mqtt.mode.as_str() {
-        "embedded" => Some(crate::sources::mqtt::start_broker(&config.mqtt, fds.mqtt)?),
-        "external" => Some(config.mqtt.url.clone()),
+    let mqtt = match config.mqtt.mode.as_str() {
+        "embedded" => {
+            let deps = crate::sources::mqtt::gate::Deps {
+                registry: registry.clone(),
+                profiles: profiles.clone(),
+                metrics: metrics.clone(),
+                rejections: rejections.clone(),
+                device_password: config.mqtt.device_password.clone(),
+                allow_anonymous: config.mqtt.allow_anonymous,
+                max_packet: crate::config::parse_bytes(&config.mqtt.max_packet).map_err(Error::Config)? as usize,
+            };
+            // A device through the gate holds three descriptors (its socket, the gate's to the
+            // broker, the broker's own).
+            let total = fds.mqtt / 3;
+            let cap = crate::net::ConnCap::new(
+                "mqtt",
+                total,
+                crate::net::Budget::per_address(total, 16, 1024),
+                Some(&metrics),
+            );
+            let e =
+                crate::sources::mqtt::start_broker(&config.mqtt, deps, cap, sources_cancel.clone(), &tracker).await?;
+            // vigil's own client: the private port, with credentials made for this run.
+            let mut own = config.mqtt.clone();
+            (own.username, own.password) = (e.username, e.password);
+            Some((own, e.url))
+        }
+        "external" => Some((config.mqtt.clone(), config.mqtt.url.clone())),
         _ => None,
     };
-    if let Some(url) = &mqtt_url {
+    if let Some((cfg, url)) = &mqtt {
         let ingest = crate::sources::ingest::Ingest::new(shared.clone(), media.clone(), Protocol::Mqtt, "mqtt");
-        crate::sources::mqtt::spawn(&config.mqtt, url, profiles.clone(), ingest, sources_cancel.clone(), &tracker)?;
+        crate::sources::mqtt::spawn(cfg, url, profiles.clone(), ingest, sources_cancel.clone(), &tracker)?;
     }
     let gat1400_addr = if config.gat1400.enabled {
         let ingest = crate::sources::ingest::Ingest::new(shared.clone(), media.clone(), Protocol::Gat1400, "gat1400");

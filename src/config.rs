@@ -439,6 +439,12 @@ pub struct Mqtt {
     pub backoff_min: Duration,
     #[serde(with = "humantime_serde")]
     pub backoff_max: Duration,
+    /// The embedded broker: the password of a device that has none of its own in the
+    /// registry (devices log in with their id as the username). Default "12345678".
+    pub device_password: String,
+    /// The embedded broker: let clients in without a username (a lab; they are not checked).
+    /// Default false.
+    pub allow_anonymous: bool,
 }
 
 impl Default for Mqtt {
@@ -457,6 +463,8 @@ impl Default for Mqtt {
             inflight: 1024,
             backoff_min: Duration::from_secs(1),
             backoff_max: Duration::from_secs(30),
+            device_password: "12345678".into(),
+            allow_anonymous: false,
         }
     }
 }

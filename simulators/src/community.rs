@@ -4,8 +4,9 @@
 //! sensors; with heartbeats, announced offline devices (the payload their last will
 //! carries), offline-cache replays and a share of malformed messages. Also the MQTT load
 //! driver: `burst` publishes N access records as fast as QoS 1 allows, `replay` one
-//! device's offline cache of N records. One MQTT connection per community (devices of a
-//! community publish through it), loopback brokers only.
+//! device's offline cache of N records. Live devices connect one by one as themselves
+//! (their id and `--password`: vigil's embedded broker lets each publish only on its own
+//! topics); the load drivers share a few anonymous connections. Loopback brokers only.
 #![allow(clippy::disallowed_methods)] // a load driver measures real time
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -24,6 +25,10 @@ pub struct Args {
     /// Topic prefix before each profile's own topic (tests use one; devices use none).
     #[arg(long, default_value = "")]
     pub prefix: String,
+    /// The password devices log in with (their id is the username), as vigil's embedded
+    /// broker wants; empty: connect anonymously (a broker that allows it).
+    #[arg(long, default_value = "12345678")]
+    pub password: String,
     #[command(subcommand)]
     pub mode: Mode,
 }
@@ -75,7 +80,9 @@ struct Conn {
     acked: Arc<AtomicU64>,
 }
 
-async fn connect(broker: &str, id: &str) -> Result<Conn> {
+/// Connects as client `id`, logging in as `login` (username = a device id) with `password`
+/// when both are given.
+async fn connect(broker: &str, id: &str, login: Option<(&str, &str)>) -> Result<Conn> {
     let (host, port) = broker.rsplit_once(':').ok_or_else(|| anyhow::anyhow!("--broker is host:port"))?;
     if !(host == "127.0.0.1" || host == "localhost" || host == "::1") {
         bail!("this simulator only targets loopback brokers");
@@ -84,6 +91,9 @@ async fn connect(broker: &str, id: &str) -> Result<Conn> {
     o.set_max_packet_size(16 << 20, 16 << 20);
     o.set_inflight(1000);
     o.set_keep_alive(Duration::from_secs(30));
+    if let Some((user, password)) = login.filter(|(_, p)| !p.is_empty()) {
+        o.set_credentials(user, password);
+    }
     let (client, mut ev) = AsyncClient::new(o, 10_000);
     let acked = Arc::new(AtomicU64::new(0));
     let a = acked.clone();
@@ -248,11 +258,17 @@ async fn live(args: &Args, sites: &[String], devices_per: u32, rate: f64, malfor
     let per_device = rate / f64::from((communities * devices_per).max(1));
     for (c, site) in sites.iter().enumerate() {
         let c = c as u32;
-        let conn = connect(&args.broker, &format!("vigil-sim-{site}-{}", std::process::id())).await?;
         let prefix = args.prefix.clone();
         let mut devices: Vec<Device> = (0..devices_per)
             .map(|i| Device { site: site.clone(), sn: device_id(site, i), kind: kind(i), seq: 0 })
             .collect();
+        let mut conns = Vec::with_capacity(devices.len());
+        for d in &devices {
+            conns.push(
+                connect(&args.broker, &format!("{}-{}", d.sn, std::process::id()), Some((&d.sn, &args.password)))
+                    .await?,
+            );
+        }
         tasks.push(tokio::spawn(async move {
             let start = Instant::now();
             let mut tick = tokio::time::interval(Duration::from_millis(100));
@@ -262,6 +278,7 @@ async fn live(args: &Args, sites: &[String], devices_per: u32, rate: f64, malfor
                 tick.tick().await;
                 n += 1;
                 for (i, d) in devices.iter_mut().enumerate() {
+                    let conn = &conns[i];
                     let silent = (i as u32) < offline && c == 0 && start.elapsed() > Duration::from_secs(30);
                     if silent {
                         if !announced {
@@ -299,7 +316,8 @@ async fn live(args: &Args, sites: &[String], devices_per: u32, rate: f64, malfor
                 // Every 10 minutes the first plate camera of each community flushes a small
                 // offline cache (records from the last hour, marked offline).
                 if n % 6000 == 3000 {
-                    if let Some(d) = devices.iter_mut().find(|d| matches!(d.kind, Kind::Plate)) {
+                    if let Some((i, d)) = devices.iter_mut().enumerate().find(|(_, d)| matches!(d.kind, Kind::Plate)) {
+                        let conn = &conns[i];
                         for k in 0..20 {
                             let at = now_ms() - 3_600_000 + k * 60_000;
                             let p = d.event(at, true);
@@ -333,7 +351,7 @@ fn rand01(a: u64, b: u64) -> f64 {
 async fn burst(args: &Args, count: u64, devices: u32, connections: u32) -> Result<()> {
     let mut conns = Vec::new();
     for c in 0..connections.max(1) {
-        conns.push(connect(&args.broker, &format!("vigil-sim-burst-{c}-{}", std::process::id())).await?);
+        conns.push(connect(&args.broker, &format!("vigil-sim-burst-{c}-{}", std::process::id()), None).await?);
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
     let start = Instant::now();
@@ -374,7 +392,9 @@ async fn burst(args: &Args, count: u64, devices: u32, connections: u32) -> Resul
 }
 
 async fn replay(args: &Args, count: u64, device: &str) -> Result<()> {
-    let conn = connect(&args.broker, &format!("vigil-sim-replay-{}", std::process::id())).await?;
+    let conn =
+        connect(&args.broker, &format!("vigil-sim-replay-{}", std::process::id()), Some((device, &args.password)))
+            .await?;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let mut d = Device { site: "XQ001".into(), sn: device.to_owned(), kind: Kind::Generic, seq: 0 };
     let topic = d.event_topic(&args.prefix);

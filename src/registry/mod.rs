@@ -659,6 +659,11 @@ impl Registry {
             .collect()
     }
 
+    /// Whether unknown devices are refused outright (`admission.policy = "closed"`).
+    pub fn admission_closed(&self) -> bool {
+        self.admission.policy == crate::config::AdmissionPolicy::Closed
+    }
+
     /// Whether a new device may be added: its origin's rate this minute, and room in the
     /// quarantine when it would wait there (`total` and `from_origin` wait now).
     fn within_limits(

@@ -385,8 +385,10 @@ async fn the_embedded_broker_takes_mosquitto_pub() {
     .to_string();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     loop {
+        // The panel logs in as itself (its id, the default device password).
         let out = std::process::Command::new(&mosquitto_pub)
-            .args(["-h", "127.0.0.1", "-p", &mqtt.to_string(), "-q", "1", "-t", "alarm/XQ001/AXPRO-0099/event", "-m"])
+            .args(["-h", "127.0.0.1", "-p", &mqtt.to_string(), "-q", "1", "-t", "alarm/XQ001/AXPRO-0099/event"])
+            .args(["-i", "panel-99", "-u", "AXPRO-0099", "-P", "12345678", "-m"])
             .arg(&alarm)
             .output()
             .expect("mosquitto_pub");

@@ -716,3 +716,221 @@ mod quarantine {
         gw.shutdown().await;
     }
 }
+
+/// The embedded MQTT broker as an attacker on the community network would try it (issue #15,
+/// item 5), with Mosquitto's own clients: no anonymous access, no reading device topics, no
+/// publishing, willing or retaining as another device, no taking vigil's session.
+mod mqtt {
+    use std::process::{Command, Output, Stdio};
+    use std::time::Duration;
+
+    use serde_json::{json, Value};
+
+    use crate::support::gateway::{config_toml, Process};
+    use crate::support::{free_port, require_command};
+
+    struct Broker {
+        port: u16,
+        vigil: Process,
+        _dir: tempfile::TempDir,
+    }
+
+    async fn start() -> Broker {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (http, port) = (free_port(), free_port());
+        let cfg = dir.path().join("vigil.toml");
+        let extra = format!(
+            "[mqtt]\nmode = \"embedded\"\nlisten = \"127.0.0.1:{port}\"\nclient_id = \"vigil-embedded\"\n[admission]\npolicy = \"open\"\n"
+        );
+        std::fs::write(&cfg, config_toml(&dir.path().join("data"), None, http, &extra)).expect("config");
+        let vigil = Process::start(&cfg, http, &dir.path().join("vigil.log")).await;
+        Broker { port, vigil, _dir: dir }
+    }
+
+    /// `mosquitto_pub` (QoS 1) as `user` (`None`: anonymous) with extra arguments.
+    fn publish(b: &Broker, user: Option<(&str, &str)>, topic: &str, payload: &str, extra: &[&str]) -> Output {
+        let mut c = Command::new(require_command("mosquitto_pub"));
+        c.args(["-h", "127.0.0.1", "-p", &b.port.to_string(), "-q", "1", "-t", topic, "-m", payload]);
+        if let Some((u, p)) = user {
+            c.args(["-u", u, "-P", p]);
+        }
+        c.args(extra).output().expect("mosquitto_pub")
+    }
+
+    fn access(seq: u32, card: &str) -> String {
+        json!({"ts": chrono::Utc::now().timestamp_millis(), "seq": seq, "credential": "card", "card": card,
+               "person": "R1", "door": "east-gate", "direction": "in"})
+        .to_string()
+    }
+
+    async fn events(b: &Broker, device: &str) -> Vec<Value> {
+        b.vigil.api.get(&format!("/events?device={device}")).await.1["items"].as_array().cloned().unwrap_or_default()
+    }
+
+    async fn refusals(b: &Broker, reason: &str) -> Vec<Value> {
+        b.vigil.api.get(&format!("/rejections?source=mqtt&reason={reason}")).await.1["items"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    const A: &str = "AC-0001";
+    const B: &str = "AC-0002";
+    const PW: &str = "12345678";
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn nobody_connects_unnamed_and_guessing_a_password_is_limited() {
+        let b = start().await;
+        let out = publish(&b, None, &format!("vigil/XQ001/{A}/access"), &access(1, "1"), &[]);
+        assert!(!out.status.success(), "anonymous: {}", String::from_utf8_lossy(&out.stderr));
+        let mut answers = Vec::new();
+        for i in 0..8 {
+            let guess = format!("guess-{i}");
+            let out = publish(
+                &b,
+                Some((A, &guess)),
+                &format!("vigil/XQ001/{A}/access"),
+                &access(1, "1"),
+                &["-A", "127.0.0.9"],
+            );
+            answers.push(out.status.success());
+        }
+        assert!(answers.iter().all(|ok| !ok), "{answers:?}");
+        let out = publish(&b, Some((A, PW)), &format!("vigil/XQ001/{A}/access"), &access(1, "1"), &["-A", "127.0.0.9"]);
+        assert!(!out.status.success(), "the guessing address is refused unheard, even with the password");
+        let out = publish(&b, Some((A, PW)), &format!("vigil/XQ001/{A}/access"), &access(2, "2"), &[]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert_eq!(refusals(&b, "wrong_password").await.len(), 5);
+        assert!(!refusals(&b, "too_many_failures").await.is_empty());
+        assert!(!refusals(&b, "anonymous").await.is_empty());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_device_speaks_and_reads_only_as_itself() {
+        let b = start().await;
+        // B listens to everything, then to A's topic: both refused, nothing read.
+        let mut listeners = Vec::new();
+        for filter in ["#".to_owned(), format!("vigil/XQ001/{A}/access")] {
+            let child = Command::new(require_command("mosquitto_sub"))
+                .args([
+                    "-h",
+                    "127.0.0.1",
+                    "-p",
+                    &b.port.to_string(),
+                    "-u",
+                    B,
+                    "-P",
+                    PW,
+                    "-t",
+                    &filter,
+                    "-W",
+                    "4",
+                    "-C",
+                    "1",
+                ])
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("mosquitto_sub");
+            listeners.push(child);
+        }
+        b.vigil
+            .api
+            .wait_for("/rejections?source=mqtt&reason=acl_subscribe", Duration::from_secs(10), |r| {
+                r["items"].as_array().is_some_and(|i| i.len() >= 2)
+            })
+            .await;
+        let out = publish(&b, Some((A, PW)), &format!("vigil/XQ001/{A}/access"), &access(1, "6222020000001234"), &[]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        b.vigil
+            .api
+            .wait_for(&format!("/events?device={A}"), Duration::from_secs(10), |e| e["items"][0].is_object())
+            .await;
+        for l in listeners {
+            let out = l.wait_with_output().expect("mosquitto_sub ends");
+            assert!(out.stdout.is_empty(), "a device read another's record: {}", String::from_utf8_lossy(&out.stdout));
+        }
+        // B's own downlink (an exact topic carrying its id, not a device uplink) is allowed.
+        let out = Command::new(require_command("mosquitto_sub"))
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &b.port.to_string(),
+                "-u",
+                B,
+                "-P",
+                PW,
+                "-t",
+                &format!("cmd/{B}"),
+                "-W",
+                "1",
+            ])
+            .output()
+            .expect("mosquitto_sub");
+        assert_eq!(
+            out.status.code(),
+            Some(27),
+            "subscribed, then timed out waiting: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+
+        // B files a record on A's topic: dropped with the connection, counted, kept.
+        publish(&b, Some((B, PW)), &format!("vigil/XQ001/{A}/access"), &access(2, "999"), &[]);
+        let kept = refusals(&b, "not_own_topic").await;
+        assert_eq!(kept.len(), 1, "{kept:?}");
+        assert_eq!(events(&b, A).await.len(), 1, "only A's own record");
+        // B's last will on A's status topic, retained: refused at CONNECT.
+        let out = publish(
+            &b,
+            Some((B, PW)),
+            &format!("vigil/XQ001/{B}/heartbeat"),
+            "{}",
+            &["--will-topic", &format!("vigil/XQ001/{A}/status"), "--will-payload", "offline", "--will-retain"],
+        );
+        assert!(!out.status.success(), "a will in A's name");
+        assert_eq!(refusals(&b, "acl_will").await.len(), 1);
+        // A retained message too large for the cap, on B's own topic: refused.
+        let big = "x".repeat(10_000);
+        publish(&b, Some((B, PW)), &format!("vigil/XQ001/{B}/status"), &big, &["-r"]);
+        assert_eq!(refusals(&b, "retained_too_large").await.len(), 1);
+        // An RTSP or GB/T 28181 device's id is no MQTT login.
+        b.vigil
+            .api
+            .post(
+                "/devices",
+                json!({"id": "gate-09", "name": "9号门", "kind": "access_control", "protocol": "external"}),
+            )
+            .await;
+        let out = publish(&b, Some(("gate-09", PW)), "vigil/XQ001/gate-09/access", &access(1, "1"), &[]);
+        assert!(!out.status.success());
+        assert!(events(&b, "gate-09").await.is_empty());
+    }
+
+    /// A client that takes vigil's own client id connects as itself (its id is put under its
+    /// name): vigil's session stays, and records keep arriving.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn vigils_own_session_cannot_be_taken_over() {
+        let b = start().await;
+        let out =
+            publish(&b, Some((B, PW)), &format!("vigil/XQ001/{B}/access"), &access(1, "1"), &["-i", "vigil-embedded"]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let out = publish(&b, Some((A, PW)), &format!("vigil/XQ001/{A}/access"), &access(1, "1"), &[]);
+        assert!(out.status.success());
+        b.vigil
+            .api
+            .wait_for(&format!("/events?device={A}"), Duration::from_secs(10), |e| e["items"][0].is_object())
+            .await;
+        b.vigil
+            .api
+            .wait_for(&format!("/events?device={B}"), Duration::from_secs(10), |e| e["items"][0].is_object())
+            .await;
+        let m = b.vigil.api.metrics().await;
+        assert_eq!(crate::support::metric(&m, "vigil_mqtt_connected"), 1.0, "{m}");
+        assert_eq!(
+            crate::support::metric(&m, "vigil_mqtt_connection_errors_total"),
+            0.0,
+            "vigil was never kicked: {m}"
+        );
+    }
+}

@@ -1,25 +1,56 @@
-//! The embedded MQTT broker (`mqtt.mode = "embedded"`, the default): rumqttd on
-//! `mqtt.listen`, so `make run` and small sites need no broker installed. It keeps
-//! sessions in memory only: for persistence across restarts and for scale-out use an
-//! external broker (Mosquitto, EMQX) with `mqtt.mode = "external"`. rumqttd runs on threads
-//! of its own; it lives as long as the process.
+//! The embedded MQTT broker (`mqtt.mode = "embedded"`, the default), so `make run` and small
+//! sites need no broker installed: rumqttd on a private loopback port, behind the gate
+//! (`gate.rs`) that devices reach on `mqtt.listen`. Only the gate and vigil's own client know
+//! the private port's credentials (made afresh at every start), so no device can connect
+//! around the gate or take over vigil's session. It keeps sessions in memory only: for
+//! persistence across restarts and for scale-out use an external broker (Mosquitto, EMQX)
+//! with `mqtt.mode = "external"`. rumqttd runs on threads of its own; it lives as long as the
+//! process.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use rumqttd::{Broker, Config, ConnectionSettings, RouterConfig, ServerSettings};
-use tracing::{error, info};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{error, info, Instrument};
 
+use super::gate::{self, Gate};
 use super::Error;
 
-/// Starts the broker (at most `max_connections` clients: its share of the descriptors) and
-/// answers the URL vigil's own client connects to.
-pub fn start(cfg: &crate::config::Mqtt, max_connections: usize) -> Result<String, Error> {
-    let addr = cfg.listen;
-    let fail = |reason: String| Error::Broker { addr, reason };
-    // rumqttd reports a bind failure only in its own thread's log: find out here first.
-    drop(std::net::TcpListener::bind(addr).map_err(|e| fail(e.to_string()))?);
+/// How vigil's own client reaches the embedded broker.
+pub struct Embedded {
+    pub url: String,
+    pub username: String,
+    pub password: String,
+}
+
+/// A secret of 148 random bits (two UUID v7s' random parts and times), hex.
+fn secret() -> String {
+    format!("{}{}", uuid::Uuid::now_v7().simple(), uuid::Uuid::now_v7().simple())
+}
+
+/// Starts the private broker and the gate in front of it (at most `cap` device connections;
+/// each costs the process three descriptors) and answers how vigil's own client connects.
+pub async fn start(
+    cfg: &crate::config::Mqtt,
+    deps: gate::Deps,
+    cap: crate::net::ConnCap,
+    cancel: CancellationToken,
+    tracker: &TaskTracker,
+) -> Result<Embedded, Error> {
+    let front_addr = cfg.listen;
+    let fail = |reason: String| Error::Broker { addr: front_addr, reason };
+    let front = tokio::net::TcpListener::bind(front_addr).await.map_err(|e| fail(e.to_string()))?;
+    let front_addr = front.local_addr().map_err(|e| fail(e.to_string()))?;
+    // The private port: picked by the kernel, then handed to rumqttd (which binds it itself).
+    let addr = std::net::TcpListener::bind(("127.0.0.1", 0))
+        .and_then(|l| l.local_addr())
+        .map_err(|e| fail(format!("no private port for the broker: {e}")))?;
     let max = crate::config::parse_bytes(&cfg.max_packet).map_err(fail)? as usize;
-    let auth = (!cfg.username.is_empty()).then(|| HashMap::from([(cfg.username.clone(), cfg.password.clone())]));
+    let (own, gate_secret) = (secret(), secret());
+    let auth = Some(HashMap::from([("vigil".to_owned(), own.clone()), ("gate".to_owned(), gate_secret.clone())]));
+    let max_connections = cap.total() + 16;
     let server = ServerSettings {
         name: "v4".into(),
         listen: addr,
@@ -66,18 +97,17 @@ pub fn start(cfg: &crate::config::Mqtt, max_connections: usize) -> Result<String
     // Wait (bounded) until it answers MQTT, so vigil's own client does not start with a
     // refusal. A real CONNECT / DISCONNECT: rumqttd logs an error for a connection that sends
     // none, which would greet every start-up.
-    let target =
-        if addr.ip().is_unspecified() { std::net::SocketAddr::from(([127, 0, 0, 1], addr.port())) } else { addr };
     for _ in 0..100 {
-        if probe(target, &cfg.username, &cfg.password) {
+        if probe(addr, "vigil", &own) {
             break;
         }
-        std::thread::sleep(std::time::Duration::from_millis(20));
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
-    info!(listen = %addr, "Embedded MQTT broker started; devices connect here.");
-    let host = if addr.ip().is_unspecified() { "127.0.0.1".to_owned() } else { addr.ip().to_string() };
-    // vigil's own client takes mqtt.username / mqtt.password from the config, as devices do.
-    Ok(format!("mqtt://{host}:{}", addr.port()))
+    let gate = Gate::new(deps, addr, "gate".into(), gate_secret);
+    gate::announce(front_addr, &cap, cfg.allow_anonymous);
+    tracker.spawn(gate::serve(front, Arc::clone(&gate), cap, cancel).instrument(tracing::info_span!("mqtt_gate")));
+    info!(private = %addr, "Embedded MQTT broker started behind the gate.");
+    Ok(Embedded { url: format!("mqtt://127.0.0.1:{}", addr.port()), username: "vigil".into(), password: own })
 }
 
 /// One MQTT 3.1.1 CONNECT (clean session, our credentials), its CONNACK, then DISCONNECT.

@@ -4,10 +4,13 @@
 //! exponential backoff and full jitter) and only forwards publishes into a bounded channel;
 //! the worker here maps each message and acknowledges it, in receive order, only after its
 //! records are committed. A full pipeline stops reading (the broker holds the rest).
-//! `broker.rs` runs the embedded broker (rumqttd) for `mqtt.mode = "embedded"`.
+//! `broker.rs` runs the embedded broker (rumqttd) for `mqtt.mode = "embedded"`, behind the
+//! gate (`gate.rs`, with `packet.rs`) that authenticates devices and checks their topics.
 
 mod broker;
 mod client;
+pub mod gate;
+pub mod packet;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -26,7 +29,7 @@ use crate::event::{Evidence, Observation};
 use crate::profiles::{ProfileSet, Selected};
 use crate::registry::Admission;
 
-pub use broker::start as start_broker;
+pub use broker::{start as start_broker, Embedded};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
