@@ -70,6 +70,16 @@ enum Command {
         #[arg(required = true)]
         ids: Vec<String>,
     },
+    /// Write Mosquitto's password and ACL files for the registry's MQTT devices (for a site
+    /// with its own broker: `mqtt.mode = "external"`): each device logs in with its id and
+    /// password and writes only its own topics; only vigil's user reads.
+    MqttAcl {
+        /// Where `vigil.passwd` and `vigil.acl` go.
+        #[arg(long, default_value = "mosquitto")]
+        out: PathBuf,
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
     /// Print the version.
     Version,
 }
@@ -211,6 +221,13 @@ async fn async_main(command: Command) -> ExitCode {
                 }
             }
         }
+        Command::MqttAcl { out, config } => match mqtt_acl(&out, config).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("mqtt-acl failed: {e:#}");
+                ExitCode::from(1)
+            }
+        },
         Command::Version | Command::CheckConfig { .. } => ExitCode::SUCCESS,
     }
 }
@@ -277,6 +294,46 @@ async fn import(file: &Path, config: Option<PathBuf>) -> anyhow::Result<()> {
         total - updated,
         updated
     );
+    registry.db().close().await;
+    Ok(())
+}
+
+async fn mqtt_acl(out: &Path, config: Option<PathBuf>) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let config = load_config(config)?;
+    let registry = open_registry(&config).await?;
+    let report = vigil::profiles::ProfileSet::load_dir(&config.mqtt.profiles_dir);
+    for (file, problem) in &report.problems {
+        eprintln!("profile {file} left out: {problem}");
+    }
+    let devices: Vec<_> = registry.read().devices().cloned().collect();
+    let m = &config.mqtt;
+    let vigil_login = (!m.username.is_empty()).then_some((m.username.as_str(), m.password.as_str()));
+    let files = vigil::sources::mqtt::acl::mosquitto(&devices, &report.set, &m.device_password, vigil_login);
+    std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
+    let write = |name: &str, text: &str, mode: u32| -> anyhow::Result<PathBuf> {
+        let path = out.join(name);
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .write(true)
+            .truncate(true)
+            .mode(mode)
+            .open(&path)
+            .with_context(|| format!("cannot write {}", path.display()))?;
+        f.write_all(text.as_bytes())?;
+        Ok(path)
+    };
+    let pw = write("vigil.passwd", &files.passwords, 0o600)?;
+    let acl = write("vigil.acl", &files.acl, 0o644)?;
+    println!("wrote {} ({} devices) and {}", pw.display(), files.devices, acl.display());
+    if vigil_login.is_none() {
+        println!("mqtt.username is empty: no login for vigil itself was written (give vigil one and run again)");
+    }
+    for u in files.unrestricted {
+        println!("not restricted per device (its device id is not a topic level): {u}");
+    }
+    println!("in mosquitto.conf: password_file {}, acl_file {}, allow_anonymous false", pw.display(), acl.display());
     registry.db().close().await;
     Ok(())
 }

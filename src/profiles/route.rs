@@ -79,6 +79,21 @@ impl Pattern {
             .join("/")
     }
 
+    /// The pattern as an MQTT filter with one capture replaced by `value` (the other
+    /// captures as `+`): a Mosquitto ACL `pattern` line takes `%u` here.
+    pub fn filter_with(&self, capture: &str, value: &str) -> String {
+        self.levels
+            .iter()
+            .map(|l| match l {
+                Level::Literal(s) => s.as_str(),
+                Level::Capture(n) if n == capture => value,
+                Level::Capture(_) | Level::Any => "+",
+                Level::Rest => "#",
+            })
+            .collect::<Vec<_>>()
+            .join("/")
+    }
+
     /// Matches `topic`, returning the captures; `None` when it does not match. Captured
     /// values are never empty.
     pub fn matches(&self, topic: &str) -> Option<Vec<(String, String)>> {

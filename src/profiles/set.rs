@@ -108,6 +108,11 @@ impl ProfileSet {
         self.profiles.iter().find(|p| p.name == name)
     }
 
+    /// Every MQTT route (last-will topics included) with its profile.
+    pub fn mqtt_routes(&self) -> impl Iterator<Item = (&super::route::Pattern, &Arc<Profile>)> {
+        self.mqtt.iter().map(|(p, i, _)| (p, &self.profiles[*i]))
+    }
+
     /// MQTT subscription filters, without duplicates.
     pub fn mqtt_filters(&self) -> Vec<String> {
         let mut f: Vec<String> = self.mqtt.iter().map(|(p, _, _)| p.filter()).collect();

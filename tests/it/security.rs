@@ -933,4 +933,101 @@ mod mqtt {
             "vigil was never kicked: {m}"
         );
     }
+
+    /// `vigil mqtt-acl` writes Mosquitto's files from the registry, and a real Mosquitto
+    /// holds devices to the gate's rules with them: logins by id and password, each device
+    /// writes only its own topics, no device reads, vigil's user reads.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn vigil_mqtt_acl_holds_a_real_mosquitto_to_the_same_rules() {
+        use crate::support::mqtt::Mosquitto;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let port = free_port();
+        let cfg = dir.path().join("vigil.toml");
+        let extra = format!(
+            "[mqtt]\nmode = \"external\"\nurl = \"mqtt://127.0.0.1:{port}\"\nusername = \"vigil-sub\"\npassword = \"sub-secret\"\n"
+        );
+        std::fs::write(&cfg, config_toml(&dir.path().join("data"), None, free_port(), &extra)).expect("config");
+        let csv = dir.path().join("devices.csv");
+        std::fs::write(&csv, format!("id,name,kind,protocol,org_id,rtsp_url,profile\n{A},A,access_control,mqtt,,,\n{B},B,access_control,mqtt,,,\ncam-1,C,camera,rtsp,,rtsp://127.0.0.1/x,\n"))
+            .expect("csv");
+        let vigil = env!("CARGO_BIN_EXE_vigil");
+        let out = Command::new(vigil).args(["import"]).arg(&csv).arg("--config").arg(&cfg).output().expect("import");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let files = dir.path().join("mosquitto");
+        let out = Command::new(vigil)
+            .args(["mqtt-acl", "--out"])
+            .arg(&files)
+            .arg("--config")
+            .arg(&cfg)
+            .output()
+            .expect("mqtt-acl");
+        let said = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(out.status.success(), "{said}{}", String::from_utf8_lossy(&out.stderr));
+        assert!(said.contains("(2 devices)"), "only the MQTT devices: {said}");
+        let acl = std::fs::read_to_string(files.join("vigil.acl")).expect("acl");
+        assert!(acl.contains("pattern write vigil/+/%u/+") && acl.contains("user vigil-sub"), "{acl}");
+        {
+            use std::os::unix::fs::PermissionsExt as _;
+            // Mosquitto may drop to its own user when started as root: let it read the files.
+            std::fs::set_permissions(files.join("vigil.passwd"), std::fs::Permissions::from_mode(0o644))
+                .expect("chmod");
+        }
+        let broker = Mosquitto::start_with(
+            port,
+            &format!(
+                "allow_anonymous false\npassword_file {}\nacl_file {}\n",
+                files.join("vigil.passwd").display(),
+                files.join("vigil.acl").display()
+            ),
+        )
+        .await;
+        let p = broker.port.to_string();
+        // A persistent session for vigil's user (QoS 1): what arrives while it is away is
+        // queued, so no timing decides what it reads.
+        let sub = |user: &str, pw: &str, filter: &str, extra: &[&str]| {
+            Command::new(require_command("mosquitto_sub"))
+                .args(["-h", "127.0.0.1", "-p", &p, "-u", user, "-P", pw, "-t", filter, "-q", "1", "-v"])
+                .args(extra)
+                .output()
+                .expect("mosquitto_sub")
+        };
+        let first = sub("vigil-sub", "sub-secret", "vigil/#", &["-c", "-i", "vigil-reader", "-W", "1"]);
+        assert_eq!(
+            first.status.code(),
+            Some(27),
+            "subscribed, then timed out: {}",
+            String::from_utf8_lossy(&first.stderr)
+        );
+        // B subscribes to everything with a session of its own (Mosquitto grants the
+        // subscription and filters each message by the ACL when it delivers it).
+        sub(B, PW, "#", &["-c", "-i", "snoop", "-W", "1"]);
+        let pubs = |user: Option<(&str, &str)>, topic: &str, payload: &str| {
+            let mut c = Command::new(require_command("mosquitto_pub"));
+            c.args(["-h", "127.0.0.1", "-p", &p, "-q", "1", "-t", topic, "-m", payload]);
+            if let Some((u, pw)) = user {
+                c.args(["-u", u, "-P", pw]);
+            }
+            c.output().expect("mosquitto_pub")
+        };
+        assert!(
+            pubs(Some((B, PW)), &format!("vigil/XQ001/{A}/access"), "forged-by-B").status.success(),
+            "Mosquitto acks and drops"
+        );
+        assert!(!pubs(None, &format!("vigil/XQ001/{A}/access"), "anonymous").status.success());
+        assert!(!pubs(Some((A, "wrong")), &format!("vigil/XQ001/{A}/access"), "guess").status.success());
+        assert!(
+            !pubs(Some(("cam-1", PW)), "vigil/XQ001/cam-1/access", "rtsp").status.success(),
+            "no login for an RTSP camera"
+        );
+        assert!(pubs(Some((A, PW)), &format!("vigil/XQ001/{A}/access"), "from-A").status.success());
+        let read = sub("vigil-sub", "sub-secret", "vigil/#", &["-c", "-i", "vigil-reader", "-C", "1", "-W", "5"]);
+        let read = String::from_utf8_lossy(&read.stdout).into_owned();
+        assert_eq!(
+            read.lines().collect::<Vec<_>>(),
+            [format!("vigil/XQ001/{A}/access from-A")],
+            "only A's own record: {read}"
+        );
+        let snooped = sub(B, PW, "#", &["-c", "-i", "snoop", "-C", "1", "-W", "2"]);
+        assert!(snooped.stdout.is_empty(), "a device read: {}", String::from_utf8_lossy(&snooped.stdout));
+    }
 }

@@ -7,6 +7,7 @@
 //! `broker.rs` runs the embedded broker (rumqttd) for `mqtt.mode = "embedded"`, behind the
 //! gate (`gate.rs`, with `packet.rs`) that authenticates devices and checks their topics.
 
+pub mod acl;
 mod broker;
 mod client;
 pub mod gate;

@@ -116,6 +116,11 @@ pub struct Mosquitto {
 
 impl Mosquitto {
     pub async fn start(port: u16) -> Mosquitto {
+        Self::start_with(port, "allow_anonymous true\n").await
+    }
+
+    /// With `extra` configuration lines (e.g. `password_file`, `acl_file`).
+    pub async fn start_with(port: u16, extra: &str) -> Mosquitto {
         let bin = ["/usr/sbin/mosquitto", "/usr/bin/mosquitto"]
             .into_iter()
             .find(|p| Path::new(p).exists())
@@ -123,8 +128,11 @@ impl Mosquitto {
             .unwrap_or_else(|| super::require_command("mosquitto"));
         let dir = tempfile::tempdir().expect("tempdir");
         let conf = dir.path().join("mosquitto.conf");
-        std::fs::write(&conf, format!("listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\nmax_inflight_messages 1000\nmax_queued_messages 100000\n"))
-            .expect("conf");
+        std::fs::write(
+            &conf,
+            format!("listener {port} 127.0.0.1\n{extra}persistence false\nmax_inflight_messages 1000\nmax_queued_messages 100000\n"),
+        )
+        .expect("conf");
         let child = Command::new(bin)
             .arg("-c")
             .arg(&conf)
