@@ -10,8 +10,11 @@
 # BENCH_PERF=1 records vigil with `perf record -g` during phase 2 (perf.data in the cwd).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-cargo build --release -q -p vigil -p vigil-simulators --bins
-BIN=./target/release
+# BIN: the binaries to measure (another checkout's, for a paired run); built here unless set.
+if [ -z "${BIN:-}" ]; then cargo build --release -q -p vigil -p vigil-simulators --bins; fi
+BIN=${BIN:-./target/release}
+# The load driver: this checkout's simulator whichever vigil is measured.
+SIM=${SIM:-$BIN}
 N=${BENCH_MQTT_COUNT:-200000}
 R=${BENCH_REPLAY_COUNT:-50000}
 PORT=${BENCH_MQTT_PORT:-18883}
@@ -36,7 +39,7 @@ now() { date +%s.%N; }
 SUB=$!
 sleep 0.5
 T0=$(now)
-$BIN/vigil-sim community --broker 127.0.0.1:$PORT --prefix bench burst --count "$N" --connections 4
+$SIM/vigil-sim community --broker 127.0.0.1:$PORT --prefix bench burst --count "$N" --connections 4
 wait $SUB
 T1=$(now)
 SUB_RATE=$(echo "$N / ($T1 - $T0)" | bc -l)
@@ -78,7 +81,7 @@ if [ "${BENCH_PERF:-0}" = 1 ]; then perf record -g -o perf.data -p "$PID" 2> "$W
 threads() { for t in /proc/$PID/task/*; do echo "$(basename $t) $(awk '{print $14+$15}' $t/stat) $(cat $t/comm)"; done | sort; }
 threads > "$WORK/threads.0"
 C0=$(cpu); T0=$(now)
-$BIN/vigil-sim community --broker 127.0.0.1:$PORT --prefix bench burst --count "$N" --connections 4
+$SIM/vigil-sim community --broker 127.0.0.1:$PORT --prefix bench burst --count "$N" --connections 4
 until [ "$(stored || echo 0)" -ge "$N" ] 2>/dev/null; do sleep 0.05; done
 T1=$(now); C1=$(cpu)
 if [ -n "${PERF:-}" ]; then kill -INT $PERF; wait $PERF || true; fi
@@ -98,12 +101,12 @@ grep -E "WARN|ERROR" "$WORK/vigil.log" | head -5 || true
 replayed() { curl -sf "http://127.0.0.1:$HTTP/metrics" | awk '/^vigil_profile_records_total\{outcome="(event|duplicate)",profile="generic.json@1"\}/ {s+=$2} END {print s+0}'; }
 BASE=$(replayed)
 T0=$(now)
-$BIN/vigil-sim community --broker 127.0.0.1:$PORT --prefix bench replay --count "$R" --device XQ001-RP0001
+$SIM/vigil-sim community --broker 127.0.0.1:$PORT --prefix bench replay --count "$R" --device XQ001-RP0001
 until [ "$(replayed)" -ge $((BASE + R)) ]; do sleep 0.05; done
 T1=$(now)
 printf 'replay: %d records from one device ingested and committed in %.2f s\n' "$R" "$(echo "$T1 - $T0" | bc -l)"
 T0=$(now)
-$BIN/vigil-sim community --broker 127.0.0.1:$PORT --prefix bench replay --count "$R" --device XQ001-RP0001
+$SIM/vigil-sim community --broker 127.0.0.1:$PORT --prefix bench replay --count "$R" --device XQ001-RP0001
 until [ "$(replayed)" -ge $((BASE + 2 * R)) ]; do sleep 0.05; done
 T1=$(now)
 DUP=$(curl -sf "http://127.0.0.1:$HTTP/metrics" | awk '/^vigil_profile_records_total\{outcome="duplicate",profile="generic.json@1"\}/ {print $2}')

@@ -496,6 +496,7 @@ pub async fn start(config: Config) -> Result<Running, Error> {
                         Some(&metrics),
                     ),
                     header_deadline: config.gat1400.header_deadline,
+                    tls: None,
                 },
                 sources_cancel.clone(),
                 &tracker,
@@ -539,6 +540,17 @@ pub async fn start(config: Config) -> Result<Running, Error> {
         .map_err(|source| Error::Bind { addr: config.http.listen, source })?;
     let http_addr = listener.local_addr().map_err(|source| Error::Bind { addr: config.http.listen, source })?;
     let api_header_deadline = config.http.header_deadline;
+    let api_tls = if config.http.tls_cert.is_empty() {
+        None
+    } else {
+        let cfg = crate::net::tls::server_config(
+            std::path::Path::new(&config.http.tls_cert),
+            std::path::Path::new(&config.http.tls_key),
+        )
+        .map_err(|e| Error::Config(format!("http.tls_cert: {e}")))?;
+        Some(cfg)
+    };
+    let scheme = if api_tls.is_some() { "https" } else { "http" };
     let state = AppState {
         registry,
         presence: handle,
@@ -570,9 +582,10 @@ pub async fn start(config: Config) -> Result<Running, Error> {
             Some(&metrics),
         ),
         header_deadline: api_header_deadline,
+        tls: api_tls,
     };
     let http = tokio::spawn(crate::net::http::serve(listener, app, serve, stop));
-    info!(http = %http_addr, "vigil is running; dashboard at http://{http_addr}/");
+    info!(http = %http_addr, "vigil is running; dashboard at {scheme}://{http_addr}/");
     Ok(Running {
         http_addr,
         sip_addr,

@@ -158,6 +158,10 @@ pub struct Http {
     /// arrive within this, else the connection is closed. Default 30s.
     #[serde(with = "humantime_serde")]
     pub header_deadline: Duration,
+    /// Serve HTTPS: the certificate chain and its private key, PEM files. Default: both
+    /// empty (plain HTTP; put TLS in front, or set both).
+    pub tls_cert: String,
+    pub tls_key: String,
 }
 
 impl Default for Http {
@@ -169,6 +173,8 @@ impl Default for Http {
             max_body: 64 * 1024 * 1024,
             request_timeout: Duration::from_secs(30),
             header_deadline: Duration::from_secs(30),
+            tls_cert: String::new(),
+            tls_key: String::new(),
         }
     }
 }
@@ -699,6 +705,19 @@ impl Config {
                     self.http.listen
                 ),
             );
+        }
+        match (self.http.tls_cert.is_empty(), self.http.tls_key.is_empty()) {
+            (true, true) => {}
+            (false, false) => {
+                if let Err(e) = crate::net::tls::server_config(
+                    std::path::Path::new(&self.http.tls_cert),
+                    std::path::Path::new(&self.http.tls_key),
+                ) {
+                    add("http.tls_cert".into(), e.to_string());
+                }
+            }
+            (false, true) => add("http.tls_key".into(), "http.tls_cert is set: set its private key too".into()),
+            (true, false) => add("http.tls_cert".into(), "http.tls_key is set: set its certificate too".into()),
         }
         for (i, t) in self.http.tokens.iter().enumerate() {
             if t.token.len() < 8 {

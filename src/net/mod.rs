@@ -1,14 +1,16 @@
 //! What every listener shares at the connection level, below any protocol: the process's
 //! file-descriptor budget and how it is split between the listeners (`fds`), connection caps
 //! in total and per source address (`cap`), the per-address limit on failed authentication
-//! and the summarising of log floods (`guard`), and the HTTP accept loop with a deadline for
-//! request headers that the API and the GA/T 1400 port run on (`http`). No protocol
-//! knowledge; nothing here imports a source, a sink or the API.
+//! and the summarising of log floods (`guard`), the HTTP accept loop with a deadline for
+//! request headers that the API and the GA/T 1400 port run on (`http`), and the API's
+//! optional built-in TLS (`tls`). No protocol knowledge; nothing here imports a source, a
+//! sink or the API.
 
 pub mod cap;
 pub mod fds;
 pub mod guard;
 pub mod http;
+pub mod tls;
 
 pub use cap::{ConnCap, Refused, Slot};
 pub use fds::Budget;

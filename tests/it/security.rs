@@ -1031,3 +1031,43 @@ mod mqtt {
         assert!(snooped.stdout.is_empty(), "a device read: {}", String::from_utf8_lossy(&snooped.stdout));
     }
 }
+
+/// The API over the built-in TLS (`[http] tls_cert` / `tls_key`): curl verifies the
+/// certificate and gets the API; plain HTTP on that port gets nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_serves_https_with_its_own_certificate() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let key = rcgen::KeyPair::generate().expect("key");
+    let mut params = rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned()]).expect("params");
+    params.subject_alt_names = vec![rcgen::SanType::IpAddress(std::net::IpAddr::from([127, 0, 0, 1]))];
+    let cert = params.self_signed(&key).expect("self-signed");
+    let (cert_path, key_path) = (dir.path().join("api.pem"), dir.path().join("api.key"));
+    std::fs::write(&cert_path, cert.pem()).expect("cert");
+    std::fs::write(&key_path, key.serialize_pem()).expect("key");
+    let text = config_toml(&dir.path().join("data"), None, 0, "").replacen(
+        "[http]\n",
+        &format!("[http]\ntls_cert = \"{}\"\ntls_key = \"{}\"\n", cert_path.display(), key_path.display()),
+        1,
+    );
+    assert!(text.contains("tls_cert"), "the harness's [http] table is where this test expects");
+    let config = vigil::Config::from_toml_with_env(&text, false).expect("config");
+    let running = vigil::start(config).await.expect("starts");
+    let addr = running.http_addr;
+    let curl = crate::support::require_command("curl");
+    let out = std::process::Command::new(&curl)
+        .args(["-s", "--cacert"])
+        .arg(&cert_path)
+        .args(["-H", &format!("Authorization: Bearer {ADMIN}"), "-w", "\n%{http_code}"])
+        .arg(format!("https://127.0.0.1:{}/api/v1/orgs", addr.port()))
+        .output()
+        .expect("curl");
+    let said = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(said.ends_with("\n200"), "{said} {}", String::from_utf8_lossy(&out.stderr));
+    let plain = std::process::Command::new(&curl)
+        .args(["-s", "-m", "5", "-o", "/dev/null", "-w", "%{http_code}"])
+        .arg(format!("http://127.0.0.1:{}/api/v1/health", addr.port()))
+        .output()
+        .expect("curl");
+    assert_ne!(String::from_utf8_lossy(&plain.stdout), "200", "plain HTTP on the TLS port");
+    running.shutdown().await;
+}
