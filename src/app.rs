@@ -223,6 +223,9 @@ async fn expire_quarantine(
     }
 }
 
+/// The device password every config key ships with (what GB/T 28181 devices come with).
+const SHIPPED_DEVICE_PASSWORD: &str = "12345678";
+
 pub async fn start(config: Config) -> Result<Running, Error> {
     let started_at = now_ms();
     // Descriptors: the soft limit raised to the hard one, then split between the listeners.
@@ -534,6 +537,15 @@ pub async fn start(config: Config) -> Result<Running, Error> {
     let tz = config.timezone();
     if config.http.tokens.is_empty() {
         warn!(listen = %config.http.listen, "No API tokens configured: the API is open to anyone who can reach this loopback address.");
+    }
+    for (key, on, listen, password) in [
+        ("gb28181.password", config.gb28181.enabled, config.gb28181.listen, &config.gb28181.password),
+        ("gat1400.password", config.gat1400.enabled, config.gat1400.listen, &config.gat1400.password),
+        ("mqtt.device_password", config.mqtt.mode == "embedded", config.mqtt.listen, &config.mqtt.device_password),
+    ] {
+        if on && password == SHIPPED_DEVICE_PASSWORD && !listen.ip().is_loopback() {
+            warn!(%key, %listen, "The shipped default device password is in use on a port other hosts reach: anyone who knows it can log in as any device that has no password of its own. Set the key, or give devices their own (docs/security.md).");
+        }
     }
     let listener = tokio::net::TcpListener::bind(config.http.listen)
         .await

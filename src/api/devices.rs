@@ -235,6 +235,9 @@ struct PatchBody {
     enabled: Option<bool>,
     maintenance: Option<bool>,
     admission: Option<String>,
+    /// A new password; `null` goes back to the port's default.
+    #[serde(default, with = "super::orgs::double_option")]
+    password: Option<Option<String>>,
 }
 
 pub async fn patch(State(state): State<AppState>, Path(id): Path<String>, body: Bytes) -> ApiResult<Json<Value>> {
@@ -249,7 +252,14 @@ pub async fn patch(State(state): State<AppState>, Path(id): Path<String>, body: 
         .registry
         .update_device(
             &id,
-            DevicePatch { name: p.name, org_id: p.org_id, enabled: p.enabled, maintenance: p.maintenance, admission },
+            DevicePatch {
+                name: p.name,
+                org_id: p.org_id,
+                enabled: p.enabled,
+                maintenance: p.maintenance,
+                admission,
+                password: p.password,
+            },
         )
         .await?;
     let v = state.presence.views(vec![d.key]).await?;

@@ -166,6 +166,8 @@ pub struct DevicePatch {
     pub enabled: Option<bool>,
     pub maintenance: Option<bool>,
     pub admission: Option<Admission>,
+    /// A new device password (`Some(None)`: back to the port's default).
+    pub password: Option<Option<String>>,
 }
 
 /// A change to an org (PATCH).
@@ -444,6 +446,12 @@ impl Registry {
         }
         if let Some(a) = patch.admission {
             dev.admission = a;
+        }
+        if let Some(p) = patch.password {
+            if p.as_deref().is_some_and(|p| p.len() < 8 || p.chars().any(char::is_control)) {
+                return Err(Error::invalid("password", "at least 8 characters, no control characters"));
+            }
+            dev.password = p;
         }
         store::update_device(&self.db.pool, &dev, now_ms()).await?;
         Ok(self.write_cache(|c| c.replace_device(dev)))

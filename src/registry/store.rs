@@ -173,7 +173,8 @@ pub async fn upsert_devices(
 
 pub async fn update_device(pool: &AnyPool, d: &Device, now: Millis) -> Result<(), sqlx::Error> {
     sqlx::query(
-        "UPDATE devices SET name = $2, org_id = $3, enabled = $4, maintenance = $5, admission = $6, updated_at = $7 WHERE id = $1",
+        "UPDATE devices SET name = $2, org_id = $3, enabled = $4, maintenance = $5, admission = $6, updated_at = $7, \
+         password = $8 WHERE id = $1",
     )
     .bind(&d.id)
     .bind(&d.name)
@@ -182,6 +183,7 @@ pub async fn update_device(pool: &AnyPool, d: &Device, now: Millis) -> Result<()
     .bind(i64::from(d.maintenance))
     .bind(d.admission.as_str())
     .bind(now)
+    .bind(&d.password)
     .execute(pool)
     .await?;
     Ok(())

@@ -299,6 +299,29 @@ pub mod gat1400 {
         gw.shutdown().await;
     }
 
+    /// Rotating a device's password through the API (docs/security.md): the old one stops
+    /// working at the next registration, the new one works; `null` goes back to the default.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_device_password_is_rotated_through_the_api() {
+        let gw = TestGateway::start(Db::Sqlite, &config("")).await;
+        let base = format!("http://{}", gw.gat1400.expect("GA/T 1400"));
+        let own = from([127, 0, 0, 1]);
+        assert_eq!(register(&own, &base, CAM, "viid-secret").await, 200);
+        let (s, b) =
+            gw.api.send(reqwest::Method::PATCH, &format!("/devices/{CAM}"), json!({"password": "short"})).await;
+        assert_eq!((s, b["error"]["field"].as_str()), (422, Some("password")), "{b}");
+        let (s, b) =
+            gw.api.send(reqwest::Method::PATCH, &format!("/devices/{CAM}"), json!({"password": "rotated-2026"})).await;
+        assert_eq!(s, 200, "{b}");
+        assert!(b.get("password").is_none() && !b.to_string().contains("rotated-2026"), "never shown: {b}");
+        assert_eq!(register(&own, &base, CAM, "viid-secret").await, 401);
+        assert_eq!(register(&own, &base, CAM, "rotated-2026").await, 200);
+        let (s, _) = gw.api.send(reqwest::Method::PATCH, &format!("/devices/{CAM}"), json!({"password": null})).await;
+        assert_eq!(s, 200);
+        assert_eq!(register(&own, &base, CAM, "viid-secret").await, 200);
+        gw.shutdown().await;
+    }
+
     /// With `digest_every_request`, a request from the registered address without a digest is
     /// challenged; answering the challenge (with the registration's username) is served.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
