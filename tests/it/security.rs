@@ -399,6 +399,43 @@ pub mod gat1400 {
         gw.shutdown().await;
     }
 
+    /// One request naming 200 unknown devices (item 6: 10,000 in the field) adds only the
+    /// address's share of new devices a minute; the rest are refused per object, counted.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn unknown_device_ids_in_one_request_are_bounded() {
+        let gw = TestGateway::start(
+            Db::Sqlite,
+            "[gat1400]\nenabled = true\nlisten = \"127.0.0.1:0\"\npassword = \"viid-secret\"\n\
+             [admission]\npolicy = \"quarantine\"\nnew_per_origin_per_minute = 50\n",
+        )
+        .await;
+        let base = format!("http://{}", gw.gat1400.expect("GA/T 1400"));
+        let own = from([127, 0, 0, 1]);
+        let (s, b) = gw
+            .api
+            .post("/devices", json!({"id": CAM, "name": "卡口", "kind": "face_checkpoint", "protocol": "gat1400"}))
+            .await;
+        assert_eq!(s, 201, "{b}");
+        assert_eq!(register(&own, &base, CAM, "viid-secret").await, 200);
+        let (scene, crop) = (image(5, 512), image(6, 256));
+        let items: Vec<Value> =
+            (0..200).map(|n| face(100 + n, Some(&format!("42010200001199{n:06}")), &scene, &crop)).collect();
+        let (s, _, v) = post(&own, &base, "/VIID/Faces", Some(CAM), None, &faces(items)).await;
+        assert_eq!(s, 200);
+        let answers = v["ResponseStatusListObject"]["ResponseStatusObject"].as_array().expect("answers").clone();
+        assert_eq!(answers.len(), 200);
+        assert!(answers.iter().all(|a| a["StatusCode"] == 4), "none is stored: {v}");
+        let (_, q) = gw.api.get("/devices?admission=quarantined&limit=500").await;
+        assert_eq!(q["items"].as_array().map(Vec::len), Some(50), "{q}");
+        let m = gw.api.metrics().await;
+        assert_eq!(
+            crate::support::metric(&m, "vigil_admission_refusals_total{reason=\"origin_rate\",source=\"gat1400\"}"),
+            150.0,
+            "{m}"
+        );
+        gw.shutdown().await;
+    }
+
     /// A record whose "pictures" are a web page and random bytes is kept; the pictures are
     /// refused (counted, with the reason), so no image URL can ever serve a page.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -582,17 +619,19 @@ mod exhaustion {
         assert!(grew <= 64 << 20, "RSS grew by {} MB (from {} MB)", grew >> 20, base >> 20);
     }
 
-    /// With the open-file limit lowered to 512, SIP over TCP and the view library are filled
-    /// from many addresses (and past one address's share): each port refuses what is beyond
-    /// its share, counted, and the API and `/health` keep answering.
+    /// With the open-file limit lowered to 512, SIP over TCP, the view library and the MQTT
+    /// gate are filled from many addresses (and past one address's share): each port refuses
+    /// what is beyond its share, counted, and the API and `/health` keep answering.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_saturated_device_port_leaves_the_api_answering() {
         const NOFILE: u64 = 512;
         let caps = vigil::net::Budget::split(NOFILE);
         let dir = tempfile::tempdir().expect("temp dir");
-        let (port, sip, viid) = (free_port(), free_port(), free_port());
+        let (port, sip, viid, mqtt) = (free_port(), free_port(), free_port(), free_port());
         let cfg = dir.path().join("vigil.toml");
-        let extra = format!("[gat1400]\nenabled = true\nlisten = \"127.0.0.1:{viid}\"\n");
+        let extra = format!(
+            "[gat1400]\nenabled = true\nlisten = \"127.0.0.1:{viid}\"\n[mqtt]\nmode = \"embedded\"\nlisten = \"127.0.0.1:{mqtt}\"\n"
+        );
         let text = config_toml(&dir.path().join("data"), None, port, &extra)
             .replace("[gb28181]\nlisten = \"127.0.0.1:0\"\n", &format!("[gb28181]\nlisten = \"127.0.0.1:{sip}\"\n"));
         assert!(text.contains(&format!("127.0.0.1:{sip}")), "the harness's [gb28181] table is where this test expects");
@@ -619,16 +658,31 @@ mod exhaustion {
                 );
             }
         }
+        // The embedded broker's gate: a device there holds three descriptors, so a third of
+        // its share. (Connections that send no CONNECT are closed after 10 s: the check below
+        // comes before.)
+        let mqtt_cap = caps.mqtt / 3;
+        for a in 0..(mqtt_cap / 4 + 2) as u8 {
+            for _ in 0..6 {
+                held.push(
+                    connect_from([127, 0, 4, a], SocketAddr::from(([127, 0, 0, 1], mqtt))).await.expect("connect"),
+                );
+            }
+        }
         let m = gw
             .api
             .wait_for_metrics(Duration::from_secs(20), |m| {
                 metric(m, "vigil_connections{listener=\"sip_tcp\"}") as usize == caps.sip_tcp
                     && metric(m, "vigil_connections{listener=\"gat1400\"}") as usize == caps.gat1400
+                    && metric(m, "vigil_connections{listener=\"mqtt\"}") as usize == mqtt_cap
             })
             .await;
-        for (listener, reason) in
-            [("sip_tcp", "address_full"), ("sip_tcp", "listener_full"), ("gat1400", "listener_full")]
-        {
+        for (listener, reason) in [
+            ("sip_tcp", "address_full"),
+            ("sip_tcp", "listener_full"),
+            ("gat1400", "listener_full"),
+            ("mqtt", "listener_full"),
+        ] {
             let name = format!("vigil_connections_refused_total{{listener=\"{listener}\",reason=\"{reason}\"}}");
             assert!(metric(&m, &name) >= 1.0, "{name}:\n{m}");
         }
