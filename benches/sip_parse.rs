@@ -2,8 +2,8 @@
 //! per second per core; MANSCDP Keepalive >= 1,000,000/s). `cargo bench --bench sip_parse`
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use vigil::sources::gb28181::manscdp;
-use vigil::sources::gb28181::message::{uri_user, Message};
+use vigil::protocol::manscdp;
+use vigil::protocol::sip::message::{uri_user, Message};
 
 const REGISTER: &str = "REGISTER sip:42010400002000000001@4201040000 SIP/2.0\r\n\
 Via: SIP/2.0/UDP 192.168.1.64:5060;rport;branch=z9hG4bK1829381093\r\n\

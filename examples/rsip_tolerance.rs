@@ -8,7 +8,7 @@ fn main() {
     for (name, m) in [("crlf", crlf.to_string()), ("lf", lf), ("folded", folded), ("compact", compact)] {
         let r = rsip::SipMessage::try_from(m.as_bytes());
         println!("rsip {name}: {}", if r.is_ok() { "accepted" } else { "refused" });
-        let v = vigil::sources::gb28181::message::Message::parse(m.as_bytes());
+        let v = vigil::protocol::sip::message::Message::parse(m.as_bytes());
         println!("vigil {name}: {}", if v.is_ok() { "accepted" } else { "refused" });
     }
 }

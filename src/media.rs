@@ -7,7 +7,7 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use crate::digest::sha256_hex;
+use crate::protocol::digest::sha256_hex;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {

@@ -2,7 +2,7 @@
 //! bounds hold.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
-use vigil::sources::gb28181::manscdp;
+use vigil::protocol::manscdp;
 
 fuzz_target!(|data: &[u8]| {
     let _ = manscdp::declared(data);

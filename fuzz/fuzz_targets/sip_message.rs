@@ -2,7 +2,7 @@
 //! allocation past the message cap.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
-use vigil::sources::gb28181::message::{frame_len, Message};
+use vigil::protocol::sip::message::{frame_len, Message};
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(Some(n)) = frame_len(data) {
@@ -12,8 +12,8 @@ fuzz_target!(|data: &[u8]| {
         let _ = (m.header("Via"), m.cseq(), m.branch(), m.method());
         for h in ["From", "To", "Contact", "Authorization"] {
             if let Some(v) = m.header(h) {
-                let _ = vigil::sources::gb28181::message::uri_user(v);
-                let _ = vigil::sources::gb28181::digest::parse_authorization(v);
+                let _ = vigil::protocol::sip::message::uri_user(v);
+                let _ = vigil::protocol::digest::parse_authorization(v);
             }
         }
     }

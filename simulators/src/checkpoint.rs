@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
-use vigil::digest::{expected, parse_authorization};
+use vigil::protocol::digest::{expected, parse_authorization};
 
 #[derive(clap::Args, Clone)]
 pub struct Args {
@@ -52,7 +52,7 @@ fn cam_id(n: u32) -> String {
 
 /// yyyyMMddHHmmss at +08:00, as GA/T 1400 writes times (the view library's own codec).
 fn local_now() -> String {
-    vigil::sources::gat1400::codec::local_time(vigil::clock::now_ms(), &chrono_tz::Asia::Shanghai)
+    vigil::protocol::gat1400::codec::local_time(vigil::clock::now_ms(), &chrono_tz::Asia::Shanghai)
 }
 
 fn jpeg(len: usize, seed: u64) -> String {

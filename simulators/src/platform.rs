@@ -37,8 +37,8 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::{json, Value};
 use vigil::clock::now_ms;
-use vigil::digest::{parse_authorization, Nonces, Verdict};
-use vigil::sources::gat1400::codec::{self, Status};
+use vigil::protocol::digest::{parse_authorization, Nonces, Verdict};
+use vigil::protocol::gat1400::codec::{self, Status};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -499,11 +499,18 @@ async fn control(State(p): State<Arc<Platform>>, Json(v): Json<Value>) -> Json<V
 /// The `Authorization` value answering a digest challenge (MD5, qop=auth), as an HTTP client
 /// computes it.
 pub fn digest_answer(www: &str, user: &str, password: &str, method: &str, uri: &str) -> Option<String> {
-    let c = vigil::digest::parse_authorization(www)?;
+    let c = vigil::protocol::digest::parse_authorization(www)?;
     let (realm, nonce) = (c.get("realm")?.clone(), c.get("nonce")?.clone());
     let cnonce = format!("{:016x}", now_ms() as u64 ^ 0x5eed_cafe);
-    let resp =
-        vigil::digest::expected(user, &realm, password, method, uri, &nonce, Some(("00000001", &cnonce, "auth")));
+    let resp = vigil::protocol::digest::expected(
+        user,
+        &realm,
+        password,
+        method,
+        uri,
+        &nonce,
+        Some(("00000001", &cnonce, "auth")),
+    );
     Some(format!(
         "Digest username=\"{user}\", realm=\"{realm}\", nonce=\"{nonce}\", uri=\"{uri}\", response=\"{resp}\", qop=auth, nc=00000001, cnonce=\"{cnonce}\", algorithm=MD5"
     ))

@@ -248,7 +248,7 @@ async fn receive(hub: &Hub, gateway: &str, recv: &mut quinn::RecvStream) -> Resu
     for p in &head.pictures {
         let len = usize::try_from(p.len).map_err(|_| "picture length".to_string())?;
         let bytes = super::read_exactly(recv, len).await.map_err(|e| format!("picture {}: {e}", p.hash))?;
-        if crate::digest::sha256_hex(&bytes) != p.hash {
+        if crate::protocol::digest::sha256_hex(&bytes) != p.hash {
             bad_pictures.insert(p.hash.clone());
             continue;
         }

@@ -67,7 +67,7 @@ pub fn object_id(e: &Event, gateway_id: &str, tz: &chrono_tz::Tz) -> Option<Stri
 }
 
 fn local_time(at: Millis, tz: &chrono_tz::Tz) -> String {
-    let t = crate::sources::gat1400::codec::local_time(at, tz);
+    let t = crate::protocol::gat1400::codec::local_time(at, tz);
     if digits(&t, 14) {
         t
     } else {

@@ -558,7 +558,7 @@ pub fn base64_bytes(s: &str) -> Option<Vec<u8>> {
     engine.decode(t).ok()
 }
 
-pub use crate::digest::sha256_hex;
+pub use crate::protocol::digest::sha256_hex;
 
 impl Expr {
     /// Evaluates against `scope`. Total: answers `null` where nothing sensible exists.

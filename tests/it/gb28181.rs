@@ -9,9 +9,9 @@ use std::time::Duration;
 
 use serde_json::json;
 use tokio::net::UdpSocket;
-use vigil::sources::gb28181::digest::{expected, parse_authorization};
-use vigil::sources::gb28181::manscdp;
-use vigil::sources::gb28181::message::{Message, StartLine};
+use vigil::protocol::digest::{expected, parse_authorization};
+use vigil::protocol::manscdp;
+use vigil::protocol::sip::message::{Message, StartLine};
 
 use crate::support::gateway::{Db, TestGateway};
 use crate::support::{free_port, require_command};
@@ -353,7 +353,7 @@ fn dev_message(dev: &mut Device, body: &str) -> String {
 async fn read_frame(stream: &mut tokio::net::TcpStream, buf: &mut Vec<u8>) -> String {
     use tokio::io::AsyncReadExt;
     loop {
-        if let Some(len) = vigil::sources::gb28181::message::frame_len(buf).expect("framable") {
+        if let Some(len) = vigil::protocol::sip::message::frame_len(buf).expect("framable") {
             let frame: Vec<u8> = buf.drain(..len).collect();
             return String::from_utf8_lossy(&frame).into_owned();
         }

@@ -1,9 +1,9 @@
 //! Captured GB/T 28181 messages from public sources (shared/reference/gb28181.md §3.10, each
 //! named by vendor or product) through vigil's SIP, digest and MANSCDP readers.
 
-use vigil::sources::gb28181::digest::{expected, parse_authorization};
-use vigil::sources::gb28181::manscdp;
-use vigil::sources::gb28181::message::{uri_user, Message, StartLine};
+use vigil::protocol::digest::{expected, parse_authorization};
+use vigil::protocol::manscdp;
+use vigil::protocol::sip::message::{uri_user, Message, StartLine};
 
 fn fixture(name: &str) -> Vec<u8> {
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/gb28181").join(name);

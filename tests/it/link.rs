@@ -138,7 +138,7 @@ async fn two_upstreams_one_through_a_quic_hub_get_every_face_once_across_a_hub_k
     // Pictures crossed the link: the hub serves the image an event refers to.
     let hash = events["items"][0]["media"][0]["hash"].as_str().expect("a picture").to_owned();
     let (status, _, bytes) = hub.api.get_bytes(&format!("/images/{hash}")).await;
-    assert_eq!((status, vigil::digest::sha256_hex(&bytes)), (200, hash));
+    assert_eq!((status, vigil::protocol::digest::sha256_hex(&bytes)), (200, hash));
 
     let t = lower.api.wait_for("/relay/targets", Duration::from_secs(10), |v| {
         v["items"].as_array().is_some_and(|a| a.iter().all(|t| t["backlog"] == 0 && t["state"] == "connected"))

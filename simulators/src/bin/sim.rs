@@ -24,8 +24,8 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Result};
 use clap::{Parser, Subcommand};
 use tokio::net::UdpSocket;
-use vigil::sources::gb28181::digest::{expected, parse_authorization};
-use vigil::sources::gb28181::message::{Message, StartLine};
+use vigil::protocol::digest::{expected, parse_authorization};
+use vigil::protocol::sip::message::{Message, StartLine};
 
 #[derive(Parser)]
 #[command(name = "vigil-sim", about = "Simulated devices for vigil: load and scenarios no real peer plays")]
@@ -326,8 +326,8 @@ fn answers(msg: &Message<'_>, heartbeat_s: u64, local: SocketAddr) -> (Vec<Vec<u
     if msg.method() != Some("MESSAGE") {
         return (out, None);
     }
-    let (text, _) = vigil::sources::gb28181::manscdp::decode(msg.body);
-    let Ok(env) = vigil::sources::gb28181::manscdp::envelope(&text) else { return (out, None) };
+    let (text, _) = vigil::protocol::manscdp::decode(msg.body);
+    let Ok(env) = vigil::protocol::manscdp::envelope(&text) else { return (out, None) };
     if env.root != "Query" || env.device_id.len() < 20 {
         return (out, None);
     }
@@ -362,7 +362,7 @@ async fn serve(
 /// answers vigil's requests on the same connection, and reconnects after 5 s if it drops.
 async fn tcp_device(dev: String, server: SocketAddr, password: String, keepalive_s: u64, channels: usize) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    use vigil::sources::gb28181::message::frame_len;
+    use vigil::protocol::sip::message::frame_len;
     let mut sn = 0u64;
     loop {
         let run = async {
@@ -609,8 +609,8 @@ async fn catalog(sock: &Arc<UdpSocket>, args: &Args, channels: usize, api: &str,
         if msg.method() != Some("MESSAGE") || !msg.header("To").is_some_and(|t| t.contains(&dev)) {
             continue;
         }
-        let (text, _) = vigil::sources::gb28181::manscdp::decode(msg.body);
-        if let Ok(env) = vigil::sources::gb28181::manscdp::envelope(&text) {
+        let (text, _) = vigil::protocol::manscdp::decode(msg.body);
+        if let Ok(env) = vigil::protocol::manscdp::envelope(&text) {
             if env.cmd_type == "Catalog" {
                 break env.sn.unwrap_or(0);
             }

@@ -13,8 +13,8 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use crate::digest::{expected, parse_authorization};
-use crate::sources::gat1400::codec::{status_code, Status};
+use crate::protocol::digest::{expected, parse_authorization};
+use crate::protocol::gat1400::codec::{status_code, Status};
 
 /// How long one call may take.
 const CALL_TIMEOUT: Duration = Duration::from_secs(30);
@@ -334,7 +334,7 @@ impl Client {
         }
         let v: Value = serde_json::from_str(&text).map_err(|e| Error::BadAnswer(format!("{e}: {}", keep(&text))))?;
         let entries =
-            match crate::sources::gat1400::codec::list_items(&v, "ResponseStatusListObject", "ResponseStatusObject") {
+            match crate::protocol::gat1400::codec::list_items(&v, "ResponseStatusListObject", "ResponseStatusObject") {
                 Some(entries) => entries,
                 None => match v.get("ResponseStatusObject") {
                     // One status for the whole list: it speaks for every object.

@@ -160,7 +160,7 @@ impl Gat1400 {
                 let online = matches!(c.event.body, crate::event::EventBody::Status { online: true, .. });
                 let o = json!({
                     "ApeID": device, "IsOnline": if online { "1" } else { "0" },
-                    "CurrentTime": crate::sources::gat1400::codec::local_time(c.event.occurred_at, &self.tz),
+                    "CurrentTime": crate::protocol::gat1400::codec::local_time(c.event.occurred_at, &self.tz),
                     "SourceDeviceID": c.event.device_id,
                 });
                 ("DeviceList", "APEStatusObject", o, c.event.id.clone())
@@ -223,7 +223,7 @@ impl Gat1400 {
                 let mut n = json!({
                     "NotificationID": format!("{}{first:012}", sub.id.chars().take(40).collect::<String>()),
                     "SubscribeID": sub.id, "Title": sub.title,
-                    "TriggerTime": crate::sources::gat1400::codec::local_time(now, &self.tz),
+                    "TriggerTime": crate::protocol::gat1400::codec::local_time(now, &self.tz),
                     "InfoIDs": ids.join(","),
                 });
                 if let Some(m) = n.as_object_mut() {

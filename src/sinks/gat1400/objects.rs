@@ -8,7 +8,7 @@ use base64::Engine;
 use serde_json::{json, Map, Value};
 
 use crate::event::{Event, EventBody};
-use crate::sources::gat1400::codec::local_time;
+use crate::protocol::gat1400::codec::local_time;
 
 use super::client::Collection;
 

@@ -16,8 +16,8 @@ use axum::body::{Body, Bytes};
 use axum::http::HeaderMap;
 
 use crate::clock::Millis;
-use crate::digest::{parse_authorization, Nonces, Verdict as Digest};
 use crate::net::{FailureLimit, SharedHush};
+use crate::protocol::digest::{parse_authorization, Nonces, Verdict as Digest};
 
 /// Digest failures from one address within a minute before it is refused unheard (as SIP).
 pub const MAX_FAILURES: u32 = 5;

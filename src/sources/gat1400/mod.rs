@@ -6,9 +6,8 @@
 //! its own StatusCode in the `ResponseStatusListObject`: good objects are kept even when
 //! others in the same request are refused. A registration lasts `validity` (3 × the usual
 //! 60 s keepalive) and any request renews it; that is what presence sees. The codec
-//! (`codec.rs`) is shared with the upstream sink.
+//! (`protocol::gat1400::codec`) is shared with the upstream sink; who may speak is `guard.rs`.
 
-pub mod codec;
 mod guard;
 mod server;
 

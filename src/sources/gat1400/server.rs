@@ -15,12 +15,12 @@ use axum::Router;
 use serde_json::Value;
 use tracing::{info, warn};
 
-use super::codec::{self, Status};
 use super::guard::{self, BodyError, Budget, Gate, Held, Refusal, Session};
 use super::VALIDITY_MS;
 use crate::clock::{now_ms, Millis};
 use crate::event::{Evidence, Observation};
 use crate::profiles::ProfileSet;
+use crate::protocol::gat1400::codec::{self, Status};
 use crate::registry::{Admission, AdmissionOutcome, Protocol, UnknownDevice};
 use crate::sources::ingest::{Ingest, Verdict};
 

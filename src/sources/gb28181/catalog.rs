@@ -7,8 +7,8 @@
 
 use std::collections::HashMap;
 
-use super::manscdp::{CatalogItem, CatalogResponse};
 use crate::clock::Millis;
+use crate::protocol::manscdp::{CatalogItem, CatalogResponse};
 
 /// How long after its last part an incomplete catalog waits for the rest.
 pub const PART_TIMEOUT_MS: Millis = 15_000;

@@ -9,13 +9,8 @@
 //! for the API.
 
 pub mod catalog;
-pub use crate::digest;
-pub mod manscdp;
-pub mod message;
 mod server;
 pub mod session;
-mod syntax;
-pub mod transactions;
 
 pub use session::{SessionBoard, SessionInfo};
 
@@ -23,6 +18,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::protocol::sip::message;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::mpsc;

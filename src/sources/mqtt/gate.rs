@@ -23,10 +23,10 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
-use super::packet::{self, Connect};
 use crate::clock::now_ms;
 use crate::net::{ConnCap, FailureLimit, SharedHush};
 use crate::profiles::ProfileSet;
+use crate::protocol::mqtt::{self as packet, Connect};
 use crate::registry::{Admission, Protocol, Registry};
 
 /// A client must send its whole CONNECT within this.

@@ -5,13 +5,13 @@
 //! the worker here maps each message and acknowledges it, in receive order, only after its
 //! records are committed. A full pipeline stops reading (the broker holds the rest).
 //! `broker.rs` runs the embedded broker (rumqttd) for `mqtt.mode = "embedded"`, behind the
-//! gate (`gate.rs`, with `packet.rs`) that authenticates devices and checks their topics.
+//! gate (`gate.rs`, reading packets with `protocol::mqtt`) that authenticates devices and
+//! checks their topics.
 
 pub mod acl;
 mod broker;
 mod client;
 pub mod gate;
-pub mod packet;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -9,12 +9,12 @@ use std::net::SocketAddr;
 use tracing::{debug, info, warn};
 
 use super::super::catalog::Assembled;
-use super::super::manscdp;
-use super::super::message::{self, uri_user, Message};
-use super::super::transactions::Purpose;
 use super::{text_attrs, Internal, Reply, Server};
 use crate::clock::Millis;
 use crate::event::{AlarmBody, Event, EventBody, Evidence, Observation};
+use crate::protocol::manscdp;
+use crate::protocol::sip::message::{self, uri_user, Message};
+use crate::protocol::sip::transactions::Purpose;
 use crate::registry::Channel;
 
 /// Bounds on a keepalive interval a device reports (s), and on the misses (count).

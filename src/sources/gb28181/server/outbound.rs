@@ -10,11 +10,11 @@ use std::sync::Arc;
 
 use tracing::{debug, info};
 
-use super::super::manscdp;
-use super::super::message::Message;
-use super::super::transactions::Purpose;
 use super::{Server, BACKLOG_MAX, CATALOG_EVERY_MS, STATUS_EVERY_MS};
 use crate::clock::{now_ms, Millis};
+use crate::protocol::manscdp;
+use crate::protocol::sip::message::Message;
+use crate::protocol::sip::transactions::Purpose;
 
 /// Most new requests sent per pump (every 100 ms): 5,000 a second.
 const PER_PUMP: usize = 500;

@@ -2,8 +2,9 @@
 //! (`RegisterObject`, `KeepaliveObject`, `UnRegisterObject`, `SystemTimeObject`), the answers
 //! (`ResponseStatusObject`, `ResponseStatusListObject`), status codes and the
 //! `yyyyMMddHHmmss` time. Parse leniently (StatusCode `0` or `"0"`, ids as numbers, any of
-//! the three content types), emit strictly. Shared by the ingress here and the upstream
-//! sink (`sinks/gat1400`). Shapes: shared reference relay.md §1.3–1.5.
+//! the three content types), emit strictly. Shared by the view-library endpoint
+//! (`sources/gat1400`) and the upstream sink (`sinks/gat1400`). Shapes: shared reference
+//! relay.md §1.3–1.5.
 
 use chrono::{DateTime, Utc};
 use serde_json::{json, Value};

@@ -1,0 +1,5 @@
+//! GA/T 1400 (视图库): the JSON codec of system objects, answers, status codes and times
+//! (`codec`), shared by the view-library endpoint (`sources/gat1400`) and the upstream client
+//! (`sinks/gat1400`).
+
+pub mod codec;
