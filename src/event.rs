@@ -8,7 +8,7 @@
 use std::sync::Arc;
 
 use crate::clock::Millis;
-use crate::registry::DeviceKey;
+use crate::domain::DeviceKey;
 
 /// One piece of evidence about a device, with when it was seen.
 #[derive(Debug, Clone, PartialEq)]

@@ -77,8 +77,8 @@ impl GbCode {
         &self.0[0..10]
     }
     /// The device kind the type code names, where it names one we count.
-    pub fn device_kind(&self) -> Option<crate::registry::DeviceKind> {
-        use crate::registry::DeviceKind as K;
+    pub fn device_kind(&self) -> Option<crate::domain::DeviceKind> {
+        use crate::domain::DeviceKind as K;
         Some(match self.type_code() {
             111 | 112 | 113 | 118 | 130 => K::Nvr,
             121 => K::VehicleCheckpoint,
@@ -172,7 +172,7 @@ mod tests {
         assert_eq!(c.network(), 0);
         assert_eq!(c.serial(), "000001");
         assert_eq!(c.sip_domain(), "4201040000");
-        assert_eq!(c.device_kind(), Some(crate::registry::DeviceKind::Camera));
+        assert_eq!(c.device_kind(), Some(crate::domain::DeviceKind::Camera));
     }
 
     #[test]

@@ -7,6 +7,7 @@ pub mod backoff;
 pub mod clock;
 pub mod config;
 pub mod db;
+pub mod domain;
 pub mod error;
 pub mod event;
 pub mod events;

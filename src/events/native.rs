@@ -5,7 +5,8 @@
 //! journal and hand every answer across threads (measured: ~32,000 → ~38,000 events/s for
 //! the store alone at batches of 4,096; BENCHMARKS.md, relay). Here each step says itself
 //! whether its row was new (1 row changed) or a duplicate (0), and a new row's delivery rows
-//! follow it under its `seq`. Owns nothing the pool does not see: same tables, same file.
+//! follow it under its `seq` (their SQL is the outbox's, `outbox::store::add_native`). Owns
+//! nothing the pool does not see: same tables, same file.
 
 use std::path::Path;
 
@@ -43,8 +44,6 @@ pub fn insert(
             "INSERT INTO events (id, dedup_key, kind, source, device_id, org_id, occurred_at, received_at, body, object_id) \
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10) ON CONFLICT DO NOTHING",
         )?;
-        let mut delivery =
-            tx.prepare_cached("INSERT INTO deliveries (target, event_seq, created_at) VALUES (?1, ?2, ?3)")?;
         for r in rows {
             let e = &r.event;
             let kind = e.kind();
@@ -62,10 +61,7 @@ pub fn insert(
             ])?;
             new.push(changed == 1);
             if changed == 1 {
-                let seq = tx.last_insert_rowid();
-                for target in routes.targets(kind) {
-                    delivery.execute(params![target, seq, now])?;
-                }
+                crate::outbox::store::add_native(&tx, tx.last_insert_rowid(), kind, routes, now)?;
             }
         }
     }

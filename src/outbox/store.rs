@@ -34,6 +34,24 @@ pub async fn add(
     Ok(rows.len())
 }
 
+/// `add` for the SQLite event writer (`events::native`): one delivery row per target that
+/// takes `kind`, for the event just inserted as `seq`, inside the writer's rusqlite
+/// transaction (a prepared statement from its cache, stepped per row).
+pub fn add_native(
+    tx: &rusqlite::Transaction<'_>,
+    seq: i64,
+    kind: EventKind,
+    routes: &Routes,
+    now: Millis,
+) -> rusqlite::Result<()> {
+    let mut delivery =
+        tx.prepare_cached("INSERT INTO deliveries (target, event_seq, created_at) VALUES (?1, ?2, ?3)")?;
+    for target in routes.targets(kind) {
+        delivery.execute(rusqlite::params![target, seq, now])?;
+    }
+    Ok(())
+}
+
 /// A delivery to make: the event, its upstream id, and how often it was tried.
 #[derive(Debug, Clone)]
 pub struct Claimed {

@@ -31,6 +31,19 @@ use crate::rate::Impaired;
 use crate::registry::{Admission, DeviceKey, Protocol};
 use health::{Health, HealthView, StreamState};
 
+/// A camera as its pull needs it: the URL without credentials (safe to log) and the
+/// credentials apart, as retina wants them.
+#[derive(Clone)]
+pub struct Camera {
+    pub id: Arc<str>,
+    pub key: DeviceKey,
+    pub org_id: Option<String>,
+    pub kind: &'static str,
+    pub url: url::Url,
+    pub creds: Option<Credentials>,
+    pub udp: bool,
+}
+
 /// The settings of `[rtsp]`, parsed.
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -368,7 +381,7 @@ fn reconcile(
             .write()
             .unwrap_or_else(|p| p.into_inner())
             .insert(id.clone(), Arc::new(Stream { health: health.clone(), kind: spec.kind, jpeg: Mutex::new(None) }));
-        let camera = pull::Camera {
+        let camera = Camera {
             id: Arc::from(id.as_str()),
             key,
             org_id: spec.org_id.clone(),

@@ -17,8 +17,8 @@ use tokio::time::Instant;
 
 use futures_util::{FutureExt, StreamExt};
 use retina::client::{
-    Credentials, PlayOptions, Session, SessionGroup, SessionOptions, SetupOptions, TcpTransportOptions, TeardownPolicy,
-    Transport, UdpTransportOptions,
+    PlayOptions, Session, SessionGroup, SessionOptions, SetupOptions, TcpTransportOptions, TeardownPolicy, Transport,
+    UdpTransportOptions,
 };
 use retina::codec::{CodecItem, FrameFormat, ParametersRef};
 use tokio_util::sync::CancellationToken;
@@ -26,23 +26,9 @@ use tracing::{debug, info, warn};
 
 use super::health::{Health, Keyframe, MediaInfo, StreamState};
 use super::snapshot::Codec;
-use super::{quality, Context};
+use super::{quality, Camera, Context};
 use crate::clock::now_ms;
 use crate::event::{Evidence, Observation, StreamFault};
-use crate::registry::DeviceKey;
-
-/// A camera as its pull needs it: the URL without credentials (safe to log) and the
-/// credentials apart, as retina wants them.
-#[derive(Clone)]
-pub struct Camera {
-    pub id: Arc<str>,
-    pub key: DeviceKey,
-    pub org_id: Option<String>,
-    pub kind: &'static str,
-    pub url: url::Url,
-    pub creds: Option<Credentials>,
-    pub udp: bool,
-}
 
 /// The stall deadline never goes below this, however fast the camera.
 const STALL_FLOOR: Duration = Duration::from_secs(2);

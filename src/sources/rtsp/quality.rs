@@ -13,9 +13,8 @@ use tracing::{debug, info, warn};
 
 use super::diagnosis::{self, Judge, Verdict};
 use super::health::{Health, Keyframe, Quality};
-use super::pull::Camera;
 use super::snapshot;
-use super::Context;
+use super::{Camera, Context};
 use crate::clock::now_ms;
 use crate::event::{AlarmBody, Event, EventBody, TimeSource};
 
