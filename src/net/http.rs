@@ -16,10 +16,9 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower::ServiceExt;
-use tracing::{debug, warn};
+use tracing::debug;
 
-use super::{ConnCap, Hush};
-use crate::clock::now_ms;
+use super::{Acceptor, ConnCap};
 
 /// How an HTTP listener is run.
 #[derive(Debug, Clone)]
@@ -35,40 +34,8 @@ pub struct Serve {
 /// Serves `router` on `listener` until `cancel`.
 pub async fn serve(listener: TcpListener, router: Router, how: Serve, cancel: CancellationToken) {
     let conns = TaskTracker::new();
-    let mut accept_errors = Hush::new(10_000);
-    let mut refusals = Hush::new(10_000);
-    loop {
-        let accepted = tokio::select! {
-            biased;
-            _ = cancel.cancelled() => break,
-            r = listener.accept() => r,
-        };
-        let (stream, peer) = match accepted {
-            Ok(x) => x,
-            Err(e) => {
-                // EMFILE and friends: the connection stays in the backlog; try again shortly.
-                if let Some(held) = accept_errors.tick(now_ms()) {
-                    warn!(listener = how.cap.listener(), error = %e, held_back = held, "HTTP accept failed.");
-                }
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        let slot = match how.cap.try_take(peer.ip()) {
-            Ok(s) => s,
-            Err(why) => {
-                if let Some(held) = refusals.tick(now_ms()) {
-                    warn!(
-                        listener = how.cap.listener(), %peer, reason = why.as_str(), cap = how.cap.total(),
-                        per_address = how.cap.per_address(), held_back = held,
-                        "Connection refused: the listener's share of descriptors is taken."
-                    );
-                }
-                drop(stream);
-                continue;
-            }
-        };
-        let _ = stream.set_nodelay(true);
+    let mut acceptor = Acceptor::new(listener, how.cap.clone());
+    while let Some((stream, peer, slot)) = acceptor.next(&cancel).await {
         let router = router.clone();
         let cancel = cancel.clone();
         let deadline = how.header_deadline;

@@ -6,12 +6,14 @@
 //! optional built-in TLS (`tls`). No protocol knowledge; nothing here imports a source, a
 //! sink or the API.
 
+pub mod accept;
 pub mod cap;
 pub mod fds;
 pub mod guard;
 pub mod http;
 pub mod tls;
 
+pub use accept::Acceptor;
 pub use cap::{ConnCap, Refused, Slot};
 pub use fds::Budget;
 pub use guard::{FailureLimit, Hush, SharedHush};

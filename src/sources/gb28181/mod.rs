@@ -144,36 +144,8 @@ async fn accept_tcp(
     (deadline, late): (Duration, prometheus::IntCounter),
     cancel: CancellationToken,
 ) {
-    let mut accept_errors = crate::net::Hush::new(10_000);
-    let mut refusals = crate::net::Hush::new(10_000);
-    loop {
-        let accepted = tokio::select! {
-            biased;
-            _ = cancel.cancelled() => break,
-            r = listener.accept() => r,
-        };
-        let (stream, peer) = match accepted {
-            Ok(x) => x,
-            Err(e) => {
-                if let Some(held) = accept_errors.tick(crate::clock::now_ms()) {
-                    warn!(error = %e, held_back = held, "SIP TCP accept failed.");
-                }
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        let slot = match cap.try_take(peer.ip()) {
-            Ok(s) => s,
-            Err(why) => {
-                if let Some(held) = refusals.tick(crate::clock::now_ms()) {
-                    warn!(
-                        %peer, reason = why.as_str(), cap = cap.total(), per_address = cap.per_address(), held_back = held,
-                        "SIP TCP connection refused: the listener's share of descriptors is taken."
-                    );
-                }
-                continue;
-            }
-        };
+    let mut acceptor = crate::net::Acceptor::new(listener, cap);
+    while let Some((stream, peer, slot)) = acceptor.next(&cancel).await {
         let tx = tx.clone();
         let cancel = cancel.clone();
         let late = late.clone();

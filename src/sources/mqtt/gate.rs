@@ -239,34 +239,11 @@ impl Gate {
 /// Accepts device connections until `cancel`.
 pub async fn serve(listener: TcpListener, gate: Arc<Gate>, cap: ConnCap, cancel: CancellationToken) {
     let conns = TaskTracker::new();
-    let mut refusals = crate::net::Hush::new(10_000);
-    loop {
-        let accepted = tokio::select! {
-            biased;
-            _ = cancel.cancelled() => break,
-            r = listener.accept() => r,
-        };
-        let (stream, peer) = match accepted {
-            Ok(x) => x,
-            Err(e) => {
-                debug!(error = %e, "MQTT accept failed.");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        let slot = match cap.try_take(peer.ip()) {
-            Ok(s) => s,
-            Err(why) => {
-                if let Some(held) = refusals.tick(now_ms()) {
-                    warn!(%peer, reason = why.as_str(), cap = cap.total(), held_back = held, "MQTT connection refused: the broker's share of descriptors is taken.");
-                }
-                continue;
-            }
-        };
+    let mut acceptor = crate::net::Acceptor::new(listener, cap);
+    while let Some((stream, peer, slot)) = acceptor.next(&cancel).await {
         let gate = gate.clone();
         let cancel = cancel.clone();
         conns.spawn(async move {
-            let _ = stream.set_nodelay(true);
             tokio::select! {
                 _ = connection(&gate, stream, peer) => {}
                 _ = cancel.cancelled() => {}
