@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
-use vigil::protocol::digest::{expected, parse_authorization};
+use vigil::protocol::digest::answer;
 
 #[derive(clap::Args, Clone)]
 pub struct Args {
@@ -87,15 +87,9 @@ impl Camera {
             .and_then(|v| v.to_str().ok())
             .context("no digest challenge")?
             .to_owned();
-        let p = parse_authorization(&www).context("bad challenge")?;
-        let (realm, nonce) = (p.get("realm").cloned().unwrap_or_default(), p.get("nonce").cloned().unwrap_or_default());
         let cnonce = format!("{:x}", Instant::now().elapsed().as_nanos() ^ 0x5eed);
-        let uri = "/VIID/System/Register";
-        let resp = expected(&self.id, &realm, password, "POST", uri, &nonce, Some(("00000001", &cnonce, "auth")));
-        let auth = format!(
-            "Digest username=\"{}\", realm=\"{realm}\", nonce=\"{nonce}\", uri=\"{uri}\", response=\"{resp}\", qop=auth, nc=00000001, cnonce=\"{cnonce}\", algorithm=MD5",
-            self.id
-        );
+        let auth =
+            answer(&www, &self.id, password, "POST", "/VIID/System/Register", 1, &cnonce).context("bad challenge")?;
         let r = self
             .http
             .post(&url)

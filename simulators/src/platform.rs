@@ -438,7 +438,8 @@ async fn subscribe(p: &Platform, v: &Value) -> Value {
         let www = r.headers().get("www-authenticate").and_then(|v| v.to_str().ok()).map(str::to_owned);
         if let (401, Some(www)) = (r.status().as_u16(), www) {
             let uri = reqwest::Url::parse(&url).map(|u| u.path().to_owned()).unwrap_or_default();
-            sent = send(digest_answer(&www, &p.id, &p.password, "POST", &uri)).await;
+            let cnonce = format!("{:016x}", now_ms() as u64 ^ 0x5eed_cafe);
+            sent = send(vigil::protocol::digest::answer(&www, &p.id, &p.password, "POST", &uri, 1, &cnonce)).await;
         }
     }
     match sent {
@@ -494,24 +495,4 @@ async fn control(State(p): State<Arc<Platform>>, Json(v): Json<Value>) -> Json<V
         b.reject = ids.iter().filter_map(Value::as_str).map(str::to_owned).collect();
     }
     Json(json!({"mode": b.mode, "slow_ms": b.slow_ms, "reject": b.reject.len()}))
-}
-
-/// The `Authorization` value answering a digest challenge (MD5, qop=auth), as an HTTP client
-/// computes it.
-pub fn digest_answer(www: &str, user: &str, password: &str, method: &str, uri: &str) -> Option<String> {
-    let c = vigil::protocol::digest::parse_authorization(www)?;
-    let (realm, nonce) = (c.get("realm")?.clone(), c.get("nonce")?.clone());
-    let cnonce = format!("{:016x}", now_ms() as u64 ^ 0x5eed_cafe);
-    let resp = vigil::protocol::digest::expected(
-        user,
-        &realm,
-        password,
-        method,
-        uri,
-        &nonce,
-        Some(("00000001", &cnonce, "auth")),
-    );
-    Some(format!(
-        "Digest username=\"{user}\", realm=\"{realm}\", nonce=\"{nonce}\", uri=\"{uri}\", response=\"{resp}\", qop=auth, nc=00000001, cnonce=\"{cnonce}\", algorithm=MD5"
-    ))
 }

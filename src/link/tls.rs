@@ -30,6 +30,17 @@ pub enum Error {
     Issue(String),
 }
 
+impl From<crate::net::tls::Error> for Error {
+    fn from(e: crate::net::tls::Error) -> Self {
+        use crate::net::tls::Error as E;
+        match e {
+            E::Read { path, source } => Error::Read { path, source },
+            E::Pem { path, reason } => Error::Pem { path, reason },
+            E::Tls(t) => Error::Tls(t),
+        }
+    }
+}
+
 /// This gateway's identity in the tier: its certificate chain, key and the CA it trusts.
 pub struct Identity {
     pub chain: Vec<CertificateDer<'static>>,
@@ -42,14 +53,7 @@ impl Identity {
     pub fn load(cert: &Path, key: &Path, ca: &Path) -> Result<Identity, Error> {
         let read = |p: &Path| std::fs::read(p).map_err(|source| Error::Read { path: p.to_owned(), source });
         let pem = |p: &Path, reason: String| Error::Pem { path: p.to_owned(), reason };
-        let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&read(cert)?)
-            .collect::<Result<_, _>>()
-            .map_err(|e| pem(cert, format!("not a PEM certificate: {e}")))?;
-        if chain.is_empty() {
-            return Err(pem(cert, "holds no certificate".into()));
-        }
-        let key =
-            PrivateKeyDer::from_pem_slice(&read(key)?).map_err(|e| pem(key, format!("not a PEM private key: {e}")))?;
+        let (chain, key) = crate::net::tls::load_pem(cert, key)?;
         let mut roots = rustls::RootCertStore::empty();
         for c in CertificateDer::pem_slice_iter(&read(ca)?) {
             let c = c.map_err(|e| pem(ca, format!("not a PEM certificate: {e}")))?;

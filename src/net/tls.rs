@@ -20,8 +20,9 @@ pub enum Error {
     Tls(String),
 }
 
-/// The server configuration for a certificate chain and its key (PEM files).
-pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig>, Error> {
+/// A certificate chain and its private key from PEM files (the API's TLS and the QUIC link's
+/// identity both read theirs so).
+pub fn load_pem(cert: &Path, key: &Path) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), Error> {
     let read = |p: &Path| std::fs::read(p).map_err(|source| Error::Read { path: p.to_owned(), source });
     let pem = |p: &Path, reason: String| Error::Pem { path: p.to_owned(), reason };
     let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&read(cert)?)
@@ -32,6 +33,12 @@ pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig
     }
     let key =
         PrivateKeyDer::from_pem_slice(&read(key)?).map_err(|e| pem(key, format!("not a PEM private key: {e}")))?;
+    Ok((chain, key))
+}
+
+/// The server configuration for a certificate chain and its key (PEM files).
+pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig>, Error> {
+    let (chain, key) = load_pem(cert, key)?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()

@@ -103,6 +103,19 @@ pub fn expected(
     }
 }
 
+/// The `Authorization` value a client sends to answer the challenge `www` (a
+/// `WWW-Authenticate` value) as `user`: MD5, `qop=auth`, nonce count `nc`. `None` when the
+/// challenge names no realm or nonce.
+pub fn answer(www: &str, user: &str, password: &str, method: &str, uri: &str, nc: u32, cnonce: &str) -> Option<String> {
+    let c = parse_authorization(www)?;
+    let (realm, nonce) = (c.get("realm")?, c.get("nonce")?);
+    let nc = format!("{nc:08x}");
+    let resp = expected(user, realm, password, method, uri, nonce, Some((&nc, cnonce, "auth")));
+    Some(format!(
+        "Digest username=\"{user}\", realm=\"{realm}\", nonce=\"{nonce}\", uri=\"{uri}\", response=\"{resp}\", qop=auth, nc={nc}, cnonce=\"{cnonce}\", algorithm=MD5"
+    ))
+}
+
 /// Nonces we issued, with their use, and the order they were issued in (so that evicting
 /// the oldest under a flood of unauthenticated REGISTERs costs O(1), not a scan).
 #[derive(Debug, Default)]
@@ -275,6 +288,17 @@ mod tests {
         assert_eq!(n.check(0, &creds("forged", "00000001", "12345678"), "REGISTER", "12345678"), Verdict::Stale);
         let challenge = n.challenge("4201040000", 0, false);
         assert!(challenge.contains("algorithm=MD5") && challenge.contains("qop=\"auth\""), "{challenge}");
+    }
+
+    #[test]
+    fn a_clients_answer_verifies_once() {
+        let mut n = Nonces::default();
+        let www = n.challenge("vigil", 0, false);
+        let auth = answer(&www, "cam", "pw-1", "POST", "/VIID/Faces", 1, "c0ffee").expect("an answer");
+        let params = parse_authorization(&auth).expect("parses");
+        assert_eq!(n.check(1, &params, "POST", "pw-1"), Verdict::Ok);
+        assert_eq!(n.check(2, &params, "POST", "pw-1"), Verdict::Replay);
+        assert_eq!(answer("Basic realm=x", "cam", "pw", "POST", "/", 1, "c"), None);
     }
 
     #[test]

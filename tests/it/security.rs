@@ -170,21 +170,7 @@ pub mod gat1400 {
 
     /// The `Authorization` answering `www` for `user` (MD5, qop=auth), as curl computes it.
     pub fn digest(www: &str, user: &str, password: &str, method: &str, uri: &str, nc: u32) -> String {
-        let c = vigil::protocol::digest::parse_authorization(www).expect("a digest challenge");
-        let (realm, nonce) = (c["realm"].clone(), c["nonce"].clone());
-        let nc = format!("{nc:08x}");
-        let resp = vigil::protocol::digest::expected(
-            user,
-            &realm,
-            password,
-            method,
-            uri,
-            &nonce,
-            Some((&nc, "0a4f113b", "auth")),
-        );
-        format!(
-            "Digest username=\"{user}\", realm=\"{realm}\", nonce=\"{nonce}\", uri=\"{uri}\", response=\"{resp}\", qop=auth, nc={nc}, cnonce=\"0a4f113b\", algorithm=MD5"
-        )
+        vigil::protocol::digest::answer(www, user, password, method, uri, nc, "0a4f113b").expect("a digest challenge")
     }
 
     /// One POST: (status, WWW-Authenticate, body).

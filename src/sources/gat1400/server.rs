@@ -98,6 +98,14 @@ impl Ctx {
         }
     }
 
+    /// A 403 for a registration refused for what the device is (unknown under the admission
+    /// policy, of another protocol, awaiting approval), kept with its body under `reason`.
+    fn forbid(&self, url: &str, id: &str, peer: SocketAddr, reason: &'static str, why: &str, body: &[u8]) -> Response {
+        let r = &self.ingest.shared().rejections;
+        r.record(now_ms(), "gat1400", reason, peer.to_string(), format!("{id}: {why}"), body);
+        self.answer(StatusCode::FORBIDDEN, url, Status::InvalidOperation, id, why)
+    }
+
     /// The device's password (its own, else the port's default) and whether it wants a
     /// digest on every request (its `digest_every_request` attribute).
     fn credentials(&self, id: &str) -> (String, bool) {
@@ -275,21 +283,7 @@ async fn register(State(ctx): State<Arc<Ctx>>, ConnectInfo(peer): ConnectInfo<So
         }
         Ok(AdmissionOutcome::Refused(r)) => {
             shared.metrics.admission_refusals.with_label_values(&["gat1400", r.reason()]).inc();
-            shared.rejections.record(
-                now,
-                "gat1400",
-                "unknown_device",
-                peer.to_string(),
-                format!("{id}: {}", r.detail()),
-                &body,
-            );
-            return ctx.answer(
-                StatusCode::FORBIDDEN,
-                URL,
-                Status::InvalidOperation,
-                &id,
-                &format!("unknown device ({})", r.detail()),
-            );
+            return ctx.forbid(URL, &id, peer, "unknown_device", &format!("unknown device ({})", r.detail()), &body);
         }
         Err(e) if e.kind() == crate::error::ErrorKind::InvalidInput => {
             return ctx.answer(
@@ -306,32 +300,11 @@ async fn register(State(ctx): State<Arc<Ctx>>, ConnectInfo(peer): ConnectInfo<So
         // A device of another protocol (an RTSP camera, an `external` gate) has its presence
         // from that protocol: a view-library registration may not speak for it.
         shared.metrics.auth_refusals.with_label_values(&["gat1400", "other_protocol"]).inc();
-        shared.rejections.record(
-            now,
-            "gat1400",
-            "other_protocol",
-            peer.to_string(),
-            format!("{id} is a {} device, not a GA/T 1400 one", device.protocol.as_str()),
-            &body,
-        );
-        return ctx.answer(
-            StatusCode::FORBIDDEN,
-            URL,
-            Status::InvalidOperation,
-            &id,
-            &format!("RegisterObject.DeviceID: {id} is a {} device on this gateway", device.protocol.as_str()),
-        );
+        let why = format!("RegisterObject.DeviceID: {id} is a {} device on this gateway", device.protocol.as_str());
+        return ctx.forbid(URL, &id, peer, "other_protocol", &why, &body);
     }
     if device.admission != Admission::Approved || !device.enabled {
-        shared.rejections.record(
-            now,
-            "gat1400",
-            "quarantined",
-            peer.to_string(),
-            format!("{id}: waits for an operator's approval"),
-            &body,
-        );
-        return ctx.answer(StatusCode::FORBIDDEN, URL, Status::InvalidOperation, &id, "device awaits approval");
+        return ctx.forbid(URL, &id, peer, "quarantined", "device awaits approval", &body);
     }
     ctx.gate.bind(&id, Session { until: now + VALIDITY_MS, ip: peer.ip(), username });
     ctx.renew(&id, now, true).await;
