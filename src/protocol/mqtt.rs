@@ -12,6 +12,7 @@ pub const SUBSCRIBE: u8 = 8;
 /// CONNACK return codes.
 pub const ACCEPTED: u8 = 0;
 pub const BAD_PROTOCOL: u8 = 1;
+pub const IDENTIFIER_REJECTED: u8 = 2;
 pub const BAD_CREDENTIALS: u8 = 4;
 pub const NOT_AUTHORIZED: u8 = 5;
 

@@ -853,6 +853,10 @@ mod mqtt {
         let b = start().await;
         let out = publish(&b, None, &format!("vigil/XQ001/{A}/access"), &access(1, "1"), &[]);
         assert!(!out.status.success(), "anonymous: {}", String::from_utf8_lossy(&out.stderr));
+        // An id too long to stay whole under the device's name is refused at CONNECT.
+        let long = "x".repeat(300);
+        let out = publish(&b, Some((A, PW)), &format!("vigil/XQ001/{A}/access"), &access(1, "1"), &["-i", &long]);
+        assert!(!out.status.success(), "a 300-byte client id");
         let mut answers = Vec::new();
         for i in 0..8 {
             let guess = format!("guess-{i}");

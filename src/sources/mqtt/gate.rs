@@ -40,6 +40,12 @@ pub const RETAINED_TOPICS: usize = 16;
 const MAX_FAILURES: u32 = 5;
 /// Topics a connection remembers the verdict for.
 const VERDICTS_KEPT: usize = 1024;
+/// Longest username and client id taken: the id put under the device's name must stay one
+/// MQTT string (65,535 bytes) whatever the escaping, so two ids never meet by truncation.
+const ID_MAX: usize = 256;
+/// A connection's packet buffer is given back after a packet larger than this (one device
+/// sending one 8 MiB picture must not keep 8 MiB for as long as it stays connected).
+const BUFFER_KEPT: usize = 256 * 1024;
 
 /// What the gate needs from the rest of vigil.
 pub struct Deps {
@@ -62,6 +68,8 @@ pub struct Gate {
     /// Topics each device has left a retained message on.
     retained: Mutex<HashMap<String, HashSet<String>>>,
     hush: SharedHush,
+    /// The private broker not answering: one line per interval, however many devices try.
+    backend_hush: SharedHush,
 }
 
 /// Who a connection is.
@@ -111,6 +119,7 @@ impl Gate {
             failures: Mutex::new(FailureLimit::new(MAX_FAILURES, 60_000)),
             retained: Mutex::default(),
             hush: SharedHush::new(10_000),
+            backend_hush: SharedHush::new(10_000),
         })
     }
 
@@ -317,6 +326,12 @@ async fn connection(gate: &Gate, mut client: TcpStream, peer: SocketAddr) {
             return;
         }
     };
+    if connect.client_id.len() > ID_MAX || connect.username.as_ref().is_some_and(|u| u.len() > ID_MAX) {
+        let d = deny("bad_connect", format!("a username or client id over {ID_MAX} bytes"));
+        gate.refused(peer, "", &d, b"");
+        let _ = client.write_all(&packet::connack(packet::IDENTIFIER_REJECTED)).await;
+        return;
+    }
     let who = match gate.authenticate(&connect, peer.ip()) {
         Ok(w) => w,
         Err((code, d)) => {
@@ -346,7 +361,9 @@ async fn connection(gate: &Gate, mut client: TcpStream, peer: SocketAddr) {
     let mut upstream = match TcpStream::connect(gate.backend).await {
         Ok(s) => s,
         Err(e) => {
-            warn!(error = %e, "The embedded broker does not answer the gate.");
+            if let Some(held) = gate.backend_hush.tick(now_ms()) {
+                warn!(error = %e, held_back = held, "The embedded broker does not answer the gate.");
+            }
             let _ = client.write_all(&packet::connack(3)).await; // server unavailable
             return;
         }
@@ -437,6 +454,9 @@ async fn relay_up(
         }
         if rd.buffer().is_empty() && wr.flush().await.is_err() {
             break;
+        }
+        if body.capacity() > BUFFER_KEPT {
+            body = Vec::new();
         }
     }
     let _ = wr.flush().await;

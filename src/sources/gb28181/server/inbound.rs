@@ -45,7 +45,9 @@ impl Server {
             Ok(e) => e,
             Err(e) => {
                 self.reject(e.reason(), from, e.to_string());
-                warn!(device = %id, peer = %from, error = %e, "MANSCDP body refused.");
+                if let Some(held) = self.hush_malformed.tick(now) {
+                    warn!(device = %id, peer = %from, error = %e, held_back = held, "MANSCDP body refused.");
+                }
                 return (Some(self.answer(msg, from, 400, "Bad Request (MANSCDP body)")), true);
             }
         };
