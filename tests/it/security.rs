@@ -652,14 +652,28 @@ mod exhaustion {
             }
         }
         // The embedded broker's gate: a device there holds three descriptors, so a third of
-        // its share. (Connections that send no CONNECT are closed after 10 s: the check below
-        // comes before.)
+        // its share. Each connection logs in (a CONNECT with an hour of keep-alive, as an unknown
+        // device under the quarantine policy may) and so stays until the test ends; one past
+        // the share is closed unanswered.
         let mqtt_cap = caps.mqtt / 3;
         for a in 0..(mqtt_cap / 4 + 2) as u8 {
-            for _ in 0..6 {
-                held.push(
-                    connect_from([127, 0, 4, a], SocketAddr::from(([127, 0, 0, 1], mqtt))).await.expect("connect"),
-                );
+            for i in 0..6 {
+                let mut s =
+                    connect_from([127, 0, 4, a], SocketAddr::from(([127, 0, 0, 1], mqtt))).await.expect("connect");
+                let login = vigil::protocol::mqtt::Connect {
+                    clean_session: true,
+                    keep_alive: 3600,
+                    client_id: format!("hold-{a}-{i}"),
+                    will: None,
+                    username: Some(format!("SENSOR-{a}-{i}")),
+                    password: Some(b"12345678".to_vec()),
+                };
+                s.write_all(&login.encode()).await.expect("CONNECT");
+                let mut ack = [0u8; 4];
+                if s.read_exact(&mut ack).await.is_ok() {
+                    assert_eq!(ack, vigil::protocol::mqtt::connack(0), "a login within the share is accepted");
+                    held.push(s);
+                }
             }
         }
         let m = gw
