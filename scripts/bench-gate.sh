@@ -7,15 +7,10 @@
 # Prints the time, the rate and vigil's CPU per record. Env: BENCH_REPLAY_COUNT (50000).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-if [ -z "${BIN:-}" ]; then cargo build --release -q -p vigil -p vigil-simulators --bins; fi
-BIN=${BIN:-./target/release}
-SIM=${SIM:-./target/release}
+. scripts/bench-common.sh
 R=${BENCH_REPLAY_COUNT:-50000}
 PORT=${BENCH_MQTT_PORT:-18884}
 HTTP=${BENCH_HTTP_PORT:-18288}
-WORK=$(mktemp -d)
-trap 'kill $(cat $WORK/*.pid 2>/dev/null) 2>/dev/null || true; rm -rf "$WORK"' EXIT
-now() { date +%s.%N; }
 mkdir -p "$WORK/profiles"
 sed -e 's#mqtt = "vigil/#mqtt = "bench/vigil/#' -e 's#topic = "vigil/#topic = "bench/vigil/#' -e 's#^route = "vigil/#route = "bench/vigil/#' \
   device-profiles/generic-json.toml > "$WORK/profiles/generic-json.toml"
@@ -38,12 +33,7 @@ listen = "127.0.0.1:$PORT"
 profiles_dir = "$WORK/profiles"
 inflight = 4096
 TOML
-RUST_LOG=warn $BIN/vigil run --config "$WORK/vigil.toml" > "$WORK/vigil.log" 2>&1 &
-echo $! > "$WORK/vigil.pid"
-PID=$(cat "$WORK/vigil.pid")
-until curl -sf "http://127.0.0.1:$HTTP/api/v1/health" > /dev/null; do sleep 0.05; done
-cpu() { awk '{print $14+$15}' /proc/$PID/stat; }
-TCK=$(getconf CLK_TCK)
+start_vigil "$HTTP"
 replayed() { curl -sf "http://127.0.0.1:$HTTP/metrics" | awk '/^vigil_profile_records_total\{outcome="(event|duplicate)",profile="generic.json@1"\}/ {s+=$2} END {print s+0}'; }
 C0=$(cpu); T0=$(now)
 $SIM/vigil-sim community --broker 127.0.0.1:$PORT --prefix bench replay --count "$R" --device XQ001-RP0001

@@ -7,15 +7,11 @@
 # checkout's simulator. Env: BENCH_INGRESS_FACES (10000), BENCH_INGRESS_KB (100).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-if [ -z "${BIN:-}" ]; then cargo build --release -q -p vigil -p vigil-simulators --bins; fi
-BIN=${BIN:-./target/release}
-SIM=${SIM:-./target/release}
+. scripts/bench-common.sh
 N=${BENCH_INGRESS_FACES:-10000}
 KB=${BENCH_INGRESS_KB:-100}
 HTTP=${BENCH_HTTP_PORT:-18287}
 INGRESS=${BENCH_INGRESS_PORT:-19112}
-WORK=$(mktemp -d)
-trap 'kill $(cat $WORK/*.pid 2>/dev/null) 2>/dev/null || true; rm -rf "$WORK"' EXIT
 cat > "$WORK/vigil.toml" <<TOML
 [gateway]
 data_dir = "$WORK/data"
@@ -34,12 +30,7 @@ password = "viid-secret"
 [admission]
 policy = "open"
 TOML
-RUST_LOG=warn $BIN/vigil run --config "$WORK/vigil.toml" > "$WORK/vigil.log" 2>&1 &
-echo $! > "$WORK/vigil.pid"
-PID=$(cat "$WORK/vigil.pid")
-until curl -sf "http://127.0.0.1:$HTTP/api/v1/health" > /dev/null; do sleep 0.05; done
-cpu() { awk '{print $14+$15}' /proc/$PID/stat; }
-TCK=$(getconf CLK_TCK)
+start_vigil "$HTTP"
 C0=$(cpu)
 LINE=$($SIM/vigil-sim checkpoint --server "http://127.0.0.1:$INGRESS" --password viid-secret --count 4 --image-kb "$KB" \
   bench --faces "$N" --concurrency 32 | tail -1)

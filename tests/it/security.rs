@@ -211,6 +211,16 @@ pub mod gat1400 {
         )
     }
 
+    /// A view library (`config(extra)`) with the checkpoint `CAM` registered from
+    /// 127.0.0.1: the gateway, the endpoint's base URL and the checkpoint's client.
+    async fn registered(extra: &str) -> (TestGateway, String, reqwest::Client) {
+        let gw = TestGateway::start(Db::Sqlite, &config(extra)).await;
+        let base = format!("http://{}", gw.gat1400.expect("GA/T 1400"));
+        let own = from([127, 0, 0, 1]);
+        assert_eq!(register(&own, &base, CAM, "viid-secret").await, 200);
+        (gw, base, own)
+    }
+
     fn faces(items: Vec<Value>) -> Value {
         json!({"FaceListObject": {"FaceObject": items}})
     }
@@ -220,10 +230,7 @@ pub mod gat1400 {
     /// counted and kept, and the checkpoint's state does not move.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_registration_is_bound_to_its_address_and_strangers_change_nothing() {
-        let gw = TestGateway::start(Db::Sqlite, &config("")).await;
-        let base = format!("http://{}", gw.gat1400.expect("GA/T 1400"));
-        let own = from([127, 0, 0, 1]);
-        assert_eq!(register(&own, &base, CAM, "viid-secret").await, 200);
+        let (gw, base, own) = registered("").await;
         gw.api
             .wait_for(&format!("/devices/{CAM}"), Duration::from_secs(5), |d| d["presence"]["state"] == "online")
             .await;
@@ -296,10 +303,7 @@ pub mod gat1400 {
     /// working at the next registration, the new one works; `null` goes back to the default.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_device_password_is_rotated_through_the_api() {
-        let gw = TestGateway::start(Db::Sqlite, &config("")).await;
-        let base = format!("http://{}", gw.gat1400.expect("GA/T 1400"));
-        let own = from([127, 0, 0, 1]);
-        assert_eq!(register(&own, &base, CAM, "viid-secret").await, 200);
+        let (gw, base, own) = registered("").await;
         let (s, b) =
             gw.api.send(reqwest::Method::PATCH, &format!("/devices/{CAM}"), json!({"password": "short"})).await;
         assert_eq!((s, b["error"]["field"].as_str()), (422, Some("password")), "{b}");
@@ -319,10 +323,7 @@ pub mod gat1400 {
     /// challenged; answering the challenge (with the registration's username) is served.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn digest_on_every_request_when_the_view_library_asks_for_it() {
-        let gw = TestGateway::start(Db::Sqlite, &config("digest_every_request = true\n")).await;
-        let base = format!("http://{}", gw.gat1400.expect("GA/T 1400"));
-        let own = from([127, 0, 0, 1]);
-        assert_eq!(register(&own, &base, CAM, "viid-secret").await, 200);
+        let (gw, base, own) = registered("digest_every_request = true\n").await;
         let body = json!({"KeepaliveObject": {"DeviceID": CAM}});
         let (s, www, _) = post(&own, &base, "/VIID/System/Keepalive", Some(CAM), None, &body).await;
         assert_eq!(s, 401);
@@ -433,10 +434,7 @@ pub mod gat1400 {
     /// refused (counted, with the reason), so no image URL can ever serve a page.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn pictures_that_are_not_pictures_are_refused_and_the_record_kept() {
-        let gw = TestGateway::start(Db::Sqlite, &config("")).await;
-        let base = format!("http://{}", gw.gat1400.expect("GA/T 1400"));
-        let own = from([127, 0, 0, 1]);
-        assert_eq!(register(&own, &base, CAM, "viid-secret").await, 200);
+        let (gw, base, own) = registered("").await;
         let html = b"<html><body><script>fetch('/api/v1/devices')</script></body></html>".to_vec();
         let random: Vec<u8> = (0..4096u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
         let (s, _, v) =
