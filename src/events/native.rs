@@ -5,7 +5,7 @@
 //! journal and hand every answer across threads (measured: ~32,000 → ~38,000 events/s for
 //! the store alone at batches of 4,096; BENCHMARKS.md, relay). Here each step says itself
 //! whether its row was new (1 row changed) or a duplicate (0), and a new row's delivery rows
-//! follow it under its `seq` (their SQL is the outbox's, `outbox::store::add_native`). Owns
+//! follow it under its `seq` (their SQL is the outbox's, `outbox::store::NativeDeliveries`). Owns
 //! nothing the pool does not see: same tables, same file.
 
 use std::path::Path;
@@ -44,6 +44,7 @@ pub fn insert(
             "INSERT INTO events (id, dedup_key, kind, source, device_id, org_id, occurred_at, received_at, body, object_id) \
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10) ON CONFLICT DO NOTHING",
         )?;
+        let mut deliveries = crate::outbox::store::NativeDeliveries::prepare(&tx)?;
         for r in rows {
             let e = &r.event;
             let kind = e.kind();
@@ -61,7 +62,7 @@ pub fn insert(
             ])?;
             new.push(changed == 1);
             if changed == 1 {
-                crate::outbox::store::add_native(&tx, tx.last_insert_rowid(), kind, routes, now)?;
+                deliveries.add(tx.last_insert_rowid(), kind, routes, now)?;
             }
         }
     }

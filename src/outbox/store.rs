@@ -34,22 +34,22 @@ pub async fn add(
     Ok(rows.len())
 }
 
-/// `add` for the SQLite event writer (`events::native`): one delivery row per target that
-/// takes `kind`, for the event just inserted as `seq`, inside the writer's rusqlite
-/// transaction (a prepared statement from its cache, stepped per row).
-pub fn add_native(
-    tx: &rusqlite::Transaction<'_>,
-    seq: i64,
-    kind: EventKind,
-    routes: &Routes,
-    now: Millis,
-) -> rusqlite::Result<()> {
-    let mut delivery =
-        tx.prepare_cached("INSERT INTO deliveries (target, event_seq, created_at) VALUES (?1, ?2, ?3)")?;
-    for target in routes.targets(kind) {
-        delivery.execute(rusqlite::params![target, seq, now])?;
+/// `add` for the SQLite event writer (`events::native`): the delivery-row statement prepared
+/// once per batch inside the writer's rusqlite transaction, then stepped for each new event.
+pub struct NativeDeliveries<'t>(rusqlite::CachedStatement<'t>);
+
+impl<'t> NativeDeliveries<'t> {
+    pub fn prepare(tx: &'t rusqlite::Transaction<'_>) -> rusqlite::Result<Self> {
+        tx.prepare_cached("INSERT INTO deliveries (target, event_seq, created_at) VALUES (?1, ?2, ?3)").map(Self)
     }
-    Ok(())
+
+    /// One delivery row per target that takes `kind`, for the event just inserted as `seq`.
+    pub fn add(&mut self, seq: i64, kind: EventKind, routes: &Routes, now: Millis) -> rusqlite::Result<()> {
+        for target in routes.targets(kind) {
+            self.0.execute(rusqlite::params![target, seq, now])?;
+        }
+        Ok(())
+    }
 }
 
 /// A delivery to make: the event, its upstream id, and how often it was tried.
