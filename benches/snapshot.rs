@@ -9,8 +9,8 @@ use std::process::Command;
 use std::time::Instant;
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use vigil::sources::rtsp::diagnosis;
-use vigil::sources::rtsp::snapshot::{self, Codec};
+use vigil::media::diagnosis;
+use vigil::media::snapshot::{self, Codec};
 
 fn keyframe(codec: &str, size: &str) -> Vec<u8> {
     let dir = tempfile::tempdir().expect("temp dir");

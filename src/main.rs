@@ -263,19 +263,7 @@ async fn import(file: &Path, config: Option<PathBuf>) -> anyhow::Result<()> {
     let config = load_config(config)?;
     let body = std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
     let registry = open_registry(&config).await?;
-    let orgs: Vec<vigil::registry::Org> = config
-        .orgs
-        .iter()
-        .filter_map(|o| {
-            Some(vigil::registry::Org {
-                id: o.id.clone(),
-                name: o.name.clone(),
-                kind: vigil::registry::OrgKind::parse(&o.kind)?,
-                parent_id: o.parent.clone(),
-                gb_prefix: o.gb_prefix.clone(),
-            })
-        })
-        .collect();
+    let orgs: Vec<vigil::registry::Org> = config.orgs.iter().map(vigil::registry::Org::from_seed).collect();
     registry.seed_orgs(&orgs).await?;
     let devices = vigil::registry::import::parse(&registry, &body).map_err(|e| anyhow::anyhow!("{e}"))?;
     let bar = indicatif::ProgressBar::new(devices.len() as u64);

@@ -156,7 +156,7 @@ impl Metrics {
             relay_backlog: IntGaugeVec::new(Opts::new(RELAY_BACKLOG, "Records not yet delivered, by target."), &["target"]).expect("should be a valid metric"),
             relay_oldest: IntGaugeVec::new(Opts::new(RELAY_OLDEST, "Age of the oldest undelivered record, by target (0: none)."), &["target"])
                 .expect("should be a valid metric"),
-            relay_failures: IntCounterVec::new(Opts::new(RELAY_FAILURES, "Deliveries to an upstream that failed whole (nothing of the batch taken), by target and reason (unreachable, timeout, unauthorized, refused, other)."), &["target", "reason"])
+            relay_failures: IntCounterVec::new(Opts::new(RELAY_FAILURES, "Deliveries to an upstream that failed whole (nothing of the batch taken), by target and reason (unreachable, timeout, unauthorized, refused, subscription_lapsed, not_subscribed, local)."), &["target", "reason"])
                 .expect("should be a valid metric"),
             outbox_accepting: IntGauge::new(OUTBOX_ACCEPTING, "1 while the outbox takes records; 0 while it is full (backlog or disk) and sources are slowed.")
                 .expect("should be a valid metric"),

@@ -450,7 +450,7 @@ pub async fn stream(State(state): State<AppState>, Path(id): Path<String>) -> Ap
 
 /// `GET /devices/{id}/snapshot`: a JPEG decoded in-process from the latest keyframe.
 pub async fn snapshot(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<axum::response::Response> {
-    use crate::sources::rtsp::SnapshotError;
+    use crate::media::SnapshotError;
     use axum::response::IntoResponse;
     find(&state, &id)?;
     match state.streams.snapshot(&id).await {

@@ -81,12 +81,12 @@ pub async fn get_one(State(state): State<AppState>, Path(id): Path<String>) -> A
 /// addressed, so it never changes: cacheable for a year.
 pub async fn image(State(state): State<AppState>, Path(hash): Path<String>) -> ApiResult<axum::response::Response> {
     use axum::response::IntoResponse;
-    if !crate::media::valid_hash(&hash) {
+    if !crate::images::valid_hash(&hash) {
         return Err(ApiError::bad_query("hash", "an image name is 64 lowercase hex digits (SHA-256)"));
     }
     match state.media.get(&hash).await.map_err(|e| ApiError::from_kind(e.kind(), e.to_string()))? {
         Some(bytes) => {
-            let mime = crate::media::sniff(&bytes);
+            let mime = crate::images::sniff(&bytes);
             Ok((
                 [
                     (axum::http::header::CONTENT_TYPE, mime),

@@ -53,13 +53,13 @@ pub struct AppState {
     /// Normalized events (alarms, status changes, ...).
     pub events: crate::events::EventLog,
     /// GB/T 28181 sessions as the SIP source publishes them (read only).
-    pub gb_sessions: crate::sources::gb28181::SessionBoard,
+    pub gb_sessions: crate::sessions::SessionBoard,
     /// Images events refer to.
-    pub media: crate::media::MediaStore,
+    pub media: crate::images::ImageStore,
     /// The device profiles in use (read only).
     pub profiles: Arc<crate::profiles::ProfileSet>,
     /// RTSP stream health and snapshots (read only).
-    pub streams: crate::sources::rtsp::StreamBoard,
+    pub streams: crate::media::StreamBoard,
     /// How each upstream's runner is doing (read only).
     pub relay_targets: Arc<Vec<Arc<std::sync::Mutex<crate::outbox::runner::TargetStatus>>>>,
     /// Whether the outbox takes records (backlog and free disk).

@@ -19,7 +19,7 @@ use super::{
 };
 use crate::clock::now_ms;
 use crate::event::{Event, Evidence, Observation};
-use crate::media::MediaStore;
+use crate::images::ImageStore;
 use crate::registry::{Admission, DeviceKind, NewDevice, Protocol};
 use crate::sources::Shared;
 
@@ -51,7 +51,7 @@ impl Error {
 
 struct Hub {
     shared: Shared,
-    media: MediaStore,
+    media: ImageStore,
     hub_id: String,
 }
 
@@ -61,7 +61,7 @@ pub fn spawn(
     identity: super::tls::Identity,
     hub_id: String,
     shared: Shared,
-    media: MediaStore,
+    media: ImageStore,
     cancel: CancellationToken,
     tracker: &TaskTracker,
 ) -> Result<SocketAddr, Error> {
@@ -109,7 +109,7 @@ async fn serve(hub: Arc<Hub>, conn: quinn::Connection, cancel: CancellationToken
         Ok(Ok(g)) => g,
         Ok(Err(why)) => {
             warn!(%peer, reason = %why, "QUIC link refused.");
-            conn.close(quinn::VarInt::from_u32(CLOSE_REFUSED), why.as_bytes());
+            conn.close(quinn::VarInt::from_u32(CLOSE_REFUSED), why.to_string().as_bytes());
             return;
         }
         Err(_) => {
@@ -149,28 +149,61 @@ async fn serve(hub: Arc<Hub>, conn: quinn::Connection, cancel: CancellationToken
     observe(Evidence::Dead, Some(Arc::from(format!("QUIC link closed: {why}")))).await;
 }
 
+/// Why a lower gateway's hello was refused (the reason goes back to it in the answer).
+#[derive(Debug, thiserror::Error)]
+enum HelloError {
+    #[error("the hello did not arrive whole: {0}")]
+    Stream(String),
+    #[error(transparent)]
+    Message(#[from] super::Error),
+    #[error("link version {0} is not spoken here (this hub speaks {v})", v = super::VERSION)]
+    Version(u32),
+    #[error("the certificate names no gateway")]
+    Unnamed,
+    #[error("gateway id {claimed} is not the one the certificate was issued for ({cn})")]
+    NotCertified { claimed: String, cn: String },
+    #[error("cannot add the gateway: {0}")]
+    Registry(String),
+    #[error("an operator rejected or disabled this gateway")]
+    Refused,
+}
+
+/// Why a batch was not taken (it stays in the lower gateway's outbox and comes again).
+#[derive(Debug, thiserror::Error)]
+enum BatchError {
+    #[error(transparent)]
+    Message(#[from] super::Error),
+    #[error("batch head: {0}")]
+    Head(serde_json::Error),
+    #[error("batch carries {0} bytes of pictures, over the {MAX_BATCH_MEDIA}-byte limit")]
+    TooMuchMedia(u64),
+    #[error("picture {hash}: {source}")]
+    Picture { hash: String, source: super::Error },
+    #[error("cannot store a picture: {0}")]
+    Store(crate::images::Error),
+    #[error("cannot commit the events: {0}")]
+    Commit(crate::events::Error),
+}
+
 /// The hello: the gateway id it claims must be the one its certificate was issued for. A
 /// gateway new to the hub is added as approved (the tier's CA issuing it a certificate is
 /// the operator's approval); one an operator rejected or disabled is refused.
-async fn hello(hub: &Hub, conn: &quinn::Connection) -> Result<(crate::registry::DeviceKey, String), String> {
-    let (mut send, mut recv) = conn.accept_bi().await.map_err(|e| e.to_string())?;
-    let hello: Hello = read_message(&mut recv, 64 << 10).await.map_err(|e| e.to_string())?;
+async fn hello(hub: &Hub, conn: &quinn::Connection) -> Result<(crate::registry::DeviceKey, String), HelloError> {
+    let (mut send, mut recv) = conn.accept_bi().await.map_err(|e| HelloError::Stream(e.to_string()))?;
+    let hello: Hello = read_message(&mut recv, 64 << 10).await?;
     let refuse = |reason: String| HelloAnswer {
         v: super::VERSION,
         hub_id: hub.hub_id.clone(),
         accepted: false,
         reason: Some(reason),
     };
-    let verdict: Result<(crate::registry::DeviceKey, String), String> = async {
+    let verdict: Result<(crate::registry::DeviceKey, String), HelloError> = async {
         if hello.v != super::VERSION {
-            return Err(format!("link version {} is not spoken here (this hub speaks {})", hello.v, super::VERSION));
+            return Err(HelloError::Version(hello.v));
         }
-        let cn = super::tls::peer_common_name(conn).ok_or("the certificate names no gateway")?;
+        let cn = super::tls::peer_common_name(conn).ok_or(HelloError::Unnamed)?;
         if cn != hello.gateway_id {
-            return Err(format!(
-                "gateway id {} is not the one the certificate was issued for ({cn})",
-                hello.gateway_id
-            ));
+            return Err(HelloError::NotCertified { claimed: hello.gateway_id.clone(), cn });
         }
         let registry = &hub.shared.registry;
         let known = registry.read().device(&hello.gateway_id);
@@ -192,25 +225,28 @@ async fn hello(hub: &Hub, conn: &quinn::Connection) -> Result<(crate::registry::
                     admission: Admission::Approved,
                     attrs,
                 };
-                let new = registry.prepare_device(new).map_err(|e| e.to_string())?;
-                let (mut written, _) = registry.upsert_devices(vec![new], |_| {}).await.map_err(|e| e.to_string())?;
-                let d = written.pop().ok_or("the gateway was not added")?;
+                let new = registry.prepare_device(new).map_err(|e| HelloError::Registry(e.to_string()))?;
+                let (mut written, _) = registry
+                    .upsert_devices(vec![new], |_| {})
+                    .await
+                    .map_err(|e| HelloError::Registry(e.to_string()))?;
+                let d = written.pop().ok_or_else(|| HelloError::Registry("the gateway was not added".into()))?;
                 info!(gateway = %d.id, "New lower gateway added from its link.");
                 let _ = hub.shared.presence.track(vec![(d.key, Arc::from(d.id.as_str()), d.protocol.as_str())]).await;
                 d
             }
         };
         if device.admission == Admission::Rejected || !device.enabled {
-            return Err("an operator rejected or disabled this gateway".into());
+            return Err(HelloError::Refused);
         }
         Ok((device.key, device.id.clone()))
     }
     .await;
     let answer = match &verdict {
         Ok(_) => HelloAnswer { v: super::VERSION, hub_id: hub.hub_id.clone(), accepted: true, reason: None },
-        Err(why) => refuse(why.clone()),
+        Err(why) => refuse(why.to_string()),
     };
-    write_message(&mut send, &answer).await.map_err(|e| e.to_string())?;
+    write_message(&mut send, &answer).await?;
     let _ = send.finish();
     if verdict.is_err() {
         // Give the answer time to reach the peer before the connection is closed.
@@ -223,7 +259,7 @@ async fn hello(hub: &Hub, conn: &quinn::Connection) -> Result<(crate::registry::
 async fn batch(hub: &Hub, gateway: &str, mut send: quinn::SendStream, mut recv: quinn::RecvStream) {
     let answer = match receive(hub, gateway, &mut recv).await {
         Ok(a) => a,
-        Err(e) => BatchAnswer { results: Vec::new(), error: Some(e) },
+        Err(e) => BatchAnswer { results: Vec::new(), error: Some(e.to_string()) },
     };
     if let Some(e) = &answer.error {
         warn!(gateway, error = %e, "A batch from a lower gateway was not taken; it will be sent again.");
@@ -233,12 +269,12 @@ async fn batch(hub: &Hub, gateway: &str, mut send: quinn::SendStream, mut recv: 
     }
 }
 
-async fn receive(hub: &Hub, gateway: &str, recv: &mut quinn::RecvStream) -> Result<BatchAnswer, String> {
-    let head_bytes = read_frame(recv, MAX_MESSAGE).await.map_err(|e| e.to_string())?;
-    let head: BatchHead = serde_json::from_slice(&head_bytes).map_err(|e| format!("batch head: {e}"))?;
+async fn receive(hub: &Hub, gateway: &str, recv: &mut quinn::RecvStream) -> Result<BatchAnswer, BatchError> {
+    let head_bytes = read_frame(recv, MAX_MESSAGE).await?;
+    let head: BatchHead = serde_json::from_slice(&head_bytes).map_err(BatchError::Head)?;
     let media_total: u64 = head.pictures.iter().map(|p| p.len).sum();
     if media_total > MAX_BATCH_MEDIA {
-        return Err(format!("batch carries {media_total} bytes of pictures, over the {MAX_BATCH_MEDIA}-byte limit"));
+        return Err(BatchError::TooMuchMedia(media_total));
     }
     // Pictures first: an event is committed only once what it refers to is stored. Nothing is
     // written while the outbox is closed (full disk or backlog): the batch waits here.
@@ -246,20 +282,22 @@ async fn receive(hub: &Hub, gateway: &str, recv: &mut quinn::RecvStream) -> Resu
     let mut bad_pictures = std::collections::HashSet::new();
     let mut puts = Vec::new();
     for p in &head.pictures {
-        let len = usize::try_from(p.len).map_err(|_| "picture length".to_string())?;
-        let bytes = super::read_exactly(recv, len).await.map_err(|e| format!("picture {}: {e}", p.hash))?;
+        let len = usize::try_from(p.len).map_err(|_| BatchError::TooMuchMedia(p.len))?;
+        let bytes = super::read_exactly(recv, len)
+            .await
+            .map_err(|source| BatchError::Picture { hash: p.hash.clone(), source })?;
         if crate::protocol::digest::sha256_hex(&bytes) != p.hash {
             bad_pictures.insert(p.hash.clone());
             continue;
         }
-        if !crate::media::is_picture(&bytes) {
+        if !crate::images::is_picture(&bytes) {
             bad_pictures.insert(p.hash.clone());
             continue;
         }
         puts.push(hub.media.put(bytes));
     }
     for r in futures_util::future::join_all(puts).await {
-        r.map_err(|e| format!("cannot store a picture: {e}"))?;
+        r.map_err(BatchError::Store)?;
     }
     let mut results: Vec<Option<String>> = vec![None; head.events.len()];
     let mut rows = Vec::with_capacity(head.events.len());
@@ -292,6 +330,6 @@ async fn receive(hub: &Hub, gateway: &str, recv: &mut quinn::RecvStream) -> Resu
             &head_bytes[..head_bytes.len().min(4096)],
         );
     }
-    hub.shared.events.submit_many(rows).await.map_err(|e| e.to_string())?;
+    hub.shared.events.submit_many(rows).await.map_err(BatchError::Commit)?;
     Ok(BatchAnswer { results, error: None })
 }

@@ -12,8 +12,8 @@ use tracing::info;
 
 use super::{read_message, write_message, BatchAnswer, BatchHead, Hello, HelloAnswer, Item, Picture, MAX_BATCH_MEDIA};
 use crate::backoff::backoff;
-use crate::media::MediaStore;
-use crate::outbox::runner::{Delivery, Sink};
+use crate::images::ImageStore;
+use crate::outbox::runner::{Delivery, FailureKind, Sink, SinkError};
 use crate::outbox::store::Claimed;
 
 /// How long a batch may take from open to the hub's answer (its commit included).
@@ -34,7 +34,7 @@ pub struct Link {
     server_name: String,
     gateway_id: String,
     gateway_name: String,
-    media: MediaStore,
+    media: ImageStore,
     conn: Option<quinn::Connection>,
     failures: u32,
     retry_at: Instant,
@@ -59,7 +59,7 @@ impl Link {
         identity: super::tls::Identity,
         gateway_id: &str,
         gateway_name: &str,
-        media: MediaStore,
+        media: ImageStore,
     ) -> Result<Link, Error> {
         let parsed = url::Url::parse(url).map_err(|_| Error::Url(url.into()))?;
         if parsed.scheme() != "quic" {
@@ -86,35 +86,44 @@ impl Link {
         })
     }
 
-    async fn connect(&mut self) -> Result<quinn::Connection, String> {
+    async fn connect(&mut self) -> Result<quinn::Connection, SinkError> {
+        let unreachable = |m: String| SinkError::new(FailureKind::Unreachable, m);
         let addr = tokio::net::lookup_host(&self.target)
             .await
-            .map_err(|e| format!("cannot resolve {}: {e}", self.target))?
+            .map_err(|e| unreachable(format!("cannot resolve {}: {e}", self.target)))?
             .next()
-            .ok_or_else(|| format!("{} resolves to no address", self.target))?;
-        let connecting = self.endpoint.connect(addr, &self.server_name).map_err(|e| e.to_string())?;
+            .ok_or_else(|| unreachable(format!("{} resolves to no address", self.target)))?;
+        let connecting = self.endpoint.connect(addr, &self.server_name).map_err(|e| unreachable(e.to_string()))?;
         let conn = tokio::time::timeout(CONNECT_TIMEOUT, connecting)
             .await
-            .map_err(|_| format!("no answer from the hub at {addr} within {CONNECT_TIMEOUT:?}"))?
-            .map_err(|e| format!("cannot connect to the hub at {addr}: {e}"))?;
-        let (mut send, mut recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
+            .map_err(|_| {
+                SinkError::new(
+                    FailureKind::Timeout,
+                    format!("no answer from the hub at {addr} within {CONNECT_TIMEOUT:?}"),
+                )
+            })?
+            .map_err(|e| unreachable(format!("cannot connect to the hub at {addr}: {e}")))?;
+        let (mut send, mut recv) = conn.open_bi().await.map_err(|e| unreachable(e.to_string()))?;
         let hello = Hello { v: super::VERSION, gateway_id: self.gateway_id.clone(), name: self.gateway_name.clone() };
-        write_message(&mut send, &hello).await.map_err(|e| e.to_string())?;
+        write_message(&mut send, &hello).await.map_err(|e| unreachable(e.to_string()))?;
         let _ = send.finish();
         let answer: HelloAnswer = tokio::time::timeout(CONNECT_TIMEOUT, read_message(&mut recv, 64 << 10))
             .await
-            .map_err(|_| "the hub did not answer the hello".to_string())?
-            .map_err(|e| format!("hello: {e}"))?;
+            .map_err(|_| SinkError::new(FailureKind::Timeout, "the hub did not answer the hello"))?
+            .map_err(|e| unreachable(format!("hello: {e}")))?;
         if !answer.accepted {
             conn.close(quinn::VarInt::from_u32(0), b"refused");
-            return Err(format!("the hub refused the link: {}", answer.reason.unwrap_or_default()));
+            return Err(SinkError::new(
+                FailureKind::Unauthorized,
+                format!("the hub refused the link: {}", answer.reason.unwrap_or_default()),
+            ));
         }
         info!(hub = %answer.hub_id, %addr, "Linked to the hub.");
         Ok(conn)
     }
 
     /// The live connection, made when there is none (no sooner than the backoff allows).
-    async fn connection(&mut self) -> Result<quinn::Connection, String> {
+    async fn connection(&mut self) -> Result<quinn::Connection, SinkError> {
         if let Some(c) = &self.conn {
             if c.close_reason().is_none() {
                 return Ok(c.clone());
@@ -122,7 +131,7 @@ impl Link {
             self.conn = None;
         }
         if Instant::now() < self.retry_at {
-            return Err("waiting to reconnect to the hub".into());
+            return Err(SinkError::new(FailureKind::Unreachable, "waiting to reconnect to the hub"));
         }
         match self.connect().await {
             Ok(c) => {
@@ -143,21 +152,26 @@ impl Link {
         conn: &quinn::Connection,
         items: Vec<Item>,
         pictures: Vec<(Picture, Vec<u8>)>,
-    ) -> Result<BatchAnswer, String> {
-        let (mut send, mut recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
+    ) -> Result<BatchAnswer, SinkError> {
+        let lost = |e: String| SinkError::new(FailureKind::Unreachable, e);
+        let (mut send, mut recv) = conn.open_bi().await.map_err(|e| lost(e.to_string()))?;
         let n = items.len();
         let head = BatchHead { events: items, pictures: pictures.iter().map(|(p, _)| p.clone()).collect() };
-        write_message(&mut send, &head).await.map_err(|e| e.to_string())?;
+        write_message(&mut send, &head).await.map_err(|e| lost(e.to_string()))?;
         for (_, bytes) in &pictures {
-            send.write_all(bytes).await.map_err(|e| e.to_string())?;
+            send.write_all(bytes).await.map_err(|e| lost(e.to_string()))?;
         }
-        send.finish().map_err(|e| e.to_string())?;
-        let answer: BatchAnswer = read_message(&mut recv, 16 << 20).await.map_err(|e| format!("hub's answer: {e}"))?;
+        send.finish().map_err(|e| lost(e.to_string()))?;
+        let answer: BatchAnswer =
+            read_message(&mut recv, 16 << 20).await.map_err(|e| lost(format!("hub's answer: {e}")))?;
         if let Some(e) = answer.error {
-            return Err(format!("the hub did not take the batch: {e}"));
+            return Err(SinkError::new(FailureKind::Refused, format!("the hub did not take the batch: {e}")));
         }
         if answer.results.len() != n {
-            return Err(format!("the hub answered {} results for {n} records", answer.results.len()));
+            return Err(SinkError::new(
+                FailureKind::Refused,
+                format!("the hub answered {} results for {n} records", answer.results.len()),
+            ));
         }
         Ok(answer)
     }
@@ -168,7 +182,7 @@ impl Sink for Link {
         BATCH
     }
 
-    async fn tick(&mut self) -> Result<bool, String> {
+    async fn tick(&mut self) -> Result<bool, SinkError> {
         let fresh = self.conn.as_ref().is_none_or(|c| c.close_reason().is_some());
         if !fresh {
             return Ok(false);
@@ -179,7 +193,7 @@ impl Sink for Link {
         self.connection().await.map(|_| true)
     }
 
-    async fn deliver(&mut self, batch: &[Claimed]) -> Result<Vec<Delivery>, String> {
+    async fn deliver(&mut self, batch: &[Claimed]) -> Result<Vec<Delivery>, SinkError> {
         let conn = self.connection().await?;
         let mut out = Vec::with_capacity(batch.len());
         // Split where the pictures or the records would pass the per-stream limits.
@@ -202,11 +216,17 @@ impl Sink for Link {
                         Ok(Some(b)) => mine.push((Picture { hash: m.hash.clone(), len: b.len() as u64 }, b)),
                         // A picture that is gone (pruned) does not hold the record back.
                         Ok(None) => {}
-                        Err(e) => return Err(format!("cannot read picture {}: {e}", m.hash)),
+                        Err(e) => {
+                            return Err(SinkError::new(
+                                FailureKind::Local,
+                                format!("cannot read picture {}: {e}", m.hash),
+                            ))
+                        }
                     }
                 }
                 let size: u64 = mine.iter().map(|(p, _)| p.len).sum();
-                let event = serde_json::value::to_raw_value(&c.event).map_err(|e| e.to_string())?;
+                let event = serde_json::value::to_raw_value(&c.event)
+                    .map_err(|e| SinkError::new(FailureKind::Local, e.to_string()))?;
                 if end > start
                     && (bytes + size > MAX_BATCH_MEDIA || record_bytes + event.get().len() > MAX_BATCH_RECORDS_BYTES)
                 {
@@ -232,7 +252,10 @@ impl Sink for Link {
                 Err(_) => {
                     self.conn = None;
                     conn.close(quinn::VarInt::from_u32(0), b"batch timed out");
-                    return Err(format!("the hub did not answer a batch within {BATCH_TIMEOUT:?}"));
+                    return Err(SinkError::new(
+                        FailureKind::Timeout,
+                        format!("the hub did not answer a batch within {BATCH_TIMEOUT:?}"),
+                    ));
                 }
             };
             out.extend(answer.results.into_iter().map(|r| match r {

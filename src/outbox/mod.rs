@@ -3,6 +3,7 @@
 //! commits in the same transaction as the events (`store`). The runner that claims and
 //! delivers them is `runner`. Owns the `deliveries` table and `events.object_id`.
 
+pub mod failure;
 pub mod gate;
 pub mod runner;
 pub mod store;

@@ -13,6 +13,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+pub use super::failure::{FailureKind, SinkError};
 use super::store::{self, Claimed};
 use crate::backoff::backoff;
 use crate::clock::{now_ms, Millis};
@@ -34,10 +35,10 @@ pub trait Sink: Send + 'static {
         BATCH
     }
     /// Delivers a batch; answers per record, in order, or fails as a whole.
-    fn deliver(&mut self, batch: &[Claimed]) -> impl Future<Output = Result<Vec<Delivery>, String>> + Send;
+    fn deliver(&mut self, batch: &[Claimed]) -> impl Future<Output = Result<Vec<Delivery>, SinkError>> + Send;
     /// Called between batches (registration, keepalives). `Ok(true)` when it spoke with the
     /// upstream successfully.
-    fn tick(&mut self) -> impl Future<Output = Result<bool, String>> + Send;
+    fn tick(&mut self) -> impl Future<Output = Result<bool, SinkError>> + Send;
 }
 
 /// How a target is doing, for `GET /api/v1/relay/targets` and the dashboard.
@@ -179,7 +180,7 @@ pub async fn run<S: Sink>(ctx: Context, mut sink: S, status: Arc<Mutex<TargetSta
             Ok(false) => {}
             Err(e) => set(&|s| {
                 s.connected = false;
-                s.last_error = Some(e.clone());
+                s.last_error = Some(e.to_string());
                 s.last_error_at = Some(now_ms());
             }),
         }
@@ -250,9 +251,9 @@ pub async fn run<S: Sink>(ctx: Context, mut sink: S, status: Arc<Mutex<TargetSta
                     warn!(target = %name, error = %e, "Cannot release leases; those rows wait for them to run out.");
                 }
                 failures = failures.saturating_add(1);
-                let reason = failure_reason(&e);
-                metrics.relay_failures.with_label_values(&[&name, reason]).inc();
-                let alarm = reason == "subscription_lapsed";
+                let kind = e.kind();
+                metrics.relay_failures.with_label_values(&[&name, kind.label()]).inc();
+                let alarm = kind.is_alarm();
                 metrics.relay_alarm.with_label_values(&[&name]).set(i64::from(alarm));
                 let wait = backoff(failures, BACKOFF_MIN, BACKOFF_MAX);
                 if failures == 1 {
@@ -263,8 +264,8 @@ pub async fn run<S: Sink>(ctx: Context, mut sink: S, status: Arc<Mutex<TargetSta
                 }
                 set(&|s| {
                     s.connected = false;
-                    s.alarm = alarm.then(|| e.clone());
-                    s.last_error = Some(e.clone());
+                    s.alarm = alarm.then(|| e.to_string());
+                    s.last_error = Some(e.to_string());
                     s.last_error_at = Some(now_ms());
                 });
                 wait
@@ -283,23 +284,4 @@ pub async fn run<S: Sink>(ctx: Context, mut sink: S, status: Arc<Mutex<TargetSta
     // Whatever was claimed ahead and not sent is due again at once after a restart.
     let seqs: Vec<i64> = ahead.iter().map(|c| c.seq).collect();
     let _ = store::release(&db, &name, &seqs).await;
-}
-
-/// A low-cardinality label for a failed delivery, read from the sink's error text (the sinks
-/// report errors as text today; a typed error per sink would make this a match).
-fn failure_reason(e: &str) -> &'static str {
-    let e = e.to_ascii_lowercase();
-    if e.starts_with(crate::outbox::subscriptions::LAPSED) {
-        "subscription_lapsed"
-    } else if e.contains("timed out") || e.contains("timeout") {
-        "timeout"
-    } else if e.contains("401") || e.contains("unauthorized") || e.contains("403") {
-        "unauthorized"
-    } else if e.contains("connect") || e.contains("unreachable") || e.contains("connection") {
-        "unreachable"
-    } else if e.contains("answered") || e.contains("refus") || e.contains("busy") {
-        "refused"
-    } else {
-        "other"
-    }
 }

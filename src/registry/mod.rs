@@ -37,6 +37,19 @@ pub struct Org {
     pub gb_prefix: Option<String>,
 }
 
+impl Org {
+    /// An org of the config's `[[orgs]]` seed.
+    pub fn from_seed(o: &crate::config::OrgSeed) -> Org {
+        Org {
+            id: o.id.clone(),
+            name: o.name.clone(),
+            kind: o.kind,
+            parent_id: o.parent.clone(),
+            gb_prefix: o.gb_prefix.clone(),
+        }
+    }
+}
+
 /// A device as the registry holds it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Device {

@@ -1,5 +1,7 @@
 //! Sinks: one module per upstream protocol. A sink speaks to one upstream platform and maps
-//! events to it; the runner that claims delivery rows from the outbox and retries comes with
-//! the relay's outbox. Sinks read the outbox and the image store; they never reach a source.
+//! records to it; the runner that claims delivery rows and retries is the outbox's
+//! (`outbox::runner`), and a sink answers it with typed errors (`outbox::failure`). Sinks
+//! read the outbox, the image store and the shared codecs of `protocol/`; they never import
+//! a source (docs/architecture.md; the QUIC link's sink half is `link::sink`).
 
 pub mod gat1400;

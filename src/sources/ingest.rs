@@ -16,7 +16,7 @@ use super::Shared;
 use crate::clock::Millis;
 use crate::event::{Event, Evidence, MediaRef, Observation};
 use crate::events::Stored;
-use crate::media::MediaStore;
+use crate::images::ImageStore;
 use crate::profiles::{self, Mapped, Outcome, Selected};
 use crate::registry::{Admission, AdmissionOutcome, Device, Protocol, UnknownDevice};
 
@@ -86,7 +86,7 @@ pub struct Ingest(Arc<Parts>);
 /// What an `Ingest` holds.
 pub struct Parts {
     shared: Shared,
-    media: MediaStore,
+    media: ImageStore,
     protocol: Protocol,
     source: &'static str,
     seqs: Mutex<HashMap<String, SeqState>>,
@@ -122,7 +122,7 @@ fn fingerprint(m: &Mapped, mut attrs: Map<String, Value>) -> Map<String, Value> 
 const MAX_GAP: i64 = 1_000_000;
 
 impl Ingest {
-    pub fn new(shared: Shared, media: MediaStore, protocol: Protocol, source: &'static str) -> Ingest {
+    pub fn new(shared: Shared, media: ImageStore, protocol: Protocol, source: &'static str) -> Ingest {
         Ingest(Arc::new(Parts { shared, media, protocol, source, seqs: Mutex::default(), told: Mutex::default() }))
     }
 
@@ -495,7 +495,7 @@ impl Ingest {
         for img in images {
             match self.media.put(img.bytes).await {
                 Ok(s) => media.push(MediaRef { hash: s.hash, role: img.role, bytes: s.bytes, mime: s.mime.into() }),
-                Err(crate::media::Error::TooLarge { size, max }) => self.shared.rejections.record(
+                Err(crate::images::Error::TooLarge { size, max }) => self.shared.rejections.record(
                     at,
                     self.source,
                     "image_too_large",
@@ -503,7 +503,7 @@ impl Ingest {
                     format!("profile {profile} (record kept): {} image of {size} bytes over {max}", img.role),
                     &[],
                 ),
-                Err(e @ crate::media::Error::NotAnImage { .. }) => self.shared.rejections.record(
+                Err(e @ crate::images::Error::NotAnImage { .. }) => self.shared.rejections.record(
                     at,
                     self.source,
                     "not_an_image",

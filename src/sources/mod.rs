@@ -1,6 +1,8 @@
-//! Sources: one module per device protocol. A source turns wire traffic into
-//! `Observation`s for presence (and, with the events-in work, `Event`s for the outbox). It
-//! reaches the registry only through the `Registry` handle and never another source or sink.
+//! Sources: one module per device protocol. A source turns wire traffic into `Observation`s
+//! for presence and `Event`s for the outbox (through `ingest`, which the record-carrying
+//! sources and the QUIC hub share), and publishes what the API shows on boards outside the
+//! source (`sessions`, `media::StreamBoard`). It reaches the registry only through the
+//! `Registry` handle and never another source or a sink (docs/architecture.md).
 
 pub mod gat1400;
 pub mod gb28181;

@@ -69,6 +69,14 @@ pub fn local_time(at: Millis, tz: &chrono_tz::Tz) -> String {
         .unwrap_or_default()
 }
 
+/// Reads a GA/T 1400 local time (`yyyyMMddHHmmss` in `tz`); `None` when it is not one. A
+/// time that a clock change makes ambiguous is taken at its earlier instant.
+pub fn read_local_time(text: &str, tz: &chrono_tz::Tz) -> Option<Millis> {
+    use chrono::TimeZone as _;
+    let naive = chrono::NaiveDateTime::parse_from_str(text.trim(), "%Y%m%d%H%M%S").ok()?;
+    tz.from_local_datetime(&naive).earliest().map(|d| d.timestamp_millis())
+}
+
 /// The objects of a list (`v[list][object]`), sent as an array or, by some peers, as a lone
 /// object; `None` when the list is missing.
 pub fn list_items(v: &Value, list: &str, object: &str) -> Option<Vec<Value>> {

@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
+use crate::outbox::runner::{FailureKind, SinkError};
 use crate::protocol::digest::{expected, parse_authorization};
 use crate::protocol::gat1400::codec::{status_code, Status};
 
@@ -31,9 +32,12 @@ pub enum Error {
     /// Another HTTP status.
     #[error("the view library answered {status}: {body}")]
     Status { status: u16, body: String },
-    /// Could not reach it, or no answer in time.
+    /// Could not reach it.
     #[error("cannot reach the view library: {0}")]
     Transport(String),
+    /// No answer in time.
+    #[error("the view library did not answer in time: {0}")]
+    Timeout(String),
     /// An answer vigil cannot read.
     #[error("the view library's answer is not GA/T 1400: {0}")]
     BadAnswer(String),
@@ -47,11 +51,36 @@ impl Error {
     /// itself: a 4xx other than 401/408/429, or a non-retryable StatusCode).
     pub fn retryable(&self) -> bool {
         match self {
-            Error::Unauthorized(_) | Error::Transport(_) => true,
+            Error::Unauthorized(_) | Error::Transport(_) | Error::Timeout(_) => true,
             Error::Status { status, .. } => *status >= 500 || matches!(status, 408 | 429),
             Error::BadAnswer(_) => true,
             Error::Refused { code, .. } => Status::retryable(*code),
         }
+    }
+
+    /// What the runner makes of it when it fails a whole call.
+    pub fn kind(&self) -> FailureKind {
+        match self {
+            Error::Unauthorized(_) => FailureKind::Unauthorized,
+            Error::Status { status: 401 | 403, .. } => FailureKind::Unauthorized,
+            Error::Status { status: 408 | 504, .. } | Error::Timeout(_) => FailureKind::Timeout,
+            Error::Transport(_) => FailureKind::Unreachable,
+            Error::Status { .. } | Error::BadAnswer(_) | Error::Refused { .. } => FailureKind::Refused,
+        }
+    }
+
+    fn of_transport(e: reqwest::Error) -> Error {
+        if e.is_timeout() {
+            Error::Timeout(e.to_string())
+        } else {
+            Error::Transport(e.to_string())
+        }
+    }
+}
+
+impl From<Error> for SinkError {
+    fn from(e: Error) -> SinkError {
+        SinkError::new(e.kind(), e.to_string())
     }
 }
 
@@ -204,7 +233,7 @@ impl Client {
         if let Some(a) = auth {
             req = req.header("Authorization", a);
         }
-        let resp = req.send().await.map_err(|e| Error::Transport(e.to_string()))?;
+        let resp = req.send().await.map_err(Error::of_transport)?;
         let status = resp.status().as_u16();
         let headers = resp
             .headers()
@@ -214,7 +243,7 @@ impl Client {
         // An answer is a status list: read at most MAX_ANSWER of it, whatever the peer sends.
         let mut resp = resp;
         let mut body = Vec::new();
-        while let Some(chunk) = resp.chunk().await.map_err(|e| Error::Transport(e.to_string()))? {
+        while let Some(chunk) = resp.chunk().await.map_err(Error::of_transport)? {
             if body.len() + chunk.len() > MAX_ANSWER {
                 return Err(Error::BadAnswer(format!("answer over {MAX_ANSWER} bytes")));
             }

@@ -16,8 +16,8 @@ use tracing::info;
 
 use crate::backoff::backoff;
 use crate::event::EventKind;
-use crate::media::MediaStore;
-use crate::outbox::runner::{Delivery, Sink};
+use crate::images::ImageStore;
+use crate::outbox::runner::{Delivery, FailureKind, Sink, SinkError};
 use crate::outbox::store::{Claimed, Refusal};
 use client::{Client, Collection, Error, Outcome};
 
@@ -45,7 +45,7 @@ pub struct Gat1400 {
     /// Our id as the platform knows us (20 digits): objects of devices without a 20-digit id
     /// are sent as from it.
     user_id: String,
-    media: MediaStore,
+    media: ImageStore,
     tz: chrono_tz::Tz,
     /// The extension path prefix under the base URL (`/Community`), when configured.
     extension: Option<String>,
@@ -63,7 +63,7 @@ impl Gat1400 {
         url: &str,
         user_id: &str,
         password: &str,
-        media: MediaStore,
+        media: ImageStore,
         tz: chrono_tz::Tz,
         extension: &str,
     ) -> Result<Gat1400, Error> {
@@ -87,14 +87,16 @@ impl Gat1400 {
         self
     }
 
-    async fn pictures(&self, c: &Claimed) -> Result<Vec<(String, Vec<u8>)>, String> {
+    async fn pictures(&self, c: &Claimed) -> Result<Vec<(String, Vec<u8>)>, SinkError> {
         let mut pictures = Vec::with_capacity(c.event.media.len());
         for m in &c.event.media {
             match self.media.get(&m.hash).await {
                 Ok(Some(bytes)) => pictures.push((m.role.clone(), bytes)),
                 // A picture that is gone (pruned) does not hold the record back.
                 Ok(None) => {}
-                Err(e) => return Err(format!("cannot read picture {}: {e}", m.hash)),
+                Err(e) => {
+                    return Err(SinkError::new(FailureKind::Local, format!("cannot read picture {}: {e}", m.hash)))
+                }
             }
         }
         Ok(pictures)
@@ -112,25 +114,38 @@ impl Gat1400 {
     /// category, as `SubscribeNotificationObject`s (one per subscription and chunk) posted to
     /// the subscription's `ReceiveAddr`; a record is delivered when every notification that
     /// carried it was answered 0.
-    async fn notify(&mut self, db: &crate::db::Db, target: &str, batch: &[Claimed]) -> Result<Vec<Delivery>, String> {
+    async fn notify(
+        &mut self,
+        db: &crate::db::Db,
+        target: &str,
+        batch: &[Claimed],
+    ) -> Result<Vec<Delivery>, SinkError> {
         use crate::outbox::subscriptions::{self, CATEGORY_STATUS};
         use serde_json::json;
         self.ensure_registered().await?;
         let now = crate::clock::now_ms();
-        let subs = subscriptions::live(db, target).await.map_err(|e| format!("cannot read subscriptions: {e}"))?;
+        let subs = subscriptions::live(db, target)
+            .await
+            .map_err(|e| SinkError::new(FailureKind::Local, format!("cannot read subscriptions: {e}")))?;
         let in_force =
             |s: &subscriptions::Subscription| s.begin_at.is_none_or(|t| t <= now) && s.end_at.is_none_or(|t| now < t);
         if !subs.iter().any(in_force) {
             // A subscription that ended while records wait is an alarm (the city stops
             // receiving), not the quiet wait before the upper first subscribes.
             return Err(match subscriptions::lapsed(db, target, now).await {
-                Ok(Some(l)) => format!(
-                    "{}: the upper view library's subscription {} was {}; no subscription is in force and records wait",
-                    subscriptions::LAPSED,
-                    l.id,
-                    l.why
+                Ok(Some(l)) => SinkError::new(
+                    FailureKind::SubscriptionLapsed,
+                    format!(
+                        "{}: the upper view library's subscription {} was {}; no subscription is in force and records wait",
+                        subscriptions::LAPSED,
+                        l.id,
+                        l.why
+                    ),
                 ),
-                _ => "no subscription of the upper view library is in force; records wait".into(),
+                _ => SinkError::new(
+                    FailureKind::NotSubscribed,
+                    "no subscription of the upper view library is in force; records wait",
+                ),
             });
         }
         let mut out: Vec<Option<Delivery>> = vec![None; batch.len()];
@@ -240,7 +255,8 @@ impl Gat1400 {
                             None => Delivery::Retry("no answer for the notification".into()),
                         },
                         Err(e) if e.retryable() => {
-                            return Err(format!("subscription {} at {}: {}", sub.id, sub.receive_addr, self.failed(&e)))
+                            let what = format!("subscription {} at {}", sub.id, sub.receive_addr);
+                            return Err(self.failed(e).during(&what));
                         }
                         Err(e) => Delivery::Rejected(format!("subscription {}: {e}", sub.id).into()),
                     };
@@ -260,9 +276,9 @@ impl Gat1400 {
             .collect())
     }
 
-    async fn ensure_registered(&mut self) -> Result<(), String> {
+    async fn ensure_registered(&mut self) -> Result<(), SinkError> {
         if !self.registered {
-            self.client.register().await.map_err(|e| e.to_string())?;
+            self.client.register().await?;
             info!(user_id = %self.user_id, "Registered with the upper view library.");
             self.registered = true;
             self.last_contact = Instant::now();
@@ -270,16 +286,16 @@ impl Gat1400 {
         Ok(())
     }
 
-    fn failed(&mut self, e: &Error) -> String {
+    fn failed(&mut self, e: Error) -> SinkError {
         if matches!(e, Error::Unauthorized(_)) {
             self.registered = false;
         }
-        e.to_string()
+        e.into()
     }
 }
 
 impl Sink for Gat1400 {
-    async fn tick(&mut self) -> Result<bool, String> {
+    async fn tick(&mut self) -> Result<bool, SinkError> {
         if !self.registered {
             // Register before there is anything to send, so the API shows the upstream's
             // state from the start; after a failure, no sooner than the backoff allows.
@@ -295,7 +311,7 @@ impl Sink for Gat1400 {
                     self.register_failures = self.register_failures.saturating_add(1);
                     self.retry_register_at =
                         Instant::now() + backoff(self.register_failures, REGISTER_MIN, REGISTER_MAX);
-                    Err(format!("registration: {e}"))
+                    Err(e.during("registration"))
                 }
             };
         }
@@ -308,14 +324,14 @@ impl Sink for Gat1400 {
                 Err(e) => {
                     // Any failed keepalive: register again before the next push.
                     self.registered = false;
-                    Err(format!("keepalive: {e}"))
+                    Err(SinkError::from(e).during("keepalive"))
                 }
             };
         }
         Ok(false)
     }
 
-    async fn deliver(&mut self, batch: &[Claimed]) -> Result<Vec<Delivery>, String> {
+    async fn deliver(&mut self, batch: &[Claimed]) -> Result<Vec<Delivery>, SinkError> {
         if let Some((db, target)) = self.subscription.clone() {
             return self.notify(&db, &target, batch).await;
         }
@@ -384,7 +400,7 @@ impl Sink for Gat1400 {
                         self.last_contact = Instant::now();
                         continue;
                     }
-                    Err(e) => return Err(self.failed(&e)),
+                    Err(e) => return Err(self.failed(e)),
                 };
                 self.last_contact = Instant::now();
                 for (i, a) in idx.into_iter().zip(answered) {

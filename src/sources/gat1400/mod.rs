@@ -25,15 +25,12 @@ use crate::profiles::ProfileSet;
 pub enum Error {
     #[error("cannot listen for GA/T 1400 on {addr}: {source}")]
     Bind { addr: SocketAddr, source: std::io::Error },
-    #[error("gat1400.max_body: {0}")]
-    Config(String),
 }
 
 impl Error {
     pub fn kind(&self) -> crate::error::ErrorKind {
         match self {
             Error::Bind { .. } => crate::error::ErrorKind::Unavailable,
-            Error::Config(_) => crate::error::ErrorKind::InvalidInput,
         }
     }
 }
@@ -80,7 +77,7 @@ pub async fn spawn(
     cancel: CancellationToken,
     tracker: &TaskTracker,
 ) -> Result<SocketAddr, Error> {
-    let max_body = crate::config::parse_bytes(&cfg.max_body).map_err(Error::Config)? as usize;
+    let max_body = usize::try_from(cfg.max_body.as_u64()).unwrap_or(usize::MAX);
     let listener =
         tokio::net::TcpListener::bind(cfg.listen).await.map_err(|source| Error::Bind { addr: cfg.listen, source })?;
     let addr = listener.local_addr().map_err(|source| Error::Bind { addr: cfg.listen, source })?;

@@ -360,7 +360,8 @@ fn upper_of<'a>(
 /// `POST /VIID/Subscribes`: an upper view library subscribes (or cancels, `OperateType` 1);
 /// answered per `SubscribeID`.
 async fn subscribes(State(ctx): State<Arc<Ctx>>, ConnectInfo(peer): ConnectInfo<SocketAddr>, req: Request) -> Response {
-    use crate::outbox::subscriptions::{self, Request};
+    use crate::outbox::subscriptions;
+    use crate::protocol::gat1400::subscriptions::{parse, Request};
     const URL: &str = "/VIID/Subscribes";
     let (parts, body) = req.into_parts();
     let upper = match upper_of(&ctx, peer, &parts.headers, "POST") {
@@ -394,7 +395,7 @@ async fn subscribes(State(ctx): State<Arc<Ctx>>, ConnectInfo(peer): ConnectInfo<
     let mut answers = Vec::with_capacity(items.len());
     for o in &items {
         let id = o.get("SubscribeID").and_then(Value::as_str).unwrap_or("").to_owned();
-        let (status, detail) = match subscriptions::parse(o, &target, &upper.host, &ctx.tz) {
+        let (status, detail) = match parse(o, &target, &upper.host, &ctx.tz) {
             Ok(Request::Subscribe(s)) => match subscriptions::save(&db, &s, now).await {
                 Ok(()) => {
                     info!(upstream = %target, subscription = %s.id, categories = ?s.categories, receive = %s.receive_addr, "Upper view library subscribed.");

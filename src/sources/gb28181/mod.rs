@@ -10,9 +10,8 @@
 
 pub mod catalog;
 mod server;
-pub mod session;
 
-pub use session::{SessionBoard, SessionInfo};
+pub use crate::sessions::{SessionBoard, SessionInfo};
 
 use std::net::SocketAddr;
 use std::sync::Arc;

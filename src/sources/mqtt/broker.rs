@@ -47,7 +47,7 @@ pub async fn start(
     let addr = std::net::TcpListener::bind(("127.0.0.1", 0))
         .and_then(|l| l.local_addr())
         .map_err(|e| fail(format!("no private port for the broker: {e}")))?;
-    let max = crate::config::parse_bytes(&cfg.max_packet).map_err(fail)? as usize;
+    let max = usize::try_from(cfg.max_packet.as_u64()).unwrap_or(usize::MAX);
     let (own, gate_secret) = (secret(), secret());
     let auth = Some(HashMap::from([("vigil".to_owned(), own.clone()), ("gate".to_owned(), gate_secret.clone())]));
     let max_connections = cap.total() + 16;

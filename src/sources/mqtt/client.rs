@@ -38,7 +38,7 @@ pub fn connect(cfg: &crate::config::Mqtt, broker_url: &str) -> Result<(AsyncClie
     // while vigil is away, and sends again what was not acknowledged.
     o.set_clean_session(false);
     o.set_manual_acks(true);
-    let max = crate::config::parse_bytes(&cfg.max_packet).map_err(bad)? as usize;
+    let max = usize::try_from(cfg.max_packet.as_u64()).unwrap_or(usize::MAX);
     o.set_max_packet_size(max, 64 * 1024);
     o.set_inflight(100);
     let user = if cfg.username.is_empty() { u.username().to_owned() } else { cfg.username.clone() };

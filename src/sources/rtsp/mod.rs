@@ -1,35 +1,29 @@
-//! RTSP cameras: one supervised retina pull per camera (`pull`), its health (`health`),
-//! snapshots decoded in-process from the cached keyframe (`snapshot`) and video quality
-//! diagnosis (`diagnosis`, `quality`).
+//! RTSP cameras: one supervised retina pull per camera (`pull`) feeding the media pipeline
+//! (`crate::media`: health, keyframe cache, snapshots, diagnosis), and the diagnosis loop per
+//! camera (`quality`).
 //!
 //! The supervisor here keeps the pulls in step with the registry: every approved, enabled
 //! device with `protocol = rtsp` and an `rtsp_url` has a pull; adding, changing or removing
 //! one (config, API, CSV import) starts, restarts or stops it within a second, without a
 //! restart of vigil. Start-up is staggered and connect attempts are capped globally, so
 //! 2,000 cameras coming back together are not a connect storm. The API reads the
-//! `StreamBoard` only; it never calls into a pull.
+//! `media::StreamBoard` only; it never calls into a pull.
 
-pub mod diagnosis;
-pub mod health;
 pub mod pull;
 pub mod quality;
-pub mod snapshot;
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
-
-use tokio::time::Instant;
 
 use retina::client::{Credentials, SessionGroup};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
-use crate::clock::now_ms;
+use crate::media::{snapshot, StreamBoard};
 use crate::rate::Impaired;
 use crate::registry::{Admission, DeviceKey, Protocol};
-use health::{Health, HealthView, StreamState};
 
 /// A camera as its pull needs it: the URL without credentials (safe to log) and the
 /// credentials apart, as retina wants them.
@@ -61,7 +55,7 @@ pub struct Settings {
 impl Settings {
     pub fn from_config(c: &crate::config::Rtsp) -> Self {
         Settings {
-            udp: c.transport == "udp",
+            udp: c.transport == crate::config::RtspTransport::Udp,
             stall_timeout: c.stall_timeout,
             connect_timeout: c.connect_timeout,
             backoff_min: c.backoff_min,
@@ -91,82 +85,6 @@ impl Context {
         let host = format!("{}:{}", url.host_str().unwrap_or(""), url.port().unwrap_or(554));
         let mut g = self.groups.lock().unwrap_or_else(|p| p.into_inner());
         g.entry(host.clone()).or_insert_with(|| Arc::new(SessionGroup::default().named(host))).clone()
-    }
-}
-
-/// The last JPEG made: from which keyframe, when, the bytes.
-type CachedJpeg = Option<(u64, Instant, Arc<Vec<u8>>)>;
-
-/// A stream as the API sees it.
-struct Stream {
-    health: Arc<Health>,
-    kind: &'static str,
-    jpeg: Mutex<CachedJpeg>,
-}
-
-/// The streams vigil pulls, by device id: read by the API and the metrics.
-#[derive(Clone)]
-pub struct StreamBoard {
-    streams: Arc<RwLock<HashMap<String, Arc<Stream>>>>,
-    ctx: Option<Arc<Context>>,
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum SnapshotError {
-    #[error("no RTSP stream is pulled for this device")]
-    NotPulled,
-    #[error("no keyframe yet (the stream is {0})")]
-    NoKeyframe(&'static str),
-    #[error("the keyframe could not be turned into a picture: {0}")]
-    Decode(#[from] snapshot::Error),
-}
-
-impl StreamBoard {
-    /// A board with no streams (RTSP disabled).
-    pub fn empty() -> Self {
-        StreamBoard { streams: Arc::default(), ctx: None }
-    }
-
-    fn get(&self, id: &str) -> Option<Arc<Stream>> {
-        self.streams.read().unwrap_or_else(|p| p.into_inner()).get(id).cloned()
-    }
-
-    pub fn health(&self, id: &str) -> Option<HealthView> {
-        self.get(id).map(|s| s.health.view(Instant::now(), now_ms()))
-    }
-
-    /// A JPEG of the stream's latest keyframe, no wider than `max_width`; a JPEG made less
-    /// than `rtsp.snapshot_max_age` ago (or from the same keyframe) is answered from cache.
-    pub async fn snapshot(&self, id: &str) -> Result<Arc<Vec<u8>>, SnapshotError> {
-        let stream = self.get(id).ok_or(SnapshotError::NotPulled)?;
-        let ctx = self.ctx.as_ref().ok_or(SnapshotError::NotPulled)?;
-        let (latest, _) = stream.health.keyframes();
-        let Some(key) = latest else {
-            return Err(SnapshotError::NoKeyframe(stream.health.state().unwrap_or(StreamState::Connecting).as_str()));
-        };
-        if let Some((seq, made, jpeg)) = stream.jpeg.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
-            if *seq == key.seq || made.elapsed() < ctx.settings.snapshot_max_age {
-                return Ok(jpeg.clone());
-            }
-        }
-        let seq = key.seq;
-        let jpeg = ctx
-            .pool
-            .run(move || snapshot::decode(key.codec, &key.data).and_then(|p| snapshot::jpeg(&p, 1920)))
-            .await??;
-        let jpeg = Arc::new(jpeg);
-        *stream.jpeg.lock().unwrap_or_else(|p| p.into_inner()) = Some((seq, Instant::now(), jpeg.clone()));
-        Ok(jpeg)
-    }
-
-    /// Streams by (state, kind), for the metrics.
-    pub fn count_states(&self) -> HashMap<(StreamState, &'static str), i64> {
-        let mut out = HashMap::new();
-        for s in self.streams.read().unwrap_or_else(|p| p.into_inner()).values() {
-            let state = s.health.state().unwrap_or(StreamState::Connecting);
-            *out.entry((state, s.kind)).or_default() += 1;
-        }
-        out
     }
 }
 
@@ -276,7 +194,7 @@ pub fn spawn(
         impaired,
         groups: Mutex::default(),
     });
-    let board = StreamBoard { streams: Arc::default(), ctx: Some(ctx.clone()) };
+    let board = StreamBoard::new(ctx.pool.clone(), ctx.settings.snapshot_max_age);
     let sup_board = board.clone();
     let sup_tracker = tracker.clone();
     tracker.spawn(async move { supervise(ctx, sup_board, shards, cancel, sup_tracker).await });
@@ -352,7 +270,7 @@ fn reconcile(
             r.cancel.cancel();
             stopped += 1;
             if !wanted.contains_key(id) {
-                board.streams.write().unwrap_or_else(|p| p.into_inner()).remove(id);
+                board.remove(id);
                 ctx.impaired.set(r.key, false);
             }
         }
@@ -374,13 +292,7 @@ fn reconcile(
                 continue;
             }
         };
-        let health = Arc::new(Health::default());
-        health.set_state(StreamState::Connecting, now_ms(), None);
-        board
-            .streams
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(id.clone(), Arc::new(Stream { health: health.clone(), kind: spec.kind, jpeg: Mutex::new(None) }));
+        let health = board.add(&id, spec.kind);
         let camera = Camera {
             id: Arc::from(id.as_str()),
             key,

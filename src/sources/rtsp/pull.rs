@@ -24,11 +24,11 @@ use retina::codec::{CodecItem, FrameFormat, ParametersRef};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use super::health::{Health, Keyframe, MediaInfo, StreamState};
-use super::snapshot::Codec;
 use super::{quality, Camera, Context};
 use crate::clock::now_ms;
 use crate::event::{Evidence, Observation, StreamFault};
+use crate::media::health::{Health, Keyframe, MediaInfo, StreamState};
+use crate::media::snapshot::Codec;
 
 /// The stall deadline never goes below this, however fast the camera.
 const STALL_FLOOR: Duration = Duration::from_secs(2);
@@ -176,7 +176,7 @@ pub async fn run(cam: Camera, ctx: Arc<Context>, health: Arc<Health>, stagger: D
         _ = cancel.cancelled() => return,
     }
     let group = ctx.session_group(&cam.url);
-    let judge = Arc::new(std::sync::Mutex::new(super::diagnosis::Judge::default()));
+    let judge = Arc::new(std::sync::Mutex::new(crate::media::diagnosis::Judge::default()));
     let mut failures = 0u32;
     let mut quick: VecDeque<Instant> = VecDeque::new();
     let mut attempts = 0u64;
@@ -290,7 +290,7 @@ async fn run_once(
     health: &Arc<Health>,
     group: &Arc<SessionGroup>,
     reconnect: bool,
-    judge: &Arc<std::sync::Mutex<super::diagnosis::Judge>>,
+    judge: &Arc<std::sync::Mutex<crate::media::diagnosis::Judge>>,
     cancel: &CancellationToken,
 ) -> Ended {
     let s = &ctx.settings;

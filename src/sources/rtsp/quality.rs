@@ -11,12 +11,12 @@ use std::sync::{Arc, Mutex};
 
 use tracing::{debug, info, warn};
 
-use super::diagnosis::{self, Judge, Verdict};
-use super::health::{Health, Keyframe, Quality};
-use super::snapshot;
 use super::{Camera, Context};
 use crate::clock::now_ms;
 use crate::event::{AlarmBody, Event, EventBody, TimeSource};
+use crate::media::diagnosis::{self, Judge, Verdict};
+use crate::media::health::{Health, Keyframe, Quality};
+use crate::media::snapshot;
 
 /// Width diagnosis scores at: enough for the statistics, cheap to compute.
 const DIAGNOSIS_WIDTH: u32 = 320;

@@ -58,7 +58,7 @@ impl Server {
         let registered_here =
             self.sessions.get(&id).is_some_and(|s| s.info.source.ip() == from.ip() && s.info.expires_at > now);
         // Remember the charset the device writes in, to answer in it.
-        if registered_here && self.cfg.charset == "auto" {
+        if registered_here && self.cfg.charset == crate::config::SipCharset::Auto {
             let cs = declared.unwrap_or(decoded_as);
             if let Some(s) = self.sessions.get_mut(&id).filter(|s| s.charset() != cs) {
                 s.info.charset = cs.xml_name().into();

@@ -19,7 +19,6 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use super::catalog::Assemblies;
-use super::session::{SessionBoard, SessionInfo};
 use crate::clock::{now_ms, Millis};
 use crate::config::Gb28181 as Gb28181Config;
 use crate::event::{Evidence, Observation};
@@ -32,6 +31,7 @@ use crate::protocol::sip::message::{self, param, uri_user, Message, StartLine};
 use crate::protocol::sip::transactions::{ClientTransactions, Purpose};
 use crate::registry::{Admission, AdmissionOutcome, AdmissionRefusal, Protocol, Registry, UnknownDevice};
 use crate::rejections::Rejections;
+use crate::sessions::{SessionBoard, SessionInfo};
 use crate::telemetry::Metrics;
 
 /// How long an answer is kept for retransmissions of its request (RFC 3261 Timer J, 64×T1).
@@ -282,7 +282,7 @@ impl Server {
     /// status and catalog again, over UDP (a TCP connection does not survive a restart).
     pub async fn restore_sessions(&mut self) {
         let now = now_ms();
-        let saved = match self.registry.load_state(super::session::STATE_KEY).await {
+        let saved = match self.registry.load_state(crate::sessions::STATE_KEY).await {
             Ok(Some(json)) => SessionBoard::restore(&json, now),
             Ok(None) => return,
             Err(e) => {
@@ -342,7 +342,7 @@ impl Server {
             }
         }
         if self.board_dirty {
-            if let Err(e) = self.registry.save_state(super::session::STATE_KEY, &self.board.to_json()).await {
+            if let Err(e) = self.registry.save_state(crate::sessions::STATE_KEY, &self.board.to_json()).await {
                 warn!(error = %e, "Cannot save the GB/T 28181 sessions at shutdown.");
             }
         }
@@ -405,12 +405,12 @@ impl Server {
         if self.board_dirty && !self.saving && now >= self.next_save_at {
             self.board_dirty = false;
             self.saving = true;
-            self.next_save_at = now + super::session::SAVE_EVERY_MS;
+            self.next_save_at = now + crate::sessions::SAVE_EVERY_MS;
             let json = self.board.to_json();
             let registry = self.registry.clone();
             let done = self.internal_tx.clone();
             tokio::spawn(async move {
-                let r = registry.save_state(super::session::STATE_KEY, &json).await.map_err(|e| e.to_string());
+                let r = registry.save_state(crate::sessions::STATE_KEY, &json).await.map_err(|e| e.to_string());
                 let _ = done.send(Internal::Save(r)).await;
             });
         }

@@ -117,10 +117,12 @@ impl Server {
         let listen = self.cfg.listen;
         let gw = self.gateway_id.clone();
         let tag = self.tag.clone();
-        let forced = match self.cfg.charset.as_str() {
-            "utf-8" => Some(manscdp::Charset::Utf8),
-            "gb2312" => Some(manscdp::Charset::Gb18030),
-            _ => None,
+        use crate::config::SipCharset;
+        let forced = match self.cfg.charset {
+            SipCharset::Utf8 => Some(manscdp::Charset::Utf8),
+            // GB 18030 decodes and encodes every GB 2312 and GBK text.
+            SipCharset::Gb2312 | SipCharset::Gbk | SipCharset::Gb18030 => Some(manscdp::Charset::Gb18030),
+            SipCharset::Auto => None,
         };
         let Some(s) = self.sessions.get_mut(device) else { return false };
         let charset = forced.unwrap_or(s.charset());

@@ -2,7 +2,8 @@
 //! from and over what, its contact, when it registered and until when, its last keepalive,
 //! the keepalive window in use (learned from the device where it reports one), its charset
 //! and SIP/GB version. The server task owns the sessions and publishes them on a
-//! `SessionBoard` that the API reads; the board is saved (at most every `SAVE_EVERY`, when
+//! `SessionBoard` that the API reads (this module sits beside, not inside, the source so the
+//! API never imports a source); the board is saved (at most every `SAVE_EVERY`, when
 //! it changed) so that after a restart a device is still known by its granted expiry and
 //! registered address until it registers again.
 

@@ -39,7 +39,7 @@ pub struct Stored {
 }
 
 #[derive(Debug, Clone)]
-pub struct MediaStore {
+pub struct ImageStore {
     dir: PathBuf,
     max: u64,
 }
@@ -69,9 +69,9 @@ pub fn valid_hash(hash: &str) -> bool {
     hash.len() == 64 && hash.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
 }
 
-impl MediaStore {
-    pub fn new(data_dir: &Path, max: u64) -> MediaStore {
-        MediaStore { dir: data_dir.join("images"), max }
+impl ImageStore {
+    pub fn new(data_dir: &Path, max: u64) -> ImageStore {
+        ImageStore { dir: data_dir.join("images"), max }
     }
 
     fn path(&self, hash: &str) -> PathBuf {
@@ -140,7 +140,7 @@ mod tests {
     #[tokio::test]
     async fn stored_once_by_content_and_bounded() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let store = MediaStore::new(dir.path(), 1024);
+        let store = ImageStore::new(dir.path(), 1024);
         let jpeg = vec![0xFF, 0xD8, 0xFF, 0xE0, 1, 2, 3];
         let a = store.put(jpeg.clone()).await.expect("put");
         let b = store.put(jpeg.clone()).await.expect("put again");

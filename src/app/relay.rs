@@ -1,0 +1,126 @@
+//! The relay's start: which upstream takes which record (routes, committed with the events as
+//! delivery rows), one sink per `[[upstreams]]` entry, and a runner per sink that delivers
+//! from the outbox.
+
+use std::sync::{Arc, Mutex};
+
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{info, warn};
+
+use super::Error;
+use crate::config::Config;
+use crate::db::Db;
+use crate::outbox::runner::{self, TargetStatus};
+
+/// A configured upstream's sink.
+pub enum Upstream {
+    Gat1400(Box<crate::sinks::gat1400::Gat1400>),
+    Link(Box<crate::link::sink::Link>),
+}
+
+impl Upstream {
+    fn protocol(&self) -> &'static str {
+        match self {
+            Upstream::Gat1400(_) => "gat1400",
+            Upstream::Link(_) => "quic",
+        }
+    }
+}
+
+/// This gateway's certificates for the QUIC link, from `[quic]`.
+pub fn link_identity(config: &Config) -> Result<crate::link::tls::Identity, Error> {
+    let q = &config.quic;
+    crate::link::tls::Identity::load(q.cert.as_ref(), q.key.as_ref(), q.ca.as_ref())
+        .map_err(|e| Error::Config(format!("quic: {e}")))
+}
+
+/// The relay's routes and sinks from `[[upstreams]]`. GA/T 1400 upstreams take the kinds it
+/// has standard objects for (the others through the extension path, where configured);
+/// check-config refuses protocols that are not built (GB/T 28181 cascade).
+pub fn relay_plan(
+    config: &Config,
+    media: &crate::images::ImageStore,
+    db: &Db,
+) -> Result<(crate::events::Relay, Vec<(String, Upstream)>), Error> {
+    use crate::event::EventKind;
+    let tz = config.timezone();
+    let mut relay = crate::events::Relay::none(&config.gateway.id, tz);
+    let mut routes = Vec::new();
+    let mut sinks = Vec::new();
+    for u in &config.upstreams {
+        let wanted: Vec<EventKind> = if u.events.is_empty() { EventKind::ALL.to_vec() } else { u.events.clone() };
+        if u.protocol == Some(crate::config::UpstreamProtocol::Quic) {
+            // A hub takes every kind: it relays them on by its own routes.
+            let link = crate::link::sink::Link::new(
+                &u.url,
+                &u.server_name,
+                link_identity(config)?,
+                &config.gateway.id,
+                &config.gateway.name,
+                media.clone(),
+            )
+            .map_err(|e| Error::Config(format!("upstreams {}: {e}", u.name)))?;
+            routes.push((u.name.clone(), wanted));
+            sinks.push((u.name.clone(), Upstream::Link(Box::new(link))));
+            continue;
+        }
+        if u.protocol != Some(crate::config::UpstreamProtocol::Gat1400) {
+            warn!(upstream = %u.name, protocol = ?u.protocol, "Relaying over this protocol is not built yet; the upstream is ignored.");
+            continue;
+        }
+        let subscription = u.mode == crate::config::RelayMode::Subscription;
+        let kinds: Vec<EventKind> = wanted
+            .iter()
+            .copied()
+            .filter(|k| {
+                if subscription {
+                    // What subscriptions have categories for: faces, vehicles, device status.
+                    crate::outbox::subscriptions::category(*k).is_some()
+                } else {
+                    crate::sinks::gat1400::KINDS.contains(k)
+                        || !u.extension.is_empty() && crate::sinks::gat1400::EXTENSION_KINDS.contains(k)
+                }
+            })
+            .collect();
+        let left: Vec<&str> = u.events.iter().filter(|k| !kinds.contains(k)).map(|k| k.as_str()).collect();
+        if !left.is_empty() {
+            warn!(upstream = %u.name, kinds = ?left, "GA/T 1400 has no standard object for these kinds; set `extension` on this upstream (the district's interface document names the path) to relay them.");
+        }
+        let mut sink =
+            crate::sinks::gat1400::Gat1400::new(&u.url, &u.user_id, &u.password, media.clone(), tz, &u.extension)
+                .map_err(|e| Error::Config(format!("upstreams {}: {e}", u.name)))?;
+        if subscription {
+            sink = sink.subscription_mode(db.clone(), &u.name);
+            info!(upstream = %u.name, "Subscription mode: records wait for the upper view library's subscriptions at /VIID/Subscribes.");
+        }
+        routes.push((u.name.clone(), kinds));
+        sinks.push((u.name.clone(), Upstream::Gat1400(Box::new(sink))));
+    }
+    relay.routes = Arc::new(crate::outbox::Routes(routes));
+    Ok((relay, sinks))
+}
+
+/// Starts a runner per upstream; answers their status, in config order, for the API.
+pub fn spawn_runners(
+    sinks: Vec<(String, Upstream)>,
+    ctx: impl Fn() -> runner::Context,
+    cancel: &CancellationToken,
+    tracker: &TaskTracker,
+) -> Vec<Arc<Mutex<TargetStatus>>> {
+    let mut targets = Vec::new();
+    for (name, sink) in sinks {
+        let status = Arc::new(Mutex::new(TargetStatus {
+            name: name.clone(),
+            protocol: sink.protocol().into(),
+            ..Default::default()
+        }));
+        targets.push(status.clone());
+        match sink {
+            Upstream::Gat1400(s) => tracker.spawn(runner::run(ctx(), *s, status, cancel.child_token())),
+            Upstream::Link(s) => tracker.spawn(runner::run(ctx(), *s, status, cancel.child_token())),
+        };
+        info!(upstream = %name, "Relaying to this upstream.");
+    }
+    targets
+}

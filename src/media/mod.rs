@@ -1,0 +1,125 @@
+//! The media pipeline, the second data path: what a pulled stream becomes once its access
+//! units arrive. `health` (frames, fps, GOP, bitrate, stalls, the keyframe cache), `snapshot`
+//! (keyframe → picture, on a bounded pool of blocking threads), `diagnosis` (video quality
+//! scores and verdicts). `StreamBoard` is where the pulls publish their streams and where the
+//! API and the metrics read them; the API never calls into a pull.
+//!
+//! The RTSP pull (`sources::rtsp`) feeds it today; the GB/T 28181 receiver will feed the same
+//! board. Video never goes through the outbox.
+
+pub mod diagnosis;
+pub mod health;
+pub mod snapshot;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::clock::now_ms;
+use health::{Health, HealthView, StreamState};
+
+/// The last JPEG made: from which keyframe, when, the bytes.
+type CachedJpeg = Option<(u64, Instant, Arc<Vec<u8>>)>;
+
+/// A stream as the API sees it.
+struct Stream {
+    health: Arc<Health>,
+    kind: &'static str,
+    jpeg: Mutex<CachedJpeg>,
+}
+
+/// What snapshots need: the decode pool and how long a JPEG is answered from cache.
+#[derive(Clone)]
+struct Snapshots {
+    pool: snapshot::Pool,
+    max_age: Duration,
+}
+
+/// The streams vigil pulls, by device id: written by the pulls, read by the API and the
+/// metrics.
+#[derive(Clone)]
+pub struct StreamBoard {
+    streams: Arc<RwLock<HashMap<String, Arc<Stream>>>>,
+    snapshots: Option<Snapshots>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotError {
+    #[error("no stream is pulled for this device")]
+    NotPulled,
+    #[error("no keyframe yet (the stream is {0})")]
+    NoKeyframe(&'static str),
+    #[error("the keyframe could not be turned into a picture: {0}")]
+    Decode(#[from] snapshot::Error),
+}
+
+impl StreamBoard {
+    /// A board with no streams (no pull configured).
+    pub fn empty() -> Self {
+        StreamBoard { streams: Arc::default(), snapshots: None }
+    }
+
+    /// A board whose snapshots are decoded on `pool`; a JPEG younger than `max_age` (or made
+    /// from the same keyframe) is answered from cache.
+    pub fn new(pool: snapshot::Pool, max_age: Duration) -> Self {
+        StreamBoard { streams: Arc::default(), snapshots: Some(Snapshots { pool, max_age }) }
+    }
+
+    /// Publishes a new stream (state `connecting`) and answers the health its pull feeds.
+    pub fn add(&self, id: &str, kind: &'static str) -> Arc<Health> {
+        let health = Arc::new(Health::default());
+        health.set_state(StreamState::Connecting, now_ms(), None);
+        let stream = Arc::new(Stream { health: health.clone(), kind, jpeg: Mutex::new(None) });
+        self.streams.write().unwrap_or_else(|p| p.into_inner()).insert(id.to_owned(), stream);
+        health
+    }
+
+    /// Takes a stream off the board (its pull stopped).
+    pub fn remove(&self, id: &str) {
+        self.streams.write().unwrap_or_else(|p| p.into_inner()).remove(id);
+    }
+
+    fn get(&self, id: &str) -> Option<Arc<Stream>> {
+        self.streams.read().unwrap_or_else(|p| p.into_inner()).get(id).cloned()
+    }
+
+    pub fn health(&self, id: &str) -> Option<HealthView> {
+        self.get(id).map(|s| s.health.view(Instant::now(), now_ms()))
+    }
+
+    /// A JPEG of the stream's latest keyframe, no wider than 1920 pixels; a JPEG made less
+    /// than the board's `max_age` ago (or from the same keyframe) is answered from cache.
+    pub async fn snapshot(&self, id: &str) -> Result<Arc<Vec<u8>>, SnapshotError> {
+        let stream = self.get(id).ok_or(SnapshotError::NotPulled)?;
+        let snapshots = self.snapshots.as_ref().ok_or(SnapshotError::NotPulled)?;
+        let (latest, _) = stream.health.keyframes();
+        let Some(key) = latest else {
+            return Err(SnapshotError::NoKeyframe(stream.health.state().unwrap_or(StreamState::Connecting).as_str()));
+        };
+        if let Some((seq, made, jpeg)) = stream.jpeg.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
+            if *seq == key.seq || made.elapsed() < snapshots.max_age {
+                return Ok(jpeg.clone());
+            }
+        }
+        let seq = key.seq;
+        let jpeg = snapshots
+            .pool
+            .run(move || snapshot::decode(key.codec, &key.data).and_then(|p| snapshot::jpeg(&p, 1920)))
+            .await??;
+        let jpeg = Arc::new(jpeg);
+        *stream.jpeg.lock().unwrap_or_else(|p| p.into_inner()) = Some((seq, Instant::now(), jpeg.clone()));
+        Ok(jpeg)
+    }
+
+    /// Streams by (state, kind), for the metrics.
+    pub fn count_states(&self) -> HashMap<(StreamState, &'static str), i64> {
+        let mut out = HashMap::new();
+        for s in self.streams.read().unwrap_or_else(|p| p.into_inner()).values() {
+            let state = s.health.state().unwrap_or(StreamState::Connecting);
+            *out.entry((state, s.kind)).or_default() += 1;
+        }
+        out
+    }
+}
