@@ -8,6 +8,7 @@ mod dashboard;
 mod gat1400;
 mod gb28181;
 mod gb_fixtures;
+mod layering;
 mod link;
 mod mqtt;
 mod outage;
