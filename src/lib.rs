@@ -1,5 +1,5 @@
 //! vigil: an edge gateway for a district's public-security video network and its smart
-//! safe communities. This file lists the modules and exposes `run`; `app.rs` wires them.
+//! safe communities. This file lists the modules and exposes `run`; `app/` wires them.
 
 pub mod api;
 pub mod app;

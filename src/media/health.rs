@@ -1,7 +1,8 @@
-//! Stream health of one RTSP pull: the state with its reason and `since`, and the figures
-//! an operator reads at 3 a.m. (codec, resolution, declared and received fps, bitrate, GOP,
-//! last-frame and last-keyframe age, RTP loss, timestamp jumps, reconnects, time to first
-//! frame), plus the latest keyframes for snapshots and diagnosis.
+//! Stream health of one pulled stream (RTSP today; GB/T 28181 channels next): the state with
+//! its reason and `since`, and the figures an operator reads at 3 a.m. (codec, resolution,
+//! declared and received fps, bitrate, GOP, last-frame and last-keyframe age, RTP loss,
+//! timestamp jumps, reconnects, time to first frame), plus the latest keyframes for snapshots
+//! and diagnosis.
 //!
 //! Written by the stream's own pull task (one writer), read by the API and the diagnosis
 //! job. The per-frame path takes one uncontended lock and does arithmetic only: no

@@ -9,6 +9,7 @@
 //! for the API.
 
 pub mod catalog;
+pub mod register;
 mod server;
 
 pub use crate::sessions::{SessionBoard, SessionInfo};

@@ -10,7 +10,7 @@ mod inbound;
 mod outbound;
 
 use std::collections::{HashMap, VecDeque};
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use tokio::net::UdpSocket;
@@ -19,30 +19,24 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use super::catalog::Assemblies;
+use super::register::{self, Decision, Registrar};
 use crate::clock::{now_ms, Millis};
 use crate::config::Gb28181 as Gb28181Config;
 use crate::event::{Evidence, Observation};
 use crate::events::EventLog;
-use crate::ids::GbCode;
 use crate::presence::runner::PresenceHandle;
-use crate::protocol::digest::{parse_authorization, Nonces, Verdict};
 use crate::protocol::manscdp::Charset;
 use crate::protocol::sip::message::{self, param, uri_user, Message, StartLine};
 use crate::protocol::sip::transactions::{ClientTransactions, Purpose};
-use crate::registry::{Admission, AdmissionOutcome, AdmissionRefusal, Protocol, Registry, UnknownDevice};
+use crate::registry::{AdmissionOutcome, AdmissionRefusal, DeviceKind, Protocol, Registry, UnknownDevice};
 use crate::rejections::Rejections;
 use crate::sessions::{SessionBoard, SessionInfo};
 use crate::telemetry::Metrics;
 
 /// How long an answer is kept for retransmissions of its request (RFC 3261 Timer J, 64×T1).
 const TRANSACTION_TTL_MS: Millis = 32_000;
-/// Digest failures from one address within the window before it is refused unheard.
-const MAX_FAILURES: u32 = 5;
-const FAILURE_WINDOW_MS: Millis = 60_000;
 /// A log line that a flood repeats is written at most once per this, with a count.
 const HUSH_MS: Millis = 10_000;
-/// The shortest registration granted.
-const MIN_EXPIRES_S: u64 = 60;
 /// Entries past which the maps are swept of stale ones.
 const SWEEP_AT: usize = 50_000;
 
@@ -152,13 +146,13 @@ pub struct Server {
     metrics: Metrics,
     events: EventLog,
     udp: Arc<UdpSocket>,
-    nonces: Nonces,
+    /// The REGISTER decisions: nonces and the per-address failure limit.
+    registrar: Registrar,
     sessions: HashMap<String, Session>,
     board: SessionBoard,
     board_dirty: bool,
     saving: bool,
     next_save_at: Millis,
-    failures: crate::net::FailureLimit,
     /// Log lines a flood would repeat (malformed datagrams, bad ids, wrong passwords): one per
     /// interval with the count held back.
     hush_malformed: crate::net::Hush,
@@ -239,6 +233,12 @@ impl Server {
         let tag = uuid::Uuid::now_v7().simple().to_string()[..16].to_owned();
         let (internal_tx, internal_rx) = mpsc::channel(1024);
         Server {
+            registrar: Registrar::new(register::Settings {
+                digest: p.cfg.digest,
+                realm: p.cfg.realm.clone(),
+                password: p.cfg.password.clone(),
+                expires_max_s: p.cfg.register_expires_max.as_secs(),
+            }),
             cfg: p.cfg,
             tz: p.tz,
             registry: p.shared.registry,
@@ -246,13 +246,11 @@ impl Server {
             metrics: p.shared.metrics,
             events: p.shared.events,
             udp: p.udp,
-            nonces: Nonces::default(),
             sessions: HashMap::new(),
             board: p.board,
             board_dirty: false,
             saving: false,
             next_save_at: 0,
-            failures: crate::net::FailureLimit::new(MAX_FAILURES, FAILURE_WINDOW_MS),
             hush_malformed: crate::net::Hush::new(HUSH_MS),
             hush_auth: crate::net::Hush::new(HUSH_MS),
             attempts: HashMap::new(),
@@ -529,16 +527,9 @@ impl Server {
         self.sessions.get(device).map(|s| s.info.keepalive_window_ms).unwrap_or_else(|| self.config_window_ms())
     }
 
-    fn failed(&mut self, ip: IpAddr, now: Millis) {
-        self.failures.failed(ip, now);
-    }
-
-    fn limited(&self, ip: IpAddr, now: Millis) -> bool {
-        self.failures.limited(ip, now)
-    }
-
     /// Answers a REGISTER; `None` when the answer waits for the device's admission (an
-    /// unknown device: admissions are written in batches).
+    /// unknown device: admissions are written in batches). The decision is the registrar's
+    /// (`register.rs`, pure); this turns it into the answer, the session and the evidence.
     async fn register(
         &mut self,
         msg: &Message<'_>,
@@ -547,117 +538,83 @@ impl Server {
         reply: &Reply,
         (key, bytes): (&str, &[u8]),
     ) -> Option<Vec<u8>> {
-        let outcome = |s: &Self, o: &str| s.metrics.sip_registrations.with_label_values(&[o]).inc();
-        let Some(id) = msg.header("From").and_then(uri_user).map(str::to_owned) else {
-            self.reject("no_device_id", from, "no device id in From".into());
-            return Some(message::response(msg, 400, "Bad Request (no device id in From)", from, &self.tag, &[], b""));
+        let req = register::Request {
+            from_user: msg.header("From").and_then(uri_user),
+            authorization: msg.header("Authorization").or_else(|| msg.header("Proxy-Authorization")),
+            expires: requested_expires(msg),
+            ip: from.ip(),
         };
-        let code = match GbCode::parse(&id) {
-            Ok(c) => c,
-            Err(e) => {
-                self.reject("bad_device_id", from, e.to_string());
+        let (id, code) = match Registrar::device_id(&req) {
+            Ok(x) => x,
+            Err(refusal) => return Some(self.refused(msg, from, now, req.from_user.unwrap_or(""), refusal)),
+        };
+        let device = self.registry.read().device(&id);
+        let known = device.as_ref().map(|d| register::Known { admission: d.admission, password: d.password.clone() });
+        match self.registrar.decide(&req, (&id, &code), known.as_ref(), now) {
+            Decision::Unknown { kind } => self.defer_admission(msg, from, reply, id, kind, (key, bytes)),
+            decision => match device {
+                Some(device) => Some(self.registered(msg, from, now, reply, id, device, decision).await),
+                None => Some(self.refused(msg, from, now, &id, decision)),
+            },
+        }
+    }
+
+    /// The answer to a REGISTER the registrar refused or challenged, counted.
+    fn refused(&mut self, msg: &Message<'_>, from: SocketAddr, now: Millis, id: &str, decision: Decision) -> Vec<u8> {
+        let outcome = |s: &Self, o: &str| s.metrics.sip_registrations.with_label_values(&[o]).inc();
+        let (code, phrase, extra): (u16, &str, Vec<(&str, String)>) = match decision {
+            Decision::NoDeviceId => {
+                self.reject("no_device_id", from, "no device id in From".into());
+                (400, "Bad Request (no device id in From)", Vec::new())
+            }
+            Decision::BadDeviceId(e) => {
+                self.reject("bad_device_id", from, e.clone());
                 if let Some(held) = self.hush_malformed.tick(now) {
                     warn!(peer = %from, device = %id, error = %e, held_back = held, "REGISTER with a device id that is not a GB/T 28181 code.");
                 }
-                return Some(message::response(
-                    msg,
-                    400,
-                    "Bad Request (device id is not a 20-digit GB/T 28181 code)",
-                    from,
-                    &self.tag,
-                    &[],
-                    b"",
-                ));
+                (400, "Bad Request (device id is not a 20-digit GB/T 28181 code)", Vec::new())
             }
-        };
-        if self.limited(from.ip(), now) {
-            outcome(self, "rate_limited");
-            return Some(message::response(
-                msg,
-                403,
-                "Forbidden (too many failed attempts)",
-                from,
-                &self.tag,
-                &[],
-                b"",
-            ));
-        }
-        let known = self.registry.read().device(&id);
-        if self.cfg.digest {
-            if let Some(refusal) =
-                self.authenticate(msg, from, now, &id, known.as_ref().and_then(|d| d.password.clone()))
-            {
-                return Some(refusal);
+            Decision::RateLimited => {
+                outcome(self, "rate_limited");
+                (403, "Forbidden (too many failed attempts)", Vec::new())
             }
-        }
-        match known {
-            Some(device) => Some(self.admit_and_register(msg, from, now, reply, id, device).await),
-            None => self.defer_admission(msg, from, reply, id, code, (key, bytes)),
-        }
-    }
-
-    /// A 401 with a fresh Digest challenge (`stale=true` when the old nonce only expired).
-    fn challenge(&mut self, msg: &Message<'_>, from: SocketAddr, now: Millis, stale: bool, id: &str) -> Vec<u8> {
-        let bound = format!("{id}@{}", from.ip());
-        let challenge = self.nonces.challenge_bound(&self.cfg.realm, now, stale, Some(&bound));
-        message::response(msg, 401, "Unauthorized", from, &self.tag, &[("WWW-Authenticate", challenge)], b"")
-    }
-
-    /// Checks the digest; `Some(answer)` when the request must be challenged or refused.
-    fn authenticate(
-        &mut self,
-        msg: &Message<'_>,
-        from: SocketAddr,
-        now: Millis,
-        id: &str,
-        own_password: Option<String>,
-    ) -> Option<Vec<u8>> {
-        let outcome = |s: &Self, o: &str| s.metrics.sip_registrations.with_label_values(&[o]).inc();
-        let Some(auth) = msg.header("Authorization").or_else(|| msg.header("Proxy-Authorization")) else {
-            outcome(self, "challenged");
-            return Some(self.challenge(msg, from, now, false, id));
-        };
-        let Some(params) = parse_authorization(auth) else {
-            outcome(self, "malformed");
-            return Some(self.challenge(msg, from, now, false, id));
-        };
-        let password = own_password.unwrap_or_else(|| self.cfg.password.clone());
-        if params.get("username").is_some_and(|u| u != id) {
-            outcome(self, "wrong_username");
-            self.failed(from.ip(), now);
-            return Some(message::response(
-                msg,
-                403,
-                "Forbidden (username is not the device id)",
-                from,
-                &self.tag,
-                &[],
-                b"",
-            ));
-        }
-        let bound = format!("{id}@{}", from.ip());
-        match self.nonces.check_bound(now, &params, "REGISTER", &password, Some(&bound)) {
-            Verdict::Ok => {}
-            Verdict::Stale | Verdict::Malformed => {
-                outcome(self, "challenged");
-                return Some(self.challenge(msg, from, now, true, id));
+            Decision::Challenge { www_authenticate, outcome: o } => {
+                outcome(self, o);
+                (401, "Unauthorized", vec![("WWW-Authenticate", www_authenticate)])
             }
-            Verdict::Wrong | Verdict::Replay => {
+            Decision::WrongUsername => {
+                outcome(self, "wrong_username");
+                (403, "Forbidden (username is not the device id)", Vec::new())
+            }
+            Decision::WrongPassword => {
                 outcome(self, "wrong_password");
-                self.failed(from.ip(), now);
                 if let Some(held) = self.hush_auth.tick(now) {
                     warn!(peer = %from, device = %id, held_back = held, "REGISTER with a wrong password (or a replayed nonce) refused (one line per 10 s; held_back counts the others).");
                 }
-                return Some(message::response(msg, 403, "Forbidden", from, &self.tag, &[], b""));
+                (403, "Forbidden", Vec::new())
             }
-        }
-        None
+            Decision::Quarantined => {
+                outcome(self, "quarantined");
+                self.note_attempt(id, from, now);
+                (403, "Forbidden (awaiting approval)", Vec::new())
+            }
+            Decision::Rejected => {
+                outcome(self, "rejected");
+                (403, "Forbidden (rejected)", Vec::new())
+            }
+            // Registrations are answered by `registered`; reaching here is a device the
+            // registry no longer holds: ask it to come again.
+            Decision::Unknown { .. } | Decision::Register { .. } | Decision::Unregister => {
+                (503, "Service Unavailable", vec![("Retry-After", "10".to_owned())])
+            }
+        };
+        message::response(msg, code, phrase, from, &self.tag, &extra, b"")
     }
 
-    /// After authentication, for a device the registry knows: its admission, then the
-    /// registration itself.
+    /// A REGISTER the registrar decided for a device the registry holds: the session, the
+    /// presence evidence and the 200 (with the time, GB "校时"), or the refusal.
     #[allow(clippy::too_many_arguments)]
-    async fn admit_and_register(
+    async fn registered(
         &mut self,
         msg: &Message<'_>,
         from: SocketAddr,
@@ -665,53 +622,37 @@ impl Server {
         reply: &Reply,
         id: String,
         device: Arc<crate::registry::Device>,
+        decision: Decision,
     ) -> Vec<u8> {
         let outcome = |s: &Self, o: &str| s.metrics.sip_registrations.with_label_values(&[o]).inc();
-        match device.admission {
-            Admission::Approved => {}
-            Admission::Quarantined => {
-                outcome(self, "quarantined");
-                self.note_attempt(&id, from, now);
-                return message::response(msg, 403, "Forbidden (awaiting approval)", from, &self.tag, &[], b"");
-            }
-            Admission::Rejected => {
-                outcome(self, "rejected");
-                return message::response(msg, 403, "Forbidden (rejected)", from, &self.tag, &[], b"");
-            }
-        }
-        let requested: u64 = msg
-            .header("Expires")
-            .and_then(|v| v.trim().parse().ok())
-            .or_else(|| msg.header("Contact").and_then(|c| param(c, "expires")).and_then(|v| v.parse().ok()))
-            .unwrap_or(self.cfg.register_expires_max.as_secs());
         let contact = msg.header("Contact").map(str::to_owned).unwrap_or_else(|| format!("<sip:{id}@{from}>"));
-        let evidence = if requested == 0 {
-            if self.sessions.remove(&id).is_some() {
-                self.board.remove(&id);
-                self.board_dirty = true;
+        let (evidence, granted) = match decision {
+            Decision::Unregister => {
+                if self.sessions.remove(&id).is_some() {
+                    self.board.remove(&id);
+                    self.board_dirty = true;
+                }
+                outcome(self, "unregistered");
+                info!(device = %id, peer = %from, "Device un-registered.");
+                (Evidence::SipUnregister, 0)
             }
-            outcome(self, "unregistered");
-            info!(device = %id, peer = %from, "Device un-registered.");
-            Evidence::SipUnregister
-        } else {
-            let granted = requested.clamp(MIN_EXPIRES_S, self.cfg.register_expires_max.as_secs().max(MIN_EXPIRES_S));
-            let expires_at = now + granted as i64 * 1000;
-            let tcp = match reply {
-                Reply::Tcp(tx) => Some(tx.clone()),
-                Reply::Udp => None,
-            };
-            let fresh = self.refresh_session(&id, msg, from, now, expires_at, contact.clone(), tcp);
-            // A new registration (not a refresh from the same place) asks the device what it
-            // is, what it has and how it keeps alive, and subscribes to its catalog.
-            if fresh {
-                self.ask_after_registration(&id);
+            Decision::Register { granted_s } => {
+                let expires_at = now + granted_s as i64 * 1000;
+                let tcp = match reply {
+                    Reply::Tcp(tx) => Some(tx.clone()),
+                    Reply::Udp => None,
+                };
+                let fresh = self.refresh_session(&id, msg, from, now, expires_at, contact.clone(), tcp);
+                // A new registration (not a refresh from the same place) asks the device what
+                // it is, what it has and how it keeps alive, and subscribes to its catalog.
+                if fresh {
+                    self.ask_after_registration(&id);
+                }
+                outcome(self, "registered");
+                let expires_ms = granted_s as i64 * 1000;
+                (Evidence::SipRegister { expires_ms, window_ms: self.window_ms(&id) }, granted_s)
             }
-            outcome(self, "registered");
-            Evidence::SipRegister { expires_ms: granted as i64 * 1000, window_ms: self.window_ms(&id) }
-        };
-        let granted = match evidence {
-            Evidence::SipRegister { expires_ms, .. } => expires_ms / 1000,
-            _ => 0,
+            refusal => return self.refused(msg, from, now, &id, refusal),
         };
         if self.presence.observe(Observation { device: device.key, at: now, evidence, detail: None }).await.is_err() {
             return message::response(msg, 503, "Service Unavailable", from, &self.tag, &[], b"");
@@ -737,7 +678,7 @@ impl Server {
         from: SocketAddr,
         reply: &Reply,
         id: String,
-        code: GbCode,
+        kind: Option<DeviceKind>,
         (key, bytes): (&str, &[u8]),
     ) -> Option<Vec<u8>> {
         if self.waiting_admission.len() >= WAITING_ADMISSION_MAX {
@@ -760,7 +701,7 @@ impl Server {
         let unknown = UnknownDevice {
             id,
             protocol: Protocol::Gb28181,
-            kind: code.device_kind(),
+            kind,
             name: None,
             attrs,
             org_id: None,
@@ -816,7 +757,8 @@ impl Server {
             let Ok(msg) = Message::parse(&w.raw) else { continue };
             let answer = match result {
                 Ok(AdmissionOutcome::Added(d)) | Ok(AdmissionOutcome::Known(d)) => {
-                    self.admit_and_register(&msg, w.from, now, &w.reply, w.unknown.id.clone(), d).await
+                    let decision = self.registrar.admitted(d.admission, requested_expires(&msg));
+                    self.registered(&msg, w.from, now, &w.reply, w.unknown.id.clone(), d, decision).await
                 }
                 Ok(AdmissionOutcome::Refused(r)) => {
                     self.metrics.sip_registrations.with_label_values(&["refused"]).inc();
@@ -954,6 +896,13 @@ impl Server {
 /// (which the subscription keeps current between times where the device supports one).
 const STATUS_EVERY_MS: Millis = 10 * 60_000;
 const CATALOG_EVERY_MS: Millis = 6 * 3_600_000;
+
+/// The expiry a REGISTER asks for: `Expires`, else the Contact's `expires` parameter.
+fn requested_expires(msg: &Message<'_>) -> Option<u64> {
+    msg.header("Expires")
+        .and_then(|v| v.trim().parse().ok())
+        .or_else(|| msg.header("Contact").and_then(|c| param(c, "expires")).and_then(|v| v.parse().ok()))
+}
 
 /// A starting SN that differs between runs (devices may remember the last one they saw).
 fn initial_sn() -> u64 {
