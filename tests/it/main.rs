@@ -12,6 +12,7 @@ mod layering;
 mod link;
 mod mqtt;
 mod outage;
+mod ps;
 mod relay;
 mod restart;
 mod rtsp;
