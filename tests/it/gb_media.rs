@@ -1,4 +1,5 @@
-//! The program-stream demuxer against real producers: GStreamer's `mpegpsmux` (H.264 with a
+//! GB/T 28181 media codecs against real producers. The RTP TCP framer and the reorder window
+//! on GStreamer's RTP over RFC 4571 (`rtpstreampay`); the program-stream demuxer on GStreamer's `mpegpsmux` (H.264 with a
 //! program stream map, as GB/T 28181 devices write it) and FFmpeg's `mpeg` muxer (H.264 as
 //! stream 0xE2 and H.265, both without a map, several frames per PES, frames across packs).
 //! What vigil cuts out is handed back to `ffprobe`, which must read every frame of it with the
@@ -9,6 +10,7 @@ use std::process::Command;
 
 use vigil::protocol::ps::es::{AccessUnit, Assembler, Codec};
 use vigil::protocol::ps::{Demuxer, StreamType};
+use vigil::protocol::rtp::{Packet, Reorder, TcpFramer};
 
 const FRAMES: usize = 50;
 /// At most 25 frames between keyframes: two in 50.
@@ -116,4 +118,49 @@ fn ffmpeg_ps_without_a_map_gives_every_h264_and_h265_frame() {
         assert_eq!(a.codec(), Some(codec), "{name}: the codec is read from the stream");
         check(&units, codec, dir.path(), name);
     }
+}
+
+#[test]
+fn gstreamer_rtp_over_rfc4571_splits_into_every_packet_and_reorders_back() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = dir.path().join("h264.rtp");
+    run(Command::new("gst-launch-1.0").args(["-q", "videotestsrc", &format!("num-buffers={FRAMES}"), "!"]).args([
+        "video/x-raw,width=320,height=240,framerate=25/1",
+        "!",
+        "x264enc",
+        "!",
+        "rtph264pay",
+        "mtu=400",
+        "!",
+        "rtpstreampay",
+        "!",
+        "filesink",
+        &format!("location={}", file.display()),
+    ]));
+    let bytes = std::fs::read(&file).expect("RTP file");
+    let mut framer = TcpFramer::default();
+    let mut packets: Vec<Vec<u8>> = Vec::new();
+    for chunk in bytes.chunks(1000) {
+        framer.push(chunk, |p| packets.push(p.to_vec()));
+    }
+    let parsed: Vec<Packet<'_>> = packets.iter().map(|p| Packet::parse(p).expect("GStreamer's RTP parses")).collect();
+    assert!(parsed.len() > FRAMES, "{} packets", parsed.len());
+    assert!(parsed.iter().all(|p| p.ssrc == parsed[0].ssrc && p.payload_type == parsed[0].payload_type));
+    for w in parsed.windows(2) {
+        assert_eq!(w[1].sequence, w[0].sequence.wrapping_add(1), "no packet lost or doubled by the framer");
+    }
+    assert_eq!(parsed.iter().filter(|p| p.marker).count(), FRAMES, "one marker per frame");
+    // Shuffled within 8 packets, as a UDP path may: the window puts them back, nothing lost.
+    let mut shuffled: Vec<(u16, usize)> = parsed.iter().enumerate().map(|(i, p)| (p.sequence, i)).collect();
+    for block in shuffled.chunks_mut(8) {
+        block.reverse();
+    }
+    let mut window = Reorder::new(16);
+    let mut order = Vec::new();
+    for (seq, i) in shuffled {
+        window.push(seq, i, |_, i| order.push(i));
+    }
+    window.flush(|_, i| order.push(i));
+    assert_eq!(order, (0..parsed.len()).collect::<Vec<_>>());
+    assert_eq!((window.losses.lost, window.losses.late), (0, 0));
 }
