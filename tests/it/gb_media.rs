@@ -9,6 +9,7 @@ use std::path::Path;
 use std::process::Command;
 
 use vigil::protocol::ps::es::{AccessUnit, Assembler, Codec};
+use vigil::protocol::ps::mux;
 use vigil::protocol::ps::{Demuxer, StreamType};
 use vigil::protocol::rtp::{Packet, Reorder, TcpFramer};
 
@@ -74,6 +75,13 @@ fn check(units: &[AccessUnit], codec: Codec, dir: &Path, name: &str) {
     let format = if codec == Codec::H264 { "h264" } else { "hevc" };
     let want = if codec == Codec::H264 { "h264" } else { "hevc" };
     assert_eq!(probe(&es, format), (want.to_owned(), FRAMES), "{name}: ffprobe on what vigil cut out");
+    // And back into a program stream as vigil sends one (one pack per access unit, a map on
+    // each keyframe, PTS spaced at 25 fps): ffprobe reads every frame of it too.
+    let ps: Vec<u8> =
+        units.iter().enumerate().flat_map(|(i, u)| mux::pack(u.codec, 3600 * i as u64, u.keyframe, &u.data)).collect();
+    let remuxed = dir.join(format!("{name}.remuxed.ps"));
+    std::fs::write(&remuxed, ps).expect("write");
+    assert_eq!(probe(&remuxed, "mpeg"), (want.to_owned(), FRAMES), "{name}: ffprobe on vigil's own PS");
 }
 
 #[test]

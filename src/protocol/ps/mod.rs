@@ -12,6 +12,7 @@
 //! 65,541 bytes) plus what a resync skips; every length is checked before it is used.
 
 pub mod es;
+pub mod mux;
 
 /// The start codes this demuxer knows.
 const PACK: u8 = 0xBA;
