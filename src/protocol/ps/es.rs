@@ -99,16 +99,19 @@ impl Assembler {
             self.started = true;
             self.scanned = 3;
         }
+        // The NAL units are handed over as slices of `pending` (taken out for the loop): no
+        // copy per NAL unit; the access unit copies each once.
+        let pending = std::mem::take(&mut self.pending);
         let mut cur = 0;
-        while let Some(next) = find_start(&self.pending, self.scanned) {
+        while let Some(next) = find_start(&pending, self.scanned) {
             // A 4-byte start code's leading zero belongs to it, not to the NAL before.
-            let end = if next > cur + 4 && self.pending[next - 1] == 0 { next - 1 } else { next };
-            let nal = self.pending[cur..end].to_vec();
+            let end = if next > cur + 4 && pending[next - 1] == 0 { next - 1 } else { next };
             let at = self.offset + cur as u64;
-            self.nal(nal, at, &mut out);
+            self.nal(&pending[cur..end], at, &mut out);
             cur = end;
             self.scanned = next + 3;
         }
+        self.pending = pending;
         self.drop_front(cur);
         self.scanned -= cur;
         if self.pending.len() > MAX_AU {
@@ -128,7 +131,7 @@ impl Assembler {
             let nal = std::mem::take(&mut self.pending);
             let at = self.offset;
             self.offset += nal.len() as u64;
-            self.nal(nal, at, &mut out);
+            self.nal(&nal, at, &mut out);
         }
         self.started = false;
         if self.codec.is_none() {
@@ -153,11 +156,11 @@ impl Assembler {
     }
 
     /// One whole NAL unit (start code included).
-    fn nal(&mut self, nal: Vec<u8>, at: u64, out: &mut impl FnMut(AccessUnit)) {
+    fn nal(&mut self, nal: &[u8], at: u64, out: &mut impl FnMut(AccessUnit)) {
         let Some(codec) = self.codec else {
-            let seen = probe(header(&nal));
+            let seen = probe(header(nal));
             self.probed_bytes += nal.len();
-            self.probing.push((at, nal));
+            self.probing.push((at, nal.to_vec()));
             let decided = seen.or_else(|| (self.probed_bytes > PROBE_LIMIT).then_some(self.hint).flatten());
             if let Some(c) = decided {
                 if self.hint.is_some_and(|h| h != c) {
@@ -172,8 +175,8 @@ impl Assembler {
             }
             return;
         };
-        let kind = classify(codec, header(&nal));
-        if self.au_has_picture && kind.starts_access_unit() {
+        let kind = classify(codec, header(nal));
+        if self.au_has_picture && kind.starts {
             self.emit(out);
         }
         if self.au.is_empty() && !self.oversize && !self.au_has_picture {
@@ -192,7 +195,7 @@ impl Assembler {
             self.au.clear();
             return;
         }
-        self.au.extend_from_slice(&nal);
+        self.au.extend_from_slice(nal);
     }
 
     fn release_probing(&mut self, out: &mut impl FnMut(AccessUnit)) {
@@ -200,13 +203,15 @@ impl Assembler {
         self.probed_bytes = 0;
         if self.codec.is_some() {
             for (at, nal) in held {
-                self.nal(nal, at, out);
+                self.nal(&nal, at, out);
             }
         }
     }
 
     fn emit(&mut self, out: &mut impl FnMut(AccessUnit)) {
         let data = std::mem::take(&mut self.au);
+        // The next access unit is likely about as large: one allocation instead of a growth.
+        self.au.reserve(data.len());
         let (picture, keyframe, oversize) = (self.au_has_picture, self.au_keyframe, self.oversize);
         self.au_has_picture = false;
         self.au_keyframe = false;
@@ -256,12 +261,6 @@ struct Kind {
     /// Begins a new access unit when a picture is already held: a delimiter, a parameter set,
     /// SEI, or the first slice of a picture.
     starts: bool,
-}
-
-impl Kind {
-    fn starts_access_unit(&self) -> bool {
-        self.starts
-    }
 }
 
 fn classify(codec: Codec, h: &[u8]) -> Kind {

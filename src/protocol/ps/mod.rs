@@ -273,67 +273,35 @@ fn timestamp(b: &[u8]) -> u64 {
         | u64::from(b[4]) >> 1
 }
 
-/// Test and bench helpers: PS units as GB/T 28181 devices write them.
-pub mod build {
-    /// An MPEG-2 pack header with `stuffing` bytes (0–7).
-    pub fn pack(stuffing: u8) -> Vec<u8> {
-        let mut v = vec![0, 0, 1, 0xBA, 0x44, 0, 4, 0, 4, 1, 0x01, 0x89, 0xC3, 0xF8 | (stuffing & 7)];
-        v.extend(std::iter::repeat_n(0xFF, usize::from(stuffing & 7)));
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // The units as vigil writes them (`mux`), and a private packet as Hikvision sends one.
+    fn pack(stuffing: u8) -> Vec<u8> {
+        let mut v = Vec::new();
+        mux::pack_header(0, stuffing, &mut v);
         v
     }
 
-    /// A program stream map naming `(stream_type, stream_id)` pairs, CRC not computed (readers
-    /// of PS over RTP do not check it).
-    pub fn map(streams: &[(u8, u8)]) -> Vec<u8> {
-        let mut es = Vec::new();
-        for (ty, id) in streams {
-            es.extend([*ty, *id, 0, 0]);
-        }
-        let mut body = vec![0xE0, 0xFF, 0, 0];
-        body.extend((es.len() as u16).to_be_bytes());
-        body.extend(es);
-        body.extend([0, 0, 0, 0]);
-        let mut v = vec![0, 0, 1, 0xBC];
-        v.extend((body.len() as u16).to_be_bytes());
-        v.extend(body);
+    fn map(streams: &[(u8, u8)]) -> Vec<u8> {
+        let mut v = Vec::new();
+        mux::map(streams, &mut v);
         v
     }
 
-    /// A PES of `stream_id` with an optional PTS.
-    pub fn pes(stream_id: u8, pts: Option<u64>, payload: &[u8]) -> Vec<u8> {
-        let mut opt = Vec::new();
-        if let Some(p) = pts {
-            opt.extend([
-                0x21 | ((p >> 29) as u8 & 0x0E),
-                (p >> 22) as u8,
-                0x01 | ((p >> 14) as u8 & 0xFE),
-                (p >> 7) as u8,
-                0x01 | ((p << 1) as u8 & 0xFE),
-            ]);
-        }
-        let flags = if pts.is_some() { 0x80 } else { 0 };
-        let len = 3 + opt.len() + payload.len();
-        let mut v = vec![0, 0, 1, stream_id];
-        v.extend((len as u16).to_be_bytes());
-        v.extend([0x80, flags, opt.len() as u8]);
-        v.extend(opt);
-        v.extend_from_slice(payload);
+    fn pes(stream_id: u8, pts: Option<u64>, payload: &[u8]) -> Vec<u8> {
+        let mut v = Vec::new();
+        mux::pes(stream_id, pts, payload, &mut v);
         v
     }
 
-    /// A private stream 1 packet (what Hikvision sends as 0xBD) around `payload`.
-    pub fn private(payload: &[u8]) -> Vec<u8> {
+    fn private(payload: &[u8]) -> Vec<u8> {
         let mut v = vec![0, 0, 1, 0xBD];
         v.extend((payload.len() as u16).to_be_bytes());
         v.extend_from_slice(payload);
         v
     }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::build::*;
-    use super::*;
 
     fn demux(chunks: &[&[u8]]) -> (Vec<Pes>, Demuxer) {
         let mut d = Demuxer::default();

@@ -14,40 +14,26 @@ pub const PES_PAYLOAD: usize = 65_000;
 /// One access unit as one PS pack.
 pub fn pack(codec: Codec, pts: u64, keyframe: bool, data: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(data.len() + 64 + data.len() / PES_PAYLOAD * 14);
-    pack_header(pts, &mut out);
+    pack_header(pts, 0, &mut out);
     if keyframe {
         out.extend([0, 0, 1, 0xBB, 0, 12, 0x80, 0x1E, 0xFF, 0xFE, 0xE1, 0x7F, 0xE0, 0xE0, 0xE8, 0xC0, 0xC0, 0x20]);
         let stream_type = match codec {
             Codec::H264 => 0x1B,
             Codec::H265 => 0x24,
         };
-        let entries = [stream_type, 0xE0, 0, 0];
-        // flags, info length 0, es map length, entries, CRC (not checked by readers of PS).
-        let mut body = vec![0xE0, 0xFF, 0, 0, 0, entries.len() as u8];
-        body.extend(entries);
-        body.extend([0, 0, 0, 0]);
-        out.extend([0, 0, 1, 0xBC]);
-        out.extend((body.len() as u16).to_be_bytes());
-        out.extend(body);
+        map(&[(stream_type, 0xE0)], &mut out);
     }
     for (i, chunk) in data.chunks(PES_PAYLOAD).enumerate() {
-        let with_pts = i == 0;
-        let header_len: u8 = if with_pts { 5 } else { 0 };
-        let len = 3 + usize::from(header_len) + chunk.len();
-        out.extend([0, 0, 1, 0xE0]);
-        out.extend((len as u16).to_be_bytes());
-        out.extend([0x80, if with_pts { 0x80 } else { 0 }, header_len]);
-        if with_pts {
-            out.extend(pes_timestamp(0x2, pts));
-        }
-        out.extend_from_slice(chunk);
+        pes(0xE0, (i == 0).then_some(pts), chunk, &mut out);
     }
     out
 }
 
-/// An MPEG-2 pack header with the SCR at `pts` (90 kHz; extension 0), mux rate and no stuffing.
-fn pack_header(pts: u64, out: &mut Vec<u8>) {
-    let scr = pts & 0x1_FFFF_FFFF;
+/// An MPEG-2 pack header with the SCR at `scr` (90 kHz; extension 0), a mux rate and
+/// `stuffing` bytes (0–7).
+pub fn pack_header(scr: u64, stuffing: u8, out: &mut Vec<u8>) {
+    let scr = scr & 0x1_FFFF_FFFF;
+    let stuffing = stuffing & 0x07;
     out.extend([
         0,
         0,
@@ -62,8 +48,39 @@ fn pack_header(pts: u64, out: &mut Vec<u8>) {
         0x01,
         0x89,
         0xC3,
-        0xF8,
+        0xF8 | stuffing,
     ]);
+    out.extend(std::iter::repeat_n(0xFF, usize::from(stuffing)));
+}
+
+/// A program stream map naming `(stream_type, stream_id)` pairs; the CRC is not computed
+/// (readers of PS over RTP do not check it).
+pub fn map(streams: &[(u8, u8)], out: &mut Vec<u8>) {
+    let es_len = streams.len() * 4;
+    // flags, info length 0, es map length, entries, CRC.
+    let body_len = 6 + es_len + 4;
+    out.extend([0, 0, 1, 0xBC]);
+    out.extend((body_len as u16).to_be_bytes());
+    out.extend([0xE0, 0xFF, 0, 0]);
+    out.extend((es_len as u16).to_be_bytes());
+    for (ty, id) in streams {
+        out.extend([*ty, *id, 0, 0]);
+    }
+    out.extend([0, 0, 0, 0]);
+}
+
+/// A PES of `stream_id` carrying `payload` (at most `PES_PAYLOAD` bytes), with its PTS when
+/// given.
+pub fn pes(stream_id: u8, pts: Option<u64>, payload: &[u8], out: &mut Vec<u8>) {
+    let header_len: u8 = if pts.is_some() { 5 } else { 0 };
+    let len = 3 + usize::from(header_len) + payload.len().min(PES_PAYLOAD);
+    out.extend([0, 0, 1, stream_id]);
+    out.extend((len as u16).to_be_bytes());
+    out.extend([0x80, if pts.is_some() { 0x80 } else { 0 }, header_len]);
+    if let Some(t) = pts {
+        out.extend(pes_timestamp(0x2, t));
+    }
+    out.extend_from_slice(&payload[..payload.len().min(PES_PAYLOAD)]);
 }
 
 /// A PES timestamp's 5 bytes with its 4-bit prefix (2: PTS only).
