@@ -43,12 +43,13 @@ pub fn parse_bytes(s: &str) -> Result<u64, String> {
     s.trim().parse::<ByteSize>().map(|b| b.as_u64()).map_err(|e| format!("{s:?} is not a size such as 4MiB: {e}"))
 }
 
-/// Replaces the value at `path` (keys and array indices) of a TOML document with `value`;
-/// false when the path is not in it.
-fn replace_at(text: &mut String, path: &[String], value: &str) -> bool {
+/// Sets the value at `path` (keys and array indices) of a TOML document to `value`, or removes
+/// the key when `value` is `None`; false when the path's table is not in it.
+fn replace_at(text: &mut String, path: &[String], value: Option<&str>) -> bool {
     let Ok(mut doc) = toml::from_str::<toml::Value>(text) else { return false };
+    let Some((last, parents)) = path.split_last() else { return false };
     let mut at = &mut doc;
-    for p in path {
+    for p in parents {
         let next = match at {
             toml::Value::Table(t) => t.get_mut(p),
             toml::Value::Array(a) => p.parse::<usize>().ok().and_then(|i| a.get_mut(i)),
@@ -57,7 +58,22 @@ fn replace_at(text: &mut String, path: &[String], value: &str) -> bool {
         let Some(n) = next else { return false };
         at = n;
     }
-    *at = toml::Value::String(value.to_owned());
+    let value = value.map(|v| toml::Value::String(v.to_owned()));
+    match (at, last.parse::<usize>()) {
+        (toml::Value::Table(table), _) => {
+            match value {
+                Some(v) => table.insert(last.clone(), v),
+                None => table.remove(last),
+            };
+        }
+        (toml::Value::Array(list), Ok(i)) if i < list.len() => match value {
+            Some(v) => list[i] = v,
+            None => {
+                list.remove(i);
+            }
+        },
+        _ => return false,
+    }
     match toml::to_string(&doc) {
         Ok(t) => {
             *text = t;
@@ -695,7 +711,12 @@ impl Config {
     /// so `check-config` names every bad key in one run.
     pub fn from_toml_with_vars(text: &str, vars: &[(String, String)]) -> Result<Self, Error> {
         let (config, mut problems) = Self::extract(text, vars)?;
-        problems.extend(config.validate());
+        // A refused value's key is named once: with what was wrong with it.
+        for p in config.validate() {
+            if !problems.iter().any(|q: &ConfigProblem| q.key == p.key) {
+                problems.push(p);
+            }
+        }
         if problems.is_empty() {
             Ok(config)
         } else {
@@ -716,6 +737,7 @@ impl Config {
     fn extract(text: &str, vars: &[(String, String)]) -> Result<(Self, Vec<ConfigProblem>), Error> {
         let mut as_text: Vec<usize> = Vec::new();
         let mut problems = Vec::new();
+        let mut removed: Vec<(Vec<String>, &'static str)> = Vec::new();
         let mut text = text.to_owned();
         let mut vars = vars.to_vec();
         loop {
@@ -742,13 +764,17 @@ impl Config {
                 }
                 _ => None,
             });
+            // The refused value is taken out, so the key's default stands in for it and no check
+            // runs against a value nobody wrote; a key without a default gets the set's first
+            // value instead (below, when its absence is the next error).
             if let Some((path, got, allowed)) = outside {
                 let dotted = path.join(".");
                 if let Some(v) = vars.iter_mut().find(|(k, _)| k.eq_ignore_ascii_case(&dotted)) {
                     v.1 = allowed[0].to_owned();
-                } else if !replace_at(text, &path, allowed[0]) {
+                } else if !replace_at(text, &path, None) {
                     return Err(Self::parse_error(err));
                 }
+                removed.push((path.clone(), allowed[0]));
                 let key = path
                     .iter()
                     .map(|p| if p.bytes().all(|b| b.is_ascii_digit()) { format!("[{p}]") } else { format!(".{p}") })
@@ -756,6 +782,18 @@ impl Config {
                 let message = format!("{got:?} is not one of {}", allowed.join(", "));
                 problems.push(ConfigProblem { key: key.trim_start_matches('.').to_owned(), message });
                 continue;
+            }
+            let required = err.clone().into_iter().find_map(|one| match &one.kind {
+                figment::error::Kind::MissingField(field) => removed
+                    .iter()
+                    .find(|(p, _)| p.split_last().is_some_and(|(l, parents)| l == field && parents == one.path))
+                    .cloned(),
+                _ => None,
+            });
+            if let Some((path, first)) = required {
+                if replace_at(text, &path, Some(first)) {
+                    continue;
+                }
             }
             // A string key that was handed a number, a boolean or a list: give it its text.
             let retry = err.clone().into_iter().find_map(|one| match &one.kind {
@@ -1201,7 +1239,7 @@ mod tests {
                 &["push", "subscription"][..],
             ),
             (
-                "[[upstreams]]\nname = \"x\"\nprotocol = \"quic\"\nurl = \"quic://h:1\"\nevents = [\"smell\"]\n",
+                "[[upstreams]]\nname = \"x\"\nprotocol = \"gat1400\"\nurl = \"http://h\"\nevents = [\"smell\"]\n",
                 "events",
                 &["face_capture", "vehicle_pass"][..],
             ),
@@ -1209,6 +1247,8 @@ mod tests {
         ] {
             let e = Config::from_toml_with_env(toml, false).expect_err(toml).to_string();
             assert!(e.contains(key), "{toml}: {e}");
+            // Only the refused value is named: nothing is judged against a stand-in for it.
+            assert!(e.starts_with("1 problem"), "{toml}: {e}");
             for a in allowed {
                 assert!(e.contains(a), "{toml}: {a} not named in {e}");
             }
