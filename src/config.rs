@@ -28,6 +28,16 @@ impl std::fmt::Display for ConfigProblem {
 }
 
 /// A period that may be switched off: "5m" → Some(5 min), "off" → None.
+/// `FIRST-LAST` (or one port): the inclusive range of UDP/TCP ports, no port 0.
+pub fn parse_ports(s: &str) -> Result<std::ops::RangeInclusive<u16>, String> {
+    let (a, b) = s.split_once('-').unwrap_or((s, s));
+    let port = |t: &str| t.trim().parse::<u16>().ok().filter(|p| *p > 0);
+    match (port(a), port(b)) {
+        (Some(a), Some(b)) if a <= b => Ok(a..=b),
+        _ => Err(format!("{s:?} is not a port range FIRST-LAST (1-65535, FIRST <= LAST)")),
+    }
+}
+
 pub fn parse_every(s: &str) -> Result<Option<Duration>, String> {
     match s.trim() {
         "off" | "" => Ok(None),
@@ -359,7 +369,21 @@ pub struct Gb28181 {
     pub register_expires_max: Duration,
     /// What vigil writes to devices: `auto` (as each device declared), or one for all.
     pub charset: SipCharset,
+    /// RTP receive ports for live media, `FIRST-LAST` (one port per stream).
     pub media_ports: String,
+    /// The address devices send media to (the SDP `c=` line); empty: the local address of
+    /// the route to each device.
+    pub media_address: String,
+    /// A device that has not answered an INVITE within this is given up (`invite_timeout`).
+    #[serde(with = "humantime_serde")]
+    pub invite_timeout: Duration,
+    /// No RTP within this after the 200 is `no_media`; no picture for this long while playing
+    /// is `stalled`.
+    #[serde(with = "humantime_serde")]
+    pub media_timeout: Duration,
+    /// An operator's pull (a snapshot, `POST .../stream`) keeps the stream this long.
+    #[serde(with = "humantime_serde")]
+    pub stream_hold: Duration,
     /// A SIP message begun on a TCP connection must be whole within this, else the
     /// connection is closed. Default 32s (RFC 3261 Timer F).
     #[serde(with = "humantime_serde")]
@@ -379,6 +403,10 @@ impl Default for Gb28181 {
             register_expires_max: Duration::from_secs(3600),
             charset: SipCharset::Auto,
             media_ports: "30000-30999".into(),
+            media_address: String::new(),
+            invite_timeout: Duration::from_secs(10),
+            media_timeout: Duration::from_secs(10),
+            stream_hold: Duration::from_secs(60),
             message_deadline: Duration::from_secs(32),
         }
     }
@@ -930,6 +958,20 @@ impl Config {
         }
         if self.gb28181.keepalive_interval < Duration::from_secs(1) {
             add("gb28181.keepalive_interval".into(), "must be at least 1s".into());
+        }
+        if let Err(e) = parse_ports(&self.gb28181.media_ports) {
+            add("gb28181.media_ports".into(), e);
+        }
+        if !self.gb28181.media_address.is_empty() && self.gb28181.media_address.parse::<std::net::IpAddr>().is_err() {
+            add("gb28181.media_address".into(), format!("{:?} is not an IP address", self.gb28181.media_address));
+        }
+        for (key, v) in [
+            ("gb28181.invite_timeout", self.gb28181.invite_timeout),
+            ("gb28181.media_timeout", self.gb28181.media_timeout),
+        ] {
+            if v < Duration::from_secs(1) {
+                add(key.into(), "must be at least 1s".into());
+            }
         }
         if self.gb28181.keepalive_misses == 0 {
             add("gb28181.keepalive_misses".into(), "must be at least 1".into());

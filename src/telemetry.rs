@@ -32,6 +32,9 @@ pub const RTSP_FIRST_FRAME: &str = "vigil_rtsp_time_to_first_frame_seconds";
 pub const RTSP_FRAMES: &str = "vigil_rtsp_frames_total";
 pub const RTSP_BYTES: &str = "vigil_rtsp_bytes_total";
 pub const RTSP_DIAGNOSES: &str = "vigil_rtsp_diagnoses_total";
+pub const GB_FIRST_FRAME: &str = "vigil_gb_time_to_first_frame_seconds";
+pub const GB_MEDIA_DROPPED: &str = "vigil_gb_media_dropped_total";
+pub const GB_PLAYS: &str = "vigil_gb_plays_total";
 pub const RELAY_RECORDS: &str = "vigil_relay_records_total";
 pub const RELAY_BACKLOG: &str = "vigil_relay_backlog";
 pub const RELAY_FAILURES: &str = "vigil_relay_failures_total";
@@ -76,6 +79,9 @@ pub struct Metrics {
     pub rtsp_frames: IntCounter,
     pub rtsp_bytes: IntCounter,
     pub rtsp_diagnoses: IntCounterVec,
+    pub gb_first_frame: Histogram,
+    pub gb_media_dropped: IntCounterVec,
+    pub gb_plays: IntCounterVec,
     pub relay_records: IntCounterVec,
     pub relay_backlog: IntGaugeVec,
     pub relay_oldest: IntGaugeVec,
@@ -151,6 +157,15 @@ impl Metrics {
             rtsp_bytes: IntCounter::new(RTSP_BYTES, "Video bytes received over RTSP (frame payload).").expect("should be a valid metric"),
             rtsp_diagnoses: IntCounterVec::new(Opts::new(RTSP_DIAGNOSES, "Video quality diagnosis samples by outcome (good, bad, undecodable)."), &["outcome"])
                 .expect("should be a valid metric"),
+            gb_first_frame: Histogram::with_opts(
+                HistogramOpts::new(GB_FIRST_FRAME, "Time from the INVITE to the first picture of a GB/T 28181 live session.")
+                    .buckets(vec![0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 4.0, 8.0, 15.0]),
+            )
+            .expect("should be a valid metric"),
+            gb_media_dropped: IntCounterVec::new(Opts::new(GB_MEDIA_DROPPED, "GB/T 28181 RTP packets dropped, by reason (foreign_source, ssrc, payload_type, malformed)."), &["reason"])
+                .expect("should be a valid metric"),
+            gb_plays: IntCounterVec::new(Opts::new(GB_PLAYS, "GB/T 28181 live sessions ended, by outcome (stopped, or the failure state)."), &["outcome"])
+                .expect("should be a valid metric"),
             relay_records: IntCounterVec::new(Opts::new(RELAY_RECORDS, "Records handed to an upstream, by target and outcome (delivered, retry, dead)."), &["target", "outcome"])
                 .expect("should be a valid metric"),
             relay_backlog: IntGaugeVec::new(Opts::new(RELAY_BACKLOG, "Records not yet delivered, by target."), &["target"]).expect("should be a valid metric"),
@@ -214,6 +229,9 @@ impl Metrics {
             Box::new(m.rtsp_frames.clone()),
             Box::new(m.rtsp_bytes.clone()),
             Box::new(m.rtsp_diagnoses.clone()),
+            Box::new(m.gb_first_frame.clone()),
+            Box::new(m.gb_media_dropped.clone()),
+            Box::new(m.gb_plays.clone()),
             Box::new(m.relay_records.clone()),
             Box::new(m.relay_backlog.clone()),
             Box::new(m.relay_oldest.clone()),

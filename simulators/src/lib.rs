@@ -3,6 +3,7 @@
 
 pub mod checkpoint;
 pub mod community;
+pub mod gb_media;
 pub mod platform;
 pub mod rtsp_camera;
 

@@ -143,7 +143,7 @@ pub async fn list(State(state): State<AppState>, Query(params): Query<Params>) -
     Ok(Json(json!({"items": items, "next_cursor": next})))
 }
 
-fn find(state: &AppState, id: &str) -> ApiResult<Arc<Device>> {
+pub(super) fn find(state: &AppState, id: &str) -> ApiResult<Arc<Device>> {
     state.registry.read().device(id).ok_or_else(|| ApiError::not_found(format!("no device {id:?}")))
 }
 
@@ -434,18 +434,23 @@ pub async fn stream(State(state): State<AppState>, Path(id): Path<String>) -> Ap
         };
         return Err(ApiError::new(StatusCode::NOT_FOUND, "no_stream", why));
     };
-    let mut v = serde_json::to_value(&h).unwrap_or(Value::Null);
+    Ok(Json(health_json(&state, &h, &d.id)))
+}
+
+/// A stream's health as the API shows it (times in the district's zone).
+pub(super) fn health_json(state: &AppState, h: &crate::media::health::HealthView, device_id: &str) -> Value {
+    let mut v = serde_json::to_value(h).unwrap_or(Value::Null);
     if let Some(o) = v.as_object_mut() {
         o.insert("since".into(), json!(state.time(h.since)));
         o.insert("next_attempt_at".into(), json!(h.next_attempt_at.map(|t| state.time(t))));
-        o.insert("device_id".into(), json!(d.id));
+        o.insert("device_id".into(), json!(device_id));
         if let Some(q) = o.get_mut("quality").and_then(Value::as_object_mut) {
             if let Some(at) = q.get("at").and_then(Value::as_i64) {
                 q.insert("at".into(), json!(state.time(at)));
             }
         }
     }
-    Ok(Json(v))
+    v
 }
 
 /// `GET /devices/{id}/snapshot`: a JPEG decoded in-process from the latest keyframe.

@@ -6,6 +6,7 @@
 //! Auth (bearer tokens, viewer/admin), body limits and request timeouts are layers here.
 
 mod auth;
+mod channels;
 mod devices;
 mod error;
 mod events;
@@ -179,6 +180,8 @@ pub fn router(state: AppState) -> Router {
         .route("/devices/{id}/channels", get(devices::channels))
         .route("/devices/{id}/stream", get(devices::stream))
         .route("/devices/{id}/snapshot", get(devices::snapshot))
+        .route("/devices/{id}/channels/{cid}/stream", get(channels::stream).post(channels::pull))
+        .route("/devices/{id}/channels/{cid}/snapshot", get(channels::snapshot))
         .route("/devices/{id}/presence/history", get(devices::history))
         .route("/presence/not-online", get(devices::not_online))
         .route("/observations", post(devices::observations))

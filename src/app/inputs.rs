@@ -50,6 +50,10 @@ pub async fn spawn_sources(
     let Deps { shared, media, impaired, fds } = deps;
     let metrics = &shared.metrics;
     let gb_sessions = SessionBoard::default();
+    // One media pipeline board for every pulled stream (RTSP cameras, GB/T 28181 channels),
+    // with the decode pool snapshots and diagnosis share.
+    let decode_threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2).div_ceil(2);
+    let streams = StreamBoard::new(crate::media::snapshot::Pool::new(decode_threads), config.rtsp.snapshot_max_age);
     let sip_addr = if config.gb28181.enabled {
         let cap = ConnCap::new("sip_tcp", fds.sip_tcp, Budget::per_address(fds.sip_tcp, 16, 1024), Some(metrics));
         let addr = crate::sources::gb28181::spawn(
@@ -58,6 +62,7 @@ pub async fn spawn_sources(
             config.gateway.id.clone(),
             shared.clone(),
             gb_sessions.clone(),
+            streams.clone(),
             cap,
             cancel.clone(),
             tracker,
@@ -153,12 +158,10 @@ pub async fn spawn_sources(
         Some(addr)
     };
 
-    let streams = if config.rtsp.enabled {
-        crate::sources::rtsp::spawn(&config.rtsp, shared.clone(), impaired, cancel.clone(), tracker)
-            .map_err(|e| Error::Config(format!("cannot start the RTSP threads: {e}")))?
-    } else {
-        StreamBoard::empty()
-    };
+    if config.rtsp.enabled {
+        crate::sources::rtsp::spawn(&config.rtsp, shared.clone(), impaired, streams.clone(), cancel.clone(), tracker)
+            .map_err(|e| Error::Config(format!("cannot start the RTSP threads: {e}")))?;
+    }
     warn_shipped_passwords(config);
     Ok(Inputs { sip_addr, gat1400_addr, quic_addr, gb_sessions, streams, profiles })
 }

@@ -31,6 +31,16 @@ pub enum StreamState {
     NotFound,
     SessionLimit,
     BadMedia,
+    /// GB/T 28181: the device did not answer the INVITE.
+    InviteTimeout,
+    /// GB/T 28181: the device refused the INVITE (the SIP code is in the error).
+    InviteRefused,
+    /// GB/T 28181: answered, but no RTP came.
+    NoMedia,
+    /// GB/T 28181: RTP came, none of it with the SSRC agreed.
+    SsrcMismatch,
+    /// GB/T 28181: the device ended the dialog.
+    ByeFromDevice,
 }
 
 impl StreamState {
@@ -45,6 +55,11 @@ impl StreamState {
             StreamState::NotFound => "not_found",
             StreamState::SessionLimit => "session_limit",
             StreamState::BadMedia => "bad_media",
+            StreamState::InviteTimeout => "invite_timeout",
+            StreamState::InviteRefused => "invite_refused",
+            StreamState::NoMedia => "no_media",
+            StreamState::SsrcMismatch => "ssrc_mismatch",
+            StreamState::ByeFromDevice => "bye_from_device",
         }
     }
 

@@ -4,8 +4,10 @@
 //! scores and verdicts). `StreamBoard` is where the pulls publish their streams and where the
 //! API and the metrics read them; the API never calls into a pull.
 //!
-//! The RTSP pull (`sources::rtsp`) feeds it today; the GB/T 28181 receiver will feed the same
-//! board. Video never goes through the outbox.
+//! The RTSP pull (`sources::rtsp`) and the GB/T 28181 player (`sources::gb28181::play`) feed
+//! it. RTSP cameras are pulled always; a GB/T 28181 channel is pulled while something needs
+//! it: the API asks through `demand` (the board forwards to the player; the API never calls
+//! into a source). Video never goes through the outbox.
 
 pub mod diagnosis;
 pub mod health;
@@ -43,6 +45,28 @@ struct Snapshots {
 pub struct StreamBoard {
     streams: Arc<RwLock<HashMap<String, Arc<Stream>>>>,
     snapshots: Option<Snapshots>,
+    puller: Arc<std::sync::OnceLock<tokio::sync::mpsc::Sender<Demand>>>,
+}
+
+/// A request to pull a GB/T 28181 channel (for at least `hold`).
+#[derive(Debug, Clone)]
+pub struct Demand {
+    pub device: String,
+    pub channel: String,
+    pub hold: Duration,
+}
+
+/// The board key of a device's channel.
+pub fn channel_key(device: &str, channel: &str) -> String {
+    format!("{device}/{channel}")
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DemandError {
+    #[error("GB/T 28181 video is not enabled")]
+    NoPuller,
+    #[error("too many pulls are waiting to start; try again shortly")]
+    Busy,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -58,13 +82,29 @@ pub enum SnapshotError {
 impl StreamBoard {
     /// A board with no streams (no pull configured).
     pub fn empty() -> Self {
-        StreamBoard { streams: Arc::default(), snapshots: None }
+        StreamBoard { streams: Arc::default(), snapshots: None, puller: Arc::default() }
     }
 
     /// A board whose snapshots are decoded on `pool`; a JPEG younger than `max_age` (or made
     /// from the same keyframe) is answered from cache.
     pub fn new(pool: snapshot::Pool, max_age: Duration) -> Self {
-        StreamBoard { streams: Arc::default(), snapshots: Some(Snapshots { pool, max_age }) }
+        StreamBoard { streams: Arc::default(), snapshots: Some(Snapshots { pool, max_age }), puller: Arc::default() }
+    }
+
+    /// The decode pool snapshots and diagnosis run on.
+    pub fn pool(&self) -> Option<snapshot::Pool> {
+        self.snapshots.as_ref().map(|s| s.pool.clone())
+    }
+
+    /// Where demands for channels go (the GB/T 28181 player; set once at start).
+    pub fn set_puller(&self, tx: tokio::sync::mpsc::Sender<Demand>) {
+        let _ = self.puller.set(tx);
+    }
+
+    /// Asks for a channel to be pulled (or kept) for at least `demand.hold`.
+    pub fn demand(&self, demand: Demand) -> Result<(), DemandError> {
+        let tx = self.puller.get().ok_or(DemandError::NoPuller)?;
+        tx.try_send(demand).map_err(|_| DemandError::Busy)
     }
 
     /// Publishes a new stream (state `connecting`) and answers the health its pull feeds.

@@ -9,6 +9,7 @@ mod gat1400;
 mod gb28181;
 mod gb_fixtures;
 mod gb_media;
+mod gb_play;
 mod layering;
 mod link;
 mod mqtt;

@@ -93,6 +93,22 @@ enum Mode {
         /// The last `silent` devices register but never keep alive (they go offline).
         #[arg(long, default_value_t = 0)]
         silent: u32,
+        #[command(flatten)]
+        media: MediaArgs,
+    },
+    /// No SIP: send `frames` frames of PS over RTP to `to` (UDP, or TCP by connecting with the
+    /// RFC 4571 length), for checking the simulator's media with other tools (GStreamer).
+    Push {
+        #[arg(long)]
+        to: SocketAddr,
+        #[arg(long, default_value = "udp")]
+        media_transport: String,
+        #[arg(long, default_value = "healthy")]
+        fault: String,
+        #[arg(long, default_value_t = 50)]
+        frames: u64,
+        #[arg(long, default_value = "target/sim-clips")]
+        clips: std::path::PathBuf,
     },
     /// Register, then send keepalives at `rate` per second for `seconds`; count answers.
     Flood {
@@ -101,6 +117,25 @@ enum Mode {
         #[arg(long, default_value_t = 10)]
         seconds: u64,
     },
+}
+
+/// How the devices' channels answer INVITE (see `vigil_simulators::gb_media`).
+#[derive(clap::Args, Clone)]
+struct MediaArgs {
+    /// Faults by channel index, e.g. `1=black,2=no-rtp,3=h265` (the device's own id is index 0).
+    #[arg(long, default_value = "")]
+    media_faults: String,
+    /// 503 to an INVITE past this many sessions of one device at once.
+    #[arg(long, default_value_t = 64)]
+    max_sessions: usize,
+    /// RTP packets dropped per thousand (spread evenly).
+    #[arg(long, default_value_t = 0)]
+    drop_permille: u32,
+    /// Where the generated clips are kept between runs.
+    #[arg(long, default_value = "target/sim-clips")]
+    clips: std::path::PathBuf,
+    #[arg(long, default_value_t = 2000)]
+    bitrate_kbps: u32,
 }
 
 /// The keepalive interval the devices report in BasicParam (and keep, in live mode).
@@ -488,8 +523,10 @@ async fn live(
     channels: usize,
     alarm_every: u64,
     silent: u32,
+    media_args: &MediaArgs,
 ) -> Result<()> {
     let local = sock.local_addr()?;
+    let mut media = Media::new(media_args)?;
     let mut sn = 0u64;
     let mut buf = vec![0u8; 65_535];
     let mut next_register = Instant::now();
@@ -576,15 +613,232 @@ async fn live(
                 }
                 continue;
             }
+            Some(call_id) = media.byes.recv() => {
+                if let Some(bye) = media.bye_from_device(&call_id, local) {
+                    sock.send_to(&bye, args.server).await?;
+                }
+                continue;
+            }
             r = tokio::time::timeout(Duration::from_millis(500), sock.recv_from(&mut buf)) => r,
         };
         let Ok(Ok((n, _))) = got else { continue };
         let Ok(msg) = Message::parse(&buf[..n]) else { continue };
+        if matches!(msg.start, StartLine::Request { .. }) && matches!(msg.method(), Some("INVITE" | "ACK" | "BYE")) {
+            for bytes in media.handle(&msg, local).await {
+                sock.send_to(&bytes, args.server).await?;
+            }
+            continue;
+        }
         if let Some((dev, qsn)) = serve(sock, args.server, &msg, keepalive_s).await? {
             for part in catalog_parts(&dev, qsn, channels, local, run_token()) {
                 sock.send_to(&part, args.server).await?;
             }
         }
+    }
+}
+
+/// The devices' media dialogs: INVITE answered (100, then 200 with SDP or a refusal), media
+/// played from ACK, BYE both ways.
+struct Media {
+    clips: Option<Arc<vigil_simulators::gb_media::Clips>>,
+    args: MediaArgs,
+    faults: HashMap<u32, vigil_simulators::gb_media::Fault>,
+    /// By Call-ID: the INVITE's From and To (with the device's tag), the device, the session
+    /// waiting for its ACK, and the stop of a session playing.
+    dialogs: HashMap<String, Dialog>,
+    bye_tx: tokio::sync::mpsc::Sender<String>,
+    byes: tokio::sync::mpsc::Receiver<String>,
+}
+
+struct Dialog {
+    from: String,
+    to: String,
+    device: String,
+    session: Option<vigil_simulators::gb_media::Session>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+/// The device a channel id belongs to (`catalog_parts` numbers channels after their device).
+fn device_of(channel: &str) -> String {
+    match (channel.get(..10), channel.get(10..13), channel.get(13..17)) {
+        (Some(a), Some("131"), Some(b)) => format!("{a}132000{b}"),
+        _ => channel.to_owned(),
+    }
+}
+
+impl Media {
+    fn new(args: &MediaArgs) -> Result<Media> {
+        let (bye_tx, byes) = tokio::sync::mpsc::channel(64);
+        // Made (once, then cached) before the devices register, so the first INVITE is not
+        // answered late.
+        let clips = match vigil_simulators::gb_media::Clips::load(&args.clips, args.bitrate_kbps) {
+            Ok(c) => Some(Arc::new(c)),
+            Err(e) => {
+                eprintln!("gb-device: no clips, INVITEs will be answered 500: {e:#}");
+                None
+            }
+        };
+        Ok(Media {
+            clips,
+            faults: vigil_simulators::gb_media::parse_faults(&args.media_faults)?,
+            args: args.clone(),
+            dialogs: HashMap::new(),
+            bye_tx,
+            byes,
+        })
+    }
+
+    /// What to send back for an INVITE, ACK or BYE.
+    async fn handle(&mut self, msg: &Message<'_>, local: SocketAddr) -> Vec<Vec<u8>> {
+        use vigil_simulators::gb_media::{answer, play, Answered, Fault};
+        let call_id = msg.header("Call-ID").unwrap_or("").to_owned();
+        match msg.method() {
+            Some("INVITE") => {
+                if self.dialogs.contains_key(&call_id) {
+                    return Vec::new(); // a retransmission; the answer already left
+                }
+                let channel =
+                    msg.header("To").and_then(vigil::protocol::sip::message::uri_user).unwrap_or("").to_owned();
+                let device = device_of(&channel);
+                let index = if channel.get(10..13) == Some("131") {
+                    channel.get(17..20).and_then(|i| i.parse().ok()).unwrap_or(0)
+                } else {
+                    0
+                };
+                let fault = self.faults.get(&index).copied().unwrap_or(Fault::Healthy);
+                let mut out: Vec<Vec<u8>> = vec![reply(msg, 100, "Trying", None, local, None).into()];
+                let busy = self.dialogs.values().filter(|d| d.device == device).count();
+                if busy >= self.args.max_sessions {
+                    out.push(reply(msg, 503, "Service Unavailable", None, local, Some("preview links limit")).into());
+                    return out;
+                }
+                if self.clips.is_none() {
+                    out.push(reply(msg, 500, "Server Internal Error", None, local, None).into());
+                    return out;
+                }
+                match answer(msg, &channel, fault, self.args.drop_permille).await {
+                    Answered::Ok { sdp, session } => {
+                        let tag = format!(
+                            "d{}",
+                            &call_id.chars().filter(char::is_ascii_alphanumeric).take(12).collect::<String>()
+                        );
+                        out.push(reply(msg, 200, "OK", Some(&sdp), local, None).replace_tag(&tag));
+                        self.dialogs.insert(
+                            call_id,
+                            Dialog {
+                                from: msg.header("From").unwrap_or("").to_owned(),
+                                to: format!("{};tag={tag}", msg.header("To").unwrap_or("")),
+                                device,
+                                session: Some(session),
+                                stop: None,
+                            },
+                        );
+                    }
+                    Answered::Refused(code, why) => out.push(reply(msg, code, why, None, local, None).into()),
+                }
+                out
+            }
+            Some("ACK") => {
+                if let (Some(d), Some(clips)) = (self.dialogs.get_mut(&call_id), self.clips.clone()) {
+                    if let Some(session) = d.session.take() {
+                        let (stop, stopped) = tokio::sync::oneshot::channel();
+                        d.stop = Some(stop);
+                        tokio::spawn(play(clips, session, stopped, self.bye_tx.clone()));
+                    }
+                }
+                Vec::new()
+            }
+            Some("BYE") => {
+                let known = self.dialogs.remove(&call_id);
+                let code = if known.is_some() { 200 } else { 481 };
+                if let Some(stop) = known.and_then(|d| d.stop) {
+                    let _ = stop.send(());
+                }
+                vec![reply(
+                    msg,
+                    code,
+                    if code == 200 { "OK" } else { "Call/Transaction Does Not Exist" },
+                    None,
+                    local,
+                    None,
+                )
+                .into()]
+            }
+            _ => Vec::new(),
+        }
+    }
+
+    /// The device hangs up a session (`bye` fault): the BYE to send.
+    fn bye_from_device(&mut self, call_id: &str, local: SocketAddr) -> Option<Vec<u8>> {
+        let d = self.dialogs.remove(call_id)?;
+        let target = vigil::protocol::sip::message::uri_user(&d.from).unwrap_or("");
+        Some(
+            format!(
+                "BYE sip:{target}@4201040000 SIP/2.0\r\nVia: SIP/2.0/UDP {local};rport;branch=z9hG4bKbye{run}{n}\r\n\
+From: {from}\r\nTo: {to}\r\nCall-ID: {call_id}\r\nCSeq: 2 BYE\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n",
+                run = run_token(),
+                n = call_id.len(),
+                from = d.to,
+                to = d.from,
+            )
+            .into_bytes(),
+        )
+    }
+}
+
+/// A response to an INVITE or BYE (Via, From, To, Call-ID, CSeq copied; a Contact on 200).
+fn reply(
+    msg: &Message<'_>,
+    code: u16,
+    reason: &str,
+    sdp: Option<&str>,
+    local: SocketAddr,
+    warning: Option<&str>,
+) -> Reply {
+    let mut a = format!("SIP/2.0 {code} {reason}\r\n");
+    for h in ["Via", "From", "To", "Call-ID", "CSeq"] {
+        a += &format!("{h}: {}\r\n", msg.header(h).unwrap_or(""));
+    }
+    if let Some(w) = warning {
+        a += &format!("Warning: 399 vigil-sim \"{w}\"\r\n");
+    }
+    if code == 200 {
+        let user = msg.header("To").and_then(vigil::protocol::sip::message::uri_user).unwrap_or("");
+        a += &format!("Contact: <sip:{user}@{local}>\r\n");
+    }
+    match sdp {
+        Some(body) => {
+            a += &format!(
+                "Content-Type: APPLICATION/SDP\r\nUser-Agent: vigil-sim\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            )
+        }
+        None => a += "User-Agent: vigil-sim\r\nContent-Length: 0\r\n\r\n",
+    }
+    Reply(a)
+}
+
+/// A response being built (the To tag is added to a 200).
+struct Reply(String);
+
+impl Reply {
+    fn replace_tag(self, tag: &str) -> Vec<u8> {
+        let mut out = String::with_capacity(self.0.len() + 16);
+        for line in self.0.split_inclusive("\r\n") {
+            if line.starts_with("To:") && !line.contains(";tag=") {
+                out += line.trim_end();
+                out += &format!(";tag={tag}\r\n");
+            } else {
+                out += line;
+            }
+        }
+        out.into_bytes()
+    }
+}
+
+impl From<Reply> for Vec<u8> {
+    fn from(r: Reply) -> Vec<u8> {
+        r.0.into_bytes()
     }
 }
 
@@ -675,12 +929,25 @@ async fn main() -> Result<()> {
     if !args.server.ip().is_loopback() {
         bail!("this load driver only targets loopback addresses");
     }
+    if let Mode::Push { to, ref media_transport, ref fault, frames, ref clips } = args.mode {
+        use vigil_simulators::gb_media;
+        if !to.ip().is_loopback() {
+            bail!("the simulator sends to loopback only");
+        }
+        let clips = Arc::new(gb_media::Clips::load(clips, 2000)?);
+        let session = gb_media::push_session(to, media_transport == "tcp", 0x0104_0000, fault.parse()?, frames)?;
+        let (_stop, stopped) = tokio::sync::oneshot::channel();
+        let (byes, _) = tokio::sync::mpsc::channel(1);
+        gb_media::play(clips, session, stopped, byes).await;
+        println!("push: {frames} frames sent to {to} over {media_transport}");
+        return Ok(());
+    }
     let std_sock = std::net::UdpSocket::bind("127.0.0.1:0")?;
     std_sock.set_nonblocking(true)?;
     let sock2 = socket2::Socket::from(std_sock);
     let _ = sock2.set_recv_buffer_size(4 * 1024 * 1024);
     let sock = Arc::new(UdpSocket::from_std(sock2.into())?);
-    if let Mode::Live { keepalive, channels, alarm_every, silent } = args.mode {
+    if let Mode::Live { keepalive, channels, alarm_every, silent, ref media } = args.mode {
         if args.transport == "tcp" {
             for n in 0..args.count.saturating_sub(silent) {
                 tokio::spawn(tcp_device(id(args.first + n), args.server, args.password.clone(), keepalive, channels));
@@ -689,7 +956,7 @@ async fn main() -> Result<()> {
             tokio::signal::ctrl_c().await?;
             return Ok(());
         }
-        return live(&sock, &args, keepalive, channels, alarm_every, silent).await;
+        return live(&sock, &args, keepalive, channels, alarm_every, silent, &media.clone()).await;
     }
     if args.transport != "udp" {
         bail!("--transport tcp is for live mode; the load modes use one UDP socket");
@@ -704,7 +971,7 @@ async fn main() -> Result<()> {
     match &args.mode {
         Mode::Flood { rate, seconds } => flood(&sock, &args, *rate, *seconds).await?,
         Mode::Catalog { channels, api } => catalog(&sock, &args, *channels, api, queries).await?,
-        Mode::Storm | Mode::Live { .. } => {}
+        Mode::Storm | Mode::Live { .. } | Mode::Push { .. } => {}
     }
     Ok(())
 }

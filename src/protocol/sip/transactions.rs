@@ -29,6 +29,10 @@ pub enum Purpose {
     SubscribeCatalog,
     /// The `Response/Alarm` (with the alarm's SN) after an alarm was stored.
     AlarmResponse(u64),
+    /// `BYE` ending a media dialog.
+    Bye,
+    /// `CANCEL` of an INVITE still pending.
+    Cancel,
 }
 
 impl Purpose {
@@ -37,6 +41,8 @@ impl Purpose {
             Purpose::Query(cmd) => cmd,
             Purpose::SubscribeCatalog => "SubscribeCatalog",
             Purpose::AlarmResponse(_) => "AlarmResponse",
+            Purpose::Bye => "BYE",
+            Purpose::Cancel => "CANCEL",
         }
     }
 }

@@ -9,6 +9,8 @@
 //! for the API.
 
 pub mod catalog;
+pub mod dialog;
+pub mod play;
 pub mod register;
 mod server;
 
@@ -56,6 +58,7 @@ pub async fn spawn(
     gateway_id: String,
     shared: crate::sources::Shared,
     board: SessionBoard,
+    streams: crate::media::StreamBoard,
     tcp_cap: crate::net::ConnCap,
     cancel: CancellationToken,
     tracker: &TaskTracker,
@@ -70,7 +73,11 @@ pub async fn spawn(
     let cfg_deadline = cfg.message_deadline;
     let (tx, rx) = mpsc::channel(INBOUND_QUEUE);
     let deadline_refusals = shared.metrics.connections_refused.with_label_values(&["sip_tcp", "deadline"]);
-    let mut server = server::Server::new(server::Parts { cfg, tz, gateway_id, shared, udp: udp.clone(), board });
+    let (commands_tx, commands) = mpsc::channel(1024);
+    let settings = play::Settings::from_config(&cfg, &gateway_id);
+    play::spawn(settings, commands_tx, board.clone(), streams, shared.metrics.clone(), cancel.clone(), tracker);
+    let mut server =
+        server::Server::new(server::Parts { cfg, tz, gateway_id, shared, udp: udp.clone(), board, commands });
     server.restore_sessions().await;
     let span = tracing::info_span!("gb28181", listen = %addr);
     tracker.spawn(server.run(rx, cancel.clone()).instrument(span.clone()));

@@ -175,30 +175,31 @@ impl Shards {
     }
 }
 
-/// Starts the supervisor and the pull threads. Returns the board the API reads.
+/// Starts the supervisor and the pull threads, publishing on `board` (whose decode pool
+/// snapshots and diagnosis use).
 pub fn spawn(
     config: &crate::config::Rtsp,
     shared: super::Shared,
     impaired: Impaired,
+    board: StreamBoard,
     cancel: CancellationToken,
     tracker: &TaskTracker,
-) -> std::io::Result<StreamBoard> {
+) -> std::io::Result<()> {
     let settings = Settings::from_config(config);
     let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2).div_ceil(2);
+    let pool = board.pool().unwrap_or_else(|| snapshot::Pool::new(threads));
     let shards = Shards::start(config.threads, &cancel)?;
     let ctx = Arc::new(Context {
         connecting: Arc::new(tokio::sync::Semaphore::new(settings.max_connecting)),
         settings,
         shared,
-        pool: snapshot::Pool::new(threads),
+        pool,
         impaired,
         groups: Mutex::default(),
     });
-    let board = StreamBoard::new(ctx.pool.clone(), ctx.settings.snapshot_max_age);
-    let sup_board = board.clone();
     let sup_tracker = tracker.clone();
-    tracker.spawn(async move { supervise(ctx, sup_board, shards, cancel, sup_tracker).await });
-    Ok(board)
+    tracker.spawn(async move { supervise(ctx, board, shards, cancel, sup_tracker).await });
+    Ok(())
 }
 
 /// Reconciles pulls with the registry once a second (when it changed), and refreshes the

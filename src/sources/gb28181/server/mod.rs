@@ -7,6 +7,7 @@
 //! slow database never stalls SIP; their results come back on the `internal` channel.
 
 mod inbound;
+mod invite;
 mod outbound;
 
 use std::collections::{HashMap, VecDeque};
@@ -185,6 +186,9 @@ pub struct Server {
     /// device flooding them is told to come back (503) instead of growing tasks without end.
     writes_in_flight: Arc<tokio::sync::Semaphore>,
     cseq: u32,
+    /// Media dialogs vigil opened toward devices, by Call-ID (`invite.rs`).
+    dialogs: HashMap<String, invite::Dialog>,
+    commands: Option<mpsc::Receiver<super::dialog::Command>>,
 }
 
 /// Most alarm and catalog-notify writes in flight at once.
@@ -226,6 +230,8 @@ pub struct Parts {
     pub shared: crate::sources::Shared,
     pub udp: Arc<UdpSocket>,
     pub board: SessionBoard,
+    /// INVITE and hang-up requests from the players.
+    pub commands: mpsc::Receiver<super::dialog::Command>,
 }
 
 impl Server {
@@ -271,6 +277,8 @@ impl Server {
             internal_rx: Some(internal_rx),
             writes_in_flight: Arc::new(tokio::sync::Semaphore::new(WRITES_IN_FLIGHT)),
             cseq: 1,
+            dialogs: HashMap::new(),
+            commands: Some(p.commands),
             tag,
         }
     }
@@ -319,6 +327,7 @@ impl Server {
     pub async fn run(mut self, mut inbound: mpsc::Receiver<Inbound>, cancel: CancellationToken) {
         info!("GB/T 28181 source listening (UDP and TCP).");
         let Some(mut internal) = self.internal_rx.take() else { return };
+        let Some(mut commands) = self.commands.take() else { return };
         let mut tick = tokio::time::interval(std::time::Duration::from_millis(100));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut slow_tick = tokio::time::interval(std::time::Duration::from_secs(1));
@@ -327,6 +336,7 @@ impl Server {
                 biased;
                 _ = cancel.cancelled() => break,
                 Some(job) = internal.recv() => self.internal(job).await,
+                Some(cmd) = commands.recv() => self.command(cmd).await,
                 r = inbound.recv() => match r {
                     Some(req) => {
                         if let Some(answer) = self.handle(&req.bytes, req.from, &req.reply).await {
@@ -460,7 +470,11 @@ impl Server {
             StartLine::Request { method, .. } => method.to_ascii_uppercase(),
             StartLine::Response { code, .. } => {
                 self.metrics.sip_messages.with_label_values(&["response", "in"]).inc();
-                self.response(&msg, *code, from);
+                if msg.cseq().is_some_and(|(_, m)| m.eq_ignore_ascii_case("INVITE")) {
+                    self.invite_response(&msg, *code).await;
+                } else {
+                    self.response(&msg, *code, from);
+                }
                 return None;
             }
         };
@@ -509,6 +523,8 @@ impl Server {
                 }
             }
             "OPTIONS" => message::response(&msg, 200, "OK", from, &self.tag, &[("Allow", ALLOW.into())], b""),
+            "BYE" => self.bye_from_device(&msg, from),
+            "INVITE" => self.invite_from_device(&msg, from),
             _ => message::response(&msg, 405, "Method Not Allowed", from, &self.tag, &[("Allow", ALLOW.into())], b""),
         };
         if remember {

@@ -85,6 +85,7 @@ impl Server {
     pub(super) async fn pump(&mut self) {
         self.flush_admissions();
         let now = now_ms();
+        self.invite_timers(now).await;
         let mut resend: Vec<(std::net::SocketAddr, Arc<Vec<u8>>)> = Vec::new();
         let expired = self.transactions.tick(now, |p| resend.push((p.to, p.bytes.clone())));
         for (to, bytes) in resend {
@@ -144,6 +145,8 @@ impl Server {
                 )
             }
             Purpose::AlarmResponse(_) => ("MESSAGE", manscdp::alarm_response(sn, device, charset), String::new()),
+            // Sent by the dialog code (`invite.rs`), never from the backlog.
+            Purpose::Bye | Purpose::Cancel => return false,
         };
         let to = s.info.source;
         let tcp = s.tcp.clone();
@@ -180,7 +183,13 @@ From: <sip:{gw}@{realm}>;tag={tag}\r\nTo: <sip:{device}@{realm}>\r\nCall-ID: {ca
     /// the renewal.
     pub(super) fn response(&mut self, msg: &Message<'_>, code: u16, from: std::net::SocketAddr) {
         let Some(branch) = msg.branch() else { return };
-        let Some(p) = self.transactions.answered(branch, code) else { return };
+        // A CANCEL shares its INVITE's branch; its transaction is kept under its own key.
+        let key = if msg.cseq().is_some_and(|(_, m)| m.eq_ignore_ascii_case("CANCEL")) {
+            format!("{branch}|CANCEL")
+        } else {
+            branch.to_owned()
+        };
+        let Some(p) = self.transactions.answered(&key, code) else { return };
         let outcome = if (200..300).contains(&code) { "ok" } else { "refused" };
         self.metrics.sip_transactions.with_label_values(&[p.purpose.label(), outcome]).inc();
         if p.purpose == Purpose::SubscribeCatalog {

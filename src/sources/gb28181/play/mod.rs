@@ -1,0 +1,244 @@
+//! GB/T 28181 live video: the player pulls a channel while something needs it (an operator's
+//! snapshot or `POST .../stream`, later patrol and the cascade). Demands arrive from the
+//! `media::StreamBoard`; each wanted channel has one task that runs sessions (`session`) and
+//! publishes the stream's health on the board under `device/channel`; a session that fails is
+//! tried again with backoff while the channel is still wanted, and the stream stops (BYE) once
+//! its hold has passed. Media ports come from `gb28181.media_ports` (one per stream), `y=`
+//! SSRC sequences from `offer::Ssrcs`.
+
+pub mod offer;
+mod session;
+
+use std::collections::{HashMap, HashSet};
+use std::net::IpAddr;
+use std::ops::RangeInclusive;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::net::UdpSocket;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{info, warn};
+
+use super::dialog::Command;
+use crate::clock::now_ms;
+use crate::media::health::{Health, StreamState};
+use crate::media::{channel_key, Demand, StreamBoard};
+use crate::sessions::SessionBoard;
+use crate::telemetry::Metrics;
+
+/// Demands waiting for the player.
+const DEMANDS: usize = 1024;
+/// Backoff between failed sessions of a wanted channel.
+const RETRY_MIN: Duration = Duration::from_secs(2);
+const RETRY_MAX: Duration = Duration::from_secs(30);
+
+/// The settings of `[gb28181]` the player uses.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub gateway_id: String,
+    /// The SIP domain (the realm): digits 4–8 go into `y=`.
+    pub domain: String,
+    pub ports: RangeInclusive<u16>,
+    pub media_address: Option<IpAddr>,
+    pub invite_timeout: Duration,
+    pub media_timeout: Duration,
+}
+
+impl Settings {
+    pub fn from_config(c: &crate::config::Gb28181, gateway_id: &str) -> Self {
+        Settings {
+            gateway_id: gateway_id.to_owned(),
+            domain: c.realm.clone(),
+            ports: crate::config::parse_ports(&c.media_ports).unwrap_or(30000..=30999),
+            media_address: c.media_address.parse().ok(),
+            invite_timeout: c.invite_timeout,
+            media_timeout: c.media_timeout,
+        }
+    }
+}
+
+/// What every session of the player shares.
+pub struct Ctx {
+    pub settings: Settings,
+    commands: mpsc::Sender<Command>,
+    sessions: SessionBoard,
+    board: StreamBoard,
+    metrics: Metrics,
+    ports: Ports,
+    ssrcs: Mutex<offer::Ssrcs>,
+}
+
+impl Ctx {
+    fn take_ssrc(&self) -> Option<u32> {
+        self.ssrcs.lock().unwrap_or_else(|p| p.into_inner()).take(now_ms())
+    }
+
+    fn release_ssrc(&self, n: u32) {
+        self.ssrcs.lock().unwrap_or_else(|p| p.into_inner()).release(n, now_ms());
+    }
+
+    fn count_dropped(&self, reason: &str) {
+        self.metrics.gb_media_dropped.with_label_values(&[reason]).inc();
+    }
+}
+
+/// The media ports: one per stream, taken from the range in turn.
+struct Ports {
+    range: RangeInclusive<u16>,
+    state: Mutex<(u16, HashSet<u16>)>,
+}
+
+impl Ports {
+    fn new(range: RangeInclusive<u16>) -> Self {
+        let start = *range.start();
+        Ports { range, state: Mutex::new((start, HashSet::new())) }
+    }
+
+    /// Binds the next free port of the range on `ip`; `None` when every port is taken (by
+    /// vigil or by another process).
+    async fn bind(&self, ip: IpAddr) -> Option<(UdpSocket, u16)> {
+        let size = usize::from(self.range.end() - self.range.start()) + 1;
+        for _ in 0..size {
+            let port = {
+                let mut g = self.state.lock().unwrap_or_else(|p| p.into_inner());
+                let (next, in_use) = &mut *g;
+                let port = *next;
+                *next = if port >= *self.range.end() { *self.range.start() } else { port + 1 };
+                if in_use.contains(&port) {
+                    continue;
+                }
+                in_use.insert(port);
+                port
+            };
+            // Bound on the address offered (or all addresses when it is the route's).
+            match bind_media(ip, port) {
+                Ok(sock) => return Some((sock, port)),
+                Err(_) => self.release(port),
+            }
+        }
+        None
+    }
+
+    fn release(&self, port: u16) {
+        self.state.lock().unwrap_or_else(|p| p.into_inner()).1.remove(&port);
+    }
+}
+
+/// A media socket with a receive buffer for bursts (a keyframe is hundreds of packets).
+fn bind_media(ip: IpAddr, port: u16) -> std::io::Result<UdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let addr = std::net::SocketAddr::new(ip, port);
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    let _ = socket.set_recv_buffer_size(1 << 20);
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    UdpSocket::from_std(socket.into())
+}
+
+/// A channel being pulled.
+struct Wanted {
+    until: Instant,
+    cancel: CancellationToken,
+}
+
+/// Starts the player; demands reach it through `board.demand`.
+pub fn spawn(
+    settings: Settings,
+    commands: mpsc::Sender<Command>,
+    sessions: SessionBoard,
+    board: StreamBoard,
+    metrics: Metrics,
+    cancel: CancellationToken,
+    tracker: &TaskTracker,
+) {
+    let (tx, rx) = mpsc::channel(DEMANDS);
+    board.set_puller(tx);
+    let ctx = Arc::new(Ctx {
+        ports: Ports::new(settings.ports.clone()),
+        settings,
+        commands,
+        sessions,
+        board,
+        metrics,
+        ssrcs: Mutex::default(),
+    });
+    let t = tracker.clone();
+    tracker.spawn(manage(ctx, rx, cancel, t));
+}
+
+/// Starts a pull per channel wanted, extends its hold on each demand, stops it once the hold
+/// passed.
+async fn manage(ctx: Arc<Ctx>, mut demands: mpsc::Receiver<Demand>, cancel: CancellationToken, tracker: TaskTracker) {
+    let mut wanted: HashMap<String, Wanted> = HashMap::new();
+    let (ended_tx, mut ended) = mpsc::channel::<String>(DEMANDS);
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => break,
+            Some(d) = demands.recv() => {
+                let key = channel_key(&d.device, &d.channel);
+                let until = Instant::now() + d.hold;
+                if let Some(w) = wanted.get_mut(&key) {
+                    w.until = w.until.max(until);
+                    continue;
+                }
+                let token = cancel.child_token();
+                wanted.insert(key.clone(), Wanted { until, cancel: token.clone() });
+                let (ctx, done) = (ctx.clone(), ended_tx.clone());
+                tracker.spawn(async move {
+                    pull(&ctx, &d.device, &d.channel, &token).await;
+                    let _ = done.send(key).await;
+                });
+            }
+            Some(key) = ended.recv() => {
+                wanted.remove(&key);
+            }
+            _ = tick.tick() => {
+                let now = Instant::now();
+                for w in wanted.values().filter(|w| w.until <= now) {
+                    w.cancel.cancel();
+                }
+            }
+        }
+    }
+    for w in wanted.values() {
+        w.cancel.cancel();
+    }
+}
+
+/// Pulls one channel until cancelled: sessions, retried with backoff after a failure.
+async fn pull(ctx: &Ctx, device: &str, channel: &str, cancel: &CancellationToken) {
+    let key = channel_key(device, channel);
+    let health: Arc<Health> = ctx.board.add(&key, "gb_channel");
+    let mut failures = 0u32;
+    info!(device, channel, "GB/T 28181 live stream wanted: INVITE.");
+    loop {
+        let ended = session::run(ctx, device, channel, &health, cancel).await;
+        match ended {
+            session::Ended::Stopped => {
+                ctx.metrics.gb_plays.with_label_values(&["stopped"]).inc();
+                info!(device, channel, "GB/T 28181 live stream no longer wanted: BYE.");
+                ctx.board.remove(&key);
+                return;
+            }
+            session::Ended::Failed { state, error, played } => {
+                ctx.metrics.gb_plays.with_label_values(&[state.as_str()]).inc();
+                failures = if played { 1 } else { failures + 1 };
+                let wait = (RETRY_MIN * 2u32.saturating_pow(failures.saturating_sub(1).min(8))).min(RETRY_MAX);
+                let now = now_ms();
+                health.failed(state, now, error.clone(), now + wait.as_millis() as i64);
+                if state == StreamState::Stalled {
+                    health.count_stall();
+                }
+                warn!(device, channel, state = state.as_str(), error = %error, retry_in_s = wait.as_secs(), "GB/T 28181 live stream failed.");
+                tokio::select! {
+                    _ = cancel.cancelled() => return, // the failure stays on the board for the operator
+                    _ = tokio::time::sleep(wait) => {}
+                }
+            }
+        }
+    }
+}

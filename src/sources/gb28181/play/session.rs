@@ -1,0 +1,383 @@
+//! One live session of one channel: bind a media port, INVITE through the SIP server, read the
+//! answer, then receive RTP over UDP → reorder window → PS demux → access units → the media
+//! pipeline's health (frames, GOP, loss, the keyframe cache for snapshots). Ends with the
+//! reason a GB/T 28181 engineer would look for: `invite_timeout`, `invite_refused` (SIP code),
+//! `no_media`, `ssrc_mismatch`, `bad_media`, `stalled`, `bye_from_device`, or stopped because
+//! nobody needs the stream any more (then BYE).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::UdpSocket;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info};
+
+use super::offer::{self, Agreed};
+use super::Ctx;
+use crate::clock::now_ms;
+use crate::media::health::{Health, Keyframe, MediaInfo, StreamState};
+use crate::media::snapshot;
+use crate::protocol::ps::es::{Assembler, Codec};
+use crate::protocol::ps::{Demuxer, StreamType};
+use crate::protocol::rtp::{self, Packet, Reorder};
+use crate::sources::gb28181::dialog::{Command, DialogEvent, EVENTS};
+
+/// Packets held to put UDP back in order (about 100 ms of a 2 Mbit/s stream).
+const REORDER_WINDOW: usize = 16;
+/// Largest keyframe kept for snapshots.
+const MAX_KEYFRAME: usize = 4 << 20;
+/// Datagrams read per wake-up before yielding.
+const BATCH: usize = 64;
+
+/// How a session ended.
+#[derive(Debug)]
+pub enum Ended {
+    /// Nobody needs the stream (or vigil stops): BYE sent.
+    Stopped,
+    /// A failure, with the state it leaves the stream in and the words for the operator.
+    Failed { state: StreamState, error: String, played: bool },
+}
+
+/// Runs one session of `channel` (under `device`) until `cancel` or a failure.
+pub async fn run(ctx: &Ctx, device: &str, channel: &str, health: &Arc<Health>, cancel: &CancellationToken) -> Ended {
+    let failed = |state, error: String| Ended::Failed { state, error, played: false };
+    let Some(sip) = ctx.sessions.get(device).map(|s| s.source) else {
+        return failed(StreamState::InviteRefused, "the device is not registered (no SIP session)".into());
+    };
+    let ip = match ctx.settings.media_address {
+        Some(ip) => ip,
+        None => match route_to(sip).await {
+            Some(ip) => ip,
+            None => return failed(StreamState::BadMedia, format!("no local address routes to the device at {sip}")),
+        },
+    };
+    let Some((sock, port)) = ctx.ports.bind(ip).await else {
+        return failed(StreamState::BadMedia, format!("no free media port in {:?}", ctx.settings.ports));
+    };
+    let sock = PortGuard { sock, port, ctx };
+    let Some(seq) = ctx.take_ssrc() else {
+        return failed(StreamState::BadMedia, "all 10,000 SSRC sequences are in use".into());
+    };
+    let _ssrc_guard = SsrcGuard { seq, ctx };
+    let Some(y) = crate::protocol::sdp::build_ssrc(false, &ctx.settings.domain, seq) else {
+        return failed(
+            StreamState::BadMedia,
+            format!("the SIP domain {:?} is too short for a y= SSRC", ctx.settings.domain),
+        );
+    };
+    let offered = crate::protocol::sdp::ssrc_value(&y).unwrap_or(0);
+    let sdp = offer::offer(&ctx.settings.gateway_id, ip, port, &y);
+    let call_id = format!("{}@vigil", uuid::Uuid::now_v7().simple());
+    let (events_tx, mut events) = mpsc::channel(EVENTS);
+    let started = Instant::now();
+    health.session_started(started, false);
+    let cmd = Command::Invite {
+        call_id: call_id.clone(),
+        device: device.to_owned(),
+        channel: channel.to_owned(),
+        sdp,
+        ssrc: y.clone(),
+        events: events_tx,
+    };
+    if ctx.commands.send(cmd).await.is_err() {
+        return Ended::Stopped; // the SIP server is gone: vigil is stopping
+    }
+    let hangup = || {
+        let _ = ctx.commands.try_send(Command::Hangup { call_id: call_id.clone() });
+    };
+    // The answer.
+    let deadline = tokio::time::sleep(ctx.settings.invite_timeout);
+    tokio::pin!(deadline);
+    let answer = loop {
+        tokio::select! {
+            _ = cancel.cancelled() => { hangup(); return Ended::Stopped; }
+            _ = &mut deadline => {
+                hangup();
+                return failed(StreamState::InviteTimeout, format!("no answer to the INVITE within {:?}", ctx.settings.invite_timeout));
+            }
+            e = events.recv() => match e {
+                Some(DialogEvent::Provisional(_)) => continue,
+                Some(DialogEvent::Answered { sdp }) => break sdp,
+                Some(DialogEvent::Refused { code, reason }) => {
+                    return failed(StreamState::InviteRefused, format!("SIP {code} {reason}"));
+                }
+                Some(DialogEvent::NotRegistered) => {
+                    return failed(StreamState::InviteRefused, "the device is not registered (no SIP session)".into());
+                }
+                Some(DialogEvent::NoAnswer) => {
+                    return failed(StreamState::InviteTimeout, "no final answer to the INVITE (Timer B)".into());
+                }
+                Some(DialogEvent::ByeFromDevice) | None => {
+                    return failed(StreamState::ByeFromDevice, "the device ended the dialog before media".into());
+                }
+            }
+        }
+    };
+    let agreed = match offer::check_answer(&answer, offered) {
+        Ok(a) => a,
+        Err(e) => {
+            hangup();
+            return failed(StreamState::BadMedia, e.to_string());
+        }
+    };
+    if agreed.ssrc_rebound {
+        info!(device, channel, offered = %y, answered = ?agreed.ssrc, "The device answered its own y= SSRC; receiving that one.");
+    }
+    let mut rx = Receiver::new(agreed, health.clone(), ctx);
+    let ended = rx.receive(&sock.sock, &mut events, cancel, started).await;
+    if !matches!(&ended, Ended::Failed { state: StreamState::ByeFromDevice, .. }) {
+        hangup();
+    }
+    ended
+}
+
+/// The local address of the route to `peer` (what the device can reach vigil at).
+async fn route_to(peer: SocketAddr) -> Option<std::net::IpAddr> {
+    let any: SocketAddr =
+        if peer.is_ipv4() { ([0, 0, 0, 0], 0).into() } else { (std::net::Ipv6Addr::UNSPECIFIED, 0).into() };
+    let s = UdpSocket::bind(any).await.ok()?;
+    s.connect(peer).await.ok()?;
+    s.local_addr().ok().map(|a| a.ip())
+}
+
+/// A media port given back when the session ends.
+struct PortGuard<'a> {
+    sock: UdpSocket,
+    port: u16,
+    ctx: &'a Ctx,
+}
+
+impl Drop for PortGuard<'_> {
+    fn drop(&mut self) {
+        self.ctx.ports.release(self.port);
+    }
+}
+
+struct SsrcGuard<'a> {
+    seq: u32,
+    ctx: &'a Ctx,
+}
+
+impl Drop for SsrcGuard<'_> {
+    fn drop(&mut self) {
+        self.ctx.release_ssrc(self.seq);
+    }
+}
+
+/// RTP in, access units into health.
+struct Receiver<'a> {
+    agreed: Agreed,
+    ssrc: Option<u32>,
+    /// The address media is taken from, once the first good packet came.
+    source: Option<SocketAddr>,
+    health: Arc<Health>,
+    ctx: &'a Ctx,
+    reorder: Reorder<Vec<u8>>,
+    demuxer: Demuxer,
+    assembler: Assembler,
+    lost_reported: u64,
+    foreign: u64,
+    wrong_ssrc: u64,
+    malformed: u64,
+    packets: u64,
+    played: bool,
+    sized: bool,
+}
+
+impl<'a> Receiver<'a> {
+    fn new(agreed: Agreed, health: Arc<Health>, ctx: &'a Ctx) -> Self {
+        Receiver {
+            ssrc: agreed.ssrc,
+            agreed,
+            source: None,
+            health,
+            ctx,
+            reorder: Reorder::new(REORDER_WINDOW),
+            demuxer: Demuxer::default(),
+            assembler: Assembler::default(),
+            lost_reported: 0,
+            foreign: 0,
+            wrong_ssrc: 0,
+            malformed: 0,
+            packets: 0,
+            played: false,
+            sized: false,
+        }
+    }
+
+    async fn receive(
+        &mut self,
+        sock: &UdpSocket,
+        events: &mut mpsc::Receiver<DialogEvent>,
+        cancel: &CancellationToken,
+        started: Instant,
+    ) -> Ended {
+        let timeout = self.ctx.settings.media_timeout;
+        let mut buf = vec![0u8; 65_536];
+        let mut last_frame = started;
+        let mut check = tokio::time::interval(Duration::from_millis(500));
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => return Ended::Stopped,
+                e = events.recv() => match e {
+                    Some(DialogEvent::ByeFromDevice) | None => {
+                        return Ended::Failed { state: StreamState::ByeFromDevice, error: "the device sent BYE".into(), played: self.played };
+                    }
+                    Some(_) => {}
+                },
+                _ = check.tick() => {
+                    let quiet = last_frame.elapsed();
+                    if quiet >= timeout {
+                        return self.quiet(quiet);
+                    }
+                }
+                r = sock.readable() => {
+                    if r.is_err() {
+                        return Ended::Failed { state: StreamState::BadMedia, error: "the media socket failed".into(), played: self.played };
+                    }
+                    for _ in 0..BATCH {
+                        match sock.try_recv_from(&mut buf) {
+                            Ok((n, from)) => {
+                                if self.packet(&buf[..n], from) {
+                                    last_frame = Instant::now();
+                                }
+                            }
+                            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                            Err(e) => {
+                                debug!(error = %e, "Media socket read failed.");
+                                break;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// The end of a quiet stream: what it was quiet of.
+    fn quiet(&self, quiet: Duration) -> Ended {
+        let (state, error) = if self.played {
+            (StreamState::Stalled, format!("no picture for {:.1} s", quiet.as_secs_f64()))
+        } else if self.packets == 0 && self.wrong_ssrc > 0 {
+            (
+                StreamState::SsrcMismatch,
+                format!("{} RTP packets came, none with the agreed SSRC {:?}", self.wrong_ssrc, self.ssrc),
+            )
+        } else if self.packets == 0 {
+            (StreamState::NoMedia, format!("no RTP within {:.1} s of the answer", quiet.as_secs_f64()))
+        } else {
+            (StreamState::BadMedia, format!("{} RTP packets came and no picture could be read from them", self.packets))
+        };
+        Ended::Failed { state, error, played: self.played }
+    }
+
+    /// One datagram; true when it completed at least one picture.
+    fn packet(&mut self, data: &[u8], from: SocketAddr) -> bool {
+        if from.ip() != self.agreed.from.ip() && self.source.is_none_or(|s| s != from) {
+            self.foreign += 1;
+            self.ctx.count_dropped("foreign_source");
+            return false;
+        }
+        if rtp::is_rtcp(data) {
+            return false;
+        }
+        let p = match Packet::parse(data) {
+            Ok(p) => p,
+            Err(_) => {
+                self.malformed += 1;
+                self.ctx.count_dropped("malformed");
+                self.health.count_media_error();
+                return false;
+            }
+        };
+        match self.ssrc {
+            Some(s) if s != p.ssrc => {
+                self.wrong_ssrc += 1;
+                self.ctx.count_dropped("ssrc");
+                return false;
+            }
+            None => self.ssrc = Some(p.ssrc),
+            _ => {}
+        }
+        if p.payload_type != self.agreed.payload_type {
+            self.ctx.count_dropped("payload_type");
+            return false;
+        }
+        self.source.get_or_insert(from);
+        self.packets += 1;
+        let mut payloads = Vec::new();
+        self.reorder.push(p.sequence, p.payload.to_vec(), |_, payload| payloads.push(payload));
+        let mut pictured = false;
+        for payload in payloads {
+            pictured |= self.payload(&payload);
+        }
+        pictured
+    }
+
+    /// A PS payload in order: PES out, access units out, into health.
+    fn payload(&mut self, payload: &[u8]) -> bool {
+        let mut video = Vec::new();
+        self.demuxer.push(payload, |pes| {
+            if pes.is_video() {
+                video.push(pes);
+            }
+        });
+        let mut units = Vec::new();
+        for pes in video {
+            let hint = self.demuxer.stream_type(pes.stream_id).and_then(|t| match t {
+                StreamType::H264 => Some(Codec::H264),
+                StreamType::H265 => Some(Codec::H265),
+                _ => None,
+            });
+            self.assembler.set_hint(hint);
+            self.assembler.push(pes.pts, &pes.payload, |u| units.push(u));
+        }
+        let any = !units.is_empty();
+        for u in units {
+            let now = Instant::now();
+            let lost = self.reorder.losses.lost;
+            let loss = u16::try_from(lost - self.lost_reported).unwrap_or(u16::MAX);
+            self.lost_reported = lost;
+            let codec = match u.codec {
+                Codec::H264 => snapshot::Codec::H264,
+                Codec::H265 => snapshot::Codec::H265,
+            };
+            let len = u.data.len();
+            let key = (u.keyframe && len <= MAX_KEYFRAME).then(|| Keyframe {
+                codec,
+                data: Arc::from(u.data),
+                pts: u.pts.map_or(0, |p| p as i64),
+                seq: 0,
+            });
+            if let Some(k) = key.as_ref().filter(|_| !self.sized) {
+                self.sized = true;
+                self.describe(codec, k.clone());
+            }
+            let note = self.health.frame(now, len, loss, key);
+            if let Some(ttff) = note.first {
+                self.played = true;
+                self.health.set_state(StreamState::Playing, now_ms(), None);
+                self.ctx.metrics.gb_first_frame.observe(ttff as f64 / 1000.0);
+                info!(codec = codec.as_str(), first_frame_ms = ttff, "GB/T 28181 stream playing.");
+            }
+        }
+        any
+    }
+
+    /// Publishes the codec at once and the picture size once the first keyframe is decoded
+    /// (PS carries no resolution; the decoder reads it from the parameter sets).
+    fn describe(&self, codec: snapshot::Codec, key: Keyframe) {
+        let info = MediaInfo { codec: Some(codec.as_str().into()), transport: "udp", ..MediaInfo::default() };
+        self.health.set_media(info.clone());
+        let Some(pool) = self.ctx.board.pool() else { return };
+        let health = self.health.clone();
+        tokio::spawn(async move {
+            if let Ok(Ok(picture)) = pool.run(move || snapshot::decode(key.codec, &key.data)).await {
+                health.set_media(MediaInfo { width: Some(picture.width()), height: Some(picture.height()), ..info });
+            }
+        });
+    }
+}

@@ -1,0 +1,214 @@
+//! GB/T 28181 live video end to end: vigil INVITEs the channels of a simulated device
+//! (`vigil-sim gb-device live`, PS over RTP from clips ffmpeg made), and an operator sees
+//! frames, health and a snapshot that ffprobe reads at the stream's resolution; each fault the
+//! device plays leaves the stream in the state a GB/T 28181 engineer would look for. The
+//! simulator's PS over RTP is itself checked by GStreamer (`rtpmp1sdepay ! mpegpsdemux`), over
+//! UDP and TCP, so it is not only our demuxer that vouches for it.
+
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use serde_json::json;
+
+use crate::support::gateway::{Db, TestGateway};
+use crate::support::rtsp::ffprobe;
+use crate::support::{free_port, metric, require_command, sim_binary};
+
+const DEVICE: &str = "42010400001320000000";
+
+/// The simulator's channel `i` of `DEVICE` (how `vigil-sim` numbers them).
+fn channel(i: u32) -> String {
+    format!("42010400001310000{i:03}")
+}
+
+/// `vigil-sim gb-device live` with one device.
+struct SimDevice(Child);
+
+impl SimDevice {
+    fn start(sip: std::net::SocketAddr, channels: u32, extra: &[&str]) -> Self {
+        let sim = sim_binary();
+        let clips = sim.parent().map(|d| d.join("sim-clips")).expect("target dir");
+        let child = Command::new(sim)
+            .args(["gb-device", "--server", &sip.to_string(), "--count", "1", "live", "--keepalive", "5"])
+            .args(["--channels", &channels.to_string(), "--clips"])
+            .arg(&clips)
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start vigil-sim gb-device");
+        SimDevice(child)
+    }
+}
+
+impl Drop for SimDevice {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+async fn gateway() -> TestGateway {
+    let first = free_port();
+    let keys = format!(
+        "media_ports = \"{first}-{}\"\ninvite_timeout = \"4s\"\nmedia_timeout = \"3s\"\nstream_hold = \"60s\"\n",
+        first.saturating_add(30)
+    );
+    TestGateway::start_with_sip(Db::Sqlite, &keys).await
+}
+
+async fn registered_with_channels(gw: &TestGateway, n: usize) {
+    let (s, _) =
+        gw.api.post("/devices", json!({"id": DEVICE, "name": "模拟 NVR", "kind": "nvr", "protocol": "gb28181"})).await;
+    assert_eq!(s, 201);
+    gw.api
+        .wait_for(&format!("/devices/{DEVICE}/channels"), Duration::from_secs(60), |v| {
+            v["items"].as_array().is_some_and(|a| a.len() == n)
+        })
+        .await;
+}
+
+fn jpeg_size(bytes: &[u8]) -> String {
+    let file = tempfile::Builder::new().suffix(".jpg").tempfile().expect("temp file");
+    std::fs::write(file.path(), bytes).expect("write snapshot");
+    ffprobe(file.path())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn channels_play_h264_and_h265_and_each_fault_has_its_reason() {
+    require_command("ffprobe");
+    let gw = gateway().await;
+    let _dev =
+        SimDevice::start(gw.sip.expect("SIP"), 6, &["--media-faults", "1=h265,2=no-rtp,3=own-ssrc,4=bye,5=private"]);
+    registered_with_channels(&gw, 6).await;
+    let api = &gw.api;
+
+    // A snapshot of a channel nobody pulled yet: vigil INVITEs it and answers with a JPEG
+    // of its first keyframe.
+    for (i, codec) in [(0, "h264"), (1, "h265"), (3, "h264"), (5, "h264")] {
+        let ch = channel(i);
+        let (s, ct, jpeg) = api.get_bytes(&format!("/devices/{DEVICE}/channels/{ch}/snapshot")).await;
+        assert_eq!((s, ct.as_str()), (200, "image/jpeg"), "channel {i}: {}", String::from_utf8_lossy(&jpeg));
+        assert_eq!(jpeg_size(&jpeg), "mjpeg,640,360", "channel {i}: ffprobe reads the snapshot at the stream's size");
+        let h = api
+            .wait_for(&format!("/devices/{DEVICE}/channels/{ch}/stream"), Duration::from_secs(10), |h| {
+                h["state"] == "playing" && h["width"] == 640 && h["gop_frames"].as_u64().is_some()
+            })
+            .await;
+        assert_eq!((h["codec"].as_str(), h["channel_id"].as_str()), (Some(codec), Some(ch.as_str())), "{h}");
+        assert_eq!(h["gop_frames"], 25, "the clip's GOP is one second at 25 fps: {h}");
+        assert_eq!(h["rtp_loss"], 0, "{h}");
+    }
+
+    // 200 and then no RTP: no_media.
+    let quiet = channel(2);
+    let (s, v) = api.post(&format!("/devices/{DEVICE}/channels/{quiet}/stream"), json!({"hold": "1m"})).await;
+    assert_eq!((s, v["hold_s"].as_u64()), (202, Some(60)), "{v}");
+    let h = api
+        .wait_for(&format!("/devices/{DEVICE}/channels/{quiet}/stream"), Duration::from_secs(15), |h| {
+            h["state"] == "no_media"
+        })
+        .await;
+    assert!(h["error"].as_str().is_some_and(|e| e.contains("no RTP")), "{h}");
+
+    // The device hangs up after 3 s of media.
+    let bye = channel(4);
+    assert_eq!(api.post(&format!("/devices/{DEVICE}/channels/{bye}/stream"), json!({})).await.0, 202);
+    let h = api
+        .wait_for(&format!("/devices/{DEVICE}/channels/{bye}/stream"), Duration::from_secs(20), |h| {
+            h["state"] == "bye_from_device"
+        })
+        .await;
+    assert!(h["frames"].as_u64().is_some_and(|f| f > 0), "it played before it hung up: {h}");
+
+    // What an operator can get wrong is named.
+    let (s, v) = api.get(&format!("/devices/{DEVICE}/channels/42010400001310000999/snapshot")).await;
+    assert_eq!((s, v["error"]["code"].as_str()), (404, Some("not_found")), "{v}");
+    let (s, v) =
+        api.post(&format!("/devices/{DEVICE}/channels/{}/stream", channel(0)), json!({"hold": "forever"})).await;
+    assert_eq!((s, v["error"]["field"].as_str()), (422, Some("hold")), "the field is named: {v}");
+
+    let m = gw.api.metrics().await;
+    assert!(metric(&m, "vigil_gb_time_to_first_frame_seconds_count") >= 4.0, "first frames are timed");
+    assert!(metric(&m, "vigil_gb_plays_total{outcome=\"no_media\"}") >= 1.0);
+    assert!(metric(&m, "vigil_gb_plays_total{outcome=\"bye_from_device\"}") >= 1.0);
+    gw.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_nvr_at_its_preview_limit_is_refused_with_its_code() {
+    let gw = gateway().await;
+    let _dev = SimDevice::start(gw.sip.expect("SIP"), 2, &["--max-sessions", "1"]);
+    registered_with_channels(&gw, 2).await;
+    let api = &gw.api;
+    assert_eq!(api.get_bytes(&format!("/devices/{DEVICE}/channels/{}/snapshot", channel(0))).await.0, 200);
+    let (s, v) = api.get(&format!("/devices/{DEVICE}/channels/{}/snapshot", channel(1))).await;
+    assert_eq!((s, v["error"]["code"].as_str()), (502, Some("no_picture")), "{v}");
+    let h = api.get(&format!("/devices/{DEVICE}/channels/{}/stream", channel(1))).await.1;
+    assert_eq!(h["state"], "invite_refused", "{h}");
+    assert!(h["error"].as_str().is_some_and(|e| e.contains("503") && e.contains("preview links")), "{h}");
+    gw.shutdown().await;
+}
+
+/// GStreamer decodes what the simulator sends: `vigil-sim gb-device push` to a GStreamer
+/// pipeline over UDP and over TCP (RFC 4571), and ffprobe counts the frames it wrote.
+#[test]
+fn gstreamer_reads_every_frame_of_the_simulators_ps_over_rtp() {
+    let gst = require_command("gst-launch-1.0");
+    require_command("ffprobe");
+    let sim = sim_binary();
+    let clips = sim.parent().map(|d| d.join("sim-clips")).expect("target dir");
+    let dir = tempfile::tempdir().expect("temp dir");
+    for transport in ["tcp", "udp"] {
+        let port = free_port();
+        let out = dir.path().join(format!("{transport}.h264"));
+        let caps = "application/x-rtp,media=video,clock-rate=90000,encoding-name=MP1S,payload=96";
+        let source = match transport {
+            "tcp" => {
+                format!("tcpserversrc host=127.0.0.1 port={port} ! application/x-rtp-stream ! rtpstreamdepay ! {caps}")
+            }
+            _ => format!("udpsrc address=127.0.0.1 port={port} caps={caps}"),
+        };
+        let pipeline = format!(
+            "{source} ! rtpmp1sdepay ! capssetter caps=video/mpeg,mpegversion=2,systemstream=true ! mpegpsdemux ! h264parse ! video/x-h264,stream-format=byte-stream ! filesink location={}",
+            out.display()
+        );
+        let g = Command::new(&gst)
+            .arg("-e")
+            .args(pipeline.split(' '))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("gst-launch-1.0");
+        // UDP: send once GStreamer holds the port (TCP: the sender retries its connect).
+        let mut waited = 0;
+        while transport == "udp" && std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok() {
+            waited += 1;
+            assert!(waited < 400, "GStreamer did not bind port {port} within 20 s");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let status = Command::new(&sim)
+            .args(["gb-device", "push", "--to", &format!("127.0.0.1:{port}"), "--media-transport", transport])
+            .args(["--frames", "50", "--clips"])
+            .arg(&clips)
+            .stdout(Stdio::null())
+            .status()
+            .expect("vigil-sim push");
+        assert!(status.success());
+        if transport == "udp" {
+            // UDP has no end: ask the pipeline to finish (EOS) once everything was sent.
+            let _ = Command::new("kill").args(["-INT", &g.id().to_string()]).status();
+        }
+        let mut g = g;
+        let done = g.wait().expect("gst-launch ends");
+        assert!(done.success(), "{transport}: gst-launch failed");
+        let probe = Command::new("ffprobe")
+            .args(["-v", "error", "-count_frames", "-select_streams", "v:0"])
+            .args(["-show_entries", "stream=codec_name,width,height,nb_read_frames", "-of", "csv=p=0"])
+            .arg(&out)
+            .output()
+            .expect("ffprobe");
+        assert_eq!(String::from_utf8_lossy(&probe.stdout).trim(), "h264,640,360,50", "{transport}");
+    }
+}
