@@ -53,7 +53,15 @@ pub async fn spawn_sources(
     // One media pipeline board for every pulled stream (RTSP cameras, GB/T 28181 channels),
     // with the decode pool snapshots and diagnosis share.
     let decode_threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2).div_ceil(2);
-    let streams = StreamBoard::new(crate::media::snapshot::Pool::new(decode_threads), config.rtsp.snapshot_max_age);
+    let pool = crate::media::snapshot::Pool::new(decode_threads);
+    let streams = StreamBoard::new(pool.clone(), config.rtsp.snapshot_max_age);
+    let diagnoser = Arc::new(crate::media::quality::Diagnoser {
+        pool,
+        metrics: metrics.clone(),
+        events: shared.events.clone(),
+        impaired,
+        alarm_after: config.rtsp.diagnosis_alarm_after.max(1),
+    });
     let sip_addr = if config.gb28181.enabled {
         let cap = ConnCap::new("sip_tcp", fds.sip_tcp, Budget::per_address(fds.sip_tcp, 16, 1024), Some(metrics));
         let addr = crate::sources::gb28181::spawn(
@@ -62,7 +70,11 @@ pub async fn spawn_sources(
             config.gateway.id.clone(),
             shared.clone(),
             gb_sessions.clone(),
-            streams.clone(),
+            crate::sources::gb28181::play::Video {
+                board: streams.clone(),
+                diagnoser: diagnoser.clone(),
+                diagnosis_every: crate::config::parse_every(&config.rtsp.diagnosis_every).ok().flatten(),
+            },
             cap,
             cancel.clone(),
             tracker,
@@ -159,7 +171,7 @@ pub async fn spawn_sources(
     };
 
     if config.rtsp.enabled {
-        crate::sources::rtsp::spawn(&config.rtsp, shared.clone(), impaired, streams.clone(), cancel.clone(), tracker)
+        crate::sources::rtsp::spawn(&config.rtsp, shared.clone(), diagnoser, streams.clone(), cancel.clone(), tracker)
             .map_err(|e| Error::Config(format!("cannot start the RTSP threads: {e}")))?;
     }
     warn_shipped_passwords(config);

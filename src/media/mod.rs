@@ -11,6 +11,7 @@
 
 pub mod diagnosis;
 pub mod health;
+pub mod quality;
 pub mod snapshot;
 
 use std::collections::HashMap;

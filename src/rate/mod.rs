@@ -23,22 +23,39 @@ use crate::presence::State;
 use crate::registry::{Admission, Cache, DeviceKey, DeviceKind, Protocol};
 
 /// Devices whose picture fails video quality diagnosis (alarmed, not yet recovered): online
-/// but not intact. Written by the RTSP diagnosis, read by the rollup.
+/// but not intact. Written by the diagnosis of every pulled stream (RTSP cameras, GB/T 28181
+/// channels), read by the rollup.
 #[derive(Clone, Default)]
-pub struct Impaired(Arc<RwLock<HashSet<DeviceKey>>>);
+pub struct Impaired(Arc<RwLock<HashMap<DeviceKey, Streams>>>);
+
+/// A device's streams failing diagnosis: `None` is the device's own (an RTSP camera), `Some`
+/// a GB/T 28181 channel.
+type Streams = HashSet<Option<Arc<str>>>;
 
 impl Impaired {
-    pub fn set(&self, key: DeviceKey, impaired: bool) {
+    /// Marks a device's stream (`channel: None`: the device's own, an RTSP camera) or one of
+    /// its GB/T 28181 channels as failing diagnosis, or clears it.
+    pub fn set(&self, key: DeviceKey, channel: Option<&str>, impaired: bool) {
         let mut g = self.0.write().unwrap_or_else(|p| p.into_inner());
+        let channel: Option<Arc<str>> = channel.map(Arc::from);
         if impaired {
-            g.insert(key);
-        } else {
-            g.remove(&key);
+            g.entry(key).or_default().insert(channel);
+        } else if let Some(set) = g.get_mut(&key) {
+            set.remove(&channel);
+            if set.is_empty() {
+                g.remove(&key);
+            }
         }
     }
 
-    pub fn keys(&self) -> HashSet<DeviceKey> {
-        self.0.read().unwrap_or_else(|p| p.into_inner()).clone()
+    /// Forgets every stream of a device (it stopped being pulled).
+    pub fn clear(&self, key: DeviceKey) {
+        self.0.write().unwrap_or_else(|p| p.into_inner()).remove(&key);
+    }
+
+    /// Impaired points per device: its streams failing diagnosis.
+    pub fn counts(&self) -> HashMap<DeviceKey, u32> {
+        self.0.read().unwrap_or_else(|p| p.into_inner()).iter().map(|(k, s)| (*k, s.len() as u32)).collect()
     }
 }
 
@@ -177,7 +194,9 @@ impl RateIndex {
     }
 
     /// Counts every org node × kind for the given presence states (`State as u8` by key).
-    pub fn rollup(&self, states: &[u8], impaired: &HashSet<DeviceKey>, at: Millis) -> Rollup {
+    /// `impaired`: per device, how many of its points (channels, or the device's own stream)
+    /// fail video quality diagnosis.
+    pub fn rollup(&self, states: &[u8], impaired: &HashMap<DeviceKey, u32>, at: Millis) -> Rollup {
         let mut per_org = vec![[Counts::default(); KINDS + 1]; self.orgs.len()];
         let mut root = [Counts::default(); KINDS + 1];
         let mut devices = [[[0u64; 3]; PROTOCOLS]; KINDS];
@@ -190,7 +209,8 @@ impl RateIndex {
                 continue;
             }
             let online = if state == State::Online as u8 { u64::from(e.points_on) } else { 0 };
-            let intact = if online > 0 && impaired.contains(&e.key) { 0 } else { online };
+            let bad = impaired.get(&e.key).map_or(0, |n| u64::from(*n));
+            let intact = online.saturating_sub(bad);
             let add = Counts { online, total: u64::from(e.points), intact };
             let k = e.kind as usize;
             root[k].add(add);
@@ -310,7 +330,7 @@ mod tests {
         states[key("cam1")] = State::Online as u8;
         states[key("nvr1")] = State::Online as u8;
         states[key("q1")] = State::Online as u8;
-        let r = idx.rollup(&states, &HashSet::new(), 0);
+        let r = idx.rollup(&states, &HashMap::new(), 0);
         let o = |id: &str| Some(idx.org_idx[id]);
         // District: cam1 (1/1) + cam2 (0/1) + nvr1 channels (3 of 4 ON) = 4 / 6.
         assert_eq!(r.counts(o("d"), None), Counts::of(4, 6));
@@ -320,10 +340,20 @@ mod tests {
         assert_eq!(r.counts(None, None), Counts::of(4, 6));
         assert_eq!(idx.subtree(o("s1")).len(), 2);
         // cam1's picture fails diagnosis: online, not intact; cam2 (offline) changes nothing.
-        let impaired: HashSet<DeviceKey> = [key("cam1") as DeviceKey, key("cam2") as DeviceKey].into();
-        let r = idx.rollup(&states, &impaired, 0);
+        let marks = Impaired::default();
+        marks.set(key("cam1") as DeviceKey, None, true);
+        marks.set(key("cam2") as DeviceKey, None, true);
+        let r = idx.rollup(&states, &marks.counts(), 0);
         assert_eq!(r.counts(o("d"), None), Counts { online: 4, total: 6, intact: 3 });
         assert_eq!(r.counts(o("d"), Some(DeviceKind::Camera)).intact_rate(), Some(0.0));
         assert_eq!(r.counts(o("c1"), Some(DeviceKind::Nvr)).intact, 3);
+        // Two of the NVR's channels fail diagnosis: its 3 online points leave 1 intact; one
+        // recovers, 2 intact.
+        let nvr = key("nvr1") as DeviceKey;
+        marks.set(nvr, Some("ch-a"), true);
+        marks.set(nvr, Some("ch-b"), true);
+        assert_eq!(idx.rollup(&states, &marks.counts(), 0).counts(o("c1"), Some(DeviceKind::Nvr)).intact, 1);
+        marks.set(nvr, Some("ch-a"), false);
+        assert_eq!(idx.rollup(&states, &marks.counts(), 0).counts(o("c1"), Some(DeviceKind::Nvr)).intact, 2);
     }
 }

@@ -157,7 +157,7 @@ async fn run(
         }
         let Ok(states) = presence.states().await else { break };
         let now = now_ms();
-        let rollup = index.rollup(&states, &impaired.keys(), if sampling { next_sample } else { now });
+        let rollup = index.rollup(&states, &impaired.counts(), if sampling { next_sample } else { now });
         publish_metrics(&metrics, &index, &rollup);
         if sampling {
             let at = next_sample;

@@ -136,6 +136,65 @@ async fn channels_play_h264_and_h265_and_each_fault_has_its_reason() {
     gw.shutdown().await;
 }
 
+/// Black and frozen channels are flagged by diagnosis within seconds of a pull (vigil samples
+/// each keyframe until it has a verdict), each raises a video-quality alarm naming its
+/// channel, and the intact rate counts them as online but not intact; the healthy channel
+/// passes. Default diagnosis settings.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn black_and_frozen_channels_are_flagged_and_the_intact_rate_counts_them() {
+    let gw = gateway().await;
+    let _dev = SimDevice::start(gw.sip.expect("SIP"), 3, &["--media-faults", "1=black,2=frozen"]);
+    registered_with_channels(&gw, 3).await;
+    let api = &gw.api;
+    for i in 0..3 {
+        assert_eq!(
+            api.post(&format!("/devices/{DEVICE}/channels/{}/stream", channel(i)), json!({"hold": "2m"})).await.0,
+            202
+        );
+    }
+    let within = Duration::from_secs(40);
+    for (i, fault) in [(1, "black"), (2, "frozen")] {
+        let h = api
+            .wait_for(&format!("/devices/{DEVICE}/channels/{}/stream", channel(i)), within, |h| {
+                h["quality"]["alarmed"] == true
+                    && h["quality"]["faults"].as_array().is_some_and(|f| f.iter().any(|x| x == fault))
+            })
+            .await;
+        assert_eq!(h["state"], "playing", "{h}");
+    }
+    let good = api
+        .wait_for(&format!("/devices/{DEVICE}/channels/{}/stream", channel(0)), within, |h| {
+            h["quality"]["consecutive_bad"] == 0 && h["quality"].is_object()
+        })
+        .await;
+    assert_eq!(
+        (good["quality"]["faults"].clone(), good["quality"]["alarmed"].clone()),
+        (json!([]), json!(false)),
+        "{good}"
+    );
+    // The NVR's three channels are online; two are not intact.
+    let r = api
+        .wait_for("/online-rate", within, |r| r["online"].as_u64() == Some(3) && r["intact"].as_u64() == Some(1))
+        .await;
+    assert!(r["intact_rate"].as_f64() < r["rate"].as_f64(), "{r}");
+    let (_, events) = api.get("/events?kind=alarm&limit=50").await;
+    let flagged: Vec<&str> = events["items"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter(|e| e["body"]["category"] == "video_quality" && e["body"]["state"] == "start")
+                .collect::<Vec<_>>()
+        })
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|e| e["body"]["source_id"].as_str())
+        .collect();
+    let mut flagged = flagged;
+    flagged.sort();
+    assert_eq!(flagged, vec![channel(1), channel(2)], "one alarm per bad channel, by channel: {events}");
+    gw.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_nvr_at_its_preview_limit_is_refused_with_its_code() {
     let gw = gateway().await;

@@ -58,7 +58,7 @@ pub async fn spawn(
     gateway_id: String,
     shared: crate::sources::Shared,
     board: SessionBoard,
-    streams: crate::media::StreamBoard,
+    video: play::Video,
     tcp_cap: crate::net::ConnCap,
     cancel: CancellationToken,
     tracker: &TaskTracker,
@@ -75,7 +75,14 @@ pub async fn spawn(
     let deadline_refusals = shared.metrics.connections_refused.with_label_values(&["sip_tcp", "deadline"]);
     let (commands_tx, commands) = mpsc::channel(1024);
     let settings = play::Settings::from_config(&cfg, &gateway_id);
-    play::spawn(settings, commands_tx, board.clone(), streams, shared.metrics.clone(), cancel.clone(), tracker);
+    let parts = play::Parts {
+        commands: commands_tx,
+        sessions: board.clone(),
+        video,
+        registry: shared.registry.clone(),
+        metrics: shared.metrics.clone(),
+    };
+    play::spawn(settings, parts, cancel.clone(), tracker);
     let mut server =
         server::Server::new(server::Parts { cfg, tz, gateway_id, shared, udp: udp.clone(), board, commands });
     server.restore_sessions().await;

@@ -1,6 +1,5 @@
 //! RTSP cameras: one supervised retina pull per camera (`pull`) feeding the media pipeline
-//! (`crate::media`: health, keyframe cache, snapshots, diagnosis), and the diagnosis loop per
-//! camera (`quality`).
+//! (`crate::media`: health, keyframe cache, snapshots, and the diagnosis job per stream).
 //!
 //! The supervisor here keeps the pulls in step with the registry: every approved, enabled
 //! device with `protocol = rtsp` and an `rtsp_url` has a pull; adding, changing or removing
@@ -10,7 +9,6 @@
 //! `media::StreamBoard` only; it never calls into a pull.
 
 pub mod pull;
-pub mod quality;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -22,7 +20,6 @@ use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
 use crate::media::{snapshot, StreamBoard};
-use crate::rate::Impaired;
 use crate::registry::{Admission, DeviceKey, Protocol};
 
 /// A camera as its pull needs it: the URL without credentials (safe to log) and the
@@ -74,7 +71,8 @@ pub struct Context {
     pub shared: super::Shared,
     pub connecting: Arc<tokio::sync::Semaphore>,
     pub pool: snapshot::Pool,
-    pub impaired: Impaired,
+    /// The diagnosis every pulled stream shares (decode pool, alarms, the impaired set).
+    pub diagnoser: Arc<crate::media::quality::Diagnoser>,
     groups: Mutex<HashMap<String, Arc<SessionGroup>>>,
 }
 
@@ -180,7 +178,7 @@ impl Shards {
 pub fn spawn(
     config: &crate::config::Rtsp,
     shared: super::Shared,
-    impaired: Impaired,
+    diagnoser: Arc<crate::media::quality::Diagnoser>,
     board: StreamBoard,
     cancel: CancellationToken,
     tracker: &TaskTracker,
@@ -194,7 +192,7 @@ pub fn spawn(
         settings,
         shared,
         pool,
-        impaired,
+        diagnoser,
         groups: Mutex::default(),
     });
     let sup_tracker = tracker.clone();
@@ -272,7 +270,7 @@ fn reconcile(
             stopped += 1;
             if !wanted.contains_key(id) {
                 board.remove(id);
-                ctx.impaired.set(r.key, false);
+                ctx.diagnoser.impaired.set(r.key, None, false);
             }
         }
         keep

@@ -24,10 +24,11 @@ use retina::codec::{CodecItem, FrameFormat, ParametersRef};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use super::{quality, Camera, Context};
+use super::{Camera, Context};
 use crate::clock::now_ms;
 use crate::event::{Evidence, Observation, StreamFault};
 use crate::media::health::{Health, Keyframe, MediaInfo, StreamState};
+use crate::media::quality;
 use crate::media::snapshot::Codec;
 
 /// The stall deadline never goes below this, however fast the camera.
@@ -420,12 +421,18 @@ async fn run_once(
                 if due && !diag_busy.swap(true, std::sync::atomic::Ordering::AcqRel) {
                     last_diag = Some(now);
                     let job = quality::Job {
-                        cam: cam.clone(),
+                        subject: quality::Subject {
+                            device_id: cam.id.clone(),
+                            key: cam.key,
+                            channel: None,
+                            org_id: cam.org_id.clone(),
+                            source: "rtsp",
+                        },
                         health: health.clone(),
                         judge: judge.clone(),
                         busy: diag_busy.clone(),
                     };
-                    tokio::spawn(quality::diagnose(ctx.clone(), job));
+                    tokio::spawn(quality::diagnose(ctx.diagnoser.clone(), job));
                 }
             }
         }

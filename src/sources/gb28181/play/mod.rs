@@ -24,8 +24,11 @@ use tracing::{info, warn};
 
 use super::dialog::Command;
 use crate::clock::now_ms;
+use crate::media::diagnosis::Judge;
 use crate::media::health::{Health, StreamState};
+use crate::media::quality::{Diagnoser, Subject};
 use crate::media::{channel_key, Demand, StreamBoard};
+use crate::registry::Registry;
 use crate::sessions::SessionBoard;
 use crate::telemetry::Metrics;
 
@@ -60,12 +63,33 @@ impl Settings {
     }
 }
 
+/// The media pipeline the player feeds: the board streams are published on, the diagnosis
+/// they share with RTSP, and how often a playing channel is diagnosed (`rtsp.diagnosis_every`;
+/// `None`: never).
+pub struct Video {
+    pub board: StreamBoard,
+    pub diagnoser: Arc<Diagnoser>,
+    pub diagnosis_every: Option<Duration>,
+}
+
+/// What the player is handed at start.
+pub struct Parts {
+    pub commands: mpsc::Sender<Command>,
+    pub sessions: SessionBoard,
+    pub video: Video,
+    pub registry: Registry,
+    pub metrics: Metrics,
+}
+
 /// What every session of the player shares.
 pub struct Ctx {
     pub settings: Settings,
     commands: mpsc::Sender<Command>,
     sessions: SessionBoard,
     board: StreamBoard,
+    diagnoser: Arc<Diagnoser>,
+    diagnosis_every: Option<Duration>,
+    registry: Registry,
     metrics: Metrics,
     ports: Ports,
     ssrcs: Mutex<offer::Ssrcs>,
@@ -145,24 +169,19 @@ struct Wanted {
 }
 
 /// Starts the player; demands reach it through `board.demand`.
-pub fn spawn(
-    settings: Settings,
-    commands: mpsc::Sender<Command>,
-    sessions: SessionBoard,
-    board: StreamBoard,
-    metrics: Metrics,
-    cancel: CancellationToken,
-    tracker: &TaskTracker,
-) {
+pub fn spawn(settings: Settings, parts: Parts, cancel: CancellationToken, tracker: &TaskTracker) {
     let (tx, rx) = mpsc::channel(DEMANDS);
-    board.set_puller(tx);
+    parts.video.board.set_puller(tx);
     let ctx = Arc::new(Ctx {
         ports: Ports::new(settings.ports.clone()),
         settings,
-        commands,
-        sessions,
-        board,
-        metrics,
+        commands: parts.commands,
+        sessions: parts.sessions,
+        board: parts.video.board,
+        diagnoser: parts.video.diagnoser,
+        diagnosis_every: parts.video.diagnosis_every,
+        registry: parts.registry,
+        metrics: parts.metrics,
         ssrcs: Mutex::default(),
     });
     let t = tracker.clone();
@@ -212,11 +231,21 @@ async fn manage(ctx: Arc<Ctx>, mut demands: mpsc::Receiver<Demand>, cancel: Canc
 /// Pulls one channel until cancelled: sessions, retried with backoff after a failure.
 async fn pull(ctx: &Ctx, device: &str, channel: &str, cancel: &CancellationToken) {
     let key = channel_key(device, channel);
+    let Some(d) = ctx.registry.read().device(device) else { return };
+    let subject = Subject {
+        device_id: Arc::from(device),
+        key: d.key,
+        channel: Some(Arc::from(channel)),
+        org_id: d.org_id.clone(),
+        source: "gb28181",
+    };
     let health: Arc<Health> = ctx.board.add(&key, "gb_channel");
+    // The judge (its baseline, its run of bad samples) lives as long as the channel is wanted.
+    let judge = Arc::new(Mutex::new(Judge::default()));
     let mut failures = 0u32;
     info!(device, channel, "GB/T 28181 live stream wanted: INVITE.");
     loop {
-        let ended = session::run(ctx, device, channel, &health, cancel).await;
+        let ended = session::run(ctx, &subject, &health, &judge, cancel).await;
         match ended {
             session::Ended::Stopped => {
                 ctx.metrics.gb_plays.with_label_values(&["stopped"]).inc();

@@ -6,7 +6,8 @@
 //! nobody needs the stream any more (then BYE).
 
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::net::UdpSocket;
@@ -18,7 +19,9 @@ use tracing::{debug, info};
 use super::offer::{self, Agreed};
 use super::Ctx;
 use crate::clock::now_ms;
+use crate::media::diagnosis::Judge;
 use crate::media::health::{Health, Keyframe, MediaInfo, StreamState};
+use crate::media::quality::{self, Subject};
 use crate::media::snapshot;
 use crate::protocol::ps::es::{Assembler, Codec};
 use crate::protocol::ps::{Demuxer, StreamType};
@@ -41,8 +44,16 @@ pub enum Ended {
     Failed { state: StreamState, error: String, played: bool },
 }
 
-/// Runs one session of `channel` (under `device`) until `cancel` or a failure.
-pub async fn run(ctx: &Ctx, device: &str, channel: &str, health: &Arc<Health>, cancel: &CancellationToken) -> Ended {
+/// Runs one session of the subject's channel until `cancel` or a failure.
+pub async fn run(
+    ctx: &Ctx,
+    subject: &Subject,
+    health: &Arc<Health>,
+    judge: &Arc<Mutex<Judge>>,
+    cancel: &CancellationToken,
+) -> Ended {
+    let device: &str = &subject.device_id;
+    let channel: &str = subject.channel.as_deref().unwrap_or(device);
     let failed = |state, error: String| Ended::Failed { state, error, played: false };
     let Some(sip) = ctx.sessions.get(device).map(|s| s.source) else {
         return failed(StreamState::InviteRefused, "the device is not registered (no SIP session)".into());
@@ -126,7 +137,9 @@ pub async fn run(ctx: &Ctx, device: &str, channel: &str, health: &Arc<Health>, c
     if agreed.ssrc_rebound {
         info!(device, channel, offered = %y, answered = ?agreed.ssrc, "The device answered its own y= SSRC; receiving that one.");
     }
-    let mut rx = Receiver::new(agreed, health.clone(), ctx);
+    let diagnosis =
+        Diagnosis { subject: subject.clone(), judge: judge.clone(), busy: Arc::default(), last: None, samples: 0 };
+    let mut rx = Receiver::new(agreed, health.clone(), ctx, diagnosis);
     let ended = rx.receive(&sock.sock, &mut events, cancel, started).await;
     if !matches!(&ended, Ended::Failed { state: StreamState::ByeFromDevice, .. }) {
         hangup();
@@ -167,8 +180,20 @@ impl Drop for SsrcGuard<'_> {
     }
 }
 
+/// When a playing channel is diagnosed: at each keyframe until `alarm_after` samples of this
+/// session are in (a verdict within seconds of an operator's or patrol's pull), then every
+/// `rtsp.diagnosis_every`; never two at once.
+struct Diagnosis {
+    subject: Subject,
+    judge: Arc<Mutex<Judge>>,
+    busy: Arc<AtomicBool>,
+    last: Option<Instant>,
+    samples: u32,
+}
+
 /// RTP in, access units into health.
 struct Receiver<'a> {
+    diagnosis: Diagnosis,
     agreed: Agreed,
     ssrc: Option<u32>,
     /// The address media is taken from, once the first good packet came.
@@ -188,8 +213,9 @@ struct Receiver<'a> {
 }
 
 impl<'a> Receiver<'a> {
-    fn new(agreed: Agreed, health: Arc<Health>, ctx: &'a Ctx) -> Self {
+    fn new(agreed: Agreed, health: Arc<Health>, ctx: &'a Ctx, diagnosis: Diagnosis) -> Self {
         Receiver {
+            diagnosis,
             ssrc: agreed.ssrc,
             agreed,
             source: None,
@@ -356,7 +382,11 @@ impl<'a> Receiver<'a> {
                 self.sized = true;
                 self.describe(codec, k.clone());
             }
+            let is_key = key.is_some();
             let note = self.health.frame(now, len, loss, key);
+            if is_key {
+                self.diagnose(now);
+            }
             if let Some(ttff) = note.first {
                 self.played = true;
                 self.health.set_state(StreamState::Playing, now_ms(), None);
@@ -365,6 +395,27 @@ impl<'a> Receiver<'a> {
             }
         }
         any
+    }
+
+    /// Starts a diagnosis of the keyframes when one is due.
+    fn diagnose(&mut self, now: Instant) {
+        let Some(every) = self.ctx.diagnosis_every else { return };
+        let d = &mut self.diagnosis;
+        let eager = d.samples < self.ctx.diagnoser.alarm_after;
+        let due = eager || d.last.is_none_or(|t| now.duration_since(t) >= every);
+        // The first keyframe alone says nothing about a frozen picture: wait for the second.
+        if !due || self.health.keyframes().1.is_none() || d.busy.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        d.last = Some(now);
+        d.samples += 1;
+        let job = quality::Job {
+            subject: d.subject.clone(),
+            health: self.health.clone(),
+            judge: d.judge.clone(),
+            busy: d.busy.clone(),
+        };
+        tokio::spawn(quality::diagnose(self.ctx.diagnoser.clone(), job));
     }
 
     /// Publishes the codec at once and the picture size once the first keyframe is decoded
