@@ -122,6 +122,7 @@ pub struct Config {
     pub presence: Presence,
     pub gb28181: Gb28181,
     pub rtsp: Rtsp,
+    pub patrol: Patrol,
     pub mqtt: Mqtt,
     pub gat1400: Gat1400,
     pub media: Media,
@@ -129,6 +130,40 @@ pub struct Config {
     pub upstreams: Vec<Upstream>,
     pub relay: Relay,
     pub tuning: Tuning,
+}
+
+/// Patrol (轮巡): every approved GB/T 28181 channel pulled in turn, its picture checked.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Patrol {
+    pub enabled: bool,
+    /// A round starts this often. Default 6h.
+    #[serde(with = "humantime_serde")]
+    pub every: Duration,
+    /// The first scheduled round, after start (devices have registered by then). Default 5m.
+    #[serde(with = "humantime_serde")]
+    pub first_after: Duration,
+    /// How long each channel is looked at once its picture plays. Default 8s.
+    #[serde(with = "humantime_serde")]
+    pub hold: Duration,
+    /// Channels pulled at once. Default 16.
+    pub concurrency: usize,
+    /// Channels of one device (NVR, lower platform) pulled at once; lowered for the round when
+    /// the device answers 486/503 (its preview links are full). Default 4.
+    pub per_device: usize,
+}
+
+impl Default for Patrol {
+    fn default() -> Self {
+        Patrol {
+            enabled: true,
+            every: Duration::from_secs(6 * 3600),
+            first_after: Duration::from_secs(300),
+            hold: Duration::from_secs(8),
+            concurrency: 16,
+            per_device: 4,
+        }
+    }
 }
 
 /// The relay's outbox.
@@ -958,6 +993,15 @@ impl Config {
         }
         if self.gb28181.keepalive_interval < Duration::from_secs(1) {
             add("gb28181.keepalive_interval".into(), "must be at least 1s".into());
+        }
+        if self.patrol.every < Duration::from_secs(60) {
+            add("patrol.every".into(), "must be at least 1m".into());
+        }
+        if self.patrol.hold < Duration::from_secs(1) || self.patrol.hold > Duration::from_secs(600) {
+            add("patrol.hold".into(), "must be between 1s and 10m".into());
+        }
+        if self.patrol.concurrency == 0 || self.patrol.per_device == 0 {
+            add("patrol.concurrency".into(), "concurrency and per_device must be at least 1".into());
         }
         if let Err(e) = parse_ports(&self.gb28181.media_ports) {
             add("gb28181.media_ports".into(), e);

@@ -17,6 +17,7 @@ pub mod link;
 pub mod media;
 pub mod net;
 pub mod outbox;
+pub mod patrol;
 pub mod presence;
 pub mod profiles;
 pub mod protocol;

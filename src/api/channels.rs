@@ -14,7 +14,7 @@ use serde_json::{json, Value};
 
 use super::devices::{find, health_json};
 use super::{ApiError, ApiResult, AppState};
-use crate::media::{channel_key, Demand, DemandError, SnapshotError};
+use crate::media::{channel_key, Demand, DemandError, Holder, SnapshotError};
 use crate::registry::Protocol;
 
 /// The longest hold an operator may ask for.
@@ -39,7 +39,7 @@ fn channel_of(state: &AppState, id: &str, cid: &str) -> ApiResult<()> {
 }
 
 fn demand(state: &AppState, id: &str, cid: &str, hold: Duration) -> ApiResult<()> {
-    let d = Demand { device: id.to_owned(), channel: cid.to_owned(), hold };
+    let d = Demand { device: id.to_owned(), channel: cid.to_owned(), hold, holder: Holder::Operator };
     state.streams.demand(d).map_err(|e| match e {
         DemandError::NoPuller => ApiError::new(StatusCode::NOT_FOUND, "no_stream", e.to_string()),
         DemandError::Busy => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "busy", e.to_string()),

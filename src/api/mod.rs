@@ -11,6 +11,7 @@ mod devices;
 mod error;
 mod events;
 mod orgs;
+mod patrol;
 mod rate;
 
 use std::collections::HashMap;
@@ -61,6 +62,8 @@ pub struct AppState {
     pub profiles: Arc<crate::profiles::ProfileSet>,
     /// RTSP stream health and snapshots (read only).
     pub streams: crate::media::StreamBoard,
+    /// Patrol rounds: start one, read the last.
+    pub patrol: crate::patrol::Patrol,
     /// How each upstream's runner is doing (read only).
     pub relay_targets: Arc<Vec<Arc<std::sync::Mutex<crate::outbox::runner::TargetStatus>>>>,
     /// Whether the outbox takes records (backlog and free disk).
@@ -182,6 +185,7 @@ pub fn router(state: AppState) -> Router {
         .route("/devices/{id}/snapshot", get(devices::snapshot))
         .route("/devices/{id}/channels/{cid}/stream", get(channels::stream).post(channels::pull))
         .route("/devices/{id}/channels/{cid}/snapshot", get(channels::snapshot))
+        .route("/patrol", get(patrol::last).post(patrol::start))
         .route("/devices/{id}/presence/history", get(devices::history))
         .route("/presence/not-online", get(devices::not_online))
         .route("/observations", post(devices::observations))

@@ -90,6 +90,15 @@ pub async fn start(config: Config) -> Result<Running, Error> {
     };
     let deps = inputs::Deps { shared, media: p.media.clone(), impaired: p.impaired.clone(), fds: &fds };
     let i = inputs::spawn_sources(&config, deps, &inputs.cancel, &inputs.tracker).await?;
+    // Patrol pulls channels through the media board the sources publish on.
+    let patrol_deps = crate::patrol::Deps {
+        registry: registry.clone(),
+        board: i.streams.clone(),
+        sessions: i.gb_sessions.clone(),
+        images: p.media.clone(),
+    };
+    let patrol_settings = crate::patrol::Settings::from_config(&config);
+    let patrol = crate::patrol::spawn(patrol_settings, patrol_deps, inputs.cancel.clone(), &inputs.tracker).await;
     let state = crate::api::AppState {
         registry,
         presence: p.presence,
@@ -107,6 +116,7 @@ pub async fn start(config: Config) -> Result<Running, Error> {
         media: p.media,
         profiles: i.profiles,
         streams: i.streams,
+        patrol,
         relay_targets: Arc::new(p.targets),
         outbox_gate: p.outbox_gate,
     };

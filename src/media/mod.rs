@@ -49,12 +49,23 @@ pub struct StreamBoard {
     puller: Arc<std::sync::OnceLock<tokio::sync::mpsc::Sender<Demand>>>,
 }
 
-/// A request to pull a GB/T 28181 channel (for at least `hold`).
+/// A request to pull a GB/T 28181 channel for at least `hold` on behalf of `holder`; a hold
+/// of zero releases that holder's claim. The stream stops when no holder's claim runs.
 #[derive(Debug, Clone)]
 pub struct Demand {
     pub device: String,
     pub channel: String,
     pub hold: Duration,
+    pub holder: Holder,
+}
+
+/// Who wants a stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Holder {
+    /// An operator (a snapshot, `POST .../stream`).
+    Operator,
+    /// A patrol round.
+    Patrol,
 }
 
 /// The board key of a device's channel.

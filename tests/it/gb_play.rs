@@ -50,12 +50,16 @@ impl Drop for SimDevice {
 }
 
 async fn gateway() -> TestGateway {
+    gateway_and("").await
+}
+
+async fn gateway_and(extra: &str) -> TestGateway {
     let first = free_port();
     let keys = format!(
         "media_ports = \"{first}-{}\"\ninvite_timeout = \"4s\"\nmedia_timeout = \"3s\"\nstream_hold = \"60s\"\n",
         first.saturating_add(30)
     );
-    TestGateway::start_with_sip(Db::Sqlite, &keys).await
+    TestGateway::start_with_sip_and(Db::Sqlite, &keys, extra).await
 }
 
 async fn registered_with_channels(gw: &TestGateway, n: usize) {
@@ -270,4 +274,48 @@ fn gstreamer_reads_every_frame_of_the_simulators_ps_over_rtp() {
             .expect("ffprobe");
         assert_eq!(String::from_utf8_lossy(&probe.stdout).trim(), "h264,640,360,50", "{transport}");
     }
+}
+
+/// An operator's patrol round over an NVR whose preview links allow two streams: every
+/// channel is looked at (the NVR's 503s lower vigil's share for it and the refused channels
+/// are tried again, not reported refused), the black one is reported with its fault, the
+/// silent one as `no_media`, and each channel that played keeps a snapshot ffprobe reads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_patrol_round_looks_at_every_channel_within_the_nvrs_limit() {
+    let gw = gateway_and("[patrol]\nfirst_after = \"1h\"\nhold = \"6s\"\nper_device = 4\n").await;
+    let _dev =
+        SimDevice::start(gw.sip.expect("SIP"), 4, &["--media-faults", "1=black,2=no-rtp", "--max-sessions", "2"]);
+    registered_with_channels(&gw, 4).await;
+    let api = &gw.api;
+    let (s, v) = api.get("/patrol").await;
+    assert_eq!((s, v["running"].as_bool(), v["round"].is_null()), (200, Some(false), true), "{v}");
+    assert!(v["next_at"].is_string(), "the next scheduled round is shown: {v}");
+    let (s, v) = api.post("/patrol", json!({"device_id": DEVICE})).await;
+    assert_eq!(s, 202, "{v}");
+    let (s, v) = api.post("/patrol", json!({})).await;
+    assert_eq!((s, v["error"]["code"].as_str()), (409, Some("patrol_running")), "one round at a time: {v}");
+    let p = api.wait_for("/patrol", Duration::from_secs(90), |p| p["round"]["ended_at"].is_string()).await;
+    let round = &p["round"];
+    assert_eq!((round["total"].as_u64(), round["done"].as_u64()), (Some(4), Some(4)), "{p}");
+    assert_eq!(round["counts"], json!({"faults": 1, "no_media": 1, "ok": 2}), "{p}");
+    let items = round["items"].as_array().expect("items");
+    let by_channel = |i: u32| items.iter().find(|x| x["channel_id"] == channel(i)).expect("an item per channel");
+    assert_eq!(by_channel(1)["faults"], json!(["black"]), "{p}");
+    for i in [0, 1, 3] {
+        let url =
+            by_channel(i)["image_url"].as_str().expect("a snapshot kept").trim_start_matches("/api/v1").to_owned();
+        let (s, ct, jpeg) = api.get_bytes(&url).await;
+        assert_eq!((s, ct.as_str()), (200, "image/jpeg"));
+        assert_eq!(jpeg_size(&jpeg), "mjpeg,640,360");
+    }
+    assert!(by_channel(2)["image"].is_null(), "no picture, no snapshot: {p}");
+    // Filtered by outcome, and after a restart the last round is still there.
+    let (_, only) = api.get("/patrol?outcome=faults").await;
+    assert_eq!(only["round"]["items"].as_array().map(Vec::len), Some(1), "{only}");
+    let mut gw = gw;
+    gw.restart().await;
+    let (_, again) = gw.api.get("/patrol").await;
+    assert_eq!(again["round"]["counts"], json!({"faults": 1, "no_media": 1, "ok": 2}), "{again}");
+    assert_eq!(again["round"]["items"].as_array().map(Vec::len), Some(4), "{again}");
+    gw.shutdown().await;
 }

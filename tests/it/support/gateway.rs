@@ -197,6 +197,11 @@ impl TestGateway {
         Self::start_inner(db, "", None, gb28181_keys, None, None).await
     }
 
+    /// Starts with extra keys in `[gb28181]` and extra sections.
+    pub async fn start_with_sip_and(db: Db, gb28181_keys: &str, extra: &str) -> Self {
+        Self::start_inner(db, extra, None, gb28181_keys, None, None).await
+    }
+
     /// Starts with PostgreSQL reached through `proxy_port` (a `Proxy` in front of it).
     pub async fn start_via(db: Db, extra: &str, proxy_port: Option<u16>) -> Self {
         Self::start_inner(db, extra, proxy_port, "", None, None).await

@@ -27,7 +27,7 @@ use crate::clock::now_ms;
 use crate::media::diagnosis::Judge;
 use crate::media::health::{Health, StreamState};
 use crate::media::quality::{Diagnoser, Subject};
-use crate::media::{channel_key, Demand, StreamBoard};
+use crate::media::{channel_key, Demand, Holder, StreamBoard};
 use crate::registry::Registry;
 use crate::sessions::SessionBoard;
 use crate::telemetry::Metrics;
@@ -162,10 +162,12 @@ fn bind_media(ip: IpAddr, port: u16) -> std::io::Result<UdpSocket> {
     UdpSocket::from_std(socket.into())
 }
 
-/// A channel being pulled.
+/// A channel being pulled: until when each holder wants it.
 struct Wanted {
-    until: Instant,
+    holds: HashMap<Holder, Instant>,
     cancel: CancellationToken,
+    /// A demand that came while the pull was stopping: started again once it has stopped.
+    again: Vec<Demand>,
 }
 
 /// Starts the player; demands reach it through `board.demand`.
@@ -199,25 +201,46 @@ async fn manage(ctx: Arc<Ctx>, mut demands: mpsc::Receiver<Demand>, cancel: Canc
             _ = cancel.cancelled() => break,
             Some(d) = demands.recv() => {
                 let key = channel_key(&d.device, &d.channel);
-                let until = Instant::now() + d.hold;
+                let now = Instant::now();
+                let until = now + d.hold;
                 if let Some(w) = wanted.get_mut(&key) {
-                    w.until = w.until.max(until);
+                    if w.cancel.is_cancelled() {
+                        if !d.hold.is_zero() {
+                            w.again.push(d);
+                        }
+                    } else if d.hold.is_zero() {
+                        w.holds.remove(&d.holder);
+                        if w.holds.values().all(|u| *u <= now) {
+                            w.cancel.cancel();
+                        }
+                    } else {
+                        let h = w.holds.entry(d.holder).or_insert(until);
+                        *h = (*h).max(until);
+                    }
                     continue;
                 }
-                let token = cancel.child_token();
-                wanted.insert(key.clone(), Wanted { until, cancel: token.clone() });
-                let (ctx, done) = (ctx.clone(), ended_tx.clone());
-                tracker.spawn(async move {
-                    pull(&ctx, &d.device, &d.channel, &token).await;
-                    let _ = done.send(key).await;
-                });
+                if d.hold.is_zero() {
+                    continue;
+                }
+                start(&ctx, &mut wanted, key, d, &cancel, &ended_tx, &tracker);
             }
             Some(key) = ended.recv() => {
-                wanted.remove(&key);
+                let again = wanted.remove(&key).map(|w| w.again).unwrap_or_default();
+                for d in again {
+                    let key = channel_key(&d.device, &d.channel);
+                    match wanted.get_mut(&key) {
+                        Some(w) => {
+                            let until = Instant::now() + d.hold;
+                            let h = w.holds.entry(d.holder).or_insert(until);
+                            *h = (*h).max(until);
+                        }
+                        None => start(&ctx, &mut wanted, key, d, &cancel, &ended_tx, &tracker),
+                    }
+                }
             }
             _ = tick.tick() => {
                 let now = Instant::now();
-                for w in wanted.values().filter(|w| w.until <= now) {
+                for w in wanted.values().filter(|w| w.holds.values().all(|u| *u <= now)) {
                     w.cancel.cancel();
                 }
             }
@@ -226,6 +249,29 @@ async fn manage(ctx: Arc<Ctx>, mut demands: mpsc::Receiver<Demand>, cancel: Canc
     for w in wanted.values() {
         w.cancel.cancel();
     }
+}
+
+/// Starts the pull of a channel newly wanted.
+fn start(
+    ctx: &Arc<Ctx>,
+    wanted: &mut HashMap<String, Wanted>,
+    key: String,
+    d: Demand,
+    cancel: &CancellationToken,
+    ended: &mpsc::Sender<String>,
+    tracker: &TaskTracker,
+) {
+    let token = cancel.child_token();
+    let until = Instant::now() + d.hold;
+    wanted.insert(
+        key.clone(),
+        Wanted { holds: HashMap::from([(d.holder, until)]), cancel: token.clone(), again: Vec::new() },
+    );
+    let (ctx, done) = (ctx.clone(), ended.clone());
+    tracker.spawn(async move {
+        pull(&ctx, &d.device, &d.channel, &token).await;
+        let _ = done.send(key).await;
+    });
 }
 
 /// Pulls one channel until cancelled: sessions, retried with backoff after a failure.
