@@ -11,7 +11,7 @@ use serde_json::json;
 use crate::support::gateway::{Db, TestGateway, VIEWER};
 use crate::support::require_command;
 
-fn chromium(args: &[&str], url: &str, profile: &std::path::Path) -> std::process::Output {
+pub(crate) fn chromium(args: &[&str], url: &str, profile: &std::path::Path) -> std::process::Output {
     let bin = require_command("chromium");
     Command::new(bin)
         .args([

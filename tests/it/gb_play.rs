@@ -309,6 +309,18 @@ async fn a_patrol_round_looks_at_every_channel_within_the_nvrs_limit() {
         assert_eq!(jpeg_size(&jpeg), "mjpeg,640,360");
     }
     assert!(by_channel(2)["image"].is_null(), "no picture, no snapshot: {p}");
+    // The dashboard's patrol card shows the round: counts by outcome in Chinese, the black
+    // channel with its fault, the silent one with its reason; and the NVR's device view shows
+    // its channels' pictures.
+    let profile = tempfile::tempdir().expect("profile dir");
+    let url = format!("{}/?token={}&lang=zh&device={DEVICE}", gw.url, crate::support::gateway::VIEWER);
+    let out = crate::dashboard::chromium(&["--dump-dom"], &url, profile.path());
+    let dom = String::from_utf8_lossy(&out.stdout);
+    for shown in ["视频巡检（轮巡）", "正常 2", "画面异常 1", "无码流 1", "黑屏"] {
+        assert!(dom.contains(shown), "the dashboard does not show {shown:?}:\n{dom}");
+    }
+    let pictures = dom.matches("class=\"thumb\"").count();
+    assert!(pictures >= 4, "the patrol's bad channel and the device view's 3 channels with pictures: {pictures}");
     // Filtered by outcome, and after a restart the last round is still there.
     let (_, only) = api.get("/patrol?outcome=faults").await;
     assert_eq!(only["round"]["items"].as_array().map(Vec::len), Some(1), "{only}");
