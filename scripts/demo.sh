@@ -13,6 +13,10 @@ export VIGIL_GB28181__LISTEN=${DEMO_SIP_LISTEN:-127.0.0.1:5060}
 export VIGIL_MQTT__LISTEN=${DEMO_MQTT_LISTEN:-127.0.0.1:1884}
 export VIGIL_GAT1400__LISTEN=${DEMO_GAT1400_LISTEN:-127.0.0.1:9100}
 export VIGIL_RTSP__DIAGNOSIS_EVERY=${DEMO_DIAGNOSIS_EVERY:-20s}
+# Patrol (轮巡) of every GB/T 28181 channel: the first round 40 s after start, then every 10 min.
+export VIGIL_PATROL__FIRST_AFTER=${DEMO_PATROL_FIRST_AFTER:-40s}
+export VIGIL_PATROL__EVERY=${DEMO_PATROL_EVERY:-10m}
+export VIGIL_PATROL__CONCURRENCY=${DEMO_PATROL_CONCURRENCY:-32}
 
 # The district's GA/T 1400 view library that vigil relays faces and vehicles to (the
 # "district" upstream of the config): a simulator that counts what arrives.
@@ -49,11 +53,20 @@ SIP_PORT=${VIGIL_GB28181__LISTEN##*:}
   for n in $(seq 0 299); do printf '4201040000132%07d,国标摄像机 %d,camera,gb28181,,,\n' $((9000000 + n)) "$n"; done
 } | curl -sf -X POST -H 'Authorization: Bearer demo-admin-token' -H 'Content-Type: text/csv' \
     --data-binary @- "http://127.0.0.1:$PORT/api/v1/devices/import" >/dev/null
-./target/release/vigil-sim gb-device --server "127.0.0.1:$SIP_PORT" --count 300 --first 9000000 live --alarm-every 20 --silent 6 < /dev/null > /dev/null &
+./target/release/vigil-sim gb-device --server "127.0.0.1:$SIP_PORT" --count 300 --first 9000000 live --alarm-every 20 --silent 6 --clips target/sim-clips < /dev/null > /dev/null 2>&1 &
 GB1_PID=$!
 ./target/release/vigil-sim gb-device --server "127.0.0.1:$SIP_PORT" --count 20 --first 9100000 live < /dev/null > /dev/null &
 GB2_PID=$!
-trap 'kill $VIGIL_PID $SIM_PID $PLATFORM_PID $CITY_PID $HUB_PID $GB1_PID $GB2_PID 2>/dev/null; wait 2>/dev/null' EXIT INT TERM
+# Two NVRs of 8 channels each whose pictures patrol will judge: channel 2 black, 5 frozen,
+# 6 answers and sends nothing (no_media), 7 is H.265; at most 4 preview links each (503 past
+# that: patrol lowers its share for them).
+printf 'id,name,kind,protocol,org_id,rtsp_url,profile\n42010400001329000300,硚口 NVR 一,nvr,gb28181,,,\n42010400001329000301,硚口 NVR 二,nvr,gb28181,,,\n' \
+  | curl -sf -X POST -H 'Authorization: Bearer demo-admin-token' -H 'Content-Type: text/csv' \
+    --data-binary @- "http://127.0.0.1:$PORT/api/v1/devices/import" >/dev/null
+./target/release/vigil-sim gb-device --server "127.0.0.1:$SIP_PORT" --count 2 --first 9000300 live --channels 8 \
+  --media-faults "2=black,5=frozen,6=no-rtp,7=h265" --max-sessions 4 --clips target/sim-clips < /dev/null > /dev/null 2>&1 &
+GB3_PID=$!
+trap 'kill $VIGIL_PID $SIM_PID $PLATFORM_PID $CITY_PID $HUB_PID $GB1_PID $GB2_PID $GB3_PID 2>/dev/null; wait 2>/dev/null' EXIT INT TERM
 
 # Smart safe communities over MQTT (the embedded broker): 4 communities × 12 devices
 # (Hikvision access terminals, Vzenith plate cameras at the barriers, alarm panels, generic
@@ -84,7 +97,7 @@ SITES="gutian-1,gutian-4,jiefang,zongguan-shuichang"
 MQ_PID=$!
 ./target/release/vigil-sim checkpoint --server "http://$VIGIL_GAT1400__LISTEN" --count 2 --image-kb 60 live --every 4 < /dev/null > /dev/null &
 CK_PID=$!
-trap 'kill $VIGIL_PID $SIM_PID $PLATFORM_PID $CITY_PID $HUB_PID $GB1_PID $GB2_PID $MQ_PID $CK_PID 2>/dev/null; wait 2>/dev/null' EXIT INT TERM
+trap 'kill $VIGIL_PID $SIM_PID $PLATFORM_PID $CITY_PID $HUB_PID $GB1_PID $GB2_PID $GB3_PID $MQ_PID $CK_PID 2>/dev/null; wait 2>/dev/null' EXIT INT TERM
 
 # RTSP cameras (vigil-sim rtsp-camera, H.264 640x360 ~1 Mbit/s each): the one in the config
 # (cam-gutian-001) and 8 more: 5 healthy, one that stalls with TCP open every few seconds,
@@ -100,7 +113,7 @@ RT_PID=$!
   printf 'cam-rtsp-frozen,画面冻结摄像机,camera,rtsp,zongguan-shuichang,rtsp://%s/frozen/1,\n' "$RTSP_LISTEN"
 } | curl -sf -X POST -H 'Authorization: Bearer demo-admin-token' -H 'Content-Type: text/csv' \
     --data-binary @- "http://127.0.0.1:$PORT/api/v1/devices/import" >/dev/null
-trap 'kill $VIGIL_PID $SIM_PID $PLATFORM_PID $CITY_PID $HUB_PID $GB1_PID $GB2_PID $MQ_PID $CK_PID $RT_PID 2>/dev/null; wait 2>/dev/null' EXIT INT TERM
+trap 'kill $VIGIL_PID $SIM_PID $PLATFORM_PID $CITY_PID $HUB_PID $GB1_PID $GB2_PID $GB3_PID $MQ_PID $CK_PID $RT_PID 2>/dev/null; wait 2>/dev/null' EXIT INT TERM
 
 cat <<MSG
 
@@ -110,7 +123,11 @@ cat <<MSG
   Metrics:      curl http://127.0.0.1:$PORT/metrics
   GB/T 28181:   320 simulated cameras register at udp 127.0.0.1:$SIP_PORT (alarms: /api/v1/events);
                 20 of them wait for approval on the dashboard (approve them with the admin token:
-                ?token=demo-admin-token); 6 stop keeping alive and go offline
+                ?token=demo-admin-token); 6 stop keeping alive and go offline; each answers INVITE
+                with PS over RTP (open a channel's snapshot from the device view)
+  Patrol:       轮巡 of every GB/T 28181 channel 40 s after start, then every 10 min (the
+                dashboard's patrol card, /api/v1/patrol): two NVRs have a black, a frozen, a
+                silent and an H.265 channel each
   Communities:  48 MQTT devices on mqtt://$VIGIL_MQTT__LISTEN (access, plate, alarm records:
                 /api/v1/events?kind=access); 8 wait in quarantine with a suggested profile
   Checkpoints:  2 GA/T 1400 cameras at http://$VIGIL_GAT1400__LISTEN/VIID push faces and vehicles

@@ -194,16 +194,27 @@ pub async fn daily(
         now_ms(),
     )
     .await?;
+    // The day's patrol rounds, from the same day window.
+    let window = (crate::clock::parse_rfc3339(&report.from), crate::clock::parse_rfc3339(&report.to));
+    let patrol = match window {
+        (Some(from), Some(to)) => crate::patrol::report::day(&state.registry, from, to, org, &state.tz)
+            .await
+            .map_err(|e| ApiError::from_kind(crate::db::sqlx_kind(&e), format!("patrol rounds: {e}")))?,
+        _ => crate::patrol::report::DayPatrol { rounds: Vec::new(), not_ok: Vec::new() },
+    };
     let wants_csv = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).is_some_and(|v| v.contains("text/csv"))
         || params.get("format").is_some_and(|f| f == "csv");
     if wants_csv {
         let name = format!("attachment; filename=\"vigil-online-{date}.csv\"");
-        Ok((
-            [(header::CONTENT_TYPE, "text/csv; charset=utf-8".to_owned()), (header::CONTENT_DISPOSITION, name)],
-            report.to_csv(),
-        )
+        let mut csv = report.to_csv();
+        csv.push_str(&patrol.to_csv());
+        Ok(([(header::CONTENT_TYPE, "text/csv; charset=utf-8".to_owned()), (header::CONTENT_DISPOSITION, name)], csv)
             .into_response())
     } else {
-        Ok(Json(report).into_response())
+        let mut v = serde_json::to_value(&report).unwrap_or(Value::Null);
+        if let Some(o) = v.as_object_mut() {
+            o.insert("patrol".into(), serde_json::to_value(&patrol).unwrap_or(Value::Null));
+        }
+        Ok(Json(v).into_response())
     }
 }

@@ -10,6 +10,7 @@
 //! answers 486/503 (an NVR's preview links are full) has its share lowered for the round and
 //! the channel is tried again later (twice), never hammered.
 
+pub mod report;
 pub mod store;
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -268,19 +269,22 @@ struct Target {
 
 /// The approved, enabled GB/T 28181 channels in `scope` (a device without catalog channels
 /// is its own channel).
+/// Whether `org` is `root` or under it.
+pub fn in_org(cache: &crate::registry::Cache, org: Option<&str>, root: &str) -> bool {
+    let mut cur = org.map(str::to_owned);
+    for _ in 0..16 {
+        match cur {
+            Some(ref o) if o == root => return true,
+            Some(ref o) => cur = cache.org(o).and_then(|x| x.parent_id.clone()),
+            None => return false,
+        }
+    }
+    false
+}
+
 fn targets(registry: &Registry, scope: &Scope) -> Vec<Target> {
     let cache = registry.read();
-    let in_org = |org: Option<&str>, root: &str| {
-        let mut cur = org.map(str::to_owned);
-        for _ in 0..16 {
-            match cur {
-                Some(ref o) if o == root => return true,
-                Some(ref o) => cur = cache.org(o).and_then(|x| x.parent_id.clone()),
-                None => return false,
-            }
-        }
-        false
-    };
+    let in_org = |org: Option<&str>, root: &str| in_org(&cache, org, root);
     let mut out = Vec::new();
     for d in cache.devices() {
         if d.protocol != Protocol::Gb28181 || d.admission != Admission::Approved || !d.enabled {

@@ -321,6 +321,17 @@ async fn a_patrol_round_looks_at_every_channel_within_the_nvrs_limit() {
     }
     let pictures = dom.matches("class=\"thumb\"").count();
     assert!(pictures >= 4, "the patrol's bad channel and the device view's 3 channels with pictures: {pictures}");
+    // The daily report carries the round: JSON and CSV.
+    let (s, report) = api.get("/reports/online/daily").await;
+    assert_eq!(s, 200, "{report}");
+    assert_eq!(report["patrol"]["rounds"][0]["counts"], json!({"faults": 1, "no_media": 1, "ok": 2}), "{report}");
+    let not_ok: Vec<&str> =
+        report["patrol"]["not_ok"].as_array().expect("not_ok").iter().filter_map(|i| i["outcome"].as_str()).collect();
+    assert_eq!(not_ok, vec!["faults", "no_media"], "{report}");
+    let (s, csv) = api.get_text("/reports/online/daily?format=csv", "text/csv").await;
+    assert_eq!(s, 200);
+    assert!(csv.contains("# patrol rounds") && csv.contains("faults=1 no_media=1 ok=2"), "{csv}");
+    assert!(csv.contains(&format!("{DEVICE},{},", channel(1))) && csv.contains(",faults,black,"), "{csv}");
     // Filtered by outcome, and after a restart the last round is still there.
     let (_, only) = api.get("/patrol?outcome=faults").await;
     assert_eq!(only["round"]["items"].as_array().map(Vec::len), Some(1), "{only}");
