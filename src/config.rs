@@ -406,6 +406,8 @@ pub struct Gb28181 {
     pub charset: SipCharset,
     /// RTP receive ports for live media, `FIRST-LAST` (one port per stream).
     pub media_ports: String,
+    /// `udp`, `tcp_passive` or `tcp_active`.
+    pub media_transport: GbMediaTransport,
     /// The address devices send media to (the SDP `c=` line); empty: the local address of
     /// the route to each device.
     pub media_address: String,
@@ -438,6 +440,7 @@ impl Default for Gb28181 {
             register_expires_max: Duration::from_secs(3600),
             charset: SipCharset::Auto,
             media_ports: "30000-30999".into(),
+            media_transport: GbMediaTransport::Udp,
             media_address: String::new(),
             invite_timeout: Duration::from_secs(10),
             media_timeout: Duration::from_secs(10),
@@ -663,6 +666,19 @@ pub enum SipCharset {
     Gb18030,
     #[serde(rename = "utf-8")]
     Utf8,
+}
+
+/// `gb28181.media_transport`: how vigil asks devices to send live media.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GbMediaTransport {
+    /// RTP over UDP to a port of `media_ports`.
+    #[default]
+    Udp,
+    /// RTP over TCP: vigil listens on a port of `media_ports`, the device connects.
+    TcpPassive,
+    /// RTP over TCP: the device listens, vigil connects.
+    TcpActive,
 }
 
 /// `rtsp.transport`: RTP interleaved on the RTSP connection, or over UDP.

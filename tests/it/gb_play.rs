@@ -54,12 +54,41 @@ async fn gateway() -> TestGateway {
 }
 
 async fn gateway_and(extra: &str) -> TestGateway {
+    gateway_over("udp", extra).await
+}
+
+async fn gateway_over(transport: &str, extra: &str) -> TestGateway {
     let first = free_port();
     let keys = format!(
-        "media_ports = \"{first}-{}\"\ninvite_timeout = \"4s\"\nmedia_timeout = \"3s\"\nstream_hold = \"60s\"\n",
+        "media_ports = \"{first}-{}\"\nmedia_transport = \"{transport}\"\ninvite_timeout = \"4s\"\nmedia_timeout = \"3s\"\nstream_hold = \"60s\"\n",
         first.saturating_add(30)
     );
     TestGateway::start_with_sip_and(Db::Sqlite, &keys, extra).await
+}
+
+/// RTP over TCP both ways round (RFC 4571): the device connects to vigil (`tcp_passive`),
+/// or vigil connects to the device (`tcp_active`); H.264 and H.265 play and are snapshotted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn channels_play_over_tcp_passive_and_active() {
+    for transport in ["tcp_passive", "tcp_active"] {
+        let gw = gateway_over(transport, "").await;
+        let _dev = SimDevice::start(gw.sip.expect("SIP"), 2, &["--media-faults", "1=h265"]);
+        registered_with_channels(&gw, 2).await;
+        for (i, codec) in [(0, "h264"), (1, "h265")] {
+            let ch = channel(i);
+            let (s, _, jpeg) = gw.api.get_bytes(&format!("/devices/{DEVICE}/channels/{ch}/snapshot")).await;
+            assert_eq!(s, 200, "{transport} channel {i}: {}", String::from_utf8_lossy(&jpeg));
+            assert_eq!(jpeg_size(&jpeg), "mjpeg,640,360", "{transport} channel {i}");
+            let h = gw
+                .api
+                .wait_for(&format!("/devices/{DEVICE}/channels/{ch}/stream"), Duration::from_secs(10), |h| {
+                    h["state"] == "playing" && h["gop_frames"].as_u64().is_some()
+                })
+                .await;
+            assert_eq!((h["codec"].as_str(), h["transport"].as_str()), (Some(codec), Some(transport)), "{h}");
+        }
+        gw.shutdown().await;
+    }
 }
 
 async fn registered_with_channels(gw: &TestGateway, n: usize) {

@@ -45,6 +45,7 @@ pub struct Settings {
     /// The SIP domain (the realm): digits 4–8 go into `y=`.
     pub domain: String,
     pub ports: RangeInclusive<u16>,
+    pub transport: offer::MediaTransport,
     pub media_address: Option<IpAddr>,
     pub invite_timeout: Duration,
     pub media_timeout: Duration,
@@ -56,6 +57,11 @@ impl Settings {
             gateway_id: gateway_id.to_owned(),
             domain: c.realm.clone(),
             ports: crate::config::parse_ports(&c.media_ports).unwrap_or(30000..=30999),
+            transport: match c.media_transport {
+                crate::config::GbMediaTransport::Udp => offer::MediaTransport::Udp,
+                crate::config::GbMediaTransport::TcpPassive => offer::MediaTransport::TcpPassive,
+                crate::config::GbMediaTransport::TcpActive => offer::MediaTransport::TcpActive,
+            },
             media_address: c.media_address.parse().ok(),
             invite_timeout: c.invite_timeout,
             media_timeout: c.media_timeout,
@@ -121,9 +127,9 @@ impl Ports {
         Ports { range, state: Mutex::new((start, HashSet::new())) }
     }
 
-    /// Binds the next free port of the range on `ip`; `None` when every port is taken (by
-    /// vigil or by another process).
-    async fn bind(&self, ip: IpAddr) -> Option<(UdpSocket, u16)> {
+    /// Binds the next free port of the range on `ip` with `bind`; `None` when every port is
+    /// taken (by vigil or by another process).
+    fn bind<S>(&self, ip: IpAddr, bind: impl Fn(IpAddr, u16) -> std::io::Result<S>) -> Option<(S, u16)> {
         let size = usize::from(self.range.end() - self.range.start()) + 1;
         for _ in 0..size {
             let port = {
@@ -138,7 +144,7 @@ impl Ports {
                 port
             };
             // Bound on the address offered (or all addresses when it is the route's).
-            match bind_media(ip, port) {
+            match bind(ip, port) {
                 Ok(sock) => return Some((sock, port)),
                 Err(_) => self.release(port),
             }
@@ -152,7 +158,7 @@ impl Ports {
 }
 
 /// A media socket with a receive buffer for bursts (a keyframe is hundreds of packets).
-fn bind_media(ip: IpAddr, port: u16) -> std::io::Result<UdpSocket> {
+fn bind_udp(ip: IpAddr, port: u16) -> std::io::Result<UdpSocket> {
     use socket2::{Domain, Protocol, Socket, Type};
     let addr = std::net::SocketAddr::new(ip, port);
     let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
@@ -160,6 +166,18 @@ fn bind_media(ip: IpAddr, port: u16) -> std::io::Result<UdpSocket> {
     socket.set_nonblocking(true)?;
     socket.bind(&addr.into())?;
     UdpSocket::from_std(socket.into())
+}
+
+/// A listener for one device's RTP over TCP (`tcp_passive`).
+fn bind_tcp(ip: IpAddr, port: u16) -> std::io::Result<tokio::net::TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let addr = std::net::SocketAddr::new(ip, port);
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(4)?;
+    tokio::net::TcpListener::from_std(socket.into())
 }
 
 /// A channel being pulled: until when each holder wants it.

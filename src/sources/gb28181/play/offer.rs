@@ -7,14 +7,41 @@ use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 
 use crate::clock::Millis;
-use crate::protocol::sdp::{self, Direction, Media, RtpMap, Sdp, Transport};
+use crate::protocol::sdp::{self, Direction, Media, RtpMap, Sdp, Setup, Transport};
+
+/// How vigil asks for media (`gb28181.media_transport`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MediaTransport {
+    /// RTP over UDP to vigil's port.
+    Udp,
+    /// RTP over TCP (RFC 4571): vigil listens, the device connects (`a=setup:passive`).
+    TcpPassive,
+    /// RTP over TCP: the device listens, vigil connects (`a=setup:active`).
+    TcpActive,
+}
+
+impl MediaTransport {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MediaTransport::Udp => "udp",
+            MediaTransport::TcpPassive => "tcp_passive",
+            MediaTransport::TcpActive => "tcp_active",
+        }
+    }
+}
 
 /// A sequence released is not handed out again for this long.
 pub const SSRC_QUARANTINE_MS: Millis = 30_000;
 
-/// The live offer: PS over RTP/UDP to `ip:port`, `y=` `ssrc`.
-pub fn offer(gateway_id: &str, ip: IpAddr, port: u16, ssrc: &str) -> String {
+/// The live offer: PS over RTP to `ip:port` (UDP, or TCP with vigil's side of the
+/// connection), `y=` `ssrc`. For TCP active the port says nothing (9, the discard port).
+pub fn offer(gateway_id: &str, ip: IpAddr, port: u16, ssrc: &str, transport: MediaTransport) -> String {
     let family_address = ip.to_string();
+    let (rtp, setup) = match transport {
+        MediaTransport::Udp => (Transport::Udp, None),
+        MediaTransport::TcpPassive => (Transport::Tcp, Some(Setup::Passive)),
+        MediaTransport::TcpActive => (Transport::Tcp, Some(Setup::Active)),
+    };
     Sdp {
         origin: gateway_id.to_owned(),
         address: family_address,
@@ -23,13 +50,13 @@ pub fn offer(gateway_id: &str, ip: IpAddr, port: u16, ssrc: &str) -> String {
         times: (0, 0),
         media: vec![Media {
             kind: "video".into(),
-            port,
-            transport: Transport::Udp,
+            port: if transport == MediaTransport::TcpActive { 9 } else { port },
+            transport: rtp,
             payloads: vec![96],
             rtpmaps: vec![RtpMap { payload: 96, encoding: "PS".into(), clock_rate: 90_000 }],
             direction: Some(Direction::RecvOnly),
-            setup: None,
-            connection_new: false,
+            setup,
+            connection_new: rtp == Transport::Tcp,
             other: Vec::new(),
         }],
         ssrc: Some(ssrc.to_owned()),
@@ -64,16 +91,18 @@ pub enum AnswerError {
     Payload(String),
     #[error("the answer's address {0:?} is not an IP address")]
     Address(String),
-    #[error("the answer asks for RTP over TCP to an offer of UDP")]
-    Transport,
+    #[error("the answer asks for RTP over {answered} to an offer of {offered}")]
+    Transport { offered: &'static str, answered: &'static str },
 }
 
-/// Reads the device's answer to `offered_ssrc`.
-pub fn check_answer(text: &str, offered_ssrc: u32) -> Result<Agreed, AnswerError> {
+/// Reads the device's answer to an offer of `offered_ssrc` over `transport`.
+pub fn check_answer(text: &str, offered_ssrc: u32, transport: MediaTransport) -> Result<Agreed, AnswerError> {
     let answer = Sdp::parse(text)?;
     let video = answer.video().ok_or(AnswerError::NoVideo)?;
-    if video.transport != Transport::Udp {
-        return Err(AnswerError::Transport);
+    let name = |t: Transport| if t == Transport::Udp { "UDP" } else { "TCP" };
+    let offered = if transport == MediaTransport::Udp { Transport::Udp } else { Transport::Tcp };
+    if video.transport != offered {
+        return Err(AnswerError::Transport { offered: name(offered), answered: name(video.transport) });
     }
     let payload_type = match video.payload_of("PS").or_else(|| video.payload_of("MP2P")) {
         Some(pt) => pt,
@@ -132,36 +161,59 @@ mod tests {
 
     #[test]
     fn the_offer_is_a_gb_live_offer_of_ps() {
-        let text = offer("42010400002000000001", "127.0.0.1".parse().expect("ip"), 30002, "0104000007");
+        let text =
+            offer("42010400002000000001", "127.0.0.1".parse().expect("ip"), 30002, "0104000007", MediaTransport::Udp);
         let sdp = Sdp::parse(&text).expect("our own offer parses");
         let v = sdp.video().expect("video");
         assert_eq!((sdp.session.as_str(), v.port, v.direction), ("Play", 30002, Some(Direction::RecvOnly)));
         assert_eq!((v.payload_of("PS"), sdp.ssrc.as_deref()), (Some(96), Some("0104000007")));
         assert!(text.contains("\r\ny=0104000007\r\n") && text.contains("\r\nc=IN IP4 127.0.0.1\r\n"), "{text}");
+        // TCP: who connects is said with a=setup, and the connection is a new one.
+        let ip = "127.0.0.1".parse().expect("ip");
+        let passive = Sdp::parse(&offer("g", ip, 30004, "0104000008", MediaTransport::TcpPassive)).expect("passive");
+        let v = passive.video().expect("video");
+        assert_eq!(
+            (v.port, v.transport, v.setup, v.connection_new),
+            (30004, Transport::Tcp, Some(Setup::Passive), true)
+        );
+        let active = Sdp::parse(&offer("g", ip, 30004, "0104000008", MediaTransport::TcpActive)).expect("active");
+        let v = active.video().expect("video");
+        assert_eq!((v.port, v.setup), (9, Some(Setup::Active)));
     }
 
     #[test]
     fn answers_are_read_for_their_ssrc_payload_and_source() {
         let a = "v=0\r\no=x 0 0 IN IP4 10.1.2.3\r\ns=Play\r\nc=IN IP4 10.1.2.3\r\nt=0 0\r\nm=video 9712 RTP/AVP 96\r\na=sendonly\r\na=rtpmap:96 PS/90000\r\ny=0104000007\r\n";
-        let ok = check_answer(a, 104_000_007).expect("a plain answer");
+        let ok = check_answer(a, 104_000_007, MediaTransport::Udp).expect("a plain answer");
         assert_eq!(
             (ok.from, ok.ssrc, ok.ssrc_rebound),
             ("10.1.2.3:9712".parse().expect("addr"), Some(104_000_007), false)
         );
         // The device's own y= is the one its RTP carries.
-        let own = check_answer(&a.replace("y=0104000007", "y=1100000123"), 104_000_007).expect("own y=");
+        let own =
+            check_answer(&a.replace("y=0104000007", "y=1100000123"), 104_000_007, MediaTransport::Udp).expect("own y=");
         assert_eq!((own.ssrc, own.ssrc_rebound), (Some(1_100_000_123), true));
         // No y= at all: the offered one stands.
-        let none = check_answer(&a.replace("y=0104000007\r\n", ""), 42).expect("no y=");
+        let none = check_answer(&a.replace("y=0104000007\r\n", ""), 42, MediaTransport::Udp).expect("no y=");
         assert_eq!((none.ssrc, none.ssrc_rebound), (Some(42), false));
         assert_eq!(
-            check_answer(&a.replace("PS/90000", "H264/90000"), 1),
+            check_answer(&a.replace("PS/90000", "H264/90000"), 1, MediaTransport::Udp),
             Err(AnswerError::Payload("H264".into())),
             "ES is named, not misread as PS"
         );
-        assert_eq!(check_answer(&a.replace("m=video", "m=audio"), 1), Err(AnswerError::NoVideo));
-        assert!(matches!(check_answer("garbage", 1), Err(AnswerError::Sdp(_))));
-        assert!(matches!(check_answer(&a.replace("y=0104000007", "y=12"), 1), Err(AnswerError::Sdp(_))));
+        assert_eq!(check_answer(&a.replace("m=video", "m=audio"), 1, MediaTransport::Udp), Err(AnswerError::NoVideo));
+        assert!(matches!(check_answer("garbage", 1, MediaTransport::Udp), Err(AnswerError::Sdp(_))));
+        assert!(matches!(
+            check_answer(&a.replace("y=0104000007", "y=12"), 1, MediaTransport::Udp),
+            Err(AnswerError::Sdp(_))
+        ));
+        assert_eq!(
+            check_answer(a, 1, MediaTransport::TcpPassive),
+            Err(AnswerError::Transport { offered: "TCP", answered: "UDP" }),
+            "a UDP answer to a TCP offer is named"
+        );
+        let tcp = a.replace("RTP/AVP", "TCP/RTP/AVP").replace("a=sendonly", "a=sendonly\r\na=setup:active");
+        assert_eq!(check_answer(&tcp, 104_000_007, MediaTransport::TcpPassive).map(|x| x.from.port()), Ok(9712));
     }
 
     #[test]

@@ -16,7 +16,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
-use super::offer::{self, Agreed};
+use super::offer::{self, Agreed, MediaTransport};
 use super::Ctx;
 use crate::clock::now_ms;
 use crate::media::diagnosis::Judge;
@@ -25,7 +25,7 @@ use crate::media::quality::{self, Subject};
 use crate::media::snapshot;
 use crate::protocol::ps::es::{Assembler, Codec};
 use crate::protocol::ps::{Demuxer, StreamType};
-use crate::protocol::rtp::{self, Packet, Reorder};
+use crate::protocol::rtp::{self, Packet, Reorder, TcpFramer};
 use crate::sources::gb28181::dialog::{Command, DialogEvent, EVENTS};
 
 /// Packets held to put UDP back in order (about 100 ms of a 2 Mbit/s stream).
@@ -65,10 +65,16 @@ pub async fn run(
             None => return failed(StreamState::BadMedia, format!("no local address routes to the device at {sip}")),
         },
     };
-    let Some((sock, port)) = ctx.ports.bind(ip).await else {
+    let transport = ctx.settings.transport;
+    let bound = match transport {
+        MediaTransport::Udp => ctx.ports.bind(ip, super::bind_udp).map(|(s, p)| (Input::Udp(s), p)),
+        MediaTransport::TcpPassive => ctx.ports.bind(ip, super::bind_tcp).map(|(l, p)| (Input::Listen(l), p)),
+        MediaTransport::TcpActive => Some((Input::Connect, 0)),
+    };
+    let Some((input, port)) = bound else {
         return failed(StreamState::BadMedia, format!("no free media port in {:?}", ctx.settings.ports));
     };
-    let sock = PortGuard { sock, port, ctx };
+    let _port = PortGuard { port: (port != 0).then_some(port), ctx };
     let Some(seq) = ctx.take_ssrc() else {
         return failed(StreamState::BadMedia, "all 10,000 SSRC sequences are in use".into());
     };
@@ -80,7 +86,7 @@ pub async fn run(
         );
     };
     let offered = crate::protocol::sdp::ssrc_value(&y).unwrap_or(0);
-    let sdp = offer::offer(&ctx.settings.gateway_id, ip, port, &y);
+    let sdp = offer::offer(&ctx.settings.gateway_id, ip, port, &y, transport);
     let call_id = format!("{}@vigil", uuid::Uuid::now_v7().simple());
     let (events_tx, mut events) = mpsc::channel(EVENTS);
     let started = Instant::now();
@@ -127,7 +133,7 @@ pub async fn run(
             }
         }
     };
-    let agreed = match offer::check_answer(&answer, offered) {
+    let agreed = match offer::check_answer(&answer, offered, transport) {
         Ok(a) => a,
         Err(e) => {
             hangup();
@@ -140,11 +146,23 @@ pub async fn run(
     let diagnosis =
         Diagnosis { subject: subject.clone(), judge: judge.clone(), busy: Arc::default(), last: None, samples: 0 };
     let mut rx = Receiver::new(agreed, health.clone(), ctx, diagnosis);
-    let ended = rx.receive(&sock.sock, &mut events, cancel, started).await;
+    let ended = rx.receive(input, &mut events, cancel, started).await;
     if !matches!(&ended, Ended::Failed { state: StreamState::ByeFromDevice, .. }) {
         hangup();
     }
     ended
+}
+
+/// The first connection from the device's host (others are closed and counted: anyone on
+/// the network could connect to a listening media port).
+async fn accept_from(listener: &tokio::net::TcpListener, host: std::net::IpAddr) -> Option<tokio::net::TcpStream> {
+    loop {
+        match listener.accept().await {
+            Ok((t, peer)) if peer.ip() == host => return Some(t),
+            Ok((_, peer)) => debug!(peer = %peer, "A media connection from another host than the device's, closed."),
+            Err(_) => return None,
+        }
+    }
 }
 
 /// The local address of the route to `peer` (what the device can reach vigil at).
@@ -158,16 +176,29 @@ async fn route_to(peer: SocketAddr) -> Option<std::net::IpAddr> {
 
 /// A media port given back when the session ends.
 struct PortGuard<'a> {
-    sock: UdpSocket,
-    port: u16,
+    port: Option<u16>,
     ctx: &'a Ctx,
 }
 
 impl Drop for PortGuard<'_> {
     fn drop(&mut self) {
-        self.ctx.ports.release(self.port);
+        if let Some(p) = self.port {
+            self.ctx.ports.release(p);
+        }
     }
 }
+
+/// Where media comes in.
+enum Input {
+    Udp(UdpSocket),
+    /// `tcp_passive`: the device connects here.
+    Listen(tokio::net::TcpListener),
+    /// `tcp_active`: vigil connects to the answer's address.
+    Connect,
+}
+
+/// Largest RTP-over-TCP read at once.
+const TCP_READ: usize = 64 * 1024;
 
 struct SsrcGuard<'a> {
     seq: u32,
@@ -236,7 +267,110 @@ impl<'a> Receiver<'a> {
 
     async fn receive(
         &mut self,
-        sock: &UdpSocket,
+        input: Input,
+        events: &mut mpsc::Receiver<DialogEvent>,
+        cancel: &CancellationToken,
+        started: Instant,
+    ) -> Ended {
+        let timeout = self.ctx.settings.media_timeout;
+        // TCP: the connection first (the device's, or ours to its port), within the media
+        // timeout; then the same receive loop over framed packets.
+        let tcp = match input {
+            Input::Udp(sock) => return self.receive_udp(sock, events, cancel, started).await,
+            Input::Listen(listener) => {
+                let accepted = tokio::select! {
+                    _ = cancel.cancelled() => return Ended::Stopped,
+                    _ = tokio::time::sleep(timeout) => None,
+                    a = accept_from(&listener, self.agreed.from.ip()) => a,
+                };
+                match accepted {
+                    Some(t) => t,
+                    None => {
+                        return self.fail(
+                            StreamState::NoMedia,
+                            format!("the device did not connect for media within {:.1} s", timeout.as_secs_f64()),
+                        );
+                    }
+                }
+            }
+            Input::Connect => {
+                let to = self.agreed.from;
+                match tokio::time::timeout(timeout, tokio::net::TcpStream::connect(to)).await {
+                    Ok(Ok(t)) => t,
+                    Ok(Err(e)) => {
+                        return self
+                            .fail(StreamState::NoMedia, format!("cannot connect to the device's media port {to}: {e}"))
+                    }
+                    Err(_) => {
+                        return self.fail(
+                            StreamState::NoMedia,
+                            format!(
+                                "no connection to the device's media port {to} within {:.1} s",
+                                timeout.as_secs_f64()
+                            ),
+                        )
+                    }
+                }
+            }
+        };
+        self.receive_tcp(tcp, events, cancel).await
+    }
+
+    fn fail(&self, state: StreamState, error: String) -> Ended {
+        Ended::Failed { state, error, played: self.played }
+    }
+
+    async fn receive_tcp(
+        &mut self,
+        mut tcp: tokio::net::TcpStream,
+        events: &mut mpsc::Receiver<DialogEvent>,
+        cancel: &CancellationToken,
+    ) -> Ended {
+        use tokio::io::AsyncReadExt;
+        let timeout = self.ctx.settings.media_timeout;
+        let peer = match tcp.peer_addr() {
+            Ok(p) => p,
+            Err(e) => return self.fail(StreamState::NoMedia, format!("the media connection failed: {e}")),
+        };
+        self.source = Some(peer);
+        let mut framer = TcpFramer::default();
+        let mut buf = vec![0u8; TCP_READ];
+        let mut last_frame = Instant::now();
+        let mut check = tokio::time::interval(Duration::from_millis(500));
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => return Ended::Stopped,
+                e = events.recv() => match e {
+                    Some(DialogEvent::ByeFromDevice) | None => return self.fail(StreamState::ByeFromDevice, "the device sent BYE".into()),
+                    Some(_) => {}
+                },
+                _ = check.tick() => {
+                    let quiet = last_frame.elapsed();
+                    if quiet >= timeout {
+                        return self.quiet(quiet);
+                    }
+                }
+                r = tcp.read(&mut buf) => match r {
+                    Ok(0) => {
+                        let state = if self.played { StreamState::Stalled } else { StreamState::NoMedia };
+                        return self.fail(state, "the device closed the media connection".into());
+                    }
+                    Ok(n) => {
+                        let mut pictured = false;
+                        framer.push(&buf[..n], |f| pictured |= self.packet(f, peer));
+                        if pictured {
+                            last_frame = Instant::now();
+                        }
+                    }
+                    Err(e) => return self.fail(StreamState::Stalled, format!("the media connection failed: {e}")),
+                },
+            }
+        }
+    }
+
+    async fn receive_udp(
+        &mut self,
+        sock: UdpSocket,
         events: &mut mpsc::Receiver<DialogEvent>,
         cancel: &CancellationToken,
         started: Instant,
@@ -421,7 +555,8 @@ impl<'a> Receiver<'a> {
     /// Publishes the codec at once and the picture size once the first keyframe is decoded
     /// (PS carries no resolution; the decoder reads it from the parameter sets).
     fn describe(&self, codec: snapshot::Codec, key: Keyframe) {
-        let info = MediaInfo { codec: Some(codec.as_str().into()), transport: "udp", ..MediaInfo::default() };
+        let transport = self.ctx.settings.transport.as_str();
+        let info = MediaInfo { codec: Some(codec.as_str().into()), transport, ..MediaInfo::default() };
         self.health.set_media(info.clone());
         let Some(pool) = self.ctx.board.pool() else { return };
         let health = self.health.clone();
