@@ -331,6 +331,18 @@ pub fn catalog(xml: &str) -> Result<CatalogResponse, Error> {
     let mut out = CatalogResponse::default();
     let mut item: Option<CatalogItem> = None;
     walk(xml, |node| match node {
+        // The attribute form some devices write (`<Response CmdType="Catalog" SN="7">`, the
+        // gb28181-rs device among them): SN and DeviceID on the root element.
+        Node::Start(path, e) if path.len() == 1 => {
+            for a in e.attributes().flatten() {
+                let v = String::from_utf8_lossy(&a.value).into_owned();
+                match a.key.local_name().as_ref() {
+                    b"SN" => out.sn = v.trim().parse().ok(),
+                    b"DeviceID" => out.device_id = clean(&v),
+                    _ => {}
+                }
+            }
+        }
         Node::Start(path, _)
             if path.len() >= 2 && &path[path.len() - 1] == "Item" && &path[path.len() - 2] == "DeviceList" =>
         {
@@ -619,6 +631,17 @@ mod tests {
         );
         let q = query("Catalog", 7, "11010800001181000110", Charset::Gb18030);
         assert_eq!(envelope(&decode(&q).0).expect("our query parses").cmd_type, "Catalog");
+    }
+
+    /// The attribute form of the envelope (the `gb28181-rs` device writes its catalog so): SN
+    /// and DeviceID on the root. Before 2026-12-06 the catalog reader missed that SN (the
+    /// envelope did not), so parts of different answers could be assembled as one.
+    #[test]
+    fn catalog_response_in_attribute_form() {
+        let xml = "<Response CmdType=\"Catalog\" SN=\"12\"><DeviceID>42010400001320000077</DeviceID><SumNum>1</SumNum><DeviceList Num=\"1\"><Item><DeviceID>42010400001310000077</DeviceID><Name>Camera</Name><Manufacturer>Unknown</Manufacturer><Model>Unknown</Model><Status>ON</Status></Item></DeviceList></Response>";
+        let c = catalog(xml).expect("parses");
+        assert_eq!((c.sn, c.device_id.as_str(), c.sum_num, c.items.len()), (Some(12), "42010400001320000077", 1, 1));
+        assert_eq!(envelope(xml).expect("envelope").cmd_type, "Catalog");
     }
 
     #[test]

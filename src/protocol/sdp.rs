@@ -22,7 +22,7 @@ pub enum Error {
     Missing(&'static str),
     #[error("SDP is over its bounds ({0})")]
     TooLarge(&'static str),
-    #[error("y= SSRC {0:?} is not 10 decimal digits")]
+    #[error("y= SSRC {0:?} is not a decimal number of at most 10 digits below 2^32")]
     Ssrc(String),
 }
 
@@ -322,9 +322,11 @@ fn attribute(m: &mut Media, value: &str) -> Result<(), &'static str> {
     Ok(())
 }
 
-/// A `y=` SSRC as the number RTP carries.
+/// A `y=` SSRC as the number RTP carries. The standard writes 10 digits; devices that format
+/// it as a number drop the leading zero (`y=104000001`, the gb28181-rs device among them), so
+/// 1 to 10 digits are read. vigil always writes 10.
 pub fn ssrc_value(y: &str) -> Result<u32, Error> {
-    if y.len() != 10 || !y.bytes().all(|b| b.is_ascii_digit()) {
+    if y.is_empty() || y.len() > 10 || !y.bytes().all(|b| b.is_ascii_digit()) {
         return Err(Error::Ssrc(y.to_owned()));
     }
     y.parse::<u64>().ok().and_then(|v| u32::try_from(v).ok()).ok_or_else(|| Error::Ssrc(y.to_owned()))
@@ -380,7 +382,8 @@ mod tests {
             ("o=a 0 0 IN IP4 1.2.3.4\r\nm=video 1 RTP/AVP 96\r\n", "no version"),
             ("v=0\r\no=a 0 0 IN IP4 1.2.3.4\r\nm=video 70000 RTP/AVP 96\r\n", "port past 65535"),
             ("v=0\r\no=a 0 0 IN IP4 1.2.3.4\r\nm=video 1 SCTP 96\r\n", "not RTP"),
-            ("v=0\r\no=a 0 0 IN IP4 1.2.3.4\r\nm=video 1 RTP/AVP 96\r\ny=12345\r\n", "short y="),
+            ("v=0\r\no=a 0 0 IN IP4 1.2.3.4\r\nm=video 1 RTP/AVP 96\r\ny=01234567890\r\n", "11-digit y="),
+            ("v=0\r\no=a 0 0 IN IP4 1.2.3.4\r\nm=video 1 RTP/AVP 96\r\ny=0x1234\r\n", "hex y="),
             ("v=0\r\no=a 0 0 IN IP4 1.2.3.4\r\nm=video 1 RTP/AVP 96\r\ny=9999999999\r\n", "y= past u32"),
             ("v=0\r\no=a 0 0 IN IP4 1.2.3.4\r\nm=video 1 RTP/AVP 96\r\na=rtpmap:300 PS/90000\r\n", "PT 300"),
             ("v=0\r\no=a 0 0\r\nm=video 1 RTP/AVP 96\r\n", "short o="),
@@ -400,6 +403,8 @@ mod tests {
         assert_eq!(build_ssrc(false, "4201040000", 10_007).as_deref(), Some("0104000007"), "wraps at 10,000");
         assert_eq!(build_ssrc(false, "42010", 1), None);
         assert_eq!(ssrc_value("0200000001"), Ok(200_000_001));
+        assert_eq!(ssrc_value("104000001"), Ok(104_000_001), "the leading zero dropped, as devices do");
+        assert!(ssrc_value("").is_err() && ssrc_value("4294967296").is_err());
         let y = build_ssrc(false, "34020000002000000001", 9999).expect("20-digit id");
         assert_eq!(y, "0200009999");
         assert!(ssrc_value(&y).is_ok());

@@ -10,6 +10,7 @@ mod gb28181;
 mod gb_fixtures;
 mod gb_media;
 mod gb_play;
+mod gb_thirdparty;
 mod layering;
 mod link;
 mod mqtt;

@@ -204,9 +204,12 @@ mod tests {
         assert_eq!(check_answer(&a.replace("m=video", "m=audio"), 1, MediaTransport::Udp), Err(AnswerError::NoVideo));
         assert!(matches!(check_answer("garbage", 1, MediaTransport::Udp), Err(AnswerError::Sdp(_))));
         assert!(matches!(
-            check_answer(&a.replace("y=0104000007", "y=12"), 1, MediaTransport::Udp),
+            check_answer(&a.replace("y=0104000007", "y=x12"), 1, MediaTransport::Udp),
             Err(AnswerError::Sdp(_))
         ));
+        // The same SSRC without its leading zero is the same SSRC.
+        let short = check_answer(&a.replace("y=0104000007", "y=104000007"), 104_000_007, MediaTransport::Udp);
+        assert_eq!(short.map(|s| (s.ssrc, s.ssrc_rebound)), Ok((Some(104_000_007), false)));
         assert_eq!(
             check_answer(a, 1, MediaTransport::TcpPassive),
             Err(AnswerError::Transport { offered: "TCP", answered: "UDP" }),
