@@ -35,6 +35,8 @@ pub const RTSP_DIAGNOSES: &str = "vigil_rtsp_diagnoses_total";
 pub const GB_FIRST_FRAME: &str = "vigil_gb_time_to_first_frame_seconds";
 pub const GB_MEDIA_DROPPED: &str = "vigil_gb_media_dropped_total";
 pub const GB_PLAYS: &str = "vigil_gb_plays_total";
+pub const GB_FRAMES: &str = "vigil_gb_frames_total";
+pub const GB_BYTES: &str = "vigil_gb_bytes_total";
 pub const RELAY_RECORDS: &str = "vigil_relay_records_total";
 pub const RELAY_BACKLOG: &str = "vigil_relay_backlog";
 pub const RELAY_FAILURES: &str = "vigil_relay_failures_total";
@@ -82,6 +84,8 @@ pub struct Metrics {
     pub gb_first_frame: Histogram,
     pub gb_media_dropped: IntCounterVec,
     pub gb_plays: IntCounterVec,
+    pub gb_frames: IntCounter,
+    pub gb_bytes: IntCounter,
     pub relay_records: IntCounterVec,
     pub relay_backlog: IntGaugeVec,
     pub relay_oldest: IntGaugeVec,
@@ -166,6 +170,8 @@ impl Metrics {
                 .expect("should be a valid metric"),
             gb_plays: IntCounterVec::new(Opts::new(GB_PLAYS, "GB/T 28181 live sessions ended, by outcome (stopped, or the failure state)."), &["outcome"])
                 .expect("should be a valid metric"),
+            gb_frames: IntCounter::new(GB_FRAMES, "Video frames (access units) received from GB/T 28181 channels.").expect("should be a valid metric"),
+            gb_bytes: IntCounter::new(GB_BYTES, "Video bytes (access units) received from GB/T 28181 channels.").expect("should be a valid metric"),
             relay_records: IntCounterVec::new(Opts::new(RELAY_RECORDS, "Records handed to an upstream, by target and outcome (delivered, retry, dead)."), &["target", "outcome"])
                 .expect("should be a valid metric"),
             relay_backlog: IntGaugeVec::new(Opts::new(RELAY_BACKLOG, "Records not yet delivered, by target."), &["target"]).expect("should be a valid metric"),
@@ -232,6 +238,8 @@ impl Metrics {
             Box::new(m.gb_first_frame.clone()),
             Box::new(m.gb_media_dropped.clone()),
             Box::new(m.gb_plays.clone()),
+            Box::new(m.gb_frames.clone()),
+            Box::new(m.gb_bytes.clone()),
             Box::new(m.relay_records.clone()),
             Box::new(m.relay_backlog.clone()),
             Box::new(m.relay_oldest.clone()),

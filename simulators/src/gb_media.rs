@@ -273,12 +273,14 @@ pub async fn answer(msg: &Message<'_>, channel: &str, fault: Fault, drop_permill
 }
 
 /// Plays a session until `stop` fires or the fault ends it; `byes` is told the Call-ID when the
-/// device itself hangs up (`bye`).
+/// device itself hangs up (`bye`). When `keyframe` is raised (the platform's `IFameCmd`) the
+/// next frame sent is a keyframe, as an encoder asked for one does.
 pub async fn play(
     clips: Arc<Clips>,
     s: Session,
     mut stop: tokio::sync::oneshot::Receiver<()>,
     byes: mpsc::Sender<String>,
+    keyframe: Arc<std::sync::atomic::AtomicBool>,
 ) {
     let clip = clips.for_fault(s.fault);
     let mut out = match s.send {
@@ -318,6 +320,14 @@ pub async fn play(
     let started = tokio::time::Instant::now();
     let mut tick = tokio::time::interval(Duration::from_millis(1000 / FPS));
     let (mut seq, mut n, mut sent) = (rand_u16(), 0u64, 0u64);
+    // A live encoder is somewhere in its GOP when the INVITE comes: start at a random frame
+    // (the first picture a receiver can decode is the next keyframe). `frozen` starts at the
+    // keyframe it repeats; `push` at the clip's start.
+    let mut offset = if s.fault == Fault::Frozen || s.frames.is_some() {
+        0
+    } else {
+        u64::from(rand_u16()) % clip.units.len() as u64
+    };
     let mut packet = Vec::with_capacity(MTU + 16);
     loop {
         tokio::select! {
@@ -340,7 +350,19 @@ pub async fn play(
                 _ => {}
             }
         }
-        let index = if s.fault == Fault::Frozen { n as usize % clip.first_gop } else { n as usize % clip.units.len() };
+        if keyframe.swap(false, std::sync::atomic::Ordering::AcqRel) && s.fault != Fault::Frozen {
+            let at = (n + offset) as usize % clip.units.len();
+            if let Some(k) =
+                (0..clip.units.len()).map(|i| (at + i) % clip.units.len()).find(|&i| clip.units[i].keyframe)
+            {
+                offset = (k + clip.units.len() - (n as usize % clip.units.len())) as u64;
+            }
+        }
+        let index = if s.fault == Fault::Frozen {
+            n as usize % clip.first_gop
+        } else {
+            (n + offset) as usize % clip.units.len()
+        };
         let unit = &clip.units[index];
         let pts = n * TICKS_PER_FRAME;
         let pack = pack(clip.codec, pts, unit, s.fault);

@@ -311,6 +311,13 @@ async fn health(State(state): State<AppState>) -> Json<serde_json::Value> {
 async fn metrics(State(state): State<AppState>) -> Response {
     let ok = state.writer.db_ok.load(std::sync::atomic::Ordering::Relaxed);
     state.metrics.db_up.set(i64::from(ok));
+    // Streams by state and kind (RTSP cameras and GB/T 28181 channels), as the board has
+    // them at the scrape.
+    let g = &state.metrics.rtsp_streams;
+    g.reset();
+    for ((stream_state, kind), n) in state.streams.count_states() {
+        g.with_label_values(&[stream_state.as_str(), kind]).set(n);
+    }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], state.metrics.render()).into_response()
 }
 

@@ -119,6 +119,7 @@ struct Inner {
     // Session figures (reset on every session).
     session_start: Option<Instant>,
     first_frame_ms: Option<u64>,
+    first_keyframe_ms: Option<u64>,
     last_frame: Option<Instant>,
     last_keyframe: Option<Instant>,
     frame_interval_ms: Option<f64>,
@@ -134,6 +135,8 @@ struct Inner {
     frames: u64,
     bytes: u64,
     rtp_loss: u64,
+    /// RTP packets received (GB/T 28181 pulls count them; retina does not say).
+    rtp_packets: Option<u64>,
     timestamp_jumps: u64,
     media_errors: u64,
     reconnects: u64,
@@ -205,6 +208,12 @@ impl Health {
         self.lock().media_errors += 1;
     }
 
+    /// RTP packets received since the last call.
+    pub fn count_packets(&self, n: u64) {
+        let mut g = self.lock();
+        *g.rtp_packets.get_or_insert(0) += n;
+    }
+
     pub fn count_stall(&self) {
         self.lock().stalls += 1;
     }
@@ -214,6 +223,7 @@ impl Health {
         let mut g = self.lock();
         g.session_start = Some(started);
         g.first_frame_ms = None;
+        g.first_keyframe_ms = None;
         g.last_frame = None;
         g.frame_interval_ms = None;
         g.frames_since_key = 0;
@@ -263,6 +273,9 @@ impl Health {
             g.window_start = Some(now);
             g.window_frames = 0;
             g.window_bytes = 0;
+        }
+        if key.is_some() && g.first_keyframe_ms.is_none() {
+            g.first_keyframe_ms = g.session_start.map(|s| now.saturating_duration_since(s).as_millis() as u64);
         }
         if let Some(k) = key {
             if let Some(prev) = g.last_keyframe {
@@ -329,9 +342,11 @@ impl Health {
             last_frame_age_ms: age(g.last_frame),
             last_keyframe_age_ms: age(g.last_keyframe),
             time_to_first_frame_ms: g.first_frame_ms,
+            time_to_first_keyframe_ms: g.first_keyframe_ms,
             frames: g.frames,
             bytes: g.bytes,
             rtp_loss: g.rtp_loss,
+            rtp_packets: g.rtp_packets,
             timestamp_jumps: g.timestamp_jumps,
             media_errors: g.media_errors,
             reconnects: g.reconnects,
@@ -364,9 +379,13 @@ pub struct HealthView {
     pub last_frame_age_ms: Option<u64>,
     pub last_keyframe_age_ms: Option<u64>,
     pub time_to_first_frame_ms: Option<u64>,
+    /// From the session's start (RTSP connect, GB/T 28181 INVITE) to its first keyframe.
+    pub time_to_first_keyframe_ms: Option<u64>,
     pub frames: u64,
     pub bytes: u64,
     pub rtp_loss: u64,
+    /// RTP packets received (GB/T 28181 streams; `null` for RTSP).
+    pub rtp_packets: Option<u64>,
     pub timestamp_jumps: u64,
     pub media_errors: u64,
     pub reconnects: u64,

@@ -177,28 +177,51 @@ pub fn planes(picture: &Picture, width: u32) -> Result<Planes, Error> {
     Ok(Planes { width: w, height: h, y: plane(0), u: plane(1), v: plane(2) })
 }
 
-/// The bounded blocking pool decoding runs on: at most `threads` decodes at once; callers
-/// beyond that wait their turn.
+/// The threads decoding runs on: `threads` dedicated threads taking jobs in turn; callers
+/// beyond that wait their turn. Dedicated rather than tokio's blocking pool so that FFmpeg's
+/// allocations stay in the C allocator's arenas of the same few threads (the blocking pool
+/// spreads them over whichever threads it has, and each keeps what it freed: 11 KB more RSS
+/// per stream over 300 GB/T 28181 channels, BENCHMARKS.md).
 #[derive(Clone)]
 pub struct Pool {
-    permits: Arc<tokio::sync::Semaphore>,
+    jobs: std::sync::mpsc::Sender<Job>,
 }
+
+type Job = Box<dyn FnOnce() + Send>;
 
 impl Pool {
     pub fn new(threads: usize) -> Self {
-        Pool { permits: Arc::new(tokio::sync::Semaphore::new(threads.max(1))) }
+        let (jobs, queue) = std::sync::mpsc::channel::<Job>();
+        let queue = Arc::new(std::sync::Mutex::new(queue));
+        for i in 0..threads.max(1) {
+            let queue = queue.clone();
+            let spawned = std::thread::Builder::new().name(format!("vigil-decode-{i}")).spawn(move || loop {
+                // The lock is held while waiting, not while working: one thread takes the next
+                // job while the others decode.
+                let job = match queue.lock().unwrap_or_else(|p| p.into_inner()).recv() {
+                    Ok(job) => job,
+                    Err(_) => return, // every Pool handle is gone
+                };
+                job();
+            });
+            if let Err(e) = spawned {
+                tracing::warn!(error = %e, "Cannot start a decode thread.");
+            }
+        }
+        Pool { jobs }
     }
 
-    /// Runs `job` on a blocking thread once a permit is free.
+    /// Runs `job` on a decode thread once one is free. A job that panics answers `PoolClosed`
+    /// and leaves its thread running.
     pub async fn run<T: Send + 'static>(&self, job: impl FnOnce() -> T + Send + 'static) -> Result<T, Error> {
-        let permit = self.permits.clone().acquire_owned().await.map_err(|_| Error::PoolClosed)?;
-        tokio::task::spawn_blocking(move || {
-            let out = job();
-            drop(permit);
-            out
-        })
-        .await
-        .map_err(|_| Error::PoolClosed)
+        let (done, result) = tokio::sync::oneshot::channel();
+        let job: Job = Box::new(move || {
+            if let Ok(out) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(job)) {
+                let _ = done.send(out);
+            }
+        });
+        self.jobs.send(job).map_err(|_| Error::PoolClosed)?;
+        result.await.map_err(|_| Error::PoolClosed)
     }
 }
 

@@ -564,6 +564,17 @@ pub fn query(cmd_type: &str, sn: u64, device_id: &str, charset: Charset) -> Vec<
     encode(&text, charset)
 }
 
+/// `Control/DeviceControl` with `IFameCmd` (the standard's spelling): ask a channel for a
+/// keyframe now, sent right after a live INVITE is answered so the first picture does not
+/// wait for the encoder's GOP.
+pub fn keyframe_request(sn: u64, channel_id: &str, charset: Charset) -> Vec<u8> {
+    let text = format!(
+        "<?xml version=\"1.0\" encoding=\"{cs}\"?>\r\n<Control>\r\n<CmdType>DeviceControl</CmdType>\r\n<SN>{sn}</SN>\r\n<DeviceID>{channel_id}</DeviceID>\r\n<IFameCmd>Send</IFameCmd>\r\n</Control>\r\n",
+        cs = charset.xml_name()
+    );
+    encode(&text, charset)
+}
+
 /// The `Response/Alarm` vigil sends back once an alarm is stored (same SN and DeviceID).
 pub fn alarm_response(sn: u64, device_id: &str, charset: Charset) -> Vec<u8> {
     let text = format!(

@@ -166,6 +166,12 @@ async fn channels_play_h264_and_h265_and_each_fault_has_its_reason() {
     assert!(metric(&m, "vigil_gb_time_to_first_frame_seconds_count") >= 4.0, "first frames are timed");
     assert!(metric(&m, "vigil_gb_plays_total{outcome=\"no_media\"}") >= 1.0);
     assert!(metric(&m, "vigil_gb_plays_total{outcome=\"bye_from_device\"}") >= 1.0);
+    // Each answered play asked its channel for a keyframe (IFameCmd), and the device took it.
+    assert!(
+        metric(&m, "vigil_sip_client_transactions_total{outcome=\"ok\",request=\"IFameCmd\"}") >= 4.0,
+        "keyframe requests: {}",
+        m.lines().filter(|l| l.contains("sip_client_transactions")).collect::<Vec<_>>().join("\n")
+    );
     gw.shutdown().await;
 }
 

@@ -623,6 +623,10 @@ async fn live(
         };
         let Ok(Ok((n, _))) = got else { continue };
         let Ok(msg) = Message::parse(&buf[..n]) else { continue };
+        if msg.method() == Some("MESSAGE") && media.keyframe_request(&msg) {
+            sock.send_to(ok_answer(&msg).as_bytes(), args.server).await?;
+            continue;
+        }
         if matches!(msg.start, StartLine::Request { .. }) && matches!(msg.method(), Some("INVITE" | "ACK" | "BYE")) {
             for bytes in media.handle(&msg, local).await {
                 sock.send_to(&bytes, args.server).await?;
@@ -654,6 +658,9 @@ struct Dialog {
     from: String,
     to: String,
     device: String,
+    channel: String,
+    /// Raised by the platform's `IFameCmd` for this channel.
+    keyframe: Arc<std::sync::atomic::AtomicBool>,
     session: Option<vigil_simulators::gb_media::Session>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
 }
@@ -729,6 +736,8 @@ impl Media {
                                 from: msg.header("From").unwrap_or("").to_owned(),
                                 to: format!("{};tag={tag}", msg.header("To").unwrap_or("")),
                                 device,
+                                channel,
+                                keyframe: Arc::default(),
                                 session: Some(session),
                                 stop: None,
                             },
@@ -743,7 +752,7 @@ impl Media {
                     if let Some(session) = d.session.take() {
                         let (stop, stopped) = tokio::sync::oneshot::channel();
                         d.stop = Some(stop);
-                        tokio::spawn(play(clips, session, stopped, self.bye_tx.clone()));
+                        tokio::spawn(play(clips, session, stopped, self.bye_tx.clone(), d.keyframe.clone()));
                     }
                 }
                 Vec::new()
@@ -766,6 +775,20 @@ impl Media {
             }
             _ => Vec::new(),
         }
+    }
+
+    /// A `DeviceControl` with `IFameCmd` for a channel: its sessions send a keyframe next.
+    /// True when the message was one.
+    fn keyframe_request(&self, msg: &Message<'_>) -> bool {
+        let (text, _) = vigil::protocol::manscdp::decode(msg.body);
+        if !text.contains("IFameCmd") {
+            return false;
+        }
+        let Ok(env) = vigil::protocol::manscdp::envelope(&text) else { return false };
+        for d in self.dialogs.values().filter(|d| d.channel == env.device_id) {
+            d.keyframe.store(true, std::sync::atomic::Ordering::Release);
+        }
+        true
     }
 
     /// The device hangs up a session (`bye` fault): the BYE to send.
@@ -938,7 +961,7 @@ async fn main() -> Result<()> {
         let session = gb_media::push_session(to, media_transport == "tcp", 0x0104_0000, fault.parse()?, frames)?;
         let (_stop, stopped) = tokio::sync::oneshot::channel();
         let (byes, _) = tokio::sync::mpsc::channel(1);
-        gb_media::play(clips, session, stopped, byes).await;
+        gb_media::play(clips, session, stopped, byes, Arc::default()).await;
         println!("push: {frames} frames sent to {to} over {media_transport}");
         return Ok(());
     }

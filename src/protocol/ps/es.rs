@@ -144,6 +144,10 @@ impl Assembler {
     fn drop_front(&mut self, n: usize) {
         self.pending.drain(..n);
         self.offset += n as u64;
+        // An emptied buffer a keyframe grew is given back (hundreds of streams at once).
+        if self.pending.is_empty() && self.pending.capacity() > 4096 {
+            self.pending = Vec::new();
+        }
     }
 
     /// The PTS of the PES the byte at `at` came in, once per PES.

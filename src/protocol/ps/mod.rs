@@ -20,6 +20,9 @@ const SYSTEM_HEADER: u8 = 0xBB;
 const PSM: u8 = 0xBC;
 const PROGRAM_END: u8 = 0xB9;
 
+/// A buffer emptied with more room than this is given back (hundreds of streams at once).
+const KEEP_CAPACITY: usize = 4096;
+
 /// Bytes held while waiting for the rest of a unit; past it the unit is dropped as corrupt
 /// (a PES length is at most 65,535 plus its 6-byte prefix).
 const MAX_HELD: usize = 70 * 1024;
@@ -132,6 +135,11 @@ impl Demuxer {
             }
         }
         self.held.drain(..at);
+        // Each picture's pack usually ends with its last RTP packet, leaving nothing held:
+        // give back a buffer a keyframe grew rather than keep it per stream between keyframes.
+        if self.held.is_empty() && self.held.capacity() > KEEP_CAPACITY {
+            self.held = Vec::new();
+        }
     }
 
     /// Reads a program stream map (`held[at..at + n]`): its stream types, as far as its

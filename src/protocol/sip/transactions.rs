@@ -29,6 +29,8 @@ pub enum Purpose {
     SubscribeCatalog,
     /// The `Response/Alarm` (with the alarm's SN) after an alarm was stored.
     AlarmResponse(u64),
+    /// `Control/DeviceControl` `IFameCmd` for a channel (a keyframe now).
+    KeyframeRequest(String),
     /// `BYE` ending a media dialog.
     Bye,
     /// `CANCEL` of an INVITE still pending.
@@ -41,6 +43,7 @@ impl Purpose {
             Purpose::Query(cmd) => cmd,
             Purpose::SubscribeCatalog => "SubscribeCatalog",
             Purpose::AlarmResponse(_) => "AlarmResponse",
+            Purpose::KeyframeRequest(_) => "IFameCmd",
             Purpose::Bye => "BYE",
             Purpose::Cancel => "CANCEL",
         }

@@ -200,8 +200,8 @@ pub fn spawn(
     Ok(())
 }
 
-/// Reconciles pulls with the registry once a second (when it changed), and refreshes the
-/// stream-state gauges.
+/// Reconciles pulls with the registry once a second (when it changed); the stream-state
+/// gauges are computed from the board at each scrape (`api::metrics`).
 async fn supervise(
     ctx: Arc<Context>,
     board: StreamBoard,
@@ -223,7 +223,6 @@ async fn supervise(
             seen_generation = Some(generation);
             reconcile(&ctx, &board, &shards, &mut running, &cancel, &tracker);
         }
-        publish_gauges(&ctx, &board);
     }
     for (_, r) in running.drain() {
         r.cancel.cancel();
@@ -312,15 +311,6 @@ fn reconcile(
     }
     if started > 0 || stopped > 0 {
         info!(started, stopped, pulling = running.len(), "RTSP pulls reconciled with the registry.");
-    }
-}
-
-fn publish_gauges(ctx: &Context, board: &StreamBoard) {
-    let counts = board.count_states();
-    let g = &ctx.shared.metrics.rtsp_streams;
-    g.reset();
-    for ((state, kind), n) in counts {
-        g.with_label_values(&[state.as_str(), kind]).set(n);
     }
 }
 

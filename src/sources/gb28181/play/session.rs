@@ -200,6 +200,11 @@ enum Input {
 /// Largest RTP-over-TCP read at once.
 const TCP_READ: usize = 64 * 1024;
 
+thread_local! {
+    /// The receive buffer of the streams this thread serves (a UDP datagram or a TCP read).
+    static RECV: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(vec![0u8; 65_536]);
+}
+
 struct SsrcGuard<'a> {
     seq: u32,
     ctx: &'a Ctx,
@@ -239,6 +244,7 @@ struct Receiver<'a> {
     wrong_ssrc: u64,
     malformed: u64,
     packets: u64,
+    packets_reported: u64,
     played: bool,
     sized: bool,
 }
@@ -260,6 +266,7 @@ impl<'a> Receiver<'a> {
             wrong_ssrc: 0,
             malformed: 0,
             packets: 0,
+            packets_reported: 0,
             played: false,
             sized: false,
         }
@@ -322,11 +329,10 @@ impl<'a> Receiver<'a> {
 
     async fn receive_tcp(
         &mut self,
-        mut tcp: tokio::net::TcpStream,
+        tcp: tokio::net::TcpStream,
         events: &mut mpsc::Receiver<DialogEvent>,
         cancel: &CancellationToken,
     ) -> Ended {
-        use tokio::io::AsyncReadExt;
         let timeout = self.ctx.settings.media_timeout;
         let peer = match tcp.peer_addr() {
             Ok(p) => p,
@@ -334,7 +340,6 @@ impl<'a> Receiver<'a> {
         };
         self.source = Some(peer);
         let mut framer = TcpFramer::default();
-        let mut buf = vec![0u8; TCP_READ];
         let mut last_frame = Instant::now();
         let mut check = tokio::time::interval(Duration::from_millis(500));
         loop {
@@ -350,20 +355,30 @@ impl<'a> Receiver<'a> {
                         return self.quiet(quiet);
                     }
                 }
-                r = tcp.read(&mut buf) => match r {
-                    Ok(0) => {
-                        let state = if self.played { StreamState::Stalled } else { StreamState::NoMedia };
-                        return self.fail(state, "the device closed the media connection".into());
+                r = tcp.readable() => {
+                    if let Err(e) = r {
+                        return self.fail(StreamState::Stalled, format!("the media connection failed: {e}"));
                     }
-                    Ok(n) => {
-                        let mut pictured = false;
-                        framer.push(&buf[..n], |f| pictured |= self.packet(f, peer));
-                        if pictured {
-                            last_frame = Instant::now();
+                    let read = RECV.with_borrow_mut(|buf| match tcp.try_read(&mut buf[..TCP_READ]) {
+                        Ok(0) => Err(None),
+                        Ok(n) => {
+                            let mut pictured = false;
+                            framer.push(&buf[..n], |f| pictured |= self.packet(f, peer));
+                            Ok(pictured)
                         }
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(false),
+                        Err(e) => Err(Some(e)),
+                    });
+                    match read {
+                        Ok(true) => last_frame = Instant::now(),
+                        Ok(false) => {}
+                        Err(None) => {
+                            let state = if self.played { StreamState::Stalled } else { StreamState::NoMedia };
+                            return self.fail(state, "the device closed the media connection".into());
+                        }
+                        Err(Some(e)) => return self.fail(StreamState::Stalled, format!("the media connection failed: {e}")),
                     }
-                    Err(e) => return self.fail(StreamState::Stalled, format!("the media connection failed: {e}")),
-                },
+                }
             }
         }
     }
@@ -376,7 +391,6 @@ impl<'a> Receiver<'a> {
         started: Instant,
     ) -> Ended {
         let timeout = self.ctx.settings.media_timeout;
-        let mut buf = vec![0u8; 65_536];
         let mut last_frame = started;
         let mut check = tokio::time::interval(Duration::from_millis(500));
         loop {
@@ -398,19 +412,24 @@ impl<'a> Receiver<'a> {
                     if r.is_err() {
                         return Ended::Failed { state: StreamState::BadMedia, error: "the media socket failed".into(), played: self.played };
                     }
-                    for _ in 0..BATCH {
-                        match sock.try_recv_from(&mut buf) {
-                            Ok((n, from)) => {
-                                if self.packet(&buf[..n], from) {
-                                    last_frame = Instant::now();
+                    // One receive buffer per thread, not per stream: nothing awaits while it is
+                    // borrowed.
+                    let pictured = RECV.with_borrow_mut(|buf| {
+                        let mut pictured = false;
+                        for _ in 0..BATCH {
+                            match sock.try_recv_from(buf) {
+                                Ok((n, from)) => pictured |= self.packet(&buf[..n], from),
+                                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                                Err(e) => {
+                                    debug!(error = %e, "Media socket read failed.");
+                                    break;
                                 }
                             }
-                            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
-                            Err(e) => {
-                                debug!(error = %e, "Media socket read failed.");
-                                break;
-                            }
                         }
+                        pictured
+                    });
+                    if pictured {
+                        last_frame = Instant::now();
                     }
                 }
             }
@@ -517,7 +536,11 @@ impl<'a> Receiver<'a> {
                 self.describe(codec, k.clone());
             }
             let is_key = key.is_some();
+            self.health.count_packets(self.packets - self.packets_reported);
+            self.packets_reported = self.packets;
             let note = self.health.frame(now, len, loss, key);
+            self.ctx.metrics.gb_frames.inc();
+            self.ctx.metrics.gb_bytes.inc_by(len as u64);
             if is_key {
                 self.diagnose(now);
             }

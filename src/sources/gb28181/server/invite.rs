@@ -2,7 +2,8 @@
 //! transaction (RFC 3261 §17.1.1: over UDP resent at T1, 2·T1, … until a provisional or final
 //! answer; given up after Timer B, 64·T1), the ACK (a new transaction for 2xx, the INVITE's
 //! branch for a refusal), BYE both ways, CANCEL of an INVITE the player no longer wants (and
-//! ACK + BYE for a 200 that arrives after it), and 488 to a device's re-INVITE. Requests go to
+//! ACK + BYE for a 200 that arrives after it), 488 to a device's re-INVITE, and a keyframe
+//! request (`IFameCmd`) once a play is answered. Requests go to
 //! the address and transport the device registered with (NAT-safe, as for queries). A channel
 //! under an NVR or lower platform is addressed by its own id in the Request-URI and To.
 
@@ -248,6 +249,10 @@ Max-Forwards: 70\r\nUser-Agent: vigil/{ver}\r\nContent-Length: 0\r\n\r\n",
             return;
         }
         d.state = State::Confirmed;
+        // A keyframe now (IFameCmd), as WVP does when a play starts: the first picture need
+        // not wait for the encoder's next GOP. Devices that ignore it cost one MESSAGE.
+        let (device, channel) = (d.device.clone(), d.channel.clone());
+        self.send_request(&device, Purpose::KeyframeRequest(channel), now_ms()).await;
         let sdp = String::from_utf8_lossy(msg.body).into_owned();
         if d.events.try_send(DialogEvent::Answered { sdp }).is_err() {
             self.bye(&call_id, &d).await;

@@ -111,7 +111,7 @@ impl Server {
     }
 
     /// Builds and sends one request; false when the device has no session any more.
-    async fn send_request(&mut self, device: &str, purpose: Purpose, now: Millis) -> bool {
+    pub(super) async fn send_request(&mut self, device: &str, purpose: Purpose, now: Millis) -> bool {
         self.cseq = self.cseq.wrapping_add(1);
         let cseq = self.cseq;
         let realm = self.cfg.realm.clone();
@@ -145,6 +145,9 @@ impl Server {
                 )
             }
             Purpose::AlarmResponse(_) => ("MESSAGE", manscdp::alarm_response(sn, device, charset), String::new()),
+            Purpose::KeyframeRequest(channel) => {
+                ("MESSAGE", manscdp::keyframe_request(sn, channel, charset), String::new())
+            }
             // Sent by the dialog code (`invite.rs`), never from the backlog.
             Purpose::Bye | Purpose::Cancel => return false,
         };
