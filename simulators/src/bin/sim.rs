@@ -194,8 +194,23 @@ Content-Type: Application/MANSCDP+xml\r\nMax-Forwards: 70\r\nContent-Length: {}\
 type Queries = Vec<(String, u64)>;
 
 /// Registers `devices` and returns (registered, failed, elapsed, catalog queries seen).
-async fn storm(sock: &Arc<UdpSocket>, args: &Args) -> Result<(u32, u32, Duration, Queries)> {
+/// A registration storm's outcome: registered, refused, how long, the catalog queries seen,
+/// and the media requests (INVITE, ACK, BYE, IFameCmd) that arrived meanwhile, for the live
+/// loop to handle (a storm every 30 s must not swallow a play's ACK).
+type Stormed = (u32, u32, Duration, Queries, Vec<Vec<u8>>);
+
+/// Whether a request belongs to the media side (the live loop's `Media`).
+fn is_media_request(msg: &Message<'_>) -> bool {
+    match msg.method() {
+        Some("INVITE" | "ACK" | "BYE") => true,
+        Some("MESSAGE") => String::from_utf8_lossy(msg.body).contains("IFameCmd"),
+        _ => false,
+    }
+}
+
+async fn storm(sock: &Arc<UdpSocket>, args: &Args) -> Result<Stormed> {
     let mut queries = Vec::new();
+    let mut deferred = Vec::new();
     let local = sock.local_addr()?;
     let started = Instant::now();
     let deadline = started + Duration::from_secs(60);
@@ -228,6 +243,10 @@ async fn storm(sock: &Arc<UdpSocket>, args: &Args) -> Result<(u32, u32, Duration
         };
         let Ok(msg) = Message::parse(&buf[..n]) else { continue };
         let StartLine::Response { code, .. } = msg.start else {
+            if is_media_request(&msg) {
+                deferred.push(buf[..n].to_vec());
+                continue;
+            }
             if let Some(catalog) = serve(sock, args.server, &msg, heartbeat(args)).await? {
                 queries.push(catalog);
             }
@@ -251,7 +270,7 @@ async fn storm(sock: &Arc<UdpSocket>, args: &Args) -> Result<(u32, u32, Duration
             }
         }
     }
-    Ok((ok, failed, started.elapsed(), queries))
+    Ok((ok, failed, started.elapsed(), queries, deferred))
 }
 
 async fn flood(sock: &Arc<UdpSocket>, args: &Args, rate: u32, seconds: u64) -> Result<()> {
@@ -546,8 +565,15 @@ async fn live(
     loop {
         if Instant::now() >= next_register {
             // A short storm: registers the approved, is told 403 for the quarantined.
-            let (ok, failed, _, queries) = storm(sock, args).await?;
+            let (ok, failed, _, queries, deferred) = storm(sock, args).await?;
             println!("live: {ok} registered, {failed} refused (awaiting approval?)");
+            for raw in deferred {
+                if let Ok(msg) = Message::parse(&raw) {
+                    for bytes in media.request(&msg, local).await {
+                        sock.send_to(&bytes, args.server).await?;
+                    }
+                }
+            }
             for (dev, qsn) in queries {
                 for part in catalog_parts(&dev, qsn, channels, local, run_token()) {
                     sock.send_to(&part, args.server).await?;
@@ -623,12 +649,8 @@ async fn live(
         };
         let Ok(Ok((n, _))) = got else { continue };
         let Ok(msg) = Message::parse(&buf[..n]) else { continue };
-        if msg.method() == Some("MESSAGE") && media.keyframe_request(&msg) {
-            sock.send_to(ok_answer(&msg).as_bytes(), args.server).await?;
-            continue;
-        }
-        if matches!(msg.start, StartLine::Request { .. }) && matches!(msg.method(), Some("INVITE" | "ACK" | "BYE")) {
-            for bytes in media.handle(&msg, local).await {
+        if matches!(msg.start, StartLine::Request { .. }) && is_media_request(&msg) {
+            for bytes in media.request(&msg, local).await {
                 sock.send_to(&bytes, args.server).await?;
             }
             continue;
@@ -775,6 +797,15 @@ impl Media {
             }
             _ => Vec::new(),
         }
+    }
+
+    /// A media request (see `is_media_request`): the answers to send.
+    async fn request(&mut self, msg: &Message<'_>, local: SocketAddr) -> Vec<Vec<u8>> {
+        if msg.method() == Some("MESSAGE") {
+            self.keyframe_request(msg);
+            return vec![ok_answer(msg).into_bytes()];
+        }
+        self.handle(msg, local).await
     }
 
     /// A `DeviceControl` with `IFameCmd` for a channel: its sessions send a keyframe next.
@@ -984,7 +1015,7 @@ async fn main() -> Result<()> {
     if args.transport != "udp" {
         bail!("--transport tcp is for live mode; the load modes use one UDP socket");
     }
-    let (ok, failed, took, queries) = storm(&sock, &args).await?;
+    let (ok, failed, took, queries, _) = storm(&sock, &args).await?;
     println!(
         "registration storm: {ok} registered, {failed} failed, {} devices in {:.3} s ({:.0} registrations/s)",
         args.count,
