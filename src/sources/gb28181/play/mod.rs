@@ -20,7 +20,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{info, warn};
+use tracing::{debug, warn};
 
 use super::dialog::Command;
 use crate::clock::now_ms;
@@ -307,13 +307,13 @@ async fn pull(ctx: &Ctx, device: &str, channel: &str, cancel: &CancellationToken
     // The judge (its baseline, its run of bad samples) lives as long as the channel is wanted.
     let judge = Arc::new(Mutex::new(Judge::default()));
     let mut failures = 0u32;
-    info!(device, channel, "GB/T 28181 live stream wanted: INVITE.");
+    debug!(device, channel, "GB/T 28181 live stream wanted: INVITE.");
     loop {
         let ended = session::run(ctx, &subject, &health, &judge, cancel).await;
         match ended {
             session::Ended::Stopped => {
                 ctx.metrics.gb_plays.with_label_values(&["stopped"]).inc();
-                info!(device, channel, "GB/T 28181 live stream no longer wanted: BYE.");
+                debug!(device, channel, "GB/T 28181 live stream no longer wanted: BYE.");
                 ctx.board.remove(&key);
                 return;
             }

@@ -548,7 +548,8 @@ impl<'a> Receiver<'a> {
                 self.played = true;
                 self.health.set_state(StreamState::Playing, now_ms(), None);
                 self.ctx.metrics.gb_first_frame.observe(ttff as f64 / 1000.0);
-                info!(codec = codec.as_str(), first_frame_ms = ttff, "GB/T 28181 stream playing.");
+                // Debug: a patrol round plays thousands of channels; failures are warnings.
+                debug!(codec = codec.as_str(), first_frame_ms = ttff, "GB/T 28181 stream playing.");
             }
         }
         any
