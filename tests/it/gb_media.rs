@@ -62,7 +62,7 @@ fn probe(es: &Path, format: &str) -> (String, usize) {
     (codec, frames)
 }
 
-fn check(units: &[AccessUnit], codec: Codec, dir: &Path, name: &str) {
+fn check(units: &[AccessUnit], codec: Codec, dir: &Path, name: &str, source: &Path) {
     assert_eq!(units.len(), FRAMES, "{name}: access units");
     assert!(units.iter().all(|u| u.codec == codec), "{name}: codec");
     // Keyframes in decode order: the first, and one per GOP (B-frames move where in decode
@@ -75,6 +75,20 @@ fn check(units: &[AccessUnit], codec: Codec, dir: &Path, name: &str) {
     let format = if codec == Codec::H264 { "h264" } else { "hevc" };
     let want = if codec == Codec::H264 { "h264" } else { "hevc" };
     assert_eq!(probe(&es, format), (want.to_owned(), FRAMES), "{name}: ffprobe on what vigil cut out");
+    // Byte for byte what FFmpeg's own demuxer takes out of the same file.
+    let theirs = dir.join(format!("{name}.ffmpeg.es"));
+    run(Command::new("ffmpeg")
+        .args(["-v", "error", "-y", "-i"])
+        .arg(source)
+        .args(["-c", "copy", "-f", format])
+        .arg(&theirs));
+    let (ours, theirs) = (std::fs::read(&es).expect("ours"), std::fs::read(&theirs).expect("ffmpeg's"));
+    assert!(
+        ours == theirs,
+        "{name}: vigil's elementary stream ({} bytes) differs from FFmpeg's ({} bytes)",
+        ours.len(),
+        theirs.len()
+    );
     // And back into a program stream as vigil sends one (one pack per access unit, a map on
     // each keyframe, PTS spaced at 25 fps): ffprobe reads every frame of it too.
     let ps: Vec<u8> =
@@ -104,7 +118,7 @@ fn gstreamer_ps_with_a_map_gives_every_h264_frame() {
     let (units, d, _) = demux(&ps);
     assert_eq!(d.stream_type(0xE0), Some(StreamType::H264), "mpegpsmux writes a map");
     assert!(d.counters.maps >= 1 && d.counters.packs >= 1);
-    check(&units, Codec::H264, dir.path(), "gst-h264");
+    check(&units, Codec::H264, dir.path(), "gst-h264", &ps);
 }
 
 #[test]
@@ -124,7 +138,7 @@ fn ffmpeg_ps_without_a_map_gives_every_h264_and_h265_frame() {
         let (units, d, a) = demux(&ps);
         assert_eq!(d.counters.maps, 0, "{name}: ffmpeg writes no map");
         assert_eq!(a.codec(), Some(codec), "{name}: the codec is read from the stream");
-        check(&units, codec, dir.path(), name);
+        check(&units, codec, dir.path(), name, &ps);
     }
 }
 

@@ -112,17 +112,25 @@ fn jpeg_size(bytes: &[u8]) -> String {
 async fn channels_play_h264_and_h265_and_each_fault_has_its_reason() {
     require_command("ffprobe");
     let gw = gateway().await;
-    let _dev =
-        SimDevice::start(gw.sip.expect("SIP"), 6, &["--media-faults", "1=h265,2=no-rtp,3=own-ssrc,4=bye,5=private"]);
-    registered_with_channels(&gw, 6).await;
+    let faults = "1=h265,2=no-rtp,3=own-ssrc,4=bye,5=private,6=no-psm,7=stop";
+    let _dev = SimDevice::start(gw.sip.expect("SIP"), 8, &["--media-faults", faults]);
+    registered_with_channels(&gw, 8).await;
     let api = &gw.api;
 
     // A snapshot of a channel nobody pulled yet: vigil INVITEs it and answers with a JPEG
     // of its first keyframe.
-    for (i, codec) in [(0, "h264"), (1, "h265"), (3, "h264"), (5, "h264")] {
+    // 3: the device answers and sends its own y=; 5: Hikvision private packets with start codes
+    // inside; 6: no program stream map at all (the codec is read from the stream).
+    for (i, codec) in [(0, "h264"), (1, "h265"), (3, "h264"), (5, "h264"), (6, "h264")] {
         let ch = channel(i);
         let (s, ct, jpeg) = api.get_bytes(&format!("/devices/{DEVICE}/channels/{ch}/snapshot")).await;
-        assert_eq!((s, ct.as_str()), (200, "image/jpeg"), "channel {i}: {}", String::from_utf8_lossy(&jpeg));
+        assert_eq!(
+            (s, ct.as_str()),
+            (200, "image/jpeg"),
+            "channel {i}: {} (channels: {})",
+            String::from_utf8_lossy(&jpeg),
+            api.get(&format!("/devices/{DEVICE}/channels")).await.1
+        );
         assert_eq!(jpeg_size(&jpeg), "mjpeg,640,360", "channel {i}: ffprobe reads the snapshot at the stream's size");
         let h = api
             .wait_for(&format!("/devices/{DEVICE}/channels/{ch}/stream"), Duration::from_secs(10), |h| {
@@ -155,6 +163,17 @@ async fn channels_play_h264_and_h265_and_each_fault_has_its_reason() {
         .await;
     assert!(h["frames"].as_u64().is_some_and(|f| f > 0), "it played before it hung up: {h}");
 
+    // The device stops sending after 3 s and keeps the dialog: stalled, and pulled again.
+    let stop = channel(7);
+    assert_eq!(api.post(&format!("/devices/{DEVICE}/channels/{stop}/stream"), json!({})).await.0, 202);
+    let h = api
+        .wait_for(&format!("/devices/{DEVICE}/channels/{stop}/stream"), Duration::from_secs(20), |h| {
+            h["state"] == "stalled"
+        })
+        .await;
+    assert!(h["error"].as_str().is_some_and(|e| e.contains("no picture")), "{h}");
+    assert!(h["frames"].as_u64().is_some_and(|f| f > 0) && h["stalls"].as_u64() >= Some(1), "{h}");
+
     // What an operator can get wrong is named.
     let (s, v) = api.get(&format!("/devices/{DEVICE}/channels/42010400001310000999/snapshot")).await;
     assert_eq!((s, v["error"]["code"].as_str()), (404, Some("not_found")), "{v}");
@@ -168,7 +187,7 @@ async fn channels_play_h264_and_h265_and_each_fault_has_its_reason() {
     assert!(metric(&m, "vigil_gb_plays_total{outcome=\"bye_from_device\"}") >= 1.0);
     // Each answered play asked its channel for a keyframe (IFameCmd), and the device took it.
     assert!(
-        metric(&m, "vigil_sip_client_transactions_total{outcome=\"ok\",request=\"IFameCmd\"}") >= 4.0,
+        metric(&m, "vigil_sip_client_transactions_total{outcome=\"ok\",request=\"IFameCmd\"}") >= 5.0,
         "keyframe requests: {}",
         m.lines().filter(|l| l.contains("sip_client_transactions")).collect::<Vec<_>>().join("\n")
     );

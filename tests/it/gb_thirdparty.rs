@@ -1,7 +1,8 @@
 //! A GB/T 28181 device vigil did not write: the `gb28181-rs` crate's device server (register
 //! with digest, keepalive, catalog, INVITE answered with PS over RTP), streaming access units
 //! of a clip ffmpeg made. vigil admits it, reads its catalog, pulls its channel on a
-//! snapshot request, and shows frames, health and a JPEG ffprobe reads at the clip's size.
+//! snapshot request, and shows frames, health, diagnosis and a JPEG ffprobe reads at the
+//! clip's size.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -152,10 +153,11 @@ async fn a_gb28181_rs_device_is_played_and_snapshotted() {
     let h = gw
         .api
         .wait_for(&format!("/devices/{DEVICE}/channels/{CHANNEL}/stream"), Duration::from_secs(15), |h| {
-            h["state"] == "playing" && h["width"] == 640 && h["frames"].as_u64() > Some(25)
+            h["state"] == "playing" && h["width"] == 640 && h["frames"].as_u64() > Some(25) && h["quality"].is_object()
         })
         .await;
     assert_eq!(h["codec"], "h264", "{h}");
+    assert_eq!(h["quality"]["faults"], json!([]), "the test pattern passes diagnosis: {h}");
     device.shutdown().await.expect("the device stops");
     feeder.abort();
     gw.shutdown().await;
