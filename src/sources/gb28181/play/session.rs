@@ -240,9 +240,7 @@ struct Receiver<'a> {
     demuxer: Demuxer,
     assembler: Assembler,
     lost_reported: u64,
-    foreign: u64,
     wrong_ssrc: u64,
-    malformed: u64,
     packets: u64,
     packets_reported: u64,
     played: bool,
@@ -262,9 +260,7 @@ impl<'a> Receiver<'a> {
             demuxer: Demuxer::default(),
             assembler: Assembler::default(),
             lost_reported: 0,
-            foreign: 0,
             wrong_ssrc: 0,
-            malformed: 0,
             packets: 0,
             packets_reported: 0,
             played: false,
@@ -456,7 +452,6 @@ impl<'a> Receiver<'a> {
     /// One datagram; true when it completed at least one picture.
     fn packet(&mut self, data: &[u8], from: SocketAddr) -> bool {
         if from.ip() != self.agreed.from.ip() && self.source.is_none_or(|s| s != from) {
-            self.foreign += 1;
             self.ctx.count_dropped("foreign_source");
             return false;
         }
@@ -466,7 +461,6 @@ impl<'a> Receiver<'a> {
         let p = match Packet::parse(data) {
             Ok(p) => p,
             Err(_) => {
-                self.malformed += 1;
                 self.ctx.count_dropped("malformed");
                 self.health.count_media_error();
                 return false;

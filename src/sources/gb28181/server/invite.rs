@@ -201,8 +201,18 @@ Max-Forwards: 70\r\nUser-Agent: vigil/{ver}\r\nContent-Length: 0\r\n\r\n",
     }
 
     /// A response whose CSeq method is INVITE.
-    pub(super) async fn invite_response(&mut self, msg: &Message<'_>, code: u16) {
+    pub(super) async fn invite_response(&mut self, msg: &Message<'_>, code: u16, from: std::net::SocketAddr) {
         let Some(call_id) = msg.header("Call-ID").map(str::to_owned) else { return };
+        // Only the device the INVITE went to answers it: an answer from another host (its SDP
+        // would say where vigil takes media from) is refused and kept for the operator.
+        if self.dialogs.get(&call_id).is_some_and(|d| d.to.ip() != from.ip()) {
+            self.reject(
+                "not_from_registered_address",
+                from,
+                format!("INVITE answer {code} for {call_id} from another host"),
+            );
+            return;
+        }
         let Some(mut d) = self.dialogs.remove(&call_id) else {
             // A 200 retransmitted after the dialog ended, or for an INVITE given up: nothing
             // to do but let the device stop (it resends 200 until ACKed).

@@ -471,7 +471,7 @@ impl Server {
             StartLine::Response { code, .. } => {
                 self.metrics.sip_messages.with_label_values(&["response", "in"]).inc();
                 if msg.cseq().is_some_and(|(_, m)| m.eq_ignore_ascii_case("INVITE")) {
-                    self.invite_response(&msg, *code).await;
+                    self.invite_response(&msg, *code, from).await;
                 } else {
                     self.response(&msg, *code, from);
                 }
