@@ -140,13 +140,28 @@ pub struct Reorder<T> {
     held: BTreeMap<u64, T>,
     /// The highest extended sequence number seen (to extend the next 16-bit one).
     highest: u64,
+    /// The lowest extended sequence number the stream started from.
+    base: Option<u64>,
     pub losses: Losses,
 }
 
 impl<T> Reorder<T> {
     /// A window of `window` packets (at least 1).
     pub fn new(window: usize) -> Reorder<T> {
-        Reorder { window: window.max(1), next: None, held: BTreeMap::new(), highest: 0, losses: Losses::default() }
+        Reorder {
+            window: window.max(1),
+            next: None,
+            held: BTreeMap::new(),
+            highest: 0,
+            base: None,
+            losses: Losses::default(),
+        }
+    }
+
+    /// The highest extended sequence number received and the one the stream started from
+    /// (`None` before the first packet): what a receiver report's "expected" is made of.
+    pub fn span(&self) -> Option<(u64, u64)> {
+        self.base.map(|b| (b, self.highest))
     }
 
     /// The 16-bit sequence number as a 64-bit one near the highest seen (wraps counted).
@@ -173,6 +188,9 @@ impl<T> Reorder<T> {
             return;
         }
         self.highest = self.highest.max(ext);
+        if self.next.is_none() {
+            self.base = Some(self.base.map_or(ext, |b| b.min(ext)));
+        }
         self.held.insert(ext, item);
         if self.next.is_none() {
             if self.held.len() < self.window {
@@ -245,6 +263,78 @@ impl ReceiverReport {
         v.extend(self.delay_since_last_sr.to_be_bytes());
         v
     }
+}
+
+/// What a receiver knows about one source between reports (RFC 3550 §6.4.1, A.3, A.8):
+/// packets received, interarrival jitter, the last sender report.
+#[derive(Debug, Default, Clone)]
+pub struct Reception {
+    received: u64,
+    /// Jitter in timestamp units, times 16 (RFC 3550 A.8's integer form).
+    jitter16: u64,
+    last_transit: Option<u32>,
+    expected_prior: u64,
+    received_prior: u64,
+    /// The last sender report's middle NTP bits and when it came (1/65536 s).
+    last_sr: Option<(u32, u64)>,
+}
+
+impl Reception {
+    /// One packet in: `arrival` in the stream's timestamp units (90 kHz for video), its RTP
+    /// timestamp.
+    pub fn packet(&mut self, arrival: u32, timestamp: u32) {
+        self.received += 1;
+        let transit = arrival.wrapping_sub(timestamp);
+        if let Some(last) = self.last_transit {
+            let d = u64::from((transit.wrapping_sub(last) as i32).unsigned_abs());
+            // J += (|D| - J) / 16, kept times 16.
+            self.jitter16 = self.jitter16 + d - ((self.jitter16 + 8) >> 4);
+        }
+        self.last_transit = Some(transit);
+    }
+
+    /// A sender report came (`ntp_middle`: the middle 32 bits of its NTP time), at `now` in
+    /// 1/65536 s.
+    pub fn sender_report(&mut self, ntp_middle: u32, now: u64) {
+        self.last_sr = Some((ntp_middle, now));
+    }
+
+    /// The report about `source` as of `now` (1/65536 s), given the sequence span received
+    /// (`Reorder::span`); the interval's counters restart.
+    pub fn report(&mut self, reporter: u32, source: u32, span: (u64, u64), now: u64) -> ReceiverReport {
+        let expected = span.1.saturating_sub(span.0) + 1;
+        let lost = expected.saturating_sub(self.received);
+        let expected_interval = expected.saturating_sub(self.expected_prior);
+        let received_interval = self.received.saturating_sub(self.received_prior);
+        self.expected_prior = expected;
+        self.received_prior = self.received;
+        let lost_interval = expected_interval.saturating_sub(received_interval);
+        let fraction_lost = (lost_interval << 8).checked_div(expected_interval).map_or(0, |f| f.min(255) as u8);
+        let (last_sr, delay_since_last_sr) = match self.last_sr {
+            Some((ntp, at)) => (ntp, u32::try_from(now.saturating_sub(at)).unwrap_or(u32::MAX)),
+            None => (0, 0),
+        };
+        ReceiverReport {
+            reporter,
+            source,
+            fraction_lost,
+            cumulative_lost: u32::try_from(lost).unwrap_or(u32::MAX),
+            highest_sequence: span.1 as u32,
+            jitter: u32::try_from(self.jitter16 >> 4).unwrap_or(u32::MAX),
+            last_sr,
+            delay_since_last_sr,
+        }
+    }
+}
+
+/// A sender report's sender SSRC and the middle 32 bits of its NTP time, when `b` (an RTCP
+/// compound packet) starts with one.
+pub fn sender_report(b: &[u8]) -> Option<(u32, u32)> {
+    if b.len() < 28 || b[0] >> 6 != 2 || b[1] != 200 {
+        return None;
+    }
+    let ssrc = u32::from_be_bytes([b[4], b[5], b[6], b[7]]);
+    Some((ssrc, u32::from_be_bytes([b[10], b[11], b[12], b[13]])))
 }
 
 #[cfg(test)]
@@ -320,5 +410,40 @@ mod tests {
         r.flush(|_, s| out.push(s));
         assert_eq!(out, vec![65_534, 65_535, 0, 1, 3, 4, 5, 6, 7]);
         assert_eq!(r.losses, Losses { lost: 1, late: 2 }, "2 never came; the second 1 and 65533 came late");
+    }
+
+    #[test]
+    fn receiver_reports_say_what_was_lost_since_the_last_and_in_all() {
+        let mut r = Reorder::new(1);
+        let mut rx = Reception::default();
+        // 100 packets sent 3600 ticks apart, 5 of them lost, arriving with no jitter.
+        for seq in 0u16..100 {
+            if seq % 20 == 7 {
+                continue;
+            }
+            r.push(seq, (), |_, _| {});
+            rx.packet(u32::from(seq) * 3600 + 777, u32::from(seq) * 3600);
+        }
+        rx.sender_report(0xABCD_1234, 65_536);
+        let rr = rx.report(1, 2, r.span().expect("packets came"), 3 * 65_536);
+        assert_eq!((rr.cumulative_lost, rr.fraction_lost, rr.jitter), (5, (5 * 256 / 100) as u8, 0));
+        assert_eq!(
+            (rr.highest_sequence, rr.last_sr, rr.delay_since_last_sr),
+            ((1 << 16) + 99, 0xABCD_1234, 2 * 65_536)
+        );
+        // The next interval: 10 more, none lost; then one arriving 900 ticks late.
+        for seq in 100u16..110 {
+            r.push(seq, (), |_, _| {});
+            rx.packet(u32::from(seq) * 3600 + 777 + if seq == 109 { 900 } else { 0 }, u32::from(seq) * 3600);
+        }
+        let rr = rx.report(1, 2, r.span().expect("packets came"), 4 * 65_536);
+        assert_eq!((rr.cumulative_lost, rr.fraction_lost, rr.jitter), (5, 0, 900 / 16));
+        let bytes = rr.to_bytes();
+        assert_eq!((bytes.len(), bytes[1], &bytes[8..12]), (32, 201, &2u32.to_be_bytes()[..]));
+        // A sender report is recognised by its type; a receiver report is not one.
+        let mut sr = vec![0x80, 200, 0, 6, 0, 0, 0, 9, 1, 2, 0xAB, 0xCD, 0x12, 0x34, 5, 6];
+        sr.extend([0u8; 12]);
+        assert_eq!(sender_report(&sr), Some((9, 0xABCD_1234)));
+        assert_eq!(sender_report(&bytes), None);
     }
 }
