@@ -406,8 +406,14 @@ pub struct Gb28181 {
     pub charset: SipCharset,
     /// RTP receive ports for live media, `FIRST-LAST` (one port per stream).
     pub media_ports: String,
+    /// One port for every stream, told apart by SSRC (UDP; and TCP with `tcp_passive`);
+    /// 0: one port per stream from `media_ports`.
+    pub media_single_port: u16,
     /// `udp`, `tcp_passive` or `tcp_active`.
     pub media_transport: GbMediaTransport,
+    /// How often an RTCP receiver report goes to each device sending RTP over UDP; 0s: never.
+    #[serde(with = "humantime_serde")]
+    pub rtcp_interval: Duration,
     /// The address devices send media to (the SDP `c=` line); empty: the local address of
     /// the route to each device.
     pub media_address: String,
@@ -440,7 +446,9 @@ impl Default for Gb28181 {
             register_expires_max: Duration::from_secs(3600),
             charset: SipCharset::Auto,
             media_ports: "30000-30999".into(),
+            media_single_port: 0,
             media_transport: GbMediaTransport::Udp,
+            rtcp_interval: Duration::from_secs(5),
             media_address: String::new(),
             invite_timeout: Duration::from_secs(10),
             media_timeout: Duration::from_secs(10),
@@ -1021,6 +1029,17 @@ impl Config {
         }
         if let Err(e) = parse_ports(&self.gb28181.media_ports) {
             add("gb28181.media_ports".into(), e);
+        }
+        let single = self.gb28181.media_single_port;
+        if single != 0 && parse_ports(&self.gb28181.media_ports).is_ok_and(|r| r.contains(&single)) {
+            add(
+                "gb28181.media_single_port".into(),
+                format!("{single} is inside media_ports {:?}; pick a port outside the range", self.gb28181.media_ports),
+            );
+        }
+        let rtcp = self.gb28181.rtcp_interval;
+        if !rtcp.is_zero() && rtcp < Duration::from_secs(1) {
+            add("gb28181.rtcp_interval".into(), "must be 0s (never) or at least 1s".into());
         }
         if !self.gb28181.media_address.is_empty() && self.gb28181.media_address.parse::<std::net::IpAddr>().is_err() {
             add("gb28181.media_address".into(), format!("{:?} is not an IP address", self.gb28181.media_address));

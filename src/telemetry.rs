@@ -37,6 +37,7 @@ pub const GB_MEDIA_DROPPED: &str = "vigil_gb_media_dropped_total";
 pub const GB_PLAYS: &str = "vigil_gb_plays_total";
 pub const GB_FRAMES: &str = "vigil_gb_frames_total";
 pub const GB_BYTES: &str = "vigil_gb_bytes_total";
+pub const GB_RTCP_REPORTS: &str = "vigil_gb_rtcp_reports_total";
 pub const RELAY_RECORDS: &str = "vigil_relay_records_total";
 pub const RELAY_BACKLOG: &str = "vigil_relay_backlog";
 pub const RELAY_FAILURES: &str = "vigil_relay_failures_total";
@@ -86,6 +87,7 @@ pub struct Metrics {
     pub gb_plays: IntCounterVec,
     pub gb_frames: IntCounter,
     pub gb_bytes: IntCounter,
+    pub gb_rtcp_reports: IntCounter,
     pub relay_records: IntCounterVec,
     pub relay_backlog: IntGaugeVec,
     pub relay_oldest: IntGaugeVec,
@@ -166,12 +168,13 @@ impl Metrics {
                     .buckets(vec![0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 4.0, 8.0, 15.0]),
             )
             .expect("should be a valid metric"),
-            gb_media_dropped: IntCounterVec::new(Opts::new(GB_MEDIA_DROPPED, "GB/T 28181 RTP packets dropped, by reason (foreign_source, ssrc, payload_type, malformed)."), &["reason"])
+            gb_media_dropped: IntCounterVec::new(Opts::new(GB_MEDIA_DROPPED, "GB/T 28181 RTP packets dropped, by reason (foreign_source, ssrc, payload_type, malformed; on the single port also unknown_ssrc, queue_full)."), &["reason"])
                 .expect("should be a valid metric"),
             gb_plays: IntCounterVec::new(Opts::new(GB_PLAYS, "GB/T 28181 live sessions ended, by outcome (stopped, or the failure state)."), &["outcome"])
                 .expect("should be a valid metric"),
             gb_frames: IntCounter::new(GB_FRAMES, "Video frames (access units) received from GB/T 28181 channels.").expect("should be a valid metric"),
             gb_bytes: IntCounter::new(GB_BYTES, "Video bytes (access units) received from GB/T 28181 channels.").expect("should be a valid metric"),
+            gb_rtcp_reports: IntCounter::new(GB_RTCP_REPORTS, "RTCP receiver reports sent to GB/T 28181 devices sending RTP over UDP.").expect("should be a valid metric"),
             relay_records: IntCounterVec::new(Opts::new(RELAY_RECORDS, "Records handed to an upstream, by target and outcome (delivered, retry, dead)."), &["target", "outcome"])
                 .expect("should be a valid metric"),
             relay_backlog: IntGaugeVec::new(Opts::new(RELAY_BACKLOG, "Records not yet delivered, by target."), &["target"]).expect("should be a valid metric"),
@@ -240,6 +243,7 @@ impl Metrics {
             Box::new(m.gb_plays.clone()),
             Box::new(m.gb_frames.clone()),
             Box::new(m.gb_bytes.clone()),
+            Box::new(m.gb_rtcp_reports.clone()),
             Box::new(m.relay_records.clone()),
             Box::new(m.relay_backlog.clone()),
             Box::new(m.relay_oldest.clone()),

@@ -11,7 +11,9 @@
 //! Hikvision and Dahua platforms do), `private` (Hikvision 0xBD private packets with start codes
 //! inside), `no-psm` (no program stream map), `stop` (no more RTP after 3 s, the dialog
 //! stays), `bye` (BYE from the device after 3 s), `black`, `frozen` (the first GOP over and
-//! over, timestamps advancing), `h265`. `--max-sessions N` answers 503 past N sessions at once
+//! over, timestamps advancing), `h265`, `es` and `es-h265` (answers `98 H264` or `99 H265`
+//! and sends the elementary stream over RTP, RFC 6184 / RFC 7798, as some IPCs do), and
+//! `rtcp` RRs vigil sends to the RTP port + 1 are printed. `--max-sessions N` answers 503 past N sessions at once
 //! (an NVR's preview links). `--drop-permille N` drops that share of RTP packets (loss
 //! accounting). The SIP side of the dialog (the answer, ACK, BYE) is the caller's; this module
 //! builds the answer and plays.
@@ -52,6 +54,21 @@ pub enum Fault {
     Black,
     Frozen,
     H265,
+    /// H.264 elementary stream over RTP (answers 98 H264/90000).
+    Es,
+    /// H.265 elementary stream over RTP (answers 99 H265/90000).
+    EsH265,
+}
+
+impl Fault {
+    /// The elementary stream this fault sends instead of PS, with its payload name.
+    fn es(self) -> Option<(Codec, &'static str)> {
+        match self {
+            Fault::Es => Some((Codec::H264, "H264")),
+            Fault::EsH265 => Some((Codec::H265, "H265")),
+            _ => None,
+        }
+    }
 }
 
 impl std::str::FromStr for Fault {
@@ -68,7 +85,9 @@ impl std::str::FromStr for Fault {
             "black" => Fault::Black,
             "frozen" => Fault::Frozen,
             "h265" => Fault::H265,
-            _ => bail!("unknown media fault {s:?} (healthy, no-rtp, own-ssrc, private, no-psm, stop, bye, black, frozen, h265)"),
+            "es" => Fault::Es,
+            "es-h265" => Fault::EsH265,
+            _ => bail!("unknown media fault {s:?} (healthy, no-rtp, own-ssrc, private, no-psm, stop, bye, black, frozen, h265, es, es-h265)"),
         })
     }
 }
@@ -110,7 +129,7 @@ impl Clips {
 
     fn for_fault(&self, fault: Fault) -> &Clip {
         match fault {
-            Fault::H265 => &self.h265,
+            Fault::H265 | Fault::EsH265 => &self.h265,
             Fault::Black => &self.black,
             _ => &self.h264,
         }
@@ -173,6 +192,8 @@ enum Send {
     Udp {
         sock: UdpSocket,
         to: SocketAddr,
+        /// The RTCP socket at the RTP port + 1: sender reports out, receiver reports in.
+        rtcp: Option<UdpSocket>,
     },
     /// The device connects to vigil (offer `a=setup:passive`).
     TcpConnect(SocketAddr),
@@ -189,6 +210,7 @@ pub struct Session {
     drop_permille: u32,
     /// Stop after this many frames (the `push` mode); `None`: until stopped.
     frames: Option<u64>,
+    payload_type: u8,
 }
 
 /// A session without SIP (`vigil-sim gb-device push`): to `to` over UDP, or over TCP by
@@ -199,9 +221,14 @@ pub fn push_session(to: SocketAddr, tcp: bool, ssrc: u32, fault: Fault, frames: 
     } else {
         let sock = std::net::UdpSocket::bind("127.0.0.1:0")?;
         sock.set_nonblocking(true)?;
-        Send::Udp { sock: UdpSocket::from_std(sock)?, to }
+        Send::Udp { sock: UdpSocket::from_std(sock)?, to, rtcp: None }
     };
-    Ok(Session { call_id: String::new(), send, ssrc, fault, drop_permille: 0, frames: Some(frames) })
+    let payload_type = match fault.es() {
+        Some((Codec::H264, _)) => 98,
+        Some((Codec::H265, _)) => 99,
+        None => 96,
+    };
+    Ok(Session { call_id: String::new(), send, ssrc, fault, drop_permille: 0, frames: Some(frames), payload_type })
 }
 
 /// What an INVITE got.
@@ -217,7 +244,8 @@ pub async fn answer(msg: &Message<'_>, channel: &str, fault: Fault, drop_permill
     let Ok(text) = std::str::from_utf8(msg.body) else { return Answered::Refused(400, "Bad Request") };
     let Ok(offer) = Sdp::parse(text) else { return Answered::Refused(400, "Bad Request") };
     let Some(video) = offer.video() else { return Answered::Refused(488, "Not Acceptable Here") };
-    let Some(pt) = video.payload_of("PS") else { return Answered::Refused(488, "Not Acceptable Here") };
+    let encoding = fault.es().map_or("PS", |(_, name)| name);
+    let Some(pt) = video.payload_of(encoding) else { return Answered::Refused(488, "Not Acceptable Here") };
     if offer.session != "Play" {
         return Answered::Refused(488, "Not Acceptable Here");
     }
@@ -232,12 +260,12 @@ pub async fn answer(msg: &Message<'_>, channel: &str, fault: Fault, drop_permill
     };
     let to = SocketAddr::new(ip, video.port);
     let (send, port, setup) = match (video.transport, video.setup) {
-        (Transport::Udp, _) => match UdpSocket::bind("127.0.0.1:0").await {
-            Ok(sock) => {
+        (Transport::Udp, _) => match bind_pair().await {
+            Some((sock, rtcp)) => {
                 let port = sock.local_addr().map(|a| a.port()).unwrap_or(0);
-                (Send::Udp { sock, to }, port, None)
+                (Send::Udp { sock, to, rtcp: Some(rtcp) }, port, None)
             }
-            Err(_) => return Answered::Refused(500, "Server Internal Error"),
+            None => return Answered::Refused(500, "Server Internal Error"),
         },
         (Transport::Tcp, Some(Setup::Active)) => match TcpListener::bind("127.0.0.1:0").await {
             Ok(l) => {
@@ -259,7 +287,7 @@ pub async fn answer(msg: &Message<'_>, channel: &str, fault: Fault, drop_permill
             port,
             transport: video.transport,
             payloads: vec![pt],
-            rtpmaps: vec![RtpMap { payload: pt, encoding: "PS".into(), clock_rate: 90_000 }],
+            rtpmaps: vec![RtpMap { payload: pt, encoding: encoding.into(), clock_rate: 90_000 }],
             direction: Some(Direction::SendOnly),
             setup,
             connection_new: video.transport == Transport::Tcp,
@@ -269,7 +297,8 @@ pub async fn answer(msg: &Message<'_>, channel: &str, fault: Fault, drop_permill
         format: Some("v/2/4/25/1/2048a///".into()),
     };
     let call_id = msg.header("Call-ID").unwrap_or("").to_owned();
-    Answered::Ok { sdp: answer.render(), session: Session { call_id, send, ssrc, fault, drop_permille, frames: None } }
+    let session = Session { call_id, send, ssrc, fault, drop_permille, frames: None, payload_type: pt };
+    Answered::Ok { sdp: answer.render(), session }
 }
 
 /// Plays a session until `stop` fires or the fault ends it; `byes` is told the Call-ID when the
@@ -283,8 +312,14 @@ pub async fn play(
     keyframe: Arc<std::sync::atomic::AtomicBool>,
 ) {
     let clip = clips.for_fault(s.fault);
+    let mut _rtcp = None;
     let mut out = match s.send {
-        Send::Udp { sock, to } => Out::Udp(sock, to),
+        Send::Udp { sock, to, rtcp } => {
+            if let Some(r) = rtcp {
+                _rtcp = Some(AbortOnDrop(tokio::spawn(rtcp_side(r, to, s.ssrc, s.call_id.clone()))));
+            }
+            Out::Udp(sock, to)
+        }
         Send::TcpConnect(to) => {
             // The receiver may still be starting: try for ten seconds.
             let mut tries = 0;
@@ -365,8 +400,20 @@ pub async fn play(
         };
         let unit = &clip.units[index];
         let pts = n * TICKS_PER_FRAME;
-        let pack = pack(clip.codec, pts, unit, s.fault);
-        let chunks: Vec<&[u8]> = mux::rtp_payloads(&pack, MTU).collect();
+        let pack;
+        let mut es = Vec::new();
+        let chunks: Vec<&[u8]> = match s.fault.es() {
+            Some((codec, _)) => {
+                for nal in vigil::protocol::rtp_h26x::nal_units(&unit.data) {
+                    vigil::protocol::rtp_h26x::packetize(codec, nal, MTU, |p| es.push(p.to_vec()));
+                }
+                es.iter().map(Vec::as_slice).collect()
+            }
+            None => {
+                pack = self::pack(clip.codec, pts, unit, s.fault);
+                mux::rtp_payloads(&pack, MTU).collect()
+            }
+        };
         for (i, chunk) in chunks.iter().enumerate() {
             seq = seq.wrapping_add(1);
             sent += 1;
@@ -376,7 +423,7 @@ pub async fn play(
             packet.clear();
             Packet {
                 marker: i + 1 == chunks.len(),
-                payload_type: 96,
+                payload_type: s.payload_type,
                 sequence: seq,
                 timestamp: pts as u32,
                 ssrc: s.ssrc,
@@ -440,4 +487,66 @@ fn pack(codec: Codec, pts: u64, unit: &AccessUnit, fault: Fault) -> Vec<u8> {
 fn rand_u16() -> u16 {
     (std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(7) >> 7)
         as u16
+}
+
+/// An RTP socket and its RTCP socket on the next port, both on loopback.
+async fn bind_pair() -> Option<(UdpSocket, UdpSocket)> {
+    for _ in 0..32 {
+        let rtcp = UdpSocket::bind("127.0.0.1:0").await.ok()?;
+        let port = rtcp.local_addr().ok()?.port();
+        if port == 0 {
+            continue;
+        }
+        if let Ok(rtp) = UdpSocket::bind(("127.0.0.1", port - 1)).await {
+            return Some((rtp, rtcp));
+        }
+    }
+    None
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// The device's RTCP side: a sender report to the receiver's RTP port every 2 s, and each
+/// receiver report that comes printed on stdout as
+/// `rtcp-rr call=<Call-ID> source=<SSRC> fraction=<n/256> lost=<cumulative> jitter=<ticks>
+/// lsr=<hex> from=<address>`.
+async fn rtcp_side(sock: UdpSocket, to: SocketAddr, ssrc: u32, call_id: String) {
+    let mut tick = tokio::time::interval(Duration::from_secs(2));
+    let mut buf = [0u8; 1500];
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {
+                let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+                let secs = (now.as_secs() + 2_208_988_800) as u32;
+                let frac = ((u64::from(now.subsec_nanos()) << 32) / 1_000_000_000) as u32;
+                let mut sr = vec![0x80, 200, 0, 6];
+                sr.extend(ssrc.to_be_bytes());
+                sr.extend(secs.to_be_bytes());
+                sr.extend(frac.to_be_bytes());
+                sr.extend([0u8; 12]);
+                let _ = sock.send_to(&sr, to).await;
+            }
+            r = sock.recv_from(&mut buf) => {
+                let Ok((n, from)) = r else { return };
+                let b = &buf[..n];
+                if n >= 32 && b[1] == 201 {
+                    let word = |i: usize| u32::from_be_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]]);
+                    let lost = word(12) & 0x00FF_FFFF;
+                    use std::io::Write;
+                    // A closed stdout (nobody reading) is not the session's end.
+                    let _ = writeln!(
+                        std::io::stdout().lock(),
+                        "rtcp-rr call={call_id} source={} fraction={} lost={lost} jitter={} lsr={:08x} from={from}",
+                        word(8), b[12], word(20), word(24)
+                    );
+                }
+            }
+        }
+    }
 }

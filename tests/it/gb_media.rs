@@ -186,3 +186,87 @@ fn gstreamer_rtp_over_rfc4571_splits_into_every_packet_and_reorders_back() {
     assert_eq!(order, (0..parsed.len()).collect::<Vec<_>>());
     assert_eq!((window.losses.lost, window.losses.late), (0, 0));
 }
+
+/// Devices that answer `98 H264` or `99 H265` send the elementary stream over RTP: GStreamer's
+/// `rtph264pay` / `rtph265pay` (single NAL units, FU-A / FU fragments at a small MTU) cut an
+/// ffmpeg-made stream, and what vigil's depacketizer puts back together is the same stream,
+/// byte for byte, frame for frame (ffprobe).
+#[test]
+fn gstreamer_es_over_rtp_depacketizes_to_every_h264_and_h265_frame() {
+    use vigil::protocol::rtp_h26x::{nal_units, Depacketizer};
+    let dir = tempfile::tempdir().expect("temp dir");
+    for (encoder, codec, name, parse, pay, quiet) in [
+        ("libx264", Codec::H264, "es-h264", "h264parse", "rtph264pay", &[][..]),
+        ("libx265", Codec::H265, "es-h265", "h265parse", "rtph265pay", &["-x265-params", "log-level=error"][..]),
+    ] {
+        let es = dir.path().join(format!("{name}.source"));
+        let format = if codec == Codec::H264 { "h264" } else { "hevc" };
+        run(Command::new("ffmpeg")
+            .args(["-v", "error", "-y", "-f", "lavfi", "-i", "testsrc=size=320x240:rate=25"])
+            .args(["-frames:v", &FRAMES.to_string(), "-c:v", encoder, "-g", &GOP.to_string()])
+            .args(quiet)
+            .args(["-f", format])
+            .arg(&es));
+        let rtp = dir.path().join(format!("{name}.rtp"));
+        let caps = format!(
+            "video/x-{},stream-format=byte-stream,alignment=au",
+            if codec == Codec::H264 { "h264" } else { "h265" }
+        );
+        run(Command::new("gst-launch-1.0").args(["-q", "filesrc", &format!("location={}", es.display()), "!"]).args([
+            parse,
+            "!",
+            &caps,
+            "!",
+            pay,
+            "mtu=500",
+            "!",
+            "rtpstreampay",
+            "!",
+            "filesink",
+            &format!("location={}", rtp.display()),
+        ]));
+        let bytes = std::fs::read(&rtp).expect("RTP file");
+        let mut framer = TcpFramer::default();
+        let mut packets: Vec<Vec<u8>> = Vec::new();
+        framer.push(&bytes, |p| packets.push(p.to_vec()));
+        let mut d = Depacketizer::new(codec);
+        let mut a = Assembler::default();
+        a.set_hint(Some(codec));
+        let mut units = Vec::new();
+        let (mut fragmented, mut single) = (0, 0);
+        for p in &packets {
+            let p = Packet::parse(p).expect("GStreamer's RTP parses");
+            let nal_type = if codec == Codec::H264 { p.payload[0] & 0x1F } else { (p.payload[0] >> 1) & 0x3F };
+            fragmented += usize::from(nal_type == 28 || nal_type == 49);
+            single += usize::from(nal_type < 24);
+            d.push(p.payload, p.timestamp, p.marker, false, |t, au| a.push(Some(u64::from(t)), au, |u| units.push(u)));
+        }
+        a.flush(|u| units.push(u));
+        assert!(
+            fragmented > 0 && single > 0,
+            "{name}: {fragmented} fragments and {single} whole units: both kinds read"
+        );
+        assert_eq!((d.counters.malformed, d.counters.broken_fragments), (0, 0), "{name}");
+        assert_eq!(units.len(), FRAMES, "{name}: access units");
+        assert_eq!(units.iter().filter(|u| u.keyframe).count(), FRAMES / GOP, "{name}: keyframes");
+        let ours: Vec<u8> = units.iter().flat_map(|u| u.data.iter().copied()).collect();
+        let out = dir.path().join(format!("{name}.es"));
+        std::fs::write(&out, &ours).expect("write");
+        let want = if codec == Codec::H264 { "h264" } else { "hevc" };
+        assert_eq!(probe(&out, format), (want.to_owned(), FRAMES), "{name}: ffprobe on what vigil put back");
+        // The same NAL units, byte for byte, in the same order (RTP carries no start codes:
+        // their length, 3 or 4 bytes, may differ).
+        // h264parse/h265parse put an access unit delimiter before each picture on the way to
+        // the payloader (`alignment=au`): those are GStreamer's, not the source's, and are
+        // set aside on both sides.
+        let aud = |n: &&[u8]| match codec {
+            Codec::H264 => n[0] & 0x1F == 9,
+            Codec::H265 => (n[0] >> 1) & 0x3F == 35,
+        };
+        let source = std::fs::read(&es).expect("source");
+        let theirs: Vec<&[u8]> = nal_units(&source).filter(|n| !aud(n)).collect();
+        let ours: Vec<&[u8]> = nal_units(&ours).filter(|n| !aud(n)).collect();
+        assert_eq!(ours.len(), theirs.len(), "{name}: NAL units");
+        assert!(ours == theirs, "{name}: the NAL units differ from the source's");
+    }
+}

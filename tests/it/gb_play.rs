@@ -26,6 +26,30 @@ struct SimDevice(Child);
 
 impl SimDevice {
     fn start(sip: std::net::SocketAddr, channels: u32, extra: &[&str]) -> Self {
+        Self::spawn(sip, channels, extra, Stdio::null())
+    }
+
+    /// The simulator with its stdout readable (the RTCP receiver reports it prints).
+    fn start_listened(
+        sip: std::net::SocketAddr,
+        channels: u32,
+        extra: &[&str],
+    ) -> (Self, tokio::sync::mpsc::UnboundedReceiver<String>) {
+        use std::io::BufRead;
+        let mut dev = Self::spawn(sip, channels, extra, Stdio::piped());
+        let out = dev.0.stdout.take().expect("piped stdout");
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        (dev, rx)
+    }
+
+    fn spawn(sip: std::net::SocketAddr, channels: u32, extra: &[&str], stdout: Stdio) -> Self {
         let sim = sim_binary();
         let clips = sim.parent().map(|d| d.join("sim-clips")).expect("target dir");
         let child = Command::new(sim)
@@ -34,7 +58,7 @@ impl SimDevice {
             .arg(&clips)
             .args(extra)
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
+            .stdout(stdout)
             .stderr(Stdio::null())
             .spawn()
             .expect("start vigil-sim gb-device");
@@ -395,4 +419,112 @@ async fn a_patrol_round_looks_at_every_channel_within_the_nvrs_limit() {
     assert_eq!(again["round"]["counts"], json!({"faults": 1, "no_media": 1, "ok": 2}), "{again}");
     assert_eq!(again["round"]["items"].as_array().map(Vec::len), Some(4), "{again}");
     gw.shutdown().await;
+}
+
+/// A `rtcp-rr` line of the simulator: its fields by name.
+fn rr_fields(line: &str) -> std::collections::HashMap<String, String> {
+    line.split_whitespace().filter_map(|f| f.split_once('=')).map(|(k, v)| (k.to_owned(), v.to_owned())).collect()
+}
+
+/// Devices that answer `98 H264` / `99 H265` (the offer names PS, H264 and H265, as WVP's does)
+/// send the elementary stream over RTP: both play and snapshot. While a UDP stream plays, vigil
+/// sends RTCP receiver reports to the device's RTP port + 1, or to where its sender reports
+/// come from: the device sees its own SSRC, its 1 % loss, and its sender report's time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn es_answers_play_and_udp_senders_get_receiver_reports() {
+    require_command("ffprobe");
+    let first = free_port();
+    let keys = format!(
+        "media_ports = \"{first}-{}\"\nrtcp_interval = \"1s\"\ninvite_timeout = \"4s\"\nmedia_timeout = \"3s\"\n",
+        first.saturating_add(30)
+    );
+    let gw = TestGateway::start_with_sip_and(Db::Sqlite, &keys, "").await;
+    let (_dev, lines) = SimDevice::start_listened(
+        gw.sip.expect("SIP"),
+        3,
+        &["--media-faults", "1=es,2=es-h265", "--drop-permille", "10"],
+    );
+    registered_with_channels(&gw, 3).await;
+    let api = &gw.api;
+    for (i, codec) in [(1, "h264"), (2, "h265"), (0, "h264")] {
+        let ch = channel(i);
+        let (s, _, jpeg) = api.get_bytes(&format!("/devices/{DEVICE}/channels/{ch}/snapshot")).await;
+        assert_eq!(s, 200, "channel {i}: {}", String::from_utf8_lossy(&jpeg));
+        assert_eq!(jpeg_size(&jpeg), "mjpeg,640,360", "channel {i}");
+        let h = api.get(&format!("/devices/{DEVICE}/channels/{ch}/stream")).await.1;
+        assert_eq!((h["state"].as_str(), h["codec"].as_str()), (Some("playing"), Some(codec)), "channel {i}: {h}");
+    }
+    // Receiver reports about channel 1's stream, lossy by the simulator's 1 %, carrying the
+    // time of the device's sender report (its RTCP socket is where reports then go).
+    let mut lines = lines;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let mut seen = Vec::new();
+    let good = loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        assert!(!left.is_zero(), "no receiver report with loss and LSR within 30 s: {seen:?}");
+        let Ok(Some(line)) = tokio::time::timeout(left, lines.recv()).await else { continue };
+        if !line.starts_with("rtcp-rr ") {
+            continue;
+        }
+        let f = rr_fields(&line);
+        seen.push(line.clone());
+        let lost: u64 = f.get("lost").and_then(|v| v.parse().ok()).unwrap_or(0);
+        if lost > 0 && f.get("lsr").is_some_and(|l| l != "00000000") {
+            break f;
+        }
+    };
+    let ssrc: u64 = good["source"].parse().expect("source SSRC");
+    assert!(ssrc > 0, "the report names the device's SSRC: {good:?}");
+    let m = gw.api.metrics().await;
+    assert!(metric(&m, "vigil_gb_rtcp_reports_total") >= 1.0, "{m}");
+    gw.shutdown().await;
+}
+
+/// `media_single_port`: every stream on one port, told apart by SSRC — the per-stream range
+/// is held by someone else, so nothing plays unless the single port serves them all, over UDP
+/// and over TCP (passive); the device's own `y=` is followed there too; a datagram with an
+/// SSRC nobody leased is counted and dropped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_media_port_serves_every_stream_by_its_ssrc() {
+    for transport in ["udp", "tcp_passive"] {
+        let taken = std::net::UdpSocket::bind("127.0.0.1:0").expect("a port to occupy");
+        let taken_tcp = std::net::TcpListener::bind(taken.local_addr().expect("addr")).ok();
+        let range = taken.local_addr().expect("addr").port();
+        let single = free_port();
+        let keys = format!(
+            "media_ports = \"{range}-{range}\"\nmedia_single_port = {single}\nmedia_transport = \"{transport}\"\ninvite_timeout = \"4s\"\nmedia_timeout = \"3s\"\n"
+        );
+        let gw = TestGateway::start_with_sip_and(Db::Sqlite, &keys, "").await;
+        let _dev = SimDevice::start(gw.sip.expect("SIP"), 3, &["--media-faults", "2=own-ssrc,1=h265"]);
+        registered_with_channels(&gw, 3).await;
+        let api = &gw.api;
+        for i in 0..3 {
+            api.post(&format!("/devices/{DEVICE}/channels/{}/stream", channel(i)), json!({"hold": "60s"})).await;
+        }
+        for (i, codec) in [(0, "h264"), (1, "h265"), (2, "h264")] {
+            let h = api
+                .wait_for(&format!("/devices/{DEVICE}/channels/{}/stream", channel(i)), Duration::from_secs(20), |h| {
+                    h["state"] == "playing" && h["frames"].as_u64().is_some_and(|f| f > 10)
+                })
+                .await;
+            assert_eq!(
+                (h["codec"].as_str(), h["transport"].as_str()),
+                (Some(codec), Some(transport)),
+                "{transport} {i}: {h}"
+            );
+        }
+        if transport == "udp" {
+            let stray = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+            let mut rtp = vec![0x80, 96, 0, 1, 0, 0, 0, 0, 0x7F, 0xFF, 0xFF, 0x01];
+            rtp.extend([0u8; 100]);
+            stray.send_to(&rtp, ("127.0.0.1", single)).expect("send");
+            gw.api
+                .wait_for_metrics(Duration::from_secs(10), |m| {
+                    m.contains("vigil_gb_media_dropped_total{reason=\"unknown_ssrc\"}")
+                })
+                .await;
+        }
+        drop((taken, taken_tcp));
+        gw.shutdown().await;
+    }
 }

@@ -36,6 +36,8 @@ use crate::config::Gb28181 as Gb28181Config;
 pub enum Error {
     #[error("cannot listen for SIP on {addr}: {source}")]
     Bind { addr: SocketAddr, source: std::io::Error },
+    #[error("cannot open the single media port gb28181.media_single_port = {port}: {source}")]
+    MediaPort { port: u16, source: std::io::Error },
 }
 
 impl Error {
@@ -82,7 +84,7 @@ pub async fn spawn(
         registry: shared.registry.clone(),
         metrics: shared.metrics.clone(),
     };
-    play::spawn(settings, parts, cancel.clone(), tracker);
+    play::spawn(settings, parts, cancel.clone(), tracker)?;
     let mut server =
         server::Server::new(server::Parts { cfg, tz, gateway_id, shared, udp: udp.clone(), board, commands });
     server.restore_sessions().await;

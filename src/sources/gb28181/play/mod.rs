@@ -3,11 +3,14 @@
 //! `media::StreamBoard`; each wanted channel has one task that runs sessions (`session`) and
 //! publishes the stream's health on the board under `device/channel`; a session that fails is
 //! tried again with backoff while the channel is still wanted, and the stream stops (BYE) once
-//! its hold has passed. Media ports come from `gb28181.media_ports` (one per stream), `y=`
-//! SSRC sequences from `offer::Ssrcs`.
+//! its hold has passed. Media ports come from `gb28181.media_ports` (one per stream) or are the
+//! one `gb28181.media_single_port` (`mux`, streams told apart by SSRC); `y=` SSRC sequences
+//! from `offer::Ssrcs`; UDP is read in batches (`udp`).
 
+mod mux;
 pub mod offer;
 mod session;
+mod udp;
 
 use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
@@ -49,6 +52,10 @@ pub struct Settings {
     pub media_address: Option<IpAddr>,
     pub invite_timeout: Duration,
     pub media_timeout: Duration,
+    /// The single media port; 0: a port per stream.
+    pub single_port: u16,
+    /// Receiver reports to UDP senders this often; `None`: never.
+    pub rtcp_interval: Option<Duration>,
 }
 
 impl Settings {
@@ -65,6 +72,8 @@ impl Settings {
             media_address: c.media_address.parse().ok(),
             invite_timeout: c.invite_timeout,
             media_timeout: c.media_timeout,
+            single_port: c.media_single_port,
+            rtcp_interval: (!c.rtcp_interval.is_zero()).then_some(c.rtcp_interval),
         }
     }
 }
@@ -98,6 +107,8 @@ pub struct Ctx {
     registry: Registry,
     metrics: Metrics,
     ports: Ports,
+    /// The single media port, when configured.
+    mux: Option<Arc<mux::Mux>>,
     ssrcs: Mutex<offer::Ssrcs>,
 }
 
@@ -188,11 +199,29 @@ struct Wanted {
     again: Vec<Demand>,
 }
 
-/// Starts the player; demands reach it through `board.demand`.
-pub fn spawn(settings: Settings, parts: Parts, cancel: CancellationToken, tracker: &TaskTracker) {
+/// Starts the player (and opens the single media port when configured); demands reach it
+/// through `board.demand`.
+pub fn spawn(
+    settings: Settings,
+    parts: Parts,
+    cancel: CancellationToken,
+    tracker: &TaskTracker,
+) -> Result<(), super::Error> {
+    let mux = match settings.single_port {
+        0 => None,
+        port => {
+            let ip = settings.media_address.unwrap_or(IpAddr::from([0, 0, 0, 0]));
+            let tcp = settings.transport == offer::MediaTransport::TcpPassive;
+            let mux = mux::Mux::start(ip, port, tcp, parts.metrics.clone(), cancel.clone(), tracker)
+                .map_err(|source| super::Error::MediaPort { port, source })?;
+            tracing::info!(port, tcp, "GB/T 28181 media on one port, streams told apart by SSRC.");
+            Some(mux)
+        }
+    };
     let (tx, rx) = mpsc::channel(DEMANDS);
     parts.video.board.set_puller(tx);
     let ctx = Arc::new(Ctx {
+        mux,
         ports: Ports::new(settings.ports.clone()),
         settings,
         commands: parts.commands,
@@ -206,6 +235,7 @@ pub fn spawn(settings: Settings, parts: Parts, cancel: CancellationToken, tracke
     });
     let t = tracker.clone();
     tracker.spawn(manage(ctx, rx, cancel, t));
+    Ok(())
 }
 
 /// Starts a pull per channel wanted, extends its hold on each demand, stops it once the hold

@@ -7,6 +7,7 @@ use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 
 use crate::clock::Millis;
+use crate::protocol::ps::es::Codec;
 use crate::protocol::sdp::{self, Direction, Media, RtpMap, Sdp, Setup, Transport};
 
 /// How vigil asks for media (`gb28181.media_transport`).
@@ -33,7 +34,8 @@ impl MediaTransport {
 /// A sequence released is not handed out again for this long.
 pub const SSRC_QUARANTINE_MS: Millis = 30_000;
 
-/// The live offer: PS over RTP to `ip:port` (UDP, or TCP with vigil's side of the
+/// The live offer: PS over RTP (96), or H.264 (98) / H.265 (99) elementary streams for devices
+/// that answer those, as WVP offers, to `ip:port` (UDP, or TCP with vigil's side of the
 /// connection), `y=` `ssrc`. For TCP active the port says nothing (9, the discard port).
 pub fn offer(gateway_id: &str, ip: IpAddr, port: u16, ssrc: &str, transport: MediaTransport) -> String {
     let family_address = ip.to_string();
@@ -52,8 +54,12 @@ pub fn offer(gateway_id: &str, ip: IpAddr, port: u16, ssrc: &str, transport: Med
             kind: "video".into(),
             port: if transport == MediaTransport::TcpActive { 9 } else { port },
             transport: rtp,
-            payloads: vec![96],
-            rtpmaps: vec![RtpMap { payload: 96, encoding: "PS".into(), clock_rate: 90_000 }],
+            payloads: vec![96, 98, 99],
+            rtpmaps: vec![
+                RtpMap { payload: 96, encoding: "PS".into(), clock_rate: 90_000 },
+                RtpMap { payload: 98, encoding: "H264".into(), clock_rate: 90_000 },
+                RtpMap { payload: 99, encoding: "H265".into(), clock_rate: 90_000 },
+            ],
             direction: Some(Direction::RecvOnly),
             setup,
             connection_new: rtp == Transport::Tcp,
@@ -63,6 +69,15 @@ pub fn offer(gateway_id: &str, ip: IpAddr, port: u16, ssrc: &str, transport: Med
         format: Some(String::new()),
     }
     .render()
+}
+
+/// What the RTP payload carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// MPEG program stream (GB/T 28181's own).
+    Ps,
+    /// An elementary stream over RTP (RFC 6184 / RFC 7798).
+    Es(Codec),
 }
 
 /// What the answer settles.
@@ -79,6 +94,7 @@ pub struct Agreed {
     /// The device answered another `y=` than the one offered.
     pub ssrc_rebound: bool,
     pub payload_type: u8,
+    pub format: Format,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -87,7 +103,7 @@ pub enum AnswerError {
     Sdp(#[from] sdp::Error),
     #[error("the answer has no video description")]
     NoVideo,
-    #[error("the answer carries {0} rather than PS (only PS over RTP is received)")]
+    #[error("the answer carries {0}, none of the offered PS, H264 or H265")]
     Payload(String),
     #[error("the answer's address {0:?} is not an IP address")]
     Address(String),
@@ -104,10 +120,15 @@ pub fn check_answer(text: &str, offered_ssrc: u32, transport: MediaTransport) ->
     if video.transport != offered {
         return Err(AnswerError::Transport { offered: name(offered), answered: name(video.transport) });
     }
-    let payload_type = match video.payload_of("PS").or_else(|| video.payload_of("MP2P")) {
-        Some(pt) => pt,
+    let es = |name| video.payload_of(name);
+    let (payload_type, format) = match video.payload_of("PS").or_else(|| video.payload_of("MP2P")) {
+        Some(pt) => (pt, Format::Ps),
         // Devices that answer a bare `m=video 9712 RTP/AVP 96` without an rtpmap send PS.
-        None if video.rtpmaps.is_empty() && video.payloads.contains(&96) => 96,
+        None if video.rtpmaps.is_empty() && video.payloads.contains(&96) => (96, Format::Ps),
+        None if es("H264").is_some() => (es("H264").unwrap_or(98), Format::Es(Codec::H264)),
+        None if es("H265").or_else(|| es("HEVC")).is_some() => {
+            (es("H265").or_else(|| es("HEVC")).unwrap_or(99), Format::Es(Codec::H265))
+        }
         None => {
             let what =
                 video.rtpmaps.first().map(|m| m.encoding.clone()).unwrap_or_else(|| format!("{:?}", video.payloads));
@@ -121,6 +142,7 @@ pub fn check_answer(text: &str, offered_ssrc: u32, transport: MediaTransport) ->
         ssrc: theirs.or(Some(offered_ssrc)),
         ssrc_rebound: theirs.is_some_and(|t| t != offered_ssrc),
         payload_type,
+        format,
     })
 }
 
@@ -167,6 +189,7 @@ mod tests {
         let v = sdp.video().expect("video");
         assert_eq!((sdp.session.as_str(), v.port, v.direction), ("Play", 30002, Some(Direction::RecvOnly)));
         assert_eq!((v.payload_of("PS"), sdp.ssrc.as_deref()), (Some(96), Some("0104000007")));
+        assert_eq!((v.payload_of("H264"), v.payload_of("H265")), (Some(98), Some(99)), "ES offered too, as WVP does");
         assert!(text.contains("\r\ny=0104000007\r\n") && text.contains("\r\nc=IN IP4 127.0.0.1\r\n"), "{text}");
         // TCP: who connects is said with a=setup, and the connection is a new one.
         let ip = "127.0.0.1".parse().expect("ip");
@@ -196,10 +219,16 @@ mod tests {
         // No y= at all: the offered one stands.
         let none = check_answer(&a.replace("y=0104000007\r\n", ""), 42, MediaTransport::Udp).expect("no y=");
         assert_eq!((none.ssrc, none.ssrc_rebound), (Some(42), false));
+        // Elementary streams: what the answer's rtpmap names, never misread as PS.
+        let h264 = a.replace("96\r\n", "98\r\n").replace("96 PS/90000", "98 H264/90000");
+        let es = check_answer(&h264, 1, MediaTransport::Udp).expect("H.264 ES");
+        assert_eq!((es.payload_type, es.format), (98, Format::Es(Codec::H264)));
+        let h265 = a.replace("PS/90000", "H265/90000");
+        assert_eq!(check_answer(&h265, 1, MediaTransport::Udp).map(|x| x.format), Ok(Format::Es(Codec::H265)));
         assert_eq!(
-            check_answer(&a.replace("PS/90000", "H264/90000"), 1, MediaTransport::Udp),
-            Err(AnswerError::Payload("H264".into())),
-            "ES is named, not misread as PS"
+            check_answer(&a.replace("PS/90000", "MPEG4/90000"), 1, MediaTransport::Udp),
+            Err(AnswerError::Payload("MPEG4".into())),
+            "a payload not offered is named"
         );
         assert_eq!(check_answer(&a.replace("m=video", "m=audio"), 1, MediaTransport::Udp), Err(AnswerError::NoVideo));
         assert!(matches!(check_answer("garbage", 1, MediaTransport::Udp), Err(AnswerError::Sdp(_))));

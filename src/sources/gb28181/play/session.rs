@@ -1,6 +1,9 @@
-//! One live session of one channel: bind a media port, INVITE through the SIP server, read the
-//! answer, then receive RTP over UDP → reorder window → PS demux → access units → the media
-//! pipeline's health (frames, GOP, loss, the keyframe cache for snapshots). Ends with the
+//! One live session of one channel: bind a media port (or lease an SSRC of the single port),
+//! INVITE through the SIP server, read the answer, then receive RTP (UDP in batches, or TCP) →
+//! reorder window → PS demux → access units → the media pipeline's health (frames, GOP, loss,
+//! the keyframe cache for snapshots), with an RTCP receiver report to UDP senders every
+//! `gb28181.rtcp_interval` (to where the device's sender reports come from, else its RTP
+//! port + 1, as ZLMediaKit does). Ends with the
 //! reason a GB/T 28181 engineer would look for: `invite_timeout`, `invite_refused` (SIP code),
 //! `no_media`, `ssrc_mismatch`, `bad_media`, `stalled`, `bye_from_device`, or stopped because
 //! nobody needs the stream any more (then BYE).
@@ -16,7 +19,9 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
-use super::offer::{self, Agreed, MediaTransport};
+use super::mux::{Handoff, Lease};
+use super::offer::{self, Agreed, Format, MediaTransport};
+use super::udp::BatchSocket;
 use super::Ctx;
 use crate::clock::now_ms;
 use crate::media::diagnosis::Judge;
@@ -25,14 +30,17 @@ use crate::media::quality::{self, Subject};
 use crate::media::snapshot;
 use crate::protocol::ps::es::{Assembler, Codec};
 use crate::protocol::ps::{Demuxer, StreamType};
-use crate::protocol::rtp::{self, Packet, Reorder, TcpFramer};
+use crate::protocol::rtp::{self, Packet, Reception, Reorder, TcpFramer};
+use crate::protocol::rtp_h26x::Depacketizer;
 use crate::sources::gb28181::dialog::{Command, DialogEvent, EVENTS};
 
 /// Packets held to put UDP back in order (about 100 ms of a 2 Mbit/s stream).
 const REORDER_WINDOW: usize = 16;
 /// Largest keyframe kept for snapshots.
 const MAX_KEYFRAME: usize = 4 << 20;
-/// Datagrams read per wake-up before yielding.
+/// `recvmmsg` batches read per wake-up before yielding.
+const ROUNDS: usize = 4;
+/// Datagrams taken from the single port's queue per wake-up before yielding.
 const BATCH: usize = 64;
 
 /// How a session ended.
@@ -66,15 +74,6 @@ pub async fn run(
         },
     };
     let transport = ctx.settings.transport;
-    let bound = match transport {
-        MediaTransport::Udp => ctx.ports.bind(ip, super::bind_udp).map(|(s, p)| (Input::Udp(s), p)),
-        MediaTransport::TcpPassive => ctx.ports.bind(ip, super::bind_tcp).map(|(l, p)| (Input::Listen(l), p)),
-        MediaTransport::TcpActive => Some((Input::Connect, 0)),
-    };
-    let Some((input, port)) = bound else {
-        return failed(StreamState::BadMedia, format!("no free media port in {:?}", ctx.settings.ports));
-    };
-    let _port = PortGuard { port: (port != 0).then_some(port), ctx };
     let Some(seq) = ctx.take_ssrc() else {
         return failed(StreamState::BadMedia, "all 10,000 SSRC sequences are in use".into());
     };
@@ -86,6 +85,23 @@ pub async fn run(
         );
     };
     let offered = crate::protocol::sdp::ssrc_value(&y).unwrap_or(0);
+    let bound = match (transport, &ctx.mux) {
+        (MediaTransport::TcpActive, _) => Some((Input::Connect, 0)),
+        (MediaTransport::Udp, Some(mux)) => mux.lease(offered).map(|l| (Input::MuxUdp(l), mux.port)),
+        (MediaTransport::TcpPassive, Some(mux)) => mux.lease(offered).map(|l| (Input::MuxTcp(l), mux.port)),
+        (MediaTransport::Udp, None) => {
+            ctx.ports.bind(ip, |ip, port| BatchSocket::new(super::bind_udp(ip, port)?)).map(|(s, p)| (Input::Udp(s), p))
+        }
+        (MediaTransport::TcpPassive, None) => ctx.ports.bind(ip, super::bind_tcp).map(|(l, p)| (Input::Listen(l), p)),
+    };
+    let Some((mut input, port)) = bound else {
+        let why = match ctx.mux {
+            Some(_) => format!("the SSRC {y} is still held by another stream on the single media port"),
+            None => format!("no free media port in {:?}", ctx.settings.ports),
+        };
+        return failed(StreamState::BadMedia, why);
+    };
+    let _port = PortGuard { port: (port != 0 && ctx.mux.is_none()).then_some(port), ctx };
     let sdp = offer::offer(&ctx.settings.gateway_id, ip, port, &y, transport);
     let call_id = format!("{}@vigil", uuid::Uuid::now_v7().simple());
     let (events_tx, mut events) = mpsc::channel(EVENTS);
@@ -143,6 +159,16 @@ pub async fn run(
     if agreed.ssrc_rebound {
         info!(device, channel, offered = %y, answered = ?agreed.ssrc, "The device answered its own y= SSRC; receiving that one.");
     }
+    if let Input::MuxUdp(lease) | Input::MuxTcp(lease) = &mut input {
+        let theirs = agreed.ssrc.unwrap_or(offered);
+        if !lease.bind(agreed.from.ip(), theirs) {
+            hangup();
+            return failed(
+                StreamState::SsrcMismatch,
+                format!("the device answered y= SSRC {theirs}, which another stream holds on the single media port"),
+            );
+        }
+    }
     let diagnosis =
         Diagnosis { subject: subject.clone(), judge: judge.clone(), busy: Arc::default(), last: None, samples: 0 };
     let mut rx = Receiver::new(agreed, health.clone(), ctx, diagnosis);
@@ -190,19 +216,23 @@ impl Drop for PortGuard<'_> {
 
 /// Where media comes in.
 enum Input {
-    Udp(UdpSocket),
+    Udp(BatchSocket),
     /// `tcp_passive`: the device connects here.
     Listen(tokio::net::TcpListener),
     /// `tcp_active`: vigil connects to the answer's address.
     Connect,
+    /// The single port: datagrams with the stream's SSRC.
+    MuxUdp(Lease),
+    /// The single port, `tcp_passive`: the connection whose first packet has the stream's SSRC.
+    MuxTcp(Lease),
 }
 
 /// Largest RTP-over-TCP read at once.
 const TCP_READ: usize = 64 * 1024;
 
 thread_local! {
-    /// The receive buffer of the streams this thread serves (a UDP datagram or a TCP read).
-    static RECV: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(vec![0u8; 65_536]);
+    /// The TCP read buffer of the streams this thread serves.
+    static RECV: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(vec![0u8; TCP_READ]);
 }
 
 struct SsrcGuard<'a> {
@@ -214,6 +244,14 @@ impl Drop for SsrcGuard<'_> {
     fn drop(&mut self) {
         self.ctx.release_ssrc(self.seq);
     }
+}
+
+/// An RTP payload held in the reorder window, with what an elementary stream needs of its
+/// header.
+struct Held {
+    payload: Vec<u8>,
+    timestamp: u32,
+    marker: bool,
 }
 
 /// When a playing channel is diagnosed: at each keyframe until `alarm_after` samples of this
@@ -236,8 +274,12 @@ struct Receiver<'a> {
     source: Option<SocketAddr>,
     health: Arc<Health>,
     ctx: &'a Ctx,
-    reorder: Reorder<Vec<u8>>,
+    reorder: Reorder<Held>,
+    /// The last sequence number released in order (a gap before the next breaks a fragment).
+    released: Option<u64>,
     demuxer: Demuxer,
+    /// For elementary streams over RTP (`98 H264`, `99 H265` answers).
+    depacketizer: Option<Depacketizer>,
     assembler: Assembler,
     lost_reported: u64,
     wrong_ssrc: u64,
@@ -245,10 +287,23 @@ struct Receiver<'a> {
     packets_reported: u64,
     played: bool,
     sized: bool,
+    /// For receiver reports: vigil's SSRC as a receiver, what came, where reports go.
+    reporter: u32,
+    reception: Reception,
+    rtcp_to: Option<SocketAddr>,
+    epoch: Instant,
 }
 
 impl<'a> Receiver<'a> {
     fn new(agreed: Agreed, health: Arc<Health>, ctx: &'a Ctx, diagnosis: Diagnosis) -> Self {
+        let mut assembler = Assembler::default();
+        let depacketizer = match agreed.format {
+            Format::Ps => None,
+            Format::Es(codec) => Some(Depacketizer::new(codec)),
+        };
+        if let Format::Es(codec) = agreed.format {
+            assembler.set_hint(Some(codec));
+        }
         Receiver {
             diagnosis,
             ssrc: agreed.ssrc,
@@ -257,14 +312,20 @@ impl<'a> Receiver<'a> {
             health,
             ctx,
             reorder: Reorder::new(REORDER_WINDOW),
+            released: None,
             demuxer: Demuxer::default(),
-            assembler: Assembler::default(),
+            depacketizer,
+            assembler,
             lost_reported: 0,
             wrong_ssrc: 0,
             packets: 0,
             packets_reported: 0,
             played: false,
             sized: false,
+            reporter: uuid::Uuid::new_v4().as_u128() as u32,
+            reception: Reception::default(),
+            rtcp_to: None,
+            epoch: Instant::now(),
         }
     }
 
@@ -278,8 +339,31 @@ impl<'a> Receiver<'a> {
         let timeout = self.ctx.settings.media_timeout;
         // TCP: the connection first (the device's, or ours to its port), within the media
         // timeout; then the same receive loop over framed packets.
-        let tcp = match input {
-            Input::Udp(sock) => return self.receive_udp(sock, events, cancel, started).await,
+        let (tcp, first) = match input {
+            Input::Udp(sock) => return self.receive_udp(Some(sock), None, events, cancel, started).await,
+            Input::MuxUdp(lease) => return self.receive_udp(None, Some(lease), events, cancel, started).await,
+            Input::MuxTcp(mut lease) => {
+                let handed = match lease.tcp.take() {
+                    Some(rx) => tokio::select! {
+                        _ = cancel.cancelled() => return Ended::Stopped,
+                        _ = tokio::time::sleep(timeout) => None,
+                        h = rx => h.ok(),
+                    },
+                    None => None,
+                };
+                match handed {
+                    Some(Handoff { stream, first }) => (stream, first),
+                    None => {
+                        return self.fail(
+                            StreamState::NoMedia,
+                            format!(
+                                "no connection with the stream's SSRC on the single media port within {:.1} s",
+                                timeout.as_secs_f64()
+                            ),
+                        );
+                    }
+                }
+            }
             Input::Listen(listener) => {
                 let accepted = tokio::select! {
                     _ = cancel.cancelled() => return Ended::Stopped,
@@ -287,7 +371,7 @@ impl<'a> Receiver<'a> {
                     a = accept_from(&listener, self.agreed.from.ip()) => a,
                 };
                 match accepted {
-                    Some(t) => t,
+                    Some(t) => (t, Vec::new()),
                     None => {
                         return self.fail(
                             StreamState::NoMedia,
@@ -299,7 +383,7 @@ impl<'a> Receiver<'a> {
             Input::Connect => {
                 let to = self.agreed.from;
                 match tokio::time::timeout(timeout, tokio::net::TcpStream::connect(to)).await {
-                    Ok(Ok(t)) => t,
+                    Ok(Ok(t)) => (t, Vec::new()),
                     Ok(Err(e)) => {
                         return self
                             .fail(StreamState::NoMedia, format!("cannot connect to the device's media port {to}: {e}"))
@@ -316,7 +400,7 @@ impl<'a> Receiver<'a> {
                 }
             }
         };
-        self.receive_tcp(tcp, events, cancel).await
+        self.receive_tcp(tcp, &first, events, cancel).await
     }
 
     fn fail(&self, state: StreamState, error: String) -> Ended {
@@ -326,6 +410,7 @@ impl<'a> Receiver<'a> {
     async fn receive_tcp(
         &mut self,
         tcp: tokio::net::TcpStream,
+        first: &[u8],
         events: &mut mpsc::Receiver<DialogEvent>,
         cancel: &CancellationToken,
     ) -> Ended {
@@ -337,6 +422,12 @@ impl<'a> Receiver<'a> {
         self.source = Some(peer);
         let mut framer = TcpFramer::default();
         let mut last_frame = Instant::now();
+        // Bytes the single port read while finding whose connection this is.
+        framer.push(first, |f| {
+            if self.packet(f, peer) {
+                last_frame = Instant::now();
+            }
+        });
         let mut check = tokio::time::interval(Duration::from_millis(500));
         loop {
             tokio::select! {
@@ -381,7 +472,8 @@ impl<'a> Receiver<'a> {
 
     async fn receive_udp(
         &mut self,
-        sock: UdpSocket,
+        own: Option<BatchSocket>,
+        mut lease: Option<Lease>,
         events: &mut mpsc::Receiver<DialogEvent>,
         cancel: &CancellationToken,
         started: Instant,
@@ -389,12 +481,29 @@ impl<'a> Receiver<'a> {
         let timeout = self.ctx.settings.media_timeout;
         let mut last_frame = started;
         let mut check = tokio::time::interval(Duration::from_millis(500));
+        let every = self.ctx.settings.rtcp_interval;
+        let mut rtcp = tokio::time::interval_at(
+            Instant::now() + every.unwrap_or(Duration::MAX / 4),
+            every.unwrap_or(Duration::MAX / 4),
+        );
         loop {
+            let readable = async {
+                match &own {
+                    Some(s) => s.readable().await,
+                    None => std::future::pending().await,
+                }
+            };
+            let queued = async {
+                match lease.as_mut() {
+                    Some(l) => l.packets.recv().await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 _ = cancel.cancelled() => return Ended::Stopped,
                 e = events.recv() => match e {
                     Some(DialogEvent::ByeFromDevice) | None => {
-                        return Ended::Failed { state: StreamState::ByeFromDevice, error: "the device sent BYE".into(), played: self.played };
+                        return self.fail(StreamState::ByeFromDevice, "the device sent BYE".into());
                     }
                     Some(_) => {}
                 },
@@ -404,32 +513,60 @@ impl<'a> Receiver<'a> {
                         return self.quiet(quiet);
                     }
                 }
-                r = sock.readable() => {
-                    if r.is_err() {
-                        return Ended::Failed { state: StreamState::BadMedia, error: "the media socket failed".into(), played: self.played };
+                _ = rtcp.tick(), if every.is_some() => {
+                    let sock = own.as_ref().map(|s| s.socket()).or_else(|| lease.as_ref().map(|l| l.mux().socket()));
+                    if let Some(sock) = sock {
+                        self.report(sock);
                     }
-                    // One receive buffer per thread, not per stream: nothing awaits while it is
-                    // borrowed.
-                    let pictured = RECV.with_borrow_mut(|buf| {
-                        let mut pictured = false;
+                }
+                r = readable => {
+                    if r.is_err() {
+                        return self.fail(StreamState::BadMedia, "the media socket failed".into());
+                    }
+                    let mut pictured = false;
+                    if let Some(sock) = &own {
+                        if let Err(e) = sock.drain(ROUNDS, |data, from| pictured |= self.packet(data, from)) {
+                            debug!(error = %e, "Media socket read failed.");
+                        }
+                    }
+                    if pictured {
+                        last_frame = Instant::now();
+                    }
+                }
+                d = queued => {
+                    let Some(d) = d else { return Ended::Stopped }; // the single port closed: vigil stops
+                    let mut pictured = self.packet(&d.data, d.from);
+                    if let Some(l) = lease.as_mut() {
                         for _ in 0..BATCH {
-                            match sock.try_recv_from(buf) {
-                                Ok((n, from)) => pictured |= self.packet(&buf[..n], from),
-                                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
-                                Err(e) => {
-                                    debug!(error = %e, "Media socket read failed.");
-                                    break;
-                                }
+                            match l.packets.try_recv() {
+                                Ok(d) => pictured |= self.packet(&d.data, d.from),
+                                Err(_) => break,
                             }
                         }
-                        pictured
-                    });
+                    }
                     if pictured {
                         last_frame = Instant::now();
                     }
                 }
             }
         }
+    }
+
+    /// Sends an RTCP receiver report about the stream, once RTP has come.
+    fn report(&mut self, sock: &UdpSocket) {
+        let (Some(ssrc), Some(span), Some(source)) = (self.ssrc, self.reorder.span(), self.source) else { return };
+        let to = self.rtcp_to.unwrap_or_else(|| SocketAddr::new(source.ip(), source.port().wrapping_add(1)));
+        let rr = self.reception.report(self.reporter, ssrc, span, self.since_epoch(65_536));
+        match sock.try_send_to(&rr.to_bytes(), to) {
+            Ok(_) => self.ctx.metrics.gb_rtcp_reports.inc(),
+            Err(e) => debug!(to = %to, error = %e, "RTCP receiver report not sent."),
+        }
+    }
+
+    /// Time since the session's receiver started, in units of `1/hz` s (wrapping).
+    fn since_epoch(&self, hz: u64) -> u64 {
+        let d = self.epoch.elapsed();
+        d.as_secs() * hz + u64::from(d.subsec_nanos()) * hz / 1_000_000_000
     }
 
     /// The end of a quiet stream: what it was quiet of.
@@ -456,6 +593,14 @@ impl<'a> Receiver<'a> {
             return false;
         }
         if rtp::is_rtcp(data) {
+            // A sender report from the device: where its RTCP comes from, and its time for
+            // the next receiver report's LSR/DLSR.
+            if let Some((ssrc, ntp)) = rtp::sender_report(data) {
+                if self.ssrc.is_none_or(|s| s == ssrc) {
+                    self.reception.sender_report(ntp, self.since_epoch(65_536));
+                    self.rtcp_to = Some(from);
+                }
+            }
             return false;
         }
         let p = match Packet::parse(data) {
@@ -481,13 +626,37 @@ impl<'a> Receiver<'a> {
         }
         self.source.get_or_insert(from);
         self.packets += 1;
-        let mut payloads = Vec::new();
-        self.reorder.push(p.sequence, p.payload.to_vec(), |_, payload| payloads.push(payload));
+        self.reception.packet(self.since_epoch(90_000) as u32, p.timestamp);
+        let held = Held { payload: p.payload.to_vec(), timestamp: p.timestamp, marker: p.marker };
+        let mut released = Vec::new();
+        self.reorder.push(p.sequence, held, |seq, h| released.push((seq, h)));
         let mut pictured = false;
-        for payload in payloads {
-            pictured |= self.payload(&payload);
+        for (seq, h) in released {
+            let gap = self.released.is_some_and(|r| seq != r + 1);
+            self.released = Some(seq);
+            pictured |= match self.depacketizer.is_some() {
+                true => self.es_payload(&h, gap),
+                false => self.payload(&h.payload),
+            };
         }
         pictured
+    }
+
+    /// An elementary-stream payload in order: access units into health.
+    fn es_payload(&mut self, h: &Held, gap: bool) -> bool {
+        let Some(d) = self.depacketizer.as_mut() else { return false };
+        let before = d.counters.malformed;
+        let mut aus = Vec::new();
+        d.push(&h.payload, h.timestamp, h.marker, gap, |t, au| aus.push((t, au.to_vec())));
+        if d.counters.malformed > before {
+            self.ctx.count_dropped("malformed");
+            self.health.count_media_error();
+        }
+        let mut units = Vec::new();
+        for (t, au) in aus {
+            self.assembler.push(Some(u64::from(t)), &au, |u| units.push(u));
+        }
+        self.units(units)
     }
 
     /// A PS payload in order: PES out, access units out, into health.
@@ -508,6 +677,11 @@ impl<'a> Receiver<'a> {
             self.assembler.set_hint(hint);
             self.assembler.push(pes.pts, &pes.payload, |u| units.push(u));
         }
+        self.units(units)
+    }
+
+    /// Access units into health; true when there was one.
+    fn units(&mut self, units: Vec<crate::protocol::ps::es::AccessUnit>) -> bool {
         let any = !units.is_empty();
         for u in units {
             let now = Instant::now();
