@@ -7,7 +7,8 @@
 #     the loss vigil counted against what the simulator dropped;
 #  2. INVITE to the first keyframe over the same N pulls (each stream's
 #     time_to_first_keyframe_ms, GOP 1 s): p50, p99, max.
-# Env: BENCH_DEVICES (30), BENCH_CHANNELS (10), BENCH_SECONDS (60), BENCH_DROP_PERMILLE (10).
+# Env: BENCH_DEVICES (30), BENCH_CHANNELS (10), BENCH_SECONDS (60), BENCH_DROP_PERMILLE (10),
+# BENCH_SINGLE_PORT (0: a port per stream; else every stream on that one port, by SSRC).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/bench-common.sh
@@ -18,6 +19,7 @@ SECS=${BENCH_SECONDS:-60}
 DROP=${BENCH_DROP_PERMILLE:-10}
 HTTP=${BENCH_HTTP_PORT:-18294}
 SIP=${BENCH_SIP_PORT:-15070}
+SINGLE=${BENCH_SINGLE_PORT:-0}
 TOKEN=bench-admin-token
 api() { curl -sf -H "Authorization: Bearer $TOKEN" "http://127.0.0.1:$HTTP/api/v1$1"; }
 post() { curl -sf -X POST -H "Authorization: Bearer $TOKEN" -H 'Content-Type: application/json' -d "$2" "http://127.0.0.1:$HTTP/api/v1$1" > /dev/null; }
@@ -36,6 +38,7 @@ tokens = [ { token = "$TOKEN", role = "admin" } ]
 [gb28181]
 listen = "127.0.0.1:$SIP"
 media_ports = "41000-41999"
+media_single_port = $SINGLE
 [patrol]
 enabled = false
 [gat1400]

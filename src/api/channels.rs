@@ -129,9 +129,9 @@ pub async fn snapshot(State(state): State<AppState>, Path((id, cid)): Path<(Stri
                     let why = format!("no keyframe within {} s ({e})", wait.as_secs());
                     return Err(ApiError::new(StatusCode::GATEWAY_TIMEOUT, "no_keyframe", why));
                 }
-                // The board has no readiness signal per stream; a short poll bounded by the
-                // deadline above.
-                tokio::time::sleep(Duration::from_millis(100)).await;
+                // Woken by the stream's next keyframe or state change (a missed wake-up costs
+                // at most 250 ms).
+                state.streams.changed(&key, Duration::from_millis(250)).await;
             }
         }
     }

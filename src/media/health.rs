@@ -151,6 +151,9 @@ struct Inner {
 #[derive(Default)]
 pub struct Health {
     inner: Mutex<Inner>,
+    /// Woken on a keyframe, a state change and a diagnosis verdict (waiters for a snapshot
+    /// or a patrol outcome).
+    changed: tokio::sync::Notify,
 }
 
 /// How often received fps and bitrate are recomputed.
@@ -172,6 +175,11 @@ impl Health {
         self.lock().state
     }
 
+    /// Resolves at the next keyframe, state change or verdict after it is first polled.
+    pub fn changed(&self) -> tokio::sync::futures::Notified<'_> {
+        self.changed.notified()
+    }
+
     /// Enters `state` (keeping `since` when it is the state already).
     pub fn set_state(&self, state: StreamState, now: Millis, error: Option<String>) {
         let mut g = self.lock();
@@ -184,6 +192,8 @@ impl Health {
             g.attempts = 0;
             g.next_attempt_at = None;
         }
+        drop(g);
+        self.changed.notify_waiters();
     }
 
     /// A failed attempt: the state it leaves the stream in and when the next try is.
@@ -198,6 +208,8 @@ impl Health {
         g.next_attempt_at = Some(next_attempt_at);
         g.last_frame = None;
         g.session_start = None;
+        drop(g);
+        self.changed.notify_waiters();
     }
 
     pub fn count_timestamp_jump(&self) {
@@ -287,6 +299,8 @@ impl Health {
             g.keyframes += 1;
             let k = Keyframe { seq: g.keyframes, ..k };
             g.previous_key = g.latest_key.replace(k);
+            drop(g);
+            self.changed.notify_waiters();
         }
         note
     }
@@ -314,6 +328,7 @@ impl Health {
 
     pub fn set_quality(&self, q: Quality) {
         self.lock().quality = Some(q);
+        self.changed.notify_waiters();
     }
 
     /// Forgets the keyframes (a new session may have other parameters).

@@ -47,6 +47,8 @@ pub struct StreamBoard {
     streams: Arc<RwLock<HashMap<String, Arc<Stream>>>>,
     snapshots: Option<Snapshots>,
     puller: Arc<std::sync::OnceLock<tokio::sync::mpsc::Sender<Demand>>>,
+    /// Woken when a stream is added.
+    added: Arc<tokio::sync::Notify>,
 }
 
 /// A request to pull a GB/T 28181 channel for at least `hold` on behalf of `holder`; a hold
@@ -94,13 +96,18 @@ pub enum SnapshotError {
 impl StreamBoard {
     /// A board with no streams (no pull configured).
     pub fn empty() -> Self {
-        StreamBoard { streams: Arc::default(), snapshots: None, puller: Arc::default() }
+        StreamBoard { streams: Arc::default(), snapshots: None, puller: Arc::default(), added: Arc::default() }
     }
 
     /// A board whose snapshots are decoded on `pool`; a JPEG younger than `max_age` (or made
     /// from the same keyframe) is answered from cache.
     pub fn new(pool: snapshot::Pool, max_age: Duration) -> Self {
-        StreamBoard { streams: Arc::default(), snapshots: Some(Snapshots { pool, max_age }), puller: Arc::default() }
+        StreamBoard {
+            streams: Arc::default(),
+            snapshots: Some(Snapshots { pool, max_age }),
+            puller: Arc::default(),
+            added: Arc::default(),
+        }
     }
 
     /// The decode pool snapshots and diagnosis run on.
@@ -125,7 +132,22 @@ impl StreamBoard {
         health.set_state(StreamState::Connecting, now_ms(), None);
         let stream = Arc::new(Stream { health: health.clone(), kind, jpeg: Mutex::new(None) });
         self.streams.write().unwrap_or_else(|p| p.into_inner()).insert(id.to_owned(), stream);
+        self.added.notify_waiters();
         health
+    }
+
+    /// Waits until something about stream `id` may have changed — a keyframe, its state, a
+    /// diagnosis verdict, the stream appearing — or `within` has passed (a change between
+    /// the caller's look and this wait is caught by `within`).
+    pub async fn changed(&self, id: &str, within: Duration) {
+        let stream = self.get(id);
+        let wait = async {
+            match &stream {
+                Some(s) => s.health.changed().await,
+                None => self.added.notified().await,
+            }
+        };
+        let _ = tokio::time::timeout(within, wait).await;
     }
 
     /// Takes a stream off the board (its pull stopped).

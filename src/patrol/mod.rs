@@ -38,7 +38,8 @@ const SAVE_EVERY: usize = 50;
 /// `RETRIES` times in a round.
 const RETRY_AFTER: Duration = Duration::from_secs(10);
 const RETRIES: u32 = 2;
-/// How often a channel's stream is looked at while it is watched.
+/// How often a channel's stream is looked at while it is watched, at the latest (a keyframe,
+/// a state change or a verdict wakes the look at once).
 const LOOK_EVERY: Duration = Duration::from_millis(200);
 
 /// The settings of `[patrol]` with what the channel's wait is bounded by.
@@ -456,7 +457,7 @@ async fn look(ctx: &Ctx, t: &Target) -> Item {
     let mut playing_since: Option<Instant> = None;
     let mut played = false;
     loop {
-        tokio::time::sleep(LOOK_EVERY).await;
+        board.changed(&key, LOOK_EVERY).await;
         let now = Instant::now();
         let Some(h) = board.health(&key) else {
             if now >= deadline {

@@ -178,6 +178,23 @@ impl<T> Reorder<T> {
             .unwrap_or(base + u64::from(seq))
     }
 
+    /// The fast path: when `seq` is the very next packet and nothing is held, it is released
+    /// at once (the caller uses it without handing it over: no copy); `None` otherwise, and
+    /// the packet goes through `push`.
+    pub fn in_order(&mut self, seq: u16) -> Option<u64> {
+        let next = self.next?;
+        if !self.held.is_empty() {
+            return None;
+        }
+        let ext = self.extend(seq);
+        if ext != next {
+            return None;
+        }
+        self.highest = self.highest.max(ext);
+        self.next = Some(next + 1);
+        Some(ext)
+    }
+
     /// Takes a packet; calls `out` with the packets now releasable, in order. The first
     /// packets are held until the window is full, so a stream that starts out of order starts
     /// from its lowest sequence number, not from whichever packet came first.
@@ -445,5 +462,23 @@ mod tests {
         sr.extend([0u8; 12]);
         assert_eq!(sender_report(&sr), Some((9, 0xABCD_1234)));
         assert_eq!(sender_report(&bytes), None);
+    }
+
+    #[test]
+    fn in_order_packets_skip_the_window_and_the_rest_still_reorder() {
+        let mut r = Reorder::new(2);
+        let mut out = Vec::new();
+        assert_eq!(r.in_order(10), None, "nothing before the window has started");
+        r.push(10, 10, |_, s| out.push(s));
+        r.push(11, 11, |_, s| out.push(s));
+        assert_eq!(r.in_order(12), Some((1 << 16) + 12));
+        assert_eq!(r.in_order(14), None, "13 is missing: 14 is held");
+        r.push(14, 14, |_, s| out.push(s));
+        assert_eq!(r.in_order(13), None, "something is held: 13 goes through the window");
+        r.push(13, 13, |_, s| out.push(s));
+        assert_eq!(out, vec![10, 11, 13, 14]);
+        assert_eq!(r.in_order(15), Some((1 << 16) + 15));
+        assert_eq!(r.span(), Some(((1 << 16) + 10, (1 << 16) + 15)));
+        assert_eq!(r.losses, Losses::default());
     }
 }

@@ -627,6 +627,15 @@ impl<'a> Receiver<'a> {
         self.source.get_or_insert(from);
         self.packets += 1;
         self.reception.packet(self.since_epoch(90_000) as u32, p.timestamp);
+        // In order and nothing held (most packets): straight through, no copy.
+        if let Some(seq) = self.reorder.in_order(p.sequence) {
+            let gap = self.released.is_some_and(|r| seq != r + 1);
+            self.released = Some(seq);
+            return match self.depacketizer.is_some() {
+                true => self.es_payload(p.payload, p.timestamp, p.marker, gap),
+                false => self.payload(p.payload),
+            };
+        }
         let held = Held { payload: p.payload.to_vec(), timestamp: p.timestamp, marker: p.marker };
         let mut released = Vec::new();
         self.reorder.push(p.sequence, held, |seq, h| released.push((seq, h)));
@@ -635,7 +644,7 @@ impl<'a> Receiver<'a> {
             let gap = self.released.is_some_and(|r| seq != r + 1);
             self.released = Some(seq);
             pictured |= match self.depacketizer.is_some() {
-                true => self.es_payload(&h, gap),
+                true => self.es_payload(&h.payload, h.timestamp, h.marker, gap),
                 false => self.payload(&h.payload),
             };
         }
@@ -643,11 +652,11 @@ impl<'a> Receiver<'a> {
     }
 
     /// An elementary-stream payload in order: access units into health.
-    fn es_payload(&mut self, h: &Held, gap: bool) -> bool {
+    fn es_payload(&mut self, payload: &[u8], timestamp: u32, marker: bool, gap: bool) -> bool {
         let Some(d) = self.depacketizer.as_mut() else { return false };
         let before = d.counters.malformed;
         let mut aus = Vec::new();
-        d.push(&h.payload, h.timestamp, h.marker, gap, |t, au| aus.push((t, au.to_vec())));
+        d.push(payload, timestamp, marker, gap, |t, au| aus.push((t, au.to_vec())));
         if d.counters.malformed > before {
             self.ctx.count_dropped("malformed");
             self.health.count_media_error();
