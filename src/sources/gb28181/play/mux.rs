@@ -42,7 +42,9 @@ pub struct Handoff {
 }
 
 struct Route {
-    /// The device's host, once its answer said it; until then nothing is taken.
+    /// The device's host, once its answer said it. Packets that come before (a device starts
+    /// on the ACK, which may be sent before the stream has read the answer) are handed over
+    /// and the stream checks their host itself.
     host: Option<IpAddr>,
     packets: mpsc::Sender<Datagram>,
     tcp: Option<oneshot::Sender<Handoff>>,
@@ -137,7 +139,7 @@ impl Mux {
             self.count("unknown_ssrc");
             return;
         };
-        if route.host != Some(from.ip()) {
+        if route.host.is_some_and(|h| h != from.ip()) {
             drop(routes);
             self.count("foreign_source");
             return;
@@ -193,7 +195,8 @@ impl Mux {
             let handoff = {
                 let mut routes = self.routes.lock().unwrap_or_else(|p| p.into_inner());
                 match routes.get_mut(&ssrc) {
-                    Some(r) if r.host == Some(peer.ip()) => r.tcp.take(),
+                    // Before the answer is read the stream checks the host itself.
+                    Some(r) if r.host.is_none_or(|h| h == peer.ip()) => r.tcp.take(),
                     Some(_) => {
                         drop(routes);
                         self.count("foreign_source");

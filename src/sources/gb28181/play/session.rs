@@ -352,7 +352,18 @@ impl<'a> Receiver<'a> {
                     None => None,
                 };
                 match handed {
-                    Some(Handoff { stream, first }) => (stream, first),
+                    Some(Handoff { stream, first })
+                        if stream.peer_addr().is_ok_and(|p| p.ip() == self.agreed.from.ip()) =>
+                    {
+                        (stream, first)
+                    }
+                    Some(_) => {
+                        self.ctx.count_dropped("foreign_source");
+                        return self.fail(
+                            StreamState::NoMedia,
+                            "a connection from another host than the device's carried the stream's SSRC".into(),
+                        );
+                    }
                     None => {
                         return self.fail(
                             StreamState::NoMedia,
