@@ -13,7 +13,7 @@ PACKAGES=(
   mosquitto mosquitto-clients
   postgresql postgresql-client
   chromium fonts-wqy-microhei
-  baresip kamailio
+  baresip kamailio sip-tester
   python3-gi gir1.2-gst-rtsp-server-1.0 gstreamer1.0-tools
   gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-ugly gstreamer1.0-plugins-bad
   # load tools and operator conveniences

@@ -660,6 +660,24 @@ pub struct Upstream {
     /// "subscription" (the upper view library subscribes at our `[gat1400]` endpoint, sending
     /// `User-Identify` = `server_id`, and records go as notifications to its `ReceiveAddr`).
     pub mode: RelayMode,
+    /// protocol gb28181: the upper's SIP domain (default: the first 10 digits of `server_id`).
+    pub domain: String,
+    /// protocol gb28181: "udp" (the default; TCP to upper platforms is not built yet).
+    pub transport: String,
+    /// protocol gb28181: the registration asked for (default 3600s; refreshed at half of
+    /// what the upper grants).
+    #[serde(with = "humantime_serde")]
+    pub expires: Option<Duration>,
+    /// protocol gb28181: how often a keepalive goes up (default 60s).
+    #[serde(with = "humantime_serde")]
+    pub keepalive_interval: Option<Duration>,
+    /// protocol gb28181: keepalives unanswered in a row before registering again (default 3).
+    pub keepalive_misses: u32,
+    /// protocol gb28181: vigil's SIP address for this upper (default "0.0.0.0:5061").
+    pub listen: String,
+    /// protocol gb28181: `host:port` written in Via and Contact when vigil sits behind NAT
+    /// (default: the local address of the route to the upper, with the bound port).
+    pub advertise: String,
 }
 
 /// `gb28181.charset`.
@@ -1126,14 +1144,40 @@ impl Config {
                 Some(Quic) if !u.url.starts_with("quic://") => {
                     add(format!("upstreams[{i}].url"), format!("{:?}: expected quic://host:port", u.url))
                 }
-                // Accepted and then ignored would be worse than refused: an operator would
-                // believe the city sees the district's cameras.
-                Some(Gb28181) => add(
-                    format!("upstreams[{i}].protocol"),
-                    "GB/T 28181 cascade (registering to an upper platform) is not built yet; relay to the \
-                     city with protocol \"gat1400\" or \"quic\" for now"
-                        .into(),
-                ),
+                Some(Gb28181) => {
+                    let key = |k: &str| format!("upstreams[{i}].{k}");
+                    if let Err(e) = crate::ids::GbCode::parse(&u.server_id) {
+                        add(key("server_id"), format!("the upper platform's id: {e}"));
+                    }
+                    if !u.user_id.is_empty() {
+                        if let Err(e) = crate::ids::GbCode::parse(&u.user_id) {
+                            add(key("user_id"), format!("vigil's platform id as the upper knows it: {e}"));
+                        }
+                    }
+                    if u.server_addr.parse::<SocketAddr>().is_err() {
+                        add(key("server_addr"), format!("{:?} is not an address like 10.0.0.1:5060", u.server_addr));
+                    }
+                    if !matches!(u.transport.as_str(), "" | "udp") {
+                        add(
+                            key("transport"),
+                            format!("{:?}: only \"udp\" to upper platforms is built so far", u.transport),
+                        );
+                    }
+                    if !u.domain.is_empty() && !u.domain.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.') {
+                        add(key("domain"), format!("{:?} is not a SIP domain", u.domain));
+                    }
+                    for (k, v) in [("listen", &u.listen), ("advertise", &u.advertise)] {
+                        if !v.is_empty() && v.parse::<SocketAddr>().is_err() {
+                            add(key(k), format!("{v:?} is not an address like 0.0.0.0:5061"));
+                        }
+                    }
+                    if u.expires.is_some_and(|e| e < Duration::from_secs(60)) {
+                        add(key("expires"), "must be at least 60s".into());
+                    }
+                    if u.keepalive_interval.is_some_and(|k| k < Duration::from_secs(5)) {
+                        add(key("keepalive_interval"), "must be at least 5s".into());
+                    }
+                }
                 _ => {}
             }
         }
@@ -1268,10 +1312,20 @@ mod tests {
     }
 
     #[test]
-    fn a_gb28181_cascade_upstream_is_refused_until_it_exists() {
-        let text = "[[upstreams]]\nname = \"city\"\nprotocol = \"gb28181\"\nserver_id = \"42010000002000000001\"\nserver_addr = \"127.0.0.1:15060\"\n";
-        let e = Config::from_toml_with_env(text, false).expect_err("not built");
-        assert!(e.to_string().contains("upstreams[0].protocol") && e.to_string().contains("not built yet"), "{e}");
+    fn a_gb28181_cascade_upstream_is_checked_key_by_key() {
+        let good = "[[upstreams]]\nname = \"city\"\nprotocol = \"gb28181\"\nserver_id = \"42010000002000000001\"\nserver_addr = \"127.0.0.1:15060\"\n";
+        Config::from_toml_with_env(good, false).expect("a cascade upstream with its id and address");
+        for (bad, key) in [
+            (good.replace("42010000002000000001", "4201"), "upstreams[0].server_id"),
+            (good.replace("127.0.0.1:15060", "upper.example"), "upstreams[0].server_addr"),
+            (format!("{good}transport = \"tcp\"\n"), "upstreams[0].transport"),
+            (format!("{good}user_id = \"123\"\n"), "upstreams[0].user_id"),
+            (format!("{good}expires = \"10s\"\n"), "upstreams[0].expires"),
+            (format!("{good}listen = \"5061\"\n"), "upstreams[0].listen"),
+        ] {
+            let e = Config::from_toml_with_env(&bad, false).expect_err(key);
+            assert!(e.to_string().contains(key), "{key}: {e}");
+        }
     }
 
     #[test]

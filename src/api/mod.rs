@@ -87,12 +87,11 @@ async fn relay_targets(State(state): State<AppState>) -> ApiResult<Json<serde_js
         let s = t.lock().unwrap_or_else(|p| p.into_inner()).clone();
         let c = crate::outbox::store::counts(state.registry.db(), &s.name).await?;
         let dead = crate::outbox::store::dead_detail(state.registry.db(), &s.name, 20).await?;
-        let st = if s.connected {
-            "connected"
-        } else if s.last_error.is_some() {
-            "failing"
-        } else {
-            "starting"
+        let st = match &s.session {
+            Some(session) => session.state,
+            None if s.connected => "connected",
+            None if s.last_error.is_some() => "failing",
+            None => "starting",
         };
         items.push(serde_json::json!({
             "name": s.name,
@@ -107,6 +106,13 @@ async fn relay_targets(State(state): State<AppState>) -> ApiResult<Json<serde_js
             "alarm": s.alarm,
             "last_error_at": s.last_error_at.map(|t| state.time(t)),
             "last_delivery_at": s.last_delivery_at.map(|t| state.time(t)),
+            "session": s.session.as_ref().map(|x| serde_json::json!({
+                "state": x.state,
+                "until": x.until.map(|t| state.time(t)),
+                "last_keepalive_at": x.last_keepalive_at.map(|t| state.time(t)),
+                "next_attempt_at": x.next_attempt_at.map(|t| state.time(t)),
+                "failures": x.failures,
+            })),
             "recent_dead": dead.into_iter().map(|d| serde_json::json!({"seq": d.seq, "object_id": d.object_id, "reason": d.reason})).collect::<Vec<_>>(),
         }));
     }

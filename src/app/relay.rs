@@ -17,6 +17,8 @@ use crate::outbox::runner::{self, TargetStatus};
 pub enum Upstream {
     Gat1400(Box<crate::sinks::gat1400::Gat1400>),
     Link(Box<crate::link::sink::Link>),
+    /// GB/T 28181 cascade: a session with the upper platform, not fed by the outbox (yet).
+    Cascade(Box<crate::sinks::cascade::Cascade>),
 }
 
 impl Upstream {
@@ -24,6 +26,7 @@ impl Upstream {
         match self {
             Upstream::Gat1400(_) => "gat1400",
             Upstream::Link(_) => "quic",
+            Upstream::Cascade(_) => "gb28181",
         }
     }
 }
@@ -36,8 +39,8 @@ pub fn link_identity(config: &Config) -> Result<crate::link::tls::Identity, Erro
 }
 
 /// The relay's routes and sinks from `[[upstreams]]`. GA/T 1400 upstreams take the kinds it
-/// has standard objects for (the others through the extension path, where configured);
-/// check-config refuses protocols that are not built (GB/T 28181 cascade).
+/// has standard objects for (the others through the extension path, where configured); a
+/// GB/T 28181 upstream takes no records: its user agent registers and keeps alive.
 pub fn relay_plan(
     config: &Config,
     media: &crate::images::ImageStore,
@@ -63,6 +66,12 @@ pub fn relay_plan(
             .map_err(|e| Error::Config(format!("upstreams {}: {e}", u.name)))?;
             routes.push((u.name.clone(), wanted));
             sinks.push((u.name.clone(), Upstream::Link(Box::new(link))));
+            continue;
+        }
+        if u.protocol == Some(crate::config::UpstreamProtocol::Gb28181) {
+            let c = crate::sinks::cascade::Cascade::new(u, &config.gateway.id)
+                .map_err(|e| Error::Config(format!("upstreams {}: {e}", u.name)))?;
+            sinks.push((u.name.clone(), Upstream::Cascade(Box::new(c))));
             continue;
         }
         if u.protocol != Some(crate::config::UpstreamProtocol::Gat1400) {
@@ -119,6 +128,7 @@ pub fn spawn_runners(
         match sink {
             Upstream::Gat1400(s) => tracker.spawn(runner::run(ctx(), *s, status, cancel.child_token())),
             Upstream::Link(s) => tracker.spawn(runner::run(ctx(), *s, status, cancel.child_token())),
+            Upstream::Cascade(c) => tracker.spawn(crate::sinks::cascade::run(*c, status, cancel.child_token())),
         };
         info!(upstream = %name, "Relaying to this upstream.");
     }

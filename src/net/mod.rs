@@ -3,7 +3,8 @@
 //! in total and per source address (`cap`), the per-address limit on failed authentication
 //! and the summarising of log floods (`guard`), the HTTP accept loop with a deadline for
 //! request headers that the API and the GA/T 1400 port run on (`http`), and the API's
-//! optional built-in TLS (`tls`). No protocol knowledge; nothing here imports a source, a
+//! optional built-in TLS (`tls`), and the local address a peer can reach vigil at
+//! (`route_to`). No protocol knowledge; nothing here imports a source, a
 //! sink or the API.
 
 pub mod accept;
@@ -17,3 +18,13 @@ pub use accept::Acceptor;
 pub use cap::{ConnCap, Refused, Slot};
 pub use fds::Budget;
 pub use guard::{FailureLimit, Hush, SharedHush};
+
+/// The local address of the route to `peer`: what a device or an upper platform can reach
+/// vigil at when vigil listens on all addresses (for SDP `c=`, Via and Contact).
+pub async fn route_to(peer: std::net::SocketAddr) -> Option<std::net::IpAddr> {
+    let any: std::net::SocketAddr =
+        if peer.is_ipv4() { ([0, 0, 0, 0], 0).into() } else { (std::net::Ipv6Addr::UNSPECIFIED, 0).into() };
+    let s = tokio::net::UdpSocket::bind(any).await.ok()?;
+    s.connect(peer).await.ok()?;
+    s.local_addr().ok().map(|a| a.ip())
+}

@@ -58,6 +58,20 @@ pub struct TargetStatus {
     /// A condition an operator must act on while it lasts (an upper view library's
     /// subscription cancelled or expired with records waiting).
     pub alarm: Option<String>,
+    /// Upstreams that hold a session with vigil (GB/T 28181 cascade: the registration).
+    pub session: Option<SessionStatus>,
+}
+
+/// A session with an upstream: its state word (`registering`, `registered`, `failing`), until
+/// when it holds, the last keepalive the upstream answered, the next attempt after a failure.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct SessionStatus {
+    pub state: &'static str,
+    pub until: Option<Millis>,
+    pub last_keepalive_at: Option<Millis>,
+    pub next_attempt_at: Option<Millis>,
+    /// Failures in a row.
+    pub failures: u32,
 }
 
 /// Records per claim, unless the sink says otherwise.

@@ -104,15 +104,25 @@ pub fn expected(
 }
 
 /// The `Authorization` value a client sends to answer the challenge `www` (a
-/// `WWW-Authenticate` value) as `user`: MD5, `qop=auth`, nonce count `nc`. `None` when the
-/// challenge names no realm or nonce.
+/// `WWW-Authenticate` value) as `user`: MD5, with `qop=auth` and nonce count `nc` when the
+/// challenge offers it, the RFC 2069 form when it does not (upper platforms of both kinds
+/// are in the field); `opaque` is returned as it came. `None` when the challenge names no
+/// realm or nonce.
 pub fn answer(www: &str, user: &str, password: &str, method: &str, uri: &str, nc: u32, cnonce: &str) -> Option<String> {
     let c = parse_authorization(www)?;
     let (realm, nonce) = (c.get("realm")?, c.get("nonce")?);
+    let opaque = c.get("opaque").map(|o| format!(", opaque=\"{o}\"")).unwrap_or_default();
+    let offers_auth = c.get("qop").is_some_and(|q| q.split(',').any(|q| q.trim() == "auth"));
+    if !offers_auth {
+        let resp = expected(user, realm, password, method, uri, nonce, None);
+        return Some(format!(
+            "Digest username=\"{user}\", realm=\"{realm}\", nonce=\"{nonce}\", uri=\"{uri}\", response=\"{resp}\", algorithm=MD5{opaque}"
+        ));
+    }
     let nc = format!("{nc:08x}");
     let resp = expected(user, realm, password, method, uri, nonce, Some((&nc, cnonce, "auth")));
     Some(format!(
-        "Digest username=\"{user}\", realm=\"{realm}\", nonce=\"{nonce}\", uri=\"{uri}\", response=\"{resp}\", qop=auth, nc={nc}, cnonce=\"{cnonce}\", algorithm=MD5"
+        "Digest username=\"{user}\", realm=\"{realm}\", nonce=\"{nonce}\", uri=\"{uri}\", response=\"{resp}\", qop=auth, nc={nc}, cnonce=\"{cnonce}\", algorithm=MD5{opaque}"
     ))
 }
 

@@ -575,6 +575,16 @@ pub fn keyframe_request(sn: u64, channel_id: &str, charset: Charset) -> Vec<u8> 
     encode(&text, charset)
 }
 
+/// `Notify/Keepalive`: what vigil, as a lower platform, tells its upper platforms every
+/// keepalive interval (and what devices tell vigil).
+pub fn keepalive(sn: u64, device_id: &str, charset: Charset) -> Vec<u8> {
+    let text = format!(
+        "<?xml version=\"1.0\" encoding=\"{cs}\"?>\r\n<Notify>\r\n<CmdType>Keepalive</CmdType>\r\n<SN>{sn}</SN>\r\n<DeviceID>{device_id}</DeviceID>\r\n<Status>OK</Status>\r\n</Notify>\r\n",
+        cs = charset.xml_name()
+    );
+    encode(&text, charset)
+}
+
 /// The `Response/Alarm` vigil sends back once an alarm is stored (same SN and DeviceID).
 pub fn alarm_response(sn: u64, device_id: &str, charset: Charset) -> Vec<u8> {
     let text = format!(

@@ -4,4 +4,5 @@
 //! read the outbox, the image store and the shared codecs of `protocol/`; they never import
 //! a source (docs/architecture.md; the QUIC link's sink half is `link::sink`).
 
+pub mod cascade;
 pub mod gat1400;

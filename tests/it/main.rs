@@ -4,6 +4,7 @@
 mod support;
 
 mod api;
+mod cascade;
 mod dashboard;
 mod gat1400;
 mod gb28181;

@@ -68,7 +68,7 @@ pub async fn run(
     };
     let ip = match ctx.settings.media_address {
         Some(ip) => ip,
-        None => match route_to(sip).await {
+        None => match crate::net::route_to(sip).await {
             Some(ip) => ip,
             None => return failed(StreamState::BadMedia, format!("no local address routes to the device at {sip}")),
         },
@@ -189,15 +189,6 @@ async fn accept_from(listener: &tokio::net::TcpListener, host: std::net::IpAddr)
             Err(_) => return None,
         }
     }
-}
-
-/// The local address of the route to `peer` (what the device can reach vigil at).
-async fn route_to(peer: SocketAddr) -> Option<std::net::IpAddr> {
-    let any: SocketAddr =
-        if peer.is_ipv4() { ([0, 0, 0, 0], 0).into() } else { (std::net::Ipv6Addr::UNSPECIFIED, 0).into() };
-    let s = UdpSocket::bind(any).await.ok()?;
-    s.connect(peer).await.ok()?;
-    s.local_addr().ok().map(|a| a.ip())
 }
 
 /// A media port given back when the session ends.

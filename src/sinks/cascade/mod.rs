@@ -1,0 +1,228 @@
+//! GB/T 28181 cascade: vigil as a lower platform to the district's and the city's platforms
+//! (`[[upstreams]] protocol = "gb28181"`). One SIP user agent per upstream, on its own UDP
+//! socket (`listen`), so an upper's requests come back to it and nothing of the device side
+//! is shared: it registers with digest and keeps the registration up (`register`), answers
+//! the upper's OPTIONS, and publishes its state for `GET /api/v1/relay/targets`. What the
+//! upper asks beyond that (catalog, status, video) is answered 501 until the cascade serves it.
+//! Requests go out as RFC 3261 non-INVITE client transactions over UDP (retransmitted from T1
+//! doubling to T2, given up at Timer F); answers are taken from the upper's host only.
+
+pub mod register;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::net::UdpSocket;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::clock::{now_ms, Millis};
+use crate::outbox::runner::{SessionStatus, TargetStatus};
+use crate::protocol::sip::message::{self, Message, StartLine};
+use crate::protocol::sip::transactions::{T1_MS, T2_MS, TIMER_F_MS};
+use register::{Kind, Phase, Registration, Settings};
+
+/// Methods the cascade's user agent answers.
+const ALLOW: &str = "REGISTER, MESSAGE, OPTIONS";
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot listen for the upper platform's SIP on {addr}: {source}")]
+    Bind { addr: SocketAddr, source: std::io::Error },
+}
+
+/// One configured upper platform, its socket bound.
+pub struct Cascade {
+    settings: Settings,
+    socket: std::net::UdpSocket,
+    advertise: Option<String>,
+}
+
+impl Cascade {
+    /// From `[[upstreams]]` (already validated): binds `listen` (default `0.0.0.0:5061`).
+    pub fn new(u: &crate::config::Upstream, gateway_id: &str) -> Result<Cascade, Error> {
+        let server_addr: SocketAddr =
+            u.server_addr.parse().unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 5060)));
+        let domain = if u.domain.is_empty() {
+            u.server_id.get(..10).unwrap_or(&u.server_id).to_owned()
+        } else {
+            u.domain.clone()
+        };
+        let user_id = if u.user_id.is_empty() { gateway_id.to_owned() } else { u.user_id.clone() };
+        let settings = Settings {
+            name: u.name.clone(),
+            server_id: u.server_id.clone(),
+            domain,
+            server_addr,
+            user_id,
+            password: u.password.clone(),
+            expires: u.expires.unwrap_or(Duration::from_secs(3600)),
+            keepalive: u.keepalive_interval.unwrap_or(Duration::from_secs(60)),
+            misses: if u.keepalive_misses == 0 { 3 } else { u.keepalive_misses },
+        };
+        let addr: SocketAddr = if u.listen.is_empty() {
+            SocketAddr::from(([0, 0, 0, 0], 5061))
+        } else {
+            u.listen.parse().unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 5061)))
+        };
+        let socket = std::net::UdpSocket::bind(addr).map_err(|source| Error::Bind { addr, source })?;
+        socket.set_nonblocking(true).map_err(|source| Error::Bind { addr, source })?;
+        Ok(Cascade { settings, socket, advertise: (!u.advertise.is_empty()).then(|| u.advertise.clone()) })
+    }
+}
+
+/// A request in flight.
+struct Outstanding {
+    kind: Kind,
+    bytes: Vec<u8>,
+    next_send: Millis,
+    interval: Millis,
+    deadline: Millis,
+}
+
+/// Runs the user agent of one upstream until `cancel`.
+pub async fn run(c: Cascade, status: Arc<Mutex<TargetStatus>>, cancel: CancellationToken) {
+    let name = c.settings.name.clone();
+    let upper = c.settings.server_addr;
+    let sock = match UdpSocket::from_std(c.socket) {
+        Ok(s) => s,
+        Err(e) => {
+            warn!(upstream = %name, error = %e, "Cascade socket unusable; this upstream stays unregistered.");
+            return;
+        }
+    };
+    let port = sock.local_addr().map(|a| a.port()).unwrap_or(0);
+    let advertise = match c.advertise {
+        Some(a) => a,
+        None => format!(
+            "{}:{port}",
+            crate::net::route_to(upper).await.unwrap_or_else(|| std::net::Ipv4Addr::LOCALHOST.into())
+        ),
+    };
+    info!(upstream = %name, upper = %upper, advertise = %advertise, "GB/T 28181 cascade: registering to the upper platform.");
+    let tag = uuid::Uuid::new_v4().simple().to_string()[..10].to_owned();
+    let mut reg = Registration::new(c.settings, advertise, now_ms());
+    let mut outstanding: HashMap<String, Outstanding> = HashMap::new();
+    let mut buf = vec![0u8; 65_536];
+    let mut last_phase = None;
+    loop {
+        let now = now_ms();
+        for r in reg.due(now) {
+            send(&sock, &r.bytes, upper).await;
+            let o = Outstanding {
+                kind: r.kind,
+                bytes: r.bytes,
+                next_send: now + T1_MS,
+                interval: T1_MS,
+                deadline: now + TIMER_F_MS,
+            };
+            outstanding.insert(r.branch, o);
+        }
+        publish(&reg, &status, &name, &mut last_phase);
+        let wake = outstanding
+            .values()
+            .map(|o| o.next_send.min(o.deadline))
+            .chain(reg.next_due())
+            .min()
+            .unwrap_or(now + 1_000)
+            .clamp(now, now + 1_000);
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_millis((wake - now).max(0) as u64)) => {
+                let now = now_ms();
+                let mut gone = Vec::new();
+                for (branch, o) in outstanding.iter_mut() {
+                    if now >= o.deadline {
+                        gone.push(branch.clone());
+                    } else if now >= o.next_send {
+                        send(&sock, &o.bytes, upper).await;
+                        o.interval = (o.interval * 2).min(T2_MS);
+                        o.next_send = now + o.interval;
+                    }
+                }
+                for b in gone {
+                    if let Some(o) = outstanding.remove(&b) {
+                        debug!(upstream = %name, request = ?o.kind, "The upper platform did not answer (Timer F).");
+                        reg.timed_out(o.kind, now);
+                    }
+                }
+            }
+            r = sock.recv_from(&mut buf) => {
+                let Ok((n, from)) = r else { continue };
+                if from.ip() != upper.ip() {
+                    debug!(upstream = %name, peer = %from, "SIP from another host than the upper platform, ignored.");
+                    continue;
+                }
+                let Ok(msg) = Message::parse(&buf[..n]) else {
+                    debug!(upstream = %name, peer = %from, "Unreadable SIP from the upper platform, ignored.");
+                    continue;
+                };
+                match &msg.start {
+                    StartLine::Response { code, .. } => {
+                        let code = *code;
+                        if code < 200 {
+                            continue;
+                        }
+                        let Some(o) = msg.branch().and_then(|b| outstanding.remove(b)) else { continue };
+                        let challenge = msg.header("WWW-Authenticate").or_else(|| msg.header("Proxy-Authenticate"));
+                        reg.answered(o.kind, code, challenge, granted(&msg), now_ms());
+                    }
+                    StartLine::Request { method, .. } => {
+                        let answer = match method.to_ascii_uppercase().as_str() {
+                            "ACK" => continue,
+                            "OPTIONS" => message::response(&msg, 200, "OK", from, &tag, &[("Allow", ALLOW.into())], b""),
+                            m => {
+                                debug!(upstream = %name, method = m, "Upper platform request not served yet: 501.");
+                                message::response(&msg, 501, "Not Implemented", from, &tag, &[("Allow", ALLOW.into())], b"")
+                            }
+                        };
+                        send(&sock, &answer, from).await;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The expiry the upper granted: `Expires`, or the Contact's `expires` parameter.
+fn granted(msg: &Message<'_>) -> Option<u64> {
+    msg.header("Expires").and_then(|v| v.trim().parse().ok()).or_else(|| {
+        msg.header("Contact").and_then(|c| message::param(c, "expires")).and_then(|v| v.trim().parse().ok())
+    })
+}
+
+async fn send(sock: &UdpSocket, bytes: &[u8], to: SocketAddr) {
+    if let Err(e) = sock.send_to(bytes, to).await {
+        debug!(peer = %to, error = %e, "Cannot send SIP to the upper platform.");
+    }
+}
+
+/// Puts the registration's state where the API reads it; logs a change of phase.
+fn publish(reg: &Registration, status: &Mutex<TargetStatus>, name: &str, last: &mut Option<Phase>) {
+    let v = reg.view();
+    if *last != Some(v.phase) {
+        match v.phase {
+            Phase::Registered => info!(upstream = %name, "Registered to the upper platform."),
+            Phase::Failing => {
+                warn!(upstream = %name, error = ?v.last_error, "Registration to the upper platform failing; trying again.")
+            }
+            Phase::Registering => {}
+        }
+        *last = Some(v.phase);
+    }
+    let mut s = status.lock().unwrap_or_else(|p| p.into_inner());
+    s.connected = v.phase == Phase::Registered;
+    if v.last_error.is_some() && s.last_error != v.last_error {
+        s.last_error_at = Some(now_ms());
+    }
+    s.last_error = v.last_error.clone();
+    s.session = Some(SessionStatus {
+        state: v.phase.as_str(),
+        until: v.registered_until,
+        last_keepalive_at: v.last_keepalive_at,
+        next_attempt_at: v.next_attempt_at,
+        failures: v.failures,
+    });
+}

@@ -1,0 +1,422 @@
+//! vigil's registration to one upper platform (GB/T 28181 cascade, vigil the lower platform)
+//! as a pure state machine, with the requests it sends: REGISTER (a 401/407 answered with
+//! digest on the same Call-ID, CSeq + 1), refreshed at half of what the upper grants; a
+//! `Notify/Keepalive` MESSAGE every keepalive interval once registered. A refusal, a REGISTER
+//! unanswered (Timer F), `misses` keepalives unanswered in a row or a registration that ran
+//! out start again on a new Call-ID after a backoff (2 s doubling to 5 min, with jitter so a
+//! district's gateways do not come back at one instant). The task (`mod.rs`) sends what `due`
+//! returns, retransmits, and reports answers and timeouts; time comes in as an argument.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use crate::clock::Millis;
+use crate::protocol::digest;
+use crate::protocol::manscdp::{self, Charset};
+
+const BACKOFF_MIN_MS: Millis = 2_000;
+const BACKOFF_MAX_MS: Millis = 300_000;
+
+/// What one upstream is, as the registration needs it.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub name: String,
+    /// The upper platform's id and SIP domain.
+    pub server_id: String,
+    pub domain: String,
+    pub server_addr: SocketAddr,
+    /// vigil's platform id as the upper knows it, and its domain (its first 10 digits).
+    pub user_id: String,
+    pub password: String,
+    pub expires: Duration,
+    pub keepalive: Duration,
+    pub misses: u32,
+}
+
+impl Settings {
+    fn own_domain(&self) -> &str {
+        self.user_id.get(..10).unwrap_or(&self.user_id)
+    }
+}
+
+/// Where the registration stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    Registering,
+    Registered,
+    Failing,
+}
+
+impl Phase {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Registering => "registering",
+            Phase::Registered => "registered",
+            Phase::Failing => "failing",
+        }
+    }
+}
+
+/// Which request an answer or a timeout is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Register,
+    Keepalive,
+}
+
+/// A request to send.
+#[derive(Debug, Clone)]
+pub struct Request {
+    pub kind: Kind,
+    pub branch: String,
+    pub bytes: Vec<u8>,
+}
+
+/// What the API and the dashboard show.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct View {
+    pub phase: Phase,
+    pub registered_until: Option<Millis>,
+    pub last_keepalive_at: Option<Millis>,
+    pub next_attempt_at: Option<Millis>,
+    pub last_error: Option<String>,
+    pub failures: u32,
+}
+
+pub struct Registration {
+    s: Settings,
+    /// Via/Contact: where the upper reaches vigil.
+    advertise: String,
+    tag: String,
+    call_id: String,
+    cseq: u32,
+    sn: u64,
+    phase: Phase,
+    next_register: Option<Millis>,
+    register_in_flight: bool,
+    /// The challenge to answer on the next REGISTER, and whether the last one carried it.
+    challenge: Option<String>,
+    answered_challenge: bool,
+    nc: u32,
+    registered_until: Option<Millis>,
+    next_keepalive: Option<Millis>,
+    keepalive_in_flight: bool,
+    misses: u32,
+    failures: u32,
+    last_error: Option<String>,
+    last_keepalive_at: Option<Millis>,
+}
+
+fn token() -> String {
+    uuid::Uuid::new_v4().simple().to_string()
+}
+
+impl Registration {
+    /// A registration that sends its first REGISTER at `now`.
+    pub fn new(s: Settings, advertise: String, now: Millis) -> Self {
+        Registration {
+            s,
+            advertise,
+            tag: token()[..10].to_owned(),
+            call_id: token(),
+            cseq: 0,
+            sn: 0,
+            phase: Phase::Registering,
+            next_register: Some(now),
+            register_in_flight: false,
+            challenge: None,
+            answered_challenge: false,
+            nc: 0,
+            registered_until: None,
+            next_keepalive: None,
+            keepalive_in_flight: false,
+            misses: 0,
+            failures: 0,
+            last_error: None,
+            last_keepalive_at: None,
+        }
+    }
+
+    pub fn view(&self) -> View {
+        View {
+            phase: self.phase,
+            registered_until: self.registered_until,
+            last_keepalive_at: self.last_keepalive_at,
+            next_attempt_at: if self.phase == Phase::Failing { self.next_register } else { None },
+            last_error: self.last_error.clone(),
+            failures: self.failures,
+        }
+    }
+
+    /// The earliest time something is due (for the task's timer).
+    pub fn next_due(&self) -> Option<Millis> {
+        let r = self.next_register.filter(|_| !self.register_in_flight);
+        let k = self.next_keepalive.filter(|_| !self.keepalive_in_flight && self.phase == Phase::Registered);
+        let x = self.registered_until.filter(|_| self.phase == Phase::Registered);
+        [r, k, x].into_iter().flatten().min()
+    }
+
+    /// The requests due at `now`.
+    pub fn due(&mut self, now: Millis) -> Vec<Request> {
+        let mut out = Vec::new();
+        if self.phase == Phase::Registered && self.registered_until.is_some_and(|u| now >= u) {
+            self.fail("the registration ran out before a refresh was answered".into(), now);
+        }
+        if !self.register_in_flight && self.next_register.is_some_and(|t| now >= t) {
+            self.register_in_flight = true;
+            out.push(self.register());
+        }
+        if self.phase == Phase::Registered && !self.keepalive_in_flight && self.next_keepalive.is_some_and(|t| now >= t)
+        {
+            self.keepalive_in_flight = true;
+            self.next_keepalive = Some(now + self.s.keepalive.as_millis() as Millis);
+            out.push(self.keepalive());
+        }
+        out
+    }
+
+    /// A final answer to a request of `kind`; for REGISTER, the challenge and the granted
+    /// expiry it carried.
+    pub fn answered(&mut self, kind: Kind, code: u16, challenge: Option<&str>, expires: Option<u64>, now: Millis) {
+        match kind {
+            Kind::Register => {
+                self.register_in_flight = false;
+                match code {
+                    200..=299 => {
+                        let asked = self.s.expires.as_secs();
+                        let granted = expires.filter(|e| *e > 0).unwrap_or(asked).min(asked).max(1);
+                        self.phase = Phase::Registered;
+                        self.registered_until = Some(now + granted as Millis * 1000);
+                        self.next_register = Some(now + granted as Millis * 500);
+                        if self.failures > 0 || self.next_keepalive.is_none() {
+                            // Registered anew: tell the upper at once that vigil lives.
+                            self.next_keepalive = Some(now);
+                        }
+                        self.failures = 0;
+                        self.misses = 0;
+                        self.last_error = None;
+                        self.answered_challenge = false;
+                    }
+                    401 | 407 => match challenge {
+                        // A challenge to a REGISTER that answered one (and not `stale`): the
+                        // password is wrong.
+                        Some(c) if self.answered_challenge && !is_stale(c) => {
+                            self.fail(format!("REGISTER refused with {code} after the digest answer (password?)"), now)
+                        }
+                        Some(c) => {
+                            self.challenge = Some(c.to_owned());
+                            self.nc = 0;
+                            self.next_register = Some(now);
+                        }
+                        None => self.fail(format!("REGISTER refused with {code} without a challenge"), now),
+                    },
+                    _ => self.fail(format!("REGISTER refused with {code}"), now),
+                }
+            }
+            Kind::Keepalive => {
+                self.keepalive_in_flight = false;
+                if (200..300).contains(&code) {
+                    self.misses = 0;
+                    self.last_keepalive_at = Some(now);
+                } else {
+                    self.missed(format!("keepalive refused with {code}"), now);
+                }
+            }
+        }
+    }
+
+    /// A request of `kind` went unanswered (Timer F).
+    pub fn timed_out(&mut self, kind: Kind, now: Millis) {
+        match kind {
+            Kind::Register => {
+                self.register_in_flight = false;
+                self.fail("no answer to REGISTER".into(), now);
+            }
+            Kind::Keepalive => {
+                self.keepalive_in_flight = false;
+                self.missed("a keepalive went unanswered".into(), now);
+            }
+        }
+    }
+
+    fn missed(&mut self, why: String, now: Millis) {
+        if self.phase != Phase::Registered {
+            return;
+        }
+        self.misses += 1;
+        if self.misses >= self.s.misses.max(1) {
+            self.fail(format!("{why} ({} in a row): registering again", self.misses), now);
+        }
+    }
+
+    /// Starts over on a new Call-ID after the backoff.
+    fn fail(&mut self, why: String, now: Millis) {
+        self.failures = self.failures.saturating_add(1);
+        let base = (BACKOFF_MIN_MS << self.failures.saturating_sub(1).min(10)).min(BACKOFF_MAX_MS);
+        // ±20 %, from the new Call-ID's randomness.
+        self.call_id = token();
+        let spread = u64::from_str_radix(&self.call_id[..4], 16).unwrap_or(0) as Millis % 401 - 200;
+        self.next_register = Some(now + base + base * spread / 1000);
+        self.phase = Phase::Failing;
+        self.last_error = Some(why);
+        self.registered_until = None;
+        self.next_keepalive = None;
+        self.misses = 0;
+        self.challenge = None;
+        self.answered_challenge = false;
+    }
+
+    fn register(&mut self) -> Request {
+        self.cseq += 1;
+        if self.phase != Phase::Registered {
+            self.phase = if self.phase == Phase::Failing { Phase::Failing } else { Phase::Registering };
+        }
+        let s = &self.s;
+        let uri = format!("sip:{}@{}", s.server_id, s.domain);
+        let auth = self.challenge.as_deref().and_then(|c| {
+            self.nc += 1;
+            digest::answer(c, &s.user_id, &s.password, "REGISTER", &uri, self.nc, &token()[..16])
+        });
+        self.answered_challenge = auth.is_some();
+        let auth = auth.map(|a| format!("Authorization: {a}\r\n")).unwrap_or_default();
+        let branch = format!("z9hG4bK{}", token());
+        let text = format!(
+            "REGISTER {uri} SIP/2.0\r\nVia: SIP/2.0/UDP {adv};rport;branch={branch}\r\n\
+From: <sip:{user}@{own}>;tag={tag}\r\nTo: <sip:{user}@{own}>\r\nCall-ID: {call}\r\nCSeq: {cseq} REGISTER\r\n\
+Contact: <sip:{user}@{adv}>\r\nMax-Forwards: 70\r\nExpires: {exp}\r\nUser-Agent: vigil/{ver}\r\n{auth}Content-Length: 0\r\n\r\n",
+            adv = self.advertise,
+            user = s.user_id,
+            own = s.own_domain(),
+            tag = self.tag,
+            call = self.call_id,
+            cseq = self.cseq,
+            exp = s.expires.as_secs(),
+            ver = env!("CARGO_PKG_VERSION"),
+        );
+        Request { kind: Kind::Register, branch, bytes: text.into_bytes() }
+    }
+
+    fn keepalive(&mut self) -> Request {
+        self.sn += 1;
+        let s = &self.s;
+        let body = manscdp::keepalive(self.sn, &s.user_id, Charset::Gb18030);
+        let branch = format!("z9hG4bK{}", token());
+        let text = format!(
+            "MESSAGE sip:{sid}@{dom} SIP/2.0\r\nVia: SIP/2.0/UDP {adv};rport;branch={branch}\r\n\
+From: <sip:{user}@{own}>;tag={tag}\r\nTo: <sip:{sid}@{dom}>\r\nCall-ID: {call}\r\nCSeq: {sn} MESSAGE\r\n\
+Content-Type: Application/MANSCDP+xml\r\nMax-Forwards: 70\r\nUser-Agent: vigil/{ver}\r\nContent-Length: {len}\r\n\r\n",
+            sid = s.server_id,
+            dom = s.domain,
+            adv = self.advertise,
+            user = s.user_id,
+            own = s.own_domain(),
+            tag = self.tag,
+            call = token(),
+            sn = self.sn,
+            ver = env!("CARGO_PKG_VERSION"),
+            len = body.len(),
+        );
+        let mut bytes = text.into_bytes();
+        bytes.extend_from_slice(&body);
+        Request { kind: Kind::Keepalive, branch, bytes }
+    }
+}
+
+fn is_stale(challenge: &str) -> bool {
+    digest::parse_authorization(challenge)
+        .and_then(|c| c.get("stale").map(|v| v.eq_ignore_ascii_case("true")))
+        .unwrap_or(false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::sip::message::Message;
+
+    fn settings() -> Settings {
+        Settings {
+            name: "city".into(),
+            server_id: "42010000002000000001".into(),
+            domain: "4201000000".into(),
+            server_addr: "127.0.0.1:15060".parse().expect("addr"),
+            user_id: "42010400002000000001".into(),
+            password: "12345678".into(),
+            expires: Duration::from_secs(3600),
+            keepalive: Duration::from_secs(60),
+            misses: 3,
+        }
+    }
+
+    fn header(r: &Request, name: &str) -> String {
+        let m = Message::parse(&r.bytes).expect("vigil's request parses");
+        m.header(name).unwrap_or_default().to_owned()
+    }
+
+    #[test]
+    fn a_challenge_is_answered_on_the_same_call_and_the_refresh_comes_at_half_the_grant() {
+        let mut r = Registration::new(settings(), "127.0.0.1:5061".into(), 0);
+        let first = r.due(0);
+        assert_eq!(first.len(), 1);
+        assert_eq!(header(&first[0], "Expires"), "3600");
+        assert!(header(&first[0], "Authorization").is_empty());
+        assert!(r.due(10).is_empty(), "one REGISTER in flight");
+        let www = "Digest realm=\"4201000000\", nonce=\"abc\", qop=\"auth\"";
+        r.answered(Kind::Register, 401, Some(www), None, 20);
+        let second = r.due(20);
+        let auth = header(&second[0], "Authorization");
+        assert!(auth.contains("username=\"42010400002000000001\"") && auth.contains("qop=auth"), "{auth}");
+        assert_eq!(header(&second[0], "Call-ID"), header(&first[0], "Call-ID"), "same Call-ID");
+        assert_eq!(header(&second[0], "CSeq"), "2 REGISTER", "CSeq + 1");
+        // The upper grants 600 s: refreshed at 300 s, and a keepalive goes at once.
+        r.answered(Kind::Register, 200, None, Some(600), 1_000);
+        assert_eq!(r.view().phase, Phase::Registered);
+        assert_eq!(r.view().registered_until, Some(601_000));
+        let ka = r.due(1_000);
+        assert_eq!(ka.iter().map(|q| q.kind).collect::<Vec<_>>(), vec![Kind::Keepalive]);
+        let body = String::from_utf8_lossy(&ka[0].bytes).to_string();
+        assert!(body.contains("<CmdType>Keepalive</CmdType>") && body.contains("42010400002000000001"), "{body}");
+        r.answered(Kind::Keepalive, 200, None, None, 1_100);
+        assert_eq!(r.next_due(), Some(61_000), "the next keepalive");
+        let refresh = r.due(301_000);
+        let kinds: Vec<Kind> = refresh.iter().map(|q| q.kind).collect();
+        assert!(kinds.contains(&Kind::Register), "{kinds:?}");
+        let reg = refresh.iter().find(|q| q.kind == Kind::Register).expect("refresh");
+        assert_eq!(header(reg, "Call-ID"), header(&first[0], "Call-ID"), "a refresh keeps the Call-ID");
+    }
+
+    #[test]
+    fn missed_keepalives_a_wrong_password_and_silence_start_over_on_a_new_call_with_backoff() {
+        let mut r = Registration::new(settings(), "127.0.0.1:5061".into(), 0);
+        let first = r.due(0);
+        r.answered(Kind::Register, 200, None, None, 0);
+        for n in 0..3 {
+            let ka = r.due(n * 60_000);
+            assert_eq!(ka.len(), 1, "keepalive {n}");
+            r.timed_out(Kind::Keepalive, n * 60_000 + 32_000);
+        }
+        let v = r.view();
+        assert_eq!(v.phase, Phase::Failing);
+        assert!(v.last_error.as_deref().is_some_and(|e| e.contains("3 in a row")), "{v:?}");
+        let at = v.next_attempt_at.expect("a retry");
+        assert!((152_000 + 1_600..=152_000 + 2_400).contains(&at), "2 s ± 20 % after the third miss: {at}");
+        let again = r.due(at);
+        assert_ne!(header(&again[0], "Call-ID"), header(&first[0], "Call-ID"), "a new Call-ID after a failure");
+        // A challenge after a digest answer: the password is wrong, said so, and the backoff grows.
+        let www = "Digest realm=\"4201000000\", nonce=\"n1\"";
+        r.answered(Kind::Register, 401, Some(www), None, at);
+        let answered = r.due(at);
+        let auth = header(&answered[0], "Authorization");
+        assert!(!auth.contains("qop"), "no qop offered, none used: {auth}");
+        r.answered(Kind::Register, 401, Some(www), None, at + 10);
+        let v = r.view();
+        assert!(v.last_error.as_deref().is_some_and(|e| e.contains("password")), "{v:?}");
+        assert_eq!(v.failures, 2);
+        let wait = v.next_attempt_at.expect("retry") - (at + 10);
+        assert!((3_200..=4_800).contains(&wait), "4 s ± 20 %: {wait}");
+        // Silence: Timer F on REGISTER.
+        r.due(at + 10 + wait);
+        r.timed_out(Kind::Register, at + 10 + wait + 32_000);
+        assert_eq!(r.view().failures, 3);
+        assert!(r.view().last_error.as_deref().is_some_and(|e| e.contains("no answer")));
+    }
+}
