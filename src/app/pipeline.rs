@@ -113,6 +113,7 @@ pub fn spawn_pipeline(
         added: plan.added.clone(),
         keep_delivered: config.relay.keep_delivered,
     };
-    let targets = relay::spawn_runners(sinks, context, cancel, tracker);
+    let catalog = relay::cascade_catalog(registry.clone(), presence.clone());
+    let targets = relay::spawn_runners(sinks, catalog, context, cancel, tracker);
     Ok(Pipeline { rejections, media, events, presence, writer, rate, impaired, targets, outbox_gate })
 }

@@ -110,9 +110,54 @@ pub fn relay_plan(
     Ok((relay, sinks))
 }
 
+/// The channels a GB/T 28181 upper platform sees: every enabled, approved GB/T 28181 device's
+/// catalog channels (an IPC without channels as itself), ON while the device is online and the
+/// channel's own status is ON; devices of other protocols whose ids are 20-digit GB/T 28181
+/// codes as themselves. (Ids allocated for the others, and scopes per upstream, are the
+/// cascade's next part.)
+pub fn cascade_catalog(
+    registry: crate::registry::Registry,
+    presence: crate::presence::runner::PresenceHandle,
+) -> crate::sinks::cascade::Catalog {
+    use crate::sinks::cascade::catalog::Item;
+    Arc::new(move || {
+        let (registry, presence) = (registry.clone(), presence.clone());
+        Box::pin(async move {
+            let states = presence.states().await.unwrap_or_default();
+            let cache = registry.read();
+            let mut items = Vec::new();
+            for d in cache.devices().filter(|d| d.counted(true)) {
+                let online = states.get(d.key as usize).copied() == Some(1);
+                let attr = |k: &str| d.attrs.get(k).and_then(|v| v.as_str()).unwrap_or("").to_owned();
+                let (manufacturer, model) = (attr("manufacturer"), attr("model"));
+                let channels = cache.channels(&d.id).filter(|c| !c.is_empty());
+                match channels {
+                    Some(chs) if d.protocol == crate::domain::Protocol::Gb28181 => {
+                        for c in chs.iter() {
+                            items.push(Item {
+                                id: c.id.clone(),
+                                name: c.name.clone(),
+                                manufacturer: manufacturer.clone(),
+                                model: model.clone(),
+                                on: online && c.status_on,
+                            });
+                        }
+                    }
+                    _ if d.protocol == crate::domain::Protocol::Gb28181 || crate::ids::GbCode::parse(&d.id).is_ok() => {
+                        items.push(Item { id: d.id.clone(), name: d.name.clone(), manufacturer, model, on: online })
+                    }
+                    _ => {}
+                }
+            }
+            items
+        })
+    })
+}
+
 /// Starts a runner per upstream; answers their status, in config order, for the API.
 pub fn spawn_runners(
     sinks: Vec<(String, Upstream)>,
+    catalog: crate::sinks::cascade::Catalog,
     ctx: impl Fn() -> runner::Context,
     cancel: &CancellationToken,
     tracker: &TaskTracker,
@@ -128,7 +173,9 @@ pub fn spawn_runners(
         match sink {
             Upstream::Gat1400(s) => tracker.spawn(runner::run(ctx(), *s, status, cancel.child_token())),
             Upstream::Link(s) => tracker.spawn(runner::run(ctx(), *s, status, cancel.child_token())),
-            Upstream::Cascade(c) => tracker.spawn(crate::sinks::cascade::run(*c, status, cancel.child_token())),
+            Upstream::Cascade(c) => {
+                tracker.spawn(crate::sinks::cascade::run(*c, catalog.clone(), status, cancel.child_token()))
+            }
         };
         info!(upstream = %name, "Relaying to this upstream.");
     }

@@ -546,7 +546,7 @@ pub fn alarm(xml: &str) -> Result<Alarm, Error> {
 }
 
 /// Encodes an XML text in `charset` (GB2312 bodies as GB18030, its superset).
-fn encode(text: &str, charset: Charset) -> Vec<u8> {
+pub fn encode(text: &str, charset: Charset) -> Vec<u8> {
     match charset {
         Charset::Utf8 => text.as_bytes().to_vec(),
         Charset::Gb18030 => encoding_rs::GB18030.encode(text).0.into_owned(),

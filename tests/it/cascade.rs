@@ -24,12 +24,17 @@ struct Upper(Child);
 
 impl Upper {
     fn start(port: u16) -> Upper {
+        // Two calls: the registration, and the first keepalive.
+        Self::play("upper_register.xml", port, &["-m", "2"])
+    }
+
+    fn play(scenario: &str, port: u16, extra: &[&str]) -> Upper {
         let sipp = require_command("sipp");
         let child = Command::new(sipp)
             .arg("-sf")
-            .arg(fixture("upper_register.xml"))
-            // Two calls: the registration, and the first keepalive.
-            .args(["-i", "127.0.0.1", "-p", &port.to_string(), "-m", "2", "-nostdin", "-timeout", "60s"])
+            .arg(fixture(scenario))
+            .args(["-i", "127.0.0.1", "-p", &port.to_string(), "-nostdin", "-timeout", "60s"])
+            .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -98,5 +103,60 @@ async fn a_wrong_password_is_refused_by_the_upper_and_shown_with_its_code() {
     assert_eq!(t["state"], "failing", "{t}");
     assert!(t["last_error"].as_str().is_some_and(|e| e.contains("403")), "{t}");
     assert!(t["session"]["next_attempt_at"].is_string() && t["session"]["failures"] == 1, "{t}");
+    gw.shutdown().await;
+}
+
+/// The upper queries the catalog: vigil answers 200 and sends the channels in MESSAGEs of 8
+/// items, each saying the whole (`SumNum`), with ON for what presence says is online. Read
+/// from SIPp's own log of what came over the wire.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_upper_queries_the_catalog_and_gets_every_channel_in_paced_batches() {
+    let port = free_port();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let log = dir.path().join("sipp-messages.log");
+    let log_arg = log.to_string_lossy().to_string();
+    let _upper = Upper::play("upper_catalog.xml", port, &["-trace_msg", "-message_file", &log_arg]);
+    let gw = TestGateway::start(Db::Sqlite, &upstream(port, "12345678")).await;
+    // 19 cameras with GB/T 28181 ids; 5 of them alive.
+    let ids: Vec<String> = (0..19).map(|n| format!("420104000013200{n:05}")).collect();
+    for id in &ids {
+        let (s, _) = gw
+            .api
+            .post("/devices", serde_json::json!({"id": id, "name": format!("东门 {id}"), "kind": "camera", "protocol": "rtsp", "rtsp_url": "rtsp://127.0.0.1:9/x"}))
+            .await;
+        assert_eq!(s, 201);
+    }
+    let alive: Vec<serde_json::Value> =
+        ids.iter().take(5).map(|id| serde_json::json!({"device_id": id, "kind": "alive", "ttl": "120s"})).collect();
+    assert_eq!(gw.api.post("/observations", serde_json::Value::Array(alive)).await.0, 202);
+    city(&gw, |t| t["session"]["state"] == "registered").await;
+    // The whole catalog in SIPp's log: 3 MESSAGEs (8 + 8 + 3), SumNum 19, 5 ON.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let (mut items, mut sums, mut on) = (Vec::new(), Vec::new(), 0);
+    while tokio::time::Instant::now() < deadline {
+        let text = std::fs::read(&log).map(|b| String::from_utf8_lossy(&b).to_string()).unwrap_or_default();
+        (items, sums, on) = (Vec::new(), Vec::new(), 0);
+        for body in text.split("<Response>").skip(1) {
+            if !body.contains("<CmdType>Catalog</CmdType>") {
+                continue;
+            }
+            let sn = body.contains("<SN>17</SN>");
+            sums.push((sn, body.split("<SumNum>").nth(1).and_then(|s| s.split('<').next()).unwrap_or("").to_owned()));
+            for item in body.split("<Item>").skip(1) {
+                if let Some(id) = item.split("<DeviceID>").nth(1).and_then(|s| s.split('<').next()) {
+                    items.push(id.to_owned());
+                }
+                on += usize::from(item.contains("<Status>ON</Status>"));
+            }
+        }
+        if items.len() >= ids.len() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    items.sort();
+    assert_eq!(items, ids, "every camera once");
+    assert_eq!(sums, vec![(true, "19".to_owned()); 3], "three MESSAGEs answering SN 17, each saying 19");
+    assert_eq!(on, 5, "ON as presence says");
     gw.shutdown().await;
 }

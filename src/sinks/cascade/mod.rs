@@ -2,15 +2,20 @@
 //! (`[[upstreams]] protocol = "gb28181"`). One SIP user agent per upstream, on its own UDP
 //! socket (`listen`), so an upper's requests come back to it and nothing of the device side
 //! is shared: it registers with digest and keeps the registration up (`register`), answers
-//! the upper's OPTIONS, and publishes its state for `GET /api/v1/relay/targets`. What the
-//! upper asks beyond that (catalog, status, video) is answered 501 until the cascade serves it.
+//! the upper's OPTIONS and its `Query` for `Catalog` (paced MESSAGEs of `CATALOG_BATCH` items,
+//! the next after the upper's 200 or a fallback timer; `catalog`), `DeviceInfo` and
+//! `DeviceStatus`, and publishes its state for `GET /api/v1/relay/targets`. What the upper asks
+//! beyond that (subscriptions, video) is answered 501 until the cascade serves it.
 //! Requests go out as RFC 3261 non-INVITE client transactions over UDP (retransmitted from T1
 //! doubling to T2, given up at Timer F); answers are taken from the upper's host only.
 
+pub mod catalog;
 pub mod register;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -26,6 +31,14 @@ use register::{Kind, Phase, Registration, Settings};
 
 /// Methods the cascade's user agent answers.
 const ALLOW: &str = "REGISTER, MESSAGE, OPTIONS";
+/// Catalog items per MESSAGE.
+const CATALOG_BATCH: usize = 8;
+/// The next catalog MESSAGE goes this long after the last if the upper has not answered it.
+const CATALOG_FALLBACK_MS: Millis = 1_000;
+
+/// The channels an upper may see, as they are now (from the registry and presence; given by
+/// the wiring, so the sink reads no source's tables).
+pub type Catalog = Arc<dyn Fn() -> Pin<Box<dyn Future<Output = Vec<catalog::Item>> + Send>> + Send + Sync>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -83,7 +96,7 @@ struct Outstanding {
 }
 
 /// Runs the user agent of one upstream until `cancel`.
-pub async fn run(c: Cascade, status: Arc<Mutex<TargetStatus>>, cancel: CancellationToken) {
+pub async fn run(c: Cascade, catalog: Catalog, status: Arc<Mutex<TargetStatus>>, cancel: CancellationToken) {
     let name = c.settings.name.clone();
     let upper = c.settings.server_addr;
     let sock = match UdpSocket::from_std(c.socket) {
@@ -107,9 +120,21 @@ pub async fn run(c: Cascade, status: Arc<Mutex<TargetStatus>>, cancel: Cancellat
     let mut outstanding: HashMap<String, Outstanding> = HashMap::new();
     let mut buf = vec![0u8; 65_536];
     let mut last_phase = None;
+    // Catalog bodies waiting, and the one in flight (its branch, when it went).
+    let mut answers: VecDeque<Vec<u8>> = VecDeque::new();
+    let mut answer_in_flight: Option<(String, Millis)> = None;
     loop {
         let now = now_ms();
-        for r in reg.due(now) {
+        let mut requests = reg.due(now);
+        if answer_in_flight.as_ref().is_none_or(|(_, at)| now >= at + CATALOG_FALLBACK_MS) {
+            answer_in_flight = None;
+            if let Some(body) = answers.pop_front() {
+                let r = reg.message(body);
+                answer_in_flight = Some((r.branch.clone(), now));
+                requests.push(r);
+            }
+        }
+        for r in requests {
             send(&sock, &r.bytes, upper).await;
             let o = Outstanding {
                 kind: r.kind,
@@ -125,6 +150,8 @@ pub async fn run(c: Cascade, status: Arc<Mutex<TargetStatus>>, cancel: Cancellat
             .values()
             .map(|o| o.next_send.min(o.deadline))
             .chain(reg.next_due())
+            .chain(answer_in_flight.as_ref().filter(|_| !answers.is_empty()).map(|(_, at)| at + CATALOG_FALLBACK_MS))
+            .chain((answer_in_flight.is_none() && !answers.is_empty()).then_some(now))
             .min()
             .unwrap_or(now + 1_000)
             .clamp(now, now + 1_000);
@@ -165,7 +192,11 @@ pub async fn run(c: Cascade, status: Arc<Mutex<TargetStatus>>, cancel: Cancellat
                         if code < 200 {
                             continue;
                         }
-                        let Some(o) = msg.branch().and_then(|b| outstanding.remove(b)) else { continue };
+                        let Some(branch) = msg.branch() else { continue };
+                        if answer_in_flight.as_ref().is_some_and(|(b, _)| b == branch) {
+                            answer_in_flight = None; // the upper took it: the next one now
+                        }
+                        let Some(o) = outstanding.remove(branch) else { continue };
                         let challenge = msg.header("WWW-Authenticate").or_else(|| msg.header("Proxy-Authenticate"));
                         reg.answered(o.kind, code, challenge, granted(&msg), now_ms());
                     }
@@ -173,6 +204,11 @@ pub async fn run(c: Cascade, status: Arc<Mutex<TargetStatus>>, cancel: Cancellat
                         let answer = match method.to_ascii_uppercase().as_str() {
                             "ACK" => continue,
                             "OPTIONS" => message::response(&msg, 200, "OK", from, &tag, &[("Allow", ALLOW.into())], b""),
+                            "MESSAGE" => {
+                                let (code, reason, bodies) = query(&msg, &reg, &catalog, &name).await;
+                                answers.extend(bodies);
+                                message::response(&msg, code, reason, from, &tag, &[], b"")
+                            }
                             m => {
                                 debug!(upstream = %name, method = m, "Upper platform request not served yet: 501.");
                                 message::response(&msg, 501, "Not Implemented", from, &tag, &[("Allow", ALLOW.into())], b"")
@@ -182,6 +218,38 @@ pub async fn run(c: Cascade, status: Arc<Mutex<TargetStatus>>, cancel: Cancellat
                     }
                 }
             }
+        }
+    }
+}
+
+/// What the upper asks in a MESSAGE: the answer's code and reason, and the MESSAGE bodies
+/// that answer it.
+async fn query(
+    msg: &Message<'_>,
+    reg: &Registration,
+    catalog: &Catalog,
+    name: &str,
+) -> (u16, &'static str, Vec<Vec<u8>>) {
+    let (text, _) = crate::protocol::manscdp::decode(msg.body);
+    let Ok(e) = crate::protocol::manscdp::envelope(&text) else {
+        return (400, "Bad Request", Vec::new());
+    };
+    let sn = e.sn.unwrap_or(0);
+    let me = reg.user_id();
+    match (e.root.as_str(), e.cmd_type.as_str()) {
+        ("Query", "Catalog") => {
+            let items = catalog().await;
+            info!(upstream = %name, sn, items = items.len(), "The upper platform queried the catalog.");
+            (200, "OK", catalog::bodies(sn, me, &items, CATALOG_BATCH))
+        }
+        ("Query", "DeviceInfo") => {
+            let n = catalog().await.len();
+            (200, "OK", vec![catalog::device_info(sn, me, "vigil", n)])
+        }
+        ("Query", "DeviceStatus") => (200, "OK", vec![catalog::device_status(sn, me)]),
+        (_, cmd) => {
+            debug!(upstream = %name, cmd, "Upper platform MESSAGE not served yet: 501.");
+            (501, "Not Implemented", Vec::new())
         }
     }
 }

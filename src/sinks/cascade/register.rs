@@ -62,6 +62,8 @@ impl Phase {
 pub enum Kind {
     Register,
     Keepalive,
+    /// A MESSAGE answering the upper's query (a catalog batch, DeviceInfo, DeviceStatus).
+    Response,
 }
 
 /// A request to send.
@@ -90,6 +92,8 @@ pub struct Registration {
     tag: String,
     call_id: String,
     cseq: u32,
+    /// CSeq of MESSAGEs (each on its own Call-ID).
+    msg_cseq: u32,
     sn: u64,
     phase: Phase,
     next_register: Option<Millis>,
@@ -120,6 +124,7 @@ impl Registration {
             tag: token()[..10].to_owned(),
             call_id: token(),
             cseq: 0,
+            msg_cseq: 0,
             sn: 0,
             phase: Phase::Registering,
             next_register: Some(now),
@@ -213,6 +218,7 @@ impl Registration {
                     _ => self.fail(format!("REGISTER refused with {code}"), now),
                 }
             }
+            Kind::Response => {}
             Kind::Keepalive => {
                 self.keepalive_in_flight = false;
                 if (200..300).contains(&code) {
@@ -236,6 +242,7 @@ impl Registration {
                 self.keepalive_in_flight = false;
                 self.missed("a keepalive went unanswered".into(), now);
             }
+            Kind::Response => {}
         }
     }
 
@@ -298,8 +305,19 @@ Contact: <sip:{user}@{adv}>\r\nMax-Forwards: 70\r\nExpires: {exp}\r\nUser-Agent:
 
     fn keepalive(&mut self) -> Request {
         self.sn += 1;
+        let body = manscdp::keepalive(self.sn, &self.s.user_id, Charset::Gb18030);
+        Request { kind: Kind::Keepalive, ..self.message(body) }
+    }
+
+    /// vigil's id at the upper (the `DeviceID` of what it answers).
+    pub fn user_id(&self) -> &str {
+        &self.s.user_id
+    }
+
+    /// A MESSAGE to the upper carrying `body` (MANSCDP), on a Call-ID of its own.
+    pub fn message(&mut self, body: Vec<u8>) -> Request {
+        self.msg_cseq += 1;
         let s = &self.s;
-        let body = manscdp::keepalive(self.sn, &s.user_id, Charset::Gb18030);
         let branch = format!("z9hG4bK{}", token());
         let text = format!(
             "MESSAGE sip:{sid}@{dom} SIP/2.0\r\nVia: SIP/2.0/UDP {adv};rport;branch={branch}\r\n\
@@ -312,13 +330,13 @@ Content-Type: Application/MANSCDP+xml\r\nMax-Forwards: 70\r\nUser-Agent: vigil/{
             own = s.own_domain(),
             tag = self.tag,
             call = token(),
-            sn = self.sn,
+            sn = self.msg_cseq,
             ver = env!("CARGO_PKG_VERSION"),
             len = body.len(),
         );
         let mut bytes = text.into_bytes();
         bytes.extend_from_slice(&body);
-        Request { kind: Kind::Keepalive, branch, bytes }
+        Request { kind: Kind::Response, branch, bytes }
     }
 }
 
