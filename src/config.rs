@@ -678,6 +678,9 @@ pub struct Upstream {
     /// protocol gb28181: `host:port` written in Via and Contact when vigil sits behind NAT
     /// (default: the local address of the route to the upper, with the bound port).
     pub advertise: String,
+    /// protocol gb28181: send channel status NOTIFYs even to an upper that never subscribed
+    /// (some uppers expect them without a catalog SUBSCRIBE).
+    pub notify_without_subscription: bool,
 }
 
 /// `gb28181.charset`.

@@ -160,3 +160,78 @@ async fn the_upper_queries_the_catalog_and_gets_every_channel_in_paced_batches()
     assert_eq!(on, 5, "ON as presence says");
     gw.shutdown().await;
 }
+
+/// What vigil told the upper in NOTIFYs so far, from SIPp's message log: per NOTIFY, its
+/// Call-ID and its (channel, event) items.
+fn notifies(log: &std::path::Path) -> Vec<(String, Vec<(String, String)>)> {
+    let text = std::fs::read(log).map(|b| String::from_utf8_lossy(&b).to_string()).unwrap_or_default();
+    let field = |s: &str, open: &str| s.split(open).nth(1).and_then(|r| r.split('<').next()).unwrap_or("").to_owned();
+    text.split("NOTIFY sip:")
+        .skip(1)
+        .filter_map(|m| {
+            let end = m.find("</Notify>")?;
+            let m = &m[..end];
+            let call = m.split("Call-ID: ").nth(1)?.lines().next()?.trim().to_owned();
+            let items = m.split("<Item>").skip(1).map(|i| (field(i, "<DeviceID>"), field(i, "<Event>"))).collect();
+            Some((call, items))
+        })
+        .collect()
+}
+
+/// The upper subscribes to the catalog: vigil tells it every channel's status at once, then
+/// each change as presence sees it — a camera coming online, going offline — in NOTIFYs in the
+/// subscription's dialog, the last state of a flapping camera winning.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscribed_upper_is_told_every_status_change_in_the_subscription_dialog() {
+    let port = free_port();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let log = dir.path().join("sipp-messages.log");
+    let log_arg = log.to_string_lossy().to_string();
+    let _upper = Upper::play("upper_subscribe.xml", port, &["-trace_msg", "-message_file", &log_arg]);
+    let gw = TestGateway::start(Db::Sqlite, &upstream(port, "12345678")).await;
+    let ids: Vec<String> = (0..3).map(|n| format!("420104000013200{n:05}")).collect();
+    for id in &ids {
+        let body = serde_json::json!({"id": id, "name": id, "kind": "camera", "protocol": "rtsp", "rtsp_url": "rtsp://127.0.0.1:9/x"});
+        assert_eq!(gw.api.post("/devices", body).await.0, 201);
+    }
+    city(&gw, |t| t["session"]["state"] == "registered").await;
+    // Waits until the upper's view (the last event per channel, in order) is `want`.
+    let view_is = |want: Vec<(&'static str, &'static str)>| {
+        let log = log.clone();
+        let ids = ids.clone();
+        async move {
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+            loop {
+                let mut view = std::collections::BTreeMap::new();
+                let all = notifies(&log);
+                for (_, items) in &all {
+                    for (id, ev) in items {
+                        view.insert(id.clone(), ev.clone());
+                    }
+                }
+                let expected: std::collections::BTreeMap<String, String> =
+                    ids.iter().zip(&want).map(|(id, (_, ev))| (id.clone(), (*ev).to_owned())).collect();
+                if view == expected {
+                    return all;
+                }
+                assert!(tokio::time::Instant::now() < deadline, "the upper's view {view:?}, wanted {expected:?}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+    // At once: all three OFF (nothing has said they are alive).
+    let first = view_is(vec![("0", "OFF"), ("1", "OFF"), ("2", "OFF")]).await;
+    let dialog = first[0].0.clone();
+    // Camera 0 alive, camera 1 flaps alive then dead: the upper ends at ON, OFF, OFF.
+    let obs = serde_json::json!([
+        {"device_id": ids[0], "kind": "alive", "ttl": "120s"},
+        {"device_id": ids[1], "kind": "alive", "ttl": "120s"},
+    ]);
+    assert_eq!(gw.api.post("/observations", obs).await.0, 202);
+    view_is(vec![("0", "ON"), ("1", "ON"), ("2", "OFF")]).await;
+    let obs = serde_json::json!([{"device_id": ids[1], "kind": "dead", "reason": "power cut"}]);
+    assert_eq!(gw.api.post("/observations", obs).await.0, 202);
+    let all = view_is(vec![("0", "ON"), ("1", "OFF"), ("2", "OFF")]).await;
+    assert!(all.iter().all(|(call, _)| *call == dialog), "every NOTIFY in the subscription's dialog: {all:?}");
+    gw.shutdown().await;
+}

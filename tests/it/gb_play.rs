@@ -259,7 +259,12 @@ async fn black_and_frozen_channels_are_flagged_and_the_intact_rate_counts_them()
         .wait_for("/online-rate", within, |r| r["online"].as_u64() == Some(3) && r["intact"].as_u64() == Some(1))
         .await;
     assert!(r["intact_rate"].as_f64() < r["rate"].as_f64(), "{r}");
-    let (_, events) = api.get("/events?kind=alarm&limit=50").await;
+    // The alarms are committed to the event log by its writer, a moment after the stream's
+    // health shows them.
+    let video_alarms = |v: &serde_json::Value| {
+        v["items"].as_array().map_or(0, |a| a.iter().filter(|e| e["body"]["category"] == "video_quality").count())
+    };
+    let events = api.wait_for("/events?kind=alarm&limit=50", within, |v| video_alarms(v) >= 2).await;
     let flagged: Vec<&str> = events["items"]
         .as_array()
         .map(|a| {

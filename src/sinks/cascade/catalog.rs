@@ -50,6 +50,38 @@ pub fn bodies(sn: u64, platform_id: &str, items: &[Item], batch: usize) -> Vec<V
         .collect()
 }
 
+/// Catalog `Notify` bodies telling the upper channels' status (`Event` ON or OFF), at most
+/// `batch` items each.
+pub fn status_notifies(sn: u64, platform_id: &str, changes: &[(String, bool)], batch: usize) -> Vec<Vec<u8>> {
+    changes
+        .chunks(batch.max(1))
+        .map(|chunk| {
+            let mut text = format!(
+                "<?xml version=\"1.0\" encoding=\"GB2312\"?>\r\n<Notify>\r\n<CmdType>Catalog</CmdType>\r\n<SN>{sn}</SN>\r\n<DeviceID>{platform_id}</DeviceID>\r\n<SumNum>{}</SumNum>\r\n<DeviceList Num=\"{}\">\r\n",
+                chunk.len(),
+                chunk.len()
+            );
+            for (id, on) in chunk {
+                text.push_str(&format!(
+                    "<Item>\r\n<DeviceID>{}</DeviceID>\r\n<Event>{}</Event>\r\n</Item>\r\n",
+                    escape(id),
+                    if *on { "ON" } else { "OFF" }
+                ));
+            }
+            text.push_str("</DeviceList>\r\n</Notify>\r\n");
+            manscdp::encode(&text, Charset::Gb18030)
+        })
+        .collect()
+}
+
+/// The answer body to a catalog SUBSCRIBE.
+pub fn subscribed(sn: u64, platform_id: &str) -> Vec<u8> {
+    let text = format!(
+        "<?xml version=\"1.0\" encoding=\"GB2312\"?>\r\n<Response>\r\n<CmdType>Catalog</CmdType>\r\n<SN>{sn}</SN>\r\n<DeviceID>{platform_id}</DeviceID>\r\n<Result>OK</Result>\r\n</Response>\r\n"
+    );
+    manscdp::encode(&text, Charset::Gb18030)
+}
+
 /// `Response/DeviceInfo` about vigil (the lower platform) with its channel count.
 pub fn device_info(sn: u64, platform_id: &str, name: &str, channels: usize) -> Vec<u8> {
     let text = format!(

@@ -4,8 +4,12 @@
 //! is shared: it registers with digest and keeps the registration up (`register`), answers
 //! the upper's OPTIONS and its `Query` for `Catalog` (paced MESSAGEs of `CATALOG_BATCH` items,
 //! the next after the upper's 200 or a fallback timer; `catalog`), `DeviceInfo` and
-//! `DeviceStatus`, and publishes its state for `GET /api/v1/relay/targets`. What the upper asks
-//! beyond that (subscriptions, video) is answered 501 until the cascade serves it.
+//! `DeviceStatus`, accepts its catalog SUBSCRIBE and tells it every channel's status change in
+//! NOTIFYs (compared every 250 ms with what it was last told, so a flapping channel's last
+//! state wins; everything again after a re-registration, a new subscription or a NOTIFY lost;
+//! without a subscription too where `notify_without_subscription`), and publishes its state
+//! for `GET /api/v1/relay/targets`. What the upper asks beyond that (video) is answered 501
+//! until the cascade serves it.
 //! Requests go out as RFC 3261 non-INVITE client transactions over UDP (retransmitted from T1
 //! doubling to T2, given up at Timer F); answers are taken from the upper's host only.
 
@@ -30,11 +34,18 @@ use crate::protocol::sip::transactions::{T1_MS, T2_MS, TIMER_F_MS};
 use register::{Kind, Phase, Registration, Settings};
 
 /// Methods the cascade's user agent answers.
-const ALLOW: &str = "REGISTER, MESSAGE, OPTIONS";
+const ALLOW: &str = "REGISTER, MESSAGE, OPTIONS, SUBSCRIBE";
 /// Catalog items per MESSAGE.
 const CATALOG_BATCH: usize = 8;
 /// The next catalog MESSAGE goes this long after the last if the upper has not answered it.
 const CATALOG_FALLBACK_MS: Millis = 1_000;
+/// How often channel status is compared with what the upper was told.
+const STATUS_EVERY: Duration = Duration::from_millis(250);
+/// Requests queued for the upper at most (a catalog of 160,000 channels); past it the oldest
+/// are dropped, so an upper that queries in a loop cannot grow vigil's memory.
+const MAX_QUEUED: usize = 20_000;
+/// The longest catalog subscription granted.
+const SUBSCRIPTION_MAX_S: i64 = 3600;
 
 /// The channels an upper may see, as they are now (from the registry and presence; given by
 /// the wiring, so the sink reads no source's tables).
@@ -51,6 +62,7 @@ pub struct Cascade {
     settings: Settings,
     socket: std::net::UdpSocket,
     advertise: Option<String>,
+    notify_without_subscription: bool,
 }
 
 impl Cascade {
@@ -82,13 +94,30 @@ impl Cascade {
         };
         let socket = std::net::UdpSocket::bind(addr).map_err(|source| Error::Bind { addr, source })?;
         socket.set_nonblocking(true).map_err(|source| Error::Bind { addr, source })?;
-        Ok(Cascade { settings, socket, advertise: (!u.advertise.is_empty()).then(|| u.advertise.clone()) })
+        Ok(Cascade {
+            settings,
+            socket,
+            advertise: (!u.advertise.is_empty()).then(|| u.advertise.clone()),
+            notify_without_subscription: u.notify_without_subscription,
+        })
     }
+}
+
+/// What goes to the upper one at a time, paced by its answers.
+enum Outgoing {
+    /// A MESSAGE answering a query (DeviceInfo, DeviceStatus).
+    Message(Vec<u8>),
+    /// A MESSAGE with a batch of the catalog (a newer query's catalog supersedes it).
+    Catalog(Vec<u8>),
+    /// A catalog NOTIFY of channels' status.
+    Notify(Vec<u8>),
 }
 
 /// A request in flight.
 struct Outstanding {
     kind: Kind,
+    /// A status NOTIFY: unanswered, the upper's view is pushed whole again.
+    notify: bool,
     bytes: Vec<u8>,
     next_send: Millis,
     interval: Millis,
@@ -121,15 +150,30 @@ pub async fn run(c: Cascade, catalog: Catalog, status: Arc<Mutex<TargetStatus>>,
     let mut buf = vec![0u8; 65_536];
     let mut last_phase = None;
     // Catalog bodies waiting, and the one in flight (its branch, when it went).
-    let mut answers: VecDeque<Vec<u8>> = VecDeque::new();
+    let mut answers: VecDeque<Outgoing> = VecDeque::new();
     let mut answer_in_flight: Option<(String, Millis)> = None;
+    // The upper's catalog subscription, and what it was last told of each channel (`None`:
+    // tell it everything, after a (re-)registration, a subscription or a lost NOTIFY).
+    let mut sub: Option<register::Subscription> = None;
+    let mut told: Option<HashMap<String, bool>> = None;
+    let mut notify_sn: u64 = 0;
+    let mut status_tick = tokio::time::interval(STATUS_EVERY);
+    status_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let now = now_ms();
         let mut requests = reg.due(now);
+        let mut notifies = std::collections::HashSet::new();
         if answer_in_flight.as_ref().is_none_or(|(_, at)| now >= at + CATALOG_FALLBACK_MS) {
             answer_in_flight = None;
-            if let Some(body) = answers.pop_front() {
-                let r = reg.message(body);
+            if let Some(out) = answers.pop_front() {
+                let r = match out {
+                    Outgoing::Message(body) | Outgoing::Catalog(body) => reg.message(body),
+                    Outgoing::Notify(body) => {
+                        let r = reg.notify(sub.as_ref().filter(|d| d.until > now), body, now);
+                        notifies.insert(r.branch.clone());
+                        r
+                    }
+                };
                 answer_in_flight = Some((r.branch.clone(), now));
                 requests.push(r);
             }
@@ -137,6 +181,7 @@ pub async fn run(c: Cascade, catalog: Catalog, status: Arc<Mutex<TargetStatus>>,
         for r in requests {
             send(&sock, &r.bytes, upper).await;
             let o = Outstanding {
+                notify: notifies.contains(&r.branch),
                 kind: r.kind,
                 bytes: r.bytes,
                 next_send: now + T1_MS,
@@ -145,7 +190,9 @@ pub async fn run(c: Cascade, catalog: Catalog, status: Arc<Mutex<TargetStatus>>,
             };
             outstanding.insert(r.branch, o);
         }
-        publish(&reg, &status, &name, &mut last_phase);
+        if publish(&reg, &status, &name, &mut last_phase) {
+            told = None; // registered anew: bring the upper back to the true state
+        }
         let wake = outstanding
             .values()
             .map(|o| o.next_send.min(o.deadline))
@@ -173,8 +220,41 @@ pub async fn run(c: Cascade, catalog: Catalog, status: Arc<Mutex<TargetStatus>>,
                     if let Some(o) = outstanding.remove(&b) {
                         debug!(upstream = %name, request = ?o.kind, "The upper platform did not answer (Timer F).");
                         reg.timed_out(o.kind, now);
+                        if o.notify {
+                            told = None;
+                        }
                     }
                 }
+            }
+            _ = status_tick.tick() => {
+                let now = now_ms();
+                if sub.as_ref().is_some_and(|d| d.until <= now) {
+                    info!(upstream = %name, "The upper platform's catalog subscription ran out.");
+                    sub = None;
+                }
+                let wanted = sub.is_some() || c.notify_without_subscription;
+                if reg.view().phase != Phase::Registered || !wanted {
+                    continue;
+                }
+                let items = catalog().await;
+                let now_view: HashMap<String, bool> = items.into_iter().map(|i| (i.id, i.on)).collect();
+                let mut changes: Vec<(String, bool)> = match &told {
+                    None => now_view.iter().map(|(id, on)| (id.clone(), *on)).collect(),
+                    Some(t) => now_view.iter().filter(|(id, on)| t.get(*id) != Some(*on)).map(|(id, on)| (id.clone(), *on)).collect(),
+                };
+                changes.sort();
+                if told.is_none() {
+                    // The whole view goes again: status NOTIFYs still queued are superseded.
+                    answers.retain(|o| !matches!(o, Outgoing::Notify(_)));
+                }
+                if !changes.is_empty() {
+                    notify_sn += 1;
+                    debug!(upstream = %name, changes = changes.len(), "Channel status to the upper platform.");
+                    for body in catalog::status_notifies(notify_sn, reg.user_id(), &changes, CATALOG_BATCH) {
+                        answers.push_back(Outgoing::Notify(body));
+                    }
+                }
+                told = Some(now_view);
             }
             r = sock.recv_from(&mut buf) => {
                 let Ok((n, from)) = r else { continue };
@@ -205,9 +285,29 @@ pub async fn run(c: Cascade, catalog: Catalog, status: Arc<Mutex<TargetStatus>>,
                             "ACK" => continue,
                             "OPTIONS" => message::response(&msg, 200, "OK", from, &tag, &[("Allow", ALLOW.into())], b""),
                             "MESSAGE" => {
-                                let (code, reason, bodies) = query(&msg, &reg, &catalog, &name).await;
-                                answers.extend(bodies);
+                                let (code, reason, out) = query(&msg, &reg, &catalog, &name).await;
+                                if out.iter().any(|o| matches!(o, Outgoing::Catalog(_))) {
+                                    // A new catalog query: the rest of an older one is superseded.
+                                    answers.retain(|o| !matches!(o, Outgoing::Catalog(_)));
+                                }
+                                answers.extend(out);
+                                if answers.len() > MAX_QUEUED {
+                                    let drop = answers.len() - MAX_QUEUED;
+                                    answers.drain(..drop);
+                                    warn!(upstream = %name, dropped = drop, "Answers to the upper platform queued past the bound; the oldest dropped.");
+                                }
                                 message::response(&msg, code, reason, from, &tag, &[], b"")
+                            }
+                            "SUBSCRIBE" => {
+                                let (answer, subscribed) = subscribe(&msg, from, &tag, reg.user_id(), now_ms());
+                                if let Some(d) = subscribed {
+                                    info!(upstream = %name, until_s = (d.until - now_ms()) / 1000, "The upper platform subscribed to the catalog.");
+                                    told = None;
+                                    sub = Some(d);
+                                } else if answer.starts_with(b"SIP/2.0 200") {
+                                    sub = None;
+                                }
+                                answer
                             }
                             m => {
                                 debug!(upstream = %name, method = m, "Upper platform request not served yet: 501.");
@@ -229,7 +329,7 @@ async fn query(
     reg: &Registration,
     catalog: &Catalog,
     name: &str,
-) -> (u16, &'static str, Vec<Vec<u8>>) {
+) -> (u16, &'static str, Vec<Outgoing>) {
     let (text, _) = crate::protocol::manscdp::decode(msg.body);
     let Ok(e) = crate::protocol::manscdp::envelope(&text) else {
         return (400, "Bad Request", Vec::new());
@@ -240,18 +340,55 @@ async fn query(
         ("Query", "Catalog") => {
             let items = catalog().await;
             info!(upstream = %name, sn, items = items.len(), "The upper platform queried the catalog.");
-            (200, "OK", catalog::bodies(sn, me, &items, CATALOG_BATCH))
+            (200, "OK", catalog::bodies(sn, me, &items, CATALOG_BATCH).into_iter().map(Outgoing::Catalog).collect())
         }
         ("Query", "DeviceInfo") => {
             let n = catalog().await.len();
-            (200, "OK", vec![catalog::device_info(sn, me, "vigil", n)])
+            (200, "OK", vec![Outgoing::Message(catalog::device_info(sn, me, "vigil", n))])
         }
-        ("Query", "DeviceStatus") => (200, "OK", vec![catalog::device_status(sn, me)]),
+        ("Query", "DeviceStatus") => (200, "OK", vec![Outgoing::Message(catalog::device_status(sn, me))]),
         (_, cmd) => {
             debug!(upstream = %name, cmd, "Upper platform MESSAGE not served yet: 501.");
             (501, "Not Implemented", Vec::new())
         }
     }
+}
+
+/// Answers a SUBSCRIBE: `Event: Catalog` only (489 otherwise), `Expires` required (400
+/// without, as WVP does); 0 ends the subscription. The subscription when one starts or is
+/// renewed.
+fn subscribe(
+    msg: &Message<'_>,
+    from: SocketAddr,
+    tag: &str,
+    me: &str,
+    now: Millis,
+) -> (Vec<u8>, Option<register::Subscription>) {
+    let event = msg.header("Event").unwrap_or("");
+    if !event.trim().to_ascii_lowercase().starts_with("catalog") {
+        return (message::response(msg, 489, "Bad Event", from, tag, &[("Allow-Events", "Catalog".into())], b""), None);
+    }
+    let Some(expires) = msg.header("Expires").and_then(|v| v.trim().parse::<i64>().ok()) else {
+        return (message::response(msg, 400, "Bad Request (Expires required)", from, tag, &[], b""), None);
+    };
+    let granted = expires.clamp(0, SUBSCRIPTION_MAX_S);
+    let (text, _) = crate::protocol::manscdp::decode(msg.body);
+    let sn = crate::protocol::manscdp::envelope(&text).ok().and_then(|e| e.sn).unwrap_or(0);
+    let body = catalog::subscribed(sn, me);
+    let headers = [("Expires", granted.to_string()), ("Content-Type", "Application/MANSCDP+xml".into())];
+    let answer = message::response(msg, 200, "OK", from, tag, &headers, &body);
+    if granted == 0 {
+        return (answer, None);
+    }
+    let their_tag = msg.header("From").and_then(|f| message::param(f, "tag")).unwrap_or("").to_owned();
+    let d = register::Subscription {
+        call_id: msg.header("Call-ID").unwrap_or("").to_owned(),
+        their_tag,
+        our_tag: tag.to_owned(),
+        event_id: message::param(event, "id").unwrap_or("").to_owned(),
+        until: now + granted * 1000,
+    };
+    (answer, Some(d))
 }
 
 /// The expiry the upper granted: `Expires`, or the Contact's `expires` parameter.
@@ -267,9 +404,11 @@ async fn send(sock: &UdpSocket, bytes: &[u8], to: SocketAddr) {
     }
 }
 
-/// Puts the registration's state where the API reads it; logs a change of phase.
-fn publish(reg: &Registration, status: &Mutex<TargetStatus>, name: &str, last: &mut Option<Phase>) {
+/// Puts the registration's state where the API reads it; logs a change of phase. True when
+/// the registration has just (re-)entered `registered`.
+fn publish(reg: &Registration, status: &Mutex<TargetStatus>, name: &str, last: &mut Option<Phase>) -> bool {
     let v = reg.view();
+    let became_registered = v.phase == Phase::Registered && *last != Some(Phase::Registered);
     if *last != Some(v.phase) {
         match v.phase {
             Phase::Registered => info!(upstream = %name, "Registered to the upper platform."),
@@ -293,4 +432,5 @@ fn publish(reg: &Registration, status: &Mutex<TargetStatus>, name: &str, last: &
         next_attempt_at: v.next_attempt_at,
         failures: v.failures,
     });
+    became_registered
 }

@@ -309,6 +309,43 @@ Contact: <sip:{user}@{adv}>\r\nMax-Forwards: 70\r\nExpires: {exp}\r\nUser-Agent:
         Request { kind: Kind::Keepalive, ..self.message(body) }
     }
 
+    /// A catalog NOTIFY to the upper: in the subscription's dialog (`sub`), or on a Call-ID of
+    /// its own for an upper that takes NOTIFYs without subscribing.
+    pub fn notify(&mut self, sub: Option<&Subscription>, body: Vec<u8>, now: Millis) -> Request {
+        self.msg_cseq += 1;
+        let s = &self.s;
+        let branch = format!("z9hG4bK{}", token());
+        let (call, their_tag, our_tag, id, left) = match sub {
+            Some(d) => (
+                d.call_id.clone(),
+                format!(";tag={}", d.their_tag),
+                d.our_tag.clone(),
+                d.event_id.clone(),
+                ((d.until - now) / 1000).max(0),
+            ),
+            None => (token(), String::new(), self.tag.clone(), String::new(), 3600),
+        };
+        let id = if id.is_empty() { String::new() } else { format!(";id={id}") };
+        let text = format!(
+            "NOTIFY sip:{sid}@{addr} SIP/2.0\r\nVia: SIP/2.0/UDP {adv};rport;branch={branch}\r\n\
+From: <sip:{user}@{own}>;tag={our_tag}\r\nTo: <sip:{sid}@{dom}>{their_tag}\r\nCall-ID: {call}\r\nCSeq: {cseq} NOTIFY\r\n\
+Event: Catalog{id}\r\nSubscription-State: active;expires={left}\r\nContact: <sip:{user}@{adv}>\r\n\
+Content-Type: Application/MANSCDP+xml\r\nMax-Forwards: 70\r\nUser-Agent: vigil/{ver}\r\nContent-Length: {len}\r\n\r\n",
+            sid = s.server_id,
+            addr = s.server_addr,
+            dom = s.domain,
+            adv = self.advertise,
+            user = s.user_id,
+            own = s.own_domain(),
+            cseq = self.msg_cseq,
+            ver = env!("CARGO_PKG_VERSION"),
+            len = body.len(),
+        );
+        let mut bytes = text.into_bytes();
+        bytes.extend_from_slice(&body);
+        Request { kind: Kind::Response, branch, bytes }
+    }
+
     /// vigil's id at the upper (the `DeviceID` of what it answers).
     pub fn user_id(&self) -> &str {
         &self.s.user_id
@@ -338,6 +375,17 @@ Content-Type: Application/MANSCDP+xml\r\nMax-Forwards: 70\r\nUser-Agent: vigil/{
         bytes.extend_from_slice(&body);
         Request { kind: Kind::Response, branch, bytes }
     }
+}
+
+/// The upper's catalog subscription: the dialog NOTIFYs go in, until when it holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Subscription {
+    pub call_id: String,
+    pub their_tag: String,
+    pub our_tag: String,
+    /// The `Event: Catalog;id=` the upper gave.
+    pub event_id: String,
+    pub until: Millis,
 }
 
 fn is_stale(challenge: &str) -> bool {
