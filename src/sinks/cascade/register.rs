@@ -224,6 +224,10 @@ impl Registration {
                 if (200..300).contains(&code) {
                     self.misses = 0;
                     self.last_keepalive_at = Some(now);
+                } else if (400..500).contains(&code) && self.phase == Phase::Registered {
+                    // The upper does not know vigil any more (it restarted, or dropped the
+                    // registration): register again now rather than after `misses` keepalives.
+                    self.fail(format!("keepalive refused with {code}: the upper no longer knows vigil"), now);
                 } else {
                     self.missed(format!("keepalive refused with {code}"), now);
                 }
@@ -484,5 +488,24 @@ mod tests {
         r.timed_out(Kind::Register, at + 10 + wait + 32_000);
         assert_eq!(r.view().failures, 3);
         assert!(r.view().last_error.as_deref().is_some_and(|e| e.contains("no answer")));
+    }
+
+    #[test]
+    fn an_upper_that_forgot_vigil_refuses_a_keepalive_and_vigil_registers_again_at_once() {
+        let mut r = Registration::new(settings(), "127.0.0.1:5061".into(), 0);
+        r.due(0);
+        r.answered(Kind::Register, 200, None, None, 0);
+        r.due(0);
+        r.answered(Kind::Keepalive, 404, None, None, 100);
+        let v = r.view();
+        assert_eq!(v.phase, Phase::Failing, "{v:?}");
+        assert!(v.next_attempt_at.is_some_and(|t| t <= 100 + 2_400), "{v:?}");
+        // A server error is one miss, not a verdict.
+        let mut r = Registration::new(settings(), "127.0.0.1:5061".into(), 0);
+        r.due(0);
+        r.answered(Kind::Register, 200, None, None, 0);
+        r.due(0);
+        r.answered(Kind::Keepalive, 503, None, None, 100);
+        assert_eq!(r.view().phase, Phase::Registered);
     }
 }
