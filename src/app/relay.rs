@@ -17,8 +17,9 @@ use crate::outbox::runner::{self, TargetStatus};
 pub enum Upstream {
     Gat1400(Box<crate::sinks::gat1400::Gat1400>),
     Link(Box<crate::link::sink::Link>),
-    /// GB/T 28181 cascade: a session with the upper platform, not fed by the outbox (yet).
-    Cascade(Box<crate::sinks::cascade::Cascade>),
+    /// GB/T 28181 cascade: a session with the upper platform (its user agent), and the
+    /// outbox's alarms to it when it takes them.
+    Cascade(Box<crate::sinks::cascade::Cascade>, Option<Box<crate::sinks::cascade::alarm::AlarmSink>>),
 }
 
 impl Upstream {
@@ -26,7 +27,7 @@ impl Upstream {
         match self {
             Upstream::Gat1400(_) => "gat1400",
             Upstream::Link(_) => "quic",
-            Upstream::Cascade(_) => "gb28181",
+            Upstream::Cascade(..) => "gb28181",
         }
     }
 }
@@ -69,9 +70,14 @@ pub fn relay_plan(
             continue;
         }
         if u.protocol == Some(crate::config::UpstreamProtocol::Gb28181) {
-            let c = crate::sinks::cascade::Cascade::new(u, &config.gateway.id)
+            let mut c = crate::sinks::cascade::Cascade::new(u, &config.gateway.id)
                 .map_err(|e| Error::Config(format!("upstreams {}: {e}", u.name)))?;
-            sinks.push((u.name.clone(), Upstream::Cascade(Box::new(c))));
+            // Alarms go up as Notify/Alarm, through the outbox; other kinds have no GB/T 28181 form.
+            let alarms = wanted.contains(&EventKind::Alarm).then(|| Box::new(c.alarm_sink(tz)));
+            if alarms.is_some() {
+                routes.push((u.name.clone(), vec![EventKind::Alarm]));
+            }
+            sinks.push((u.name.clone(), Upstream::Cascade(Box::new(c), alarms)));
             continue;
         }
         if u.protocol != Some(crate::config::UpstreamProtocol::Gat1400) {
@@ -173,7 +179,10 @@ pub fn spawn_runners(
         match sink {
             Upstream::Gat1400(s) => tracker.spawn(runner::run(ctx(), *s, status, cancel.child_token())),
             Upstream::Link(s) => tracker.spawn(runner::run(ctx(), *s, status, cancel.child_token())),
-            Upstream::Cascade(c) => {
+            Upstream::Cascade(c, alarms) => {
+                if let Some(a) = alarms {
+                    tracker.spawn(runner::run(ctx(), *a, status.clone(), cancel.child_token()));
+                }
                 tracker.spawn(crate::sinks::cascade::run(*c, catalog.clone(), status, cancel.child_token()))
             }
         };

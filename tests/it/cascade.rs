@@ -235,3 +235,33 @@ async fn a_subscribed_upper_is_told_every_status_change_in_the_subscription_dial
     assert!(all.iter().all(|(call, _)| *call == dialog), "every NOTIFY in the subscription's dialog: {all:?}");
     gw.shutdown().await;
 }
+
+/// A device's alarm goes up: a GB/T 28181 camera registers with vigil and raises an alarm;
+/// vigil stores it, and the outbox hands it to the upper as a `Notify/Alarm` MESSAGE under the
+/// camera's id, in the district's local time; the upper's 200 marks it delivered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_alarm_reaches_the_upper_as_notify_alarm_through_the_outbox() {
+    let port = free_port();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let log = dir.path().join("sipp-messages.log");
+    let log_arg = log.to_string_lossy().to_string();
+    let _upper = Upper::play("upper_catalog.xml", port, &["-trace_msg", "-message_file", &log_arg]);
+    let gw = TestGateway::start(Db::Sqlite, &upstream(port, "12345678")).await;
+    let id = "42010400001320000077";
+    let body = serde_json::json!({"id": id, "name": "韩家墩 IPC", "kind": "camera", "protocol": "gb28181"});
+    assert_eq!(gw.api.post("/devices", body).await.0, 201);
+    let mut dev = crate::gb28181::Device::new(id, gw.sip.expect("SIP")).await;
+    assert!(dev.register(3600, "12345678").await.starts_with("SIP/2.0 200"));
+    city(&gw, |t| t["session"]["state"] == "registered").await;
+    let alarm_time = crate::support::device_local_time(Duration::from_secs(60));
+    let alarm = format!("<?xml version=\"1.0\" encoding=\"GB2312\"?>\r\n<Notify>\r\n<CmdType>Alarm</CmdType>\r\n<SN>88</SN>\r\n<DeviceID>{id}</DeviceID>\r\n<AlarmPriority>1</AlarmPriority>\r\n<AlarmMethod>5</AlarmMethod>\r\n<AlarmTime>{alarm_time}</AlarmTime>\r\n<AlarmDescription>区域入侵</AlarmDescription>\r\n<Info>\r\n<AlarmType>6</AlarmType>\r\n</Info>\r\n</Notify>\r\n");
+    assert!(dev.send_manscdp("MESSAGE", "alarm-1", &alarm).await.starts_with("SIP/2.0 200"));
+    let t = city(&gw, |t| t["delivered"].as_u64() == Some(1)).await;
+    assert_eq!((t["backlog"].as_u64(), t["dead"].as_u64()), (Some(0), Some(0)), "{t}");
+    let text = std::fs::read(&log).map(|b| String::from_utf8_lossy(&b).to_string()).unwrap_or_default();
+    let up = text.split("<Notify>").find(|n| n.contains("<CmdType>Alarm</CmdType>")).unwrap_or_default();
+    assert!(up.contains(&format!("<DeviceID>{id}</DeviceID>")), "{up}");
+    assert!(up.contains(&format!("<AlarmTime>{alarm_time}</AlarmTime>")), "the device's own time, as it said it: {up}");
+    assert!(up.contains("<AlarmPriority>1</AlarmPriority>") && up.contains("<AlarmType>6</AlarmType>"), "{up}");
+    gw.shutdown().await;
+}

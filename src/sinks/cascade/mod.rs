@@ -13,6 +13,7 @@
 //! Requests go out as RFC 3261 non-INVITE client transactions over UDP (retransmitted from T1
 //! doubling to T2, given up at Timer F); answers are taken from the upper's host only.
 
+pub mod alarm;
 pub mod catalog;
 pub mod register;
 
@@ -63,6 +64,9 @@ pub struct Cascade {
     socket: std::net::UdpSocket,
     advertise: Option<String>,
     notify_without_subscription: bool,
+    /// Alarms from the outbox (`alarm::AlarmSink`), when this upstream takes them.
+    alarms: Option<tokio::sync::mpsc::Receiver<alarm::Job>>,
+    registered: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Cascade {
@@ -99,7 +103,16 @@ impl Cascade {
             socket,
             advertise: (!u.advertise.is_empty()).then(|| u.advertise.clone()),
             notify_without_subscription: u.notify_without_subscription,
+            alarms: None,
+            registered: Arc::default(),
         })
+    }
+
+    /// The outbox side of this upstream's alarms (`Notify/Alarm` MESSAGEs).
+    pub fn alarm_sink(&mut self, tz: chrono_tz::Tz) -> alarm::AlarmSink {
+        let (tx, rx) = tokio::sync::mpsc::channel(16);
+        self.alarms = Some(rx);
+        alarm::AlarmSink::new(tx, self.registered.clone(), tz, self.settings.server_id.clone())
     }
 }
 
@@ -118,6 +131,8 @@ struct Outstanding {
     kind: Kind,
     /// A status NOTIFY: unanswered, the upper's view is pushed whole again.
     notify: bool,
+    /// An alarm: who waits for the upper's answer.
+    reply: Option<tokio::sync::oneshot::Sender<Option<u16>>>,
     bytes: Vec<u8>,
     next_send: Millis,
     interval: Millis,
@@ -157,6 +172,8 @@ pub async fn run(c: Cascade, catalog: Catalog, status: Arc<Mutex<TargetStatus>>,
     let mut sub: Option<register::Subscription> = None;
     let mut told: Option<HashMap<String, bool>> = None;
     let mut notify_sn: u64 = 0;
+    let mut alarms = c.alarms;
+    let registered = c.registered;
     let mut status_tick = tokio::time::interval(STATUS_EVERY);
     status_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -181,6 +198,7 @@ pub async fn run(c: Cascade, catalog: Catalog, status: Arc<Mutex<TargetStatus>>,
         for r in requests {
             send(&sock, &r.bytes, upper).await;
             let o = Outstanding {
+                reply: None,
                 notify: notifies.contains(&r.branch),
                 kind: r.kind,
                 bytes: r.bytes,
@@ -193,6 +211,13 @@ pub async fn run(c: Cascade, catalog: Catalog, status: Arc<Mutex<TargetStatus>>,
         if publish(&reg, &status, &name, &mut last_phase) {
             told = None; // registered anew: bring the upper back to the true state
         }
+        registered.store(reg.view().phase == Phase::Registered, std::sync::atomic::Ordering::Release);
+        let next_alarm = async {
+            match alarms.as_mut() {
+                Some(rx) => rx.recv().await,
+                None => std::future::pending().await,
+            }
+        };
         let wake = outstanding
             .values()
             .map(|o| o.next_send.min(o.deadline))
@@ -220,11 +245,34 @@ pub async fn run(c: Cascade, catalog: Catalog, status: Arc<Mutex<TargetStatus>>,
                     if let Some(o) = outstanding.remove(&b) {
                         debug!(upstream = %name, request = ?o.kind, "The upper platform did not answer (Timer F).");
                         reg.timed_out(o.kind, now);
+                        if let Some(tx) = o.reply {
+                            let _ = tx.send(None);
+                        }
                         if o.notify {
                             told = None;
                         }
                     }
                 }
+            }
+            job = next_alarm => {
+                let Some(job) = job else { alarms = None; continue };
+                if reg.view().phase != Phase::Registered {
+                    let _ = job.answer.send(None);
+                    continue;
+                }
+                let r = reg.message(job.body);
+                let now = now_ms();
+                send(&sock, &r.bytes, upper).await;
+                let o = Outstanding {
+                    kind: r.kind,
+                    notify: false,
+                    reply: Some(job.answer),
+                    bytes: r.bytes,
+                    next_send: now + T1_MS,
+                    interval: T1_MS,
+                    deadline: now + TIMER_F_MS,
+                };
+                outstanding.insert(r.branch, o);
             }
             _ = status_tick.tick() => {
                 let now = now_ms();
@@ -276,7 +324,10 @@ pub async fn run(c: Cascade, catalog: Catalog, status: Arc<Mutex<TargetStatus>>,
                         if answer_in_flight.as_ref().is_some_and(|(b, _)| b == branch) {
                             answer_in_flight = None; // the upper took it: the next one now
                         }
-                        let Some(o) = outstanding.remove(branch) else { continue };
+                        let Some(mut o) = outstanding.remove(branch) else { continue };
+                        if let Some(tx) = o.reply.take() {
+                            let _ = tx.send(Some(code));
+                        }
                         let challenge = msg.header("WWW-Authenticate").or_else(|| msg.header("Proxy-Authenticate"));
                         reg.answered(o.kind, code, challenge, granted(&msg), now_ms());
                     }
@@ -409,7 +460,8 @@ async fn send(sock: &UdpSocket, bytes: &[u8], to: SocketAddr) {
 fn publish(reg: &Registration, status: &Mutex<TargetStatus>, name: &str, last: &mut Option<Phase>) -> bool {
     let v = reg.view();
     let became_registered = v.phase == Phase::Registered && *last != Some(Phase::Registered);
-    if *last != Some(v.phase) {
+    let phase_changed = *last != Some(v.phase);
+    if phase_changed {
         match v.phase {
             Phase::Registered => info!(upstream = %name, "Registered to the upper platform."),
             Phase::Failing => {
@@ -421,10 +473,13 @@ fn publish(reg: &Registration, status: &Mutex<TargetStatus>, name: &str, last: &
     }
     let mut s = status.lock().unwrap_or_else(|p| p.into_inner());
     s.connected = v.phase == Phase::Registered;
-    if v.last_error.is_some() && s.last_error != v.last_error {
-        s.last_error_at = Some(now_ms());
+    // The registration's own error, when it changes (the alarm runner writes its own there).
+    if phase_changed || s.session.as_ref().map(|x| x.failures) != Some(v.failures) {
+        if v.last_error.is_some() {
+            s.last_error_at = Some(now_ms());
+        }
+        s.last_error = v.last_error.clone();
     }
-    s.last_error = v.last_error.clone();
     s.session = Some(SessionStatus {
         state: v.phase.as_str(),
         until: v.registered_until,
