@@ -681,6 +681,11 @@ pub struct Upstream {
     /// protocol gb28181: send channel status NOTIFYs even to an upper that never subscribed
     /// (some uppers expect them without a catalog SUBSCRIBE).
     pub notify_without_subscription: bool,
+    /// protocol gb28181: the orgs whose devices (with their sub-orgs') this upper sees; empty:
+    /// all.
+    pub scope_orgs: Vec<String>,
+    /// protocol gb28181: the device kinds this upper sees (e.g. camera, nvr); empty: all.
+    pub scope_kinds: Vec<DeviceKind>,
 }
 
 /// `gb28181.charset`.

@@ -116,23 +116,30 @@ pub fn relay_plan(
     Ok((relay, sinks))
 }
 
-/// The channels a GB/T 28181 upper platform sees: every enabled, approved GB/T 28181 device's
-/// catalog channels (an IPC without channels as itself), ON while the device is online and the
-/// channel's own status is ON; devices of other protocols whose ids are 20-digit GB/T 28181
-/// codes as themselves. (Ids allocated for the others, and scopes per upstream, are the
-/// cascade's next part.)
+/// The channels a GB/T 28181 upper platform sees within its scope (orgs with their sub-orgs,
+/// kinds): every enabled, approved GB/T 28181 device's catalog channels (an IPC without
+/// channels as itself), ON while the device is online and the channel's own status is ON;
+/// devices of other protocols whose ids are 20-digit GB/T 28181 codes as themselves. (Ids
+/// allocated for the others are the cascade's next part.)
 pub fn cascade_catalog(
     registry: crate::registry::Registry,
     presence: crate::presence::runner::PresenceHandle,
 ) -> crate::sinks::cascade::Catalog {
     use crate::sinks::cascade::catalog::Item;
-    Arc::new(move || {
+    Arc::new(move |scope: crate::sinks::cascade::Scope| {
         let (registry, presence) = (registry.clone(), presence.clone());
         Box::pin(async move {
             let states = presence.states().await.unwrap_or_default();
             let cache = registry.read();
             let mut items = Vec::new();
-            for d in cache.devices().filter(|d| d.counted(true)) {
+            let in_scope = |d: &crate::registry::Device| {
+                (scope.kinds.is_empty() || scope.kinds.contains(&d.kind))
+                    && (scope.orgs.is_empty()
+                        || d.org_id
+                            .as_deref()
+                            .is_some_and(|o| scope.orgs.iter().any(|root| cache.is_in_subtree(o, root))))
+            };
+            for d in cache.devices().filter(|d| d.counted(true) && in_scope(d)) {
                 let online = states.get(d.key as usize).copied() == Some(1);
                 let attr = |k: &str| d.attrs.get(k).and_then(|v| v.as_str()).unwrap_or("").to_owned();
                 let (manufacturer, model) = (attr("manufacturer"), attr("model"));

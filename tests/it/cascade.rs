@@ -106,9 +106,9 @@ async fn a_wrong_password_is_refused_by_the_upper_and_shown_with_its_code() {
     gw.shutdown().await;
 }
 
-/// The upper queries the catalog: vigil answers 200 and sends the channels in MESSAGEs of 8
-/// items, each saying the whole (`SumNum`), with ON for what presence says is online. Read
-/// from SIPp's own log of what came over the wire.
+/// The upper queries the catalog: vigil answers 200 and sends the channels in its scope (here
+/// cameras, not the checkpoint) in MESSAGEs of 8 items, each saying the whole (`SumNum`), with
+/// ON for what presence says is online. Read from SIPp's own log of what came over the wire.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_upper_queries_the_catalog_and_gets_every_channel_in_paced_batches() {
     let port = free_port();
@@ -116,7 +116,10 @@ async fn the_upper_queries_the_catalog_and_gets_every_channel_in_paced_batches()
     let log = dir.path().join("sipp-messages.log");
     let log_arg = log.to_string_lossy().to_string();
     let _upper = Upper::play("upper_catalog.xml", port, &["-trace_msg", "-message_file", &log_arg]);
-    let gw = TestGateway::start(Db::Sqlite, &upstream(port, "12345678")).await;
+    let config = format!("{}scope_kinds = [\"camera\"]\n", upstream(port, "12345678"));
+    let gw = TestGateway::start(Db::Sqlite, &config).await;
+    let checkpoint = serde_json::json!({"id": "42010400001210000001", "name": "卡口", "kind": "vehicle_checkpoint", "protocol": "gat1400"});
+    assert_eq!(gw.api.post("/devices", checkpoint).await.0, 201);
     // 19 cameras with GB/T 28181 ids; 5 of them alive.
     let ids: Vec<String> = (0..19).map(|n| format!("420104000013200{n:05}")).collect();
     for id in &ids {

@@ -48,9 +48,16 @@ const MAX_QUEUED: usize = 20_000;
 /// The longest catalog subscription granted.
 const SUBSCRIPTION_MAX_S: i64 = 3600;
 
-/// The channels an upper may see, as they are now (from the registry and presence; given by
-/// the wiring, so the sink reads no source's tables).
-pub type Catalog = Arc<dyn Fn() -> Pin<Box<dyn Future<Output = Vec<catalog::Item>> + Send>> + Send + Sync>;
+/// What one upper may see: devices of these orgs (and their sub-orgs) and kinds; empty: all.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Scope {
+    pub orgs: Vec<String>,
+    pub kinds: Vec<crate::domain::DeviceKind>,
+}
+
+/// The channels an upper may see within its scope, as they are now (from the registry and
+/// presence; given by the wiring, so the sink reads no source's tables).
+pub type Catalog = Arc<dyn Fn(Scope) -> Pin<Box<dyn Future<Output = Vec<catalog::Item>> + Send>> + Send + Sync>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -64,6 +71,7 @@ pub struct Cascade {
     socket: std::net::UdpSocket,
     advertise: Option<String>,
     notify_without_subscription: bool,
+    scope: Scope,
     /// Alarms from the outbox (`alarm::AlarmSink`), when this upstream takes them.
     alarms: Option<tokio::sync::mpsc::Receiver<alarm::Job>>,
     registered: Arc<std::sync::atomic::AtomicBool>,
@@ -103,6 +111,7 @@ impl Cascade {
             socket,
             advertise: (!u.advertise.is_empty()).then(|| u.advertise.clone()),
             notify_without_subscription: u.notify_without_subscription,
+            scope: Scope { orgs: u.scope_orgs.clone(), kinds: u.scope_kinds.clone() },
             alarms: None,
             registered: Arc::default(),
         })
@@ -174,6 +183,7 @@ pub async fn run(c: Cascade, catalog: Catalog, status: Arc<Mutex<TargetStatus>>,
     let mut notify_sn: u64 = 0;
     let mut alarms = c.alarms;
     let registered = c.registered;
+    let scope = c.scope;
     let mut status_tick = tokio::time::interval(STATUS_EVERY);
     status_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -284,7 +294,7 @@ pub async fn run(c: Cascade, catalog: Catalog, status: Arc<Mutex<TargetStatus>>,
                 if reg.view().phase != Phase::Registered || !wanted {
                     continue;
                 }
-                let items = catalog().await;
+                let items = catalog(scope.clone()).await;
                 let now_view: HashMap<String, bool> = items.into_iter().map(|i| (i.id, i.on)).collect();
                 let mut changes: Vec<(String, bool)> = match &told {
                     None => now_view.iter().map(|(id, on)| (id.clone(), *on)).collect(),
@@ -336,7 +346,7 @@ pub async fn run(c: Cascade, catalog: Catalog, status: Arc<Mutex<TargetStatus>>,
                             "ACK" => continue,
                             "OPTIONS" => message::response(&msg, 200, "OK", from, &tag, &[("Allow", ALLOW.into())], b""),
                             "MESSAGE" => {
-                                let (code, reason, out) = query(&msg, &reg, &catalog, &name).await;
+                                let (code, reason, out) = query(&msg, &reg, &catalog, &scope, &name).await;
                                 if out.iter().any(|o| matches!(o, Outgoing::Catalog(_))) {
                                     // A new catalog query: the rest of an older one is superseded.
                                     answers.retain(|o| !matches!(o, Outgoing::Catalog(_)));
@@ -379,6 +389,7 @@ async fn query(
     msg: &Message<'_>,
     reg: &Registration,
     catalog: &Catalog,
+    scope: &Scope,
     name: &str,
 ) -> (u16, &'static str, Vec<Outgoing>) {
     let (text, _) = crate::protocol::manscdp::decode(msg.body);
@@ -389,12 +400,12 @@ async fn query(
     let me = reg.user_id();
     match (e.root.as_str(), e.cmd_type.as_str()) {
         ("Query", "Catalog") => {
-            let items = catalog().await;
+            let items = catalog(scope.clone()).await;
             info!(upstream = %name, sn, items = items.len(), "The upper platform queried the catalog.");
             (200, "OK", catalog::bodies(sn, me, &items, CATALOG_BATCH).into_iter().map(Outgoing::Catalog).collect())
         }
         ("Query", "DeviceInfo") => {
-            let n = catalog().await.len();
+            let n = catalog(scope.clone()).await.len();
             (200, "OK", vec![Outgoing::Message(catalog::device_info(sn, me, "vigil", n))])
         }
         ("Query", "DeviceStatus") => (200, "OK", vec![Outgoing::Message(catalog::device_status(sn, me))]),
