@@ -168,7 +168,7 @@ impl Metrics {
                     .buckets(vec![0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 4.0, 8.0, 15.0]),
             )
             .expect("should be a valid metric"),
-            gb_media_dropped: IntCounterVec::new(Opts::new(GB_MEDIA_DROPPED, "GB/T 28181 RTP packets dropped, by reason (foreign_source, ssrc, payload_type, malformed; on the single port also unknown_ssrc, queue_full)."), &["reason"])
+            gb_media_dropped: IntCounterVec::new(Opts::new(GB_MEDIA_DROPPED, "GB/T 28181 RTP packets dropped, by reason (foreign_source, ssrc, payload_type, malformed; on the single port also unknown_ssrc, queue_full, too_many_connections)."), &["reason"])
                 .expect("should be a valid metric"),
             gb_plays: IntCounterVec::new(Opts::new(GB_PLAYS, "GB/T 28181 live sessions ended, by outcome (stopped, or the failure state)."), &["outcome"])
                 .expect("should be a valid metric"),

@@ -42,10 +42,6 @@ impl AlarmSink {
     }
 }
 
-fn escape(s: &str) -> String {
-    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
-}
-
 /// The `Notify/Alarm` body for an alarm event: `DeviceID` the alarm's source (a channel) when
 /// it is a GB/T 28181 code, else its device's; `None` when neither is.
 pub fn body(sn: u64, event: &Event, tz: &chrono_tz::Tz) -> Option<Vec<u8>> {
@@ -57,7 +53,7 @@ pub fn body(sn: u64, event: &Event, tz: &chrono_tz::Tz) -> Option<Vec<u8>> {
         "<?xml version=\"1.0\" encoding=\"GB2312\"?>\r\n<Notify>\r\n<CmdType>Alarm</CmdType>\r\n<SN>{sn}</SN>\r\n<DeviceID>{id}</DeviceID>\r\n<AlarmPriority>{}</AlarmPriority>\r\n<AlarmMethod>{}</AlarmMethod>\r\n<AlarmTime>{time}</AlarmTime>\r\n<AlarmDescription>{}</AlarmDescription>\r\n",
         a.priority.unwrap_or(4),
         a.method.unwrap_or(7),
-        escape(&a.description)
+        super::catalog::escape(&a.description)
     );
     if let (Some(lon), Some(lat)) = (a.longitude, a.latitude) {
         text.push_str(&format!("<Longitude>{lon}</Longitude>\r\n<Latitude>{lat}</Latitude>\r\n"));

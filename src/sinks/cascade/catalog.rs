@@ -17,7 +17,8 @@ pub struct Item {
     pub on: bool,
 }
 
-fn escape(s: &str) -> String {
+/// Text for an XML element or attribute value.
+pub(super) fn escape(s: &str) -> String {
     s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
 }
 

@@ -279,9 +279,6 @@ impl Registration {
 
     fn register(&mut self) -> Request {
         self.cseq += 1;
-        if self.phase != Phase::Registered {
-            self.phase = if self.phase == Phase::Failing { Phase::Failing } else { Phase::Registering };
-        }
         let s = &self.s;
         let uri = format!("sip:{}@{}", s.server_id, s.domain);
         let auth = self.challenge.as_deref().and_then(|c| {
@@ -290,21 +287,11 @@ impl Registration {
         });
         self.answered_challenge = auth.is_some();
         let auth = auth.map(|a| format!("Authorization: {a}\r\n")).unwrap_or_default();
-        let branch = format!("z9hG4bK{}", token());
-        let text = format!(
-            "REGISTER {uri} SIP/2.0\r\nVia: SIP/2.0/UDP {adv};rport;branch={branch}\r\n\
-From: <sip:{user}@{own}>;tag={tag}\r\nTo: <sip:{user}@{own}>\r\nCall-ID: {call}\r\nCSeq: {cseq} REGISTER\r\n\
-Contact: <sip:{user}@{adv}>\r\nMax-Forwards: 70\r\nExpires: {exp}\r\nUser-Agent: vigil/{ver}\r\n{auth}Content-Length: 0\r\n\r\n",
-            adv = self.advertise,
-            user = s.user_id,
-            own = s.own_domain(),
-            tag = self.tag,
-            call = self.call_id,
-            cseq = self.cseq,
-            exp = s.expires.as_secs(),
-            ver = env!("CARGO_PKG_VERSION"),
-        );
-        Request { kind: Kind::Register, branch, bytes: text.into_bytes() }
+        let me = format!("<sip:{}@{}>", s.user_id, s.own_domain());
+        let extra =
+            format!("Contact: <sip:{}@{}>\r\nExpires: {}\r\n{auth}", s.user_id, self.advertise, s.expires.as_secs());
+        let (call, cseq, tag) = (self.call_id.clone(), format!("{} REGISTER", self.cseq), self.tag.clone());
+        self.request(Kind::Register, &format!("REGISTER {uri}"), &tag, &me, &call, &cseq, &extra, &[])
     }
 
     fn keepalive(&mut self) -> Request {
@@ -317,8 +304,6 @@ Contact: <sip:{user}@{adv}>\r\nMax-Forwards: 70\r\nExpires: {exp}\r\nUser-Agent:
     /// its own for an upper that takes NOTIFYs without subscribing.
     pub fn notify(&mut self, sub: Option<&Subscription>, body: Vec<u8>, now: Millis) -> Request {
         self.msg_cseq += 1;
-        let s = &self.s;
-        let branch = format!("z9hG4bK{}", token());
         let (call, their_tag, our_tag, id, left) = match sub {
             Some(d) => (
                 d.call_id.clone(),
@@ -330,24 +315,16 @@ Contact: <sip:{user}@{adv}>\r\nMax-Forwards: 70\r\nExpires: {exp}\r\nUser-Agent:
             None => (token(), String::new(), self.tag.clone(), String::new(), 3600),
         };
         let id = if id.is_empty() { String::new() } else { format!(";id={id}") };
-        let text = format!(
-            "NOTIFY sip:{sid}@{addr} SIP/2.0\r\nVia: SIP/2.0/UDP {adv};rport;branch={branch}\r\n\
-From: <sip:{user}@{own}>;tag={our_tag}\r\nTo: <sip:{sid}@{dom}>{their_tag}\r\nCall-ID: {call}\r\nCSeq: {cseq} NOTIFY\r\n\
-Event: Catalog{id}\r\nSubscription-State: active;expires={left}\r\nContact: <sip:{user}@{adv}>\r\n\
-Content-Type: Application/MANSCDP+xml\r\nMax-Forwards: 70\r\nUser-Agent: vigil/{ver}\r\nContent-Length: {len}\r\n\r\n",
-            sid = s.server_id,
-            addr = s.server_addr,
-            dom = s.domain,
-            adv = self.advertise,
-            user = s.user_id,
-            own = s.own_domain(),
-            cseq = self.msg_cseq,
-            ver = env!("CARGO_PKG_VERSION"),
-            len = body.len(),
+        let s = &self.s;
+        let start = format!("NOTIFY sip:{}@{}", s.server_id, s.server_addr);
+        let to = format!("<sip:{}@{}>{their_tag}", s.server_id, s.domain);
+        let extra = format!(
+            "Event: Catalog{id}\r\nSubscription-State: active;expires={left}\r\nContact: <sip:{}@{}>\r\n\
+Content-Type: Application/MANSCDP+xml\r\n",
+            s.user_id, self.advertise
         );
-        let mut bytes = text.into_bytes();
-        bytes.extend_from_slice(&body);
-        Request { kind: Kind::Response, branch, bytes }
+        let cseq = format!("{} NOTIFY", self.msg_cseq);
+        self.request(Kind::Response, &start, &our_tag, &to, &call, &cseq, &extra, &body)
     }
 
     /// vigil's id at the upper (the `DeviceID` of what it answers).
@@ -359,25 +336,41 @@ Content-Type: Application/MANSCDP+xml\r\nMax-Forwards: 70\r\nUser-Agent: vigil/{
     pub fn message(&mut self, body: Vec<u8>) -> Request {
         self.msg_cseq += 1;
         let s = &self.s;
+        let start = format!("MESSAGE sip:{}@{}", s.server_id, s.domain);
+        let to = format!("<sip:{}@{}>", s.server_id, s.domain);
+        let (tag, cseq) = (self.tag.clone(), format!("{} MESSAGE", self.msg_cseq));
+        let extra = "Content-Type: Application/MANSCDP+xml\r\n";
+        self.request(Kind::Response, &start, &tag, &to, &token(), &cseq, extra, &body)
+    }
+
+    /// One request to the upper: `start` (method and Request-URI), Via at the advertised
+    /// address with a fresh branch, From vigil with `from_tag`, `to`, the Call-ID and CSeq,
+    /// the method's own headers (`extra`), then the common ones and `body`.
+    #[allow(clippy::too_many_arguments)]
+    fn request(
+        &self,
+        kind: Kind,
+        start: &str,
+        from_tag: &str,
+        to: &str,
+        call: &str,
+        cseq: &str,
+        extra: &str,
+        body: &[u8],
+    ) -> Request {
         let branch = format!("z9hG4bK{}", token());
         let text = format!(
-            "MESSAGE sip:{sid}@{dom} SIP/2.0\r\nVia: SIP/2.0/UDP {adv};rport;branch={branch}\r\n\
-From: <sip:{user}@{own}>;tag={tag}\r\nTo: <sip:{sid}@{dom}>\r\nCall-ID: {call}\r\nCSeq: {sn} MESSAGE\r\n\
-Content-Type: Application/MANSCDP+xml\r\nMax-Forwards: 70\r\nUser-Agent: vigil/{ver}\r\nContent-Length: {len}\r\n\r\n",
-            sid = s.server_id,
-            dom = s.domain,
+            "{start} SIP/2.0\r\nVia: SIP/2.0/UDP {adv};rport;branch={branch}\r\nFrom: <sip:{user}@{own}>;tag={from_tag}\r\n\
+To: {to}\r\nCall-ID: {call}\r\nCSeq: {cseq}\r\n{extra}Max-Forwards: 70\r\nUser-Agent: vigil/{ver}\r\nContent-Length: {len}\r\n\r\n",
             adv = self.advertise,
-            user = s.user_id,
-            own = s.own_domain(),
-            tag = self.tag,
-            call = token(),
-            sn = self.msg_cseq,
+            user = self.s.user_id,
+            own = self.s.own_domain(),
             ver = env!("CARGO_PKG_VERSION"),
             len = body.len(),
         );
         let mut bytes = text.into_bytes();
-        bytes.extend_from_slice(&body);
-        Request { kind: Kind::Response, branch, bytes }
+        bytes.extend_from_slice(body);
+        Request { kind, branch, bytes }
     }
 }
 

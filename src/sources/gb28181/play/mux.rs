@@ -4,7 +4,9 @@
 //! it, from the device's host only; with `tcp_passive` the same port listens and each
 //! connection is handed, with the bytes already read, to the stream whose SSRC its first
 //! packet carries. A lease is given back when its stream ends; an SSRC is never leased twice
-//! at once. Unknown SSRCs, other hosts and streams that cannot keep up are counted and dropped.
+//! at once. Unknown SSRCs, other hosts and streams that cannot keep up are counted and dropped;
+//! a TCP connection from a host no stream expects is closed before anything is read, and at
+//! most `IDENTIFYING` connections are read at once.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -28,6 +30,8 @@ const QUEUE: usize = 2048;
 const FIRST_PACKET: Duration = Duration::from_secs(10);
 /// The most read from a connection while looking for its first packet.
 const FIRST_BYTES: usize = 128 * 1024;
+/// Connections read for their first packet at once (each holds at most `FIRST_BYTES`).
+const IDENTIFYING: usize = 64;
 
 /// One datagram for a stream.
 pub struct Datagram {
@@ -56,6 +60,8 @@ pub struct Mux {
     pub port: u16,
     routes: Mutex<HashMap<u32, Route>>,
     metrics: Metrics,
+    /// Connections being read for their first packet.
+    identifying: Arc<tokio::sync::Semaphore>,
 }
 
 /// A stream's claim on an SSRC of the shared port.
@@ -78,7 +84,8 @@ impl Mux {
     ) -> std::io::Result<Arc<Mux>> {
         let udp = BatchSocket::new(super::bind_udp(ip, port)?)?;
         let listener = if tcp { Some(super::bind_tcp(ip, port)?) } else { None };
-        let mux = Arc::new(Mux { udp, port, routes: Mutex::default(), metrics });
+        let identifying = Arc::new(tokio::sync::Semaphore::new(IDENTIFYING));
+        let mux = Arc::new(Mux { udp, port, routes: Mutex::default(), metrics, identifying });
         tracker.spawn(mux.clone().read_udp(cancel.clone()));
         if let Some(l) = listener {
             tracker.spawn(mux.clone().accept_tcp(l, cancel));
@@ -163,9 +170,25 @@ impl Mux {
                     }
                 },
             };
+            // Nothing is read from a host no stream expects media from (a stream still
+            // reading its answer expects it from anyone: it checks the host itself).
+            let expected = {
+                let routes = self.routes.lock().unwrap_or_else(|p| p.into_inner());
+                routes.values().any(|r| r.tcp.is_some() && r.host.is_none_or(|h| h == peer.ip()))
+            };
+            if !expected {
+                self.count("foreign_source");
+                continue;
+            }
+            // At most `IDENTIFYING` connections are read at once; the rest are closed.
+            let Ok(permit) = self.identifying.clone().try_acquire_owned() else {
+                self.count("too_many_connections");
+                continue;
+            };
             let mux = self.clone();
             let cancel = cancel.clone();
             tokio::spawn(async move {
+                let _permit = permit;
                 tokio::select! {
                     _ = cancel.cancelled() => {}
                     _ = tokio::time::timeout(FIRST_PACKET, mux.identify(stream, peer)) => {}

@@ -657,15 +657,13 @@ impl<'a> Receiver<'a> {
     fn es_payload(&mut self, payload: &[u8], timestamp: u32, marker: bool, gap: bool) -> bool {
         let Some(d) = self.depacketizer.as_mut() else { return false };
         let before = d.counters.malformed;
-        let mut aus = Vec::new();
-        d.push(payload, timestamp, marker, gap, |t, au| aus.push((t, au.to_vec())));
+        // Each access unit goes from the depacketizer's buffer straight into the assembler.
+        let assembler = &mut self.assembler;
+        let mut units = Vec::new();
+        d.push(payload, timestamp, marker, gap, |t, au| assembler.push(Some(u64::from(t)), au, |u| units.push(u)));
         if d.counters.malformed > before {
             self.ctx.count_dropped("malformed");
             self.health.count_media_error();
-        }
-        let mut units = Vec::new();
-        for (t, au) in aus {
-            self.assembler.push(Some(u64::from(t)), &au, |u| units.push(u));
         }
         self.units(units)
     }
