@@ -15,24 +15,9 @@ UPPER=${BENCH_UPPER_PORT:-15090}
 LOWER=${BENCH_LOWER_PORT:-15091}
 TOKEN=bench-admin-token
 base() {
-  cat <<TOML
-[gateway]
-id = "42010400002000000001"
-data_dir = "$WORK/data"
-[http]
-listen = "127.0.0.1:$HTTP"
-tokens = [ { token = "$TOKEN", role = "admin" } ]
-[gb28181]
-listen = "127.0.0.1:0"
-[patrol]
-enabled = false
-[gat1400]
-enabled = false
-[mqtt]
-mode = "off"
-[rtsp]
-enabled = false
-TOML
+  config_head
+  config_off patrol gat1400 mqtt rtsp
+  printf '[gb28181]\nlisten = "127.0.0.1:0"\n'
 }
 # 1. The cameras, imported into a vigil without the upstream (so the query finds them all).
 base > "$WORK/vigil.toml"

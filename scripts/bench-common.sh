@@ -22,3 +22,25 @@ start_vigil() {
 
 # vigil's CPU so far, in clock ticks (user + system).
 cpu() { awk '{print $14+$15}' /proc/$PID/stat; }
+
+# The head of a bench's vigil.toml: its data directory and the API on $HTTP with the admin
+# token $TOKEN. Needs HTTP and TOKEN set.
+config_head() {
+  printf '[gateway]\ndata_dir = "%s"\n[http]\nlisten = "127.0.0.1:%s"\ntokens = [ { token = "%s", role = "admin" } ]\n' \
+    "$WORK/data" "$HTTP" "$TOKEN"
+}
+
+# Sections that switch off what a bench does not measure: any of gat1400, mqtt, rtsp, patrol.
+config_off() {
+  for s in "$@"; do
+    case $s in
+      gat1400) printf '[gat1400]\nenabled = false\n' ;;
+      mqtt) printf '[mqtt]\nmode = "off"\n' ;;
+      rtsp) printf '[rtsp]\nenabled = false\n' ;;
+      patrol) printf '[patrol]\nenabled = false\n' ;;
+    esac
+  done
+}
+
+# GET $1 from vigil's API with the admin token.
+api() { curl -sf -H "Authorization: Bearer $TOKEN" "http://127.0.0.1:$HTTP/api/v1$1"; }

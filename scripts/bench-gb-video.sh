@@ -21,7 +21,6 @@ HTTP=${BENCH_HTTP_PORT:-18294}
 SIP=${BENCH_SIP_PORT:-15070}
 SINGLE=${BENCH_SINGLE_PORT:-0}
 TOKEN=bench-admin-token
-api() { curl -sf -H "Authorization: Bearer $TOKEN" "http://127.0.0.1:$HTTP/api/v1$1"; }
 post() { curl -sf -X POST -H "Authorization: Bearer $TOKEN" -H 'Content-Type: application/json' -d "$2" "http://127.0.0.1:$HTTP/api/v1$1" > /dev/null; }
 metric() { curl -sf "http://127.0.0.1:$HTTP/metrics" | awk -v m="$1" '$1 == m {print $2}'; }
 rss_kb() { awk '/^VmRSS/ {print $2}' "/proc/$PID/status"; }
@@ -29,25 +28,13 @@ dev() { printf '4201040000132%07d' "$1"; }
 chan() { printf '4201040000131%04d%03d' "$1" "$2"; }
 channels_of() { { api "/devices/$1/channels" || true; } | { grep -o '"id"' || true; } | wc -l; }
 
-cat > "$WORK/vigil.toml" <<TOML
-[gateway]
-data_dir = "$WORK/data"
-[http]
-listen = "127.0.0.1:$HTTP"
-tokens = [ { token = "$TOKEN", role = "admin" } ]
+{ config_head; config_off patrol gat1400 mqtt rtsp; cat <<TOML
 [gb28181]
 listen = "127.0.0.1:$SIP"
 media_ports = "41000-41999"
 media_single_port = $SINGLE
-[patrol]
-enabled = false
-[gat1400]
-enabled = false
-[mqtt]
-mode = "off"
-[rtsp]
-enabled = false
 TOML
+} > "$WORK/vigil.toml"
 start_vigil "$HTTP"
 RSS0=$(rss_kb)
 { echo "id,name,kind,protocol,org_id,rtsp_url,profile"

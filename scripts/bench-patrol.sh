@@ -15,16 +15,10 @@ CONC=${BENCH_CONCURRENCY:-32}
 HTTP=${BENCH_HTTP_PORT:-18295}
 SIP=${BENCH_SIP_PORT:-15071}
 TOKEN=bench-admin-token
-api() { curl -sf -H "Authorization: Bearer $TOKEN" "http://127.0.0.1:$HTTP/api/v1$1"; }
 dev() { printf '4201040000132%07d' "$1"; }
 channels_of() { { api "/devices/$1/channels" || true; } | { grep -o '"id"' || true; } | wc -l; }
 
-cat > "$WORK/vigil.toml" <<TOML
-[gateway]
-data_dir = "$WORK/data"
-[http]
-listen = "127.0.0.1:$HTTP"
-tokens = [ { token = "$TOKEN", role = "admin" } ]
+{ config_head; config_off gat1400 mqtt rtsp; cat <<TOML
 [gb28181]
 listen = "127.0.0.1:$SIP"
 media_ports = "42000-42999"
@@ -32,13 +26,8 @@ media_ports = "42000-42999"
 first_after = "24h"
 concurrency = $CONC
 per_device = 8
-[gat1400]
-enabled = false
-[mqtt]
-mode = "off"
-[rtsp]
-enabled = false
 TOML
+} > "$WORK/vigil.toml"
 start_vigil "$HTTP"
 { echo "id,name,kind,protocol,org_id,rtsp_url,profile"
   for d in $(seq 0 $((D - 1))); do echo "$(dev "$d"),nvr $d,nvr,gb28181,,,"; done
