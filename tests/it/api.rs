@@ -126,7 +126,13 @@ async fn devices_go_online_and_offline_with_reasons_and_the_rate_report_and_metr
     assert!(waited >= Duration::from_millis(1900), "offline after only {waited:?}");
     assert!(waited < Duration::from_secs(4), "offline late: {waited:?}");
     assert_eq!(gate["presence"]["reason"], "ttl_expired");
-    let (_, hist) = api.get("/devices/gate-01/presence/history").await;
+    // Transitions reach the history table through presence's writer, a moment after the live
+    // state shows them.
+    let hist = api
+        .wait_for("/devices/gate-01/presence/history", Duration::from_secs(5), |h| {
+            h["items"].as_array().is_some_and(|i| i.len() >= 2)
+        })
+        .await;
     let steps: Vec<(String, String, String)> = hist["items"]
         .as_array()
         .expect("items")
