@@ -681,6 +681,9 @@ pub struct Upstream {
     /// protocol gb28181: send channel status NOTIFYs even to an upper that never subscribed
     /// (some uppers expect them without a catalog SUBSCRIBE).
     pub notify_without_subscription: bool,
+    /// protocol gb28181: an INVITE without `y=` is answered with an SSRC vigil picks (default:
+    /// refused with 400, as GB/T 28181 requires the upper's `y=`).
+    pub pick_ssrc: bool,
     /// protocol gb28181: the orgs whose devices (with their sub-orgs') this upper sees; empty:
     /// all.
     pub scope_orgs: Vec<String>,

@@ -38,6 +38,15 @@ pub struct Deps<'a> {
     pub media: ImageStore,
     pub impaired: crate::rate::Impaired,
     pub fds: &'a Budget,
+    /// The board every pulled stream is published on (RTSP cameras, GB/T 28181 channels).
+    pub streams: StreamBoard,
+}
+
+/// The media board every pulled stream is published on, with the decode pool snapshots and
+/// diagnosis share.
+pub fn stream_board(config: &Config) -> StreamBoard {
+    let decode_threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2).div_ceil(2);
+    StreamBoard::new(crate::media::snapshot::Pool::new(decode_threads), config.rtsp.snapshot_max_age)
 }
 
 /// Starts every enabled source on `tracker`, stopped by `cancel`.
@@ -47,14 +56,10 @@ pub async fn spawn_sources(
     cancel: &CancellationToken,
     tracker: &TaskTracker,
 ) -> Result<Inputs, Error> {
-    let Deps { shared, media, impaired, fds } = deps;
+    let Deps { shared, media, impaired, fds, streams } = deps;
     let metrics = &shared.metrics;
     let gb_sessions = SessionBoard::default();
-    // One media pipeline board for every pulled stream (RTSP cameras, GB/T 28181 channels),
-    // with the decode pool snapshots and diagnosis share.
-    let decode_threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2).div_ceil(2);
-    let pool = crate::media::snapshot::Pool::new(decode_threads);
-    let streams = StreamBoard::new(pool.clone(), config.rtsp.snapshot_max_age);
+    let pool = streams.pool().unwrap_or_else(|| crate::media::snapshot::Pool::new(1));
     let diagnoser = Arc::new(crate::media::quality::Diagnoser {
         pool,
         metrics: metrics.clone(),

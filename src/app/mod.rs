@@ -80,7 +80,8 @@ pub async fn start(config: Config) -> Result<Running, Error> {
     let presence = core::restore_presence(&db, &registry).await?;
     let metrics = Metrics::new();
     let (pipeline, inputs) = (Stage::default(), Stage::default());
-    let p = pipeline::spawn_pipeline(&config, &db, &registry, presence, &metrics, &pipeline.cancel, &pipeline.tracker)?;
+    let streams = inputs::stream_board(&config);
+    let p = pipeline::spawn_pipeline(&config, &db, &registry, presence, &metrics, &streams, &pipeline)?;
     let shared = crate::sources::Shared {
         registry: registry.clone(),
         presence: p.presence.clone(),
@@ -88,7 +89,7 @@ pub async fn start(config: Config) -> Result<Running, Error> {
         rejections: p.rejections.clone(),
         events: p.events.clone(),
     };
-    let deps = inputs::Deps { shared, media: p.media.clone(), impaired: p.impaired.clone(), fds: &fds };
+    let deps = inputs::Deps { shared, media: p.media.clone(), impaired: p.impaired.clone(), fds: &fds, streams };
     let i = inputs::spawn_sources(&config, deps, &inputs.cancel, &inputs.tracker).await?;
     // Patrol pulls channels through the media board the sources publish on.
     let patrol_deps = crate::patrol::Deps {

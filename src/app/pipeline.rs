@@ -6,9 +6,6 @@
 
 use std::sync::{Arc, Mutex};
 
-use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
-
 use super::{core, relay, Error};
 use crate::config::Config;
 use crate::db::Db;
@@ -31,21 +28,22 @@ pub struct Pipeline {
     pub outbox_gate: crate::outbox::gate::Gate,
 }
 
-/// Starts the pipeline on `tracker`, stopped by `cancel`.
+/// Starts the pipeline on `stage` (its tracker, stopped by its token).
 pub fn spawn_pipeline(
     config: &Config,
     db: &Db,
     registry: &Registry,
     (table, restored): (PresenceTable, Vec<Transition>),
     metrics: &Metrics,
-    cancel: &CancellationToken,
-    tracker: &TaskTracker,
+    streams: &crate::media::StreamBoard,
+    stage: &super::Stage,
 ) -> Result<Pipeline, Error> {
+    let (cancel, tracker) = (&stage.cancel, &stage.tracker);
     let rejections = crate::rejections::Rejections::new(metrics.clone());
     rejections.persist(db.clone(), cancel.child_token(), tracker);
     let media = crate::images::ImageStore::new(&config.gateway.data_dir, config.media.max_image.as_u64());
     // Which upstream takes which record (delivery rows are committed with the records).
-    let (mut plan, sinks) = relay::relay_plan(config, &media, db)?;
+    let (mut plan, sinks) = relay::relay_plan(config, &media, streams, db)?;
     // The outbox's bound: backlog and free disk, looked at every 2 s.
     let limits = crate::outbox::gate::Limits {
         max_backlog: config.relay.max_backlog,

@@ -45,6 +45,7 @@ pub fn link_identity(config: &Config) -> Result<crate::link::tls::Identity, Erro
 pub fn relay_plan(
     config: &Config,
     media: &crate::images::ImageStore,
+    streams: &crate::media::StreamBoard,
     db: &Db,
 ) -> Result<(crate::events::Relay, Vec<(String, Upstream)>), Error> {
     use crate::event::EventKind;
@@ -72,6 +73,9 @@ pub fn relay_plan(
         if u.protocol == Some(crate::config::UpstreamProtocol::Gb28181) {
             let mut c = crate::sinks::cascade::Cascade::new(u, &config.gateway.id)
                 .map_err(|e| Error::Config(format!("upstreams {}: {e}", u.name)))?;
+            // The upper's INVITEs play from the board; a GB/T 28181 channel not yet pulled
+            // gets its INVITE and first picture's time to give a keyframe.
+            c.set_media(streams.clone(), config.gb28181.invite_timeout + config.gb28181.media_timeout);
             // Alarms go up as Notify/Alarm, through the outbox; other kinds have no GB/T 28181 form.
             let alarms = wanted.contains(&EventKind::Alarm).then(|| Box::new(c.alarm_sink(tz)));
             if alarms.is_some() {
@@ -125,7 +129,7 @@ pub fn cascade_catalog(
     registry: crate::registry::Registry,
     presence: crate::presence::runner::PresenceHandle,
 ) -> crate::sinks::cascade::Catalog {
-    use crate::sinks::cascade::catalog::Item;
+    use crate::sinks::cascade::catalog::{Item, Video};
     Arc::new(move |scope: crate::sinks::cascade::Scope| {
         let (registry, presence) = (registry.clone(), presence.clone());
         Box::pin(async move {
@@ -153,11 +157,28 @@ pub fn cascade_catalog(
                                 manufacturer: manufacturer.clone(),
                                 model: model.clone(),
                                 on: online && c.status_on,
+                                video: Some(Video::Gb { device: d.id.clone(), channel: c.id.clone() }),
                             });
                         }
                     }
                     _ if d.protocol == crate::domain::Protocol::Gb28181 || crate::ids::GbCode::parse(&d.id).is_ok() => {
-                        items.push(Item { id: d.id.clone(), name: d.name.clone(), manufacturer, model, on: online })
+                        // A camera without channels is its own channel; an RTSP camera is
+                        // pulled always, under its own id.
+                        let video = match d.protocol {
+                            crate::domain::Protocol::Gb28181 => {
+                                Some(Video::Gb { device: d.id.clone(), channel: d.id.clone() })
+                            }
+                            crate::domain::Protocol::Rtsp => Some(Video::Pulled(d.id.clone())),
+                            _ => None,
+                        };
+                        items.push(Item {
+                            id: d.id.clone(),
+                            name: d.name.clone(),
+                            manufacturer,
+                            model,
+                            on: online,
+                            video,
+                        })
                     }
                     _ => {}
                 }

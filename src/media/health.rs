@@ -7,6 +7,11 @@
 //! Written by the stream's own pull task (one writer), read by the API and the diagnosis
 //! job. The per-frame path takes one uncontended lock and does arithmetic only: no
 //! allocation except to keep a keyframe. No sockets, no sqlx here.
+//!
+//! The stream's access units are also handed to whoever taps it (an upper platform playing
+//! the channel through the cascade): `tap` gives the cached keyframe to start from and a
+//! bounded queue of what follows; the pull publishes only while someone listens, and a
+//! listener too slow for its queue loses frames up to the next keyframe, never the pull's time.
 
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -147,10 +152,30 @@ struct Inner {
     quality: Option<Quality>,
 }
 
+/// One access unit of a stream, for its listeners (Annex B for H.264/H.265).
+#[derive(Clone)]
+pub struct Unit {
+    pub codec: super::snapshot::Codec,
+    /// Presentation time, 90 kHz.
+    pub pts: i64,
+    pub keyframe: bool,
+    pub data: bytes::Bytes,
+}
+
+/// A listener of the stream's access units.
+struct Listener {
+    tx: tokio::sync::mpsc::Sender<Unit>,
+    /// It missed a unit (its queue was full): nothing more until a keyframe.
+    gap: bool,
+}
+
 /// One stream's health. Cheap to share (`Arc`).
 #[derive(Default)]
 pub struct Health {
     inner: Mutex<Inner>,
+    listeners: Mutex<Vec<Listener>>,
+    /// Listeners now (read on every frame without the lock).
+    listening: std::sync::atomic::AtomicUsize,
     /// Woken on a keyframe, a state change and a diagnosis verdict (waiters for a snapshot
     /// or a patrol outcome).
     changed: tokio::sync::Notify,
@@ -303,6 +328,37 @@ impl Health {
             self.changed.notify_waiters();
         }
         note
+    }
+
+    /// True while someone listens to the access units (`publish` is worth a copy).
+    pub fn tapped(&self) -> bool {
+        self.listening.load(std::sync::atomic::Ordering::Relaxed) > 0
+    }
+
+    /// Hands an access unit to every listener; one whose queue is full skips units until the
+    /// next keyframe. Listeners that went away are forgotten.
+    pub fn publish(&self, unit: Unit) {
+        let mut ls = self.listeners.lock().unwrap_or_else(|p| p.into_inner());
+        ls.retain(|l| !l.tx.is_closed());
+        for l in ls.iter_mut() {
+            if l.gap && !unit.keyframe {
+                continue;
+            }
+            l.gap = l.tx.try_send(unit.clone()).is_err();
+        }
+        self.listening.store(ls.len(), std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Listens to the stream: the latest keyframe (to start a decoder at once) and a queue of
+    /// the units after it, `depth` deep.
+    pub fn tap(&self, depth: usize) -> (Option<Keyframe>, tokio::sync::mpsc::Receiver<Unit>) {
+        let (tx, rx) = tokio::sync::mpsc::channel(depth.max(1));
+        let mut ls = self.listeners.lock().unwrap_or_else(|p| p.into_inner());
+        ls.retain(|l| !l.tx.is_closed());
+        ls.push(Listener { tx, gap: false });
+        self.listening.store(ls.len(), std::sync::atomic::Ordering::Relaxed);
+        drop(ls);
+        (self.lock().latest_key.clone(), rx)
     }
 
     /// The stall deadline now: `max(3 × observed frame interval, floor)` capped by `cap`;

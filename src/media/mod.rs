@@ -68,6 +68,8 @@ pub enum Holder {
     Operator,
     /// A patrol round.
     Patrol,
+    /// An upper platform playing the channel through the cascade (one number per play).
+    Upper(u64),
 }
 
 /// The board key of a device's channel.
@@ -153,6 +155,11 @@ impl StreamBoard {
     /// Takes a stream off the board (its pull stopped).
     pub fn remove(&self, id: &str) {
         self.streams.write().unwrap_or_else(|p| p.into_inner()).remove(id);
+    }
+
+    /// The health (and access units, `Health::tap`) of stream `id`, while it is on the board.
+    pub fn stream(&self, id: &str) -> Option<Arc<Health>> {
+        self.get(id).map(|s| s.health.clone())
     }
 
     fn get(&self, id: &str) -> Option<Arc<Stream>> {

@@ -12,10 +12,10 @@ use std::time::Duration;
 use crate::support::gateway::{Db, TestGateway};
 use crate::support::{free_port, require_command};
 
-const LOWER: &str = "42010400002000000001";
-const UPPER: &str = "42010000002000000001";
+pub(crate) const LOWER: &str = "42010400002000000001";
+pub(crate) const UPPER: &str = "42010000002000000001";
 
-fn fixture(name: &str) -> PathBuf {
+pub(crate) fn fixture(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/sipp").join(name)
 }
 

@@ -14,18 +14,18 @@ use crate::support::gateway::{Db, TestGateway};
 use crate::support::rtsp::ffprobe;
 use crate::support::{free_port, metric, require_command, sim_binary};
 
-const DEVICE: &str = "42010400001320000000";
+pub(crate) const DEVICE: &str = "42010400001320000000";
 
 /// The simulator's channel `i` of `DEVICE` (how `vigil-sim` numbers them).
-fn channel(i: u32) -> String {
+pub(crate) fn channel(i: u32) -> String {
     format!("42010400001310000{i:03}")
 }
 
 /// `vigil-sim gb-device live` with one device.
-struct SimDevice(Child);
+pub(crate) struct SimDevice(Child);
 
 impl SimDevice {
-    fn start(sip: std::net::SocketAddr, channels: u32, extra: &[&str]) -> Self {
+    pub(crate) fn start(sip: std::net::SocketAddr, channels: u32, extra: &[&str]) -> Self {
         Self::spawn(sip, channels, extra, Stdio::null())
     }
 
@@ -115,7 +115,7 @@ async fn channels_play_over_tcp_passive_and_active() {
     }
 }
 
-async fn registered_with_channels(gw: &TestGateway, n: usize) {
+pub(crate) async fn registered_with_channels(gw: &TestGateway, n: usize) {
     let (s, _) =
         gw.api.post("/devices", json!({"id": DEVICE, "name": "模拟 NVR", "kind": "nvr", "protocol": "gb28181"})).await;
     assert_eq!(s, 201);

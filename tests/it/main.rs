@@ -5,6 +5,7 @@ mod support;
 
 mod api;
 mod cascade;
+mod cascade_play;
 mod dashboard;
 mod gat1400;
 mod gb28181;

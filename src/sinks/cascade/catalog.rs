@@ -15,6 +15,17 @@ pub struct Item {
     pub model: String,
     /// ON while the channel (and the device it is under) is online.
     pub on: bool,
+    /// Where its video comes from when the upper plays it; `None`: it has none.
+    pub video: Option<Video>,
+}
+
+/// Where a channel's video comes from, for an upper platform's INVITE.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Video {
+    /// A stream vigil pulls always (an RTSP camera), by its key on the stream board.
+    Pulled(String),
+    /// A GB/T 28181 channel, pulled from its device while someone plays it.
+    Gb { device: String, channel: String },
 }
 
 /// Text for an XML element or attribute value.
@@ -112,6 +123,7 @@ mod tests {
             manufacturer: "Hikvision".into(),
             model: "DS-2CD".into(),
             on,
+            video: None,
         }
     }
 

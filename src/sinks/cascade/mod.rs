@@ -8,13 +8,15 @@
 //! NOTIFYs (compared every 250 ms with what it was last told, so a flapping channel's last
 //! state wins; everything again after a re-registration, a new subscription or a NOTIFY lost;
 //! without a subscription too where `notify_without_subscription`), and publishes its state
-//! for `GET /api/v1/relay/targets`. What the upper asks beyond that (video) is answered 501
-//! until the cascade serves it.
+//! for `GET /api/v1/relay/targets`. The upper's INVITEs play channels (`play` holds the
+//! dialogs, `forward` sends the video as PS over RTP).
 //! Requests go out as RFC 3261 non-INVITE client transactions over UDP (retransmitted from T1
 //! doubling to T2, given up at Timer F); answers are taken from the upper's host only.
 
 pub mod alarm;
 pub mod catalog;
+pub mod forward;
+pub mod play;
 pub mod register;
 
 use std::collections::{HashMap, VecDeque};
@@ -35,7 +37,7 @@ use crate::protocol::sip::transactions::{T1_MS, T2_MS, TIMER_F_MS};
 use register::{Kind, Phase, Registration, Settings};
 
 /// Methods the cascade's user agent answers.
-const ALLOW: &str = "REGISTER, MESSAGE, OPTIONS, SUBSCRIBE";
+const ALLOW: &str = "REGISTER, MESSAGE, OPTIONS, SUBSCRIBE, INVITE, ACK, BYE, CANCEL";
 /// Catalog items per MESSAGE.
 const CATALOG_BATCH: usize = 8;
 /// The next catalog MESSAGE goes this long after the last if the upper has not answered it.
@@ -75,6 +77,9 @@ pub struct Cascade {
     /// Alarms from the outbox (`alarm::AlarmSink`), when this upstream takes them.
     alarms: Option<tokio::sync::mpsc::Receiver<alarm::Job>>,
     registered: Arc<std::sync::atomic::AtomicBool>,
+    pick_ssrc: bool,
+    /// The streams an upper's INVITE plays (none: INVITEs answered 488).
+    media: Option<Arc<forward::Media>>,
 }
 
 impl Cascade {
@@ -114,7 +119,15 @@ impl Cascade {
             scope: Scope { orgs: u.scope_orgs.clone(), kinds: u.scope_kinds.clone() },
             alarms: None,
             registered: Arc::default(),
+            pick_ssrc: u.pick_ssrc,
+            media: None,
         })
+    }
+
+    /// The stream board the upper's INVITEs play from; a channel gets `ready_wait` to give a
+    /// keyframe.
+    pub fn set_media(&mut self, board: crate::media::StreamBoard, ready_wait: Duration) {
+        self.media = Some(Arc::new(forward::Media { board, ready_wait }));
     }
 
     /// The outbox side of this upstream's alarms (`Notify/Alarm` MESSAGEs).
@@ -143,6 +156,7 @@ struct Outstanding {
     /// An alarm: who waits for the upper's answer.
     reply: Option<tokio::sync::oneshot::Sender<Option<u16>>>,
     bytes: Vec<u8>,
+    to: SocketAddr,
     next_send: Millis,
     interval: Millis,
     deadline: Millis,
@@ -169,6 +183,8 @@ pub async fn run(c: Cascade, catalog: Catalog, status: Arc<Mutex<TargetStatus>>,
     };
     info!(upstream = %name, upper = %upper, advertise = %advertise, "GB/T 28181 cascade: registering to the upper platform.");
     let tag = uuid::Uuid::new_v4().simple().to_string()[..10].to_owned();
+    let (mut plays, mut play_events) =
+        play::Plays::new(c.media, c.pick_ssrc, c.settings.user_id.clone(), advertise.clone());
     let mut reg = Registration::new(c.settings, advertise, now_ms());
     let mut outstanding: HashMap<String, Outstanding> = HashMap::new();
     let mut buf = vec![0u8; 65_536];
@@ -212,6 +228,7 @@ pub async fn run(c: Cascade, catalog: Catalog, status: Arc<Mutex<TargetStatus>>,
                 notify: notifies.contains(&r.branch),
                 kind: r.kind,
                 bytes: r.bytes,
+                to: upper,
                 next_send: now + T1_MS,
                 interval: T1_MS,
                 deadline: now + TIMER_F_MS,
@@ -232,6 +249,7 @@ pub async fn run(c: Cascade, catalog: Catalog, status: Arc<Mutex<TargetStatus>>,
             .values()
             .map(|o| o.next_send.min(o.deadline))
             .chain(reg.next_due())
+            .chain(plays.next_due())
             .chain(answer_in_flight.as_ref().filter(|_| !answers.is_empty()).map(|(_, at)| at + CATALOG_FALLBACK_MS))
             .chain((answer_in_flight.is_none() && !answers.is_empty()).then_some(now))
             .min()
@@ -241,12 +259,15 @@ pub async fn run(c: Cascade, catalog: Catalog, status: Arc<Mutex<TargetStatus>>,
             _ = cancel.cancelled() => return,
             _ = tokio::time::sleep(Duration::from_millis((wake - now).max(0) as u64)) => {
                 let now = now_ms();
+                for o in plays.due(now) {
+                    send(&sock, &o.bytes, o.to).await;
+                }
                 let mut gone = Vec::new();
                 for (branch, o) in outstanding.iter_mut() {
                     if now >= o.deadline {
                         gone.push(branch.clone());
                     } else if now >= o.next_send {
-                        send(&sock, &o.bytes, upper).await;
+                        send(&sock, &o.bytes, o.to).await;
                         o.interval = (o.interval * 2).min(T2_MS);
                         o.next_send = now + o.interval;
                     }
@@ -264,6 +285,27 @@ pub async fn run(c: Cascade, catalog: Catalog, status: Arc<Mutex<TargetStatus>>,
                     }
                 }
             }
+            Some(e) = play_events.recv() => {
+                let now = now_ms();
+                let (answer, bye) = plays.event(e, now);
+                if let Some(o) = answer {
+                    send(&sock, &o.bytes, o.to).await;
+                }
+                if let Some(b) = bye {
+                    send(&sock, &b.bytes, b.to).await;
+                    let o = Outstanding {
+                        kind: Kind::Bye,
+                        notify: false,
+                        reply: None,
+                        bytes: b.bytes,
+                        to: b.to,
+                        next_send: now + T1_MS,
+                        interval: T1_MS,
+                        deadline: now + TIMER_F_MS,
+                    };
+                    outstanding.insert(b.branch, o);
+                }
+            }
             job = next_alarm => {
                 let Some(job) = job else { alarms = None; continue };
                 if reg.view().phase != Phase::Registered {
@@ -278,6 +320,7 @@ pub async fn run(c: Cascade, catalog: Catalog, status: Arc<Mutex<TargetStatus>>,
                     notify: false,
                     reply: Some(job.answer),
                     bytes: r.bytes,
+                    to: upper,
                     next_send: now + T1_MS,
                     interval: T1_MS,
                     deadline: now + TIMER_F_MS,
@@ -343,7 +386,32 @@ pub async fn run(c: Cascade, catalog: Catalog, status: Arc<Mutex<TargetStatus>>,
                     }
                     StartLine::Request { method, .. } => {
                         let answer = match method.to_ascii_uppercase().as_str() {
-                            "ACK" => continue,
+                            "ACK" => {
+                                plays.ack(&msg);
+                                continue;
+                            }
+                            "BYE" | "CANCEL" => {
+                                let method = method.to_ascii_uppercase();
+                                for o in plays.stop(&msg, from, &method) {
+                                    send(&sock, &o.bytes, o.to).await;
+                                }
+                                continue;
+                            }
+                            "INVITE" => match plays.again(&msg) {
+                                Some(again) => again,
+                                None => {
+                                    let channel = match &msg.start {
+                                        StartLine::Request { uri, .. } => message::uri_user(uri).unwrap_or(""),
+                                        StartLine::Response { .. } => "",
+                                    };
+                                    let found = catalog(scope.clone())
+                                        .await
+                                        .into_iter()
+                                        .find(|i| i.id == channel)
+                                        .map(|i| i.video);
+                                    plays.invite(&msg, &buf[..n], from, found, &cancel)
+                                }
+                            },
                             "OPTIONS" => message::response(&msg, 200, "OK", from, &tag, &[("Allow", ALLOW.into())], b""),
                             "MESSAGE" => {
                                 let (code, reason, out) = query(&msg, &reg, &catalog, &scope, &name).await;

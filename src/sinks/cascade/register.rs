@@ -64,6 +64,8 @@ pub enum Kind {
     Keepalive,
     /// A MESSAGE answering the upper's query (a catalog batch, DeviceInfo, DeviceStatus).
     Response,
+    /// A BYE ending a play from vigil's side.
+    Bye,
 }
 
 /// A request to send.
@@ -218,7 +220,7 @@ impl Registration {
                     _ => self.fail(format!("REGISTER refused with {code}"), now),
                 }
             }
-            Kind::Response => {}
+            Kind::Response | Kind::Bye => {}
             Kind::Keepalive => {
                 self.keepalive_in_flight = false;
                 if (200..300).contains(&code) {
@@ -246,7 +248,7 @@ impl Registration {
                 self.keepalive_in_flight = false;
                 self.missed("a keepalive went unanswered".into(), now);
             }
-            Kind::Response => {}
+            Kind::Response | Kind::Bye => {}
         }
     }
 

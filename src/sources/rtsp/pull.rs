@@ -27,7 +27,7 @@ use tracing::{debug, info, warn};
 use super::{Camera, Context};
 use crate::clock::now_ms;
 use crate::event::{Evidence, Observation, StreamFault};
-use crate::media::health::{Health, Keyframe, MediaInfo, StreamState};
+use crate::media::health::{Health, Keyframe, MediaInfo, StreamState, Unit};
 use crate::media::quality;
 use crate::media::snapshot::Codec;
 
@@ -377,14 +377,27 @@ async fn run_once(
         }
         let loss = frame.loss();
         let len = frame.data().len();
-        let key = if frame.is_random_access_point() && len <= MAX_KEYFRAME {
-            let pts = frame.timestamp().timestamp();
+        let pts = frame.timestamp().timestamp();
+        let random_access = frame.is_random_access_point();
+        // The access unit for listeners (an upper platform playing this camera), only while
+        // one listens; published after `frame` so a new listener's cached keyframe is never
+        // older than the first unit it is handed.
+        let unit = health.tapped().then(|| Unit {
+            codec,
+            pts,
+            keyframe: random_access,
+            data: bytes::Bytes::copy_from_slice(frame.data()),
+        });
+        let key = if random_access && len <= MAX_KEYFRAME {
             Some(Keyframe { codec, data: Arc::from(frame.into_data()), pts, seq: 0 })
         } else {
             None
         };
         let is_key = key.is_some();
         let note = health.frame(now, len, loss, key);
+        if let Some(u) = unit {
+            health.publish(u);
+        }
         frames += 1;
         bytes += len as u64;
         if let Some(ttff) = note.first {

@@ -25,7 +25,7 @@ use super::udp::BatchSocket;
 use super::Ctx;
 use crate::clock::now_ms;
 use crate::media::diagnosis::Judge;
-use crate::media::health::{Health, Keyframe, MediaInfo, StreamState};
+use crate::media::health::{Health, Keyframe, MediaInfo, StreamState, Unit};
 use crate::media::quality::{self, Subject};
 use crate::media::snapshot;
 use crate::protocol::ps::es::{Assembler, Codec};
@@ -702,12 +702,18 @@ impl<'a> Receiver<'a> {
                 Codec::H265 => snapshot::Codec::H265,
             };
             let len = u.data.len();
-            let key = (u.keyframe && len <= MAX_KEYFRAME).then(|| Keyframe {
+            let pts = u.pts.map_or(0, |p| p as i64);
+            let keyframe = u.keyframe;
+            // For listeners (an upper platform playing this channel), only while one listens;
+            // published after `frame` (see `Health::tap`).
+            let unit = self.health.tapped().then(|| Unit {
                 codec,
-                data: Arc::from(u.data),
-                pts: u.pts.map_or(0, |p| p as i64),
-                seq: 0,
+                pts,
+                keyframe,
+                data: bytes::Bytes::copy_from_slice(&u.data),
             });
+            let key =
+                (keyframe && len <= MAX_KEYFRAME).then(|| Keyframe { codec, data: Arc::from(u.data), pts, seq: 0 });
             if let Some(k) = key.as_ref().filter(|_| !self.sized) {
                 self.sized = true;
                 self.describe(codec, k.clone());
@@ -716,6 +722,9 @@ impl<'a> Receiver<'a> {
             self.health.count_packets(self.packets - self.packets_reported);
             self.packets_reported = self.packets;
             let note = self.health.frame(now, len, loss, key);
+            if let Some(u) = unit {
+                self.health.publish(u);
+            }
             self.ctx.metrics.gb_frames.inc();
             self.ctx.metrics.gb_bytes.inc_by(len as u64);
             if is_key {
