@@ -6,6 +6,7 @@ pub mod community;
 pub mod gb_media;
 pub mod platform;
 pub mod rtsp_camera;
+pub mod upper;
 
 use std::time::Duration;
 

@@ -6,6 +6,7 @@ mod support;
 mod api;
 mod cascade;
 mod cascade_play;
+mod cascade_view;
 mod dashboard;
 mod gat1400;
 mod gb28181;

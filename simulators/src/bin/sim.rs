@@ -41,6 +41,9 @@ enum Sim {
     /// An upper GA/T 1400 view library that vigil's relay pushes to (digest registration,
     /// per-object answers, counts of what arrived, faults on command).
     Platform(vigil_simulators::platform::Args),
+    /// A GB/T 28181 upper platform for vigil's cascade: digest registration, keepalives, a
+    /// catalog subscription and query, its own view of every channel's status.
+    Upper(vigil_simulators::upper::Args),
 }
 
 #[derive(clap::Args)]
@@ -979,6 +982,7 @@ async fn main() -> Result<()> {
         Sim::Checkpoint(args) => return vigil_simulators::checkpoint::run(args).await,
         Sim::RtspCamera(args) => return vigil_simulators::rtsp_camera::run(args).await,
         Sim::Platform(args) => return vigil_simulators::platform::run(args).await,
+        Sim::Upper(args) => return vigil_simulators::upper::run(args).await,
     };
     if !args.server.ip().is_loopback() {
         bail!("this load driver only targets loopback addresses");
