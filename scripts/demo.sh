@@ -26,6 +26,15 @@ PLATFORM_PID=$!
 # that the district gateway links to over QUIC with certificates from the tier's CA.
 ./target/release/vigil-sim platform --listen 127.0.0.1:9102 --password change-me > /dev/null 2>&1 &
 CITY_PID=$!
+# The district's and the city's GB/T 28181 platforms (vigil-sim upper): vigil registers to both
+# as a lower platform (the gb28181 upstreams of the config); each keeps its own view of the
+# cameras' ON/OFF from the catalog and the NOTIFYs (curl 127.0.0.1:15062/view).
+./target/release/vigil-sim upper --name district --id 42010400002000000009 --listen 127.0.0.1:15060 \
+  --http 127.0.0.1:15062 --report-every 0 > /dev/null 2>&1 &
+GBUP1_PID=$!
+./target/release/vigil-sim upper --name city --listen 127.0.0.1:15160 --http 127.0.0.1:15162 \
+  --report-every 0 > /dev/null 2>&1 &
+GBUP2_PID=$!
 ./target/release/vigil certs --out data/certs --san 127.0.0.1 42010400002000000001 42010000002000000001 > /dev/null
 env -u VIGIL_HTTP__LISTEN -u VIGIL_GB28181__LISTEN -u VIGIL_MQTT__LISTEN -u VIGIL_GAT1400__LISTEN \
   RUST_LOG=${RUST_LOG:-warn} ./target/release/vigil run --config config/examples/city-hub.toml > data/city-hub.log 2>&1 &
@@ -33,7 +42,7 @@ HUB_PID=$!
 
 ./target/release/vigil run --config config/examples/district.toml &
 VIGIL_PID=$!
-trap 'kill $VIGIL_PID $SIM_PID $PLATFORM_PID $CITY_PID $HUB_PID 2>/dev/null; wait 2>/dev/null' EXIT INT TERM
+trap 'kill $VIGIL_PID $SIM_PID $PLATFORM_PID $CITY_PID $HUB_PID $GBUP1_PID $GBUP2_PID 2>/dev/null; wait 2>/dev/null' EXIT INT TERM
 SIM_PID=""
 
 for _ in $(seq 1 100); do
@@ -113,7 +122,7 @@ RT_PID=$!
   printf 'cam-rtsp-frozen,画面冻结摄像机,camera,rtsp,zongguan-shuichang,rtsp://%s/frozen/1,\n' "$RTSP_LISTEN"
 } | curl -sf -X POST -H 'Authorization: Bearer demo-admin-token' -H 'Content-Type: text/csv' \
     --data-binary @- "http://127.0.0.1:$PORT/api/v1/devices/import" >/dev/null
-trap 'kill $VIGIL_PID $SIM_PID $PLATFORM_PID $CITY_PID $HUB_PID $GB1_PID $GB2_PID $GB3_PID $MQ_PID $CK_PID $RT_PID 2>/dev/null; wait 2>/dev/null' EXIT INT TERM
+trap 'kill $VIGIL_PID $SIM_PID $PLATFORM_PID $CITY_PID $HUB_PID $GBUP1_PID $GBUP2_PID $GB1_PID $GB2_PID $GB3_PID $MQ_PID $CK_PID $RT_PID $VIEW_PID 2>/dev/null; wait 2>/dev/null' EXIT INT TERM
 
 cat <<MSG
 
@@ -141,7 +150,20 @@ cat <<MSG
                 path: curl 127.0.0.1:9101/stats), and the city through a hub over QUIC (a second
                 vigil, dashboard http://127.0.0.1:8081/?token=demo-viewer-token, log
                 data/city-hub.log) that forwards to the city's view library (curl 127.0.0.1:9102/stats)
+  Cascade:      vigil is a lower platform to two GB/T 28181 platforms (vigil-sim upper): the
+                district's (every device with a GB/T 28181 id) and the city's (cameras and NVRs
+                only). What each sees is on the dashboard's upstreams card ("上级所见") and at
+                curl 127.0.0.1:15062/view and 127.0.0.1:15162/view; every 30 s a line below puts
+                their online rate next to vigil's.
   Ctrl-C stops the gateway and the simulator.
 
 MSG
+# The uppers' view of the online rate next to vigil's own, every 30 s.
+(
+  while sleep 30; do
+    rate() { curl -sf -H 'Authorization: Bearer demo-viewer-token' "$1" | python3 -c 'import json,sys; v=json.load(sys.stdin); r=v.get("online_rate", v.get("rate", 0)); print("%.1f%% (%s/%s)" % (r * 100, v.get("on", v.get("online")), v.get("channels", v.get("total"))))' 2>/dev/null || echo "n/a"; }
+    echo "  online rate — vigil: $(rate "http://127.0.0.1:$PORT/api/v1/online-rate"), district platform sees: $(rate http://127.0.0.1:15062/view), city platform sees: $(rate http://127.0.0.1:15162/view)"
+  done
+) &
+VIEW_PID=$!
 wait $VIGIL_PID

@@ -6,7 +6,11 @@
 //! it prints that view as a JSON line (`{"upper":..,"registered":..,"channels":..,"on":..,
 //! "online_rate":..,"notifies":..,"alarms":..}`); with `--log-notifies` it prints each NOTIFY
 //! item as it arrives (`notify <unix ms> <channel> <event>`) for the latency bench; `GET
-//! /view` on `--http` answers the view with every channel's status. Loopback only.
+//! /view` on `--http` answers the view with every channel's status. With `--play N` it
+//! INVITEs the first N channels that are ON (PS over RTP to a UDP port of its own each, its
+//! own SSRC in `y=`), ACKs the 200s, and counts what arrives: the report lines then carry
+//! `plays`, `mbit_s` and the time from ACK to the first keyframe pack (a PS system header)
+//! per play (`first_key_ms` p50/p99/max). Loopback only.
 #![allow(clippy::disallowed_methods)] // a simulator reads real time
 
 use std::collections::BTreeMap;
@@ -45,10 +49,33 @@ pub struct Args {
     /// Serve `GET /view` here (loopback).
     #[arg(long)]
     pub http: Option<SocketAddr>,
+    /// Play this many ON channels once the catalog is in (0: none).
+    #[arg(long, default_value_t = 0)]
+    pub play: usize,
+    /// Seconds after the first registration before the plays start.
+    #[arg(long, default_value_t = 5)]
+    pub play_after: u64,
+}
+
+/// What the plays received.
+#[derive(Default)]
+struct Plays {
+    /// INVITEs sent, by Call-ID: the channel and the media socket's port.
+    pending: std::collections::HashMap<String, (String, u16)>,
+    /// When each play was ACKed, by media port.
+    acked: std::collections::HashMap<u16, std::time::Instant>,
+    /// ACK to first keyframe pack, ms, per play.
+    first_key_ms: Vec<u64>,
+    bytes: u64,
+    since: Option<std::time::Instant>,
+    answered: usize,
+    refused: usize,
 }
 
 #[derive(Default)]
 struct View {
+    plays: Plays,
+    lower_addr: Option<SocketAddr>,
     registered: bool,
     /// The Call-ID of the lower's registration (a new one: it registered anew).
     call: String,
@@ -70,6 +97,16 @@ impl View {
         });
         if whole {
             v["status"] = json!(self.channels);
+        }
+        let p = &self.plays;
+        if p.answered + p.refused > 0 {
+            let mut k = p.first_key_ms.clone();
+            k.sort_unstable();
+            let q = |f: f64| k.get(((k.len() as f64 * f) as usize).min(k.len().saturating_sub(1))).copied();
+            let secs = p.since.map(|t| t.elapsed().as_secs_f64()).unwrap_or(0.0).max(0.001);
+            v["plays"] = json!({"answered": p.answered, "refused": p.refused, "keyframes": k.len(),
+                "mbit_s": p.bytes as f64 * 8.0 / secs / 1e6,
+                "first_key_ms": {"p50": q(0.5), "p99": q(0.99), "max": k.last()}});
         }
         v
     }
@@ -110,13 +147,31 @@ pub async fn run(a: Args) -> Result<()> {
         });
     }
     let realm = a.id.get(..10).unwrap_or(&a.id).to_owned();
+    if a.play > 0 {
+        let (v, sock, me, realm, n, after) =
+            (view.clone(), sock.clone(), a.id.clone(), realm.clone(), a.play, a.play_after);
+        tokio::spawn(async move {
+            if let Err(e) = plays(v, sock, me, realm, n, after).await {
+                eprintln!("upper: plays stopped: {e}");
+            }
+        });
+    }
     let mut nonces = Nonces::default();
     let mut buf = vec![0u8; 65_536];
     let mut cseq = 0u32;
     loop {
         let (n, from) = sock.recv_from(&mut buf).await?;
         let Ok(msg) = Message::parse(&buf[..n]) else { continue };
-        let StartLine::Request { method, .. } = msg.start else { continue };
+        let StartLine::Request { method, .. } = msg.start else {
+            if let StartLine::Response { code, .. } = msg.start {
+                if msg.cseq().is_some_and(|(_, m)| m.eq_ignore_ascii_case("INVITE")) && code >= 200 {
+                    if let Some(ack) = invite_answered(&view, &msg, code, sock.local_addr()?) {
+                        sock.send_to(&ack, from).await?;
+                    }
+                }
+            }
+            continue;
+        };
         let tag = "upper";
         let ok = |extra: &[(&str, String)]| message::response(&msg, 200, "OK", from, tag, extra, b"");
         let answer = match method.to_ascii_uppercase().as_str() {
@@ -136,6 +191,7 @@ pub async fn run(a: Args) -> Result<()> {
                             g.call = call;
                             g.registered = expires > 0;
                             g.lower = Some(lower.clone());
+                            g.lower_addr = Some(from);
                             fresh
                         };
                         let answer = ok(&[("Expires", expires.to_string())]);
@@ -249,4 +305,86 @@ fn subscribe(me: &str, realm: &str, lower: &str, to: SocketAddr, local: SocketAd
 fn query(me: &str, realm: &str, lower: &str, to: SocketAddr, local: SocketAddr, cseq: u32) -> Vec<u8> {
     let body = format!("<?xml version=\"1.0\"?>\r\n<Query>\r\n<CmdType>Catalog</CmdType>\r\n<SN>{cseq}</SN>\r\n<DeviceID>{lower}</DeviceID>\r\n</Query>\r\n");
     request("MESSAGE", me, realm, lower, to, local, cseq, "", &body)
+}
+
+/// A final answer to one of the plays' INVITEs: the ACK to send for a 200 (the play counts
+/// from now).
+fn invite_answered(view: &Mutex<View>, msg: &Message<'_>, code: u16, local: SocketAddr) -> Option<Vec<u8>> {
+    let call = msg.header("Call-ID")?;
+    let mut g = view.lock().ok()?;
+    let (channel, port) = g.plays.pending.remove(call)?;
+    if code >= 300 {
+        g.plays.refused += 1;
+        return None;
+    }
+    g.plays.answered += 1;
+    g.plays.acked.insert(port, std::time::Instant::now());
+    g.plays.since.get_or_insert_with(std::time::Instant::now);
+    let (from, to) = (msg.header("From")?, msg.header("To")?);
+    Some(
+        format!(
+            "ACK sip:{channel}@{local} SIP/2.0\r\nVia: SIP/2.0/UDP {local};rport;branch=z9hG4bKack{port}\r\nFrom: {from}\r\nTo: {to}\r\n\
+Call-ID: {call}\r\nCSeq: 1 ACK\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
+        )
+        .into_bytes(),
+    )
+}
+
+/// After `after` seconds, INVITEs the first `n` ON channels, each to a UDP port of its own, and
+/// counts what arrives.
+async fn plays(
+    view: Arc<Mutex<View>>,
+    sock: Arc<UdpSocket>,
+    me: String,
+    realm: String,
+    n: usize,
+    after: u64,
+) -> Result<()> {
+    tokio::time::sleep(Duration::from_secs(after)).await;
+    let (lower, channels) = {
+        let g = view.lock().map_err(|_| anyhow::anyhow!("view lock"))?;
+        let Some(lower) = g.lower_addr else { bail!("no lower platform registered") };
+        (lower, g.channels.iter().filter(|(_, on)| **on).map(|(c, _)| c.clone()).take(n).collect::<Vec<_>>())
+    };
+    let local = sock.local_addr()?;
+    for (i, channel) in channels.into_iter().enumerate() {
+        let media = UdpSocket::bind("127.0.0.1:0").await?;
+        let port = media.local_addr()?.port();
+        let _ = socket2::SockRef::from(&media).set_recv_buffer_size(1 << 20);
+        let call = format!("play{}-{i}@upper", std::process::id());
+        let ssrc = 100_000_000 + i as u32;
+        let sdp = format!(
+            "v=0\r\no={me} 0 0 IN IP4 127.0.0.1\r\ns=Play\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=video {port} RTP/AVP 96\r\n\
+a=recvonly\r\na=rtpmap:96 PS/90000\r\ny=0{ssrc}\r\n"
+        );
+        let invite = format!(
+            "INVITE sip:{channel}@{lower} SIP/2.0\r\nVia: SIP/2.0/UDP {local};rport;branch=z9hG4bKinv{port}\r\n\
+From: <sip:{me}@{realm}>;tag=p{i}\r\nTo: <sip:{channel}@{realm}>\r\nCall-ID: {call}\r\nCSeq: 1 INVITE\r\n\
+Contact: <sip:{me}@{local}>\r\nSubject: {channel}:0{ssrc},{me}:0\r\nMax-Forwards: 70\r\n\
+Content-Type: APPLICATION/SDP\r\nContent-Length: {}\r\n\r\n{sdp}",
+            sdp.len()
+        );
+        view.lock().map_err(|_| anyhow::anyhow!("view lock"))?.plays.pending.insert(call, (channel, port));
+        sock.send_to(invite.as_bytes(), lower).await?;
+        let v = view.clone();
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; 2048];
+            let mut keyed = false;
+            while let Ok(n) = media.recv(&mut buf).await {
+                let payload = buf.get(12..n).unwrap_or(&[]);
+                let key = !keyed && payload.windows(4).any(|w| w == [0, 0, 1, 0xBB]);
+                if let Ok(mut g) = v.lock() {
+                    g.plays.bytes += n as u64;
+                    if key {
+                        keyed = true;
+                        if let Some(t) = g.plays.acked.get(&port).copied() {
+                            g.plays.first_key_ms.push(t.elapsed().as_millis() as u64);
+                        }
+                    }
+                }
+            }
+        });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(())
 }

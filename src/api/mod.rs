@@ -112,6 +112,13 @@ async fn relay_targets(State(state): State<AppState>) -> ApiResult<Json<serde_js
                 "last_keepalive_at": x.last_keepalive_at.map(|t| state.time(t)),
                 "next_attempt_at": x.next_attempt_at.map(|t| state.time(t)),
                 "failures": x.failures,
+                "view": x.view.as_ref().map(|v| serde_json::json!({
+                    "channels": v.channels,
+                    "on": v.on,
+                    "told_on": v.told_on,
+                    "subscribed_until": v.subscribed_until.map(|t| state.time(t)),
+                    "plays": v.plays,
+                })),
             })),
             "recent_dead": dead.into_iter().map(|d| serde_json::json!({"seq": d.seq, "object_id": d.object_id, "reason": d.reason})).collect::<Vec<_>>(),
         }));

@@ -72,6 +72,20 @@ pub struct SessionStatus {
     pub next_attempt_at: Option<Millis>,
     /// Failures in a row.
     pub failures: u32,
+    /// What the upstream sees of vigil (GB/T 28181 cascade).
+    pub view: Option<UpperView>,
+}
+
+/// What a GB/T 28181 upper platform sees: the channels in its scope and how many are ON now,
+/// how many it was last told are ON (`None` without a subscription), until when it
+/// subscribes, and the plays it has open.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct UpperView {
+    pub channels: usize,
+    pub on: usize,
+    pub told_on: Option<usize>,
+    pub subscribed_until: Option<Millis>,
+    pub plays: usize,
 }
 
 /// Records per claim, unless the sink says otherwise.

@@ -3,7 +3,8 @@
 //! from the catalog and the NOTIFYs, served at `GET /view`) watches three cameras while they
 //! come online, flap, and go offline; while vigil restarts; and while the upper itself is
 //! down and comes back knowing nothing (it refuses vigil's keepalive, vigil registers again
-//! and the upper learns everything anew). After each, its view equals vigil's within 30 s.
+//! and the upper learns everything anew). After each, its view equals vigil's within 30 s;
+//! `GET /relay/targets` shows what the upper sees.
 
 use std::collections::BTreeMap;
 use std::process::{Child, Command, Stdio};
@@ -121,6 +122,16 @@ user_id = \"{LOWER}\"\npassword = \"12345678\"\nlisten = \"127.0.0.1:{}\"\nkeepa
     observe(&gw, CAMERAS[1], "dead").await;
     upper = SimUpper::start(sip, http);
     agree(&gw, http, [false, false, true], "after the upper restarted").await;
+    // What the upper sees, as the API (and the dashboard's upstream table) shows it.
+    let t = gw
+        .api
+        .wait_for("/relay/targets", Duration::from_secs(10), |v| {
+            v["items"][0]["session"]["view"]["told_on"] == 1 && v["items"][0]["session"]["view"]["on"] == 1
+        })
+        .await;
+    let view = &t["items"][0]["session"]["view"];
+    assert_eq!((view["channels"].as_u64(), view["plays"].as_u64()), (Some(3), Some(0)), "{t}");
+    assert!(view["subscribed_until"].is_string(), "the upper subscribed to the catalog: {t}");
     drop(upper);
     gw.shutdown().await;
 }

@@ -112,9 +112,35 @@ pub fn device_status(sn: u64, platform_id: &str) -> Vec<u8> {
     manscdp::encode(&text, Charset::Gb18030)
 }
 
+/// `Response/RecordInfo` for `channel`: vigil keeps no recordings, and says so (`SumNum` 0)
+/// rather than leaving the upper's query to time out.
+pub fn record_info(sn: u64, channel: &str, name: &str) -> Vec<u8> {
+    let text = format!(
+        "<?xml version=\"1.0\" encoding=\"GB2312\"?>\r\n<Response>\r\n<CmdType>RecordInfo</CmdType>\r\n<SN>{sn}</SN>\r\n<DeviceID>{}</DeviceID>\r\n<Name>{}</Name>\r\n<SumNum>0</SumNum>\r\n<RecordList Num=\"0\">\r\n</RecordList>\r\n</Response>\r\n",
+        escape(channel),
+        escape(name)
+    );
+    manscdp::encode(&text, Charset::Gb18030)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn record_info_says_there_are_no_recordings() {
+        let body = record_info(7, "42010400001310000001", "东门");
+        let (text, _) = manscdp::decode(&body);
+        for part in [
+            "<CmdType>RecordInfo</CmdType>",
+            "<SN>7</SN>",
+            "<DeviceID>42010400001310000001</DeviceID>",
+            "<SumNum>0</SumNum>",
+            "<Name>东门</Name>",
+        ] {
+            assert!(text.contains(part), "{part} in {text}");
+        }
+    }
 
     fn item(n: u32, on: bool) -> Item {
         Item {

@@ -31,7 +31,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::clock::{now_ms, Millis};
-use crate::outbox::runner::{SessionStatus, TargetStatus};
+use crate::outbox::runner::{SessionStatus, TargetStatus, UpperView};
 use crate::protocol::sip::message::{self, Message, StartLine};
 use crate::protocol::sip::transactions::{T1_MS, T2_MS, TIMER_F_MS};
 use register::{Kind, Phase, Registration, Settings};
@@ -334,11 +334,24 @@ pub async fn run(c: Cascade, catalog: Catalog, status: Arc<Mutex<TargetStatus>>,
                     sub = None;
                 }
                 let wanted = sub.is_some() || c.notify_without_subscription;
-                if reg.view().phase != Phase::Registered || !wanted {
+                if reg.view().phase != Phase::Registered {
                     continue;
                 }
                 let items = catalog(scope.clone()).await;
                 let now_view: HashMap<String, bool> = items.into_iter().map(|i| (i.id, i.on)).collect();
+                let upper_view = UpperView {
+                    channels: now_view.len(),
+                    on: now_view.values().filter(|on| **on).count(),
+                    told_on: told.as_ref().filter(|_| wanted).map(|t| t.values().filter(|on| **on).count()),
+                    subscribed_until: sub.as_ref().map(|d| d.until),
+                    plays: plays.len(),
+                };
+                if let Some(s) = status.lock().unwrap_or_else(|p| p.into_inner()).session.as_mut() {
+                    s.view = Some(upper_view);
+                }
+                if !wanted {
+                    continue;
+                }
                 let mut changes: Vec<(String, bool)> = match &told {
                     None => now_view.iter().map(|(id, on)| (id.clone(), *on)).collect(),
                     Some(t) => now_view.iter().filter(|(id, on)| t.get(*id) != Some(*on)).map(|(id, on)| (id.clone(), *on)).collect(),
@@ -477,6 +490,14 @@ async fn query(
             (200, "OK", vec![Outgoing::Message(catalog::device_info(sn, me, "vigil", n))])
         }
         ("Query", "DeviceStatus") => (200, "OK", vec![Outgoing::Message(catalog::device_status(sn, me))]),
+        ("Query", "RecordInfo") => {
+            // A channel of this upper's: no recordings (vigil records nothing); another: 404.
+            let channel = e.device_id.clone();
+            match catalog(scope.clone()).await.into_iter().find(|i| i.id == channel) {
+                Some(i) => (200, "OK", vec![Outgoing::Message(catalog::record_info(sn, &i.id, &i.name))]),
+                None => (404, "Not Found", Vec::new()),
+            }
+        }
         (_, cmd) => {
             debug!(upstream = %name, cmd, "Upper platform MESSAGE not served yet: 501.");
             (501, "Not Implemented", Vec::new())
@@ -559,12 +580,14 @@ fn publish(reg: &Registration, status: &Mutex<TargetStatus>, name: &str, last: &
         }
         s.last_error = v.last_error.clone();
     }
+    let view = s.session.as_ref().and_then(|x| x.view.clone());
     s.session = Some(SessionStatus {
         state: v.phase.as_str(),
         until: v.registered_until,
         last_keepalive_at: v.last_keepalive_at,
         next_attempt_at: v.next_attempt_at,
         failures: v.failures,
+        view,
     });
     became_registered
 }
