@@ -411,6 +411,9 @@ pub struct Gb28181 {
     pub media_single_port: u16,
     /// `udp`, `tcp_passive` or `tcp_active`.
     pub media_transport: GbMediaTransport,
+    /// The serials (last 6 digits, `FIRST-LAST`) of the GB/T 28181 ids vigil allocates for
+    /// devices that have none (RTSP cameras, checkpoints) so cascade uppers see them.
+    pub id_serials: String,
     /// How often an RTCP receiver report goes to each device sending RTP over UDP; 0s: never.
     #[serde(with = "humantime_serde")]
     pub rtcp_interval: Duration,
@@ -448,6 +451,7 @@ impl Default for Gb28181 {
             media_ports: "30000-30999".into(),
             media_single_port: 0,
             media_transport: GbMediaTransport::Udp,
+            id_serials: "900000-999999".into(),
             rtcp_interval: Duration::from_secs(5),
             media_address: String::new(),
             invite_timeout: Duration::from_secs(10),
@@ -689,6 +693,18 @@ pub struct Upstream {
     pub scope_orgs: Vec<String>,
     /// protocol gb28181: the device kinds this upper sees (e.g. camera, nvr); empty: all.
     pub scope_kinds: Vec<DeviceKind>,
+}
+
+/// `gb28181.id_serials`: `FIRST-LAST`, 6-digit serials, FIRST ≤ LAST.
+pub fn parse_serials(s: &str) -> Result<std::ops::RangeInclusive<u32>, String> {
+    let bad = || format!("{s:?} is not FIRST-LAST with 6-digit serials, FIRST <= LAST (e.g. \"900000-999999\")");
+    let (a, b) = s.split_once('-').ok_or_else(bad)?;
+    let six =
+        |x: &str| (x.len() == 6 && x.bytes().all(|c| c.is_ascii_digit())).then(|| x.parse::<u32>().ok()).flatten();
+    match (six(a.trim()), six(b.trim())) {
+        (Some(a), Some(b)) if a <= b => Ok(a..=b),
+        _ => Err(bad()),
+    }
 }
 
 /// `gb28181.charset`.
@@ -1065,6 +1081,9 @@ impl Config {
                 "gb28181.media_single_port".into(),
                 format!("{single} is inside media_ports {:?}; pick a port outside the range", self.gb28181.media_ports),
             );
+        }
+        if let Err(e) = parse_serials(&self.gb28181.id_serials) {
+            add("gb28181.id_serials".into(), e);
         }
         let rtcp = self.gb28181.rtcp_interval;
         if !rtcp.is_zero() && rtcp < Duration::from_secs(1) {

@@ -11,6 +11,8 @@ pub enum Error {
     Registry(#[from] crate::registry::Error),
     #[error("presence: {0}")]
     Presence(sqlx::Error),
+    #[error("cascade ids: {0}")]
+    CascadeIds(sqlx::Error),
     #[error("cannot listen on {addr}: {source}")]
     Bind { addr: SocketAddr, source: std::io::Error },
     #[error("{0}")]
@@ -30,7 +32,7 @@ impl Error {
         match self {
             Error::Db(e) => e.kind(),
             Error::Registry(e) => e.kind(),
-            Error::Presence(e) => crate::db::sqlx_kind(e),
+            Error::Presence(e) | Error::CascadeIds(e) => crate::db::sqlx_kind(e),
             Error::Bind { .. } => crate::error::ErrorKind::Unavailable,
             Error::Config(_) => crate::error::ErrorKind::InvalidInput,
             Error::Gb28181(e) => e.kind(),

@@ -81,7 +81,7 @@ pub async fn start(config: Config) -> Result<Running, Error> {
     let metrics = Metrics::new();
     let (pipeline, inputs) = (Stage::default(), Stage::default());
     let streams = inputs::stream_board(&config);
-    let p = pipeline::spawn_pipeline(&config, &db, &registry, presence, &metrics, &streams, &pipeline)?;
+    let p = pipeline::spawn_pipeline(&config, &db, &registry, presence, &metrics, &streams, &pipeline).await?;
     let shared = crate::sources::Shared {
         registry: registry.clone(),
         presence: p.presence.clone(),

@@ -29,7 +29,7 @@ pub struct Pipeline {
 }
 
 /// Starts the pipeline on `stage` (its tracker, stopped by its token).
-pub fn spawn_pipeline(
+pub async fn spawn_pipeline(
     config: &Config,
     db: &Db,
     registry: &Registry,
@@ -111,7 +111,19 @@ pub fn spawn_pipeline(
         added: plan.added.clone(),
         keep_delivered: config.relay.keep_delivered,
     };
-    let catalog = relay::cascade_catalog(registry.clone(), presence.clone());
+    // GB/T 28181 ids for devices without one, when an upper platform is to see them.
+    let cascades = config.upstreams.iter().any(|u| u.protocol == Some(crate::config::UpstreamProtocol::Gb28181));
+    let ids = match cascades {
+        true => {
+            let serials = crate::config::parse_serials(&config.gb28181.id_serials).unwrap_or(900_000..=999_999);
+            let ids = crate::sinks::cascade::ids::Ids::load(db.clone(), serials, &config.gateway.id)
+                .await
+                .map_err(Error::CascadeIds)?;
+            Some(Arc::new(ids))
+        }
+        false => None,
+    };
+    let catalog = relay::cascade_catalog(registry.clone(), presence.clone(), ids);
     let targets = relay::spawn_runners(sinks, catalog, context, cancel, tracker);
     Ok(Pipeline { rejections, media, events, presence, writer, rate, impaired, targets, outbox_gate })
 }

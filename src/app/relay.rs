@@ -128,59 +128,97 @@ pub fn relay_plan(
 pub fn cascade_catalog(
     registry: crate::registry::Registry,
     presence: crate::presence::runner::PresenceHandle,
+    ids: Option<Arc<crate::sinks::cascade::ids::Ids>>,
 ) -> crate::sinks::cascade::Catalog {
     use crate::sinks::cascade::catalog::{Item, Video};
     Arc::new(move |scope: crate::sinks::cascade::Scope| {
-        let (registry, presence) = (registry.clone(), presence.clone());
+        let (registry, presence, ids) = (registry.clone(), presence.clone(), ids.clone());
         Box::pin(async move {
             let states = presence.states().await.unwrap_or_default();
-            let cache = registry.read();
             let mut items = Vec::new();
-            let in_scope = |d: &crate::registry::Device| {
-                (scope.kinds.is_empty() || scope.kinds.contains(&d.kind))
-                    && (scope.orgs.is_empty()
-                        || d.org_id
-                            .as_deref()
-                            .is_some_and(|o| scope.orgs.iter().any(|root| cache.is_in_subtree(o, root))))
-            };
-            for d in cache.devices().filter(|d| d.counted(true) && in_scope(d)) {
-                let online = states.get(d.key as usize).copied() == Some(1);
-                let attr = |k: &str| d.attrs.get(k).and_then(|v| v.as_str()).unwrap_or("").to_owned();
-                let (manufacturer, model) = (attr("manufacturer"), attr("model"));
-                let channels = cache.channels(&d.id).filter(|c| !c.is_empty());
-                match channels {
-                    Some(chs) if d.protocol == crate::domain::Protocol::Gb28181 => {
-                        for c in chs.iter() {
-                            items.push(Item {
-                                id: c.id.clone(),
-                                name: c.name.clone(),
-                                manufacturer: manufacturer.clone(),
-                                model: model.clone(),
-                                on: online && c.status_on,
-                                video: Some(Video::Gb { device: d.id.clone(), channel: c.id.clone() }),
-                            });
+            // Devices without a GB/T 28181 id of their own, whose id vigil gives: (item with
+            // the device's id for now, the org's division prefix).
+            let mut unnamed: Vec<(Item, Option<String>)> = Vec::new();
+            {
+                let cache = registry.read();
+                let in_scope = |d: &crate::registry::Device| {
+                    (scope.kinds.is_empty() || scope.kinds.contains(&d.kind))
+                        && (scope.orgs.is_empty()
+                            || d.org_id
+                                .as_deref()
+                                .is_some_and(|o| scope.orgs.iter().any(|root| cache.is_in_subtree(o, root))))
+                };
+                for d in cache.devices().filter(|d| d.counted(true) && in_scope(d)) {
+                    let online = states.get(d.key as usize).copied() == Some(1);
+                    let attr = |k: &str| d.attrs.get(k).and_then(|v| v.as_str()).unwrap_or("").to_owned();
+                    let (manufacturer, model) = (attr("manufacturer"), attr("model"));
+                    let channels = cache.channels(&d.id).filter(|c| !c.is_empty());
+                    let gb_coded = crate::ids::GbCode::parse(&d.id).is_ok();
+                    let video = match d.protocol {
+                        crate::domain::Protocol::Gb28181 => {
+                            Some(Video::Gb { device: d.id.clone(), channel: d.id.clone() })
                         }
-                    }
-                    _ if d.protocol == crate::domain::Protocol::Gb28181 || crate::ids::GbCode::parse(&d.id).is_ok() => {
+                        crate::domain::Protocol::Rtsp => Some(Video::Pulled(d.id.clone())),
+                        _ => None,
+                    };
+                    match channels {
+                        Some(chs) if d.protocol == crate::domain::Protocol::Gb28181 => {
+                            for c in chs.iter() {
+                                items.push(Item {
+                                    id: c.id.clone(),
+                                    name: c.name.clone(),
+                                    manufacturer: manufacturer.clone(),
+                                    model: model.clone(),
+                                    on: online && c.status_on,
+                                    video: Some(Video::Gb { device: d.id.clone(), channel: c.id.clone() }),
+                                });
+                            }
+                        }
                         // A camera without channels is its own channel; an RTSP camera is
                         // pulled always, under its own id.
-                        let video = match d.protocol {
-                            crate::domain::Protocol::Gb28181 => {
-                                Some(Video::Gb { device: d.id.clone(), channel: d.id.clone() })
-                            }
-                            crate::domain::Protocol::Rtsp => Some(Video::Pulled(d.id.clone())),
-                            _ => None,
-                        };
-                        items.push(Item {
+                        _ if d.protocol == crate::domain::Protocol::Gb28181 || gb_coded => items.push(Item {
                             id: d.id.clone(),
                             name: d.name.clone(),
                             manufacturer,
                             model,
                             on: online,
                             video,
-                        })
+                        }),
+                        // RTSP cameras and GA/T 1400 checkpoints without a GB/T 28181 id: one
+                        // is given to them.
+                        _ if ids.is_some()
+                            && matches!(
+                                d.protocol,
+                                crate::domain::Protocol::Rtsp | crate::domain::Protocol::Gat1400
+                            ) =>
+                        {
+                            let prefix =
+                                d.org_id.as_deref().and_then(|o| cache.org(o)).and_then(|o| o.gb_prefix.clone());
+                            let item =
+                                Item { id: d.id.clone(), name: d.name.clone(), manufacturer, model, on: online, video };
+                            unnamed.push((item, prefix));
+                        }
+                        _ => {}
                     }
-                    _ => {}
+                }
+            }
+            if let (Some(ids), false) = (ids, unnamed.is_empty()) {
+                let wanted = unnamed
+                    .iter()
+                    .filter(|(i, _)| ids.get(&i.id).is_none())
+                    .map(|(i, p)| crate::sinks::cascade::ids::Wanted { device_id: i.id.clone(), prefix: p.clone() })
+                    .collect::<Vec<_>>();
+                if !wanted.is_empty() {
+                    let taken = |id: &str| registry.read().device(id).is_some();
+                    if let Err(e) = ids.allocate(wanted, taken).await {
+                        warn!(error = %e, "Cannot store GB/T 28181 ids for devices without one; they stay out of the catalog for now.");
+                    }
+                }
+                for (mut item, _) in unnamed {
+                    if let Some(id) = ids.get(&item.id) {
+                        item.id = id;
+                        items.push(item);
+                    }
                 }
             }
             items

@@ -14,6 +14,7 @@ use std::time::Duration;
 use serde_json::json;
 
 use crate::cascade::{fixture, LOWER, UPPER};
+use crate::cascade_view::{upper_view, SimUpper};
 use crate::gb_play::{channel, registered_with_channels, SimDevice, DEVICE};
 use crate::support::gateway::{Db, TestGateway};
 use crate::support::rtsp::GstCamera;
@@ -290,5 +291,59 @@ async fn invites_the_upper_may_not_make_are_refused_with_their_codes() {
     assert_eq!(answer_code(listen, "42010400001320009999", sdp).await, 404);
     assert_eq!(answer_code(listen, CAMERA, &sdp.replace("y=0100000001\r\n", "")).await, 400);
     assert_eq!(answer_code(listen, CAMERA, "v=0\r\nnonsense\r\n").await, 400);
+    gw.shutdown().await;
+}
+
+/// The gateway feature: an RTSP camera whose id is not a GB/T 28181 code is given one — its
+/// org's division code, type 132, the first serial of `gb28181.id_serials` — which the upper
+/// sees, which lasts across a restart, which plays, and which is never given to another
+/// camera after this one is deleted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_rtsp_camera_without_a_gb_id_is_given_one_that_lasts_plays_and_is_never_reused() {
+    require_command("ffprobe");
+    let cam = GstCamera::start("none", "h264");
+    let (sip, http, listen) = (free_port(), free_port(), free_port());
+    let _upper = SimUpper::start(sip, http);
+    let mut gw = TestGateway::start(Db::Sqlite, &upstream(sip, listen)).await;
+    let org = json!({"id": "qiaokou-east", "name": "东区", "kind": "street", "gb_prefix": "420104"});
+    assert_eq!(gw.api.post("/orgs", org).await.0, 201);
+    let body = json!({"id": "cam-east", "name": "东门", "kind": "camera", "protocol": "rtsp", "rtsp_url": cam.url, "org_id": "qiaokou-east"});
+    assert_eq!(gw.api.post("/devices", body).await.0, 201);
+    // 4201 04 00 | 00 (the gateway's industry code) | 132 | 0 | 900000.
+    let given = "42010400001320900000";
+    let seen = |want: bool| async move {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let v = upper_view(http).await;
+            if v.get(given) == Some(&want) {
+                return v;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the upper sees {v:?}, not {given} {}",
+                if want { "ON" } else { "OFF" }
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    };
+    seen(true).await;
+    gw.restart().await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (codec, n) = play(dir.path(), listen, given, Carry::Udp, true).await;
+    assert_eq!(codec, "h264");
+    assert!(n >= 40, "{n} frames decoded at the upper, under the id given before the restart");
+    // Deleted, and another camera in the same org: the next serial, never the first again.
+    assert_eq!(gw.api.send(reqwest::Method::DELETE, "/devices/cam-east", json!({})).await.0, 204);
+    let body = json!({"id": "cam-west", "name": "西门", "kind": "camera", "protocol": "rtsp", "rtsp_url": "rtsp://127.0.0.1:9/x", "org_id": "qiaokou-east"});
+    assert_eq!(gw.api.post("/devices", body).await.0, 201);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while !upper_view(http).await.contains_key("42010400001320900001") {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "cam-west was not given the next serial: {:?}",
+            upper_view(http).await
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     gw.shutdown().await;
 }

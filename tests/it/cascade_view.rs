@@ -19,10 +19,10 @@ use crate::support::{free_port, sim_binary};
 const CAMERAS: [&str; 3] = ["42010400001320000101", "42010400001320000102", "42010400001320000103"];
 
 /// `vigil-sim upper` on `sip`, its view on `http`.
-struct SimUpper(Child);
+pub(crate) struct SimUpper(Child);
 
 impl SimUpper {
-    fn start(sip: u16, http: u16) -> SimUpper {
+    pub(crate) fn start(sip: u16, http: u16) -> SimUpper {
         let child = Command::new(sim_binary())
             .args(["upper", "--listen", &format!("127.0.0.1:{sip}"), "--http", &format!("127.0.0.1:{http}")])
             .args(["--id", UPPER, "--password", "12345678", "--report-every", "0"])
@@ -43,7 +43,7 @@ impl Drop for SimUpper {
 }
 
 /// The upper's view: channel → ON.
-async fn upper_view(http: u16) -> BTreeMap<String, bool> {
+pub(crate) async fn upper_view(http: u16) -> BTreeMap<String, bool> {
     let v: serde_json::Value = match reqwest::get(format!("http://127.0.0.1:{http}/view")).await {
         Ok(r) => r.json().await.unwrap_or_default(),
         Err(_) => return BTreeMap::new(),

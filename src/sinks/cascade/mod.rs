@@ -16,6 +16,7 @@
 pub mod alarm;
 pub mod catalog;
 pub mod forward;
+pub mod ids;
 pub mod play;
 pub mod register;
 
