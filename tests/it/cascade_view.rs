@@ -1,7 +1,8 @@
 //! The upper platform's view of ON/OFF follows vigil's presence, end to end: `vigil-sim upper`
 //! (our GB/T 28181 upper: digest registration, a catalog subscription and query, its own view
 //! from the catalog and the NOTIFYs, served at `GET /view`) watches three cameras while they
-//! come online, flap, and go offline; while vigil restarts; and while the upper itself is
+//! come online, flap, and go offline; while vigil restarts (and is killed with -9 while a
+//! camera's validity window runs out); and while the upper itself is
 //! down and comes back knowing nothing (it refuses vigil's keepalive, vigil registers again
 //! and the upper learns everything anew). After each, its view equals vigil's within 30 s;
 //! `GET /relay/targets` shows what the upper sees.
@@ -13,7 +14,7 @@ use std::time::Duration;
 use serde_json::json;
 
 use crate::cascade::{LOWER, UPPER};
-use crate::support::gateway::{Db, TestGateway};
+use crate::support::gateway::{config_toml, Client, Db, Process, TestGateway};
 use crate::support::{free_port, sim_binary};
 
 const CAMERAS: [&str; 3] = ["42010400001320000101", "42010400001320000102", "42010400001320000103"];
@@ -55,21 +56,21 @@ pub(crate) async fn upper_view(http: u16) -> BTreeMap<String, bool> {
 }
 
 /// vigil's own view of the cameras: online or not.
-async fn vigil_view(gw: &TestGateway) -> BTreeMap<String, bool> {
+async fn vigil_view(api: &Client) -> BTreeMap<String, bool> {
     let mut out = BTreeMap::new();
     for id in CAMERAS {
-        let d = gw.api.get(&format!("/devices/{id}")).await.1;
+        let d = api.get(&format!("/devices/{id}")).await.1;
         out.insert(id.to_owned(), d["presence"]["state"] == "online");
     }
     out
 }
 
 /// Waits until the upper sees what vigil sees (and it is `expected`), within 30 s.
-async fn agree(gw: &TestGateway, http: u16, expected: [bool; 3], when: &str) {
+async fn agree(api: &Client, http: u16, expected: [bool; 3], when: &str) {
     let want: BTreeMap<String, bool> = CAMERAS.iter().map(|c| c.to_string()).zip(expected).collect();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
-        let (theirs, ours) = (upper_view(http).await, vigil_view(gw).await);
+        let (theirs, ours) = (upper_view(http).await, vigil_view(api).await);
         if theirs == want && ours == want {
             return;
         }
@@ -81,47 +82,52 @@ async fn agree(gw: &TestGateway, http: u16, expected: [bool; 3], when: &str) {
     }
 }
 
-async fn observe(gw: &TestGateway, id: &str, kind: &str) {
+/// The `[[upstreams]]` of the upper on `sip`.
+fn upstream(sip: u16) -> String {
+    format!(
+        "[[upstreams]]\nname = \"city\"\nprotocol = \"gb28181\"\nserver_id = \"{UPPER}\"\nserver_addr = \"127.0.0.1:{sip}\"\n\
+user_id = \"{LOWER}\"\npassword = \"12345678\"\nlisten = \"127.0.0.1:{}\"\nkeepalive_interval = \"5s\"\nkeepalive_misses = 2\n",
+        free_port()
+    )
+}
+
+async fn observe(api: &Client, id: &str, kind: &str) {
     let body = json!([{"device_id": id, "kind": kind, "ttl": "1h", "reason": "test"}]);
-    assert_eq!(gw.api.post("/observations", body).await.0, 202);
+    assert_eq!(api.post("/observations", body).await.0, 202);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_uppers_view_follows_presence_through_flaps_a_vigil_restart_and_an_upper_restart() {
     let (sip, http) = (free_port(), free_port());
     let mut upper = SimUpper::start(sip, http);
-    let config = format!(
-        "[[upstreams]]\nname = \"city\"\nprotocol = \"gb28181\"\nserver_id = \"{UPPER}\"\nserver_addr = \"127.0.0.1:{sip}\"\n\
-user_id = \"{LOWER}\"\npassword = \"12345678\"\nlisten = \"127.0.0.1:{}\"\nkeepalive_interval = \"5s\"\nkeepalive_misses = 2\n",
-        free_port()
-    );
+    let config = upstream(sip);
     let mut gw = TestGateway::start(Db::Sqlite, &config).await;
     for id in CAMERAS {
         let body = json!({"id": id, "name": format!("东门 {id}"), "kind": "camera", "protocol": "gat1400"});
         assert_eq!(gw.api.post("/devices", body).await.0, 201);
     }
-    observe(&gw, CAMERAS[0], "alive").await;
-    observe(&gw, CAMERAS[1], "alive").await;
-    agree(&gw, http, [true, true, false], "two cameras online").await;
+    observe(&gw.api, CAMERAS[0], "alive").await;
+    observe(&gw.api, CAMERAS[1], "alive").await;
+    agree(&gw.api, http, [true, true, false], "two cameras online").await;
 
     // A camera flapping: the last state wins at the upper.
     for kind in ["dead", "alive", "dead", "alive", "dead"] {
-        observe(&gw, CAMERAS[0], kind).await;
+        observe(&gw.api, CAMERAS[0], kind).await;
     }
-    agree(&gw, http, [false, true, false], "after a flap ending offline").await;
+    agree(&gw.api, http, [false, true, false], "after a flap ending offline").await;
 
     // vigil restarts; meanwhile nothing changes; afterwards a camera comes online.
     gw.restart().await;
-    agree(&gw, http, [false, true, false], "after vigil restarted").await;
-    observe(&gw, CAMERAS[2], "alive").await;
-    agree(&gw, http, [false, true, true], "a change after vigil restarted").await;
+    agree(&gw.api, http, [false, true, false], "after vigil restarted").await;
+    observe(&gw.api, CAMERAS[2], "alive").await;
+    agree(&gw.api, http, [false, true, true], "a change after vigil restarted").await;
 
     // The upper goes down; a camera goes offline while it is; it comes back knowing nothing.
     let _ = upper.0.kill();
     let _ = upper.0.wait();
-    observe(&gw, CAMERAS[1], "dead").await;
+    observe(&gw.api, CAMERAS[1], "dead").await;
     upper = SimUpper::start(sip, http);
-    agree(&gw, http, [false, false, true], "after the upper restarted").await;
+    agree(&gw.api, http, [false, false, true], "after the upper restarted").await;
     // What the upper sees, as the API (and the dashboard's upstream table) shows it.
     let t = gw
         .api
@@ -134,4 +140,39 @@ user_id = \"{LOWER}\"\npassword = \"12345678\"\nlisten = \"127.0.0.1:{}\"\nkeepa
     assert!(view["subscribed_until"].is_string(), "the upper subscribed to the catalog: {t}");
     drop(upper);
     gw.shutdown().await;
+}
+
+/// vigil killed with -9 (no shutdown, no goodbye to the upper) and started again: it registers
+/// anew, the upper learns the whole catalog again, and its view equals vigil's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_vigil_is_killed_with_9_the_upper_is_brought_back_to_the_true_state() {
+    let (sip, http) = (free_port(), free_port());
+    let _upper = SimUpper::start(sip, http);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let port = free_port();
+    let cfg = dir.path().join("vigil.toml");
+    std::fs::write(&cfg, config_toml(&dir.path().join("data"), None, port, &upstream(sip))).expect("write config");
+    let log = dir.path().join("vigil.log");
+    let mut gw = Process::start(&cfg, port, &log).await;
+    for id in CAMERAS {
+        let body = json!({"id": id, "name": format!("东门 {id}"), "kind": "camera", "protocol": "external"});
+        assert_eq!(gw.api.post("/devices", body).await.0, 201);
+    }
+    // Camera 0 is alive for 15 s only; camera 1 for an hour.
+    let short = json!([{"device_id": CAMERAS[0], "kind": "alive", "ttl": "15s"}]);
+    assert_eq!(gw.api.post("/observations", short).await.0, 202);
+    let window_ends = tokio::time::Instant::now() + Duration::from_secs(15);
+    observe(&gw.api, CAMERAS[1], "alive").await;
+    agree(&gw.api, http, [true, true, false], "before the kill").await;
+    gw.kill9();
+    // Down past camera 0's window: the upper, told nothing since, still shows it ON.
+    tokio::time::sleep_until(window_ends + Duration::from_secs(1)).await;
+    assert_eq!(upper_view(http).await.get(CAMERAS[0]), Some(&true));
+    let gw = Process::start(&cfg, port, &log).await;
+    // vigil judges by the windows at restart (camera 1 still online, camera 0 not), and the
+    // upper is brought to that without anyone pressing refresh.
+    agree(&gw.api, http, [false, true, false], "after the kill and restart").await;
+    observe(&gw.api, CAMERAS[1], "dead").await;
+    observe(&gw.api, CAMERAS[2], "alive").await;
+    agree(&gw.api, http, [false, false, true], "a change after the restart").await;
 }
