@@ -693,6 +693,20 @@ pub struct Upstream {
     pub scope_orgs: Vec<String>,
     /// protocol gb28181: the device kinds this upper sees (e.g. camera, nvr); empty: all.
     pub scope_kinds: Vec<DeviceKind>,
+    /// protocol gb28181: how the orgs appear in this upper's catalog: `civil` (regions by
+    /// their `gb_prefix`, the default), `groups` (business group 215 and virtual orgs 216) or
+    /// `flat` (every channel under the platform).
+    pub catalog_tree: CatalogTree,
+}
+
+/// `upstreams[].catalog_tree`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CatalogTree {
+    #[default]
+    Civil,
+    Groups,
+    Flat,
 }
 
 /// `gb28181.id_serials`: `FIRST-LAST`, 6-digit serials, FIRST ≤ LAST.

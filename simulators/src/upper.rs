@@ -230,7 +230,8 @@ pub async fn run(a: Args) -> Result<()> {
                     ("Response", "Catalog") => {
                         for item in text.split("<Item>").skip(1) {
                             let id = field(item, "DeviceID");
-                            if !id.is_empty() {
+                            // Org tree nodes (regions, groups) carry no status: not channels.
+                            if !id.is_empty() && item.contains("<Status>") {
                                 g.channels.insert(id, field(item, "Status").eq_ignore_ascii_case("ON"));
                             }
                         }

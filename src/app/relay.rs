@@ -130,7 +130,8 @@ pub fn cascade_catalog(
     presence: crate::presence::runner::PresenceHandle,
     ids: Option<Arc<crate::sinks::cascade::ids::Ids>>,
 ) -> crate::sinks::cascade::Catalog {
-    use crate::sinks::cascade::catalog::{Item, Video};
+    use crate::sinks::cascade::catalog::{Item, OrgNode, Video};
+    use crate::sinks::cascade::ids::{Wanted, TYPE_CAMERA, TYPE_GROUP, TYPE_VIRTUAL_ORG};
     Arc::new(move |scope: crate::sinks::cascade::Scope| {
         let (registry, presence, ids) = (registry.clone(), presence.clone(), ids.clone());
         Box::pin(async move {
@@ -139,6 +140,7 @@ pub fn cascade_catalog(
             // Devices without a GB/T 28181 id of their own, whose id vigil gives: (item with
             // the device's id for now, the org's division prefix).
             let mut unnamed: Vec<(Item, Option<String>)> = Vec::new();
+            let mut orgs: std::collections::HashMap<String, OrgNode> = std::collections::HashMap::new();
             {
                 let cache = registry.read();
                 let in_scope = |d: &crate::registry::Device| {
@@ -164,26 +166,20 @@ pub fn cascade_catalog(
                     match channels {
                         Some(chs) if d.protocol == crate::domain::Protocol::Gb28181 => {
                             for c in chs.iter() {
-                                items.push(Item {
-                                    id: c.id.clone(),
-                                    name: c.name.clone(),
-                                    manufacturer: manufacturer.clone(),
-                                    model: model.clone(),
-                                    on: online && c.status_on,
-                                    video: Some(Video::Gb { device: d.id.clone(), channel: c.id.clone() }),
-                                });
+                                let video = Some(Video::Gb { device: d.id.clone(), channel: c.id.clone() });
+                                let on = online && c.status_on;
+                                let mut i = Item::channel(c.id.clone(), c.name.clone(), on, video, d.org_id.clone());
+                                (i.manufacturer, i.model) = (manufacturer.clone(), model.clone());
+                                items.push(i);
                             }
                         }
                         // A camera without channels is its own channel; an RTSP camera is
                         // pulled always, under its own id.
-                        _ if d.protocol == crate::domain::Protocol::Gb28181 || gb_coded => items.push(Item {
-                            id: d.id.clone(),
-                            name: d.name.clone(),
-                            manufacturer,
-                            model,
-                            on: online,
-                            video,
-                        }),
+                        _ if d.protocol == crate::domain::Protocol::Gb28181 || gb_coded => {
+                            let mut i = Item::channel(d.id.clone(), d.name.clone(), online, video, d.org_id.clone());
+                            (i.manufacturer, i.model) = (manufacturer, model);
+                            items.push(i);
+                        }
                         // RTSP cameras and GA/T 1400 checkpoints without a GB/T 28181 id: one
                         // is given to them.
                         _ if ids.is_some()
@@ -194,20 +190,42 @@ pub fn cascade_catalog(
                         {
                             let prefix =
                                 d.org_id.as_deref().and_then(|o| cache.org(o)).and_then(|o| o.gb_prefix.clone());
-                            let item =
-                                Item { id: d.id.clone(), name: d.name.clone(), manufacturer, model, on: online, video };
+                            let mut item = Item::channel(d.id.clone(), d.name.clone(), online, video, d.org_id.clone());
+                            (item.manufacturer, item.model) = (manufacturer, model);
                             unnamed.push((item, prefix));
                         }
                         _ => {}
                     }
                 }
+                if scope.tree != crate::config::CatalogTree::Flat {
+                    for o in cache.orgs() {
+                        let node = OrgNode {
+                            id: o.id.clone(),
+                            name: o.name.clone(),
+                            parent: o.parent_id.clone(),
+                            prefix: o.gb_prefix.clone(),
+                            gb_id: None,
+                        };
+                        orgs.insert(o.id.clone(), node);
+                    }
+                }
             }
-            if let (Some(ids), false) = (ids, unnamed.is_empty()) {
-                let wanted = unnamed
+            // In the `groups` tree every org is a node with a 20-digit id of its own (215 for a
+            // root, 216 below), given like a device's.
+            let org_key = |id: &str| format!("org:{id}");
+            let groups = scope.tree == crate::config::CatalogTree::Groups;
+            if let Some(ids) = ids.as_ref().filter(|_| groups || !unnamed.is_empty()) {
+                let mut wanted = unnamed
                     .iter()
                     .filter(|(i, _)| ids.get(&i.id).is_none())
-                    .map(|(i, p)| crate::sinks::cascade::ids::Wanted { device_id: i.id.clone(), prefix: p.clone() })
+                    .map(|(i, p)| Wanted { device_id: i.id.clone(), prefix: p.clone(), type_code: TYPE_CAMERA })
                     .collect::<Vec<_>>();
+                if groups {
+                    for o in orgs.values().filter(|o| ids.get(&org_key(&o.id)).is_none()) {
+                        let type_code = if o.parent.is_some() { TYPE_VIRTUAL_ORG } else { TYPE_GROUP };
+                        wanted.push(Wanted { device_id: org_key(&o.id), prefix: o.prefix.clone(), type_code });
+                    }
+                }
                 if !wanted.is_empty() {
                     let taken = |id: &str| registry.read().device(id).is_some();
                     if let Err(e) = ids.allocate(wanted, taken).await {
@@ -220,8 +238,13 @@ pub fn cascade_catalog(
                         items.push(item);
                     }
                 }
+                if groups {
+                    for o in orgs.values_mut() {
+                        o.gb_id = ids.get(&org_key(&o.id));
+                    }
+                }
             }
-            items
+            crate::sinks::cascade::catalog::arrange(items, &orgs, scope.tree)
         })
     })
 }

@@ -275,3 +275,61 @@ async fn a_device_alarm_reaches_the_upper_as_notify_alarm_through_the_outbox() {
     assert!(up.contains("<AlarmPriority>1</AlarmPriority>") && up.contains("<AlarmType>6</AlarmType>"), "{up}");
     gw.shutdown().await;
 }
+
+/// The org tree as business groups: the upper's catalog query is answered with the district as
+/// a business group (type 215), the street under it as a virtual organisation (216), and each
+/// camera under the street's node with the group named — ids vigil gave the orgs; read from
+/// SIPp's message log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_upper_sees_the_orgs_as_a_business_group_and_virtual_organisations() {
+    let port = free_port();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let log = dir.path().join("sipp-messages.log");
+    let log_arg = log.to_string_lossy().to_string();
+    let _upper = Upper::play("upper_catalog.xml", port, &["-trace_msg", "-message_file", &log_arg]);
+    let config = format!("{}catalog_tree = \"groups\"\n", upstream(port, "12345678"));
+    let gw = TestGateway::start(Db::Sqlite, &config).await;
+    let orgs = [
+        serde_json::json!({"id": "qk", "name": "硚口区", "kind": "district", "gb_prefix": "420104"}),
+        serde_json::json!({"id": "qk-east", "name": "东街道", "kind": "street", "parent_id": "qk"}),
+    ];
+    for o in orgs {
+        assert_eq!(gw.api.post("/orgs", o).await.0, 201);
+    }
+    let cams = ["42010400001320000201", "42010400001320000202"];
+    for id in cams {
+        let body = serde_json::json!({"id": id, "name": "东门", "kind": "camera", "protocol": "external", "org_id": "qk-east"});
+        assert_eq!(gw.api.post("/devices", body).await.0, 201);
+    }
+    // The last whole answer naming both cameras: its items in order.
+    let field = |s: &str, open: &str| s.split(open).nth(1).and_then(|r| r.split('<').next()).unwrap_or("").to_owned();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let items: Vec<String> = loop {
+        let text = std::fs::read(&log).map(|b| String::from_utf8_lossy(&b).to_string()).unwrap_or_default();
+        let last = text
+            .split("<Response>")
+            .filter(|b| b.contains("<CmdType>Catalog</CmdType>") && b.contains("<SumNum>4</SumNum>"))
+            .last()
+            .map(str::to_owned);
+        if let Some(body) = last.filter(|b| cams.iter().all(|c| b.contains(c))) {
+            break body.split("<Item>").skip(1).map(str::to_owned).collect();
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no catalog answer with the tree and both cameras");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(items.len(), 4, "{items:?}");
+    let (group, org) = (field(&items[0], "<DeviceID>"), field(&items[1], "<DeviceID>"));
+    assert_eq!((&group[..8], &group[10..13]), ("42010400", "215"), "the district as a business group: {group}");
+    assert_eq!((&org[..8], &org[10..13]), ("42010400", "216"), "the street as a virtual organisation: {org}");
+    assert_eq!(field(&items[0], "<ParentID>"), LOWER, "the group under vigil");
+    assert_eq!((field(&items[1], "<ParentID>"), field(&items[1], "<BusinessGroupID>")), (group.clone(), group.clone()));
+    for item in &items[2..] {
+        assert!(cams.contains(&field(item, "<DeviceID>").as_str()), "{item}");
+        assert_eq!(
+            (field(item, "<ParentID>"), field(item, "<BusinessGroupID>")),
+            (org.clone(), group.clone()),
+            "{item}"
+        );
+    }
+    gw.shutdown().await;
+}

@@ -17,6 +17,136 @@ pub struct Item {
     pub on: bool,
     /// Where its video comes from when the upper plays it; `None`: it has none.
     pub video: Option<Video>,
+    /// The org of its device (placed in the tree by `arrange`).
+    pub org: Option<String>,
+    /// What `arrange` put it under: `ParentID` (`None`: the platform), `CivilCode` (`None`:
+    /// the id's first 6 digits), `BusinessGroupID`.
+    pub parent: Option<String>,
+    pub civil: Option<String>,
+    pub group: Option<String>,
+    /// A node of the org tree rather than a channel (no status, no video).
+    pub node: Option<Node>,
+}
+
+/// An org tree node in the catalog.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Node {
+    /// An administrative region, by its civil code (2–8 digits).
+    Region,
+    /// A business group (type 215).
+    Group,
+    /// A virtual organisation (type 216).
+    VirtualOrg,
+}
+
+/// An org as the tree needs it: its region code (`gb_prefix`), and in `groups` its 20-digit
+/// id (215 for a root, 216 below).
+#[derive(Debug, Clone)]
+pub struct OrgNode {
+    pub id: String,
+    pub name: String,
+    pub parent: Option<String>,
+    pub prefix: Option<String>,
+    pub gb_id: Option<String>,
+}
+
+impl Item {
+    /// A channel, not yet placed in the tree.
+    pub fn channel(id: String, name: String, on: bool, video: Option<Video>, org: Option<String>) -> Item {
+        Item {
+            id,
+            name,
+            manufacturer: String::new(),
+            model: String::new(),
+            on,
+            video,
+            org,
+            parent: None,
+            civil: None,
+            group: None,
+            node: None,
+        }
+    }
+}
+
+/// Places the channels in the org tree `tree` asks for, and adds the tree's nodes in front
+/// (only the orgs that hold a channel, with their ancestors): `Civil`, regions by civil code
+/// and each channel's `CivilCode` its nearest org's; `Groups`, the root orgs as business
+/// groups and the others as virtual orgs, each channel under its org's node; `Flat`, nothing.
+pub fn arrange(
+    items: Vec<Item>,
+    orgs: &std::collections::HashMap<String, OrgNode>,
+    tree: crate::config::CatalogTree,
+) -> Vec<Item> {
+    use crate::config::CatalogTree;
+    if tree == CatalogTree::Flat {
+        return items;
+    }
+    // The chain of an org up to its root (bounded against a cycle).
+    let chain = |org: &str| {
+        let mut out = Vec::new();
+        let mut cur = Some(org.to_owned());
+        while let Some(id) = cur {
+            let Some(o) = orgs.get(&id).filter(|_| out.len() < 64) else { break };
+            out.push(o);
+            cur = o.parent.clone();
+        }
+        out
+    };
+    let mut nodes: Vec<Item> = Vec::new();
+    let mut placed = std::collections::HashSet::new();
+    let mut channels = Vec::with_capacity(items.len());
+    for mut i in items {
+        let Some(org) = i.org.clone() else {
+            channels.push(i);
+            continue;
+        };
+        let up = chain(&org);
+        match tree {
+            CatalogTree::Civil => {
+                let regions: Vec<&OrgNode> =
+                    up.iter().copied().filter(|o| o.prefix.as_deref().is_some_and(|p| !p.is_empty())).collect();
+                i.civil = regions.first().and_then(|o| o.prefix.clone());
+                let mut fresh = Vec::new();
+                for (k, o) in regions.iter().enumerate() {
+                    let code = o.prefix.clone().unwrap_or_default();
+                    if placed.insert(code.clone()) {
+                        let mut n = Item::channel(code, o.name.clone(), true, None, None);
+                        n.node = Some(Node::Region);
+                        n.parent = regions.get(k + 1).and_then(|p| p.prefix.clone());
+                        fresh.push(n);
+                    }
+                }
+                // Parents before children: the upper builds its tree as the items come.
+                nodes.extend(fresh.into_iter().rev());
+            }
+            CatalogTree::Groups => {
+                let Some(root) = up.last().and_then(|o| o.gb_id.clone()) else {
+                    channels.push(i);
+                    continue;
+                };
+                i.parent = up.first().and_then(|o| o.gb_id.clone());
+                i.group = Some(root.clone());
+                let mut fresh = Vec::new();
+                for (k, o) in up.iter().enumerate() {
+                    let Some(id) = o.gb_id.clone() else { continue };
+                    if placed.insert(id.clone()) {
+                        let mut n = Item::channel(id, o.name.clone(), true, None, None);
+                        let is_root = k + 1 == up.len();
+                        n.node = Some(if is_root { Node::Group } else { Node::VirtualOrg });
+                        n.parent = up.get(k + 1).and_then(|p| p.gb_id.clone());
+                        n.group = (!is_root).then(|| root.clone());
+                        fresh.push(n);
+                    }
+                }
+                nodes.extend(fresh.into_iter().rev());
+            }
+            CatalogTree::Flat => {}
+        }
+        channels.push(i);
+    }
+    nodes.extend(channels);
+    nodes
 }
 
 /// Where a channel's video comes from, for an upper platform's INVITE.
@@ -46,11 +176,19 @@ pub fn bodies(sn: u64, platform_id: &str, items: &[Item], batch: usize) -> Vec<V
                 chunk.len()
             );
             for i in chunk {
-                let civil = i.id.get(..6).unwrap_or("");
+                if let Some(node) = i.node {
+                    text.push_str(&node_item(i, node, platform_id));
+                    continue;
+                }
+                let civil = i.civil.as_deref().unwrap_or_else(|| i.id.get(..6).unwrap_or(""));
+                let parent = i.parent.as_deref().unwrap_or(platform_id);
+                let group = i.group.as_ref().map(|g| format!("<BusinessGroupID>{}</BusinessGroupID>\r\n", escape(g))).unwrap_or_default();
                 text.push_str(&format!(
-                    "<Item>\r\n<DeviceID>{id}</DeviceID>\r\n<Name>{name}</Name>\r\n<Manufacturer>{m}</Manufacturer>\r\n<Model>{model}</Model>\r\n<Owner>Owner</Owner>\r\n<CivilCode>{civil}</CivilCode>\r\n<Address>{name}</Address>\r\n<Parental>0</Parental>\r\n<ParentID>{platform_id}</ParentID>\r\n<SafetyWay>0</SafetyWay>\r\n<RegisterWay>1</RegisterWay>\r\n<Secrecy>0</Secrecy>\r\n<Status>{status}</Status>\r\n</Item>\r\n",
+                    "<Item>\r\n<DeviceID>{id}</DeviceID>\r\n<Name>{name}</Name>\r\n<Manufacturer>{m}</Manufacturer>\r\n<Model>{model}</Model>\r\n<Owner>Owner</Owner>\r\n<CivilCode>{civil}</CivilCode>\r\n<Address>{name}</Address>\r\n<Parental>0</Parental>\r\n<ParentID>{parent}</ParentID>\r\n{group}<SafetyWay>0</SafetyWay>\r\n<RegisterWay>1</RegisterWay>\r\n<Secrecy>0</Secrecy>\r\n<Status>{status}</Status>\r\n</Item>\r\n",
                     id = escape(&i.id),
                     name = escape(&i.name),
+                    civil = escape(civil),
+                    parent = escape(parent),
                     m = escape(&i.manufacturer),
                     model = escape(&i.model),
                     status = if i.on { "ON" } else { "OFF" },
@@ -60,6 +198,33 @@ pub fn bodies(sn: u64, platform_id: &str, items: &[Item], batch: usize) -> Vec<V
             manscdp::encode(&text, Charset::Gb18030)
         })
         .collect()
+}
+
+/// An org tree node as a catalog item: a region (its civil code, its parent region), a
+/// business group, or a virtual organisation (with its parent and business group).
+fn node_item(i: &Item, node: Node, platform_id: &str) -> String {
+    let parent = i.parent.as_deref().unwrap_or(platform_id);
+    match node {
+        Node::Region => format!(
+            "<Item>\r\n<DeviceID>{}</DeviceID>\r\n<Name>{}</Name>\r\n{}</Item>\r\n",
+            escape(&i.id),
+            escape(&i.name),
+            i.parent.as_ref().map(|p| format!("<ParentID>{}</ParentID>\r\n", escape(p))).unwrap_or_default()
+        ),
+        Node::Group => format!(
+            "<Item>\r\n<DeviceID>{}</DeviceID>\r\n<Name>{}</Name>\r\n<ParentID>{}</ParentID>\r\n</Item>\r\n",
+            escape(&i.id),
+            escape(&i.name),
+            escape(parent)
+        ),
+        Node::VirtualOrg => format!(
+            "<Item>\r\n<DeviceID>{}</DeviceID>\r\n<Name>{}</Name>\r\n<ParentID>{}</ParentID>\r\n<BusinessGroupID>{}</BusinessGroupID>\r\n</Item>\r\n",
+            escape(&i.id),
+            escape(&i.name),
+            escape(parent),
+            escape(i.group.as_deref().unwrap_or(""))
+        ),
+    }
 }
 
 /// Catalog `Notify` bodies telling the upper channels' status (`Event` ON or OFF), at most
@@ -143,14 +308,85 @@ mod tests {
     }
 
     fn item(n: u32, on: bool) -> Item {
-        Item {
-            id: format!("42010400001310000{n:03}"),
-            name: format!("东门 & 北门 {n}"),
-            manufacturer: "Hikvision".into(),
-            model: "DS-2CD".into(),
-            on,
-            video: None,
-        }
+        let mut i = Item::channel(format!("42010400001310000{n:03}"), format!("东门 & 北门 {n}"), on, None, None);
+        (i.manufacturer, i.model) = ("Hikvision".into(), "DS-2CD".into());
+        i
+    }
+
+    fn orgs(with_ids: bool) -> std::collections::HashMap<String, OrgNode> {
+        let node = |id: &str, parent: Option<&str>, prefix: Option<&str>, gb: &str| OrgNode {
+            id: id.into(),
+            name: format!("{id} 区"),
+            parent: parent.map(Into::into),
+            prefix: prefix.map(Into::into),
+            gb_id: with_ids.then(|| gb.to_owned()),
+        };
+        [
+            node("d", None, Some("4201"), "42010000002150900000"),
+            node("s", Some("d"), Some("420104"), "42010400002160900001"),
+            node("c", Some("s"), None, "42010400002160900002"),
+        ]
+        .into_iter()
+        .map(|o| (o.id.clone(), o))
+        .collect()
+    }
+
+    /// An item's id, parent, civil code or group, and node kind.
+    type Shape<'a> = (&'a str, Option<&'a str>, Option<&'a str>, Option<Node>);
+
+    #[test]
+    fn the_org_tree_comes_before_the_channels_as_regions_or_as_groups() {
+        use crate::config::CatalogTree;
+        let channels = || {
+            vec![
+                Item::channel("42010400001320000001".into(), "A".into(), true, None, Some("c".into())),
+                Item::channel("42010400001320000002".into(), "B".into(), false, None, None),
+            ]
+        };
+        let civil = arrange(channels(), &orgs(false), CatalogTree::Civil);
+        let shape: Vec<Shape> =
+            civil.iter().map(|i| (i.id.as_str(), i.parent.as_deref(), i.civil.as_deref(), i.node)).collect();
+        assert_eq!(
+            shape,
+            vec![
+                ("4201", None, None, Some(Node::Region)),
+                ("420104", Some("4201"), None, Some(Node::Region)),
+                ("42010400001320000001", None, Some("420104"), None),
+                ("42010400001320000002", None, None, None),
+            ]
+        );
+        let groups = arrange(channels(), &orgs(true), CatalogTree::Groups);
+        let shape: Vec<Shape> =
+            groups.iter().map(|i| (i.id.as_str(), i.parent.as_deref(), i.group.as_deref(), i.node)).collect();
+        let (g, v1, v2) = ("42010000002150900000", "42010400002160900001", "42010400002160900002");
+        assert_eq!(
+            shape,
+            vec![
+                (g, None, None, Some(Node::Group)),
+                (v1, Some(g), Some(g), Some(Node::VirtualOrg)),
+                (v2, Some(v1), Some(g), Some(Node::VirtualOrg)),
+                ("42010400001320000001", Some(v2), Some(g), None),
+                ("42010400001320000002", None, None, None),
+            ]
+        );
+        assert_eq!(arrange(channels(), &orgs(true), CatalogTree::Flat).len(), 2);
+        // As the upper reads it: the virtual org under its parent and group, the channel with
+        // its group and parent, SumNum counting the nodes.
+        let body = bodies(1, "42010400002000000001", &groups, 8).remove(0);
+        let (text, _) = manscdp::decode(&body);
+        assert!(text.contains(&format!("<DeviceID>{v2}</DeviceID>\r\n<Name>c 区</Name>\r\n<ParentID>{v1}</ParentID>\r\n<BusinessGroupID>{g}</BusinessGroupID>")), "{text}");
+        assert!(
+            text.contains(&format!("<ParentID>{v2}</ParentID>\r\n<BusinessGroupID>{g}</BusinessGroupID>")),
+            "{text}"
+        );
+        assert!(text.contains("<SumNum>5</SumNum>"), "{text}");
+        let body = bodies(1, "42010400002000000001", &civil, 8).remove(0);
+        let (text, _) = manscdp::decode(&body);
+        assert!(
+            text.contains("<DeviceID>420104</DeviceID>\r\n<Name>s 区</Name>\r\n<ParentID>4201</ParentID>\r\n</Item>"),
+            "{text}"
+        );
+        assert!(text.contains("<CivilCode>420104</CivilCode>"), "{text}");
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! GB/T 28181 ids for the devices that have none of their own — RTSP cameras, GA/T 1400
-//! checkpoints — so an upper platform sees them as channels (the "国标网关" feature). An id is
+//! checkpoints — so an upper platform sees them as channels (the "国标网关" feature), and for
+//! orgs shown as business groups (215) and virtual organisations (216). An id is
 //! the device's org's division code (its `gb_prefix`, padded to the 8-digit centre code; the
 //! gateway's own without one), the gateway's industry code, type 132 (network camera), network
 //! 0, and the next serial of `gb28181.id_serials`. Allocated once, stored (`cascade_ids`),
@@ -16,13 +17,17 @@ use tracing::{info, warn};
 use crate::clock::now_ms;
 use crate::db::Db;
 
-/// Type code of an allocated id: a network camera.
-const TYPE_CAMERA: &str = "132";
+/// Type codes of allocated ids: a network camera, a business group, a virtual organisation.
+pub const TYPE_CAMERA: &str = "132";
+pub const TYPE_GROUP: &str = "215";
+pub const TYPE_VIRTUAL_ORG: &str = "216";
 
-/// A device that needs an id: its id and its org's division prefix.
+/// What needs an id: a device (or `org:<id>` for an org in the `groups` tree), its org's
+/// division prefix, the type code.
 pub struct Wanted {
     pub device_id: String,
     pub prefix: Option<String>,
+    pub type_code: &'static str,
 }
 
 pub struct Ids {
@@ -86,7 +91,7 @@ impl Ids {
                     if st.next > *self.serials.end() {
                         break None;
                     }
-                    let id = format!("{centre}{}{TYPE_CAMERA}0{:06}", self.industry, st.next);
+                    let id = format!("{centre}{}{}0{:06}", self.industry, w.type_code, st.next);
                     st.next += 1;
                     if !st.given.contains(&id) && !taken(&id) {
                         break Some(id);

@@ -56,6 +56,8 @@ const SUBSCRIPTION_MAX_S: i64 = 3600;
 pub struct Scope {
     pub orgs: Vec<String>,
     pub kinds: Vec<crate::domain::DeviceKind>,
+    /// How the orgs appear in its catalog.
+    pub tree: crate::config::CatalogTree,
 }
 
 /// The channels an upper may see within its scope, as they are now (from the registry and
@@ -117,7 +119,7 @@ impl Cascade {
             socket,
             advertise: (!u.advertise.is_empty()).then(|| u.advertise.clone()),
             notify_without_subscription: u.notify_without_subscription,
-            scope: Scope { orgs: u.scope_orgs.clone(), kinds: u.scope_kinds.clone() },
+            scope: Scope { orgs: u.scope_orgs.clone(), kinds: u.scope_kinds.clone(), tree: u.catalog_tree },
             alarms: None,
             registered: Arc::default(),
             pick_ssrc: u.pick_ssrc,
@@ -339,7 +341,8 @@ pub async fn run(c: Cascade, catalog: Catalog, status: Arc<Mutex<TargetStatus>>,
                     continue;
                 }
                 let items = catalog(scope.clone()).await;
-                let now_view: HashMap<String, bool> = items.into_iter().map(|i| (i.id, i.on)).collect();
+                let now_view: HashMap<String, bool> =
+                    items.into_iter().filter(|i| i.node.is_none()).map(|i| (i.id, i.on)).collect();
                 let upper_view = UpperView {
                     channels: now_view.len(),
                     on: now_view.values().filter(|on| **on).count(),
@@ -487,7 +490,7 @@ async fn query(
             (200, "OK", catalog::bodies(sn, me, &items, CATALOG_BATCH).into_iter().map(Outgoing::Catalog).collect())
         }
         ("Query", "DeviceInfo") => {
-            let n = catalog(scope.clone()).await.len();
+            let n = catalog(scope.clone()).await.iter().filter(|i| i.node.is_none()).count();
             (200, "OK", vec![Outgoing::Message(catalog::device_info(sn, me, "vigil", n))])
         }
         ("Query", "DeviceStatus") => (200, "OK", vec![Outgoing::Message(catalog::device_status(sn, me))]),
