@@ -50,6 +50,10 @@ pub const CONNECTIONS: &str = "vigil_connections";
 pub const CONNECTIONS_REFUSED: &str = "vigil_connections_refused_total";
 pub const AUTH_REFUSALS: &str = "vigil_device_auth_refusals_total";
 pub const RELAY_ALARM: &str = "vigil_relay_alarm";
+pub const CASCADE_REGISTERED: &str = "vigil_cascade_registered";
+pub const CASCADE_REQUESTS: &str = "vigil_cascade_requests_total";
+pub const CASCADE_NOTIFIES: &str = "vigil_cascade_notifies_total";
+pub const CASCADE_PLAYS: &str = "vigil_cascade_plays";
 pub const ADMISSION_REFUSALS: &str = "vigil_admission_refusals_total";
 pub const QUARANTINE_EXPIRED: &str = "vigil_quarantine_expired_total";
 
@@ -102,6 +106,10 @@ pub struct Metrics {
     pub admission_refusals: IntCounterVec,
     pub relay_alarm: IntGaugeVec,
     pub quarantine_expired: IntCounter,
+    pub cascade_registered: IntGaugeVec,
+    pub cascade_requests: IntCounterVec,
+    pub cascade_notifies: IntCounterVec,
+    pub cascade_plays: IntGaugeVec,
 }
 
 impl Metrics {
@@ -208,6 +216,20 @@ impl Metrics {
             .expect("should be a valid metric"),
             relay_alarm: IntGaugeVec::new(Opts::new(RELAY_ALARM, "1 while an upstream needs an operator: an upper view library's subscription was cancelled or expired and records wait for it."), &["target"])
                 .expect("should be a valid metric"),
+            cascade_registered: IntGaugeVec::new(Opts::new(CASCADE_REGISTERED, "1 while vigil is registered to a GB/T 28181 upper platform (cascade), by target."), &["target"])
+                .expect("should be a valid metric"),
+            cascade_requests: IntCounterVec::new(
+                Opts::new(CASCADE_REQUESTS, "Requests from a GB/T 28181 upper platform, by target, method and the answer's class (2xx, 4xx, ...; 1xx: an INVITE being set up)."),
+                &["target", "method", "answer"],
+            )
+            .expect("should be a valid metric"),
+            cascade_notifies: IntCounterVec::new(
+                Opts::new(CASCADE_NOTIFIES, "Catalog status NOTIFYs to a GB/T 28181 upper platform, by target and outcome (answered, unanswered: the whole view goes again)."),
+                &["target", "outcome"],
+            )
+            .expect("should be a valid metric"),
+            cascade_plays: IntGaugeVec::new(Opts::new(CASCADE_PLAYS, "Videos a GB/T 28181 upper platform has open (or being set up), by target."), &["target"])
+                .expect("should be a valid metric"),
             quarantine_expired: IntCounter::new(QUARANTINE_EXPIRED, "Quarantined devices deleted because no operator approved them within admission.quarantine_ttl.")
                 .expect("should be a valid metric"),
             registry,
@@ -258,6 +280,10 @@ impl Metrics {
             Box::new(m.admission_refusals.clone()),
             Box::new(m.quarantine_expired.clone()),
             Box::new(m.relay_alarm.clone()),
+            Box::new(m.cascade_registered.clone()),
+            Box::new(m.cascade_requests.clone()),
+            Box::new(m.cascade_notifies.clone()),
+            Box::new(m.cascade_plays.clone()),
         ] {
             m.registry.register(c).expect("should register each metric once");
         }

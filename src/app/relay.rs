@@ -272,7 +272,8 @@ pub fn spawn_runners(
                 if let Some(a) = alarms {
                     tracker.spawn(runner::run(ctx(), *a, status.clone(), cancel.child_token()));
                 }
-                tracker.spawn(crate::sinks::cascade::run(*c, catalog.clone(), status, cancel.child_token()))
+                let metrics = ctx().metrics;
+                tracker.spawn(crate::sinks::cascade::run(*c, catalog.clone(), status, metrics, cancel.child_token()))
             }
         };
         info!(upstream = %name, "Relaying to this upstream.");

@@ -291,6 +291,14 @@ async fn invites_the_upper_may_not_make_are_refused_with_their_codes() {
     assert_eq!(answer_code(listen, "42010400001320009999", sdp).await, 404);
     assert_eq!(answer_code(listen, CAMERA, &sdp.replace("y=0100000001\r\n", "")).await, 400);
     assert_eq!(answer_code(listen, CAMERA, "v=0\r\nnonsense\r\n").await, 400);
+    // Each refusal counted for the operator.
+    let m = gw.api.metrics().await;
+    let refused = m
+        .lines()
+        .find(|l| l.starts_with("vigil_cascade_requests_total{answer=\"4xx\",method=\"INVITE\",target=\"city\"}"))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse::<f64>().ok());
+    assert_eq!(refused, Some(4.0), "{m}");
     gw.shutdown().await;
 }
 

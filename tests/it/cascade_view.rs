@@ -138,6 +138,9 @@ async fn the_uppers_view_follows_presence_through_flaps_a_vigil_restart_and_an_u
     let view = &t["items"][0]["session"]["view"];
     assert_eq!((view["channels"].as_u64(), view["plays"].as_u64()), (Some(3), Some(0)), "{t}");
     assert!(view["subscribed_until"].is_string(), "the upper subscribed to the catalog: {t}");
+    let m = gw.api.metrics().await;
+    assert!(m.contains("vigil_cascade_registered{target=\"city\"} 1"), "{m}");
+    assert!(crate::support::metric(&m, "vigil_cascade_notifies_total") >= 3.0, "{m}");
     drop(upper);
     gw.shutdown().await;
 }

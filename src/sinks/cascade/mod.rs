@@ -166,7 +166,13 @@ struct Outstanding {
 }
 
 /// Runs the user agent of one upstream until `cancel`.
-pub async fn run(c: Cascade, catalog: Catalog, status: Arc<Mutex<TargetStatus>>, cancel: CancellationToken) {
+pub async fn run(
+    c: Cascade,
+    catalog: Catalog,
+    status: Arc<Mutex<TargetStatus>>,
+    metrics: crate::telemetry::Metrics,
+    cancel: CancellationToken,
+) {
     let name = c.settings.name.clone();
     let upper = c.settings.server_addr;
     let sock = match UdpSocket::from_std(c.socket) {
@@ -241,7 +247,10 @@ pub async fn run(c: Cascade, catalog: Catalog, status: Arc<Mutex<TargetStatus>>,
         if publish(&reg, &status, &name, &mut last_phase) {
             told = None; // registered anew: bring the upper back to the true state
         }
-        registered.store(reg.view().phase == Phase::Registered, std::sync::atomic::Ordering::Release);
+        let is_registered = reg.view().phase == Phase::Registered;
+        registered.store(is_registered, std::sync::atomic::Ordering::Release);
+        metrics.cascade_registered.with_label_values(&[&name]).set(i64::from(is_registered));
+        metrics.cascade_plays.with_label_values(&[&name]).set(plays.len() as i64);
         let next_alarm = async {
             match alarms.as_mut() {
                 Some(rx) => rx.recv().await,
@@ -284,6 +293,7 @@ pub async fn run(c: Cascade, catalog: Catalog, status: Arc<Mutex<TargetStatus>>,
                         }
                         if o.notify {
                             told = None;
+                            metrics.cascade_notifies.with_label_values(&[&name, "unanswered"]).inc();
                         }
                     }
                 }
@@ -395,6 +405,9 @@ pub async fn run(c: Cascade, catalog: Catalog, status: Arc<Mutex<TargetStatus>>,
                             answer_in_flight = None; // the upper took it: the next one now
                         }
                         let Some(mut o) = outstanding.remove(branch) else { continue };
+                        if o.notify {
+                            metrics.cascade_notifies.with_label_values(&[&name, "answered"]).inc();
+                        }
                         if let Some(tx) = o.reply.take() {
                             let _ = tx.send(Some(code));
                         }
@@ -410,6 +423,7 @@ pub async fn run(c: Cascade, catalog: Catalog, status: Arc<Mutex<TargetStatus>>,
                             "BYE" | "CANCEL" => {
                                 let method = method.to_ascii_uppercase();
                                 for o in plays.stop(&msg, from, &method) {
+                                    count(&metrics, &name, &method, &o.bytes);
                                     send(&sock, &o.bytes, o.to).await;
                                 }
                                 continue;
@@ -460,12 +474,30 @@ pub async fn run(c: Cascade, catalog: Catalog, status: Arc<Mutex<TargetStatus>>,
                                 message::response(&msg, 501, "Not Implemented", from, &tag, &[("Allow", ALLOW.into())], b"")
                             }
                         };
+                        count(&metrics, &name, method, &answer);
                         send(&sock, &answer, from).await;
                     }
                 }
             }
         }
     }
+}
+
+/// Counts a request from the upper by its method and the class of `answer`.
+fn count(metrics: &crate::telemetry::Metrics, name: &str, method: &str, answer: &[u8]) {
+    let class = match answer.get(8..9) {
+        Some(b"1") => "1xx",
+        Some(b"2") => "2xx",
+        Some(b"3") => "3xx",
+        Some(b"4") => "4xx",
+        Some(b"5") => "5xx",
+        _ => "6xx",
+    };
+    let method = match method.to_ascii_uppercase().as_str() {
+        m @ ("MESSAGE" | "SUBSCRIBE" | "INVITE" | "OPTIONS" | "BYE" | "CANCEL" | "NOTIFY" | "INFO") => m.to_owned(),
+        _ => "other".to_owned(),
+    };
+    metrics.cascade_requests.with_label_values(&[name, &method, class]).inc();
 }
 
 /// What the upper asks in a MESSAGE: the answer's code and reason, and the MESSAGE bodies
