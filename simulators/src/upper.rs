@@ -245,6 +245,9 @@ pub async fn run(a: Args) -> Result<()> {
                                 println!("notify {at} {id} {event}");
                             }
                             match event.to_ascii_uppercase().as_str() {
+                                "ADD" | "UPDATE" => {
+                                    g.channels.insert(id, field(item, "Status").eq_ignore_ascii_case("ON"));
+                                }
                                 "ON" => {
                                     g.channels.insert(id, true);
                                 }

@@ -5,7 +5,8 @@
 //! camera's validity window runs out); and while the upper itself is
 //! down and comes back knowing nothing (it refuses vigil's keepalive, vigil registers again
 //! and the upper learns everything anew). After each, its view equals vigil's within 30 s;
-//! `GET /relay/targets` shows what the upper sees.
+//! `GET /relay/targets` shows what the upper sees; a camera added reaches it as ADD, one
+//! deleted as DEL.
 
 use std::collections::BTreeMap;
 use std::process::{Child, Command, Stdio};
@@ -141,6 +142,26 @@ async fn the_uppers_view_follows_presence_through_flaps_a_vigil_restart_and_an_u
     let m = gw.api.metrics().await;
     assert!(m.contains("vigil_cascade_registered{target=\"city\"} 1"), "{m}");
     assert!(crate::support::metric(&m, "vigil_cascade_notifies_total") >= 3.0, "{m}");
+
+    // The registry changes: a camera added is told as ADD (with its item), one deleted as DEL.
+    let added = "42010400001320000104";
+    let body = json!({"id": added, "name": "新增摄像机", "kind": "camera", "protocol": "gat1400"});
+    assert_eq!(gw.api.post("/devices", body).await.0, 201);
+    observe(&gw.api, added, "alive").await;
+    assert_eq!(gw.api.send(reqwest::Method::DELETE, &format!("/devices/{}", CAMERAS[2]), json!(null)).await.0, 204);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let v = upper_view(http).await;
+        if v.get(added) == Some(&true) && !v.contains_key(CAMERAS[2]) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the upper sees {v:?}: {added} should be ON, {} gone",
+            CAMERAS[2]
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     drop(upper);
     gw.shutdown().await;
 }

@@ -180,19 +180,7 @@ pub fn bodies(sn: u64, platform_id: &str, items: &[Item], batch: usize) -> Vec<V
                     text.push_str(&node_item(i, node, platform_id));
                     continue;
                 }
-                let civil = i.civil.as_deref().unwrap_or_else(|| i.id.get(..6).unwrap_or(""));
-                let parent = i.parent.as_deref().unwrap_or(platform_id);
-                let group = i.group.as_ref().map(|g| format!("<BusinessGroupID>{}</BusinessGroupID>\r\n", escape(g))).unwrap_or_default();
-                text.push_str(&format!(
-                    "<Item>\r\n<DeviceID>{id}</DeviceID>\r\n<Name>{name}</Name>\r\n<Manufacturer>{m}</Manufacturer>\r\n<Model>{model}</Model>\r\n<Owner>Owner</Owner>\r\n<CivilCode>{civil}</CivilCode>\r\n<Address>{name}</Address>\r\n<Parental>0</Parental>\r\n<ParentID>{parent}</ParentID>\r\n{group}<SafetyWay>0</SafetyWay>\r\n<RegisterWay>1</RegisterWay>\r\n<Secrecy>0</Secrecy>\r\n<Status>{status}</Status>\r\n</Item>\r\n",
-                    id = escape(&i.id),
-                    name = escape(&i.name),
-                    civil = escape(civil),
-                    parent = escape(parent),
-                    m = escape(&i.manufacturer),
-                    model = escape(&i.model),
-                    status = if i.on { "ON" } else { "OFF" },
-                ));
+                text.push_str(&channel_item(i, platform_id, None));
             }
             text.push_str("</DeviceList>\r\n</Response>\r\n");
             manscdp::encode(&text, Charset::Gb18030)
@@ -227,9 +215,38 @@ fn node_item(i: &Item, node: Node, platform_id: &str) -> String {
     }
 }
 
-/// Catalog `Notify` bodies telling the upper channels' status (`Event` ON or OFF), at most
-/// `batch` items each.
-pub fn status_notifies(sn: u64, platform_id: &str, changes: &[(String, bool)], batch: usize) -> Vec<Vec<u8>> {
+/// A channel as a catalog item (`event`: the NOTIFY's `Event`, e.g. `ADD`, before `Status`).
+fn channel_item(i: &Item, platform_id: &str, event: Option<&str>) -> String {
+    let civil = i.civil.as_deref().unwrap_or_else(|| i.id.get(..6).unwrap_or(""));
+    let parent = i.parent.as_deref().unwrap_or(platform_id);
+    let group =
+        i.group.as_ref().map(|g| format!("<BusinessGroupID>{}</BusinessGroupID>\r\n", escape(g))).unwrap_or_default();
+    let event = event.map(|e| format!("<Event>{e}</Event>\r\n")).unwrap_or_default();
+    format!(
+        "<Item>\r\n<DeviceID>{id}</DeviceID>\r\n<Name>{name}</Name>\r\n<Manufacturer>{m}</Manufacturer>\r\n<Model>{model}</Model>\r\n<Owner>Owner</Owner>\r\n<CivilCode>{civil}</CivilCode>\r\n<Address>{name}</Address>\r\n<Parental>0</Parental>\r\n<ParentID>{parent}</ParentID>\r\n{group}<SafetyWay>0</SafetyWay>\r\n<RegisterWay>1</RegisterWay>\r\n<Secrecy>0</Secrecy>\r\n{event}<Status>{status}</Status>\r\n</Item>\r\n",
+        id = escape(&i.id),
+        name = escape(&i.name),
+        m = escape(&i.manufacturer),
+        model = escape(&i.model),
+        civil = escape(civil),
+        parent = escape(parent),
+        status = if i.on { "ON" } else { "OFF" },
+    )
+}
+
+/// One change an upper is told in a catalog NOTIFY.
+#[derive(Debug, Clone)]
+pub enum Change {
+    /// A channel's status: `Event` ON or OFF.
+    Status(String, bool),
+    /// A channel the upper has not seen: `Event` ADD with the whole item.
+    Add(Box<Item>),
+    /// A channel gone (deleted, disabled, out of scope): `Event` DEL.
+    Del(String),
+}
+
+/// Catalog `Notify` bodies telling the upper `changes`, at most `batch` items each.
+pub fn notifies(sn: u64, platform_id: &str, changes: &[Change], batch: usize) -> Vec<Vec<u8>> {
     changes
         .chunks(batch.max(1))
         .map(|chunk| {
@@ -238,12 +255,15 @@ pub fn status_notifies(sn: u64, platform_id: &str, changes: &[(String, bool)], b
                 chunk.len(),
                 chunk.len()
             );
-            for (id, on) in chunk {
-                text.push_str(&format!(
-                    "<Item>\r\n<DeviceID>{}</DeviceID>\r\n<Event>{}</Event>\r\n</Item>\r\n",
-                    escape(id),
-                    if *on { "ON" } else { "OFF" }
-                ));
+            for c in chunk {
+                let short = |id: &str, event: &str| {
+                    format!("<Item>\r\n<DeviceID>{}</DeviceID>\r\n<Event>{event}</Event>\r\n</Item>\r\n", escape(id))
+                };
+                text.push_str(&match c {
+                    Change::Status(id, on) => short(id, if *on { "ON" } else { "OFF" }),
+                    Change::Del(id) => short(id, "DEL"),
+                    Change::Add(i) => channel_item(i, platform_id, Some("ADD")),
+                });
             }
             text.push_str("</DeviceList>\r\n</Notify>\r\n");
             manscdp::encode(&text, Charset::Gb18030)

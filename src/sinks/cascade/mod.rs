@@ -350,9 +350,9 @@ pub async fn run(
                 if reg.view().phase != Phase::Registered {
                     continue;
                 }
-                let items = catalog(scope.clone()).await;
-                let now_view: HashMap<String, bool> =
-                    items.into_iter().filter(|i| i.node.is_none()).map(|i| (i.id, i.on)).collect();
+                let mut items: HashMap<String, catalog::Item> =
+                    catalog(scope.clone()).await.into_iter().filter(|i| i.node.is_none()).map(|i| (i.id.clone(), i)).collect();
+                let now_view: HashMap<String, bool> = items.iter().map(|(id, i)| (id.clone(), i.on)).collect();
                 let upper_view = UpperView {
                     channels: now_view.len(),
                     on: now_view.values().filter(|on| **on).count(),
@@ -366,11 +366,25 @@ pub async fn run(
                 if !wanted {
                     continue;
                 }
-                let mut changes: Vec<(String, bool)> = match &told {
-                    None => now_view.iter().map(|(id, on)| (id.clone(), *on)).collect(),
-                    Some(t) => now_view.iter().filter(|(id, on)| t.get(*id) != Some(*on)).map(|(id, on)| (id.clone(), *on)).collect(),
+                // Everything again (ON/OFF of each) after a (re-)registration, a new
+                // subscription or a lost NOTIFY; else what changed: a channel new to the upper
+                // as ADD with its item, one gone as DEL, a status as ON/OFF.
+                let mut changes: Vec<catalog::Change> = match &told {
+                    None => now_view.iter().map(|(id, on)| catalog::Change::Status(id.clone(), *on)).collect(),
+                    Some(t) => {
+                        let mut c: Vec<catalog::Change> = now_view
+                            .iter()
+                            .filter(|(id, on)| t.get(*id) != Some(*on))
+                            .filter_map(|(id, on)| match t.contains_key(id) {
+                                true => Some(catalog::Change::Status(id.clone(), *on)),
+                                false => items.remove(id).map(|i| catalog::Change::Add(Box::new(i))),
+                            })
+                            .collect();
+                        c.extend(t.keys().filter(|id| !now_view.contains_key(*id)).map(|id| catalog::Change::Del(id.clone())));
+                        c
+                    }
                 };
-                changes.sort();
+                changes.sort_by(|a, b| change_id(a).cmp(change_id(b)));
                 if told.is_none() {
                     // The whole view goes again: status NOTIFYs still queued are superseded.
                     answers.retain(|o| !matches!(o, Outgoing::Notify(_)));
@@ -378,7 +392,7 @@ pub async fn run(
                 if !changes.is_empty() {
                     notify_sn += 1;
                     debug!(upstream = %name, changes = changes.len(), "Channel status to the upper platform.");
-                    for body in catalog::status_notifies(notify_sn, reg.user_id(), &changes, CATALOG_BATCH) {
+                    for body in catalog::notifies(notify_sn, reg.user_id(), &changes, CATALOG_BATCH) {
                         answers.push_back(Outgoing::Notify(body));
                     }
                 }
@@ -480,6 +494,13 @@ pub async fn run(
                 }
             }
         }
+    }
+}
+
+fn change_id(c: &catalog::Change) -> &str {
+    match c {
+        catalog::Change::Status(id, _) | catalog::Change::Del(id) => id,
+        catalog::Change::Add(i) => &i.id,
     }
 }
 
