@@ -81,6 +81,8 @@ struct View {
     call: String,
     lower: Option<String>,
     channels: BTreeMap<String, bool>,
+    /// The last NOTIFY event per channel (ON, OFF, VLOST, DEFECT, ADD, DEL).
+    events: BTreeMap<String, String>,
     notifies: u64,
     alarms: u64,
     keepalives: u64,
@@ -97,6 +99,7 @@ impl View {
         });
         if whole {
             v["status"] = json!(self.channels);
+            v["events"] = json!(self.events);
         }
         let p = &self.plays;
         if p.answered + p.refused > 0 {
@@ -244,6 +247,7 @@ pub async fn run(a: Args) -> Result<()> {
                             if a.log_notifies {
                                 println!("notify {at} {id} {event}");
                             }
+                            g.events.insert(id.clone(), event.to_ascii_uppercase());
                             match event.to_ascii_uppercase().as_str() {
                                 "ADD" | "UPDATE" => {
                                     g.channels.insert(id, field(item, "Status").eq_ignore_ascii_case("ON"));
@@ -251,7 +255,11 @@ pub async fn run(a: Args) -> Result<()> {
                                 "ON" => {
                                     g.channels.insert(id, true);
                                 }
-                                "OFF" | "VLOST" | "DEFECT" => {
+                                // Online with a lost or defective picture: kept in `events`.
+                                "VLOST" | "DEFECT" => {
+                                    g.channels.insert(id.clone(), true);
+                                }
+                                "OFF" => {
                                     g.channels.insert(id, false);
                                 }
                                 "DEL" => {

@@ -123,7 +123,7 @@ pub async fn spawn_pipeline(
         }
         false => None,
     };
-    let catalog = relay::cascade_catalog(registry.clone(), presence.clone(), ids);
+    let catalog = relay::cascade_catalog(registry.clone(), presence.clone(), ids, streams.clone());
     let targets = relay::spawn_runners(sinks, catalog, context, cancel, tracker);
     Ok(Pipeline { rejections, media, events, presence, writer, rate, impaired, targets, outbox_gate })
 }

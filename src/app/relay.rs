@@ -129,11 +129,12 @@ pub fn cascade_catalog(
     registry: crate::registry::Registry,
     presence: crate::presence::runner::PresenceHandle,
     ids: Option<Arc<crate::sinks::cascade::ids::Ids>>,
+    streams: crate::media::StreamBoard,
 ) -> crate::sinks::cascade::Catalog {
     use crate::sinks::cascade::catalog::{Item, OrgNode, Video};
     use crate::sinks::cascade::ids::{Wanted, TYPE_CAMERA, TYPE_GROUP, TYPE_VIRTUAL_ORG};
     Arc::new(move |scope: crate::sinks::cascade::Scope| {
-        let (registry, presence, ids) = (registry.clone(), presence.clone(), ids.clone());
+        let (registry, presence, ids, streams) = (registry.clone(), presence.clone(), ids.clone(), streams.clone());
         Box::pin(async move {
             let states = presence.states().await.unwrap_or_default();
             let mut items = Vec::new();
@@ -243,6 +244,14 @@ pub fn cascade_catalog(
                         o.gb_id = ids.get(&org_key(&o.id));
                     }
                 }
+            }
+            // What is wrong with a pulled picture (stalled: VLOST; diagnosis alarm: DEFECT).
+            for i in items.iter_mut().filter(|i| i.on) {
+                i.fault = match &i.video {
+                    Some(Video::Pulled(key)) => streams.fault(key),
+                    Some(Video::Gb { device, channel }) => streams.fault(&crate::media::channel_key(device, channel)),
+                    None => None,
+                };
             }
             crate::sinks::cascade::catalog::arrange(items, &orgs, scope.tree)
         })

@@ -330,6 +330,16 @@ impl Health {
         note
     }
 
+    /// What an upper platform's catalog NOTIFY says of the picture beyond ON: `VLOST` while
+    /// the stream is stalled, `DEFECT` while its diagnosis alarm holds.
+    pub fn fault(&self) -> Option<&'static str> {
+        let g = self.lock();
+        if g.state == Some(StreamState::Stalled) {
+            return Some("VLOST");
+        }
+        g.quality.as_ref().filter(|q| q.alarmed).map(|_| "DEFECT")
+    }
+
     /// True while someone listens to the access units (`publish` is worth a copy).
     pub fn tapped(&self) -> bool {
         self.listening.load(std::sync::atomic::Ordering::Relaxed) > 0

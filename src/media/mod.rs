@@ -162,6 +162,12 @@ impl StreamBoard {
         self.get(id).map(|s| s.health.clone())
     }
 
+    /// The picture fault of stream `id` for an upper's NOTIFY (`Health::fault`); `None` when
+    /// it is fine or not pulled.
+    pub fn fault(&self, id: &str) -> Option<&'static str> {
+        self.get(id).and_then(|s| s.health.fault())
+    }
+
     fn get(&self, id: &str) -> Option<Arc<Stream>> {
         self.streams.read().unwrap_or_else(|p| p.into_inner()).get(id).cloned()
     }

@@ -355,3 +355,37 @@ async fn an_rtsp_camera_without_a_gb_id_is_given_one_that_lasts_plays_and_is_nev
     }
     gw.shutdown().await;
 }
+
+/// A camera online whose picture fails the diagnosis (black) is told as `DEFECT`, not ON: the
+/// city's inspection sees what vigil sees (vigil-sim rtsp-camera's black camera beside a
+/// healthy one).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_camera_with_a_black_picture_is_told_as_defect() {
+    let sim = crate::support::rtsp::SimCameras::start(&[]);
+    let (sip, http, listen) = (free_port(), free_port(), free_port());
+    let _upper = SimUpper::start(sip, http);
+    let extra = format!(
+        "[rtsp]\ndiagnosis_every = \"1s\"\ndiagnosis_alarm_after = 2\nbackoff_min = \"300ms\"\n\n{}",
+        upstream(sip, listen)
+    );
+    let gw = TestGateway::start(Db::Sqlite, &extra).await;
+    let (black, live) = ("42010400001320000081", "42010400001320000082");
+    for (id, path) in [(black, "black/1"), (live, "live/1")] {
+        let body = json!({"id": id, "name": path, "kind": "camera", "protocol": "rtsp", "rtsp_url": sim.url(path)});
+        assert_eq!(gw.api.post("/devices", body).await.0, 201);
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let v: serde_json::Value = match reqwest::get(format!("http://127.0.0.1:{http}/view")).await {
+            Ok(r) => r.json().await.unwrap_or_default(),
+            Err(_) => serde_json::Value::Null,
+        };
+        if v["events"][black] == "DEFECT" && v["events"][live] == "ON" {
+            assert_eq!(v["status"][black], true, "online, with a defective picture: {v}");
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the upper was not told DEFECT for the black camera: {v}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    gw.shutdown().await;
+}

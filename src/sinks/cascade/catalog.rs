@@ -26,6 +26,8 @@ pub struct Item {
     pub group: Option<String>,
     /// A node of the org tree rather than a channel (no status, no video).
     pub node: Option<Node>,
+    /// While ON, what is wrong with its picture: `VLOST` (stalled) or `DEFECT` (diagnosis).
+    pub fault: Option<&'static str>,
 }
 
 /// An org tree node in the catalog.
@@ -65,6 +67,16 @@ impl Item {
             civil: None,
             group: None,
             node: None,
+            fault: None,
+        }
+    }
+
+    /// The `Event` that tells the upper this item's state: OFF, VLOST, DEFECT or ON.
+    pub fn event(&self) -> &'static str {
+        match (self.on, self.fault) {
+            (false, _) => "OFF",
+            (true, Some(f)) => f,
+            (true, None) => "ON",
         }
     }
 }
@@ -237,8 +249,8 @@ fn channel_item(i: &Item, platform_id: &str, event: Option<&str>) -> String {
 /// One change an upper is told in a catalog NOTIFY.
 #[derive(Debug, Clone)]
 pub enum Change {
-    /// A channel's status: `Event` ON or OFF.
-    Status(String, bool),
+    /// A channel's state: `Event` ON, OFF, VLOST or DEFECT.
+    Status(String, &'static str),
     /// A channel the upper has not seen: `Event` ADD with the whole item.
     Add(Box<Item>),
     /// A channel gone (deleted, disabled, out of scope): `Event` DEL.
@@ -260,7 +272,7 @@ pub fn notifies(sn: u64, platform_id: &str, changes: &[Change], batch: usize) ->
                     format!("<Item>\r\n<DeviceID>{}</DeviceID>\r\n<Event>{event}</Event>\r\n</Item>\r\n", escape(id))
                 };
                 text.push_str(&match c {
-                    Change::Status(id, on) => short(id, if *on { "ON" } else { "OFF" }),
+                    Change::Status(id, event) => short(id, event),
                     Change::Del(id) => short(id, "DEL"),
                     Change::Add(i) => channel_item(i, platform_id, Some("ADD")),
                 });

@@ -204,7 +204,7 @@ pub async fn run(
     // The upper's catalog subscription, and what it was last told of each channel (`None`:
     // tell it everything, after a (re-)registration, a subscription or a lost NOTIFY).
     let mut sub: Option<register::Subscription> = None;
-    let mut told: Option<HashMap<String, bool>> = None;
+    let mut told: Option<HashMap<String, &'static str>> = None;
     let mut notify_sn: u64 = 0;
     let mut alarms = c.alarms;
     let registered = c.registered;
@@ -352,11 +352,11 @@ pub async fn run(
                 }
                 let mut items: HashMap<String, catalog::Item> =
                     catalog(scope.clone()).await.into_iter().filter(|i| i.node.is_none()).map(|i| (i.id.clone(), i)).collect();
-                let now_view: HashMap<String, bool> = items.iter().map(|(id, i)| (id.clone(), i.on)).collect();
+                let now_view: HashMap<String, &'static str> = items.iter().map(|(id, i)| (id.clone(), i.event())).collect();
                 let upper_view = UpperView {
                     channels: now_view.len(),
-                    on: now_view.values().filter(|on| **on).count(),
-                    told_on: told.as_ref().filter(|_| wanted).map(|t| t.values().filter(|on| **on).count()),
+                    on: now_view.values().filter(|e| **e != "OFF").count(),
+                    told_on: told.as_ref().filter(|_| wanted).map(|t| t.values().filter(|e| **e != "OFF").count()),
                     subscribed_until: sub.as_ref().map(|d| d.until),
                     plays: plays.len(),
                 };
@@ -370,13 +370,13 @@ pub async fn run(
                 // subscription or a lost NOTIFY; else what changed: a channel new to the upper
                 // as ADD with its item, one gone as DEL, a status as ON/OFF.
                 let mut changes: Vec<catalog::Change> = match &told {
-                    None => now_view.iter().map(|(id, on)| catalog::Change::Status(id.clone(), *on)).collect(),
+                    None => now_view.iter().map(|(id, e)| catalog::Change::Status(id.clone(), e)).collect(),
                     Some(t) => {
                         let mut c: Vec<catalog::Change> = now_view
                             .iter()
-                            .filter(|(id, on)| t.get(*id) != Some(*on))
-                            .filter_map(|(id, on)| match t.contains_key(id) {
-                                true => Some(catalog::Change::Status(id.clone(), *on)),
+                            .filter(|(id, e)| t.get(*id) != Some(*e))
+                            .filter_map(|(id, e)| match t.contains_key(id) {
+                                true => Some(catalog::Change::Status(id.clone(), e)),
                                 false => items.remove(id).map(|i| catalog::Change::Add(Box::new(i))),
                             })
                             .collect();
