@@ -43,7 +43,19 @@ pub async fn spawn_pipeline(
     rejections.persist(db.clone(), cancel.child_token(), tracker);
     let media = crate::images::ImageStore::new(&config.gateway.data_dir, config.media.max_image.as_u64());
     // Which upstream takes which record (delivery rows are committed with the records).
-    let (mut plan, sinks) = relay::relay_plan(config, &media, streams, db)?;
+    // GB/T 28181 ids for devices without one, when an upper platform is to see them.
+    let cascades = config.upstreams.iter().any(|u| u.protocol == Some(crate::config::UpstreamProtocol::Gb28181));
+    let ids = match cascades {
+        true => {
+            let serials = crate::config::parse_serials(&config.gb28181.id_serials).unwrap_or(900_000..=999_999);
+            let ids = crate::sinks::cascade::ids::Ids::load(db.clone(), serials, &config.gateway.id)
+                .await
+                .map_err(Error::CascadeIds)?;
+            Some(Arc::new(ids))
+        }
+        false => None,
+    };
+    let (mut plan, sinks) = relay::relay_plan(config, &media, streams, ids.as_ref(), db)?;
     // The outbox's bound: backlog and free disk, looked at every 2 s.
     let limits = crate::outbox::gate::Limits {
         max_backlog: config.relay.max_backlog,
@@ -110,18 +122,6 @@ pub async fn spawn_pipeline(
         metrics: metrics.clone(),
         added: plan.added.clone(),
         keep_delivered: config.relay.keep_delivered,
-    };
-    // GB/T 28181 ids for devices without one, when an upper platform is to see them.
-    let cascades = config.upstreams.iter().any(|u| u.protocol == Some(crate::config::UpstreamProtocol::Gb28181));
-    let ids = match cascades {
-        true => {
-            let serials = crate::config::parse_serials(&config.gb28181.id_serials).unwrap_or(900_000..=999_999);
-            let ids = crate::sinks::cascade::ids::Ids::load(db.clone(), serials, &config.gateway.id)
-                .await
-                .map_err(Error::CascadeIds)?;
-            Some(Arc::new(ids))
-        }
-        false => None,
     };
     let catalog = relay::cascade_catalog(registry.clone(), presence.clone(), ids, streams.clone());
     let targets = relay::spawn_runners(sinks, catalog, context, cancel, tracker);

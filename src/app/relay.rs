@@ -46,6 +46,7 @@ pub fn relay_plan(
     config: &Config,
     media: &crate::images::ImageStore,
     streams: &crate::media::StreamBoard,
+    given: Option<&Arc<crate::sinks::cascade::ids::Ids>>,
     db: &Db,
 ) -> Result<(crate::events::Relay, Vec<(String, Upstream)>), Error> {
     use crate::event::EventKind;
@@ -77,7 +78,7 @@ pub fn relay_plan(
             // gets its INVITE and first picture's time to give a keyframe.
             c.set_media(streams.clone(), config.gb28181.invite_timeout + config.gb28181.media_timeout);
             // Alarms go up as Notify/Alarm, through the outbox; other kinds have no GB/T 28181 form.
-            let alarms = wanted.contains(&EventKind::Alarm).then(|| Box::new(c.alarm_sink(tz)));
+            let alarms = wanted.contains(&EventKind::Alarm).then(|| Box::new(c.alarm_sink(tz, given.cloned())));
             if alarms.is_some() {
                 routes.push((u.name.clone(), vec![EventKind::Alarm]));
             }

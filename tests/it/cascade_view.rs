@@ -200,3 +200,34 @@ async fn after_vigil_is_killed_with_9_the_upper_is_brought_back_to_the_true_stat
     observe(&gw.api, CAMERAS[2], "alive").await;
     agree(&gw.api, http, [false, false, true], "a change after the restart").await;
 }
+
+/// The network to the upper cut (the upper stopped with SIGSTOP: nothing it is sent is
+/// answered) for longer than vigil's keepalives and backoff allow, while a camera goes
+/// offline and another comes online: within 30 s of the network's return the upper sees what
+/// vigil sees. (A 10-minute cut is the same path: the backoff is capped at 15 s ± 20 %.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_network_cut_the_upper_is_brought_back_within_30_s() {
+    let (sip, http) = (free_port(), free_port());
+    let upper = SimUpper::start(sip, http);
+    let gw = TestGateway::start(Db::Sqlite, &upstream(sip)).await;
+    for id in CAMERAS {
+        let body = json!({"id": id, "name": format!("东门 {id}"), "kind": "camera", "protocol": "gat1400"});
+        assert_eq!(gw.api.post("/devices", body).await.0, 201);
+    }
+    observe(&gw.api, CAMERAS[0], "alive").await;
+    observe(&gw.api, CAMERAS[1], "alive").await;
+    agree(&gw.api, http, [true, true, false], "before the cut").await;
+    let pid = upper.0.id().to_string();
+    assert!(Command::new("kill").args(["-STOP", &pid]).status().expect("kill").success());
+    observe(&gw.api, CAMERAS[0], "dead").await;
+    observe(&gw.api, CAMERAS[2], "alive").await;
+    // Long enough for two keepalives to go unanswered (32 s each) and the registration to
+    // fail, and a REGISTER or two to go unanswered after it.
+    gw.api
+        .wait_for("/relay/targets", Duration::from_secs(120), |v| v["items"][0]["session"]["state"] == "failing")
+        .await;
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    assert!(Command::new("kill").args(["-CONT", &pid]).status().expect("kill").success());
+    agree(&gw.api, http, [false, true, true], "within 30 s of the network's return").await;
+    gw.shutdown().await;
+}

@@ -30,6 +30,8 @@ pub struct Job {
 /// The outbox side of an upstream's alarms.
 pub struct AlarmSink {
     jobs: mpsc::Sender<Job>,
+    /// The ids vigil gave devices without one (an alarm of theirs goes up under it).
+    given: Option<Arc<super::ids::Ids>>,
     registered: Arc<AtomicBool>,
     tz: chrono_tz::Tz,
     platform_id: String,
@@ -37,17 +39,28 @@ pub struct AlarmSink {
 }
 
 impl AlarmSink {
-    pub fn new(jobs: mpsc::Sender<Job>, registered: Arc<AtomicBool>, tz: chrono_tz::Tz, platform_id: String) -> Self {
-        AlarmSink { jobs, registered, tz, platform_id, sn: 0 }
+    pub fn new(
+        jobs: mpsc::Sender<Job>,
+        registered: Arc<AtomicBool>,
+        tz: chrono_tz::Tz,
+        platform_id: String,
+        given: Option<Arc<super::ids::Ids>>,
+    ) -> Self {
+        AlarmSink { jobs, given, registered, tz, platform_id, sn: 0 }
     }
 }
 
 /// The `Notify/Alarm` body for an alarm event: `DeviceID` the alarm's source (a channel) when
-/// it is a GB/T 28181 code, else its device's; `None` when neither is.
-pub fn body(sn: u64, event: &Event, tz: &chrono_tz::Tz) -> Option<Vec<u8>> {
+/// it is a GB/T 28181 code, else its device's, else the id vigil gave the device (`given`);
+/// `None` when there is none.
+pub fn body(sn: u64, event: &Event, tz: &chrono_tz::Tz, given: impl Fn(&str) -> Option<String>) -> Option<Vec<u8>> {
     let EventBody::Alarm(a) = &event.body else { return None };
     let is_gb = |id: &str| crate::ids::GbCode::parse(id).is_ok();
-    let id = [a.source_id.as_str(), event.device_id.as_str()].into_iter().find(|id| is_gb(id))?;
+    let id = [a.source_id.as_str(), event.device_id.as_str()]
+        .into_iter()
+        .find(|id| is_gb(id))
+        .map(str::to_owned)
+        .or_else(|| given(&event.device_id))?;
     let time = crate::clock::to_datetime(event.occurred_at, tz).format("%Y-%m-%dT%H:%M:%S");
     let mut text = format!(
         "<?xml version=\"1.0\" encoding=\"GB2312\"?>\r\n<Notify>\r\n<CmdType>Alarm</CmdType>\r\n<SN>{sn}</SN>\r\n<DeviceID>{id}</DeviceID>\r\n<AlarmPriority>{}</AlarmPriority>\r\n<AlarmMethod>{}</AlarmMethod>\r\n<AlarmTime>{time}</AlarmTime>\r\n<AlarmDescription>{}</AlarmDescription>\r\n",
@@ -77,7 +90,8 @@ impl Sink for AlarmSink {
         let mut out = Vec::with_capacity(batch.len());
         for c in batch {
             self.sn += 1;
-            let Some(body) = body(self.sn, &c.event, &self.tz) else {
+            let given = |d: &str| self.given.as_ref().and_then(|g| g.get(d));
+            let Some(body) = body(self.sn, &c.event, &self.tz, given) else {
                 out.push(Delivery::Rejected(
                     format!("the alarm's source {:?} has no GB/T 28181 id the upper could place", c.event.device_id)
                         .into(),
@@ -120,7 +134,7 @@ mod tests {
             "description": "区域入侵 <东门>"}
         });
         let e: Event = serde_json::from_value(json).expect("an alarm event");
-        let b = body(3, &e, &chrono_tz::Asia::Shanghai).expect("a GB channel");
+        let b = body(3, &e, &chrono_tz::Asia::Shanghai, |_| None).expect("a GB channel");
         let (text, _) = manscdp::decode(&b);
         let a = manscdp::alarm(&text).expect("vigil's own alarm reader reads what goes up");
         assert_eq!(a.device_id, "42010400001310000001");
@@ -131,6 +145,10 @@ mod tests {
         if let EventBody::Alarm(a) = &mut community.body {
             a.source_id = "zone-3".into();
         }
-        assert!(body(4, &community, &chrono_tz::Asia::Shanghai).is_none(), "no GB id: not sent");
+        assert!(body(4, &community, &chrono_tz::Asia::Shanghai, |_| None).is_none(), "no GB id: not sent");
+        let given = |d: &str| (d == community.device_id).then(|| "42010400001320900007".to_owned());
+        let b = body(5, &community, &chrono_tz::Asia::Shanghai, given).expect("the id vigil gave it");
+        let (text, _) = manscdp::decode(&b);
+        assert!(text.contains("<DeviceID>42010400001320900007</DeviceID>"), "{text}");
     }
 }

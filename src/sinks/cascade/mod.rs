@@ -134,10 +134,10 @@ impl Cascade {
     }
 
     /// The outbox side of this upstream's alarms (`Notify/Alarm` MESSAGEs).
-    pub fn alarm_sink(&mut self, tz: chrono_tz::Tz) -> alarm::AlarmSink {
+    pub fn alarm_sink(&mut self, tz: chrono_tz::Tz, given: Option<Arc<ids::Ids>>) -> alarm::AlarmSink {
         let (tx, rx) = tokio::sync::mpsc::channel(16);
         self.alarms = Some(rx);
-        alarm::AlarmSink::new(tx, self.registered.clone(), tz, self.settings.server_id.clone())
+        alarm::AlarmSink::new(tx, self.registered.clone(), tz, self.settings.server_id.clone(), given)
     }
 }
 
@@ -406,6 +406,7 @@ pub async fn run(
                 }
                 let Ok(msg) = Message::parse(&buf[..n]) else {
                     debug!(upstream = %name, peer = %from, "Unreadable SIP from the upper platform, ignored.");
+                    metrics.cascade_requests.with_label_values(&[&name, "unreadable", "none"]).inc();
                     continue;
                 };
                 match &msg.start {

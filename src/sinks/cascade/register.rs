@@ -3,8 +3,10 @@
 //! digest on the same Call-ID, CSeq + 1), refreshed at half of what the upper grants; a
 //! `Notify/Keepalive` MESSAGE every keepalive interval once registered. A refusal, a REGISTER
 //! unanswered (Timer F), `misses` keepalives unanswered in a row or a registration that ran
-//! out start again on a new Call-ID after a backoff (2 s doubling to 5 min, with jitter so a
-//! district's gateways do not come back at one instant). The task (`mod.rs`) sends what `due`
+//! out start again on a new Call-ID after a backoff (2 s doubling to 15 s, with ±20 % jitter so
+//! a district's gateways do not come back at one instant; capped low so that after a network
+//! cut of any length the upper is registered to again, and brought back to the true state,
+//! within 30 s of the network's return — an unanswered REGISTER costs the upper nothing). The task (`mod.rs`) sends what `due`
 //! returns, retransmits, and reports answers and timeouts; time comes in as an argument.
 
 use std::net::SocketAddr;
@@ -15,7 +17,7 @@ use crate::protocol::digest;
 use crate::protocol::manscdp::{self, Charset};
 
 const BACKOFF_MIN_MS: Millis = 2_000;
-const BACKOFF_MAX_MS: Millis = 300_000;
+const BACKOFF_MAX_MS: Millis = 15_000;
 
 /// What one upstream is, as the registration needs it.
 #[derive(Debug, Clone)]
@@ -483,6 +485,15 @@ mod tests {
         r.timed_out(Kind::Register, at + 10 + wait + 32_000);
         assert_eq!(r.view().failures, 3);
         assert!(r.view().last_error.as_deref().is_some_and(|e| e.contains("no answer")));
+        // However long the silence, the next attempt is at most 15 s + 20 % away.
+        let mut now = at + 10 + wait + 32_000;
+        for _ in 0..20 {
+            let next = r.view().next_attempt_at.expect("retry");
+            assert!(next - now <= 18_000, "{} ms to the next attempt", next - now);
+            r.due(next);
+            now = next + 32_000;
+            r.timed_out(Kind::Register, now);
+        }
     }
 
     #[test]
