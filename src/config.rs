@@ -697,6 +697,9 @@ pub struct Upstream {
     /// their `gb_prefix`, the default), `groups` (business group 215 and virtual orgs 216) or
     /// `flat` (every channel under the platform).
     pub catalog_tree: CatalogTree,
+    /// protocol gb28181: community devices (MQTT: access terminals, barriers, sensors) appear
+    /// in this upper's catalog too, under ids vigil gives them (default false).
+    pub catalog_community: bool,
 }
 
 /// `upstreams[].catalog_tree`.

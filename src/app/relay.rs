@@ -133,7 +133,9 @@ pub fn cascade_catalog(
     streams: crate::media::StreamBoard,
 ) -> crate::sinks::cascade::Catalog {
     use crate::sinks::cascade::catalog::{Item, OrgNode, Video};
-    use crate::sinks::cascade::ids::{Wanted, TYPE_CAMERA, TYPE_GROUP, TYPE_VIRTUAL_ORG};
+    use crate::sinks::cascade::ids::{
+        Wanted, TYPE_ALARM_INPUT, TYPE_CAMERA, TYPE_GROUP, TYPE_PERIPHERAL, TYPE_VIRTUAL_ORG,
+    };
     Arc::new(move |scope: crate::sinks::cascade::Scope| {
         let (registry, presence, ids, streams) = (registry.clone(), presence.clone(), ids.clone(), streams.clone());
         Box::pin(async move {
@@ -141,7 +143,7 @@ pub fn cascade_catalog(
             let mut items = Vec::new();
             // Devices without a GB/T 28181 id of their own, whose id vigil gives: (item with
             // the device's id for now, the org's division prefix).
-            let mut unnamed: Vec<(Item, Option<String>)> = Vec::new();
+            let mut unnamed: Vec<(Item, Option<String>, &'static str)> = Vec::new();
             let mut orgs: std::collections::HashMap<String, OrgNode> = std::collections::HashMap::new();
             {
                 let cache = registry.read();
@@ -182,19 +184,25 @@ pub fn cascade_catalog(
                             (i.manufacturer, i.model) = (manufacturer, model);
                             items.push(i);
                         }
-                        // RTSP cameras and GA/T 1400 checkpoints without a GB/T 28181 id: one
-                        // is given to them.
+                        // RTSP cameras and GA/T 1400 checkpoints without a GB/T 28181 id (and
+                        // community devices, where the upper takes them): one is given to them.
                         _ if ids.is_some()
-                            && matches!(
+                            && (matches!(
                                 d.protocol,
                                 crate::domain::Protocol::Rtsp | crate::domain::Protocol::Gat1400
-                            ) =>
+                            ) || (scope.community && d.protocol == crate::domain::Protocol::Mqtt)) =>
                         {
+                            use crate::domain::DeviceKind as K;
+                            let type_code = match d.kind {
+                                K::Camera | K::Nvr | K::VehicleCheckpoint | K::FaceCheckpoint => TYPE_CAMERA,
+                                K::Sensor => TYPE_ALARM_INPUT,
+                                _ => TYPE_PERIPHERAL,
+                            };
                             let prefix =
                                 d.org_id.as_deref().and_then(|o| cache.org(o)).and_then(|o| o.gb_prefix.clone());
                             let mut item = Item::channel(d.id.clone(), d.name.clone(), online, video, d.org_id.clone());
                             (item.manufacturer, item.model) = (manufacturer, model);
-                            unnamed.push((item, prefix));
+                            unnamed.push((item, prefix, type_code));
                         }
                         _ => {}
                     }
@@ -219,8 +227,8 @@ pub fn cascade_catalog(
             if let Some(ids) = ids.as_ref().filter(|_| groups || !unnamed.is_empty()) {
                 let mut wanted = unnamed
                     .iter()
-                    .filter(|(i, _)| ids.get(&i.id).is_none())
-                    .map(|(i, p)| Wanted { device_id: i.id.clone(), prefix: p.clone(), type_code: TYPE_CAMERA })
+                    .filter(|(i, _, _)| ids.get(&i.id).is_none())
+                    .map(|(i, p, t)| Wanted { device_id: i.id.clone(), prefix: p.clone(), type_code: t })
                     .collect::<Vec<_>>();
                 if groups {
                     for o in orgs.values().filter(|o| ids.get(&org_key(&o.id)).is_none()) {
@@ -234,7 +242,7 @@ pub fn cascade_catalog(
                         warn!(error = %e, "Cannot store GB/T 28181 ids for devices without one; they stay out of the catalog for now.");
                     }
                 }
-                for (mut item, _) in unnamed {
+                for (mut item, _, _) in unnamed {
                     if let Some(id) = ids.get(&item.id) {
                         item.id = id;
                         items.push(item);

@@ -233,3 +233,38 @@ async fn after_a_network_cut_the_upper_is_brought_back_within_30_s() {
     agree(&gw.api, http, [false, true, true], "within 30 s of the network's return").await;
     gw.shutdown().await;
 }
+
+/// Where the upper takes community devices (`catalog_community`), an access terminal over MQTT
+/// is a channel under an id vigil gives it (type 139); renamed, it is told as UPDATE with its
+/// whole item.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn community_devices_appear_under_given_ids_and_a_rename_is_told_as_update() {
+    let (sip, http) = (free_port(), free_port());
+    let _upper = SimUpper::start(sip, http);
+    let config = format!("{}catalog_community = true\n", upstream(sip));
+    let gw = TestGateway::start(Db::Sqlite, &config).await;
+    let body = json!({"id": "gate-01", "name": "东门门禁", "kind": "access_control", "protocol": "mqtt"});
+    assert_eq!(gw.api.post("/devices", body).await.0, 201);
+    observe(&gw.api, "gate-01", "alive").await;
+    // The gateway's centre code and industry code, 139, network 0, the first serial.
+    let given = "42010400001390900000";
+    let event = |want: &'static str| async move {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let v: serde_json::Value = match reqwest::get(format!("http://127.0.0.1:{http}/view")).await {
+                Ok(r) => r.json().await.unwrap_or_default(),
+                Err(_) => serde_json::Value::Null,
+            };
+            if v["events"][given] == want && v["status"][given] == true {
+                return;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "the upper was not told {want} for {given}: {v}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    };
+    event("ON").await;
+    let (s, _) = gw.api.send(reqwest::Method::PATCH, "/devices/gate-01", json!({"name": "东门门禁（新）"})).await;
+    assert_eq!(s, 200);
+    event("UPDATE").await;
+    gw.shutdown().await;
+}

@@ -253,6 +253,8 @@ pub enum Change {
     Status(String, &'static str),
     /// A channel the upper has not seen: `Event` ADD with the whole item.
     Add(Box<Item>),
+    /// A channel whose item changed (renamed): `Event` UPDATE with the whole item.
+    Update(Box<Item>),
     /// A channel gone (deleted, disabled, out of scope): `Event` DEL.
     Del(String),
 }
@@ -275,6 +277,7 @@ pub fn notifies(sn: u64, platform_id: &str, changes: &[Change], batch: usize) ->
                     Change::Status(id, event) => short(id, event),
                     Change::Del(id) => short(id, "DEL"),
                     Change::Add(i) => channel_item(i, platform_id, Some("ADD")),
+                    Change::Update(i) => channel_item(i, platform_id, Some("UPDATE")),
                 });
             }
             text.push_str("</DeviceList>\r\n</Notify>\r\n");

@@ -1,9 +1,10 @@
 //! GB/T 28181 ids for the devices that have none of their own — RTSP cameras, GA/T 1400
-//! checkpoints — so an upper platform sees them as channels (the "国标网关" feature), and for
-//! orgs shown as business groups (215) and virtual organisations (216). An id is
-//! the device's org's division code (its `gb_prefix`, padded to the 8-digit centre code; the
-//! gateway's own without one), the gateway's industry code, type 132 (network camera), network
-//! 0, and the next serial of `gb28181.id_serials`. Allocated once, stored (`cascade_ids`),
+//! checkpoints, community devices where an upper takes them — so an upper platform sees them
+//! as channels (the "国标网关" feature), and for orgs shown as business groups (215) and
+//! virtual organisations (216). An id is the device's org's division code (its `gb_prefix`,
+//! padded to the 8-digit centre code; the gateway's own without one), the gateway's industry
+//! code, the type (132 network camera, 134 alarm input, 139 other peripheral), network 0, and
+//! the next serial of `gb28181.id_serials`. Allocated once, stored (`cascade_ids`),
 //! the same across restarts and uppers, and never given to another device even after its own
 //! is deleted.
 
@@ -17,8 +18,12 @@ use tracing::{info, warn};
 use crate::clock::now_ms;
 use crate::db::Db;
 
-/// Type codes of allocated ids: a network camera, a business group, a virtual organisation.
+/// Type codes of allocated ids: a network camera, an alarm input (a community sensor), another
+/// peripheral (an access terminal, a barrier, an intercom), a business group, a virtual
+/// organisation.
 pub const TYPE_CAMERA: &str = "132";
+pub const TYPE_ALARM_INPUT: &str = "134";
+pub const TYPE_PERIPHERAL: &str = "139";
 pub const TYPE_GROUP: &str = "215";
 pub const TYPE_VIRTUAL_ORG: &str = "216";
 

@@ -58,6 +58,8 @@ pub struct Scope {
     pub kinds: Vec<crate::domain::DeviceKind>,
     /// How the orgs appear in its catalog.
     pub tree: crate::config::CatalogTree,
+    /// Community devices (MQTT) appear too.
+    pub community: bool,
 }
 
 /// The channels an upper may see within its scope, as they are now (from the registry and
@@ -119,7 +121,12 @@ impl Cascade {
             socket,
             advertise: (!u.advertise.is_empty()).then(|| u.advertise.clone()),
             notify_without_subscription: u.notify_without_subscription,
-            scope: Scope { orgs: u.scope_orgs.clone(), kinds: u.scope_kinds.clone(), tree: u.catalog_tree },
+            scope: Scope {
+                orgs: u.scope_orgs.clone(),
+                kinds: u.scope_kinds.clone(),
+                tree: u.catalog_tree,
+                community: u.catalog_community,
+            },
             alarms: None,
             registered: Arc::default(),
             pick_ssrc: u.pick_ssrc,
@@ -204,7 +211,7 @@ pub async fn run(
     // The upper's catalog subscription, and what it was last told of each channel (`None`:
     // tell it everything, after a (re-)registration, a subscription or a lost NOTIFY).
     let mut sub: Option<register::Subscription> = None;
-    let mut told: Option<HashMap<String, &'static str>> = None;
+    let mut told: Option<HashMap<String, (&'static str, String)>> = None;
     let mut notify_sn: u64 = 0;
     let mut alarms = c.alarms;
     let registered = c.registered;
@@ -352,11 +359,12 @@ pub async fn run(
                 }
                 let mut items: HashMap<String, catalog::Item> =
                     catalog(scope.clone()).await.into_iter().filter(|i| i.node.is_none()).map(|i| (i.id.clone(), i)).collect();
-                let now_view: HashMap<String, &'static str> = items.iter().map(|(id, i)| (id.clone(), i.event())).collect();
+                let now_view: HashMap<String, (&'static str, String)> =
+                    items.iter().map(|(id, i)| (id.clone(), (i.event(), i.name.clone()))).collect();
                 let upper_view = UpperView {
                     channels: now_view.len(),
-                    on: now_view.values().filter(|e| **e != "OFF").count(),
-                    told_on: told.as_ref().filter(|_| wanted).map(|t| t.values().filter(|e| **e != "OFF").count()),
+                    on: now_view.values().filter(|(e, _)| *e != "OFF").count(),
+                    told_on: told.as_ref().filter(|_| wanted).map(|t| t.values().filter(|(e, _)| *e != "OFF").count()),
                     subscribed_until: sub.as_ref().map(|d| d.until),
                     plays: plays.len(),
                 };
@@ -370,14 +378,18 @@ pub async fn run(
                 // subscription or a lost NOTIFY; else what changed: a channel new to the upper
                 // as ADD with its item, one gone as DEL, a status as ON/OFF.
                 let mut changes: Vec<catalog::Change> = match &told {
-                    None => now_view.iter().map(|(id, e)| catalog::Change::Status(id.clone(), e)).collect(),
+                    None => now_view.iter().map(|(id, (e, _))| catalog::Change::Status(id.clone(), e)).collect(),
                     Some(t) => {
                         let mut c: Vec<catalog::Change> = now_view
                             .iter()
-                            .filter(|(id, e)| t.get(*id) != Some(*e))
-                            .filter_map(|(id, e)| match t.contains_key(id) {
-                                true => Some(catalog::Change::Status(id.clone(), e)),
-                                false => items.remove(id).map(|i| catalog::Change::Add(Box::new(i))),
+                            .filter(|(id, now)| t.get(*id) != Some(*now))
+                            .filter_map(|(id, (e, name))| match t.get(id) {
+                                // Renamed: the whole item again.
+                                Some((_, told_name)) if told_name != name => {
+                                    items.remove(id).map(|i| catalog::Change::Update(Box::new(i)))
+                                }
+                                Some(_) => Some(catalog::Change::Status(id.clone(), e)),
+                                None => items.remove(id).map(|i| catalog::Change::Add(Box::new(i))),
                             })
                             .collect();
                         c.extend(t.keys().filter(|id| !now_view.contains_key(*id)).map(|id| catalog::Change::Del(id.clone())));
@@ -501,7 +513,7 @@ pub async fn run(
 fn change_id(c: &catalog::Change) -> &str {
     match c {
         catalog::Change::Status(id, _) | catalog::Change::Del(id) => id,
-        catalog::Change::Add(i) => &i.id,
+        catalog::Change::Add(i) | catalog::Change::Update(i) => &i.id,
     }
 }
 
