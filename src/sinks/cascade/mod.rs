@@ -212,6 +212,9 @@ pub async fn run(
     // tell it everything, after a (re-)registration, a subscription or a lost NOTIFY).
     let mut sub: Option<register::Subscription> = None;
     let mut told: Option<HashMap<String, (&'static str, String)>> = None;
+    // The channels the upper was last told of, kept through a full push (a channel gone while a
+    // NOTIFY was lost is still told DEL).
+    let mut known: std::collections::HashSet<String> = std::collections::HashSet::new();
     let mut notify_sn: u64 = 0;
     let mut alarms = c.alarms;
     let registered = c.registered;
@@ -378,7 +381,11 @@ pub async fn run(
                 // subscription or a lost NOTIFY; else what changed: a channel new to the upper
                 // as ADD with its item, one gone as DEL, a status as ON/OFF.
                 let mut changes: Vec<catalog::Change> = match &told {
-                    None => now_view.iter().map(|(id, (e, _))| catalog::Change::Status(id.clone(), e)).collect(),
+                    None => now_view
+                        .iter()
+                        .map(|(id, (e, _))| catalog::Change::Status(id.clone(), e))
+                        .chain(known.iter().filter(|id| !now_view.contains_key(*id)).map(|id| catalog::Change::Del(id.clone())))
+                        .collect(),
                     Some(t) => {
                         let mut c: Vec<catalog::Change> = now_view
                             .iter()
@@ -408,6 +415,7 @@ pub async fn run(
                         answers.push_back(Outgoing::Notify(body));
                     }
                 }
+                known = now_view.keys().cloned().collect();
                 told = Some(now_view);
             }
             r = sock.recv_from(&mut buf) => {
