@@ -14,7 +14,7 @@ use std::time::Duration;
 use serde_json::json;
 
 use crate::cascade::{fixture, LOWER, UPPER};
-use crate::cascade_view::{upper_view, SimUpper};
+use crate::cascade_view::{upper_json, upper_view, SimUpper};
 use crate::gb_play::{channel, registered_with_channels, SimDevice, DEVICE};
 use crate::support::gateway::{Db, TestGateway};
 use crate::support::rtsp::GstCamera;
@@ -176,18 +176,25 @@ async fn play(dir: &Path, vigil: u16, channel: &str, carry: Carry, demux: bool) 
     frames(&out)
 }
 
-/// An RTSP camera (gst-rtsp-server) with a GB/T 28181 id plays at the upper: vigil packs its
-/// H.264 access units into PS, from the cached keyframe on, over UDP and over TCP (vigil
-/// connecting to the upper); GStreamer demuxes it and ffprobe decodes the frames.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_upper_plays_an_rtsp_camera_repackaged_as_ps_over_udp_and_tcp() {
+/// A gst-rtsp-server camera in `codec` under `CAMERA`, playing in a vigil with an upstream
+/// listening on the port answered.
+async fn playing_camera(codec: &str) -> (GstCamera, TestGateway, u16) {
     require_command("ffprobe");
-    let cam = GstCamera::start("none", "h264");
+    let cam = GstCamera::start("none", codec);
     let listen = free_port();
     let gw = TestGateway::start(Db::Sqlite, &upstream(free_port(), listen)).await;
     let body = json!({"id": CAMERA, "name": "东门", "kind": "camera", "protocol": "rtsp", "rtsp_url": cam.url});
     assert_eq!(gw.api.post("/devices", body).await.0, 201);
     gw.api.wait_for(&format!("/devices/{CAMERA}/stream"), Duration::from_secs(30), |h| h["state"] == "playing").await;
+    (cam, gw, listen)
+}
+
+/// An RTSP camera (gst-rtsp-server) with a GB/T 28181 id plays at the upper: vigil packs its
+/// H.264 access units into PS, from the cached keyframe on, over UDP and over TCP (vigil
+/// connecting to the upper); GStreamer demuxes it and ffprobe decodes the frames.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upper_plays_an_rtsp_camera_repackaged_as_ps_over_udp_and_tcp() {
+    let (_cam, gw, listen) = playing_camera("h264").await;
     let dir = tempfile::tempdir().expect("temp dir");
     for carry in [Carry::Udp, Carry::Tcp] {
         let (codec, n) = play(dir.path(), listen, CAMERA, carry, true).await;
@@ -201,13 +208,7 @@ async fn an_upper_plays_an_rtsp_camera_repackaged_as_ps_over_udp_and_tcp() {
 /// An H.265 camera: the PS capture (stream type 0x24 in its map) is what ffprobe reads.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_upper_plays_an_h265_rtsp_camera_and_ffprobe_reads_the_capture() {
-    require_command("ffprobe");
-    let cam = GstCamera::start("none", "h265");
-    let listen = free_port();
-    let gw = TestGateway::start(Db::Sqlite, &upstream(free_port(), listen)).await;
-    let body = json!({"id": CAMERA, "name": "东门", "kind": "camera", "protocol": "rtsp", "rtsp_url": cam.url});
-    assert_eq!(gw.api.post("/devices", body).await.0, 201);
-    gw.api.wait_for(&format!("/devices/{CAMERA}/stream"), Duration::from_secs(30), |h| h["state"] == "playing").await;
+    let (_cam, gw, listen) = playing_camera("h265").await;
     let dir = tempfile::tempdir().expect("temp dir");
     let (codec, n) = play(dir.path(), listen, CAMERA, Carry::Udp, false).await;
     assert_eq!(codec, "hevc");
@@ -376,10 +377,7 @@ async fn a_camera_with_a_black_picture_is_told_as_defect() {
     }
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     loop {
-        let v: serde_json::Value = match reqwest::get(format!("http://127.0.0.1:{http}/view")).await {
-            Ok(r) => r.json().await.unwrap_or_default(),
-            Err(_) => serde_json::Value::Null,
-        };
+        let v = upper_json(http).await;
         if v["events"][black] == "DEFECT" && v["events"][live] == "ON" {
             assert_eq!(v["status"][black], true, "online, with a defective picture: {v}");
             break;

@@ -397,10 +397,9 @@ impl Rtp {
         let base = *self.base.get_or_insert(pts - TIMELINE_START);
         let pts = ((pts - base).max(0) as u64) & 0x1_FFFF_FFFF;
         let pack = mux::pack(codec, pts, keyframe, data);
-        let chunks: Vec<&[u8]> = mux::rtp_payloads(&pack, MTU).collect();
-        let last = chunks.len().saturating_sub(1);
+        let last = mux::rtp_payloads(&pack, MTU).count().saturating_sub(1);
         self.buf.clear();
-        for (i, payload) in chunks.into_iter().enumerate() {
+        for (i, payload) in mux::rtp_payloads(&pack, MTU).enumerate() {
             let p = Packet {
                 marker: i == last,
                 payload_type: self.payload,
@@ -412,10 +411,10 @@ impl Rtp {
             self.sequence = self.sequence.wrapping_add(1);
             match to {
                 Sender::Udp(s, peer) => {
-                    let mut one = Vec::with_capacity(payload.len() + 12);
-                    p.write(&mut one);
+                    self.buf.clear();
+                    p.write(&mut self.buf);
                     // A lost datagram is the upper's loss to see; an ICMP error is not fatal.
-                    let _ = s.send_to(&one, *peer).await;
+                    let _ = s.send_to(&self.buf, *peer).await;
                 }
                 Sender::Tcp(_) => {
                     let at = self.buf.len();

@@ -172,6 +172,22 @@ struct Outstanding {
     deadline: Millis,
 }
 
+impl Outstanding {
+    /// A request just sent to `to`: retransmitted from T1, given up at Timer F.
+    fn new(kind: Kind, bytes: Vec<u8>, to: SocketAddr, now: Millis) -> Self {
+        Outstanding {
+            kind,
+            notify: false,
+            reply: None,
+            bytes,
+            to,
+            next_send: now + T1_MS,
+            interval: T1_MS,
+            deadline: now + TIMER_F_MS,
+        }
+    }
+}
+
 /// Runs the user agent of one upstream until `cancel`.
 pub async fn run(
     c: Cascade,
@@ -208,13 +224,12 @@ pub async fn run(
     // Catalog bodies waiting, and the one in flight (its branch, when it went).
     let mut answers: VecDeque<Outgoing> = VecDeque::new();
     let mut answer_in_flight: Option<(String, Millis)> = None;
-    // The upper's catalog subscription, and what it was last told of each channel (`None`:
-    // tell it everything, after a (re-)registration, a subscription or a lost NOTIFY).
+    // The upper's catalog subscription, what it was last told of each channel (event, name),
+    // and whether to tell it everything again (after a (re-)registration, a subscription or a
+    // lost NOTIFY; what it was told stays, so a channel gone meanwhile is still told DEL).
     let mut sub: Option<register::Subscription> = None;
-    let mut told: Option<HashMap<String, (&'static str, String)>> = None;
-    // The channels the upper was last told of, kept through a full push (a channel gone while a
-    // NOTIFY was lost is still told DEL).
-    let mut known: std::collections::HashSet<String> = std::collections::HashSet::new();
+    let mut told: HashMap<String, (&'static str, String)> = HashMap::new();
+    let mut full = true;
     let mut notify_sn: u64 = 0;
     let mut alarms = c.alarms;
     let registered = c.registered;
@@ -242,20 +257,11 @@ pub async fn run(
         }
         for r in requests {
             send(&sock, &r.bytes, upper).await;
-            let o = Outstanding {
-                reply: None,
-                notify: notifies.contains(&r.branch),
-                kind: r.kind,
-                bytes: r.bytes,
-                to: upper,
-                next_send: now + T1_MS,
-                interval: T1_MS,
-                deadline: now + TIMER_F_MS,
-            };
-            outstanding.insert(r.branch, o);
+            let notify = notifies.contains(&r.branch);
+            outstanding.insert(r.branch, Outstanding { notify, ..Outstanding::new(r.kind, r.bytes, upper, now) });
         }
         if publish(&reg, &status, &name, &mut last_phase) {
-            told = None; // registered anew: bring the upper back to the true state
+            full = true; // registered anew: bring the upper back to the true state
         }
         let is_registered = reg.view().phase == Phase::Registered;
         registered.store(is_registered, std::sync::atomic::Ordering::Release);
@@ -302,7 +308,7 @@ pub async fn run(
                             let _ = tx.send(None);
                         }
                         if o.notify {
-                            told = None;
+                            full = true;
                             metrics.cascade_notifies.with_label_values(&[&name, "unanswered"]).inc();
                         }
                     }
@@ -316,17 +322,7 @@ pub async fn run(
                 }
                 if let Some(b) = bye {
                     send(&sock, &b.bytes, b.to).await;
-                    let o = Outstanding {
-                        kind: Kind::Bye,
-                        notify: false,
-                        reply: None,
-                        bytes: b.bytes,
-                        to: b.to,
-                        next_send: now + T1_MS,
-                        interval: T1_MS,
-                        deadline: now + TIMER_F_MS,
-                    };
-                    outstanding.insert(b.branch, o);
+                    outstanding.insert(b.branch, Outstanding::new(Kind::Bye, b.bytes, b.to, now));
                 }
             }
             job = next_alarm => {
@@ -338,17 +334,8 @@ pub async fn run(
                 let r = reg.message(job.body);
                 let now = now_ms();
                 send(&sock, &r.bytes, upper).await;
-                let o = Outstanding {
-                    kind: r.kind,
-                    notify: false,
-                    reply: Some(job.answer),
-                    bytes: r.bytes,
-                    to: upper,
-                    next_send: now + T1_MS,
-                    interval: T1_MS,
-                    deadline: now + TIMER_F_MS,
-                };
-                outstanding.insert(r.branch, o);
+                let reply = Some(job.answer);
+                outstanding.insert(r.branch, Outstanding { reply, ..Outstanding::new(r.kind, r.bytes, upper, now) });
             }
             _ = status_tick.tick() => {
                 let now = now_ms();
@@ -367,7 +354,7 @@ pub async fn run(
                 let upper_view = UpperView {
                     channels: now_view.len(),
                     on: now_view.values().filter(|(e, _)| *e != "OFF").count(),
-                    told_on: told.as_ref().filter(|_| wanted).map(|t| t.values().filter(|(e, _)| *e != "OFF").count()),
+                    told_on: (wanted && !full).then(|| told.values().filter(|(e, _)| *e != "OFF").count()),
                     subscribed_until: sub.as_ref().map(|d| d.until),
                     plays: plays.len(),
                 };
@@ -380,33 +367,27 @@ pub async fn run(
                 // Everything again (ON/OFF of each) after a (re-)registration, a new
                 // subscription or a lost NOTIFY; else what changed: a channel new to the upper
                 // as ADD with its item, one gone as DEL, a status as ON/OFF.
-                let mut changes: Vec<catalog::Change> = match &told {
-                    None => now_view
-                        .iter()
-                        .map(|(id, (e, _))| catalog::Change::Status(id.clone(), e))
-                        .chain(known.iter().filter(|id| !now_view.contains_key(*id)).map(|id| catalog::Change::Del(id.clone())))
-                        .collect(),
-                    Some(t) => {
-                        let mut c: Vec<catalog::Change> = now_view
-                            .iter()
-                            .filter(|(id, now)| t.get(*id) != Some(*now))
-                            .filter_map(|(id, (e, name))| match t.get(id) {
-                                // Renamed: the whole item again.
-                                Some((_, told_name)) if told_name != name => {
-                                    items.remove(id).map(|i| catalog::Change::Update(Box::new(i)))
-                                }
-                                Some(_) => Some(catalog::Change::Status(id.clone(), e)),
-                                None => items.remove(id).map(|i| catalog::Change::Add(Box::new(i))),
-                            })
-                            .collect();
-                        c.extend(t.keys().filter(|id| !now_view.contains_key(*id)).map(|id| catalog::Change::Del(id.clone())));
-                        c
-                    }
-                };
+                let mut changes: Vec<catalog::Change> = now_view
+                    .iter()
+                    .filter(|(id, now)| full || told.get(*id) != Some(*now))
+                    .filter_map(|(id, (e, name))| match told.get(id) {
+                        // Renamed: the whole item again.
+                        Some((_, told_name)) if told_name != name => {
+                            items.remove(id).map(|i| catalog::Change::Update(Box::new(i)))
+                        }
+                        Some(_) => Some(catalog::Change::Status(id.clone(), e)),
+                        // New to the upper; in a full push after a (re-)registration, the upper
+                        // has its catalog: its status is enough.
+                        None if full => Some(catalog::Change::Status(id.clone(), e)),
+                        None => items.remove(id).map(|i| catalog::Change::Add(Box::new(i))),
+                    })
+                    .collect();
+                changes.extend(told.keys().filter(|id| !now_view.contains_key(*id)).map(|id| catalog::Change::Del(id.clone())));
                 changes.sort_by(|a, b| change_id(a).cmp(change_id(b)));
-                if told.is_none() {
+                if full {
                     // The whole view goes again: status NOTIFYs still queued are superseded.
                     answers.retain(|o| !matches!(o, Outgoing::Notify(_)));
+                    full = false;
                 }
                 if !changes.is_empty() {
                     notify_sn += 1;
@@ -415,8 +396,14 @@ pub async fn run(
                         answers.push_back(Outgoing::Notify(body));
                     }
                 }
-                known = now_view.keys().cloned().collect();
-                told = Some(now_view);
+                if answers.len() > MAX_QUEUED {
+                    // An upper slower than the district's changes: what is queued for it is
+                    // dropped and the whole view goes again next time (coalesced, last state).
+                    answers.retain(|o| !matches!(o, Outgoing::Notify(_)));
+                    full = true;
+                    warn!(upstream = %name, "Status NOTIFYs queued past the bound for a slow upper platform; the whole view goes again.");
+                }
+                told = now_view;
             }
             r = sock.recv_from(&mut buf) => {
                 let Ok((n, from)) = r else { continue };
@@ -497,7 +484,7 @@ pub async fn run(
                                 let (answer, subscribed) = subscribe(&msg, from, &tag, reg.user_id(), now_ms());
                                 if let Some(d) = subscribed {
                                     info!(upstream = %name, until_s = (d.until - now_ms()) / 1000, "The upper platform subscribed to the catalog.");
-                                    told = None;
+                                    full = true;
                                     sub = Some(d);
                                 } else if answer.starts_with(b"SIP/2.0 200") {
                                     sub = None;
