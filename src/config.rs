@@ -666,7 +666,9 @@ pub struct Upstream {
     pub mode: RelayMode,
     /// protocol gb28181: the upper's SIP domain (default: the first 10 digits of `server_id`).
     pub domain: String,
-    /// protocol gb28181: "udp" (the default; TCP to upper platforms is not built yet).
+    /// protocol gb28181: "udp" (the default) or "tcp" (vigil connects to `server_addr`, keeps
+    /// the connection and takes the upper's requests on it; it also accepts the upper's own
+    /// connections at `listen`).
     pub transport: String,
     /// protocol gb28181: the registration asked for (default 3600s; refreshed at half of
     /// what the upper grants).
@@ -1204,11 +1206,8 @@ impl Config {
                     if u.server_addr.parse::<SocketAddr>().is_err() {
                         add(key("server_addr"), format!("{:?} is not an address like 10.0.0.1:5060", u.server_addr));
                     }
-                    if !matches!(u.transport.as_str(), "" | "udp") {
-                        add(
-                            key("transport"),
-                            format!("{:?}: only \"udp\" to upper platforms is built so far", u.transport),
-                        );
+                    if !matches!(u.transport.to_ascii_lowercase().as_str(), "" | "udp" | "tcp") {
+                        add(key("transport"), format!("{:?}: one of \"udp\" (the default) or \"tcp\"", u.transport));
                     }
                     if !u.domain.is_empty() && !u.domain.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.') {
                         add(key("domain"), format!("{:?} is not a SIP domain", u.domain));
@@ -1362,10 +1361,13 @@ mod tests {
     fn a_gb28181_cascade_upstream_is_checked_key_by_key() {
         let good = "[[upstreams]]\nname = \"city\"\nprotocol = \"gb28181\"\nserver_id = \"42010000002000000001\"\nserver_addr = \"127.0.0.1:15060\"\n";
         Config::from_toml_with_env(good, false).expect("a cascade upstream with its id and address");
+        for transport in ["udp", "tcp", "TCP"] {
+            Config::from_toml_with_env(&format!("{good}transport = \"{transport}\"\n"), false).expect(transport);
+        }
         for (bad, key) in [
             (good.replace("42010000002000000001", "4201"), "upstreams[0].server_id"),
             (good.replace("127.0.0.1:15060", "upper.example"), "upstreams[0].server_addr"),
-            (format!("{good}transport = \"tcp\"\n"), "upstreams[0].transport"),
+            (format!("{good}transport = \"sctp\"\n"), "upstreams[0].transport"),
             (format!("{good}user_id = \"123\"\n"), "upstreams[0].user_id"),
             (format!("{good}expires = \"10s\"\n"), "upstreams[0].expires"),
             (format!("{good}listen = \"5061\"\n"), "upstreams[0].listen"),

@@ -3,13 +3,15 @@
 //! in total and per source address (`cap`), the per-address limit on failed authentication
 //! and the summarising of log floods (`guard`), the HTTP accept loop with a deadline for
 //! request headers that the API and the GA/T 1400 port run on (`http`), and the API's
-//! optional built-in TLS (`tls`), and the local address a peer can reach vigil at
+//! optional built-in TLS (`tls`), messages cut off a byte stream by a framing rule the
+//! protocol gives (`frames`), and the local address a peer can reach vigil at
 //! (`route_to`). No protocol knowledge; nothing here imports a source, a
 //! sink or the API.
 
 pub mod accept;
 pub mod cap;
 pub mod fds;
+pub mod frames;
 pub mod guard;
 pub mod http;
 pub mod tls;

@@ -64,6 +64,15 @@ impl Drop for Upper {
 }
 
 fn upstream(port: u16, password: &str) -> String {
+    upstream_over(port, password, "udp")
+}
+
+/// The upstream with its SIP over `transport` ("udp" or "tcp").
+fn upstream_over(port: u16, password: &str, transport: &str) -> String {
+    format!("{}transport = \"{transport}\"\n", upstream_keys(port, password))
+}
+
+fn upstream_keys(port: u16, password: &str) -> String {
     format!(
         "[[upstreams]]\nname = \"city\"\nprotocol = \"gb28181\"\nserver_id = \"{UPPER}\"\nserver_addr = \"127.0.0.1:{port}\"\n\
 user_id = \"{LOWER}\"\npassword = \"{password}\"\nlisten = \"127.0.0.1:{}\"\nkeepalive_interval = \"5s\"\n",
@@ -94,6 +103,28 @@ async fn vigil_registers_to_an_upper_platform_with_digest_and_keeps_alive() {
     gw.shutdown().await;
 }
 
+/// SIP over TCP: vigil connects to the upper and registers with digest on that connection
+/// (SIPp verifies the answer) and keeps alive on it; when the upper goes away (SIPp ends after
+/// those two calls) the connection's end is seen at once, not after Timer F, the state says
+/// why, and vigil registers again, over a new connection, to the upper that comes back (one
+/// that stays, so the state can be read).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_tcp_vigil_registers_keeps_alive_and_registers_again_after_the_connection_is_lost() {
+    let port = free_port();
+    let mut upper = Upper::play("upper_register.xml", port, &["-m", "2", "-t", "t1"]);
+    let gw = TestGateway::start(Db::Sqlite, &upstream_over(port, "12345678", "tcp")).await;
+    assert!(upper.passed(Duration::from_secs(30)).await, "SIPp verified the digest answer and the keepalive over TCP");
+    let t = city(&gw, |t| t["session"]["state"] == "failing").await;
+    assert!(!t["session"]["last_keepalive_at"].is_null(), "the keepalive's answer came back on the connection: {t}");
+    let why = t["last_error"].as_str().unwrap_or_default().to_owned();
+    assert!(why.starts_with("TCP connection to the upper: "), "{t}");
+    // An upper that stays (it grants the registration and queries the catalog until stopped).
+    let _again = Upper::play("upper_catalog.xml", port, &["-t", "t1"]);
+    let t = city(&gw, |t| t["session"]["state"] == "registered").await;
+    assert!(t["session"]["failures"] == 0 && t["last_error"].is_null(), "{t}");
+    gw.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wrong_password_is_refused_by_the_upper_and_shown_with_its_code() {
     let port = free_port();
@@ -111,12 +142,27 @@ async fn a_wrong_password_is_refused_by_the_upper_and_shown_with_its_code() {
 /// ON for what presence says is online. Read from SIPp's own log of what came over the wire.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_upper_queries_the_catalog_and_gets_every_channel_in_paced_batches() {
+    catalog_in_paced_batches("udp").await;
+}
+
+/// The same with SIP over TCP: vigil connects to the upper, registers on that connection, and
+/// the upper's query comes back on it and is answered there, batch after batch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_tcp_the_upper_queries_the_catalog_on_vigils_connection_and_gets_every_channel() {
+    catalog_in_paced_batches("tcp").await;
+}
+
+async fn catalog_in_paced_batches(transport: &str) {
     let port = free_port();
     let dir = tempfile::tempdir().expect("temp dir");
     let log = dir.path().join("sipp-messages.log");
     let log_arg = log.to_string_lossy().to_string();
-    let _upper = Upper::play("upper_catalog.xml", port, &["-trace_msg", "-message_file", &log_arg]);
-    let config = format!("{}scope_kinds = [\"camera\"]\n", upstream(port, "12345678"));
+    let mut args = vec!["-trace_msg", "-message_file", &log_arg];
+    if transport == "tcp" {
+        args.extend(["-t", "t1"]);
+    }
+    let _upper = Upper::play("upper_catalog.xml", port, &args);
+    let config = format!("{}scope_kinds = [\"camera\"]\n", upstream_over(port, "12345678", transport));
     let gw = TestGateway::start(Db::Sqlite, &config).await;
     let checkpoint = serde_json::json!({"id": "42010400001210000001", "name": "卡口", "kind": "vehicle_checkpoint", "protocol": "gat1400"});
     assert_eq!(gw.api.post("/devices", checkpoint).await.0, 201);

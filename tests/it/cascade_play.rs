@@ -23,11 +23,25 @@ use crate::support::{free_port, require_command};
 const CAMERA: &str = "42010400001320000077";
 
 /// The `[[upstreams]]` of an upper at `upper` (nothing answers there: the plays need no
-/// registration), vigil listening for it on `listen`.
+/// registration), vigil listening for it on `listen`, SIP over UDP.
 fn upstream(upper: u16, listen: u16) -> String {
+    upstream_over(upper, listen, Sip::Udp)
+}
+
+/// The SIP transport between the upper and vigil.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Sip {
+    Udp,
+    /// The upper connects to vigil's `listen` (SIPp `-t t1`: one connection).
+    Tcp,
+}
+
+fn upstream_over(upper: u16, listen: u16, sip: Sip) -> String {
+    let transport = if sip == Sip::Tcp { "tcp" } else { "udp" };
     format!(
         "[[upstreams]]\nname = \"city\"\nprotocol = \"gb28181\"\nserver_id = \"{UPPER}\"\nserver_addr = \"127.0.0.1:{upper}\"\n\
-user_id = \"{LOWER}\"\npassword = \"12345678\"\nlisten = \"127.0.0.1:{listen}\"\nscope_kinds = [\"camera\", \"nvr\"]\n"
+user_id = \"{LOWER}\"\npassword = \"12345678\"\nlisten = \"127.0.0.1:{listen}\"\nscope_kinds = [\"camera\", \"nvr\"]\n\
+transport = \"{transport}\"\n"
     )
 }
 
@@ -108,7 +122,7 @@ impl Drop for Receiver {
 
 /// SIPp, the upper, plays `channel` of the vigil listening on `vigil` for `play_ms`, asking
 /// for the media at `media_port`. Its exit status says whether every step held.
-fn invite(dir: &Path, vigil: u16, channel: &str, media_port: u16, carry: Carry, play_ms: u64) -> Child {
+fn invite(dir: &Path, vigil: u16, channel: &str, media_port: u16, (carry, sip): (Carry, Sip), play_ms: u64) -> Child {
     let template = std::fs::read_to_string(fixture("upper_invite.xml")).expect("scenario");
     let (proto, setup, answer) = match carry {
         Carry::Udp => ("RTP/AVP", "", "m=video [0-9]+ RTP/AVP 96"),
@@ -128,6 +142,7 @@ fn invite(dir: &Path, vigil: u16, channel: &str, media_port: u16, carry: Carry, 
         .arg(&file)
         .arg(format!("127.0.0.1:{vigil}"))
         .args(["-i", "127.0.0.1", "-p", &free_port().to_string(), "-m", "1", "-nostdin", "-timeout", "90s"])
+        .args(if sip == Sip::Tcp { &["-t", "t1"][..] } else { &[] })
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -164,13 +179,18 @@ fn frames(path: &Path) -> (String, u64) {
 
 /// One play from INVITE to BYE: what GStreamer received, as ffprobe reads it.
 async fn play(dir: &Path, vigil: u16, channel: &str, carry: Carry, demux: bool) -> (String, u64) {
+    play_over(dir, vigil, channel, (carry, Sip::Udp), demux).await
+}
+
+/// One play, its signalling over `sip`.
+async fn play_over(dir: &Path, vigil: u16, channel: &str, (carry, sip): (Carry, Sip), demux: bool) -> (String, u64) {
     let port = free_port();
     let out = dir.join(format!("{channel}-{port}.{}", if demux { "h264" } else { "ps" }));
     let rx = Receiver::start(carry, port, out, demux);
-    let sipp = invite(dir, vigil, channel, port, carry, 4_000);
+    let sipp = invite(dir, vigil, channel, port, (carry, sip), 4_000);
     assert!(
         passed(sipp, Duration::from_secs(60)).await,
-        "{carry:?}: SIPp, the upper, got its 200 (sendonly, its SSRC) and BYE's 200"
+        "{carry:?} (SIP {sip:?}): SIPp, the upper, got its 200 (sendonly, its SSRC) and BYE's 200"
     );
     let out = rx.finish(carry).await;
     frames(&out)
@@ -179,10 +199,14 @@ async fn play(dir: &Path, vigil: u16, channel: &str, carry: Carry, demux: bool) 
 /// A gst-rtsp-server camera in `codec` under `CAMERA`, playing in a vigil with an upstream
 /// listening on the port answered.
 async fn playing_camera(codec: &str) -> (GstCamera, TestGateway, u16) {
+    playing_camera_over(codec, Sip::Udp).await
+}
+
+async fn playing_camera_over(codec: &str, sip: Sip) -> (GstCamera, TestGateway, u16) {
     require_command("ffprobe");
     let cam = GstCamera::start("none", codec);
     let listen = free_port();
-    let gw = TestGateway::start(Db::Sqlite, &upstream(free_port(), listen)).await;
+    let gw = TestGateway::start(Db::Sqlite, &upstream_over(free_port(), listen, sip)).await;
     let body = json!({"id": CAMERA, "name": "东门", "kind": "camera", "protocol": "rtsp", "rtsp_url": cam.url});
     assert_eq!(gw.api.post("/devices", body).await.0, 201);
     gw.api.wait_for(&format!("/devices/{CAMERA}/stream"), Duration::from_secs(30), |h| h["state"] == "playing").await;
@@ -199,6 +223,20 @@ async fn an_upper_plays_an_rtsp_camera_repackaged_as_ps_over_udp_and_tcp() {
     for carry in [Carry::Udp, Carry::Tcp] {
         let (codec, n) = play(dir.path(), listen, CAMERA, carry, true).await;
         // 4 s of a 25 fps camera, less what the jitter buffer holds at EOS.
+        assert_eq!(codec, "h264", "{carry:?}");
+        assert!(n >= 40, "{carry:?}: {n} frames decoded at the upper");
+    }
+    gw.shutdown().await;
+}
+
+/// The same over SIP on TCP: the upper connects to vigil's `listen`, and the INVITE, its 200,
+/// the ACK and the BYE go on that connection (the media over UDP and over TCP as before).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upper_speaking_sip_over_tcp_plays_an_rtsp_camera() {
+    let (_cam, gw, listen) = playing_camera_over("h264", Sip::Tcp).await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    for carry in [Carry::Udp, Carry::Tcp] {
+        let (codec, n) = play_over(dir.path(), listen, CAMERA, (carry, Sip::Tcp), true).await;
         assert_eq!(codec, "h264", "{carry:?}");
         assert!(n >= 40, "{carry:?}: {n} frames decoded at the upper");
     }
@@ -300,6 +338,38 @@ async fn invites_the_upper_may_not_make_are_refused_with_their_codes() {
         .and_then(|l| l.rsplit(' ').next())
         .and_then(|v| v.parse::<f64>().ok());
     assert_eq!(refused, Some(4.0), "{m}");
+    gw.shutdown().await;
+}
+
+/// SIP over TCP from the upper's host: a stream that cannot be framed (two Content-Lengths,
+/// RFC 4475 §3.1.2.10) is closed by vigil and counted as unreadable; the next connection is
+/// served as if nothing happened (an OPTIONS on it answered 200 on it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_tcp_a_stream_that_cannot_be_framed_is_closed_and_counted_and_the_next_is_served() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listen = free_port();
+    let gw = TestGateway::start(Db::Sqlite, &upstream_over(free_port(), listen, Sip::Tcp)).await;
+    let options = |cl: &str| {
+        format!(
+            "OPTIONS sip:{LOWER}@127.0.0.1:{listen} SIP/2.0\r\nVia: SIP/2.0/TCP 127.0.0.1:9;branch=z9hG4bKo{}\r\n\
+From: <sip:{UPPER}@4201000000>;tag=o1\r\nTo: <sip:{LOWER}@4201040000>\r\nCall-ID: options-{}@x\r\nCSeq: 1 OPTIONS\r\n\
+Max-Forwards: 70\r\n{cl}\r\n",
+            cl.len(),
+            cl.len()
+        )
+    };
+    let mut bad = tokio::net::TcpStream::connect(("127.0.0.1", listen)).await.expect("connect");
+    bad.write_all(options("Content-Length: 0\r\nContent-Length: 4\r\n").as_bytes()).await.expect("write");
+    let mut buf = vec![0u8; 4096];
+    let read = tokio::time::timeout(Duration::from_secs(10), bad.read(&mut buf)).await.expect("closed within 10 s");
+    assert!(matches!(read, Ok(0) | Err(_)), "no answer to an unframeable stream, the connection closed: {read:?}");
+    let unreadable = "vigil_cascade_requests_total{answer=\"none\",method=\"unreadable\",target=\"city\"} 1";
+    gw.api.wait_for_metrics(Duration::from_secs(10), |m| m.lines().any(|l| l == unreadable)).await;
+    let mut good = tokio::net::TcpStream::connect(("127.0.0.1", listen)).await.expect("connect");
+    good.write_all(options("Content-Length: 0\r\n").as_bytes()).await.expect("write");
+    let n = tokio::time::timeout(Duration::from_secs(10), good.read(&mut buf)).await.expect("an answer").expect("read");
+    let answer = String::from_utf8_lossy(&buf[..n]).to_string();
+    assert!(answer.starts_with("SIP/2.0 200"), "{answer}");
     gw.shutdown().await;
 }
 

@@ -1,7 +1,7 @@
 //! GB/T 28181 cascade: vigil as a lower platform to the district's and the city's platforms
-//! (`[[upstreams]] protocol = "gb28181"`). One SIP user agent per upstream, on its own UDP
-//! socket (`listen`), so an upper's requests come back to it and nothing of the device side
-//! is shared: it registers with digest and keeps the registration up (`register`), answers
+//! (`[[upstreams]] protocol = "gb28181"`). One SIP user agent per upstream, on its own
+//! socket (`listen`; UDP, or TCP with the connection to the upper kept: `link`), so an upper's
+//! requests come back to it and nothing of the device side is shared: it registers with digest and keeps the registration up (`register`), answers
 //! the upper's OPTIONS and its `Query` for `Catalog` (paced MESSAGEs of `CATALOG_BATCH` items,
 //! the next after the upper's 200 or a fallback timer; `catalog`), `DeviceInfo` and
 //! `DeviceStatus`, accepts its catalog SUBSCRIBE and tells it every channel's status change in
@@ -10,13 +10,15 @@
 //! without a subscription too where `notify_without_subscription`), and publishes its state
 //! for `GET /api/v1/relay/targets`. The upper's INVITEs play channels (`play` holds the
 //! dialogs, `forward` sends the video as PS over RTP).
-//! Requests go out as RFC 3261 non-INVITE client transactions over UDP (retransmitted from T1
-//! doubling to T2, given up at Timer F); answers are taken from the upper's host only.
+//! Requests go out as RFC 3261 non-INVITE client transactions (over UDP retransmitted from T1
+//! doubling to T2; given up at Timer F, or at once when the TCP connection they went on is
+//! lost); answers are taken from the upper's host only.
 
 pub mod alarm;
 pub mod catalog;
 pub mod forward;
 pub mod ids;
+pub mod link;
 pub mod play;
 pub mod register;
 
@@ -27,7 +29,6 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::net::UdpSocket;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
@@ -75,7 +76,7 @@ pub enum Error {
 /// One configured upper platform, its socket bound.
 pub struct Cascade {
     settings: Settings,
-    socket: std::net::UdpSocket,
+    socket: link::Bound,
     advertise: Option<String>,
     notify_without_subscription: bool,
     scope: Scope,
@@ -98,8 +99,10 @@ impl Cascade {
             u.domain.clone()
         };
         let user_id = if u.user_id.is_empty() { gateway_id.to_owned() } else { u.user_id.clone() };
+        let transport = link::Transport::parse(&u.transport).unwrap_or_default();
         let settings = Settings {
             name: u.name.clone(),
+            transport,
             server_id: u.server_id.clone(),
             domain,
             server_addr,
@@ -114,8 +117,7 @@ impl Cascade {
         } else {
             u.listen.parse().unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 5061)))
         };
-        let socket = std::net::UdpSocket::bind(addr).map_err(|source| Error::Bind { addr, source })?;
-        socket.set_nonblocking(true).map_err(|source| Error::Bind { addr, source })?;
+        let socket = link::Bound::bind(transport, addr).map_err(|source| Error::Bind { addr, source })?;
         Ok(Cascade {
             settings,
             socket,
@@ -173,15 +175,16 @@ struct Outstanding {
 }
 
 impl Outstanding {
-    /// A request just sent to `to`: retransmitted from T1, given up at Timer F.
-    fn new(kind: Kind, bytes: Vec<u8>, to: SocketAddr, now: Millis) -> Self {
+    /// A request just sent to `to`: retransmitted from T1 when the transport is `unreliable`,
+    /// given up at Timer F.
+    fn new(kind: Kind, bytes: Vec<u8>, to: SocketAddr, now: Millis, unreliable: bool) -> Self {
         Outstanding {
             kind,
             notify: false,
             reply: None,
             bytes,
             to,
-            next_send: now + T1_MS,
+            next_send: if unreliable { now + T1_MS } else { Millis::MAX },
             interval: T1_MS,
             deadline: now + TIMER_F_MS,
         }
@@ -198,14 +201,16 @@ pub async fn run(
 ) {
     let name = c.settings.name.clone();
     let upper = c.settings.server_addr;
-    let sock = match UdpSocket::from_std(c.socket) {
-        Ok(s) => s,
+    let transport = c.settings.transport;
+    let unreliable = transport.unreliable();
+    let mut link = match link::Link::new(c.socket, upper, &cancel) {
+        Ok(l) => l,
         Err(e) => {
             warn!(upstream = %name, error = %e, "Cascade socket unusable; this upstream stays unregistered.");
             return;
         }
     };
-    let port = sock.local_addr().map(|a| a.port()).unwrap_or(0);
+    let port = link.port();
     let advertise = match c.advertise {
         Some(a) => a,
         None => format!(
@@ -213,13 +218,12 @@ pub async fn run(
             crate::net::route_to(upper).await.unwrap_or_else(|| std::net::Ipv4Addr::LOCALHOST.into())
         ),
     };
-    info!(upstream = %name, upper = %upper, advertise = %advertise, "GB/T 28181 cascade: registering to the upper platform.");
+    info!(upstream = %name, upper = %upper, transport = transport.via(), advertise = %advertise, "GB/T 28181 cascade: registering to the upper platform.");
     let tag = uuid::Uuid::new_v4().simple().to_string()[..10].to_owned();
     let (mut plays, mut play_events) =
-        play::Plays::new(c.media, c.pick_ssrc, c.settings.user_id.clone(), advertise.clone());
+        play::Plays::new(c.media, c.pick_ssrc, c.settings.user_id.clone(), advertise.clone(), transport);
     let mut reg = Registration::new(c.settings, advertise, now_ms());
     let mut outstanding: HashMap<String, Outstanding> = HashMap::new();
-    let mut buf = vec![0u8; 65_536];
     let mut last_phase = None;
     // Catalog bodies waiting, and the one in flight (its branch, when it went).
     let mut answers: VecDeque<Outgoing> = VecDeque::new();
@@ -256,9 +260,10 @@ pub async fn run(
             }
         }
         for r in requests {
-            send(&sock, &r.bytes, upper).await;
+            link.send(&r.bytes, upper).await;
             let notify = notifies.contains(&r.branch);
-            outstanding.insert(r.branch, Outstanding { notify, ..Outstanding::new(r.kind, r.bytes, upper, now) });
+            outstanding
+                .insert(r.branch, Outstanding { notify, ..Outstanding::new(r.kind, r.bytes, upper, now, unreliable) });
         }
         if publish(&reg, &status, &name, &mut last_phase) {
             full = true; // registered anew: bring the upper back to the true state
@@ -288,14 +293,14 @@ pub async fn run(
             _ = tokio::time::sleep(Duration::from_millis((wake - now).max(0) as u64)) => {
                 let now = now_ms();
                 for o in plays.due(now) {
-                    send(&sock, &o.bytes, o.to).await;
+                    link.send(&o.bytes, o.to).await;
                 }
                 let mut gone = Vec::new();
                 for (branch, o) in outstanding.iter_mut() {
                     if now >= o.deadline {
                         gone.push(branch.clone());
                     } else if now >= o.next_send {
-                        send(&sock, &o.bytes, o.to).await;
+                        link.send(&o.bytes, o.to).await;
                         o.interval = (o.interval * 2).min(T2_MS);
                         o.next_send = now + o.interval;
                     }
@@ -304,13 +309,7 @@ pub async fn run(
                     if let Some(o) = outstanding.remove(&b) {
                         debug!(upstream = %name, request = ?o.kind, "The upper platform did not answer (Timer F).");
                         reg.timed_out(o.kind, now);
-                        if let Some(tx) = o.reply {
-                            let _ = tx.send(None);
-                        }
-                        if o.notify {
-                            full = true;
-                            metrics.cascade_notifies.with_label_values(&[&name, "unanswered"]).inc();
-                        }
+                        full |= unanswered(o, &metrics, &name);
                     }
                 }
             }
@@ -318,11 +317,11 @@ pub async fn run(
                 let now = now_ms();
                 let (answer, bye) = plays.event(e, now);
                 if let Some(o) = answer {
-                    send(&sock, &o.bytes, o.to).await;
+                    link.send(&o.bytes, o.to).await;
                 }
                 if let Some(b) = bye {
-                    send(&sock, &b.bytes, b.to).await;
-                    outstanding.insert(b.branch, Outstanding::new(Kind::Bye, b.bytes, b.to, now));
+                    link.send(&b.bytes, b.to).await;
+                    outstanding.insert(b.branch, Outstanding::new(Kind::Bye, b.bytes, b.to, now, unreliable));
                 }
             }
             job = next_alarm => {
@@ -333,9 +332,9 @@ pub async fn run(
                 }
                 let r = reg.message(job.body);
                 let now = now_ms();
-                send(&sock, &r.bytes, upper).await;
+                link.send(&r.bytes, upper).await;
                 let reply = Some(job.answer);
-                outstanding.insert(r.branch, Outstanding { reply, ..Outstanding::new(r.kind, r.bytes, upper, now) });
+                outstanding.insert(r.branch, Outstanding { reply, ..Outstanding::new(r.kind, r.bytes, upper, now, unreliable) });
             }
             _ = status_tick.tick() => {
                 let now = now_ms();
@@ -405,13 +404,36 @@ pub async fn run(
                 }
                 told = now_view;
             }
-            r = sock.recv_from(&mut buf) => {
-                let Ok((n, from)) = r else { continue };
+            incoming = link.recv() => {
+                let (bytes, from) = match incoming {
+                    link::Incoming::Message(bytes, from) => (bytes, from),
+                    link::Incoming::Lost { peer, why, unframeable } => {
+                        if unframeable {
+                            metrics.cascade_requests.with_label_values(&[&name, "unreadable", "none"]).inc();
+                        }
+                        // What went on that connection will not be answered.
+                        let lost: Vec<String> =
+                            outstanding.iter().filter(|(_, o)| o.to == peer).map(|(b, _)| b.clone()).collect();
+                        for b in lost {
+                            if answer_in_flight.as_ref().is_some_and(|(x, _)| *x == b) {
+                                answer_in_flight = None;
+                            }
+                            if let Some(o) = outstanding.remove(&b) {
+                                full |= unanswered(o, &metrics, &name);
+                            }
+                        }
+                        if peer == upper {
+                            info!(upstream = %name, why = %why, "The SIP connection to the upper platform ended.");
+                            reg.lost(format!("TCP connection to the upper: {why}"), now_ms());
+                        }
+                        continue;
+                    }
+                };
                 if from.ip() != upper.ip() {
                     debug!(upstream = %name, peer = %from, "SIP from another host than the upper platform, ignored.");
                     continue;
                 }
-                let Ok(msg) = Message::parse(&buf[..n]) else {
+                let Ok(msg) = Message::parse(&bytes) else {
                     debug!(upstream = %name, peer = %from, "Unreadable SIP from the upper platform, ignored.");
                     metrics.cascade_requests.with_label_values(&[&name, "unreadable", "none"]).inc();
                     continue;
@@ -446,7 +468,7 @@ pub async fn run(
                                 let method = method.to_ascii_uppercase();
                                 for o in plays.stop(&msg, from, &method) {
                                     count(&metrics, &name, &method, &o.bytes);
-                                    send(&sock, &o.bytes, o.to).await;
+                                    link.send(&o.bytes, o.to).await;
                                 }
                                 continue;
                             }
@@ -462,7 +484,7 @@ pub async fn run(
                                         .into_iter()
                                         .find(|i| i.id == channel)
                                         .map(|i| i.video);
-                                    plays.invite(&msg, &buf[..n], from, found, &cancel)
+                                    plays.invite(&msg, &bytes, from, found, &cancel)
                                 }
                             },
                             "OPTIONS" => message::response(&msg, 200, "OK", from, &tag, &[("Allow", ALLOW.into())], b""),
@@ -497,7 +519,7 @@ pub async fn run(
                             }
                         };
                         count(&metrics, &name, method, &answer);
-                        send(&sock, &answer, from).await;
+                        link.send(&answer, from).await;
                     }
                 }
             }
@@ -614,10 +636,16 @@ fn granted(msg: &Message<'_>) -> Option<u64> {
     })
 }
 
-async fn send(sock: &UdpSocket, bytes: &[u8], to: SocketAddr) {
-    if let Err(e) = sock.send_to(bytes, to).await {
-        debug!(peer = %to, error = %e, "Cannot send SIP to the upper platform.");
+/// A request given up: who waited for its answer hears none. True when it was a status
+/// NOTIFY (the upper's view goes whole again).
+fn unanswered(o: Outstanding, metrics: &crate::telemetry::Metrics, name: &str) -> bool {
+    if let Some(tx) = o.reply {
+        let _ = tx.send(None);
     }
+    if o.notify {
+        metrics.cascade_notifies.with_label_values(&[name, "unanswered"]).inc();
+    }
+    o.notify
 }
 
 /// Puts the registration's state where the API reads it; logs a change of phase. True when

@@ -61,6 +61,7 @@ pub struct Plays {
     /// vigil's `user@host:port` for Contact and Via.
     user: String,
     advertise: String,
+    transport: super::link::Transport,
     cseq: u32,
 }
 
@@ -71,9 +72,20 @@ impl Plays {
         pick_ssrc: bool,
         user: String,
         advertise: String,
+        transport: super::link::Transport,
     ) -> (Plays, mpsc::Receiver<Event>) {
         let (events, rx) = mpsc::channel(64);
-        let plays = Plays { dialogs: HashMap::new(), media, events, pick_ssrc, next_ssrc: 1, user, advertise, cseq: 0 };
+        let plays = Plays {
+            dialogs: HashMap::new(),
+            media,
+            events,
+            pick_ssrc,
+            next_ssrc: 1,
+            user,
+            advertise,
+            transport,
+            cseq: 0,
+        };
         (plays, rx)
     }
 
@@ -209,7 +221,7 @@ impl Plays {
                 let Some(d) = self.dialogs.get_mut(&call_id) else { return (None, None) };
                 let Ok(invite) = Message::parse(&d.invite) else { return (None, None) };
                 let headers = [
-                    ("Contact", format!("<sip:{}@{}>", self.user, self.advertise)),
+                    ("Contact", format!("<sip:{}@{}{}>", self.user, self.advertise, self.transport.uri_param())),
                     ("Content-Type", "application/sdp".to_owned()),
                 ];
                 let ok = message::response(&invite, 200, "OK", d.from, &d.tag, &headers, sdp.as_bytes());
@@ -269,8 +281,9 @@ impl Plays {
         self.cseq += 1;
         let branch = format!("z9hG4bK{}", uuid::Uuid::new_v4().simple());
         let text = format!(
-            "BYE {target} SIP/2.0\r\nVia: SIP/2.0/UDP {adv};rport;branch={branch}\r\nFrom: {our_to};tag={tag}\r\nTo: {their_from}\r\n\
+            "BYE {target} SIP/2.0\r\nVia: SIP/2.0/{via} {adv};rport;branch={branch}\r\nFrom: {our_to};tag={tag}\r\nTo: {their_from}\r\n\
 Call-ID: {call_id}\r\nCSeq: {cseq} BYE\r\nMax-Forwards: 70\r\nUser-Agent: vigil/{ver}\r\nContent-Length: 0\r\n\r\n",
+            via = self.transport.via(),
             adv = self.advertise,
             tag = d.tag,
             cseq = self.cseq,

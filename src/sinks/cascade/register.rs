@@ -23,6 +23,7 @@ const BACKOFF_MAX_MS: Millis = 15_000;
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub name: String,
+    pub transport: super::link::Transport,
     /// The upper platform's id and SIP domain.
     pub server_id: String,
     pub domain: String,
@@ -239,6 +240,17 @@ impl Registration {
         }
     }
 
+    /// The TCP connection to the upper ended: what was in flight on it is lost, and a
+    /// registration that stood on it (or was being made on it) starts over after the backoff.
+    pub fn lost(&mut self, why: String, now: Millis) {
+        let in_flight = self.register_in_flight;
+        self.register_in_flight = false;
+        self.keepalive_in_flight = false;
+        if in_flight || self.phase == Phase::Registered {
+            self.fail(why, now);
+        }
+    }
+
     /// A request of `kind` went unanswered (Timer F).
     pub fn timed_out(&mut self, kind: Kind, now: Millis) {
         match kind {
@@ -292,8 +304,13 @@ impl Registration {
         self.answered_challenge = auth.is_some();
         let auth = auth.map(|a| format!("Authorization: {a}\r\n")).unwrap_or_default();
         let me = format!("<sip:{}@{}>", s.user_id, s.own_domain());
-        let extra =
-            format!("Contact: <sip:{}@{}>\r\nExpires: {}\r\n{auth}", s.user_id, self.advertise, s.expires.as_secs());
+        let extra = format!(
+            "Contact: <sip:{}@{}{}>\r\nExpires: {}\r\n{auth}",
+            s.user_id,
+            self.advertise,
+            s.transport.uri_param(),
+            s.expires.as_secs()
+        );
         let (call, cseq, tag) = (self.call_id.clone(), format!("{} REGISTER", self.cseq), self.tag.clone());
         self.request(Kind::Register, &format!("REGISTER {uri}"), &tag, &me, &call, &cseq, &extra, &[])
     }
@@ -323,9 +340,11 @@ impl Registration {
         let start = format!("NOTIFY sip:{}@{}", s.server_id, s.server_addr);
         let to = format!("<sip:{}@{}>{their_tag}", s.server_id, s.domain);
         let extra = format!(
-            "Event: Catalog{id}\r\nSubscription-State: active;expires={left}\r\nContact: <sip:{}@{}>\r\n\
+            "Event: Catalog{id}\r\nSubscription-State: active;expires={left}\r\nContact: <sip:{}@{}{}>\r\n\
 Content-Type: Application/MANSCDP+xml\r\n",
-            s.user_id, self.advertise
+            s.user_id,
+            self.advertise,
+            s.transport.uri_param()
         );
         let cseq = format!("{} NOTIFY", self.msg_cseq);
         self.request(Kind::Response, &start, &our_tag, &to, &call, &cseq, &extra, &body)
@@ -364,8 +383,9 @@ Content-Type: Application/MANSCDP+xml\r\n",
     ) -> Request {
         let branch = format!("z9hG4bK{}", token());
         let text = format!(
-            "{start} SIP/2.0\r\nVia: SIP/2.0/UDP {adv};rport;branch={branch}\r\nFrom: <sip:{user}@{own}>;tag={from_tag}\r\n\
+            "{start} SIP/2.0\r\nVia: SIP/2.0/{via} {adv};rport;branch={branch}\r\nFrom: <sip:{user}@{own}>;tag={from_tag}\r\n\
 To: {to}\r\nCall-ID: {call}\r\nCSeq: {cseq}\r\n{extra}Max-Forwards: 70\r\nUser-Agent: vigil/{ver}\r\nContent-Length: {len}\r\n\r\n",
+            via = self.s.transport.via(),
             adv = self.advertise,
             user = self.s.user_id,
             own = self.s.own_domain(),
@@ -403,6 +423,7 @@ mod tests {
     fn settings() -> Settings {
         Settings {
             name: "city".into(),
+            transport: Default::default(),
             server_id: "42010000002000000001".into(),
             domain: "4201000000".into(),
             server_addr: "127.0.0.1:15060".parse().expect("addr"),
@@ -494,6 +515,33 @@ mod tests {
             now = next + 32_000;
             r.timed_out(Kind::Register, now);
         }
+    }
+
+    #[test]
+    fn a_lost_tcp_connection_starts_the_registration_over_and_nothing_waits_on_what_went_on_it() {
+        let tcp = Settings { transport: crate::sinks::cascade::link::Transport::Tcp, ..settings() };
+        let mut r = Registration::new(tcp, "127.0.0.1:5061".into(), 0);
+        let first = r.due(0);
+        let via = header(&first[0], "Via");
+        assert!(via.starts_with("SIP/2.0/TCP 127.0.0.1:5061;"), "{via}");
+        assert!(header(&first[0], "Contact").ends_with(";transport=tcp>"));
+        r.answered(Kind::Register, 200, None, None, 0);
+        r.due(0);
+        // The connection ends with the keepalive in flight: registered again after the backoff.
+        r.lost("the peer closed the connection".into(), 500);
+        let v = r.view();
+        assert_eq!(v.phase, Phase::Failing, "{v:?}");
+        assert!(v.last_error.as_deref().is_some_and(|e| e.contains("closed")), "{v:?}");
+        let at = v.next_attempt_at.expect("a retry");
+        assert!((500 + 1_600..=500 + 2_400).contains(&at), "{at}");
+        assert_eq!(r.due(at).iter().map(|q| q.kind).collect::<Vec<_>>(), vec![Kind::Register]);
+        // A connection lost while failing with nothing in flight changes nothing.
+        let mut idle = Registration::new(settings(), "127.0.0.1:5061".into(), 0);
+        idle.due(0);
+        idle.timed_out(Kind::Register, 32_000);
+        let before = idle.view();
+        idle.lost("reset".into(), 33_000);
+        assert_eq!(idle.view(), before);
     }
 
     #[test]

@@ -20,8 +20,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::net::frames::End;
 use crate::protocol::sip::message;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::mpsc;
 use tracing::{debug, warn};
@@ -180,7 +181,7 @@ async fn serve_tcp(
     (deadline, late): (Duration, prometheus::IntCounter),
     cancel: CancellationToken,
 ) {
-    let (mut rd, mut wr) = stream.into_split();
+    let (rd, mut wr) = stream.into_split();
     let (out_tx, mut out_rx) = mpsc::channel::<Vec<u8>>(64);
     let writer = tokio::spawn(async move {
         while let Some(bytes) = out_rx.recv().await {
@@ -189,59 +190,32 @@ async fn serve_tcp(
             }
         }
     });
-    let mut buf: Vec<u8> = Vec::with_capacity(4096);
-    let mut chunk = vec![0u8; 16 * 1024];
-    // When the message now in `buf` began: it must be whole by TCP_MESSAGE_DEADLINE.
-    let mut begun: Option<tokio::time::Instant> = None;
-    'conn: loop {
-        let wait = match begun {
-            Some(t) => deadline.saturating_sub(t.elapsed()),
-            None => TCP_IDLE,
-        };
-        let n = tokio::select! {
+    let mut frames = crate::net::frames::Frames::new(rd, message::frame_len, deadline, Some(TCP_IDLE));
+    loop {
+        let next = tokio::select! {
             biased;
             _ = cancel.cancelled() => break,
-            r = tokio::time::timeout(wait, rd.read(&mut chunk)) => match r {
-                Err(_) if begun.is_some() => {
-                    late.inc();
-                    debug!(peer = %peer, pending = buf.len(), "A SIP message was not complete within its deadline; closing the connection.");
-                    break;
-                }
-                Ok(Ok(0)) | Err(_) => break,
-                Ok(Ok(n)) => n,
-                Ok(Err(e)) => {
-                    debug!(peer = %peer, error = %e, "SIP TCP read error.");
-                    break;
-                }
-            },
+            r = frames.next() => r,
         };
-        buf.extend_from_slice(&chunk[..n]);
-        if begun.is_none() {
-            begun = Some(tokio::time::Instant::now());
-        }
-        loop {
-            match message::frame_len(&buf) {
-                Ok(Some(len)) => {
-                    let frame: Vec<u8> = buf.drain(..len).collect();
-                    begun = (!buf.is_empty()).then(tokio::time::Instant::now);
-                    let inbound =
-                        server::Inbound { bytes: frame, from: peer, reply: server::Reply::Tcp(out_tx.clone()) };
-                    if tx.send(inbound).await.is_err() {
-                        break 'conn;
-                    }
-                }
-                Ok(None) => {
-                    // Only the bytes of a message not yet whole (or CRLF keep-alives) remain.
-                    if buf.iter().all(|b| matches!(b, b'\r' | b'\n')) {
-                        buf.clear();
-                        begun = None;
-                    }
+        match next {
+            Ok(frame) => {
+                let inbound = server::Inbound { bytes: frame, from: peer, reply: server::Reply::Tcp(out_tx.clone()) };
+                if tx.send(inbound).await.is_err() {
                     break;
                 }
-                Err(e) => {
-                    debug!(peer = %peer, error = %e, "SIP TCP stream cannot be framed; closing it.");
-                    break 'conn;
-                }
+            }
+            Err(End::Late(_)) => {
+                late.inc();
+                debug!(peer = %peer, "A SIP message was not complete within its deadline; closing the connection.");
+                break;
+            }
+            Err(e @ End::Unframeable(_)) => {
+                debug!(peer = %peer, error = %e, "SIP TCP stream cannot be framed; closing it.");
+                break;
+            }
+            Err(e) => {
+                debug!(peer = %peer, error = %e, "SIP TCP connection ended.");
+                break;
             }
         }
     }
