@@ -5,6 +5,7 @@ mod support;
 
 mod api;
 mod cascade;
+mod cascade_faults;
 mod cascade_play;
 mod cascade_view;
 mod dashboard;
