@@ -25,11 +25,32 @@ pub(crate) struct SimUpper(Child);
 
 impl SimUpper {
     pub(crate) fn start(sip: u16, http: u16) -> SimUpper {
+        Self::spawn(sip, http, &[], Stdio::null())
+    }
+
+    /// The upper printing each NOTIFY item it is told (`notify <ms> <channel> <event>`).
+    fn start_logged(sip: u16, http: u16) -> (SimUpper, tokio::sync::mpsc::UnboundedReceiver<String>) {
+        use std::io::BufRead;
+        let mut upper = Self::spawn(sip, http, &["--log-notifies"], Stdio::piped());
+        let out = upper.0.stdout.take().expect("piped stdout");
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        (upper, rx)
+    }
+
+    fn spawn(sip: u16, http: u16, extra: &[&str], stdout: Stdio) -> SimUpper {
         let child = Command::new(sim_binary())
             .args(["upper", "--listen", &format!("127.0.0.1:{sip}"), "--http", &format!("127.0.0.1:{http}")])
             .args(["--id", UPPER, "--password", "12345678", "--report-every", "0"])
+            .args(extra)
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
+            .stdout(stdout)
             .stderr(Stdio::null())
             .spawn()
             .expect("vigil-sim upper");
@@ -268,5 +289,46 @@ async fn community_devices_appear_under_given_ids_and_a_rename_is_told_as_update
     let (s, _) = gw.api.send(reqwest::Method::PATCH, "/devices/gate-01", json!({"name": "东门门禁（新）"})).await;
     assert_eq!(s, 200);
     event("UPDATE").await;
+    gw.shutdown().await;
+}
+
+/// A GB/T 28181 channel whose picture is lost while its device stays online (the simulated
+/// device stops its RTP 3 s into each play and keeps the dialog and its keepalives): while
+/// vigil pulls it (held from the API here; an upper's play holds it the same way) the upper is
+/// told VLOST, and ON again when vigil's next INVITE brings the picture back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gb_channel_whose_video_is_lost_is_told_vlost_and_on_again_when_it_returns() {
+    use crate::gb_play::{channel, registered_with_channels, SimDevice, DEVICE};
+    let (sip, http) = (free_port(), free_port());
+    let (_upper, mut notifies) = SimUpper::start_logged(sip, http);
+    let first = free_port();
+    let keys = format!(
+        "media_ports = \"{first}-{}\"\ninvite_timeout = \"4s\"\nmedia_timeout = \"3s\"\n",
+        first.saturating_add(30)
+    );
+    let config = format!("{}scope_kinds = [\"camera\", \"nvr\"]\n", upstream(sip));
+    let gw = TestGateway::start_with_sip_and(Db::Sqlite, &keys, &config).await;
+    let _dev = SimDevice::start(gw.sip.expect("SIP"), 1, &["--media-faults", "0=stop"]);
+    registered_with_channels(&gw, 1).await;
+    let ch = channel(0);
+    let hold = gw.api.post(&format!("/devices/{DEVICE}/channels/{ch}/stream"), json!({"hold": "2m"})).await.0;
+    assert_eq!(hold, 202);
+    // What the upper is told of the channel, in order, until VLOST and then ON.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let mut told: Vec<String> = Vec::new();
+    while !told.ends_with(&["VLOST".to_owned(), "ON".to_owned()]) {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let line = tokio::time::timeout(left, notifies.recv()).await;
+        let Ok(Some(line)) = line else { panic!("the upper was told {told:?} of {ch}, not VLOST then ON") };
+        let f: Vec<&str> = line.split(' ').collect();
+        if f.first() == Some(&"notify") && f.get(2) == Some(&ch.as_str()) {
+            let event = f.get(3).unwrap_or(&"").to_ascii_uppercase();
+            if told.last() != Some(&event) {
+                told.push(event);
+            }
+        }
+    }
+    let d = gw.api.get(&format!("/devices/{DEVICE}")).await.1;
+    assert_eq!(d["presence"]["state"], "online", "the device stayed online through it: {d}");
     gw.shutdown().await;
 }
