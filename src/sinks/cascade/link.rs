@@ -5,7 +5,8 @@
 //!   keeps the connection: its REGISTER, keepalives, catalog and NOTIFYs go on it, and the
 //!   upper's requests (queries, SUBSCRIBE, INVITE) come back on it, as WVP sends them (to the
 //!   address the registration came from). vigil also listens at `listen` (the Contact it
-//!   registers) for connections the upper opens itself, from the upper's host only. Messages
+//!   registers) for connections the upper opens itself, from the upper's host only (16 at
+//!   most: a new one past that closes the oldest). Messages
 //!   are cut by Content-Length (`protocol::sip::message::frame_len`); a stream that cannot be
 //!   framed (two Content-Lengths, a message past 64 KiB, one not whole within 10 s) is closed,
 //!   as is one the upper stops reading (a write stuck 10 s). Each connection is a task of its
@@ -36,6 +37,9 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Messages queued for one connection at most; past it they are dropped (the transaction's
 /// Timer F sees to it).
 const QUEUE: usize = 256;
+/// Connections the upper's host may hold open to `listen` at once; a new one past it closes
+/// the oldest (an upper that reconnects without closing cannot pile them up).
+const MAX_ACCEPTED: usize = 16;
 
 /// `upstreams[].transport`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -211,6 +215,13 @@ impl Tcp {
                 r = self.listener.accept() => match r {
                     Ok((stream, peer)) if peer.ip() == self.upper.ip() => {
                         debug!(peer = %peer, "The upper platform connected for SIP.");
+                        let accepted = self.conns.iter().filter(|(p, _)| **p != self.upper);
+                        if accepted.clone().count() >= MAX_ACCEPTED {
+                            if let Some(oldest) = accepted.min_by_key(|(_, c)| c.id).map(|(p, _)| *p) {
+                                debug!(peer = %oldest, "Too many SIP connections from the upper's host; the oldest closed.");
+                                self.conns.remove(&oldest);
+                            }
+                        }
                         self.open(peer, Some(stream));
                     }
                     Ok((_, peer)) => debug!(peer = %peer, "SIP connection from another host than the upper platform, closed."),
