@@ -12,10 +12,41 @@ pub mod tmpfs;
 
 use std::net::TcpListener;
 
-/// A port that was free a moment ago on 127.0.0.1.
+/// Ports handed out in blocks of this many: a test may use its port and the next 31 (a media
+/// port range) without meeting another test's.
+const PORT_BLOCK: u16 = 32;
+
+/// A port free on 127.0.0.1 for TCP and UDP, with the 31 after it for the caller alone.
+///
+/// Taken below the kernel's ephemeral range (`ip_local_port_range`, 32768 by default), so no
+/// socket bound to port 0 in the meantime — a test's, vigil's RTP sockets, GStreamer's,
+/// SIPp's — can take it between now and its use (with ports from the ephemeral range two tests
+/// of a run now and then met on one port: "Address already in use"). Blocks are handed out in
+/// turn from an offset of this process's, each once per run.
 pub fn free_port() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
-    l.local_addr().expect("local addr").port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let low: u32 = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next().and_then(|p| p.parse().ok()))
+        .unwrap_or(32768);
+    let first = 10_000u32;
+    let blocks = low.saturating_sub(first) / u32::from(PORT_BLOCK);
+    if blocks < 64 {
+        // An unusual ephemeral range: the kernel's choice, as before.
+        let l = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
+        return l.local_addr().expect("local addr").port();
+    }
+    let offset = std::process::id() % blocks;
+    for _ in 0..blocks {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = (first + ((offset + n) % blocks) * u32::from(PORT_BLOCK)) as u16;
+        let tcp = TcpListener::bind(("127.0.0.1", port)).is_ok();
+        if tcp && std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port block below {low} on 127.0.0.1");
 }
 
 /// Fails the test with the way out when a peer is missing.
