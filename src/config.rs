@@ -535,7 +535,8 @@ pub struct Mqtt {
     /// The embedded broker's listener. Default 127.0.0.1:1884.
     pub listen: SocketAddr,
     /// The external broker: `mqtt://host:port` or `mqtts://host:port` (TLS with the
-    /// system's roots; not yet tried against a TLS broker). Default mqtt://127.0.0.1:1883.
+    /// system's roots: a broker certificate they do not vouch for is refused, counted in
+    /// vigil_mqtt_connection_errors_total, and tried again). Default mqtt://127.0.0.1:1883.
     pub url: String,
     /// Stable client id: with a persistent session the broker keeps what arrived while vigil
     /// was away and redelivers what was not acknowledged. Default "vigil-1".

@@ -62,6 +62,10 @@ impl Stage {
 /// Starts everything; returns once the API listens.
 pub async fn start(config: Config) -> Result<Running, Error> {
     let started_at = crate::clock::now_ms();
+    // One TLS provider for the whole process (ring): libraries that build their own rustls
+    // configuration (the MQTT client's `mqtts://`) take the process default, and rustls
+    // refuses to guess one. Already installed (a second gateway in one process): kept.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     // Descriptors: the soft limit raised to the hard one, then split between the listeners.
     let fds = crate::net::Budget::split(crate::net::fds::raise_nofile());
     info!(

@@ -468,3 +468,57 @@ async fn a_shared_subscription_receives_the_devices_messages() {
         .await;
     gw.shutdown().await;
 }
+
+/// `mqtts://` to an external broker: the TLS handshake is made with the process's one TLS
+/// provider. (Until 2026-12-06 two providers were linked, rumqttc's default and vigil's ring,
+/// and rustls would not pick one: the gateway panicked at start.) A broker whose certificate
+/// the system's roots do not vouch for (here a self-signed one, served by rustls in the test) is
+/// refused with the reason, counted, and tried again; the gateway runs on and stays
+/// disconnected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_mqtts_broker_whose_certificate_is_not_trusted_is_refused_counted_and_retried() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    let key = rcgen::KeyPair::generate().expect("key");
+    let params = rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned()]).expect("params");
+    let cert = params.self_signed(&key).expect("self-signed");
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let server = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("TLS versions")
+        .with_no_client_auth()
+        .with_single_cert(vec![cert.der().clone()], rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()))
+        .expect("server config");
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let (hellos, refused) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let (h, r) = (hellos.clone(), refused.clone());
+    let broker = tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            h.fetch_add(1, Ordering::SeqCst);
+            if acceptor.accept(stream).await.is_err() {
+                r.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+    });
+    let config = format!(
+        "[mqtt]\nmode = \"external\"\nurl = \"mqtts://127.0.0.1:{port}\"\nbackoff_min = \"200ms\"\nbackoff_max = \"1s\"\n"
+    );
+    let gw = TestGateway::start(Db::Sqlite, &config).await;
+    let m = gw
+        .api
+        .wait_for_metrics(Duration::from_secs(20), |m| {
+            m.lines().any(|l| {
+                l.starts_with("vigil_mqtt_connection_errors_total")
+                    && l.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()).is_some_and(|v| v >= 2.0)
+            })
+        })
+        .await;
+    assert!(m.lines().any(|l| l == "vigil_mqtt_connected 0"), "{m}");
+    assert!(hellos.load(Ordering::SeqCst) >= 2, "vigil came back to the broker");
+    assert!(refused.load(Ordering::SeqCst) >= 2, "each handshake refused (by vigil: the certificate)");
+    assert_eq!(gw.api.get("/health").await.0, 200, "the gateway runs on");
+    broker.abort();
+    gw.shutdown().await;
+}
