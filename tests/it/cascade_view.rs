@@ -30,17 +30,8 @@ impl SimUpper {
 
     /// The upper printing each NOTIFY item it is told (`notify <ms> <channel> <event>`).
     fn start_logged(sip: u16, http: u16) -> (SimUpper, tokio::sync::mpsc::UnboundedReceiver<String>) {
-        use std::io::BufRead;
         let mut upper = Self::spawn(sip, http, &["--log-notifies"], Stdio::piped());
-        let out = upper.0.stdout.take().expect("piped stdout");
-        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-        std::thread::spawn(move || {
-            for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    return;
-                }
-            }
-        });
+        let rx = crate::support::stdout_lines(&mut upper.0);
         (upper, rx)
     }
 
@@ -91,6 +82,17 @@ async fn vigil_view(api: &Client) -> BTreeMap<String, bool> {
     out
 }
 
+/// The three cameras registered, the first two online, and the upper agreeing.
+async fn two_of_three_online(api: &Client, http: u16, when: &str) {
+    for id in CAMERAS {
+        let body = json!({"id": id, "name": format!("东门 {id}"), "kind": "camera", "protocol": "gat1400"});
+        assert_eq!(api.post("/devices", body).await.0, 201);
+    }
+    observe(api, CAMERAS[0], "alive").await;
+    observe(api, CAMERAS[1], "alive").await;
+    agree(api, http, [true, true, false], when).await;
+}
+
 /// Waits until the upper sees what vigil sees (and it is `expected`), within 30 s.
 async fn agree(api: &Client, http: u16, expected: [bool; 3], when: &str) {
     let want: BTreeMap<String, bool> = CAMERAS.iter().map(|c| c.to_string()).zip(expected).collect();
@@ -128,13 +130,7 @@ async fn the_uppers_view_follows_presence_through_flaps_a_vigil_restart_and_an_u
     let mut upper = SimUpper::start(sip, http);
     let config = upstream(sip);
     let mut gw = TestGateway::start(Db::Sqlite, &config).await;
-    for id in CAMERAS {
-        let body = json!({"id": id, "name": format!("东门 {id}"), "kind": "camera", "protocol": "gat1400"});
-        assert_eq!(gw.api.post("/devices", body).await.0, 201);
-    }
-    observe(&gw.api, CAMERAS[0], "alive").await;
-    observe(&gw.api, CAMERAS[1], "alive").await;
-    agree(&gw.api, http, [true, true, false], "two cameras online").await;
+    two_of_three_online(&gw.api, http, "two cameras online").await;
 
     // A camera flapping: the last state wins at the upper.
     for kind in ["dead", "alive", "dead", "alive", "dead"] {
@@ -237,13 +233,7 @@ async fn after_a_network_cut_the_upper_is_brought_back_within_30_s() {
     let (sip, http) = (free_port(), free_port());
     let upper = SimUpper::start(sip, http);
     let gw = TestGateway::start(Db::Sqlite, &upstream(sip)).await;
-    for id in CAMERAS {
-        let body = json!({"id": id, "name": format!("东门 {id}"), "kind": "camera", "protocol": "gat1400"});
-        assert_eq!(gw.api.post("/devices", body).await.0, 201);
-    }
-    observe(&gw.api, CAMERAS[0], "alive").await;
-    observe(&gw.api, CAMERAS[1], "alive").await;
-    agree(&gw.api, http, [true, true, false], "before the cut").await;
+    two_of_three_online(&gw.api, http, "before the cut").await;
     let pid = upper.0.id().to_string();
     assert!(Command::new("kill").args(["-STOP", &pid]).status().expect("kill").success());
     observe(&gw.api, CAMERAS[0], "dead").await;

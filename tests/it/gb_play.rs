@@ -35,17 +35,8 @@ impl SimDevice {
         channels: u32,
         extra: &[&str],
     ) -> (Self, tokio::sync::mpsc::UnboundedReceiver<String>) {
-        use std::io::BufRead;
         let mut dev = Self::spawn(sip, channels, extra, Stdio::piped());
-        let out = dev.0.stdout.take().expect("piped stdout");
-        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-        std::thread::spawn(move || {
-            for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    return;
-                }
-            }
-        });
+        let rx = crate::support::stdout_lines(&mut dev.0);
         (dev, rx)
     }
 

@@ -205,11 +205,13 @@ impl Tcp {
             tokio::select! {
                 Some(e) = self.events_rx.recv() => match e {
                     Event::Frame(bytes, from) => return Incoming::Message(bytes, from),
+                    // Only the connection now held with `peer` is lost to the UA; the end of
+                    // one already let go (replaced) says nothing about the one in use.
                     Event::Ended { peer, id, why, unframeable } => {
                         if self.conns.get(&peer).is_some_and(|c| c.id == id) {
                             self.conns.remove(&peer);
+                            return Incoming::Lost { peer, why, unframeable };
                         }
-                        return Incoming::Lost { peer, why, unframeable };
                     }
                 },
                 r = self.listener.accept() => match r {

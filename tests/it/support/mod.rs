@@ -49,6 +49,21 @@ pub fn free_port() -> u16 {
     panic!("no free port block below {low} on 127.0.0.1");
 }
 
+/// The lines a child prints on its stdout (spawned with `Stdio::piped()`), as they come.
+pub fn stdout_lines(child: &mut std::process::Child) -> tokio::sync::mpsc::UnboundedReceiver<String> {
+    use std::io::BufRead;
+    let out = child.stdout.take().expect("the child's stdout is piped");
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    rx
+}
+
 /// Fails the test with the way out when a peer is missing.
 pub fn require_command(cmd: &str) -> std::path::PathBuf {
     for dir in std::env::var("PATH").unwrap_or_default().split(':') {
