@@ -5,7 +5,8 @@
 #  2. vigil consuming the same load end to end into committed events (SQLite,
 #     synchronous=FULL), acknowledging each message only after its commit;
 #  3. one device replaying an offline cache of R records (ingested, deduplicated, committed).
-# Loopback only; bounded. Prints the rates, the ratio, and the CPU per message of both
+# Loopback only; bounded. First prints what a system call and a page fault cost on the machine
+# this hour (scripts/bench-machine.py). Prints the rates, the ratio, and the CPU per message of both
 # consumers (vigil's CPU per committed event is the figure issue #14 holds at <= 15 us).
 # BENCH_PERF=1 records vigil with `perf record -g` during phase 2 (perf.data in the cwd).
 set -euo pipefail
@@ -33,6 +34,17 @@ $MOSQUITTO -c "$WORK/mosquitto.conf" > "$WORK/mosquitto.log" 2>&1 &
 echo $! > "$WORK/mosquitto.pid"
 sleep 0.5
 now() { date +%s.%N; }
+
+# 0. The machine's hour: what a system call and a first touch of fresh memory cost now. Both
+#    consumers spend much of their CPU in the kernel (socket and WAL writes, page faults); on
+#    the virtualised machines these figures come from, mosquitto_sub's own CPU per message
+#    has ranged from 3.2 to 24 us between hours. Printed so that runs from different hours
+#    can be told apart (BENCHMARKS.md, 2026-12-07).
+SYSCALL_NS=$( { TIMEFORMAT='%3U %3S'; time dd if=/dev/zero of=/dev/null bs=1 count=500000 status=none; } 2>&1 | awk '{printf "%.0f", ($1 + $2) * 1e9 / 1000000}')
+read -r FAULT_US HUGE_MS < <(python3 scripts/bench-machine.py)
+THP=$(sed -n 's/.*\[\(.*\)\].*/\1/p' /sys/kernel/mm/transparent_hugepage/enabled 2>/dev/null || echo unknown)
+printf 'machine: a system call %s ns (dd, 1-byte reads and writes); first touch of a 4 KiB page %s us, of a 2 MiB huge page %s ms (THP %s)\n' \
+  "$SYSCALL_NS" "$FAULT_US" "$HUGE_MS" "$THP"
 
 # 1. The ceiling.
 ( TIMEFORMAT='%3U %3S'; time mosquitto_sub -h 127.0.0.1 -p $PORT -q 1 -t 'bench/#' -C "$N" > /dev/null ) 2> "$WORK/sub.time" &

@@ -132,9 +132,12 @@ pub const SQLITE_SETTINGS: &[&str] = &[
     "PRAGMA mmap_size = 268435456",
     // Checkpoints run on a connection of their own (`checkpointer`), off the event writer's
     // thread; a writer checkpoints itself only if the WAL reaches 16,384 pages (256 MiB; that
-    // task stuck or gone). After a checkpoint the WAL file is cut back to 64 MiB.
+    // task stuck or gone). The WAL file is cut back only past 256 MiB: under load it grows
+    // past 64 MiB before a restarting pass brings it back to its start, and a file cut back
+    // to 64 MiB after each restart had the writer extend it again on every cycle (measured
+    // 2026-12-07: 14-16% less CPU per committed MQTT event with the file kept; BENCHMARKS.md).
     "PRAGMA wal_autocheckpoint = 16384",
-    "PRAGMA journal_size_limit = 67108864",
+    "PRAGMA journal_size_limit = 268435456",
 ];
 
 /// The pool and which backend it talks to.
