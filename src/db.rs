@@ -135,7 +135,8 @@ pub const SQLITE_SETTINGS: &[&str] = &[
     // task stuck or gone). The WAL file is cut back only past 256 MiB: under load it grows
     // past 64 MiB before a restarting pass brings it back to its start, and a file cut back
     // to 64 MiB after each restart had the writer extend it again on every cycle (measured
-    // 2026-12-07: 14-16% less CPU per committed MQTT event with the file kept; BENCHMARKS.md).
+    // 2026-12-07: 11% less CPU per committed MQTT event with the file kept, over six paired
+    // runs; BENCHMARKS.md).
     "PRAGMA wal_autocheckpoint = 16384",
     "PRAGMA journal_size_limit = 268435456",
 ];
