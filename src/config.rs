@@ -535,9 +535,16 @@ pub struct Mqtt {
     /// The embedded broker's listener. Default 127.0.0.1:1884.
     pub listen: SocketAddr,
     /// The external broker: `mqtt://host:port` or `mqtts://host:port` (TLS with the
-    /// system's roots: a broker certificate they do not vouch for is refused, counted in
-    /// vigil_mqtt_connection_errors_total, and tried again). Default mqtt://127.0.0.1:1883.
+    /// system's roots, or `ca`: a broker certificate they do not vouch for is refused, counted
+    /// in vigil_mqtt_connection_errors_total, and tried again). Default mqtt://127.0.0.1:1883.
     pub url: String,
+    /// mqtts:// only: the CA certificates (PEM) the broker's certificate is checked against,
+    /// instead of the system's roots (a district's own CA). Default "" (the system's roots).
+    pub ca: String,
+    /// mqtts:// only: vigil's client certificate chain and private key (PEM), for a broker
+    /// that asks for one (Mosquitto's `require_certificate true`). Both or neither.
+    pub cert: String,
+    pub key: String,
     /// Stable client id: with a persistent session the broker keeps what arrived while vigil
     /// was away and redelivers what was not acknowledged. Default "vigil-1".
     pub client_id: String,
@@ -574,6 +581,9 @@ impl Default for Mqtt {
             mode: MqttMode::Embedded,
             listen: SocketAddr::from(([127, 0, 0, 1], 1884)),
             url: "mqtt://127.0.0.1:1883".into(),
+            ca: String::new(),
+            cert: String::new(),
+            key: String::new(),
             client_id: "vigil-1".into(),
             username: String::new(),
             password: String::new(),
@@ -1154,6 +1164,17 @@ impl Config {
                 add("mqtt.url".into(), format!("{:?}: {e}", self.mqtt.url));
             }
         }
+        // A CA or client certificate on a connection without TLS would be silently unused.
+        let tls = self.mqtt.mode == MqttMode::External
+            && url::Url::parse(&self.mqtt.url).is_ok_and(|u| matches!(u.scheme(), "mqtts" | "ssl"));
+        for (key, v) in [("mqtt.ca", &self.mqtt.ca), ("mqtt.cert", &self.mqtt.cert), ("mqtt.key", &self.mqtt.key)] {
+            if !v.is_empty() && !tls {
+                add(key.into(), "applies only to mqtt.mode = \"external\" with an mqtts:// url".into());
+            }
+        }
+        if self.mqtt.cert.is_empty() != self.mqtt.key.is_empty() {
+            add("mqtt.cert".into(), "mqtt.cert and mqtt.key go together (the client certificate and its key)".into());
+        }
         if self.mqtt.client_id.is_empty() || self.mqtt.client_id.len() > 64 {
             add("mqtt.client_id".into(), "1 to 64 characters".into());
         }
@@ -1402,6 +1423,19 @@ mod tests {
             }
         }
         assert!(n >= 1, "no example configs found");
+    }
+
+    #[test]
+    fn mqtt_certificates_are_refused_where_no_tls_would_use_them() {
+        let err = |toml: &str| Config::from_toml_with_env(toml, false).expect_err(toml).to_string();
+        let plain = err("[mqtt]\nmode = \"external\"\nurl = \"mqtt://broker:1883\"\nca = \"ca.pem\"\n");
+        assert!(plain.contains("mqtt.ca") && plain.contains("mqtts://"), "{plain}");
+        let embedded = err("[mqtt]\ncert = \"vigil.pem\"\nkey = \"vigil.key\"\n");
+        assert!(embedded.contains("mqtt.cert") && embedded.contains("mqtt.key"), "{embedded}");
+        let half = err("[mqtt]\nmode = \"external\"\nurl = \"mqtts://broker:8883\"\ncert = \"vigil.pem\"\n");
+        assert!(half.contains("go together"), "{half}");
+        let tls = "[mqtt]\nmode = \"external\"\nurl = \"mqtts://broker:8883\"\nca = \"ca.pem\"\ncert = \"v.pem\"\nkey = \"v.key\"\n";
+        Config::from_toml_with_env(tls, false).expect("a CA and a client certificate on mqtts://");
     }
 
     #[test]

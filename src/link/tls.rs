@@ -8,7 +8,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
 /// The ALPN protocol of the link; a peer speaking another is refused in the handshake.
@@ -51,17 +50,8 @@ pub struct Identity {
 impl Identity {
     /// Reads `[quic] cert`, `key` and `ca` (PEM).
     pub fn load(cert: &Path, key: &Path, ca: &Path) -> Result<Identity, Error> {
-        let read = |p: &Path| std::fs::read(p).map_err(|source| Error::Read { path: p.to_owned(), source });
-        let pem = |p: &Path, reason: String| Error::Pem { path: p.to_owned(), reason };
         let (chain, key) = crate::net::tls::load_pem(cert, key)?;
-        let mut roots = rustls::RootCertStore::empty();
-        for c in CertificateDer::pem_slice_iter(&read(ca)?) {
-            let c = c.map_err(|e| pem(ca, format!("not a PEM certificate: {e}")))?;
-            roots.add(c).map_err(|e| pem(ca, format!("not a usable CA certificate: {e}")))?;
-        }
-        if roots.is_empty() {
-            return Err(pem(ca, "holds no CA certificate".into()));
-        }
+        let roots = crate::net::tls::load_roots(ca)?;
         Ok(Identity { chain, key, roots })
     }
 }

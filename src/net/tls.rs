@@ -36,6 +36,22 @@ pub fn load_pem(cert: &Path, key: &Path) -> Result<(Vec<CertificateDer<'static>>
     Ok((chain, key))
 }
 
+/// The CA certificates in a PEM file, as roots to check a peer's certificate against (the
+/// QUIC link's tier CA, an external MQTT broker's `mqtt.ca`).
+pub fn load_roots(ca: &Path) -> Result<rustls::RootCertStore, Error> {
+    let bytes = std::fs::read(ca).map_err(|source| Error::Read { path: ca.to_owned(), source })?;
+    let pem = |reason: String| Error::Pem { path: ca.to_owned(), reason };
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_slice_iter(&bytes) {
+        let c = c.map_err(|e| pem(format!("not a PEM certificate: {e}")))?;
+        roots.add(c).map_err(|e| pem(format!("not a usable CA certificate: {e}")))?;
+    }
+    if roots.is_empty() {
+        return Err(pem("holds no CA certificate".into()));
+    }
+    Ok(roots)
+}
+
 /// The server configuration for a certificate chain and its key (PEM files).
 pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig>, Error> {
     let (chain, key) = load_pem(cert, key)?;

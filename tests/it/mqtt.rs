@@ -522,3 +522,80 @@ async fn an_mqtts_broker_whose_certificate_is_not_trusted_is_refused_counted_and
     broker.abort();
     gw.shutdown().await;
 }
+
+/// `mqtts://` to a broker of the district's own CA that requires a client certificate, a real
+/// Mosquitto (`require_certificate true`): vigil checks the broker against `mqtt.ca`, shows
+/// its own certificate (`mqtt.cert`, `mqtt.key`), subscribes, and commits a record a device
+/// sent over TLS. Without its certificate the same broker refuses vigil: counted, tried again,
+/// never connected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_mqtts_broker_of_the_districts_ca_that_requires_a_client_certificate_delivers_records() {
+    let mosquitto_pub = require_command("mosquitto_pub");
+    let p = prefix();
+    let certs = tempfile::tempdir().expect("tempdir");
+    let ids = ["broker".to_owned(), "vigil-1".to_owned(), "device".to_owned()];
+    vigil::link::tls::issue(certs.path(), &ids, &["127.0.0.1".to_owned()]).expect("certificates");
+    let file = |n: &str| certs.path().join(n).display().to_string();
+    // Mosquitto started as root reads its key as the `mosquitto` user it becomes.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(certs.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    std::fs::set_permissions(file("broker.key"), std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    let broker = Mosquitto::start_with(
+        free_port(),
+        &format!(
+            "allow_anonymous true\ncafile {}\ncertfile {}\nkeyfile {}\nrequire_certificate true\n",
+            file("ca.pem"),
+            file("broker.pem"),
+            file("broker.key")
+        ),
+    )
+    .await;
+    let profiles = tempfile::tempdir().expect("tempdir");
+    profile_with_prefix(profiles.path(), "generic-json.toml", &p);
+    let mqtt = mqtt_section(broker.port, &format!("vigil-{p}"), profiles.path()).replace("mqtt://", "mqtts://");
+    let with_cert = format!(
+        "{mqtt}ca = {:?}\ncert = {:?}\nkey = {:?}\n[admission]\npolicy = \"open\"\n",
+        file("ca.pem"),
+        file("vigil-1.pem"),
+        file("vigil-1.key")
+    );
+    let gw = TestGateway::start(Db::Sqlite, &with_cert).await;
+    gw.api.wait_for_metrics(Duration::from_secs(20), |m| m.lines().any(|l| l == "vigil_mqtt_connected 1")).await;
+    let topic = format!("{p}/vigil/XQ001/TLS-1/access");
+    let record = access(1).to_string();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        // The device shows a certificate of the same CA. `--insecure` only skips its check of
+        // the broker's host name: the device is the load here, vigil is under test.
+        let out = std::process::Command::new(&mosquitto_pub)
+            .args(["-h", "127.0.0.1", "-p", &broker.port.to_string(), "-q", "1", "-t", &topic, "-m", &record])
+            .args(["--cafile", &file("ca.pem"), "--cert", &file("device.pem"), "--key", &file("device.key")])
+            .arg("--insecure")
+            .output()
+            .expect("mosquitto_pub");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        let items = events_of(&gw.api, "TLS-1").await;
+        if !items.is_empty() {
+            assert_eq!(items.len(), 1, "the same record sent again is one event: {items:?}");
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no event through the TLS broker");
+    }
+    gw.shutdown().await;
+
+    // The same broker, vigil without its certificate: the handshake is refused.
+    let without_cert = format!("{mqtt}ca = {:?}\n", file("ca.pem"));
+    let gw = TestGateway::start(Db::Sqlite, &without_cert).await;
+    let m = gw
+        .api
+        .wait_for_metrics(Duration::from_secs(20), |m| {
+            m.lines().any(|l| {
+                l.starts_with("vigil_mqtt_connection_errors_total")
+                    && l.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()).is_some_and(|v| v >= 2.0)
+            })
+        })
+        .await;
+    assert!(m.lines().any(|l| l == "vigil_mqtt_connected 0"), "{m}");
+    gw.shutdown().await;
+}

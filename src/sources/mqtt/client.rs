@@ -1,12 +1,15 @@
 //! vigil's MQTT connection: options from config (stable client id, persistent session,
-//! manual acks, large packets, TLS for mqtts://), and the poll task, which does nothing but
-//! drive the event loop, forward publishes into the bounded channel without ever blocking the
-//! loop (acks need it), subscribe after each connect (from another task: requesting from the
-//! polling task can deadlock rumqttc) and back off with full jitter when the broker is away.
+//! manual acks, large packets, TLS for mqtts:// with a private CA and a client certificate
+//! when configured), and the poll task, which does nothing but drive the event loop, forward
+//! publishes into the bounded channel without ever blocking the loop (acks need it),
+//! subscribe after each connect (from another task: requesting from the polling task can
+//! deadlock rumqttc) and back off with full jitter when the broker is away.
 
 use std::time::Duration;
 
-use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, Publish, SubscribeFilter, Transport};
+use rumqttc::{
+    AsyncClient, Event, EventLoop, MqttOptions, Packet, Publish, SubscribeFilter, TlsConfiguration, Transport,
+};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -47,9 +50,40 @@ pub fn connect(cfg: &crate::config::Mqtt, broker_url: &str) -> Result<(AsyncClie
         o.set_credentials(user, pass);
     }
     if tls {
-        o.set_transport(Transport::tls_with_default_config());
+        o.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(tls_config(cfg)?)));
     }
     Ok(AsyncClient::new(o, cfg.inflight.saturating_mul(2).max(16)))
+}
+
+/// The TLS client configuration for mqtts://: the broker's certificate checked against
+/// `mqtt.ca` (or the system's roots; an unreadable system certificate is skipped and logged,
+/// where rumqttc's default configuration would panic), and vigil's own certificate when
+/// `mqtt.cert` and `mqtt.key` are set. ring, the process's one provider.
+fn tls_config(cfg: &crate::config::Mqtt) -> Result<std::sync::Arc<rustls::ClientConfig>, Error> {
+    use crate::net::tls::Error as TlsError;
+    let roots = if cfg.ca.is_empty() {
+        let native = rustls_native_certs::load_native_certs();
+        for e in &native.errors {
+            warn!(error = %e, "A system CA certificate cannot be read; it is skipped.");
+        }
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add_parsable_certificates(native.certs);
+        roots
+    } else {
+        crate::net::tls::load_roots(std::path::Path::new(&cfg.ca))?
+    };
+    let builder =
+        rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .map_err(|e| TlsError::Tls(e.to_string()))?
+            .with_root_certificates(roots);
+    let config = if cfg.cert.is_empty() {
+        builder.with_no_client_auth()
+    } else {
+        let (chain, key) = crate::net::tls::load_pem(std::path::Path::new(&cfg.cert), std::path::Path::new(&cfg.key))?;
+        builder.with_client_auth_cert(chain, key).map_err(|e| TlsError::Tls(format!("mqtt.cert and mqtt.key: {e}")))?
+    };
+    Ok(std::sync::Arc::new(config))
 }
 
 /// Most publishes held here while the worker's channel is full. QoS 1 deliveries are bounded

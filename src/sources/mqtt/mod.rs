@@ -38,6 +38,8 @@ pub enum Error {
     Url { url: String, reason: String },
     #[error("cannot start the embedded MQTT broker on {addr}: {reason}")]
     Broker { addr: std::net::SocketAddr, reason: String },
+    #[error("mqtts:// to the external broker: {0}")]
+    Tls(#[from] crate::net::tls::Error),
 }
 
 impl Error {
@@ -45,6 +47,7 @@ impl Error {
         match self {
             Error::Url { .. } => crate::error::ErrorKind::InvalidInput,
             Error::Broker { .. } => crate::error::ErrorKind::Unavailable,
+            Error::Tls(_) => crate::error::ErrorKind::InvalidInput,
         }
     }
 }
