@@ -56,10 +56,6 @@ impl Identity {
     }
 }
 
-fn provider() -> Arc<rustls::crypto::CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
-}
-
 fn transport() -> Arc<quinn::TransportConfig> {
     let mut t = quinn::TransportConfig::default();
     t.keep_alive_interval(Some(KEEP_ALIVE));
@@ -78,7 +74,7 @@ fn transport() -> Arc<quinn::TransportConfig> {
 
 /// The hub's side: a certificate from the tier's CA is required of every lower gateway.
 pub fn server_config(id: Identity) -> Result<quinn::ServerConfig, Error> {
-    let provider = provider();
+    let provider = crate::net::tls::provider();
     let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(id.roots), provider.clone())
         .build()
         .map_err(|e| Error::Tls(e.to_string()))?;
@@ -100,7 +96,7 @@ pub fn server_config(id: Identity) -> Result<quinn::ServerConfig, Error> {
 
 /// The lower gateway's side: presents its certificate, checks the hub's against the CA.
 pub fn client_config(id: Identity) -> Result<quinn::ClientConfig, Error> {
-    let mut tls = rustls::ClientConfig::builder_with_provider(provider())
+    let mut tls = rustls::ClientConfig::builder_with_provider(crate::net::tls::provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|e| Error::Tls(e.to_string()))?
         .with_root_certificates(id.roots)

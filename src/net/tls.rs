@@ -52,11 +52,16 @@ pub fn load_roots(ca: &Path) -> Result<rustls::RootCertStore, Error> {
     Ok(roots)
 }
 
+/// ring, the one TLS provider vigil builds its configurations with (the API's TLS, the QUIC
+/// link, mqtts://).
+pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
 /// The server configuration for a certificate chain and its key (PEM files).
 pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig>, Error> {
     let (chain, key) = load_pem(cert, key)?;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
+    let mut cfg = rustls::ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .map_err(|e| Error::Tls(e.to_string()))?
         .with_no_client_auth()

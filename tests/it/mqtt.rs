@@ -30,6 +30,18 @@ fn access(seq: i64) -> Value {
     json!({"ts": ts(seq), "seq": seq, "credential": "card", "card": "0695915616", "person": "R7", "door": "east", "direction": "in"})
 }
 
+/// The metrics once vigil has counted at least two failed connections to the broker (one
+/// refusal and the retry after it), within 20 s.
+async fn refused_twice(api: &Client) -> String {
+    api.wait_for_metrics(Duration::from_secs(20), |m| {
+        m.lines().any(|l| {
+            l.starts_with("vigil_mqtt_connection_errors_total")
+                && l.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()).is_some_and(|v| v >= 2.0)
+        })
+    })
+    .await
+}
+
 /// Publishes heartbeats until vigil has subscribed and knows the device.
 async fn until_device(api: &Client, publisher: &Publisher, topic_base: &str, id: &str) -> Value {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
@@ -506,15 +518,7 @@ async fn an_mqtts_broker_whose_certificate_is_not_trusted_is_refused_counted_and
         "[mqtt]\nmode = \"external\"\nurl = \"mqtts://127.0.0.1:{port}\"\nbackoff_min = \"200ms\"\nbackoff_max = \"1s\"\n"
     );
     let gw = TestGateway::start(Db::Sqlite, &config).await;
-    let m = gw
-        .api
-        .wait_for_metrics(Duration::from_secs(20), |m| {
-            m.lines().any(|l| {
-                l.starts_with("vigil_mqtt_connection_errors_total")
-                    && l.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()).is_some_and(|v| v >= 2.0)
-            })
-        })
-        .await;
+    let m = refused_twice(&gw.api).await;
     assert!(m.lines().any(|l| l == "vigil_mqtt_connected 0"), "{m}");
     assert!(hellos.load(Ordering::SeqCst) >= 2, "vigil came back to the broker");
     assert!(refused.load(Ordering::SeqCst) >= 2, "each handshake refused (by vigil: the certificate)");
@@ -587,15 +591,7 @@ async fn an_mqtts_broker_of_the_districts_ca_that_requires_a_client_certificate_
     // The same broker, vigil without its certificate: the handshake is refused.
     let without_cert = format!("{mqtt}ca = {:?}\n", file("ca.pem"));
     let gw = TestGateway::start(Db::Sqlite, &without_cert).await;
-    let m = gw
-        .api
-        .wait_for_metrics(Duration::from_secs(20), |m| {
-            m.lines().any(|l| {
-                l.starts_with("vigil_mqtt_connection_errors_total")
-                    && l.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()).is_some_and(|v| v >= 2.0)
-            })
-        })
-        .await;
+    let m = refused_twice(&gw.api).await;
     assert!(m.lines().any(|l| l == "vigil_mqtt_connected 0"), "{m}");
     gw.shutdown().await;
 }

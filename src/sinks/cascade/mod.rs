@@ -2,9 +2,9 @@
 //! (`[[upstreams]] protocol = "gb28181"`). One SIP user agent per upstream, on its own
 //! socket (`listen`; UDP, or TCP with the connection to the upper kept: `link`), so an upper's
 //! requests come back to it and nothing of the device side is shared: it registers with
-//! digest and keeps the registration up (`register`), answers the upper's OPTIONS and its `Query` for `Catalog` (paced MESSAGEs of `CATALOG_BATCH` items,
-//! the next after the upper's 200 or a fallback timer; `catalog`), `DeviceInfo` and
-//! `DeviceStatus`, accepts its catalog SUBSCRIBE and tells it every channel's status change in
+//! digest and keeps the registration up (`register`), answers the upper's OPTIONS and its
+//! `Query` for `Catalog` (paced MESSAGEs of `CATALOG_BATCH` items, the next after the upper's
+//! 200 or a fallback timer; `catalog`), `DeviceInfo` and `DeviceStatus`, accepts its catalog SUBSCRIBE and tells it every channel's status change in
 //! NOTIFYs (compared every 250 ms with what it was last told, so a flapping channel's last
 //! state wins; everything again after a re-registration, a new subscription or a NOTIFY lost;
 //! without a subscription too where `notify_without_subscription`), and publishes its state

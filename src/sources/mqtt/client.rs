@@ -72,11 +72,10 @@ fn tls_config(cfg: &crate::config::Mqtt) -> Result<std::sync::Arc<rustls::Client
     } else {
         crate::net::tls::load_roots(std::path::Path::new(&cfg.ca))?
     };
-    let builder =
-        rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(rustls::crypto::ring::default_provider()))
-            .with_safe_default_protocol_versions()
-            .map_err(|e| TlsError::Tls(e.to_string()))?
-            .with_root_certificates(roots);
+    let builder = rustls::ClientConfig::builder_with_provider(crate::net::tls::provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| TlsError::Tls(e.to_string()))?
+        .with_root_certificates(roots);
     let config = if cfg.cert.is_empty() {
         builder.with_no_client_auth()
     } else {
