@@ -37,9 +37,30 @@ pub struct Row {
 
 impl Row {
     pub fn new(event: Event, object_id: Option<String>) -> Row {
-        let body = serde_json::to_string(&event).unwrap_or_default();
+        // Written into a buffer this thread keeps, then copied once at its final size:
+        // `to_string` grows its buffer from nothing, copying a kilobyte body four or five
+        // times on the way (measured: BENCHMARKS.md, 2026-12-07 MQTT).
+        let body = BODY.with_borrow_mut(|buf| {
+            buf.clear();
+            let body = match serde_json::to_writer(&mut *buf, &event) {
+                Ok(()) => String::from_utf8(buf.as_slice().to_vec()).unwrap_or_default(),
+                Err(_) => String::new(),
+            };
+            if buf.capacity() > BODY_KEPT {
+                *buf = Vec::new();
+            }
+            body
+        });
         Row { event, body, object_id }
     }
+}
+
+/// Largest buffer `Row::new` keeps between bodies (a rare large body is not held).
+const BODY_KEPT: usize = 64 * 1024;
+
+thread_local! {
+    /// `Row::new`'s buffer, kept between bodies up to `BODY_KEPT`.
+    static BODY: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 /// Columns per row, and rows per statement (PostgreSQL allows 65,535 parameters).
