@@ -543,6 +543,61 @@ mod exhaustion {
         gw.shutdown().await;
     }
 
+    /// A SIP peer that sends requests over TCP and never reads the answers (its receive
+    /// window shut) has its connection closed within the deadline and counted as `unread`;
+    /// its slot is given back, so such peers cannot hold the port's connections for good.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_peer_that_never_reads_is_closed_at_the_deadline() {
+        let gw = TestGateway::start_with_sip(Db::Sqlite, "message_deadline = \"1s\"\n").await;
+        let sip = gw.sip.expect("SIP");
+        let s = TcpSocket::new_v4().expect("socket");
+        // The smallest receive buffer the kernel grants: the window shuts after a few answers.
+        s.set_recv_buffer_size(4096).expect("SO_RCVBUF");
+        let stream = s.connect(sip).await.expect("connect");
+        let (_unread, mut wr) = stream.into_split();
+        // OPTIONS is answered 200 to anyone; 20,000 answers are several MB, more than the
+        // gateway's send buffer and the shut window hold together.
+        let mut sent = 0;
+        for n in 0..20_000u32 {
+            let req = format!(
+                "OPTIONS sip:4201040000@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/TCP 127.0.0.1:5999;branch=z9hG4bK-unread-{n}\r\n\
+                 From: <sip:42010400001110000001@4201040000>;tag=u{n}\r\nTo: <sip:4201040000@4201040000>\r\n\
+                 Call-ID: unread-{n}@127.0.0.1\r\nCSeq: 1 OPTIONS\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
+            );
+            match tokio::time::timeout(Duration::from_secs(5), wr.write_all(req.as_bytes())).await {
+                Ok(Ok(())) => sent += 1,
+                // Closed by the gateway while still sending: what the test waits for below.
+                Ok(Err(_)) => break,
+                Err(_) => panic!("the gateway stopped reading requests after {sent}"),
+            }
+        }
+        assert!(sent > 1000, "only {sent} requests went out");
+        let m = gw
+            .api
+            .wait_for_metrics(Duration::from_secs(10), |m| {
+                metric(m, "vigil_connections_refused_total{listener=\"sip_tcp\",reason=\"unread\"}") == 1.0
+                    && metric(m, "vigil_connections{listener=\"sip_tcp\"}") == 0.0
+            })
+            .await;
+        assert_eq!(metric(&m, "vigil_connections{listener=\"sip_tcp\"}"), 0.0, "{m}");
+        // A peer that reads what it is sent keeps its connection past the deadline.
+        let mut reader = TcpStream::connect(sip).await.expect("connect");
+        reader
+            .write_all(
+                b"OPTIONS sip:4201040000@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/TCP 127.0.0.1:5999;branch=z9hG4bK-read-1\r\n\
+                  From: <sip:42010400001110000001@4201040000>;tag=r1\r\nTo: <sip:4201040000@4201040000>\r\n\
+                  Call-ID: read-1@127.0.0.1\r\nCSeq: 1 OPTIONS\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n",
+            )
+            .await
+            .expect("write");
+        let mut buf = [0u8; 2048];
+        let n =
+            tokio::time::timeout(Duration::from_secs(5), reader.read(&mut buf)).await.expect("answer").expect("read");
+        assert!(buf[..n].starts_with(b"SIP/2.0 200"), "{}", String::from_utf8_lossy(&buf[..n]));
+        assert!(!closed_within(&mut reader, Duration::from_millis(1500)).await, "a reading peer was closed");
+        gw.shutdown().await;
+    }
+
     /// 40 unauthenticated 15 MB posts in parallel to the view library are refused from their
     /// headers: the gateway's memory grows by no more than 64 MB.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

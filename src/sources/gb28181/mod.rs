@@ -75,7 +75,11 @@ pub async fn spawn(
     // at a time is closed, not kept forever).
     let cfg_deadline = cfg.message_deadline;
     let (tx, rx) = mpsc::channel(INBOUND_QUEUE);
-    let deadline_refusals = shared.metrics.connections_refused.with_label_values(&["sip_tcp", "deadline"]);
+    let limits = TcpLimits {
+        deadline: cfg_deadline,
+        late: shared.metrics.connections_refused.with_label_values(&["sip_tcp", "deadline"]),
+        unread: shared.metrics.connections_refused.with_label_values(&["sip_tcp", "unread"]),
+    };
     let (commands_tx, commands) = mpsc::channel(1024);
     let settings = play::Settings::from_config(&cfg, &gateway_id);
     let parts = play::Parts {
@@ -92,8 +96,7 @@ pub async fn spawn(
     let span = tracing::info_span!("gb28181", listen = %addr);
     tracker.spawn(server.run(rx, cancel.clone()).instrument(span.clone()));
     tracker.spawn(read_udp(udp, tx.clone(), cancel.clone()).instrument(span.clone()));
-    let deadline = cfg_deadline;
-    tracker.spawn(accept_tcp(tcp, tx, tcp_cap, (deadline, deadline_refusals), cancel).instrument(span));
+    tracker.spawn(accept_tcp(tcp, tx, tcp_cap, limits, cancel).instrument(span));
     Ok(addr)
 }
 
@@ -154,47 +157,72 @@ async fn read_udp(socket: Arc<UdpSocket>, tx: mpsc::Sender<server::Inbound>, can
     }
 }
 
+/// What bounds a device's TCP connection: `deadline` for a message begun to be whole and for
+/// an answer (or request) written to be taken; the counters of connections closed at each.
+#[derive(Clone)]
+struct TcpLimits {
+    deadline: Duration,
+    late: prometheus::IntCounter,
+    unread: prometheus::IntCounter,
+}
+
 async fn accept_tcp(
     listener: TcpListener,
     tx: mpsc::Sender<server::Inbound>,
     cap: crate::net::ConnCap,
-    (deadline, late): (Duration, prometheus::IntCounter),
+    limits: TcpLimits,
     cancel: CancellationToken,
 ) {
     let mut acceptor = crate::net::Acceptor::new(listener, cap);
     while let Some((stream, peer, slot)) = acceptor.next(&cancel).await {
         let tx = tx.clone();
         let cancel = cancel.clone();
-        let late = late.clone();
+        let limits = limits.clone();
         tokio::spawn(async move {
-            serve_tcp(stream, peer, tx, (deadline, late), cancel).await;
+            serve_tcp(stream, peer, tx, limits, cancel).await;
             drop(slot);
         });
     }
 }
 
-/// Frames messages by Content-Length off one TCP connection and writes answers back.
+/// Frames messages by Content-Length off one TCP connection and writes answers back. A peer
+/// that does not take what is written to it within the deadline (its window stays shut) has
+/// the whole connection closed and counted: a writer left waiting on it would hold the
+/// connection's slot for good.
 async fn serve_tcp(
     stream: TcpStream,
     peer: SocketAddr,
     tx: mpsc::Sender<server::Inbound>,
-    (deadline, late): (Duration, prometheus::IntCounter),
+    limits: TcpLimits,
     cancel: CancellationToken,
 ) {
     let (rd, mut wr) = stream.into_split();
     let (out_tx, mut out_rx) = mpsc::channel::<Vec<u8>>(64);
-    let writer = tokio::spawn(async move {
+    let deadline = limits.deadline;
+    let mut writer = tokio::spawn(async move {
         while let Some(bytes) = out_rx.recv().await {
-            if wr.write_all(&bytes).await.is_err() {
-                break;
+            match tokio::time::timeout(deadline, wr.write_all(&bytes)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => return false,
+                Err(_) => return true,
             }
         }
+        false
     });
+    let mut writer_ended = false;
     let mut frames = crate::net::frames::Frames::new(rd, message::frame_len, deadline, Some(TCP_IDLE));
     loop {
         let next = tokio::select! {
             biased;
             _ = cancel.cancelled() => break,
+            stalled = &mut writer => {
+                writer_ended = true;
+                if matches!(stalled, Ok(true)) {
+                    limits.unread.inc();
+                    debug!(peer = %peer, "A SIP peer did not take what was written to it within the deadline; closing the connection.");
+                }
+                break;
+            }
             r = frames.next() => r,
         };
         match next {
@@ -205,7 +233,7 @@ async fn serve_tcp(
                 }
             }
             Err(End::Late(_)) => {
-                late.inc();
+                limits.late.inc();
                 debug!(peer = %peer, "A SIP message was not complete within its deadline; closing the connection.");
                 break;
             }
@@ -220,5 +248,9 @@ async fn serve_tcp(
         }
     }
     drop(out_tx);
-    let _ = writer.await;
+    // The reader ended first: a write still waiting on the peer ends at its deadline.
+    if !writer_ended && matches!(writer.await, Ok(true)) {
+        limits.unread.inc();
+        debug!(peer = %peer, "A SIP peer did not take what was written to it within the deadline; closing the connection.");
+    }
 }
