@@ -38,8 +38,8 @@ pub struct Row {
 impl Row {
     pub fn new(event: Event, object_id: Option<String>) -> Row {
         // Written into a buffer this thread keeps, then copied once at its final size:
-        // `to_string` grows its buffer from nothing, copying a kilobyte body four or five
-        // times on the way (measured: BENCHMARKS.md, 2026-12-07 MQTT).
+        // `to_string` grows its buffer from 128 bytes, copying a 1.2 KB body four times on
+        // the way (BENCHMARKS.md, "2026-12-07, 24cbf55 against de72d9a").
         let body = BODY.with_borrow_mut(|buf| {
             buf.clear();
             let body = match serde_json::to_writer(&mut *buf, &event) {
