@@ -21,7 +21,17 @@ R=${BENCH_REPLAY_COUNT:-50000}
 PORT=${BENCH_MQTT_PORT:-18883}
 HTTP=${BENCH_HTTP_PORT:-18283}
 WORK=$(mktemp -d)
-trap 'kill $(cat $WORK/*.pid 2>/dev/null) 2>/dev/null || true; rm -rf "$WORK"' EXIT
+cleanup() {
+  local pids
+  pids=$(cat "$WORK"/*.pid 2>/dev/null || true)
+  kill $pids 2>/dev/null || true
+  # Gone before the script ends, so that the next run finds the port free.
+  for p in $pids; do
+    for _ in $(seq 100); do kill -0 "$p" 2>/dev/null || break; sleep 0.05; done
+  done
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
 MOSQUITTO=$(command -v mosquitto || echo /usr/sbin/mosquitto)
 cat > "$WORK/mosquitto.conf" <<CONF
 listener $PORT 127.0.0.1
@@ -30,9 +40,21 @@ persistence false
 max_inflight_messages ${BENCH_BROKER_INFLIGHT:-1000}
 max_queued_messages 2000000
 CONF
+# A port already taken (an earlier run's broker not yet gone) would send the load to the wrong
+# broker, or have the load driver wait for acknowledgements forever: stop here instead.
+if (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null; then
+  echo "bench-mqtt: 127.0.0.1:$PORT is taken (BENCH_MQTT_PORT picks another)" >&2; exit 1
+fi
 $MOSQUITTO -c "$WORK/mosquitto.conf" > "$WORK/mosquitto.log" 2>&1 &
 echo $! > "$WORK/mosquitto.pid"
-sleep 0.5
+# Ready when it accepts a connection; a broker that exits stops the script here.
+for _ in $(seq 100); do
+  if ! kill -0 "$(cat "$WORK/mosquitto.pid")" 2>/dev/null; then
+    echo "bench-mqtt: the private Mosquitto on 127.0.0.1:$PORT exited:" >&2; cat "$WORK/mosquitto.log" >&2; exit 1
+  fi
+  if (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null; then break; fi
+  sleep 0.05
+done
 now() { date +%s.%N; }
 
 # 0. The machine's hour: what a system call and a first touch of fresh memory cost now. Both
