@@ -4,11 +4,12 @@
 //! nothing under way is ended after `idle` (none: never), and what the rule cannot frame ends
 //! the stream (the next message's start is unknowable). Bytes the rule calls filler between
 //! messages (SIP's CRLF keep-alives) are counted into the next frame by the rule itself.
-//! `next` is cancel-safe: a `select!` that drops it loses nothing.
+//! `next` is cancel-safe: a `select!` that drops it loses nothing. The other way, `write_within`
+//! bounds what is written to such a peer: one that does not read holds no task for long.
 
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::Instant;
 
 /// Why a stream gave no more messages.
@@ -93,6 +94,24 @@ impl<R: AsyncRead + Unpin, E: std::fmt::Display> Frames<R, E> {
     }
 }
 
+/// Why a write to a peer did not finish.
+#[derive(Debug, thiserror::Error)]
+pub enum WriteEnd {
+    #[error("the peer took nothing for {0:?}")]
+    Stalled(Duration),
+    #[error("write error: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Writes all of `bytes`, or gives up once `deadline` has passed without the peer taking them
+/// (its receive window shut).
+pub async fn write_within<W: AsyncWrite + Unpin>(wr: &mut W, bytes: &[u8], deadline: Duration) -> Result<(), WriteEnd> {
+    match tokio::time::timeout(deadline, wr.write_all(bytes)).await {
+        Ok(r) => Ok(r?),
+        Err(_) => Err(WriteEnd::Stalled(deadline)),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -139,5 +158,16 @@ mod tests {
         let mut f = Frames::new(r, lines, Duration::from_secs(2), None);
         drop(w);
         assert!(matches!(f.next().await, Err(End::Closed)));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_write_the_peer_does_not_take_ends_at_its_deadline() {
+        let (mut w, mut r) = tokio::io::duplex(64);
+        write_within(&mut w, &[7; 64], Duration::from_secs(2)).await.expect("fits the window");
+        let stalled = write_within(&mut w, &[7; 64], Duration::from_secs(2)).await;
+        assert!(matches!(stalled, Err(WriteEnd::Stalled(_))), "{stalled:?}");
+        let mut got = vec![0; 64];
+        r.read_exact(&mut got).await.expect("read");
+        write_within(&mut w, &[7; 64], Duration::from_secs(2)).await.expect("taken once read");
     }
 }

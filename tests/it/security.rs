@@ -572,14 +572,12 @@ mod exhaustion {
             }
         }
         assert!(sent > 1000, "only {sent} requests went out");
-        let m = gw
-            .api
+        gw.api
             .wait_for_metrics(Duration::from_secs(10), |m| {
                 metric(m, "vigil_connections_refused_total{listener=\"sip_tcp\",reason=\"unread\"}") == 1.0
                     && metric(m, "vigil_connections{listener=\"sip_tcp\"}") == 0.0
             })
             .await;
-        assert_eq!(metric(&m, "vigil_connections{listener=\"sip_tcp\"}"), 0.0, "{m}");
         // A peer that reads what it is sent keeps its connection past the deadline.
         let mut reader = TcpStream::connect(sip).await.expect("connect");
         reader

@@ -19,7 +19,6 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -309,11 +308,11 @@ async fn connection(
                 Err(e) => break (e.to_string(), matches!(e, End::Unframeable(_) | End::Late(_))),
             },
             m = out.recv() => match m {
-                Some(bytes) => match tokio::time::timeout(WRITE_TIMEOUT, wr.write_all(&bytes)).await {
-                    Ok(Ok(())) => {}
-                    Ok(Err(e)) => break (format!("write error: {e}"), false),
-                    Err(_) => break (format!("the upper took nothing for {WRITE_TIMEOUT:?}"), false),
-                },
+                Some(bytes) => {
+                    if let Err(e) = crate::net::frames::write_within(&mut wr, &bytes, WRITE_TIMEOUT).await {
+                        break (e.to_string(), false);
+                    }
+                }
                 // The link let this connection go (replaced, or the UA ended).
                 None => return,
             },

@@ -22,7 +22,6 @@ use std::time::Duration;
 
 use crate::net::frames::End;
 use crate::protocol::sip::message;
-use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::mpsc;
 use tracing::{debug, warn};
@@ -199,28 +198,23 @@ async fn serve_tcp(
     let (rd, mut wr) = stream.into_split();
     let (out_tx, mut out_rx) = mpsc::channel::<Vec<u8>>(64);
     let deadline = limits.deadline;
+    // Ends with the first write that fails: `true` when the peer took nothing for the deadline.
     let mut writer = tokio::spawn(async move {
         while let Some(bytes) = out_rx.recv().await {
-            match tokio::time::timeout(deadline, wr.write_all(&bytes)).await {
-                Ok(Ok(())) => {}
-                Ok(Err(_)) => return false,
-                Err(_) => return true,
+            if let Err(e) = crate::net::frames::write_within(&mut wr, &bytes, deadline).await {
+                return matches!(e, crate::net::frames::WriteEnd::Stalled(_));
             }
         }
         false
     });
-    let mut writer_ended = false;
+    let mut writer_ended = None;
     let mut frames = crate::net::frames::Frames::new(rd, message::frame_len, deadline, Some(TCP_IDLE));
     loop {
         let next = tokio::select! {
             biased;
             _ = cancel.cancelled() => break,
             stalled = &mut writer => {
-                writer_ended = true;
-                if matches!(stalled, Ok(true)) {
-                    limits.unread.inc();
-                    debug!(peer = %peer, "A SIP peer did not take what was written to it within the deadline; closing the connection.");
-                }
+                writer_ended = Some(stalled);
                 break;
             }
             r = frames.next() => r,
@@ -248,8 +242,12 @@ async fn serve_tcp(
         }
     }
     drop(out_tx);
-    // The reader ended first: a write still waiting on the peer ends at its deadline.
-    if !writer_ended && matches!(writer.await, Ok(true)) {
+    // When the reader ended first, a write still waiting on the peer ends at its deadline.
+    let stalled = match writer_ended {
+        Some(r) => r,
+        None => writer.await,
+    };
+    if matches!(stalled, Ok(true)) {
         limits.unread.inc();
         debug!(peer = %peer, "A SIP peer did not take what was written to it within the deadline; closing the connection.");
     }
