@@ -573,6 +573,11 @@ pub struct Mqtt {
     /// The embedded broker: let clients in without a username (a lab; they are not checked).
     /// Default false.
     pub allow_anonymous: bool,
+    /// The embedded broker's gate: a packet a device has begun must be whole within this, and
+    /// what the gate writes to a device must be taken within it; else the connection is
+    /// closed and counted. Default 60s (an 8 MiB picture over about 1.1 Mbit/s).
+    #[serde(with = "humantime_serde")]
+    pub message_deadline: Duration,
 }
 
 impl Default for Mqtt {
@@ -596,6 +601,7 @@ impl Default for Mqtt {
             backoff_max: Duration::from_secs(30),
             device_password: "12345678".into(),
             allow_anonymous: false,
+            message_deadline: Duration::from_secs(60),
         }
     }
 }
@@ -1185,6 +1191,9 @@ impl Config {
         }
         if !(1..=65_535).contains(&self.mqtt.inflight) {
             add("mqtt.inflight".into(), "between 1 and 65535".into());
+        }
+        if self.mqtt.message_deadline < Duration::from_secs(1) {
+            add("mqtt.message_deadline".into(), "must be at least 1s".into());
         }
         if self.mqtt.backoff_min.is_zero() || self.mqtt.backoff_min > self.mqtt.backoff_max {
             add("mqtt.backoff_min".into(), "must be above zero and not above mqtt.backoff_max".into());

@@ -109,6 +109,7 @@ pub async fn spawn_sources(
                 device_password: config.mqtt.device_password.clone(),
                 allow_anonymous: config.mqtt.allow_anonymous,
                 max_packet: usize::try_from(config.mqtt.max_packet.as_u64()).unwrap_or(usize::MAX),
+                message_deadline: config.mqtt.message_deadline,
             };
             // A device through the gate holds three descriptors (its socket, the gate's to the
             // broker, the broker's own).

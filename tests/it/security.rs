@@ -871,11 +871,16 @@ mod mqtt {
     }
 
     async fn start() -> Broker {
+        start_with("").await
+    }
+
+    /// The embedded broker with `mqtt_extra` added to its `[mqtt]` table.
+    async fn start_with(mqtt_extra: &str) -> Broker {
         let dir = tempfile::tempdir().expect("tempdir");
         let (http, port) = (free_port(), free_port());
         let cfg = dir.path().join("vigil.toml");
         let extra = format!(
-            "[mqtt]\nmode = \"embedded\"\nlisten = \"127.0.0.1:{port}\"\nclient_id = \"vigil-embedded\"\n[admission]\npolicy = \"open\"\n"
+            "[mqtt]\nmode = \"embedded\"\nlisten = \"127.0.0.1:{port}\"\nclient_id = \"vigil-embedded\"\n{mqtt_extra}[admission]\npolicy = \"open\"\n"
         );
         std::fs::write(&cfg, config_toml(&dir.path().join("data"), None, http, &extra)).expect("config");
         let vigil = Process::start(&cfg, http, &dir.path().join("vigil.log")).await;
@@ -1071,6 +1076,145 @@ mod mqtt {
             0.0,
             "vigil was never kicked: {m}"
         );
+    }
+
+    /// MQTT 3.1.1 packets written by hand: what a client that never reads its socket sends.
+    mod raw {
+        fn remaining(mut n: usize, out: &mut Vec<u8>) {
+            loop {
+                let b = (n % 128) as u8;
+                n /= 128;
+                out.push(if n > 0 { b | 0x80 } else { b });
+                if n == 0 {
+                    break;
+                }
+            }
+        }
+
+        fn string(s: &str, out: &mut Vec<u8>) {
+            out.extend_from_slice(&(s.len() as u16).to_be_bytes());
+            out.extend_from_slice(s.as_bytes());
+        }
+
+        fn packet(first: u8, body: &[u8]) -> Vec<u8> {
+            let mut p = vec![first];
+            remaining(body.len(), &mut p);
+            p.extend_from_slice(body);
+            p
+        }
+
+        /// An anonymous CONNECT (clean session, keep-alive 60 s).
+        pub fn connect(client_id: &str) -> Vec<u8> {
+            let mut b = Vec::new();
+            string("MQTT", &mut b);
+            b.extend_from_slice(&[4, 0x02, 0, 60]);
+            string(client_id, &mut b);
+            packet(0x10, &b)
+        }
+
+        pub fn subscribe(filter: &str) -> Vec<u8> {
+            let mut b = vec![0, 1];
+            string(filter, &mut b);
+            b.push(0);
+            packet(0x82, &b)
+        }
+
+        /// A QoS 0 PUBLISH.
+        pub fn publish(topic: &str, payload: &[u8]) -> Vec<u8> {
+            let mut b = Vec::new();
+            string(topic, &mut b);
+            b.extend_from_slice(payload);
+            packet(0x30, &b)
+        }
+    }
+
+    /// Through the gate, a client that stops reading what the broker sends it (its receive
+    /// window shut) is closed at `mqtt.message_deadline` and counted as `unread`, and one that
+    /// sends half a packet is closed at the same deadline and counted as `deadline`; both give
+    /// their slot back, and a client that reads keeps its connection. (Anonymous clients of a
+    /// lab broker are the ones that may subscribe to anything, which makes the broker send a
+    /// lot; a device's connection is relayed by the same code.)
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_client_that_never_reads_or_never_finishes_a_packet_is_closed_at_the_deadline() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        use tokio::net::{TcpSocket, TcpStream};
+
+        use crate::support::metric;
+
+        let b = start_with("allow_anonymous = true\nmessage_deadline = \"1s\"\n").await;
+        let gate = std::net::SocketAddr::from(([127, 0, 0, 1], b.port));
+        // CONNACK (4 bytes) and SUBACK (5 bytes): the subscription is in place.
+        async fn subscribed(s: &mut TcpStream) {
+            let mut acks = [0u8; 9];
+            tokio::time::timeout(Duration::from_secs(10), s.read_exact(&mut acks))
+                .await
+                .expect("CONNACK and SUBACK in time")
+                .expect("read");
+            assert_eq!((acks[0], acks[3], acks[4]), (0x20, 0, 0x90), "{acks:?}");
+        }
+        let s = TcpSocket::new_v4().expect("socket");
+        // The smallest receive buffer the kernel grants: the window shuts after a few packets.
+        s.set_recv_buffer_size(4096).expect("SO_RCVBUF");
+        let mut sleeper = s.connect(gate).await.expect("connect");
+        sleeper.write_all(&[raw::connect("sleeper"), raw::subscribe("lab/#")].concat()).await.expect("write");
+        subscribed(&mut sleeper).await;
+        // The reader reads all it is sent.
+        let mut reader = TcpStream::connect(gate).await.expect("connect");
+        reader.write_all(&[raw::connect("reader"), raw::subscribe("lab/#")].concat()).await.expect("write");
+        subscribed(&mut reader).await;
+        let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
+        let reading = tokio::spawn(async move {
+            let mut buf = vec![0u8; 64 * 1024];
+            loop {
+                tokio::select! {
+                    _ = &mut stopped => return true,
+                    n = reader.read(&mut buf) => if !matches!(n, Ok(n) if n > 0) { return false },
+                }
+            }
+        });
+        // 32 MB published: far more than the sleeper's window and the gate's send buffer hold.
+        let mut publisher = TcpStream::connect(gate).await.expect("connect");
+        publisher.write_all(&raw::connect("publisher")).await.expect("write");
+        let chunk = raw::publish("lab/flood", &[b'x'; 64 * 1024]);
+        let counted = |m: &str, reason: &str| {
+            metric(m, &format!("vigil_connections_refused_total{{listener=\"mqtt\",reason=\"{reason}\"}}"))
+        };
+        let mut sent = 0;
+        while sent < 512 && counted(&b.vigil.api.metrics().await, "unread") == 0.0 {
+            for _ in 0..32 {
+                tokio::time::timeout(Duration::from_secs(20), publisher.write_all(&chunk))
+                    .await
+                    .expect("the gate keeps reading the publisher")
+                    .expect("publish");
+                sent += 1;
+            }
+        }
+        b.vigil.api.wait_for_metrics(Duration::from_secs(10), |m| counted(m, "unread") == 1.0).await;
+        let mut rest = Vec::new();
+        let gone = tokio::time::timeout(Duration::from_secs(10), sleeper.read_to_end(&mut rest)).await;
+        assert!(gone.is_ok(), "the sleeper's connection is closed once the gate gave up on it");
+        // The reader read through it all, and is still connected past the deadline.
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let _ = stop.send(());
+        assert!(reading.await.expect("reader"), "a client that reads was closed");
+
+        // Half a PUBLISH, never finished.
+        let mut half = TcpStream::connect(gate).await.expect("connect");
+        half.write_all(&raw::connect("half")).await.expect("write");
+        let whole = raw::publish("lab/half", b"0123456789");
+        half.write_all(&whole[..whole.len() / 2]).await.expect("write");
+        let m = b.vigil.api.wait_for_metrics(Duration::from_secs(10), |m| counted(m, "deadline") == 1.0).await;
+        assert_eq!(counted(&m, "unread"), 1.0, "{m}");
+        let mut rest = Vec::new();
+        let gone = tokio::time::timeout(Duration::from_secs(10), half.read_to_end(&mut rest)).await;
+        assert!(gone.is_ok(), "the half packet's connection is closed");
+        // The slots came back: the sleeper, the half packet and the reader hold none; the
+        // publisher is what is left (vigil's own client is not through the gate).
+        b.vigil
+            .api
+            .wait_for_metrics(Duration::from_secs(10), |m| metric(m, "vigil_connections{listener=\"mqtt\"}") == 1.0)
+            .await;
+        drop(publisher);
     }
 
     /// `vigil mqtt-acl` writes Mosquitto's files from the registry, and a real Mosquitto

@@ -9,8 +9,11 @@
 //! key (or a device placed under it, `via`), a last will too; retained messages are capped in
 //! size and number; SUBSCRIBE only to exact topics outside the profiles' routes that carry the
 //! device's id (its downlink). Anything else closes the connection, counted
-//! (`vigil_device_auth_refusals_total{port="mqtt"}`) and kept with its payload. Anonymous
-//! clients only with `mqtt.allow_anonymous` (a lab).
+//! (`vigil_device_auth_refusals_total{port="mqtt"}`) and kept with its payload. A packet
+//! begun must be whole, and what the broker sends must be taken, within
+//! `mqtt.message_deadline`: a device too slow either way is closed and counted
+//! (`vigil_connections_refused_total{listener="mqtt"}`), so it holds no slot for long.
+//! Anonymous clients only with `mqtt.allow_anonymous` (a lab).
 
 use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
@@ -56,6 +59,9 @@ pub struct Deps {
     pub device_password: String,
     pub allow_anonymous: bool,
     pub max_packet: usize,
+    /// `mqtt.message_deadline`: a packet begun must be whole within it, and what the gate
+    /// writes to a device must be taken within it.
+    pub message_deadline: Duration,
 }
 
 /// The gate: its dependencies, the private broker behind it and what it remembers.
@@ -121,6 +127,16 @@ impl Gate {
             hush: SharedHush::new(10_000),
             backend_hush: SharedHush::new(10_000),
         })
+    }
+
+    /// A connection closed for holding the gate up (a packet not whole, or a device not
+    /// reading, within `mqtt.message_deadline`): counted as a refused connection, not as an
+    /// authentication refusal (nothing it sent was wrong, it was too slow).
+    fn cut(&self, peer: SocketAddr, who: &str, reason: &'static str, detail: &dyn std::fmt::Display) {
+        self.deps.metrics.connections_refused.with_label_values(&["mqtt", reason]).inc();
+        if let Some(held) = self.hush.tick(now_ms()) {
+            warn!(%peer, client = %who, reason, %detail, held_back = held, "MQTT client closed.");
+        }
     }
 
     fn refused(&self, peer: SocketAddr, who: &str, d: &Denial, raw: &[u8]) {
@@ -264,19 +280,42 @@ pub async fn serve(listener: TcpListener, gate: Arc<Gate>, cap: ConnCap, cancel:
     conns.wait().await;
 }
 
-/// Reads one packet's fixed header and body (at most `max` bytes of body).
+/// Why no packet was read.
+enum Unread {
+    /// What the device sent is refused (counted and kept).
+    Denied(Denial),
+    /// The packet was not whole within its deadline.
+    Late(Duration),
+}
+
+/// Reads one packet's fixed header and body (at most `max` bytes of body); once its first
+/// byte is in, the rest must come within `deadline`.
 async fn read_packet<R: AsyncReadExt + Unpin>(
     r: &mut R,
     max: usize,
+    deadline: Duration,
     head: &mut Vec<u8>,
     body: &mut Vec<u8>,
-) -> Result<Option<u8>, Denial> {
+) -> Result<Option<u8>, Unread> {
     head.clear();
     let first = match r.read_u8().await {
         Ok(b) => b,
         Err(_) => return Ok(None),
     };
     head.push(first);
+    match tokio::time::timeout(deadline, read_rest(r, max, head, body)).await {
+        Ok(r) => r.map(|()| Some(first)).map_err(Unread::Denied),
+        Err(_) => Err(Unread::Late(deadline)),
+    }
+}
+
+/// The rest of a packet whose first byte is `head[0]`.
+async fn read_rest<R: AsyncReadExt + Unpin>(
+    r: &mut R,
+    max: usize,
+    head: &mut Vec<u8>,
+    body: &mut Vec<u8>,
+) -> Result<(), Denial> {
     let len = loop {
         let b = r.read_u8().await.map_err(|_| deny("bad_packet", "connection closed inside a header"))?;
         head.push(b);
@@ -292,25 +331,28 @@ async fn read_packet<R: AsyncReadExt + Unpin>(
     body.clear();
     body.resize(len, 0);
     r.read_exact(body).await.map_err(|_| deny("bad_packet", "connection closed inside a packet"))?;
-    Ok(Some(first))
+    Ok(())
 }
 
 async fn connection(gate: &Gate, mut client: TcpStream, peer: SocketAddr) {
     let (mut head, mut body) = (Vec::with_capacity(8), Vec::new());
-    let first =
-        match tokio::time::timeout(CONNECT_DEADLINE, read_packet(&mut client, CONNECT_MAX, &mut head, &mut body)).await
-        {
-            Err(_) => {
-                gate.refused(peer, "", &deny("no_connect", "no CONNECT within 10 s"), b"");
-                return;
-            }
-            Ok(Ok(Some(f))) => f,
-            Ok(Ok(None)) => return,
-            Ok(Err(d)) => {
-                gate.refused(peer, "", &d, &body);
-                return;
-            }
-        };
+    let first = match tokio::time::timeout(
+        CONNECT_DEADLINE,
+        read_packet(&mut client, CONNECT_MAX, CONNECT_DEADLINE, &mut head, &mut body),
+    )
+    .await
+    {
+        Err(_) | Ok(Err(Unread::Late(_))) => {
+            gate.refused(peer, "", &deny("no_connect", "no CONNECT within 10 s"), b"");
+            return;
+        }
+        Ok(Ok(Some(f))) => f,
+        Ok(Ok(None)) => return,
+        Ok(Err(Unread::Denied(d))) => {
+            gate.refused(peer, "", &d, &body);
+            return;
+        }
+    };
     if first >> 4 != packet::CONNECT {
         gate.refused(peer, "", &deny("bad_packet", "the first packet is not a CONNECT"), &body);
         return;
@@ -383,13 +425,36 @@ async fn connection(gate: &Gate, mut client: TcpStream, peer: SocketAddr) {
         return;
     }
     debug!(%peer, client = %name, "MQTT client through the gate.");
-    let (cr, mut cw) = client.into_split();
-    let (mut br, bw) = upstream.into_split();
-    let down = tokio::io::copy(&mut br, &mut cw);
+    let (cr, cw) = client.into_split();
+    let (br, bw) = upstream.into_split();
+    let down = relay_down(gate, &name, peer, br, cw);
     let up = relay_up(gate, &who, peer, cr, bw);
     tokio::select! {
         _ = down => {}
         _ = up => {}
+    }
+}
+
+/// The broker's packets to the device, as they come; a device that does not take them within
+/// `mqtt.message_deadline` (its receive window shut) is closed, so it holds no slot for long.
+async fn relay_down(
+    gate: &Gate,
+    name: &str,
+    peer: SocketAddr,
+    mut br: tokio::net::tcp::OwnedReadHalf,
+    mut cw: tokio::net::tcp::OwnedWriteHalf,
+) {
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        let n = match br.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        match crate::net::frames::write_within(&mut cw, &buf[..n], gate.deps.message_deadline).await {
+            Ok(()) => {}
+            Err(e @ crate::net::frames::WriteEnd::Stalled(_)) => return gate.cut(peer, name, "unread", &e),
+            Err(crate::net::frames::WriteEnd::Io(_)) => return,
+        }
     }
 }
 
@@ -410,11 +475,17 @@ async fn relay_up(
         Who::Anonymous => "",
     };
     loop {
-        let first = match read_packet(&mut rd, gate.deps.max_packet, &mut head, &mut body).await {
+        let first = match read_packet(&mut rd, gate.deps.max_packet, gate.deps.message_deadline, &mut head, &mut body)
+            .await
+        {
             Ok(Some(f)) => f,
             Ok(None) => break,
-            Err(d) => {
+            Err(Unread::Denied(d)) => {
                 gate.refused(peer, name, &d, &body[..body.len().min(crate::rejections::RAW_MAX)]);
+                break;
+            }
+            Err(Unread::Late(d)) => {
+                gate.cut(peer, name, "deadline", &format_args!("a packet not whole within {d:?} of its first byte"));
                 break;
             }
         };
