@@ -20,7 +20,7 @@ use sqlx::Connection;
 use vigil::event::{AccessBody, AccessResult, Credential, Door, Event, EventBody, EventKind, Person, TimeSource};
 
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 fn env(name: &str, default: u64) -> u64 {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)

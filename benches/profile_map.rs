@@ -10,7 +10,7 @@ use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 
 /// The allocator the vigil binary uses (src/main.rs), so the figure is the product's.
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 use vigil::profiles::{map, ProfileSet};
 
 fn access_event(serial: u64) -> Vec<u8> {

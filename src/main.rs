@@ -12,10 +12,12 @@ use vigil::error::ErrorKind;
 
 const DEFAULT_CONFIG: &str = "config/vigil.toml";
 
-/// mimalloc returns freed memory to the system far better than glibc's per-thread arenas
-/// (measured: ~45 MB less RSS after a restart with 100,000 devices; BENCHMARKS.md).
+/// jemalloc: less CPU per committed MQTT event than mimalloc (whose fresh pages, faulted in as
+/// transparent huge pages under cross-thread frees, were 8% of the MQTT path) and less RSS
+/// with 100,000 devices than mimalloc or glibc's per-thread arenas (BENCHMARKS.md,
+/// "2026-12-07, jemalloc").
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 #[derive(Parser)]
 #[command(
