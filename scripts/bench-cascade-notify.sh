@@ -7,13 +7,16 @@
 # to the first NOTIFY item for that channel and state at each upper (p50/p99/max; this
 # includes the API request, the presence commit and the NOTIFY path), transitions never told,
 # and each upper's final view against the driver's final state and vigil's online count.
-# Env: BENCH_CHANNELS (10000), BENCH_RATE (1000), BENCH_SECS (20).
+# Before the transitions, vigil's CPU over BENCH_IDLE seconds with both uppers holding the
+# catalog and nothing changing (what a quiet district costs per upper).
+# Env: BENCH_CHANNELS (10000), BENCH_RATE (1000), BENCH_SECS (20), BENCH_IDLE (10).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/bench-common.sh
 N=${BENCH_CHANNELS:-10000}
 RATE=${BENCH_RATE:-1000}
 SECS=${BENCH_SECS:-20}
+IDLE=${BENCH_IDLE:-10}
 HTTP=${BENCH_HTTP_PORT:-18296}
 TOKEN=bench-admin-token
 { config_head
@@ -44,6 +47,11 @@ for view in 15192 15292; do
     sleep 0.1
   done
 done
+C0=$(cpu)
+sleep "$IDLE"
+C1=$(cpu)
+printf 'vigil idle: CPU %.2f s over %s s (%.1f %% of a core) with two subscribed uppers and %s channels, nothing changing\n' \
+  "$(echo "($C1 - $C0) / $TCK" | bc -l)" "$IDLE" "$(echo "100 * ($C1 - $C0) / $TCK / $IDLE" | bc -l)" "$N"
 C0=$(cpu)
 python3 - "$HTTP" "$TOKEN" "$RATE" "$SECS" "$WORK/transitions.txt" <<'PY'
 import http.client, json, sys, time

@@ -136,7 +136,22 @@ pub fn cascade_catalog(
     use crate::sinks::cascade::ids::{
         Wanted, TYPE_ALARM_INPUT, TYPE_CAMERA, TYPE_GROUP, TYPE_PERIPHERAL, TYPE_VIRTUAL_ORG,
     };
-    Arc::new(move |scope: crate::sinks::cascade::Scope| {
+    let version = {
+        let (registry, presence, streams) = (registry.clone(), presence.clone(), streams.clone());
+        Arc::new(move || {
+            let (registry, presence, streams) = (registry.clone(), presence.clone(), streams.clone());
+            Box::pin(async move {
+                use std::hash::{Hash, Hasher};
+                let states = presence.states().await.unwrap_or_default();
+                let mut h = std::collections::hash_map::DefaultHasher::new();
+                registry.read().generation().hash(&mut h);
+                states.hash(&mut h);
+                streams.faults_digest().hash(&mut h);
+                h.finish()
+            }) as std::pin::Pin<Box<dyn std::future::Future<Output = u64> + Send>>
+        })
+    };
+    let build = Arc::new(move |scope: crate::sinks::cascade::Scope| {
         let (registry, presence, ids, streams) = (registry.clone(), presence.clone(), ids.clone(), streams.clone());
         Box::pin(async move {
             let states = presence.states().await.unwrap_or_default();
@@ -263,8 +278,9 @@ pub fn cascade_catalog(
                 };
             }
             crate::sinks::cascade::catalog::arrange(items, &orgs, scope.tree)
-        })
-    })
+        }) as std::pin::Pin<Box<dyn std::future::Future<Output = Vec<Item>> + Send>>
+    });
+    crate::sinks::cascade::Catalog::new(build, version)
 }
 
 /// Starts a runner per upstream; answers their status, in config order, for the API.

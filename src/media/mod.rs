@@ -168,6 +168,18 @@ impl StreamBoard {
         self.get(id).and_then(|s| s.health.fault())
     }
 
+    /// A digest of every stream's picture fault (`fault`): it differs whenever one of them
+    /// does (whatever order the board keeps them in), so a caller can tell cheaply.
+    pub fn faults_digest(&self) -> u64 {
+        use std::hash::{BuildHasher, BuildHasherDefault};
+        let hasher = BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default();
+        let streams = self.streams.read().unwrap_or_else(|p| p.into_inner());
+        streams
+            .iter()
+            .filter_map(|(id, s)| s.health.fault().map(|f| hasher.hash_one((id, f))))
+            .fold(0u64, u64::wrapping_add)
+    }
+
     fn get(&self, id: &str) -> Option<Arc<Stream>> {
         self.streams.read().unwrap_or_else(|p| p.into_inner()).get(id).cloned()
     }
@@ -208,5 +220,30 @@ impl StreamBoard {
             *out.entry((state, s.kind)).or_default() += 1;
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What the cascade's status loop relies on to skip building its catalog: the digest is
+    /// the same while no picture fault changes, and differs once one does (and back).
+    #[test]
+    fn the_faults_digest_moves_with_the_faults_and_only_with_them() {
+        let board = StreamBoard::empty();
+        let a = board.add("cam-a", "rtsp");
+        let b = board.add("cam-b", "rtsp");
+        let none = board.faults_digest();
+        a.set_state(StreamState::Playing, now_ms(), None);
+        assert_eq!(board.faults_digest(), none, "playing is no fault");
+        b.set_state(StreamState::Stalled, now_ms(), None);
+        let b_lost = board.faults_digest();
+        assert_ne!(b_lost, none, "a stalled picture is VLOST");
+        b.set_state(StreamState::Playing, now_ms(), None);
+        a.set_state(StreamState::Stalled, now_ms(), None);
+        assert_ne!(board.faults_digest(), b_lost, "another camera lost is another digest");
+        a.set_state(StreamState::Playing, now_ms(), None);
+        assert_eq!(board.faults_digest(), none);
     }
 }

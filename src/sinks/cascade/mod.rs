@@ -6,7 +6,8 @@
 //! `Query` for `Catalog` (paced MESSAGEs of `CATALOG_BATCH` items, the next after the upper's
 //! 200 or a fallback timer; `catalog`), `DeviceInfo` and `DeviceStatus`, accepts its catalog SUBSCRIBE and tells it every channel's status change in
 //! NOTIFYs (compared every 250 ms with what it was last told, so a flapping channel's last
-//! state wins; everything again after a re-registration, a new subscription or a NOTIFY lost;
+//! state wins; the channels built again only when `Catalog::version` says they may have
+//! changed, or every 10 s; everything again after a re-registration, a new subscription or a NOTIFY lost;
 //! without a subscription too where `notify_without_subscription`), and publishes its state
 //! for `GET /api/v1/relay/targets`. The upper's INVITEs play channels (`play` holds the
 //! dialogs, `forward` sends the video as PS over RTP).
@@ -64,8 +65,36 @@ pub struct Scope {
 }
 
 /// The channels an upper may see within its scope, as they are now (from the registry and
-/// presence; given by the wiring, so the sink reads no source's tables).
-pub type Catalog = Arc<dyn Fn(Scope) -> Pin<Box<dyn Future<Output = Vec<catalog::Item>> + Send>> + Send + Sync>;
+/// presence; given by the wiring, so the sink reads no source's tables), and a number that
+/// changes whenever they may have (so the status loop builds them only then).
+#[derive(Clone)]
+pub struct Catalog {
+    build: BuildFn,
+    version: VersionFn,
+}
+
+type BuildFn = Arc<dyn Fn(Scope) -> Pin<Box<dyn Future<Output = Vec<catalog::Item>> + Send>> + Send + Sync>;
+type VersionFn = Arc<dyn Fn() -> Pin<Box<dyn Future<Output = u64> + Send>> + Send + Sync>;
+
+impl Catalog {
+    /// `build` answers the channels of a scope; `version` a number that differs whenever any
+    /// scope's channels, their status or their picture faults may differ.
+    pub fn new(build: BuildFn, version: VersionFn) -> Catalog {
+        Catalog { build, version }
+    }
+
+    pub fn build(&self, scope: Scope) -> Pin<Box<dyn Future<Output = Vec<catalog::Item>> + Send>> {
+        (self.build)(scope)
+    }
+
+    pub async fn version(&self) -> u64 {
+        (self.version)().await
+    }
+}
+
+/// The status loop builds the channels again at least this often, however `Catalog::version`
+/// stands (what it cannot see: a GB/T 28181 id that could not be stored is tried again).
+const REBUILD_AT_LEAST_EVERY: Duration = Duration::from_secs(10);
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -234,6 +263,9 @@ pub async fn run(
     let mut sub: Option<register::Subscription> = None;
     let mut told: HashMap<String, (&'static str, String)> = HashMap::new();
     let mut full = true;
+    // The catalog's version and whether the upper wanted status when the channels were last
+    // built, and when that was: the same again (and nothing to tell in full) is nothing to do.
+    let mut built: Option<(u64, bool, tokio::time::Instant)> = None;
     let mut notify_sn: u64 = 0;
     let mut alarms = c.alarms;
     let registered = c.registered;
@@ -346,8 +378,28 @@ pub async fn run(
                 if reg.view().phase != Phase::Registered {
                     continue;
                 }
+                let version = catalog.version().await;
+                let unchanged = built.is_some_and(|(v, w, at)| {
+                    v == version && w == wanted && at.elapsed() < REBUILD_AT_LEAST_EVERY
+                });
+                if unchanged && !full {
+                    // Nothing the upper sees changed: only its subscription and plays may have.
+                    if let Some(view) = status
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .session
+                        .as_mut()
+                        .and_then(|s| s.view.as_mut())
+                    {
+                        view.subscribed_until = sub.as_ref().map(|d| d.until);
+                        view.plays = plays.len();
+                        view.told_on = wanted.then(|| told.values().filter(|(e, _)| *e != "OFF").count());
+                    }
+                    continue;
+                }
+                built = Some((version, wanted, tokio::time::Instant::now()));
                 let mut items: HashMap<String, catalog::Item> =
-                    catalog(scope.clone()).await.into_iter().filter(|i| i.node.is_none()).map(|i| (i.id.clone(), i)).collect();
+                    catalog.build(scope.clone()).await.into_iter().filter(|i| i.node.is_none()).map(|i| (i.id.clone(), i)).collect();
                 let now_view: HashMap<String, (&'static str, String)> =
                     items.iter().map(|(id, i)| (id.clone(), (i.event(), i.name.clone()))).collect();
                 let upper_view = UpperView {
@@ -479,7 +531,7 @@ pub async fn run(
                                         StartLine::Request { uri, .. } => message::uri_user(uri).unwrap_or(""),
                                         StartLine::Response { .. } => "",
                                     };
-                                    let found = catalog(scope.clone())
+                                    let found = catalog.build(scope.clone())
                                         .await
                                         .into_iter()
                                         .find(|i| i.id == channel)
@@ -568,19 +620,19 @@ async fn query(
     let me = reg.user_id();
     match (e.root.as_str(), e.cmd_type.as_str()) {
         ("Query", "Catalog") => {
-            let items = catalog(scope.clone()).await;
+            let items = catalog.build(scope.clone()).await;
             info!(upstream = %name, sn, items = items.len(), "The upper platform queried the catalog.");
             (200, "OK", catalog::bodies(sn, me, &items, CATALOG_BATCH).into_iter().map(Outgoing::Catalog).collect())
         }
         ("Query", "DeviceInfo") => {
-            let n = catalog(scope.clone()).await.iter().filter(|i| i.node.is_none()).count();
+            let n = catalog.build(scope.clone()).await.iter().filter(|i| i.node.is_none()).count();
             (200, "OK", vec![Outgoing::Message(catalog::device_info(sn, me, "vigil", n))])
         }
         ("Query", "DeviceStatus") => (200, "OK", vec![Outgoing::Message(catalog::device_status(sn, me))]),
         ("Query", "RecordInfo") => {
             // A channel of this upper's: no recordings (vigil records nothing); another: 404.
             let channel = e.device_id.clone();
-            match catalog(scope.clone()).await.into_iter().find(|i| i.id == channel) {
+            match catalog.build(scope.clone()).await.into_iter().find(|i| i.id == channel) {
                 Some(i) => (200, "OK", vec![Outgoing::Message(catalog::record_info(sn, &i.id, &i.name))]),
                 None => (404, "Not Found", Vec::new()),
             }
