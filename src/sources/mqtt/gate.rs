@@ -444,7 +444,8 @@ async fn relay_down(
     mut br: tokio::net::tcp::OwnedReadHalf,
     mut cw: tokio::net::tcp::OwnedWriteHalf,
 ) {
-    let mut buf = vec![0u8; 16 * 1024];
+    // 8 KiB, as `tokio::io::copy` had: one per connected device.
+    let mut buf = vec![0u8; 8 * 1024];
     loop {
         let n = match br.read(&mut buf).await {
             Ok(0) | Err(_) => return,
