@@ -4,7 +4,9 @@
 //! acknowledges its device (SIP 200 to an alarm, MQTT PUBACK) only for what is stored. A
 //! record seen twice (same `dedup_key`) is stored once and reported as a duplicate. The
 //! relay's outbox (delivery rows per upstream) is written in the same transaction when it
-//! lands. Owns the `events` table.
+//! lands. Between batches the writer folds (SQLite: `native`) the record keys and the
+//! per-device index of what it committed. Owns the `events` table and, on SQLite,
+//! `event_keys`, `event_devices` and `event_folds`.
 
 mod native;
 pub mod reports;
@@ -28,6 +30,12 @@ pub use store::Filter;
 const QUEUE: usize = 32_768;
 /// Most events in one transaction.
 const BATCH: usize = 16_384;
+/// A fold (SQLite: the record keys and per-device index of the events committed since the
+/// last one; `native`) runs once this many events wait for it, or `FOLD_EVERY` after the
+/// oldest of them was committed. Larger folds touch each device's leaves once for more
+/// events; the device view scans what waits, so it stays a fold's worth.
+const FOLD_ROWS: usize = 32_768;
+const FOLD_EVERY: Duration = Duration::from_secs(1);
 /// Attempts at one batch before its submitters are told the store is unavailable (they
 /// answer their devices with an error, and the devices send again).
 const ATTEMPTS: u32 = 3;
@@ -188,6 +196,7 @@ async fn writer(db: Db, relay: Relay, mut rx: mpsc::Receiver<Submit>, metrics: M
     // cache is dropped whenever another connection wrote since it was last used).
     let mut conn = store::Writer::new(&db);
     loop {
+        let fold_at = conn.unfolded().1.map(|since| since + FOLD_EVERY);
         let first = tokio::select! {
             biased;
             r = rx.recv() => r,
@@ -195,6 +204,11 @@ async fn writer(db: Db, relay: Relay, mut rx: mpsc::Receiver<Submit>, metrics: M
                 // Sources stopped before this token fired: take what is left, then stop.
                 rx.close();
                 rx.recv().await
+            }
+            // Quiet: what waits is folded once it is due.
+            _ = sleep_until(fold_at), if fold_at.is_some() => {
+                fold(&mut conn).await;
+                continue;
             }
         };
         let Some(first) = first else { break };
@@ -221,8 +235,29 @@ async fn writer(db: Db, relay: Relay, mut rx: mpsc::Receiver<Submit>, metrics: M
             }
         }
         commit(&db, &mut conn, &relay, &mut batch, &metrics).await;
+        // After the batch is answered: its acknowledgements do not wait for the fold.
+        if let (waiting, Some(since)) = conn.unfolded() {
+            if waiting >= FOLD_ROWS || since.elapsed() >= FOLD_EVERY {
+                fold(&mut conn).await;
+            }
+        }
     }
     info!("Event writer stopped.");
+}
+
+async fn sleep_until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Folds what waits; a failure is logged (the next commit opens a connection that folds).
+async fn fold(conn: &mut store::Writer) {
+    match conn.fold().await {
+        Ok(n) => tracing::debug!(events = n, "Folded the record keys and device index."),
+        Err(e) => warn!(error = %e, "Cannot fold the record keys and device index; the next commit tries again."),
+    }
 }
 
 // `&Vec`: the writer hands the batch (a `Vec`) to a blocking thread and lists its rows there.

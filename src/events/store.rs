@@ -1,5 +1,7 @@
 //! The `events` table: batch insert (`Writer`: SQLite through `native`, PostgreSQL with
-//! bound multi-row `INSERT`s; duplicates skipped by `dedup_key`), and reads for the API.
+//! bound multi-row `INSERT`s; duplicates skipped by `dedup_key`), and reads for the API
+//! (one device on SQLite: its folded events through `event_devices` and the tail past the
+//! fold, in one statement).
 //! The whole event is kept as JSON in `body`; the columns beside it are what queries filter
 //! on.
 
@@ -95,17 +97,19 @@ pub enum Writer {
     Sqlite {
         path: std::path::PathBuf,
         conn: Option<rusqlite::Connection>,
+        /// The keys committed since the last fold (empty while `conn` is `None`).
+        tail: super::native::Tail,
     },
     /// PostgreSQL (and an in-memory SQLite database, which only the pool can reach).
-    Pooled {
-        conn: Option<sqlx::pool::PoolConnection<sqlx::Any>>,
-    },
+    Pooled { conn: Option<sqlx::pool::PoolConnection<sqlx::Any>> },
 }
 
 impl Writer {
     pub fn new(db: &Db) -> Writer {
         match (&db.path, db.backend) {
-            (Some(path), Backend::Sqlite) => Writer::Sqlite { path: path.clone(), conn: None },
+            (Some(path), Backend::Sqlite) => {
+                Writer::Sqlite { path: path.clone(), conn: None, tail: Default::default() }
+            }
             _ => Writer::Pooled { conn: None },
         }
     }
@@ -124,33 +128,40 @@ impl Writer {
         now: Millis,
     ) -> (Option<B>, Result<Vec<bool>, Error>) {
         match self {
-            Writer::Sqlite { path, conn } => {
-                let open = match conn.take() {
-                    Some(c) => Ok(c),
-                    None => super::native::open(path),
-                };
-                let mut c = match open {
-                    Ok(c) => c,
-                    Err(e) => return (Some(batch), Err(Error::Native(e))),
-                };
+            Writer::Sqlite { path, conn, tail } => {
+                let c = conn.take();
+                let path = path.clone();
+                let mut t = std::mem::take(tail);
                 let routes = std::sync::Arc::clone(routes);
                 let done = tokio::task::spawn_blocking(move || {
                     // A panic inside is a bug; it fails this batch (its sources answer with an
                     // error and send again), not the writer.
                     let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                        super::native::insert(&mut c, &rows(&batch), &routes, now)
+                        // A new connection folds first: the tail of one that failed (or of a
+                        // process that was killed) is known only to the database.
+                        let mut c = match c {
+                            Some(c) => c,
+                            None => {
+                                let mut c = super::native::open(&path)?;
+                                super::native::fold(&mut c, &mut t)?;
+                                c
+                            }
+                        };
+                        let r = super::native::insert(&mut c, &rows(&batch), &routes, now, &mut t);
+                        r.map(|new| (c, new))
                     }));
-                    (c, batch, r)
+                    (batch, t, r)
                 })
                 .await;
                 match done {
-                    Ok((c, batch, Ok(r))) => {
-                        if r.is_ok() {
-                            *conn = Some(c);
-                        }
-                        (Some(batch), r.map_err(Error::Native))
+                    Ok((batch, t, Ok(Ok((c, new))))) => {
+                        *conn = Some(c);
+                        *tail = t;
+                        (Some(batch), Ok(new))
                     }
-                    Ok((_, batch, Err(_))) => (Some(batch), Err(Error::Writer("the SQLite writer panicked".into()))),
+                    // The connection is dropped: the next one folds, and the tail starts empty.
+                    Ok((batch, _, Ok(Err(e)))) => (Some(batch), Err(Error::Native(e))),
+                    Ok((batch, _, Err(_))) => (Some(batch), Err(Error::Writer("the SQLite writer panicked".into()))),
                     Err(e) => (None, Err(Error::Writer(format!("the SQLite writer's thread ended: {e}")))),
                 }
             }
@@ -172,8 +183,46 @@ impl Writer {
     }
 }
 
+impl Writer {
+    /// How many committed events wait for the next fold, and since when (SQLite's own
+    /// connection only; the pooled writer folds in every commit).
+    pub fn unfolded(&self) -> (usize, Option<tokio::time::Instant>) {
+        match self {
+            Writer::Sqlite { tail, .. } => (tail.len(), tail.since()),
+            Writer::Pooled { .. } => (0, None),
+        }
+    }
+
+    /// Folds the events committed since the last fold into `event_keys` and `event_devices`
+    /// (SQLite; nothing to do on the pooled writer). Answers how many it folded. On failure
+    /// the connection is dropped, and the next commit opens one with a fold.
+    pub async fn fold(&mut self) -> Result<u64, Error> {
+        let Writer::Sqlite { conn, tail, .. } = self else { return Ok(0) };
+        let Some(mut c) = conn.take() else { return Ok(0) };
+        let mut t = std::mem::take(tail);
+        let done = tokio::task::spawn_blocking(move || {
+            let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| super::native::fold(&mut c, &mut t)));
+            (c, t, r)
+        })
+        .await;
+        match done {
+            Ok((c, t, Ok(Ok(n)))) => {
+                *conn = Some(c);
+                *tail = t;
+                Ok(n)
+            }
+            Ok((_, _, Ok(Err(e)))) => Err(Error::Native(e)),
+            Ok((_, _, Err(_))) => Err(Error::Writer("the SQLite writer panicked while folding".into())),
+            Err(e) => Err(Error::Writer(format!("the SQLite writer's thread ended: {e}"))),
+        }
+    }
+}
+
 /// PostgreSQL (which several instances may share, their commits interleaving): multi-row
-/// `INSERT`s that return the new rows, and the delivery rows for those.
+/// `INSERT`s that return the new rows, and the delivery rows for those. An in-memory SQLite
+/// database (no file for the writer's own connection) has no unique `dedup_key`: the
+/// records already in `event_keys` and repeats within the batch are left out first, and the
+/// commit folds what it wrote (migration 0012).
 async fn insert_pooled(
     conn: &mut sqlx::AnyConnection,
     backend: Backend,
@@ -185,7 +234,27 @@ async fn insert_pooled(
     let mut tx = conn.begin().await?;
     let mut routed: Vec<(i64, crate::event::EventKind)> = Vec::new();
     let mut keys = HashSet::with_capacity(rows.len());
-    for chunk in rows.chunks(ROWS_PER_STATEMENT) {
+    let fresh: Vec<&Row> = match backend {
+        Backend::Postgres => rows.to_vec(),
+        Backend::Sqlite => {
+            let asked = serde_json::to_string(&rows.iter().map(|r| r.event.dedup_key.as_str()).collect::<Vec<_>>())
+                .unwrap_or_else(|_| "[]".into());
+            let known: HashSet<String> = sqlx::query_scalar(
+                "SELECT dedup_key FROM event_keys WHERE dedup_key IN (SELECT value FROM json_each($1))",
+            )
+            .bind(asked)
+            .fetch_all(&mut *tx)
+            .await?
+            .into_iter()
+            .collect();
+            let mut first = HashSet::with_capacity(rows.len());
+            rows.iter()
+                .copied()
+                .filter(|r| !known.contains(&r.event.dedup_key) && first.insert(r.event.dedup_key.as_str()))
+                .collect()
+        }
+    };
+    for chunk in fresh.chunks(ROWS_PER_STATEMENT) {
         let sql = format!(
             "{INSERT}{} ON CONFLICT DO NOTHING RETURNING seq, dedup_key, kind",
             backend.values(chunk.len(), COLUMNS, 1)
@@ -202,6 +271,14 @@ async fn insert_pooled(
     if !routes.is_empty() {
         crate::outbox::store::add(&mut tx, backend, &routed, routes, now).await?;
     }
+    if backend == Backend::Sqlite {
+        let upto: i64 = sqlx::query_scalar(super::native::FOLDED_UPTO).fetch_one(&mut *tx).await?;
+        let last: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(seq), 0) FROM events").fetch_one(&mut *tx).await?;
+        for sql in super::native::FOLD {
+            sqlx::query(sql).bind(upto).execute(&mut *tx).await?;
+        }
+        sqlx::query(super::native::FOLD_MARK).bind(last).execute(&mut *tx).await?;
+    }
     tx.commit().await?;
     Ok(first_seen(rows, |r| keys.contains(&r.event.dedup_key)))
 }
@@ -217,59 +294,112 @@ fn decode(body: &str) -> Result<Event, Error> {
         .map_err(|e| Error::Corrupt { id: body.chars().take(60).collect(), reason: e.to_string() })
 }
 
+/// A query's text and its parameters, numbered as they are added.
+#[derive(Default)]
+struct Query {
+    sql: String,
+    params: Vec<Param>,
+}
+
+enum Param {
+    Text(String),
+    Int(i64),
+}
+
+impl Query {
+    /// Adds `p`, answering its placeholder.
+    fn param(&mut self, p: Param) -> String {
+        self.params.push(p);
+        format!("${}", self.params.len())
+    }
+
+    /// Appends `f`'s conditions (all but the device) on the columns `c` names.
+    fn conditions(&mut self, f: &Filter, backend: Backend, c: Columns) {
+        if let Some(k) = &f.kind {
+            let p = self.param(Param::Text(k.clone()));
+            self.sql += &format!(" AND {} = {p}", c.kind);
+        }
+        if let Some(o) = &f.orgs {
+            let p = self.param(Param::Text(serde_json::to_string(o).unwrap_or_else(|_| "[]".into())));
+            self.sql += &match backend {
+                Backend::Sqlite => format!(" AND {} IN (SELECT value FROM json_each({p}))", c.org),
+                Backend::Postgres => format!(" AND {} IN (SELECT json_array_elements_text({p}::json))", c.org),
+            };
+        }
+        if let Some(s) = f.since {
+            let p = self.param(Param::Int(s));
+            self.sql += &format!(" AND {} >= {p}", c.occurred);
+        }
+        if let Some(u) = f.until {
+            let p = self.param(Param::Int(u));
+            self.sql += &format!(" AND {} < {p}", c.occurred);
+        }
+        if let Some((at, seq)) = f.before {
+            let (a, b, s) = (self.param(Param::Int(at)), self.param(Param::Int(at)), self.param(Param::Int(seq)));
+            self.sql += &format!(" AND ({0} < {a} OR ({0} = {b} AND {1} < {s}))", c.occurred, c.seq);
+        }
+    }
+}
+
+/// The columns a filter's conditions name, by the table (alias) that holds them.
+#[derive(Clone, Copy)]
+struct Columns {
+    kind: &'static str,
+    org: &'static str,
+    occurred: &'static str,
+    seq: &'static str,
+}
+
+const PLAIN: Columns = Columns { kind: "kind", org: "org_id", occurred: "occurred_at", seq: "seq" };
+
 /// Events matching `f`, newest first, each with its `seq` (for the next page's cursor).
 pub async fn list(db: &Db, f: &Filter) -> Result<Vec<(i64, Event)>, Error> {
-    let mut sql = String::from("SELECT seq, body FROM events WHERE 1 = 1");
-    let mut n = 0;
-    let mut next = || {
-        n += 1;
-        format!("${n}")
-    };
-    if f.kind.is_some() {
-        sql += &format!(" AND kind = {}", next());
+    // The API asks for one more than a page (1,000 at most) to know whether another follows.
+    let limit = f.limit.clamp(1, 1001);
+    let mut q = Query::default();
+    match (&f.device, db.backend) {
+        // One device on SQLite: its folded events through `event_devices`, and the tail past
+        // the fold (scanned by `seq`, never through a time index) — in one statement, so
+        // both halves read one snapshot and no event is in both or in neither.
+        (Some(d), Backend::Sqlite) => {
+            let dev = q.param(Param::Text(d.clone()));
+            q.sql = format!(
+                "SELECT seq, body FROM (\
+                 SELECT * FROM (SELECT e.seq AS seq, e.occurred_at AS occurred_at, e.body AS body \
+                 FROM event_devices x CROSS JOIN events e ON e.seq = x.seq WHERE x.device_id = {dev}"
+            );
+            q.conditions(
+                f,
+                db.backend,
+                Columns { kind: "e.kind", org: "e.org_id", occurred: "x.occurred_at", seq: "x.seq" },
+            );
+            q.sql += &format!(" ORDER BY x.occurred_at DESC, x.seq DESC LIMIT {limit}) UNION ALL ");
+            let dev = q.param(Param::Text(d.clone()));
+            q.sql += &format!(
+                "SELECT * FROM (SELECT seq, occurred_at, body FROM events NOT INDEXED \
+                 WHERE seq > (SELECT upto FROM event_folds WHERE id = 1) AND device_id = {dev}"
+            );
+            q.conditions(f, db.backend, PLAIN);
+            q.sql += &format!(" ORDER BY occurred_at DESC, seq DESC LIMIT {limit})) ORDER BY occurred_at DESC, seq DESC LIMIT {limit}");
+        }
+        (device, _) => {
+            q.sql = String::from("SELECT seq, body FROM events WHERE 1 = 1");
+            if let Some(d) = device {
+                let p = q.param(Param::Text(d.clone()));
+                q.sql += &format!(" AND device_id = {p}");
+            }
+            q.conditions(f, db.backend, PLAIN);
+            q.sql += &format!(" ORDER BY occurred_at DESC, seq DESC LIMIT {limit}");
+        }
     }
-    if f.device.is_some() {
-        sql += &format!(" AND device_id = {}", next());
-    }
-    if f.orgs.is_some() {
-        let p = next();
-        sql += &match db.backend {
-            Backend::Sqlite => format!(" AND org_id IN (SELECT value FROM json_each({p}))"),
-            Backend::Postgres => format!(" AND org_id IN (SELECT json_array_elements_text({p}::json))"),
+    let mut query = sqlx::query(&q.sql);
+    for p in &q.params {
+        query = match p {
+            Param::Text(t) => query.bind(t.as_str()),
+            Param::Int(i) => query.bind(*i),
         };
     }
-    if f.since.is_some() {
-        sql += &format!(" AND occurred_at >= {}", next());
-    }
-    if f.until.is_some() {
-        sql += &format!(" AND occurred_at < {}", next());
-    }
-    if f.before.is_some() {
-        let (a, b, c) = (next(), next(), next());
-        sql += &format!(" AND (occurred_at < {a} OR (occurred_at = {b} AND seq < {c}))");
-    }
-    // The API asks for one more than a page (1,000 at most) to know whether another follows.
-    sql += &format!(" ORDER BY occurred_at DESC, seq DESC LIMIT {}", f.limit.clamp(1, 1001));
-    let mut q = sqlx::query(&sql);
-    if let Some(k) = &f.kind {
-        q = q.bind(k.clone());
-    }
-    if let Some(d) = &f.device {
-        q = q.bind(d.clone());
-    }
-    if let Some(o) = &f.orgs {
-        q = q.bind(serde_json::to_string(o).unwrap_or_else(|_| "[]".into()));
-    }
-    if let Some(s) = f.since {
-        q = q.bind(s);
-    }
-    if let Some(u) = f.until {
-        q = q.bind(u);
-    }
-    if let Some((at, seq)) = f.before {
-        q = q.bind(at).bind(at).bind(seq);
-    }
-    let rows = q.fetch_all(&db.pool).await?;
+    let rows = query.fetch_all(&db.pool).await?;
     rows.iter()
         .map(|r| {
             let seq: i64 = r.try_get(0)?;

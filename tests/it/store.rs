@@ -357,6 +357,49 @@ async fn event_log(db: Db) {
     assert_eq!(got.iter().map(|(_, e)| e.seq).collect::<Vec<_>>(), vec![Some(4), Some(2)]);
     let one = vigil::events::store::get(&db, &got[0].1.id).await.expect("get").expect("found");
     assert_eq!(one, got[0].1);
+
+    // A new writer (as after a restart or a kill -9, with the last one's unfolded tail known
+    // only to the database) still knows every record, and the device view reads the folded
+    // events and the new tail together, page by page across the boundary.
+    let mut writer = vigil::events::store::Writer::new(&db);
+    let next: Vec<Row> =
+        vec![Row::new(alarm(3, "k3"), None), Row::new(alarm(8, "k8"), None), Row::new(alarm(10, "k10"), None)];
+    let (_, new) = writer.insert(&db, next, |b| b.iter().collect(), &routes, 0).await;
+    assert_eq!(new.expect("insert after reopening"), vec![false, true, true], "k3 stored before");
+    let cam_a =
+        |limit, before| vigil::events::Filter { device: Some("cam-a".into()), limit, before, ..Default::default() };
+    let seqs = |page: &[(i64, vigil::event::Event)]| page.iter().map(|(_, e)| e.seq).collect::<Vec<_>>();
+    let mut pages = Vec::new();
+    let mut before = None;
+    loop {
+        let page = vigil::events::store::list(&db, &cam_a(2, before)).await.expect("device page");
+        let Some(last) = page.last() else { break };
+        before = Some((last.1.occurred_at, last.0));
+        pages.push(seqs(&page));
+    }
+    assert_eq!(pages, vec![vec![Some(10), Some(8)], vec![Some(6), Some(4)], vec![Some(2)]]);
+    // Folded: the keys are found in `event_keys`, the events through `event_devices`.
+    let folded = writer.fold().await.expect("fold");
+    let own_file = db.backend == vigil::db::Backend::Sqlite && db.path.is_some();
+    assert_eq!(folded, if own_file { 2 } else { 0 }, "the pooled writer folds in every commit");
+    let again: Vec<Row> = vec![Row::new(alarm(8, "k8"), None), Row::new(alarm(12, "k12"), None)];
+    let (_, new) = writer.insert(&db, again, |b| b.iter().collect(), &routes, 0).await;
+    assert_eq!(new.expect("insert after a fold"), vec![false, true], "k8 folded before");
+    let all = vigil::events::store::list(&db, &cam_a(100, None)).await.expect("device view");
+    assert_eq!(seqs(&all), [12, 10, 8, 6, 4, 2].map(Some));
+    let b =
+        vigil::events::Filter { device: Some("cam-b".into()), since: Some(3_000), limit: 100, ..Default::default() };
+    let got = vigil::events::store::list(&db, &b).await.expect("cam-b");
+    assert_eq!(seqs(&got), [7, 5, 3].map(Some));
+    drop(writer);
     db.close().await;
 }
 on_both_backends!(events_are_stored_once_and_listed, event_log);
+
+/// An in-memory SQLite database: no file for the writer's own connection, so the pooled
+/// writer commits and folds in one transaction.
+#[tokio::test]
+async fn events_are_stored_once_and_listed_in_memory() {
+    let url = format!("sqlite:file:vigil-events-{}?mode=memory&cache=shared", std::process::id());
+    event_log(Db::connect(&url, Some(3)).await.expect("in-memory sqlite")).await;
+}
