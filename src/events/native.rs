@@ -22,7 +22,7 @@ use tokio::time::Instant;
 
 use rusqlite::types::Value;
 use rusqlite::vtab::array::Array;
-use rusqlite::{params, Connection};
+use rusqlite::{params, Connection, ToSql};
 
 use super::store::Row;
 use crate::clock::Millis;
@@ -187,17 +187,11 @@ pub fn fold(conn: &mut Connection, tail: &mut Tail) -> rusqlite::Result<u64> {
         if tail.covers(upto, last) {
             let mut keys: Vec<(&str, i64)> = tail.keys.iter().map(|(k, s)| (k.as_str(), *s)).collect();
             keys.sort_unstable();
-            let mut add = tx.prepare_cached("INSERT OR IGNORE INTO event_keys (dedup_key, seq) VALUES (?1, ?2)")?;
-            for (key, seq) in keys {
-                add.execute(params![key, seq])?;
-            }
+            insert_rows(&tx, "event_keys (dedup_key, seq)", &keys, |(key, seq)| [key as &dyn ToSql, seq])?;
             tail.devices.sort_unstable();
-            let mut add = tx.prepare_cached(
-                "INSERT OR IGNORE INTO event_devices (device_id, occurred_at, seq) VALUES (?1, ?2, ?3)",
-            )?;
-            for (device, at, seq) in &tail.devices {
-                add.execute(params![device, at, seq])?;
-            }
+            insert_rows(&tx, "event_devices (device_id, occurred_at, seq)", &tail.devices, |(device, at, seq)| {
+                [device as &dyn ToSql, at, seq]
+            })?;
         } else {
             for sql in FOLD {
                 tx.execute(sql, [upto])?;
@@ -208,4 +202,35 @@ pub fn fold(conn: &mut Connection, tail: &mut Tail) -> rusqlite::Result<u64> {
     tx.commit()?;
     tail.clear();
     Ok(last.saturating_sub(upto).max(0) as u64)
+}
+
+/// Rows per statement in a fold's inserts: one statement steps many rows (measured
+/// 2026-12-07: a statement per row spent over a third of the fold in executing and binding).
+const FOLD_ROWS_PER_STATEMENT: usize = 64;
+
+/// `INSERT OR IGNORE INTO {into} VALUES (...), ...` of `rows`, `FOLD_ROWS_PER_STATEMENT` at a
+/// time (the remainder one by one), each row's values as `values` gives them.
+fn insert_rows<T, const N: usize>(
+    tx: &rusqlite::Transaction<'_>,
+    into: &str,
+    rows: &[T],
+    values: impl for<'a> Fn(&'a T) -> [&'a dyn ToSql; N],
+) -> rusqlite::Result<()> {
+    let statement = |n: usize| {
+        let row = format!("({})", vec!["?"; N].join(", "));
+        format!("INSERT OR IGNORE INTO {into} VALUES {}", vec![row; n].join(", "))
+    };
+    let mut chunks = rows.chunks_exact(FOLD_ROWS_PER_STATEMENT);
+    if chunks.len() > 0 {
+        let mut many = tx.prepare_cached(&statement(FOLD_ROWS_PER_STATEMENT))?;
+        for chunk in &mut chunks {
+            let bound: Vec<&dyn ToSql> = chunk.iter().flat_map(&values).collect();
+            many.execute(bound.as_slice())?;
+        }
+    }
+    let mut one = tx.prepare_cached(&statement(1))?;
+    for r in chunks.remainder() {
+        one.execute(values(r).as_slice())?;
+    }
+    Ok(())
 }
