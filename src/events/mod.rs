@@ -8,6 +8,7 @@
 //! per-device index of what it committed. Owns the `events` table and, on SQLite,
 //! `event_keys`, `event_devices` and `event_folds`.
 
+mod keys;
 mod native;
 pub mod reports;
 pub mod store;

@@ -14,8 +14,7 @@
 //! connection or a killed process is folded before anything else is written. Owns nothing
 //! the pool does not see: same tables, same file.
 
-use std::collections::hash_map::Entry;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::path::Path;
 use std::rc::Rc;
 use tokio::time::Instant;
@@ -24,6 +23,7 @@ use rusqlite::types::Value;
 use rusqlite::vtab::array::Array;
 use rusqlite::{params, Connection, ToSql};
 
+use super::keys::{Keys, Lookup};
 use super::store::Row;
 use crate::clock::Millis;
 
@@ -46,8 +46,8 @@ pub fn open(path: &Path) -> rusqlite::Result<Connection> {
 /// connection (opening one folds).
 #[derive(Debug, Default)]
 pub struct Tail {
-    /// Record key → `seq` (keys come from devices: a seeded hash, not a fixed one).
-    keys: HashMap<String, i64, foldhash::quality::RandomState>,
+    /// The record keys and their `seq`.
+    keys: Keys,
     /// (device, occurred_at, seq).
     devices: Vec<(String, Millis, i64)>,
     /// The first and last `seq` in it.
@@ -70,8 +70,7 @@ impl Tail {
     fn clear(&mut self) {
         self.keys.clear();
         self.devices.clear();
-        // A burst's tables are not kept at their largest through the quiet hours after it.
-        self.keys.shrink_to(4_096);
+        // A burst's list is not kept at its largest through the quiet hours after it.
         self.devices.shrink_to(4_096);
         self.since = None;
     }
@@ -117,12 +116,9 @@ pub fn insert(
         for r in rows {
             let e = &r.event;
             // In the tail: committed since the last fold, or earlier in this batch.
-            let slot = match tail.keys.entry(e.dedup_key.clone()) {
-                Entry::Occupied(_) => {
-                    new.push(false);
-                    continue;
-                }
-                Entry::Vacant(slot) => slot,
+            let Lookup::Free(slot) = tail.keys.lookup(&e.dedup_key) else {
+                new.push(false);
+                continue;
             };
             if known.contains(&e.dedup_key) {
                 new.push(false);
@@ -145,7 +141,7 @@ pub fn insert(
             new.push(changed == 1);
             if changed == 1 {
                 let seq = tx.last_insert_rowid();
-                slot.insert(seq);
+                tail.keys.insert(slot, e.dedup_key.clone(), seq);
                 tail.devices.push((e.device_id.clone(), e.occurred_at, seq));
                 if tail.since.is_none() {
                     tail.since = Some(Instant::now());
@@ -185,8 +181,7 @@ pub fn fold(conn: &mut Connection, tail: &mut Tail) -> rusqlite::Result<u64> {
     let last: i64 = tx.query_row("SELECT COALESCE(MAX(seq), 0) FROM events", [], |r| r.get(0))?;
     if last > upto {
         if tail.covers(upto, last) {
-            let mut keys: Vec<(&str, i64)> = tail.keys.iter().map(|(k, s)| (k.as_str(), *s)).collect();
-            keys.sort_unstable();
+            let keys = tail.keys.sorted();
             insert_rows(&tx, "event_keys (dedup_key, seq)", &keys, |(key, seq)| [key as &dyn ToSql, seq])?;
             tail.devices.sort_unstable();
             insert_rows(&tx, "event_devices (device_id, occurred_at, seq)", &tail.devices, |(device, at, seq)| {
