@@ -48,11 +48,8 @@ pub fn open(path: &Path) -> rusqlite::Result<Connection> {
 pub struct Tail {
     /// The record keys and their `seq`.
     keys: Keys,
-    /// (device, occurred_at, seq).
+    /// (device, occurred_at, seq), in `seq` order until the fold sorts them.
     devices: Vec<(String, Millis, i64)>,
-    /// The first and last `seq` in it.
-    first: i64,
-    last: i64,
     /// When the oldest of them was committed.
     since: Option<Instant>,
 }
@@ -78,7 +75,10 @@ impl Tail {
     /// Whether it holds every event past `upto` up to `last` (it does whenever this
     /// connection alone wrote since it folded; else the fold reads them back instead).
     fn covers(&self, upto: i64, last: i64) -> bool {
-        !self.devices.is_empty() && self.first > upto && self.last == last
+        match (self.devices.first(), self.devices.last()) {
+            (Some((_, _, first)), Some((_, _, newest))) => *first > upto && *newest == last,
+            _ => false,
+        }
     }
 }
 
@@ -143,11 +143,7 @@ pub fn insert(
                 let seq = tx.last_insert_rowid();
                 tail.keys.insert(slot, e.dedup_key.clone(), seq);
                 tail.devices.push((e.device_id.clone(), e.occurred_at, seq));
-                if tail.since.is_none() {
-                    tail.since = Some(Instant::now());
-                    tail.first = seq;
-                }
-                tail.last = seq;
+                tail.since.get_or_insert_with(Instant::now);
                 deliveries.add(seq, kind, routes, now)?;
             }
         }

@@ -129,41 +129,11 @@ impl Writer {
     ) -> (Option<B>, Result<Vec<bool>, Error>) {
         match self {
             Writer::Sqlite { path, conn, tail } => {
-                let c = conn.take();
-                let path = path.clone();
-                let mut t = std::mem::take(tail);
                 let routes = std::sync::Arc::clone(routes);
-                let done = tokio::task::spawn_blocking(move || {
-                    // A panic inside is a bug; it fails this batch (its sources answer with an
-                    // error and send again), not the writer.
-                    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                        // A new connection folds first: the tail of one that failed (or of a
-                        // process that was killed) is known only to the database.
-                        let mut c = match c {
-                            Some(c) => c,
-                            None => {
-                                let mut c = super::native::open(&path)?;
-                                super::native::fold(&mut c, &mut t)?;
-                                c
-                            }
-                        };
-                        let r = super::native::insert(&mut c, &rows(&batch), &routes, now, &mut t);
-                        r.map(|new| (c, new))
-                    }));
-                    (batch, t, r)
+                on_own_connection(path, conn, tail, batch, move |c, t, batch| {
+                    super::native::insert(c, &rows(batch), &routes, now, t)
                 })
-                .await;
-                match done {
-                    Ok((batch, t, Ok(Ok((c, new))))) => {
-                        *conn = Some(c);
-                        *tail = t;
-                        (Some(batch), Ok(new))
-                    }
-                    // The connection is dropped: the next one folds, and the tail starts empty.
-                    Ok((batch, _, Ok(Err(e)))) => (Some(batch), Err(Error::Native(e))),
-                    Ok((batch, _, Err(_))) => (Some(batch), Err(Error::Writer("the SQLite writer panicked".into()))),
-                    Err(e) => (None, Err(Error::Writer(format!("the SQLite writer's thread ended: {e}")))),
-                }
+                .await
             }
             Writer::Pooled { conn } => {
                 let c = match conn {
@@ -197,24 +167,52 @@ impl Writer {
     /// (SQLite; nothing to do on the pooled writer). Answers how many it folded. On failure
     /// the connection is dropped, and the next commit opens one with a fold.
     pub async fn fold(&mut self) -> Result<u64, Error> {
-        let Writer::Sqlite { conn, tail, .. } = self else { return Ok(0) };
-        let Some(mut c) = conn.take() else { return Ok(0) };
-        let mut t = std::mem::take(tail);
-        let done = tokio::task::spawn_blocking(move || {
-            let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| super::native::fold(&mut c, &mut t)));
-            (c, t, r)
-        })
-        .await;
-        match done {
-            Ok((c, t, Ok(Ok(n)))) => {
-                *conn = Some(c);
-                *tail = t;
-                Ok(n)
-            }
-            Ok((_, _, Ok(Err(e)))) => Err(Error::Native(e)),
-            Ok((_, _, Err(_))) => Err(Error::Writer("the SQLite writer panicked while folding".into())),
-            Err(e) => Err(Error::Writer(format!("the SQLite writer's thread ended: {e}"))),
+        let Writer::Sqlite { path, conn, tail } = self else { return Ok(0) };
+        on_own_connection(path, conn, tail, (), |c, t, ()| super::native::fold(c, t)).await.1
+    }
+}
+
+/// Runs `job` on the SQLite writer's own connection, on a blocking thread, with the tail and
+/// `input` (handed back unless the runtime shut down under the thread). A missing
+/// connection is opened with a fold first: the tail of one that failed (or of a process that
+/// was killed) is known only to the database. The connection and the tail are kept when the
+/// job succeeds and dropped with it when it fails (the next connection folds again). A panic
+/// inside is a bug; it fails this job (a batch's sources answer with an error and send
+/// again), not the writer.
+async fn on_own_connection<I: Send + 'static, R: Send + 'static>(
+    path: &std::path::Path,
+    conn: &mut Option<rusqlite::Connection>,
+    tail: &mut super::native::Tail,
+    input: I,
+    job: impl FnOnce(&mut rusqlite::Connection, &mut super::native::Tail, &I) -> rusqlite::Result<R> + Send + 'static,
+) -> (Option<I>, Result<R, Error>) {
+    let c = conn.take();
+    let path = path.to_owned();
+    let mut t = std::mem::take(tail);
+    let done = tokio::task::spawn_blocking(move || {
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let mut c = match c {
+                Some(c) => c,
+                None => {
+                    let mut c = super::native::open(&path)?;
+                    super::native::fold(&mut c, &mut t)?;
+                    c
+                }
+            };
+            job(&mut c, &mut t, &input).map(|r| (c, r))
+        }));
+        (input, t, r)
+    })
+    .await;
+    match done {
+        Ok((input, t, Ok(Ok((c, r))))) => {
+            *conn = Some(c);
+            *tail = t;
+            (Some(input), Ok(r))
         }
+        Ok((input, _, Ok(Err(e)))) => (Some(input), Err(Error::Native(e))),
+        Ok((input, _, Err(_))) => (Some(input), Err(Error::Writer("the SQLite writer panicked".into()))),
+        Err(e) => (None, Err(Error::Writer(format!("the SQLite writer's thread ended: {e}")))),
     }
 }
 
